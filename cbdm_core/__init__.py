@@ -1,0 +1,1 @@
+"""cbdm: class-balancing diffusion models for long-tailed class-conditional generation."""

@@ -1,0 +1,27 @@
+"""Exception types. ``CbdmError`` marks a user error: the CLI prints its message
+as one line and exits non-zero, without a traceback."""
+
+from __future__ import annotations
+
+
+class CbdmError(Exception):
+    """A problem with the user's input (bad option, bad file, missing data)."""
+
+
+class UnknownComponentError(CbdmError, KeyError):
+    """A component name that no plugin registered."""
+
+    def __str__(self) -> str:  # KeyError would add quotes
+        return str(self.args[0]) if self.args else ""
+
+
+class DuplicateComponentError(CbdmError):
+    """Two plugins registered the same kind and name."""
+
+
+class CheckpointError(CbdmError):
+    """A checkpoint that is corrupt, of the wrong kind, or does not match."""
+
+
+class ConfigError(CbdmError):
+    """A configuration value that failed validation."""

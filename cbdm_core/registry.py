@@ -1,0 +1,160 @@
+"""Component registry filled by pluggy plugins discovered from entry points.
+
+Kinds and what a registered object must be:
+
+=====================  ==========================================================
+kind                   object
+=====================  ==========================================================
+backbone               :class:`cbdm_core.interfaces.BackboneSpec`
+noise_schedule         callable ``(num_timesteps: int) -> NoiseSchedule``
+label_distribution     callable ``(class_counts: Tensor, arg: str | None) -> Tensor`` (probs)
+regularizer            :class:`cbdm_core.interfaces.RegularizerSpec`
+sampler                :class:`cbdm_core.interfaces.SamplerSpec`
+guidance               callable ``(model, scale: float, null_label: int) -> denoise_fn``
+dataset                callable ``(options: DatasetOptions) -> LabeledImages``
+augmentation           callable ``(p: float) -> Augmentation``
+feature_extractor      callable ``(**options) -> FeatureExtractor``
+metric                 :class:`cbdm_core.interfaces.MetricSpec`
+=====================  ==========================================================
+
+Names may carry an argument after a colon (``pow:0.5``); the registry looks up
+the part before the colon and hands the rest to the component.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import pluggy
+
+from .errors import CbdmError, DuplicateComponentError, UnknownComponentError
+from .hookspecs import PROJECT_NAME, CbdmSpec
+
+KINDS: tuple[str, ...] = (
+    "backbone",
+    "noise_schedule",
+    "label_distribution",
+    "regularizer",
+    "sampler",
+    "guidance",
+    "dataset",
+    "augmentation",
+    "feature_extractor",
+    "metric",
+)
+
+
+@dataclass(frozen=True)
+class Component:
+    """One registered implementation."""
+
+    kind: str
+    name: str
+    obj: Any
+    plugin: str
+    version: str
+    description: str = ""
+
+
+@dataclass
+class Registry:
+    """All components, keyed by (kind, name)."""
+
+    components: dict[tuple[str, str], Component] = field(default_factory=dict)
+
+    def add(self, component: Component) -> None:
+        if component.kind not in KINDS:
+            raise CbdmError(
+                f"plugin {component.plugin} registered unknown kind {component.kind!r}; "
+                f"kinds are: {', '.join(KINDS)}"
+            )
+        key = (component.kind, component.name)
+        if key in self.components:
+            other = self.components[key]
+            raise DuplicateComponentError(
+                f"{component.kind} {component.name!r} is registered twice: by plugin "
+                f"{other.plugin} ({other.version}) and by plugin {component.plugin} ({component.version})"
+            )
+        self.components[key] = component
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(n for k, n in self.components if k == kind)
+
+    def get(self, kind: str, name: str) -> Component:
+        """Look up ``name`` (the part before any ``:``) or fail naming the choices."""
+        base = split_name(name)[0]
+        try:
+            return self.components[(kind, base)]
+        except KeyError:
+            choices = ", ".join(self.names(kind)) or "(none registered)"
+            raise UnknownComponentError(
+                f"unknown {kind.replace('_', ' ')} {name!r}; available: {choices}"
+            ) from None
+
+    def __iter__(self) -> Iterator[Component]:
+        return iter(sorted(self.components.values(), key=lambda c: (c.kind, c.name)))
+
+
+def split_name(name: str) -> tuple[str, str | None]:
+    """``"pow:0.5"`` -> ``("pow", "0.5")``; ``"bal"`` -> ``("bal", None)``."""
+    base, sep, arg = name.partition(":")
+    return base, (arg if sep else None)
+
+
+def _plugin_versions(pm: pluggy.PluginManager) -> dict[int, tuple[str, str]]:
+    out: dict[int, tuple[str, str]] = {}
+    for plugin, dist in pm.list_plugin_distinfo():
+        out[id(plugin)] = (dist.metadata["name"], dist.version)
+    return out
+
+
+def build_registry(extra_plugins: list[Any] | None = None) -> Registry:
+    """Discover every plugin in the ``cbdm`` entry-point group and collect its components.
+
+    Args:
+        extra_plugins: modules or objects to register in addition (tests, notebooks).
+    """
+    pm = pluggy.PluginManager(PROJECT_NAME)
+    pm.add_hookspecs(CbdmSpec)
+    pm.load_setuptools_entrypoints(PROJECT_NAME)
+    for p in extra_plugins or []:
+        pm.register(p)
+    versions = _plugin_versions(pm)
+    registry = Registry()
+    for impl in pm.hook.register_components.get_hookimpls():
+        dist, version = versions.get(id(impl.plugin), ("(local)", "-"))
+        plugin_label = f"{dist}:{impl.plugin_name}" if dist != "(local)" else impl.plugin_name
+
+        def register(kind: str, name: str, obj: Any, description: str = "",
+                     _plugin: str = plugin_label, _version: str = version) -> None:
+            registry.add(Component(kind, name, obj, _plugin, _version, description))
+
+        impl.function(register=register)
+    return registry
+
+
+_DEFAULT: Registry | None = None
+
+
+def get_registry() -> Registry:
+    """The process-wide registry, built on first use."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = build_registry()
+    return _DEFAULT
+
+
+def reset_registry() -> None:
+    """Forget the cached registry (after installing a plugin at run time)."""
+    global _DEFAULT
+    _DEFAULT = None
+
+
+def lookup(kind: str, name: str) -> Any:
+    """Shortcut: the registered object for ``kind``/``name``."""
+    return get_registry().get(kind, name).obj
+
+
+Factory = Callable[..., Any]

@@ -1,0 +1,1 @@
+"""The ``cbdm`` command-line interface (installed as ``cbdm_cli``)."""

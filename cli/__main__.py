@@ -1,0 +1,3 @@
+from cbdm_cli.main import main
+
+main()
