@@ -1,0 +1,89 @@
+"""Build components from a :class:`TrainConfig`, always through the registry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .config import TrainConfig, validate_component_options
+from .errors import CbdmError
+from .registry import get_registry
+from .schedules import NoiseSchedule
+
+
+def build_schedule(cfg: TrainConfig) -> NoiseSchedule:
+    d = cfg.diffusion
+    factory = get_registry().get("noise_schedule", d.schedule).obj
+    return factory(d.T, beta_1=d.beta_1, beta_T=d.beta_T)
+
+
+def backbone_options(cfg: TrainConfig, cond_dim: int = 0):
+    spec = get_registry().get("backbone", cfg.model.backbone).obj
+    options = dict(cfg.model.options)
+    fields = getattr(spec.options_model, "model_fields", {})
+    if cond_dim and "cond_dim" in fields and "cond_dim" not in options:
+        options["cond_dim"] = cond_dim
+    return spec, validate_component_options(spec.options_model, options, f"model.options ({cfg.model.backbone})")
+
+
+def build_model(cfg: TrainConfig, *, image_size: int, channels: int, num_classes: int,
+                cond_dim: int = 0) -> torch.nn.Module:
+    spec, options = backbone_options(cfg, cond_dim)
+    return spec.build(options, image_size=image_size, channels=channels, num_classes=num_classes)
+
+
+def build_regularizers(cfg: TrainConfig, *, class_counts: torch.Tensor, num_classes: int,
+                       schedule: NoiseSchedule) -> list[Any]:
+    out = []
+    for i, rc in enumerate(cfg.objective.regularizers):
+        spec = get_registry().get("regularizer", rc.name).obj
+        options = validate_component_options(spec.options_model, rc.options, f"objective.regularizers[{i}] ({rc.name})")
+        out.append(spec.build(options, class_counts=class_counts, num_classes=num_classes, schedule=schedule))
+    return out
+
+
+def build_augmentation(cfg: TrainConfig):
+    factory = get_registry().get("augmentation", cfg.data.augment).obj
+    return factory(cfg.data.augment_p)
+
+
+def dataset_options(cfg: TrainConfig, split: str = "train"):
+    from .data.options import DatasetOptions
+
+    d = cfg.data
+    return DatasetOptions(root=d.root, split=split, imb_factor=d.imb_factor, lt_profile=d.lt_profile,
+                          lt_seed=d.lt_seed, max_per_class=d.max_per_class, download=d.download, strict=d.strict)
+
+
+def load_training_data(cfg: TrainConfig):
+    factory = get_registry().get("dataset", cfg.data.dataset).obj
+    return factory(dataset_options(cfg, "train"))
+
+
+def check_components(cfg: TrainConfig) -> None:
+    """Fail fast (before loading data) on unknown names and invalid plugin options."""
+    reg = get_registry()
+    reg.get("dataset", cfg.data.dataset)
+    reg.get("augmentation", cfg.data.augment)
+    reg.get("noise_schedule", cfg.diffusion.schedule)
+    backbone_options(cfg)
+    for i, rc in enumerate(cfg.objective.regularizers):
+        spec = reg.get("regularizer", rc.name).obj
+        opts = validate_component_options(spec.options_model, rc.options, f"objective.regularizers[{i}] ({rc.name})")
+        y_dist = getattr(opts, "y_dist", None)
+        if y_dist is not None:
+            reg.get("label_distribution", y_dist)
+    reg.get("sampler", cfg.preview.sampler)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CbdmError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CbdmError("device cuda requested but no CUDA GPU is available")
+    return device

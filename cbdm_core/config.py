@@ -1,0 +1,172 @@
+"""Typed run configuration (pydantic v2). Unknown keys are errors everywhere.
+
+Plugin-specific options (backbone architecture, regulariser settings) are kept
+as ``options`` mappings here and validated against the plugin's own pydantic
+model by :func:`validate_components` before any work starts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ComponentConfig(_Strict):
+    """A registered component by name, with its options."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelConfig(_Strict):
+    backbone: str = "unet"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class DiffusionConfig(_Strict):
+    schedule: str = "linear"
+    T: int = Field(1000, ge=1)
+    beta_1: float = Field(1e-4, gt=0, lt=1)
+    beta_T: float = Field(0.02, gt=0, lt=1)
+
+
+class DataConfig(_Strict):
+    dataset: str = "digits-lt"
+    root: Optional[Path] = None
+    imb_factor: Optional[float] = Field(None, gt=0, le=1)
+    lt_profile: Literal["exp", "step"] = "exp"
+    lt_seed: int = 0
+    max_per_class: Optional[int] = Field(None, gt=0)
+    download: bool = False
+    strict: bool = False
+    augment: str = "none"
+    augment_p: float = Field(0.0, ge=0, le=1)
+    resample: Literal["none", "balanced", "sqrt"] = "none"
+
+
+class ObjectiveConfig(_Strict):
+    p_uncond: float = Field(0.1, ge=0, le=1)
+    drop_whole_batch: bool = False
+    regularizers: list[ComponentConfig] = Field(default_factory=lambda: [ComponentConfig(name="cbdm")])
+
+
+class OptimConfig(_Strict):
+    lr: float = Field(2e-4, gt=0)
+    warmup: int = Field(5000, ge=0)
+    grad_clip: float = Field(1.0, ge=0)
+    ema_decay: float = Field(0.9999, ge=0, lt=1)
+    ema_warmup: bool = False
+    batch_size: int = Field(128, ge=1)
+    steps: int = Field(300_000, ge=1)
+
+
+class SamplingPreview(_Strict):
+    """How training previews (sample grids) are drawn."""
+
+    sampler: str = "ddim"
+    steps: int = Field(100, ge=1)
+    guidance: float = Field(0.0, ge=0)
+    per_class: int = Field(10, ge=1, le=64)
+
+
+class TrainConfig(_Strict):
+    """Everything a training run needs; saved as config.yaml in the run folder."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    preview: SamplingPreview = Field(default_factory=SamplingPreview)
+    seed: int = 0
+    device: str = "auto"
+    log_every: int = Field(50, ge=1)
+    sample_every: int = Field(0, ge=0)  # 0: only at the end
+    ckpt_every: int = Field(0, ge=0)  # 0: only at the end
+    keep_last: int = Field(3, ge=1)
+
+    @model_validator(mode="after")
+    def _betas(self) -> "TrainConfig":
+        if self.diffusion.beta_1 > self.diffusion.beta_T:
+            raise ValueError("diffusion.beta_1 must not exceed diffusion.beta_T")
+        return self
+
+
+def format_validation_error(exc: ValidationError, source: str = "config") -> str:
+    """One line naming the first failing field."""
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"invalid {source}: {loc}: {msg}{more}"
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Read a YAML, TOML or JSON mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text()
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        elif suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(f"config file {path}: use .yaml, .yml, .toml or .json")
+    except ConfigError:
+        raise
+    except Exception as exc:  # parser errors are user errors
+        raise ConfigError(f"cannot parse config file {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def deep_update(base: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in updates.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_update(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_train_config(data: dict[str, Any], source: str = "config") -> TrainConfig:
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def dump_config_yaml(cfg: TrainConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def validate_component_options(options_model, options: dict[str, Any], where: str):
+    """Validate plugin options; a failure names the field."""
+    try:
+        return options_model.model_validate(options)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, where)) from None

@@ -1,0 +1,65 @@
+"""Target label distributions for y' (the CBDM adjustment target)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .errors import CbdmError
+
+
+def _counts(class_counts: torch.Tensor) -> torch.Tensor:
+    counts = torch.as_tensor(class_counts, dtype=torch.float64)
+    if counts.ndim != 1 or len(counts) == 0:
+        raise CbdmError("class counts must be a non-empty 1-D list")
+    if bool((counts < 0).any()):
+        raise CbdmError("class counts must be non-negative")
+    return counts
+
+
+def power_distribution(class_counts: torch.Tensor, q: float) -> torch.Tensor:
+    """Probabilities proportional to ``n_c ** q`` (q=1: train, 0.5: sqrt, 0: uniform)."""
+    counts = _counts(class_counts)
+    if q == 0:
+        weights = torch.ones_like(counts)
+    else:
+        weights = counts.pow(q)  # an empty class gets probability 0 for q > 0
+    total = weights.sum()
+    if not bool(total > 0):
+        raise CbdmError("label distribution has no mass: every class count is zero")
+    return (weights / total).to(torch.float32)
+
+
+def train_distribution(class_counts: torch.Tensor, arg: Optional[str] = None) -> torch.Tensor:
+    """Empirical class frequencies of the training set."""
+    return power_distribution(class_counts, 1.0)
+
+
+def balanced_distribution(class_counts: torch.Tensor, arg: Optional[str] = None) -> torch.Tensor:
+    """Uniform over classes."""
+    return power_distribution(class_counts, 0.0)
+
+
+def sqrt_distribution(class_counts: torch.Tensor, arg: Optional[str] = None) -> torch.Tensor:
+    """Proportional to the square root of the class counts."""
+    return power_distribution(class_counts, 0.5)
+
+
+def pow_distribution(class_counts: torch.Tensor, arg: Optional[str] = None) -> torch.Tensor:
+    """``pow:q``: proportional to ``n_c ** q``."""
+    if arg is None:
+        raise CbdmError("label distribution 'pow' needs an exponent, e.g. pow:0.5")
+    try:
+        q = float(arg)
+    except ValueError:
+        raise CbdmError(f"label distribution 'pow:{arg}': exponent must be a number") from None
+    return power_distribution(class_counts, q)
+
+
+def resolve_label_distribution(name: str, class_counts: torch.Tensor) -> torch.Tensor:
+    """Probabilities of the registered distribution ``name`` (``"bal"``, ``"pow:0.3"``, ...)."""
+    from .registry import get_registry, split_name
+
+    factory = get_registry().get("label_distribution", name).obj
+    return factory(class_counts, split_name(name)[1])

@@ -1,0 +1,253 @@
+"""The training engine: dataset -> augmentation -> objective(model) -> optimizer/EMA -> checkpoint."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from .. import build
+from ..atomic import atomic_write_text
+from ..checkpoint import (Checkpoint, checkpoint_name, list_checkpoints, load_checkpoint, load_state_checked,
+                          save_checkpoint)
+from ..config import TrainConfig, dump_config_yaml, load_config_file, parse_train_config
+from ..errors import CbdmError
+from ..images import class_rows, grid_image, save_png, to_float, to_uint8
+from ..objectives import DiffusionObjective
+from .batches import BatchIndexer, step_seed
+from .ema import EMA
+
+# Fields that may change when resuming a run.
+RESUMABLE_CHANGES = {("optim", "steps"), ("log_every",), ("sample_every",), ("ckpt_every",), ("keep_last",),
+                     ("device",), ("preview",)}
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    checkpoint: Optional[Path]
+    grid: Optional[Path]
+    interrupted: bool = False
+
+
+def _diff_configs(a: dict, b: dict, prefix: tuple = ()) -> list[tuple]:
+    out = []
+    for key in sorted(set(a) | set(b)):
+        path = prefix + (key,)
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out.extend(_diff_configs(va, vb, path))
+        elif va != vb:
+            out.append(path)
+    return out
+
+
+class Trainer:
+    """Trains one run folder.
+
+    Args:
+        cfg: the resolved configuration.
+        run_dir: where checkpoints, logs and grids go.
+        resume: continue from the latest checkpoint in ``run_dir``.
+        overwrite: replace a different run already in ``run_dir``.
+        on_log: called with each metrics record (for progress display).
+    """
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, overwrite: bool = False,
+                 on_log: Optional[Callable[[dict], None]] = None, on_start: Optional[Callable] = None):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        self.overwrite = overwrite
+        self.on_log = on_log
+        self.on_start = on_start
+        self._stop = threading.Event()
+
+    # -- run folder -----------------------------------------------------------------
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def _prepare_run_dir(self) -> Optional[Checkpoint]:
+        cfg_path = self.run_dir / "config.yaml"
+        existing = list_checkpoints(self.ckpt_dir)
+        if self.resume:
+            if not existing:
+                raise CbdmError(f"--resume: no checkpoint in {self.ckpt_dir}")
+            saved = parse_train_config(load_config_file(cfg_path), str(cfg_path)) if cfg_path.exists() else None
+            ckpt = load_checkpoint(existing[-1][1], with_optim=True)
+            saved = saved or parse_train_config(ckpt.config, "checkpoint config")
+            diffs = [d for d in _diff_configs(saved.model_dump(mode="json"), self.cfg.model_dump(mode="json"))
+                     if not any(d[:len(p)] == p for p in RESUMABLE_CHANGES)]
+            if diffs:
+                names = ", ".join(".".join(map(str, d)) for d in diffs[:6])
+                raise CbdmError(f"--resume: the options differ from the run in {self.run_dir} in: {names}")
+            return ckpt
+        if cfg_path.exists() or existing:
+            if not self.overwrite:
+                raise CbdmError(f"{self.run_dir} already holds a run; use --resume to continue it or --overwrite")
+            shutil.rmtree(self.ckpt_dir, ignore_errors=True)
+            for name in ("metrics.jsonl", "config.yaml"):
+                (self.run_dir / name).unlink(missing_ok=True)
+        return None
+
+    # -- main loop ----------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        cfg = self.cfg
+        build.check_components(cfg)
+        device = build.resolve_device(cfg.device)
+        start_ckpt = self._prepare_run_dir()
+
+        data = build.load_training_data(cfg)
+        augmentation = build.build_augmentation(cfg)
+        schedule = build.build_schedule(cfg)
+        counts = data.class_counts
+        cond_dim = int(getattr(augmentation, "cond_dim", 0) or 0)
+        torch.manual_seed(cfg.seed)
+        model = build.build_model(cfg, image_size=data.image_size, channels=data.channels,
+                                  num_classes=data.num_classes, cond_dim=cond_dim).to(device)
+        ema_model = copy.deepcopy(model).eval().requires_grad_(False)
+        regularizers = build.build_regularizers(cfg, class_counts=counts, num_classes=data.num_classes,
+                                                schedule=schedule)
+        objective = DiffusionObjective(schedule, data.num_classes, regularizers, p_uncond=cfg.objective.p_uncond,
+                                       drop_whole_batch=cfg.objective.drop_whole_batch)
+        o = cfg.optim
+        optimizer = torch.optim.Adam(model.parameters(), lr=o.lr, fused=device.type == "cuda")
+        lr_at = (lambda s: min(1.0, (s + 1) / o.warmup)) if o.warmup > 0 else (lambda s: 1.0)
+        ema = EMA(model, ema_model, o.ema_decay, warmup=o.ema_warmup)
+
+        weights = None
+        if cfg.data.resample != "none":
+            from ..data.resample import class_sampling_weights
+
+            weights = class_sampling_weights(data.labels, cfg.data.resample)
+        indexer = BatchIndexer(len(data), o.batch_size, cfg.seed, weights)
+        images = data.images.to(device)
+        labels = data.labels.to(device)
+
+        step = 0
+        if start_ckpt is not None:
+            load_state_checked(model, start_ckpt.model, "checkpoint model weights")
+            load_state_checked(ema_model, start_ckpt.ema, "checkpoint EMA weights")
+            if start_ckpt.optim is not None:
+                optimizer.load_state_dict(start_ckpt.optim)
+            step = start_ckpt.step
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.run_dir / "config.yaml", dump_config_yaml(cfg))
+        meta = {"num_classes": data.num_classes, "image_size": data.image_size, "channels": data.channels,
+                "class_counts": counts.tolist(), "class_names": data.class_names, "dataset": data.name,
+                "cond_dim": cond_dim}
+        if self.on_start:
+            self.on_start(data, model, step)
+
+        def save(at_step: int) -> Path:
+            path = self.ckpt_dir / checkpoint_name(at_step)
+            save_checkpoint(path, Checkpoint(step=at_step, config=cfg.model_dump(mode="json"),
+                                             model=model.state_dict(), ema=ema_model.state_dict(),
+                                             optim=optimizer.state_dict(), meta=meta))
+            for _, old in list_checkpoints(self.ckpt_dir)[:-cfg.keep_last]:
+                old.unlink(missing_ok=True)
+            return path
+
+        restore = self._install_signal_handlers()
+        last_ckpt: Optional[Path] = None
+        grid: Optional[Path] = None
+        sums: dict[str, torch.Tensor] = {}
+        window_start, window_steps = time.perf_counter(), 0
+        log_path = self.run_dir / "metrics.jsonl"
+        try:
+            model.train()
+            while step < o.steps and not self._stop.is_set():
+                torch.manual_seed(step_seed(cfg.seed, step))
+                idx = indexer.indices(step).to(device)
+                x0 = to_float(images[idx])
+                g = torch.Generator(device=device).manual_seed(step_seed(cfg.seed, step, stream=3))
+                x0, cond = augmentation(x0, g)
+                for group in optimizer.param_groups:
+                    group["lr"] = o.lr * lr_at(step)
+                terms = objective(model, x0, labels[idx], cond=cond)
+                optimizer.zero_grad(set_to_none=True)
+                terms.total.backward()
+                if o.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+                optimizer.step()
+                ema.update(step)
+                step += 1
+                window_steps += 1
+                for k, v in terms.as_dict().items():
+                    sums[k] = sums.get(k, 0.0) + v.detach()
+                if step % cfg.log_every == 0 or step == o.steps:
+                    record = {"step": step, **{k: float(v) / window_steps for k, v in sums.items()},
+                              "lr": optimizer.param_groups[0]["lr"]}
+                    elapsed = time.perf_counter() - window_start
+                    record["images_per_sec"] = window_steps * o.batch_size / max(elapsed, 1e-9)
+                    if not math.isfinite(record["total"]):
+                        raise CbdmError(f"non-finite loss at step {step}; stopped without saving "
+                                        f"(last good checkpoint kept in {self.ckpt_dir})")
+                    with open(log_path, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    if self.on_log:
+                        self.on_log(record)
+                    sums, window_start, window_steps = {}, time.perf_counter(), 0
+                if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < o.steps:
+                    last_ckpt = save(step)
+                if cfg.sample_every and step % cfg.sample_every == 0 and step < o.steps:
+                    grid = self.preview(ema_model, schedule, data.num_classes, step)
+                    model.train()
+            interrupted = self._stop.is_set()
+            last_ckpt = save(step)
+            if not interrupted:
+                grid = self.preview(ema_model, schedule, data.num_classes, step)
+        finally:
+            restore()
+        return TrainResult(self.run_dir, step, last_ckpt, grid, interrupted)
+
+    # -- helpers -------------------------------------------------------------------------
+    @torch.no_grad()
+    def preview(self, ema_model: torch.nn.Module, schedule, num_classes: int, step: int) -> Path:
+        """Sample a grid with one row per class from the EMA model."""
+        from ..sampling import sample
+
+        p = self.cfg.preview
+        device = next(ema_model.parameters()).device
+        y = torch.arange(num_classes, device=device).repeat_interleave(p.per_class)
+        g = torch.Generator().manual_seed(self.cfg.seed)
+        shape = (len(y), ema_model.channels, ema_model.image_size, ema_model.image_size)
+        x_T = torch.randn(shape, generator=g).to(device)
+        ema_model.eval()
+        x0 = sample(ema_model, schedule, x_T, y, sampler=p.sampler, steps=p.steps, guidance=p.guidance,
+                    generator=g)
+        imgs = to_uint8(x0).cpu()
+        path = self.run_dir / "samples" / f"grid-{step:08d}.png"
+        save_png(grid_image(class_rows(imgs, y.cpu(), num_classes, p.per_class), nrow=p.per_class), path)
+        return path
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def _install_signal_handlers(self) -> Callable[[], None]:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {}
+
+        def handler(signum, frame):
+            self._stop.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+
+        def restore() -> None:
+            for sig, h in previous.items():
+                signal.signal(sig, h)
+
+        return restore

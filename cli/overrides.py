@@ -1,0 +1,33 @@
+"""Turn CLI options into configuration overrides."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from cbdm_core.errors import CbdmError
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        nxt = node.get(key)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            node[key] = nxt
+        node = nxt
+    node[keys[-1]] = value
+
+
+def parse_set_option(item: str) -> tuple[str, Any]:
+    """``"optim.lr=1e-4"`` -> ``("optim.lr", 0.0001)`` (values parsed as YAML)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise CbdmError(f"--set expects KEY=VALUE, got {item!r}")
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value

@@ -1,0 +1,168 @@
+"""``cbdm train``."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from cbdm_core.config import deep_update, load_config_file, parse_train_config
+from cbdm_core.errors import CbdmError
+from cbdm_core.presets_registry import load_preset
+
+from .overrides import parse_set_option, set_dotted
+
+
+def _cbdm_options(data: dict[str, Any]) -> dict[str, Any]:
+    regs = data.setdefault("objective", {}).setdefault("regularizers", [{"name": "cbdm", "options": {}}])
+    for r in regs:
+        if r.get("name") == "cbdm":
+            return r.setdefault("options", {})
+    regs.append({"name": "cbdm", "options": {}})
+    return regs[-1]["options"]
+
+
+def build_config(config: Optional[Path], preset: Optional[str], opts: dict[str, Any], sets: tuple[str, ...]):
+    """Resolve preset -> config file -> CLI options -> --set, then validate."""
+    if config is None and preset is None:
+        preset = "quickstart"
+    data: dict[str, Any] = load_preset(preset) if preset else {}
+    if config is not None:
+        data = deep_update(data, load_config_file(config))
+    simple = {
+        "dataset": "data.dataset", "data_root": "data.root", "imb_factor": "data.imb_factor",
+        "augment": "data.augment", "augment_p": "data.augment_p", "resample": "data.resample",
+        "backbone": "model.backbone", "schedule": "diffusion.schedule", "T": "diffusion.T",
+        "p_uncond": "objective.p_uncond", "steps": "optim.steps", "batch_size": "optim.batch_size",
+        "lr": "optim.lr", "warmup": "optim.warmup", "ema_decay": "optim.ema_decay",
+        "seed": "seed", "device": "device", "log_every": "log_every", "sample_every": "sample_every",
+        "ckpt_every": "ckpt_every", "keep_last": "keep_last",
+    }
+    for key, dotted in simple.items():
+        if opts.get(key) is not None:
+            value = opts[key]
+            set_dotted(data, dotted, str(value) if isinstance(value, Path) else value)
+    if opts.get("method") == "ddpm":
+        data.setdefault("objective", {})["regularizers"] = []
+    elif any(opts.get(k) is not None for k in ("y_dist", "tau", "gamma", "set_size")) or opts.get("method") == "cbdm":
+        cb = _cbdm_options(data)
+        for key in ("y_dist", "tau", "gamma", "set_size"):
+            if opts.get(key) is not None:
+                cb[key] = opts[key]
+    if opts.get("whole_batch_dropout"):
+        set_dotted(data, "objective.drop_whole_batch", True)
+    for item in sets:
+        key, value = parse_set_option(item)
+        set_dotted(data, key, value)
+    return parse_train_config(data, "configuration")
+
+
+def _counts_table(data) -> Table:
+    table = Table(title=f"{data.name}: {len(data)} images, {data.num_classes} classes", show_edge=False)
+    table.add_column("class", justify="right")
+    table.add_column("name")
+    table.add_column("images", justify="right")
+    for i, (name, n) in enumerate(zip(data.class_names, data.class_counts.tolist())):
+        table.add_row(str(i), str(name), str(n))
+    return table
+
+
+@click.command("train")
+@click.option("--out", "-o", "out", type=click.Path(path_type=Path), help="Run folder (default runs/<dataset>-<time>).")
+@click.option("--config", type=click.Path(path_type=Path), help="YAML, TOML or JSON configuration file.")
+@click.option("--preset", help="A named preset (default: quickstart when no --config is given).")
+@click.option("--dataset", help="Dataset name (see `cbdm plugins`).")
+@click.option("--data-root", type=click.Path(path_type=Path), help="Folder holding the dataset files.")
+@click.option("--imb-factor", type=float, help="Long-tail imbalance factor in (0, 1].")
+@click.option("--backbone", help="Denoiser backbone name.")
+@click.option("--schedule", help="Noise schedule name.")
+@click.option("--T", "T", type=int, help="Number of diffusion steps.")
+@click.option("--method", type=click.Choice(["cbdm", "ddpm"]), help="ddpm drops the CBDM regulariser.")
+@click.option("--y-dist", help="Target label distribution for y': train, bal, sqrt, pow:q.")
+@click.option("--tau", type=float, help="CBDM weight per timestep (0.001).")
+@click.option("--gamma", type=float, help="CBDM commitment weight (0.25).")
+@click.option("--set-size", type=int, help="Monte-Carlo set size of y'.")
+@click.option("--p-uncond", type=float, help="Label-dropout probability for guidance.")
+@click.option("--whole-batch-dropout", is_flag=True, help="Drop labels for the whole batch (reference code).")
+@click.option("--augment", help="Augmentation name.")
+@click.option("--augment-p", type=float, help="Augmentation probability.")
+@click.option("--resample", type=click.Choice(["none", "balanced", "sqrt"]), help="Class re-sampling baseline.")
+@click.option("--steps", type=int, help="Total training steps.")
+@click.option("--batch-size", type=int)
+@click.option("--lr", type=float)
+@click.option("--warmup", type=int, help="Linear learning-rate warm-up steps.")
+@click.option("--ema-decay", type=float)
+@click.option("--seed", type=int)
+@click.option("--device", help="auto, cpu, cuda or cuda:N.")
+@click.option("--log-every", type=int)
+@click.option("--sample-every", type=int, help="Steps between sample grids (0: only at the end).")
+@click.option("--ckpt-every", type=int, help="Steps between checkpoints (0: only at the end).")
+@click.option("--keep-last", type=int, help="Checkpoints to keep.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config field, e.g. model.options.ch=64.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace a different run already in --out.")
+@click.option("--progress/--no-progress", default=True)
+def train(out, config, preset, sets, resume, overwrite, progress, **opts):
+    """Train a class-conditional diffusion model (CBDM by default)."""
+    from cbdm_core.training.trainer import Trainer
+
+    if resume and out is None:
+        raise CbdmError("--resume needs --out RUN_DIR")
+    if resume and (out / "config.yaml").exists():
+        if config is not None or preset is not None:
+            raise CbdmError("--resume continues the saved run; drop --config/--preset")
+        base = load_config_file(out / "config.yaml")
+        cfg = parse_train_config(deep_update(base, build_config_overrides(opts, sets)), "configuration")
+    else:
+        cfg = build_config(config, preset, opts, sets)
+    if out is None:
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = Path("runs") / f"{cfg.data.dataset}-{stamp}"
+    console = Console(stderr=True)
+    bar = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                   console=console, disable=not progress)
+    task = bar.add_task("train", total=cfg.optim.steps, info="")
+
+    def on_start(data, model, step):
+        n_params = sum(p.numel() for p in model.parameters())
+        console.print(_counts_table(data))
+        console.print(f"model {cfg.model.backbone}: {n_params / 1e6:.2f}M parameters; run folder {out}")
+        bar.update(task, completed=step)
+        bar.start()
+
+    def on_log(rec):
+        info = (f"loss {rec['total']:.4f} diff {rec['diffusion']:.4f}"
+                + (f" reg {rec['regularizer']:.4f}" if "regularizer" in rec else "")
+                + f" {rec['images_per_sec']:.0f} img/s")
+        bar.update(task, completed=rec["step"], info=info)
+
+    trainer = Trainer(cfg, out, resume=resume, overwrite=overwrite, on_log=on_log, on_start=on_start)
+    try:
+        result = trainer.run()
+    finally:
+        bar.stop()
+    if result.interrupted:
+        console.print(f"interrupted at step {result.step}; checkpoint {result.checkpoint} "
+                      f"(continue with: cbdm train --out {out} --resume)")
+        raise SystemExit(130)
+    console.print(f"done: step {result.step}, checkpoint {result.checkpoint}, grid {result.grid}")
+
+
+def build_config_overrides(opts: dict[str, Any], sets: tuple[str, ...]) -> dict[str, Any]:
+    """The overrides a resume may apply on top of the saved configuration."""
+    data: dict[str, Any] = {}
+    for key, dotted in {"steps": "optim.steps", "log_every": "log_every", "sample_every": "sample_every",
+                        "ckpt_every": "ckpt_every", "keep_last": "keep_last", "device": "device"}.items():
+        if opts.get(key) is not None:
+            set_dotted(data, dotted, opts[key])
+    others = [k for k, v in opts.items() if v not in (None, False) and k not in
+              ("steps", "log_every", "sample_every", "ckpt_every", "keep_last", "device")]
+    if others or sets:
+        raise CbdmError(f"--resume continues the saved run; it cannot change --{others[0].replace('_', '-') if others else 'set'}")
+    return data
