@@ -1,1 +1,30 @@
-"""cbdm: class-balancing diffusion models for long-tailed class-conditional generation."""
+"""cbdm: class-balancing diffusion models for long-tailed class-conditional generation.
+
+Public API (see docs/api.md): :func:`cbdm_loss`, :class:`LinearSchedule`,
+:class:`CosineSchedule`, :func:`long_tail_counts`, :func:`sample`,
+:func:`load_denoiser`, :func:`load_run`.
+"""
+
+from .cbdm import CBDMRegularizer, cbdm_loss
+from .errors import CbdmError
+from .schedules import CosineSchedule, LinearSchedule, NoiseSchedule
+
+__all__ = ["cbdm_loss", "CBDMRegularizer", "CbdmError", "LinearSchedule", "CosineSchedule", "NoiseSchedule",
+           "long_tail_counts", "sample", "load_denoiser", "load_run"]
+
+
+def __getattr__(name: str):
+    # Lazy: these pull in the data and sampling packages.
+    if name == "long_tail_counts":
+        from .data.long_tail import long_tail_counts
+
+        return long_tail_counts
+    if name == "sample":
+        from .sampling import sample
+
+        return sample
+    if name in ("load_denoiser", "load_run"):
+        from . import run
+
+        return getattr(run, name)
+    raise AttributeError(f"module 'cbdm_core' has no attribute {name!r}")
