@@ -120,7 +120,7 @@ def build_registry(extra_plugins: list[Any] | None = None) -> Registry:
     pm.add_hookspecs(CbdmSpec)
     pm.load_setuptools_entrypoints(PROJECT_NAME)
     for p in extra_plugins or []:
-        pm.register(p)
+        pm.register(p, name=getattr(p, "__name__", None) or type(p).__name__)
     versions = _plugin_versions(pm)
     registry = Registry()
     for impl in pm.hook.register_components.get_hookimpls():

@@ -1,0 +1,205 @@
+"""Images in class folders: ``root/<class>/*.{png,jpg,jpeg,bmp,webp}``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import CbdmError
+from ..interfaces import LabeledImages
+from .common import check_labeled, require_root, select_indices
+from .options import DatasetOptions
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
+GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
+SPLITS = ("train", "test")
+WHAT = "one sub-folder of images per class (root/<class>/*.png|jpg|jpeg|bmp|webp)"
+_CHUNK = 256  # files per thread task: keeps the pool overhead small for 50k tiny JPEGs
+
+
+def _subdirs(path: Path) -> list[str]:
+    with os.scandir(path) as it:
+        return sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
+
+
+def _image_files(path: Path) -> list[Path]:
+    with os.scandir(path) as it:
+        names = sorted(
+            e.name for e in it
+            if e.is_file() and not e.name.startswith(".") and os.path.splitext(e.name)[1].lower() in IMAGE_EXTS
+        )
+    return [path / n for n in names]
+
+
+def resolve_split_dir(root: Path, split: str) -> Path:
+    """``root/<split>`` when root holds only ``train``/``test`` folders, else ``root`` (train only)."""
+    subs = _subdirs(root)
+    if subs and set(subs) <= set(SPLITS):
+        d = root / split
+        if not d.is_dir():
+            raise CbdmError(f"dataset folder: {root} has no {split}/ sub-folder")
+        return d
+    if split != "train":
+        raise CbdmError(
+            f"dataset folder: split {split!r} needs {root}/{split}/<class>/...; {root} holds class folders only"
+        )
+    return root
+
+
+def list_class_files(base: Path, classes: list[str] | None) -> tuple[list[str], list[list[Path]]]:
+    """Class names (sorted, or the ``classes`` order/subset) and each class's image files."""
+    found = _subdirs(base)
+    if classes is None:
+        names = found
+    else:
+        missing = [c for c in classes if c not in found]
+        if missing:
+            raise CbdmError(
+                f"dataset folder: no class folder {missing[0]!r} in {base}; found: {', '.join(found) or 'none'}"
+            )
+        names = list(classes)
+    if not names:
+        raise CbdmError(f"dataset folder: {base} has no class folders; expected {WHAT}")
+    files = []
+    for n in names:
+        f = _image_files(base / n)
+        if not f:
+            raise CbdmError(f"dataset folder: class folder {base / n} has no images ({', '.join(sorted(IMAGE_EXTS))})")
+        files.append(f)
+    return names, files
+
+
+_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".webp": "WEBP"}
+
+
+def _decode(path: Path) -> np.ndarray | Exception:
+    """``uint8 [H, W]`` (grayscale) or ``[H, W, 3]``, or the exception that made it unreadable."""
+    try:
+        # Trying the extension's format first skips PIL's probing of every plugin.
+        fmt = _FORMATS.get(path.suffix.lower())
+        try:
+            im = Image.open(path, formats=[fmt] if fmt else None)
+        except Image.UnidentifiedImageError:
+            im = Image.open(path)  # misnamed file: let PIL identify it
+        with im:
+            im.load()
+            target = "L" if im.mode in GRAY_MODES else "RGB"
+            if im.mode != target:
+                im = im.convert(target)
+            return np.asarray(im, dtype=np.uint8)
+    except Exception as e:  # PIL raises many types for bad files (OSError, SyntaxError, ...)
+        return e
+
+
+def _decode_many(paths: list[Path], workers: int) -> list[np.ndarray | Exception]:
+    if len(paths) <= _CHUNK or workers <= 1:
+        return [_decode(p) for p in paths]
+    chunks = [paths[i:i + _CHUNK] for i in range(0, len(paths), _CHUNK)]
+    # PIL releases the GIL inside its C decoders: large images gain most, tiny JPEGs little.
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        out: list[np.ndarray | Exception] = []
+        for part in pool.map(lambda ch: [_decode(p) for p in ch], chunks):
+            out.extend(part)
+    return out
+
+
+def load_folder(options: DatasetOptions | None = None, *, workers: int | None = None) -> LabeledImages:
+    """Decode a class-folder dataset into uint8 ``[N, C, H, W]`` (C = 1 if every image is grayscale).
+
+    ``max_per_class`` and the long tail pick files (seeded by ``lt_seed``) before decoding;
+    an unreadable pick is replaced by another file of its class when one is left. Unreadable
+    files are skipped and counted in ``info['skipped']`` unless ``strict``.
+    """
+    options = options or DatasetOptions()
+    root = require_root(options, "folder", WHAT)
+    base = resolve_split_dir(root, options.split)
+    names, files = list_class_files(base, options.classes)
+    labels = torch.cat([torch.full((len(f),), c, dtype=torch.long) for c, f in enumerate(files)])
+    keep, sel_info = select_indices(labels, len(names), options, 1.0)
+    # Tiny JPEGs decode mostly under the GIL, so more threads than cores only add contention.
+    workers = workers or min(8, os.cpu_count() or 1)
+
+    # Candidate files per class: the chosen ones first, then the rest in seeded order as spares.
+    gen = torch.Generator().manual_seed(options.lt_seed)
+    offsets = np.cumsum([0] + [len(f) for f in files]).tolist()
+    candidates: list[list[Path]] = []
+    want: list[int] = []
+    chosen = None if keep is None else set(keep.tolist())
+    for c, f in enumerate(files):
+        if chosen is None:
+            candidates.append(f)
+            want.append(len(f))
+            continue
+        picked = [i for i in range(len(f)) if offsets[c] + i in chosen]
+        rest = [i for i in range(len(f)) if offsets[c] + i not in chosen]
+        rest = [rest[j] for j in torch.randperm(len(rest), generator=gen).tolist()]
+        candidates.append([f[i] for i in picked + rest])
+        want.append(len(picked))
+
+    got: list[list[tuple[Path, np.ndarray]]] = [[] for _ in files]
+    tried = [0] * len(files)
+    skipped: list[tuple[Path, Exception]] = []
+    while True:
+        batch: list[tuple[int, Path]] = []
+        for c in range(len(files)):
+            n = min(want[c] - len(got[c]), len(candidates[c]) - tried[c])
+            batch += [(c, p) for p in candidates[c][tried[c]:tried[c] + n]]
+            tried[c] += max(n, 0)
+        if not batch:
+            break
+        for (c, p), res in zip(batch, _decode_many([p for _, p in batch], workers)):
+            if isinstance(res, Exception):
+                if options.strict:
+                    raise CbdmError(f"dataset folder: cannot read image {p}: {type(res).__name__}: {res}")
+                skipped.append((p, res))
+            else:
+                got[c].append((p, res))
+    if skipped:
+        log.warning("dataset folder: skipped %d unreadable image(s), e.g. %s (%s)",
+                    len(skipped), skipped[0][0], skipped[0][1])
+    for c, g in enumerate(got):
+        if not g:
+            raise CbdmError(f"dataset folder: class folder {base / names[c]} has no readable image")
+
+    # Every image must share one size (no silent resizing); name the first offender.
+    ref_path, ref = got[0][0]
+    ref_hw = ref.shape[:2]
+    arrays: list[np.ndarray] = []
+    out_labels: list[int] = []
+    for c, g in enumerate(got):
+        for p, a in g:
+            if a.shape[:2] != ref_hw:
+                raise CbdmError(
+                    f"dataset folder: image {p} is {a.shape[1]}x{a.shape[0]} but {ref_path} is "
+                    f"{ref_hw[1]}x{ref_hw[0]}; all images must have the same size"
+                )
+            arrays.append(a)
+            out_labels.append(c)
+    all_gray = all(a.ndim == 2 for a in arrays)
+    if all_gray:
+        images = np.stack(arrays)[:, None]
+    else:
+        images = np.stack([np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a for a in arrays])
+        images = images.transpose(0, 3, 1, 2)
+    info = {
+        "split": options.split,
+        "source": str(base),
+        "skipped": len(skipped),
+        **sel_info,
+    }
+    ds = LabeledImages(
+        torch.from_numpy(np.ascontiguousarray(images)),
+        torch.tensor(out_labels, dtype=torch.long),
+        names,
+        "folder",
+        info,
+    )
+    return check_labeled(ds)
