@@ -73,8 +73,13 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
         opt_tensors, opt_meta = _flatten_optim(ckpt.optim)
         tensors.update(opt_tensors)
         metadata["optim"] = json.dumps(opt_meta)
-    # Tied/shared storage is refused by safetensors; clone to be safe.
-    tensors = {k: v.clone() if v.storage_offset() or not v.is_contiguous() else v for k, v in tensors.items()}
+    # safetensors refuses tensors that share storage (tied weights, the same dict saved twice).
+    seen: set[int] = set()
+    for k, v in tensors.items():
+        ptr = v.untyped_storage().data_ptr()
+        if ptr in seen or v.storage_offset() or v.numel() != v.untyped_storage().nbytes() // max(v.element_size(), 1):
+            tensors[k] = v.clone()
+        seen.add(ptr)
     atomic_write_with(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
