@@ -30,7 +30,18 @@ def backbone_options(cfg: TrainConfig, cond_dim: int = 0):
 def build_model(cfg: TrainConfig, *, image_size: int, channels: int, num_classes: int,
                 cond_dim: int = 0) -> torch.nn.Module:
     spec, options = backbone_options(cfg, cond_dim)
-    return spec.build(options, image_size=image_size, channels=channels, num_classes=num_classes)
+    return spec.build(options, image_size=image_size, channels=channels, num_classes=num_classes,
+                      schedule=build_schedule(cfg))
+
+
+def loss_name(cfg: TrainConfig) -> str:
+    if cfg.objective.loss is not None:
+        return cfg.objective.loss
+    return get_registry().get("backbone", cfg.model.backbone).obj.default_loss
+
+
+def build_base_loss(cfg: TrainConfig, schedule: NoiseSchedule):
+    return get_registry().get("diffusion_loss", loss_name(cfg)).obj(schedule)
 
 
 def build_regularizers(cfg: TrainConfig, *, class_counts: torch.Tensor, num_classes: int,
@@ -68,6 +79,7 @@ def check_components(cfg: TrainConfig) -> None:
     reg.get("augmentation", cfg.data.augment)
     reg.get("noise_schedule", cfg.diffusion.schedule)
     backbone_options(cfg)
+    reg.get("diffusion_loss", loss_name(cfg))
     for i, rc in enumerate(cfg.objective.regularizers):
         spec = reg.get("regularizer", rc.name).obj
         opts = validate_component_options(spec.options_model, rc.options, f"objective.regularizers[{i}] ({rc.name})")

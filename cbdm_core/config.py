@@ -54,6 +54,7 @@ class DataConfig(_Strict):
 
 
 class ObjectiveConfig(_Strict):
+    loss: Optional[str] = None  # the base diffusion loss; None: the backbone's default
     p_uncond: float = Field(0.1, ge=0, le=1)
     drop_whole_batch: bool = False
     regularizers: list[ComponentConfig] = Field(default_factory=lambda: [ComponentConfig(name="cbdm")])

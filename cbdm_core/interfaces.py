@@ -32,11 +32,13 @@ class BackboneSpec:
 
     Attributes:
         options_model: pydantic model of the architecture options (extra keys forbidden).
-        build: ``build(options, *, image_size, channels, num_classes) -> nn.Module``.
+        build: ``build(options, *, image_size, channels, num_classes, schedule) -> nn.Module``.
+        default_loss: the ``diffusion_loss`` it is trained with unless the config says otherwise.
     """
 
     options_model: type[BaseModel]
     build: Callable[..., torch.nn.Module]
+    default_loss: str = "ddpm"
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,11 @@
 """Training objectives: a base diffusion loss composed with regulariser plugins.
 
-Every regulariser may ask for extra network outputs on the *same* noisy input
-with other labels (CBDM's y'); the objective gathers all of them and the main
-prediction into ONE forward pass over the concatenated batch.
+The base loss (kind ``diffusion_loss``) decides how a clean batch is noised, what the
+network is asked to predict and how the error is weighted: ``ddpm`` (epsilon
+prediction on the discrete schedule) is built in, ``edm`` comes with the EDM backbone.
+Every regulariser may ask for extra network outputs on the *same* noisy input with
+other labels (CBDM's y'); the objective gathers them and the main prediction into
+ONE forward pass over the concatenated batch.
 """
 
 from __future__ import annotations
@@ -32,12 +35,60 @@ class LossTerms:
 
 
 @dataclass
+class NoisyBatch:
+    """A noised batch as drawn by a base loss.
+
+    Attributes:
+        x: the network input ``[B, C, H, W]``.
+        time: what the network receives as its time input (integer t, or sigma).
+        t: the equivalent integer timestep ``[B]`` on the discrete schedule (0..T-1),
+            used by regularisers whose weight depends on the noise level (CBDM's tau*t).
+        target: what the prediction is compared with.
+        weight: per-sample loss weight ``[B]`` or None.
+    """
+
+    x: torch.Tensor
+    time: torch.Tensor
+    t: torch.Tensor
+    target: torch.Tensor
+    weight: Optional[torch.Tensor] = None
+
+
+class BaseLoss(Protocol):
+    """How to noise a batch, call the network, and score its prediction."""
+
+    def draw(self, x0: torch.Tensor, *, t: Optional[torch.Tensor] = None,
+             noise: Optional[torch.Tensor] = None) -> NoisyBatch: ...
+
+    def predict(self, model, x: torch.Tensor, time: torch.Tensor, y: torch.Tensor,
+                cond: Optional[torch.Tensor]) -> torch.Tensor: ...
+
+
+@dataclass
+class EpsilonLoss:
+    """DDPM's simple loss: predict the noise of ``x_t = sqrt(ab) x0 + sqrt(1 - ab) eps``."""
+
+    schedule: NoiseSchedule
+
+    def draw(self, x0: torch.Tensor, *, t: Optional[torch.Tensor] = None,
+             noise: Optional[torch.Tensor] = None) -> NoisyBatch:
+        if t is None:
+            t = torch.randint(0, self.schedule.num_timesteps, (x0.shape[0],), device=x0.device)
+        if noise is None:
+            noise = torch.randn_like(x0)
+        return NoisyBatch(x=self.schedule.q_sample(x0, t, noise), time=t, t=t, target=noise)
+
+    def predict(self, model, x, time, y, cond):
+        return model(x, time, y) if cond is None else model(x, time, y, cond)
+
+
+@dataclass
 class RegularizerContext:
     """What a regulariser sees of the current batch.
 
     Attributes:
         x_t: noisy inputs ``[B, C, H, W]``.
-        t: integer timesteps ``[B]``.
+        t: integer (or equivalent integer) timesteps ``[B]``.
         y: labels as fed to the network (null where dropped) ``[B]``.
         keep: bool mask ``[B]``: False for rows whose label was dropped.
         num_classes: number of real classes (also the null index).
@@ -63,7 +114,7 @@ class Regularizer(Protocol):
 
 @dataclass
 class DiffusionObjective:
-    """Epsilon-prediction DDPM loss plus regularisers, with classifier-free label dropout.
+    """A base diffusion loss plus regularisers, with classifier-free label dropout.
 
     Args:
         schedule: the noise schedule.
@@ -72,6 +123,7 @@ class DiffusionObjective:
         p_uncond: probability of replacing a label by the null label.
         drop_whole_batch: drop the labels of the whole batch with probability
             ``p_uncond`` (the reference code's behaviour) instead of per sample.
+        base: the base loss; epsilon prediction on ``schedule`` when omitted.
     """
 
     schedule: NoiseSchedule
@@ -79,45 +131,46 @@ class DiffusionObjective:
     regularizers: Sequence[Regularizer] = field(default_factory=tuple)
     p_uncond: float = 0.1
     drop_whole_batch: bool = False
+    base: Optional[BaseLoss] = None
+
+    def __post_init__(self) -> None:
+        if self.base is None:
+            self.base = EpsilonLoss(self.schedule)
 
     def __call__(self, model, x0: torch.Tensor, y: torch.Tensor, *, t: Optional[torch.Tensor] = None,
                  noise: Optional[torch.Tensor] = None, cond: Optional[torch.Tensor] = None,
                  keep: Optional[torch.Tensor] = None) -> LossTerms:
         b = x0.shape[0]
-        device = x0.device
-        if t is None:
-            t = torch.randint(0, self.schedule.num_timesteps, (b,), device=device)
-        if noise is None:
-            noise = torch.randn_like(x0)
         if keep is None:
-            keep = self.sample_keep_mask(b, device)
-        x_t = self.schedule.q_sample(x0, t, noise)
+            keep = self.sample_keep_mask(b, x0.device)
+        batch = self.base.draw(x0, t=t, noise=noise)
         y_in = torch.where(keep, y, torch.full_like(y, self.num_classes))
-        ctx = RegularizerContext(x_t=x_t, t=t, y=y_in, keep=keep, num_classes=self.num_classes)
+        ctx = RegularizerContext(x_t=batch.x, t=batch.t, y=y_in, keep=keep, num_classes=self.num_classes)
 
         extras = [r.extra_labels(ctx) for r in self.regularizers]
-        label_blocks = [y_in[None]] + [e for e in extras if e is not None]
-        labels = torch.cat(label_blocks, dim=0)  # [1 + S_total, B]
+        labels = torch.cat([y_in[None]] + [e for e in extras if e is not None], dim=0)  # [1 + S, B]
         views = labels.shape[0]
         if views == 1:
-            eps_all = model(x_t, t, y_in, cond) if cond is not None else model(x_t, t, y_in)
+            pred_all = self.base.predict(model, batch.x, batch.time, y_in, cond)
         else:
-            x_rep = x_t.repeat(views, *([1] * (x_t.ndim - 1)))
-            t_rep = t.repeat(views)
-            if cond is not None:
-                eps_all = model(x_rep, t_rep, labels.reshape(-1), cond.repeat(views, 1))
-            else:
-                eps_all = model(x_rep, t_rep, labels.reshape(-1))
-        eps_all = eps_all.float().view(views, *x_t.shape)
-        eps = eps_all[0]
+            # One pass over [x, x, ...] with labels [y, y', ...]: same cost per row, fewer launches.
+            x_rep = batch.x.repeat(views, *([1] * (batch.x.ndim - 1)))
+            time_rep = batch.time.repeat(views)
+            cond_rep = None if cond is None else cond.repeat(views, 1)
+            pred_all = self.base.predict(model, x_rep, time_rep, labels.reshape(-1), cond_rep)
+        pred_all = pred_all.float().view(views, *batch.x.shape)
+        pred = pred_all[0]
 
-        diffusion = (eps - noise.float()).pow(2).mean()
+        per_elem = (pred - batch.target.float()).pow(2)
+        if batch.weight is not None:
+            per_elem = per_elem * batch.weight.float().view(-1, *([1] * (per_elem.ndim - 1)))
+        diffusion = per_elem.mean()
         terms: dict[str, torch.Tensor] = {"diffusion": diffusion}
         total = diffusion
         offset = 1
         for reg, extra in zip(self.regularizers, extras):
             n = 0 if extra is None else extra.shape[0]
-            reg_terms, contribution = reg.loss(ctx, eps, eps_all[offset:offset + n] if n else None)
+            reg_terms, contribution = reg.loss(ctx, pred, pred_all[offset:offset + n] if n else None)
             offset += n
             terms.update(reg_terms)
             total = total + contribution

@@ -9,6 +9,7 @@ backbone               :class:`cbdm_core.interfaces.BackboneSpec`
 noise_schedule         callable ``(num_timesteps: int) -> NoiseSchedule``
 label_distribution     callable ``(class_counts: Tensor, arg: str | None) -> Tensor`` (probs)
 regularizer            :class:`cbdm_core.interfaces.RegularizerSpec`
+diffusion_loss         callable ``(schedule) -> BaseLoss`` (see :mod:`cbdm_core.objectives`)
 sampler                :class:`cbdm_core.interfaces.SamplerSpec`
 guidance               callable ``(model, scale: float, null_label: int) -> denoise_fn``
 dataset                callable ``(options: DatasetOptions) -> LabeledImages``
@@ -37,6 +38,7 @@ KINDS: tuple[str, ...] = (
     "noise_schedule",
     "label_distribution",
     "regularizer",
+    "diffusion_loss",
     "sampler",
     "guidance",
     "dataset",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cbdm_core.hookspecs import hookimpl
+from cbdm_core.objectives import EpsilonLoss
 from cbdm_core.schedules import CosineSchedule, LinearSchedule
 
 
@@ -18,3 +19,4 @@ def _cosine(num_timesteps: int, **_: float) -> CosineSchedule:
 def register_components(register) -> None:
     register("noise_schedule", "linear", _linear, description="DDPM linear betas (beta_1 .. beta_T)")
     register("noise_schedule", "cosine", _cosine, description="cosine schedule (Nichol & Dhariwal)")
+    register("diffusion_loss", "ddpm", EpsilonLoss, description="epsilon prediction on the discrete schedule (DDPM)")

@@ -210,5 +210,5 @@ class UNet(nn.Module):
         return self.tail(h)
 
 
-def build_unet(options: UNetOptions, *, image_size: int, channels: int, num_classes: int) -> UNet:
+def build_unet(options: UNetOptions, *, image_size: int, channels: int, num_classes: int, **_: object) -> UNet:
     return UNet(options, image_size=image_size, channels=channels, num_classes=num_classes)

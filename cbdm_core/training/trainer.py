@@ -120,7 +120,8 @@ class Trainer:
         regularizers = build.build_regularizers(cfg, class_counts=counts, num_classes=data.num_classes,
                                                 schedule=schedule)
         objective = DiffusionObjective(schedule, data.num_classes, regularizers, p_uncond=cfg.objective.p_uncond,
-                                       drop_whole_batch=cfg.objective.drop_whole_batch)
+                                       drop_whole_batch=cfg.objective.drop_whole_batch,
+                                       base=build.build_base_loss(cfg, schedule))
         o = cfg.optim
         optimizer = torch.optim.Adam(model.parameters(), lr=o.lr, fused=device.type == "cuda")
         lr_at = (lambda s: min(1.0, (s + 1) / o.warmup)) if o.warmup > 0 else (lambda s: 1.0)

@@ -1,0 +1,80 @@
+"""On-disk cache of feature sets (reference statistics of real data), as safetensors."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors import safe_open
+
+from ..errors import CbdmError
+from ._io import atomic_save_safetensors
+from .base import FeatureSet
+
+log = logging.getLogger("cbdm.features")
+
+
+def reference_key(dataset: str, split: str, extractor_key: str) -> str:
+    """Cache key of a dataset split's features under one extractor (``FeatureExtractor.cache_key``)."""
+    return f"{dataset}-{split}-{extractor_key}"
+
+
+def cache_path(cache_dir: str | os.PathLike, key: str) -> Path:
+    """File for ``key``: a readable sanitised name plus a short hash of the exact key,
+    so keys that sanitise alike never collide."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", key)[:120]
+    digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+    return Path(cache_dir) / f"{safe}-{digest}.safetensors"
+
+
+def save_feature_set(path: str | os.PathLike, fs: FeatureSet, key: str = "") -> None:
+    """Write ``fs`` atomically (features, and labels / probs when present)."""
+    tensors = {"features": fs.features}
+    if fs.labels is not None:
+        tensors["labels"] = fs.labels.to(torch.int64)
+    if fs.probs is not None:
+        tensors["probs"] = fs.probs
+    atomic_save_safetensors(tensors, path, {"format": "cbdm-features-v1", "extractor": fs.extractor, "key": key})
+
+
+def load_feature_set(path: str | os.PathLike, key: str | None = None) -> FeatureSet:
+    """Read a file written by :func:`save_feature_set`; with ``key``, check it matches."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+        raise CbdmError(f"feature file {path} is not readable ({type(e).__name__})") from None
+    if meta.get("format") != "cbdm-features-v1" or "features" not in tensors:
+        raise CbdmError(f"{path} is not a cbdm feature file")
+    if key is not None and meta.get("key") != key:
+        raise CbdmError(f"feature file {path} holds {meta.get('key')!r}, not {key!r}")
+    return FeatureSet(tensors["features"], tensors.get("labels"), tensors.get("probs"), meta.get("extractor", ""))
+
+
+def cached_features(cache_dir: str | os.PathLike, key: str,
+                    compute_fn: Callable[[], FeatureSet]) -> FeatureSet:
+    """The cached feature set for ``key``, or ``compute_fn()`` saved under it.
+
+    An unreadable cache file is recomputed and overwritten (with a warning) rather than
+    failing the evaluation.
+    """
+    path = cache_path(cache_dir, key)
+    if path.is_file():
+        try:
+            fs = load_feature_set(path, key)
+            log.info("loaded cached features %s from %s", key, path)
+            return fs
+        except CbdmError as e:
+            msg = f"ignoring bad feature cache file ({e}); recomputing"
+            log.warning(msg)
+            warnings.warn(msg, UserWarning, stacklevel=2)
+    fs = compute_fn()
+    save_feature_set(path, fs, key)
+    return fs

@@ -1,0 +1,154 @@
+"""``cbdm sample``: many samples from a trained run, in resumable shards."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
+
+from cbdm_core.errors import CbdmError
+
+DEFAULT_PER_CLASS = 10
+DEFAULT_SHARD_SIZE = 5000
+
+
+class _RateColumn(ProgressColumn):
+    """Images per second."""
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("-- img/s" if speed is None else f"{speed:.1f} img/s", style="progress.data.speed")
+
+
+def run_dir_of(path: Path) -> Path:
+    """The run folder of a run folder or of a checkpoint file (``<run>/checkpoints/ckpt-*.safetensors``)."""
+    if path.is_dir():
+        return path
+    parent = path.parent
+    return parent.parent if parent.name == "checkpoints" else parent
+
+
+def default_out_dir(path: Path, sampler: str, steps: int, guidance: float) -> Path:
+    return run_dir_of(path) / f"samples-{sampler}-{steps}-w{guidance:g}"
+
+
+def _free_bytes(folder: Path) -> Optional[int]:
+    """Free space on the disk that holds ``folder`` (or its nearest existing parent)."""
+    probe = folder.absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return shutil.disk_usage(probe).free
+    except OSError:
+        return None
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+@click.command("sample")
+@click.argument("run_path", metavar="RUN_DIR_OR_CHECKPOINT", type=click.Path(path_type=Path))
+@click.option("--sampler", default="ddim", show_default=True, help="Registered sampler (ddim, ddpm, ...).")
+@click.option("--steps", type=int, help="Sampling steps (default: the sampler's, capped at T; ddim 100, ddpm T).")
+@click.option("--eta", type=float, help="DDIM noise, 0 = deterministic (default 0; ddpm takes none).")
+@click.option("--guidance", "-w", type=float, default=0.0, show_default=True,
+              help="Classifier-free guidance strength w (0 = plain conditional).")
+@click.option("--num", "-n", type=int, help=f"Number of images (default {DEFAULT_PER_CLASS} per class).")
+@click.option("--classes", default="balanced", show_default=True,
+              help="balanced (equal per class), train (training frequencies), or class indices like 0,3,7.")
+@click.option("--batch-size", type=int, default=256, show_default=True, help="Images per network batch.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--ema/--no-ema", default=True, show_default=True, help="Use the EMA weights.")
+@click.option("--out", "-o", "out", type=click.Path(path_type=Path),
+              help="Sample folder (default <run_dir>/samples-<sampler>-<steps>-w<w>).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--var-type", help="ddpm variance: fixedlarge or fixedsmall.")
+@click.option("--spacing", help="ddim timestep spacing: uniform, linspace or trailing.")
+@click.option("--clip/--no-clip", "clip", default=None, help="Clamp predicted x_0 to [-1, 1] (default: the sampler's).")
+@click.option("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, show_default=True, help="Images per shard file.")
+@click.option("--overwrite", is_flag=True, help="Replace samples made with other settings in --out.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def sample(run_path: Path, sampler: str, steps: Optional[int], eta: Optional[float], guidance: float,
+           num: Optional[int], classes: str, batch_size: int, seed: int, ema: bool, out: Optional[Path],
+           device: str, var_type: Optional[str], spacing: Optional[str], clip: Optional[bool], shard_size: int,
+           overwrite: bool, progress: bool) -> None:
+    """Sample images from a trained run into resumable shards (re-run the same command to resume)."""
+    from cbdm_core.build import resolve_device
+    from cbdm_core.registry import get_registry
+    from cbdm_core.run import load_run
+    from cbdm_core.sampling.generate import estimate_output_bytes, generate_samples, resolve_steps
+    from cbdm_core.sampling.plan import plan_labels
+
+    console = Console(stderr=True)
+
+    def say(message: str) -> None:
+        console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+    if num is not None and num <= 0:
+        raise CbdmError(f"--num must be positive, got {num}")
+    if batch_size <= 0:
+        raise CbdmError(f"--batch-size must be positive, got {batch_size}")
+    if shard_size <= 0:
+        raise CbdmError(f"--shard-size must be positive, got {shard_size}")
+    get_registry().get("sampler", sampler)  # unknown sampler: fail before loading anything
+
+    run = load_run(run_path, ema=ema, device=resolve_device(device))
+    C = run.num_classes
+    num = DEFAULT_PER_CLASS * C if num is None else num
+    labels = plan_labels(classes, num, C, run.meta.get("class_counts"))
+    steps = resolve_steps(sampler, steps, run.schedule.num_timesteps)
+    if guidance > 0 and not run.trained_with_label_dropout:
+        say(f"warning: {run.checkpoint} was trained without label dropout (p_uncond = 0), so its "
+            "unconditional prediction is untrained; guidance may give poor images")
+    options: dict[str, Any] = {}
+    if var_type is not None:
+        options["var_type"] = var_type
+    if spacing is not None:
+        options["spacing"] = spacing
+    out = out if out is not None else default_out_dir(run_path, sampler, steps, guidance)
+
+    image_shape = (int(run.meta["channels"]), int(run.meta["image_size"]), int(run.meta["image_size"]))
+    need, free = estimate_output_bytes(num, image_shape), _free_bytes(out)
+    if free is not None and need > free:
+        say(f"warning: the samples need about {_size(need)} but only {_size(free)} is free "
+            f"on the disk of {out}")
+
+    bar = Progress(TextColumn("[bold]sample"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
+                   _RateColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+                   disable=not progress)
+    task = bar.add_task("sample", total=num)
+
+    def on_ready(already: int) -> None:
+        if already:
+            say(f"resuming: {already} of {num} images already in {out}")
+        # Start the rate clock after the skipped shards, so img/s counts new images only.
+        bar.reset(task, total=num, completed=already)
+        bar.start()
+
+    def on_progress(done: float, total: int) -> None:
+        bar.update(task, completed=done)
+
+    try:
+        result = generate_samples(
+            run, labels, out_dir=out, sampler=sampler, steps=steps, eta=0.0 if eta is None else eta,
+            guidance=guidance, seed=seed, batch_size=batch_size, shard_size=shard_size, clip_denoised=clip,
+            sampler_options=options, classes=classes, ema=ema, overwrite=overwrite,
+            on_progress=on_progress, on_ready=on_ready)
+    except KeyboardInterrupt:
+        bar.stop()
+        say(f"interrupted; complete shards are kept in {out} (re-run the same command to resume)")
+        raise SystemExit(130)
+    finally:
+        bar.stop()
+    click.echo(f"{num} images in {len(result.shards)} shard(s) in {result.out_dir} "
+               f"({len(result.generated)} written, {len(result.skipped)} kept); grid {result.grid}")
