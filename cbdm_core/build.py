@@ -87,6 +87,10 @@ def check_components(cfg: TrainConfig) -> None:
         if y_dist is not None:
             reg.get("label_distribution", y_dist)
     reg.get("sampler", cfg.preview.sampler)
+    if cfg.init_from is not None:
+        from .run import resolve_checkpoint
+
+        resolve_checkpoint(cfg.init_from)
 
 
 def resolve_device(name: str) -> torch.device:

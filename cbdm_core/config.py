@@ -89,6 +89,7 @@ class TrainConfig(_Strict):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     preview: SamplingPreview = Field(default_factory=SamplingPreview)
     seed: int = 0
+    init_from: Optional[Path] = None  # pre-trained run folder or checkpoint to start from
     device: str = "auto"
     log_every: int = Field(50, ge=1)
     sample_every: int = Field(0, ge=0)  # 0: only at the end

@@ -41,7 +41,7 @@ def build_config(config: Optional[Path], preset: Optional[str], opts: dict[str, 
         "p_uncond": "objective.p_uncond", "steps": "optim.steps", "batch_size": "optim.batch_size",
         "lr": "optim.lr", "warmup": "optim.warmup", "ema_decay": "optim.ema_decay",
         "seed": "seed", "device": "device", "log_every": "log_every", "sample_every": "sample_every",
-        "ckpt_every": "ckpt_every", "keep_last": "keep_last",
+        "ckpt_every": "ckpt_every", "keep_last": "keep_last", "init_from": "init_from",
     }
     for key, dotted in simple.items():
         if opts.get(key) is not None:
@@ -104,6 +104,8 @@ def _counts_table(data) -> Table:
 @click.option("--ckpt-every", type=int, help="Steps between checkpoints (0: only at the end).")
 @click.option("--keep-last", type=int, help="Checkpoints to keep.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config field, e.g. model.options.ch=64.")
+@click.option("--init-from", type=click.Path(path_type=Path),
+              help="Start from a pre-trained run or checkpoint (fine-tuning; EMA weights).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace a different run already in --out.")
 @click.option("--progress/--no-progress", default=True)
@@ -133,6 +135,9 @@ def train(out, config, preset, sets, resume, overwrite, progress, **opts):
         n_params = sum(p.numel() for p in model.parameters())
         console.print(_counts_table(data))
         console.print(f"model {cfg.model.backbone}: {n_params / 1e6:.2f}M parameters; run folder {out}")
+        if cfg.init_from is not None and step == 0:
+            fresh = ", ".join(trainer.reinitialised) or "none"
+            console.print(f"initialised from {cfg.init_from}; re-initialised: {fresh}")
         bar.update(task, completed=step)
         bar.start()
 

@@ -72,6 +72,7 @@ class Trainer:
         self.on_log = on_log
         self.on_start = on_start
         self._stop = threading.Event()
+        self.reinitialised: list[str] = []
 
     # -- run folder -----------------------------------------------------------------
     @property
@@ -137,6 +138,11 @@ class Trainer:
         labels = data.labels.to(device)
 
         step = 0
+        if start_ckpt is None and cfg.init_from is not None:
+            from .init_from import init_from_checkpoint
+
+            self.reinitialised = init_from_checkpoint(model, cfg.init_from)
+            ema_model.load_state_dict(model.state_dict())
         if start_ckpt is not None:
             load_state_checked(model, start_ckpt.model, "checkpoint model weights")
             load_state_checked(ema_model, start_ckpt.ema, "checkpoint EMA weights")
