@@ -95,6 +95,7 @@ class TrainConfig(_Strict):
     sample_every: int = Field(0, ge=0)  # 0: only at the end
     ckpt_every: int = Field(0, ge=0)  # 0: only at the end
     keep_last: int = Field(3, ge=1)
+    on_nonfinite: Literal["stop", "skip"] = "stop"
 
     @model_validator(mode="after")
     def _betas(self) -> "TrainConfig":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import shutil
 import signal
 import threading
@@ -28,7 +27,7 @@ from .ema import EMA
 
 # Fields that may change when resuming a run.
 RESUMABLE_CHANGES = {("optim", "steps"), ("log_every",), ("sample_every",), ("ckpt_every",), ("keep_last",),
-                     ("device",), ("preview",)}
+                     ("device",), ("preview",), ("on_nonfinite",)}
 
 
 @dataclass
@@ -81,6 +80,17 @@ class Trainer:
 
     def _prepare_run_dir(self) -> Optional[Checkpoint]:
         cfg_path = self.run_dir / "config.yaml"
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.run_dir / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise CbdmError(f"run folder {self.run_dir} is not writable: {exc.strerror or exc}") from None
+        # Temporary files of a write that was killed midway are never complete checkpoints.
+        if self.ckpt_dir.is_dir():
+            for stale in self.ckpt_dir.glob(".ckpt-*.tmp"):
+                stale.unlink(missing_ok=True)
         existing = list_checkpoints(self.ckpt_dir)
         if self.resume:
             if not existing:
@@ -158,6 +168,7 @@ class Trainer:
             self.on_start(data, model, step)
 
         def save(at_step: int) -> Path:
+            check_finite()
             path = self.ckpt_dir / checkpoint_name(at_step)
             save_checkpoint(path, Checkpoint(step=at_step, config=cfg.model_dump(mode="json"),
                                              model=model.state_dict(), ema=ema_model.state_dict(),
@@ -170,6 +181,15 @@ class Trainer:
         last_ckpt: Optional[Path] = None
         grid: Optional[Path] = None
         sums: dict[str, torch.Tensor] = {}
+        bad = torch.zeros((), dtype=torch.bool, device=device)  # any non-finite step since start
+        skipped = 0
+
+        def check_finite() -> None:
+            if bool(bad):
+                raise CbdmError(f"non-finite loss or gradient before step {step}; stopped without saving "
+                                f"(the last good checkpoint is kept in {self.ckpt_dir}; "
+                                "--set on_nonfinite=skip skips such steps instead)")
+
         window_start, window_steps = time.perf_counter(), 0
         log_path = self.run_dir / "metrics.jsonl"
         try:
@@ -185,8 +205,14 @@ class Trainer:
                 terms = objective(model, x0, labels[idx], cond=cond)
                 optimizer.zero_grad(set_to_none=True)
                 terms.total.backward()
-                if o.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
+                                                      o.grad_clip if o.grad_clip > 0 else float("inf"))
+                finite = torch.isfinite(terms.total) & torch.isfinite(norm)
+                if cfg.on_nonfinite == "skip" and not bool(finite):  # a host sync, only in skip mode
+                    skipped += 1
+                    step += 1
+                    continue
+                bad = bad | ~finite
                 optimizer.step()
                 ema.update(step)
                 step += 1
@@ -194,13 +220,13 @@ class Trainer:
                 for k, v in terms.as_dict().items():
                     sums[k] = sums.get(k, 0.0) + v.detach()
                 if step % cfg.log_every == 0 or step == o.steps:
-                    record = {"step": step, **{k: float(v) / window_steps for k, v in sums.items()},
+                    check_finite()
+                    record = {"step": step, **{k: float(v) / max(window_steps, 1) for k, v in sums.items()},
                               "lr": optimizer.param_groups[0]["lr"]}
                     elapsed = time.perf_counter() - window_start
                     record["images_per_sec"] = window_steps * o.batch_size / max(elapsed, 1e-9)
-                    if not math.isfinite(record["total"]):
-                        raise CbdmError(f"non-finite loss at step {step}; stopped without saving "
-                                        f"(last good checkpoint kept in {self.ckpt_dir})")
+                    if skipped:
+                        record["skipped_steps"] = skipped
                     with open(log_path, "a") as f:
                         f.write(json.dumps(record) + "\n")
                     if self.on_log:
