@@ -20,7 +20,7 @@ _COMMANDS = [
 
 
 class _Group(click.Group):
-    """Turns :class:`CbdmError` into one line on stderr and exit status 2."""
+    """Turns :class:`CbdmError` into one line on stderr and exit status 1."""
 
     def invoke(self, ctx: click.Context):
         try:
