@@ -38,7 +38,7 @@ class CBDMOptions(BaseModel):
 
     tau: float = Field(0.001, ge=0.0)
     gamma: float = Field(0.25, ge=0.0)
-    y_dist: str = "bal"
+    y_dist: str = "train"  # the reference code draws y' from the training frequencies from scratch
     set_size: int = Field(1, ge=1)
 
 

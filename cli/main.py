@@ -16,6 +16,7 @@ _COMMANDS = [
     ("cbdm_cli.eval_cmd", "eval_group"),
     ("cbdm_cli.plugins_cmd", "plugins"),
     ("cbdm_cli.import_cmd", "import_checkpoint"),
+    ("cbdm_cli.presets_cmd", "presets"),
 ]
 
 
