@@ -191,3 +191,28 @@ def test_corrupt_checkpoint(tmp_path):
     res = _invoke(bad, "--no-progress", "--device", "cpu")
     assert res.exit_code != 0 and "Traceback" not in res.output
     assert len(res.output.strip().splitlines()) == 1 and "safetensors" in res.output
+
+
+def test_unconditional_model_samples_with_null_label(tmp_path):
+    from cbdm_core.build import build_model
+    from cbdm_core.checkpoint import Checkpoint, save_checkpoint
+    from cbdm_core.config import TrainConfig
+
+    cfg = TrainConfig.model_validate({"model": {"options": {"ch": 8, "ch_mult": [1, 2], "attn": [1],
+                                                            "num_res_blocks": 1, "num_groups": 4}},
+                                      "diffusion": {"T": 50}})
+    model = build_model(cfg, image_size=8, channels=1, num_classes=0)
+    sd = model.state_dict()
+    save_checkpoint(tmp_path / "run" / "checkpoints" / "ckpt-00000000.safetensors",
+                    Checkpoint(0, cfg.model_dump(mode="json"), sd, {k: v.clone() for k, v in sd.items()},
+                               meta={"num_classes": 0, "image_size": 8, "channels": 1, "class_counts": [],
+                                     "class_names": [], "cond_dim": 0}))
+    runner = CliRunner()
+    res = runner.invoke(cli, ["sample", str(tmp_path / "run"), "--num", "5", "--steps", "3", "--no-progress",
+                              "--out", str(tmp_path / "s")])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert manifest["counts_per_class"] == [5] and manifest["class_names"] == ["unconditional"]
+    res = runner.invoke(cli, ["sample", str(tmp_path / "run"), "--num", "5", "--steps", "3", "--guidance", "1",
+                              "--out", str(tmp_path / "s2"), "--no-progress"])
+    assert res.exit_code != 0 and "unconditional" in res.output

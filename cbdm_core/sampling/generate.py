@@ -130,7 +130,11 @@ def generate_samples(run: "LoadedRun", labels: Sequence[int], *, out_dir: Path, 
     out_dir = Path(out_dir)
     labels_np = np.asarray(list(labels), dtype=np.int64)
     num = int(labels_np.size)
-    C = run.num_classes
+    # An unconditional model (no classes) samples with the null label, index 0; for
+    # bookkeeping (counts, grid rows) it counts as one class.
+    C = max(run.num_classes, 1)
+    if run.num_classes == 0 and float(guidance) != 0:
+        raise CbdmError("guidance needs a class-conditional model; this one is unconditional")
     if num <= 0:
         raise CbdmError("the number of samples must be positive")
     if batch_size <= 0:
@@ -159,7 +163,8 @@ def generate_samples(run: "LoadedRun", labels: Sequence[int], *, out_dir: Path, 
         "image_shape": [chw[1], chw[2], chw[0]],
     }
     _prepare_folder(out_dir, settings, overwrite)
-    class_names = list((run.meta or {}).get("class_names") or [str(k) for k in range(C)])
+    class_names = list((run.meta or {}).get("class_names") or
+                       (["unconditional"] if run.num_classes == 0 else [str(k) for k in range(C)]))
     manifest = {
         "format": sh.FORMAT, "complete": False, "settings": settings, "classes": classes, "num_classes": C,
         "class_names": class_names, "counts_per_class": counts, "num": num, "shard_size": int(shard_size),

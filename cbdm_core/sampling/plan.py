@@ -97,5 +97,14 @@ def labels_from_counts(counts: Sequence[int]) -> list[int]:
 
 def plan_labels(spec: str, num: int, num_classes: int,
                 class_counts: Optional[Sequence[int]] = None) -> list[int]:
-    """The label of every sample, sorted by class; see :func:`class_sample_counts`."""
+    """The label of every sample, sorted by class; see :func:`class_sample_counts`.
+
+    An unconditional model (no classes) gets the null label, index 0, for every sample.
+    """
+    if int(num_classes) == 0:
+        if str(spec).strip().lower() not in BALANCED:
+            raise CbdmError("the model is unconditional: --classes does not apply")
+        if int(num) <= 0:
+            raise CbdmError(f"the number of samples must be positive, got {num}")
+        return [0] * int(num)
     return labels_from_counts(class_sample_counts(spec, num, num_classes, class_counts))
