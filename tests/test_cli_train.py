@@ -155,3 +155,16 @@ def test_mnist_lt_from_shared_data(tmp_path, tiny_config, shared_data):
     assert ck.meta["image_size"] == 32 and ck.meta["channels"] == 1
     counts = ck.meta["class_counts"]
     assert counts[0] > counts[-1] and len(counts) == 10
+
+
+@pytest.mark.parametrize("augment", ["ada", "diffaug", "flip"])
+def test_baselines_augmentation_and_resampling_train(tmp_path, tiny_config, augment):
+    out = tmp_path / "run"
+    res = run("train", "--config", tiny_config, "--out", out, "--no-progress", "--steps", "2", "--augment", augment,
+              "--augment-p", "0.5", "--resample", "sqrt")
+    assert res.exit_code == 0, res.output
+    from cbdm_core import load_run
+
+    model = load_run(out).model
+    # ADA feeds its transform parameters to the network; the others do not.
+    assert (model.cond_embedding is not None) == (augment == "ada")
