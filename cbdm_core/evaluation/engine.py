@@ -1,0 +1,324 @@
+"""Evaluate generated samples against the class-balanced real set of a dataset."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+import torch
+
+from ..errors import CbdmError
+from .inputs import SampleSet, read_samples
+from .reference import (
+    check_labels,
+    default_cache_dir,
+    fit_to_reference,
+    load_reference,
+    reference_features,
+    training_class_counts,
+)
+
+DEFAULT_METRICS: tuple[str, ...] = ("fid", "is", "kid", "precision_recall", "prd", "per_class_fid")
+REFERENCE_SPLITS: tuple[str, ...] = ("train", "test")
+# Keywords the engine passes to every metric itself.
+COMMON_OPTIONS: tuple[str, ...] = ("device", "num_classes", "class_counts")
+PER_CLASS_PREFIX = "fid_class_"
+
+WarningFn = Callable[[str], None]
+
+
+@dataclass
+class EvalOptions:
+    """What ``cbdm eval`` takes; see :func:`evaluate`.
+
+    ``metrics=None`` means :data:`DEFAULT_METRICS` (then ``per_class_fid`` is skipped for
+    unlabelled samples instead of failing). ``metric_options`` maps a metric name to
+    its own keyword options (e.g. ``{"kid": {"subset_size": 100}}``).
+    """
+
+    dataset: str
+    data_root: Optional[Path] = None
+    extractor: str = "inception"
+    classifier: Optional[Path] = None
+    inception_weights: Optional[Path] = None
+    metrics: Optional[Sequence[str]] = None
+    metric_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    reference_split: str = "train"
+    cache_dir: Optional[Path] = None
+    batch_size: int = 200
+    device: str = "auto"
+    resize: bool = False
+
+
+@dataclass
+class ExtractorInfo:
+    """Which network produced the features, and whether its numbers match published ones."""
+
+    name: str
+    cache_key: str
+    comparable: bool
+    note: str
+    file: Optional[str] = None
+
+    @property
+    def label(self) -> str:
+        if self.name == "inception" and not self.comparable:
+            return "inception (unofficial weights: NOT comparable)"
+        if self.name == "classifier":
+            return f"classifier ({self.cache_key})"
+        return self.name
+
+
+@dataclass
+class MetricResult:
+    """The values of one metric component (``None`` = not computed) and its warnings."""
+
+    metric: str
+    values: dict[str, Optional[float]]
+    warnings: list[str] = field(default_factory=list)
+    skipped: Optional[str] = None
+
+    @property
+    def computed(self) -> bool:
+        return any(v is not None for v in self.values.values())
+
+
+@dataclass
+class EvalResult:
+    """Everything the report needs."""
+
+    dataset: str
+    samples: dict[str, Any]
+    reference: dict[str, Any]
+    extractor: ExtractorInfo
+    metrics: list[MetricResult]
+    class_names: list[str]
+    class_counts: Optional[list[int]] = None
+    class_counts_source: Optional[str] = None
+    sample_counts: Optional[list[int]] = None
+    warnings: list[str] = field(default_factory=list)
+
+    def values(self, per_class: bool = False) -> dict[str, Optional[float]]:
+        """All values by name (``fid_class_<c>`` only with ``per_class``)."""
+        out: dict[str, Optional[float]] = {}
+        for m in self.metrics:
+            for k, v in m.values.items():
+                if per_class or not k.startswith(PER_CLASS_PREFIX) or k == "fid_class_mean":
+                    out[k] = v
+        return out
+
+    def per_class_fid(self) -> Optional[dict[int, Optional[float]]]:
+        """``{class: FID}`` when ``per_class_fid`` ran, else ``None``."""
+        for m in self.metrics:
+            if m.metric == "per_class_fid" and m.skipped is None:
+                return {int(k[len(PER_CLASS_PREFIX):]): v for k, v in m.values.items()
+                        if k.startswith(PER_CLASS_PREFIX) and k[len(PER_CLASS_PREFIX):].isdigit()}
+        return None
+
+
+class _WarningLog:
+    """Collects the warnings raised during an evaluation (and per metric), passing each on."""
+
+    def __init__(self, on_warning: Optional[WarningFn]) -> None:
+        self.all: list[str] = []
+        self.current: Optional[list[str]] = None
+        self.on_warning = on_warning
+        self._catcher = warnings.catch_warnings()
+        self._original = warnings.showwarning
+
+    def _show(self, message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+        if not issubclass(category, UserWarning):
+            self._original(message, category, filename, lineno, file, line)
+            return
+        text = str(message)
+        self.all.append(text)
+        if self.current is not None:
+            self.current.append(text)
+        if self.on_warning is not None:
+            self.on_warning(text)
+
+    def __enter__(self) -> "_WarningLog":
+        self._catcher.__enter__()
+        warnings.simplefilter("always", UserWarning)
+        warnings.showwarning = self._show
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._catcher.__exit__(*exc)
+
+
+def resolve_metrics(names: Optional[Sequence[str]]) -> list[str]:
+    """Validated metric names (registered ``metric`` components), duplicates removed."""
+    from ..registry import get_registry
+
+    chosen = list(DEFAULT_METRICS) if names is None else [n.strip() for n in names if n.strip()]
+    if not chosen:
+        raise CbdmError("no metric selected; choose from: " + ", ".join(get_registry().names("metric")))
+    out: list[str] = []
+    for name in chosen:
+        get_registry().get("metric", name)  # unknown: error listing the choices
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def _check_metric_options(options: dict[str, dict[str, Any]]) -> None:
+    from ..registry import get_registry
+
+    for metric, opts in options.items():
+        get_registry().get("metric", metric)
+        reserved = sorted(set(opts) & set(COMMON_OPTIONS))
+        if reserved:
+            raise CbdmError(f"metric option(s) {', '.join(reserved)} of {metric!r} are set by the evaluation itself")
+
+
+def build_extractor(options: EvalOptions) -> tuple[Any, ExtractorInfo]:
+    """The feature extractor named in ``options`` and a description of it."""
+    from ..features.inception import OFFICIAL_SHA256_PREFIX, resolve_weights_path
+    from ..registry import get_registry
+
+    factory = get_registry().get("feature_extractor", options.extractor).obj
+    if options.extractor == "classifier":
+        if options.classifier is None:
+            raise CbdmError("--extractor classifier needs --classifier PATH (train one with "
+                            f"`cbdm eval train-classifier --dataset {options.dataset}`)")
+        extractor = factory(classifier_path=str(options.classifier))
+        info = ExtractorInfo("classifier", extractor.cache_key, False,
+                             f"features of the dataset-specific classifier {options.classifier}: compare only "
+                             f"with numbers from the same classifier ({extractor.cache_key}), never with "
+                             "published Inception FID/IS/KID", str(options.classifier))
+    elif options.extractor == "inception":
+        extractor = factory(weights_path=None if options.inception_weights is None else str(options.inception_weights))
+        path = resolve_weights_path(options.inception_weights)
+        official = extractor.cache_key.endswith(OFFICIAL_SHA256_PREFIX)
+        note = ("standard FID Inception v3 (TensorFlow 2015 weights): comparable to published numbers "
+                "at equal sample counts and reference sets" if official else
+                f"Inception weights {path} are NOT the official FID weights: these numbers are NOT "
+                "comparable to published FID/IS/KID and must not be reported as such")
+        info = ExtractorInfo("inception", extractor.cache_key, official, note, None if path is None else str(path))
+    else:
+        extractor = factory()
+        info = ExtractorInfo(options.extractor, extractor.cache_key, False,
+                             f"plugin feature extractor {options.extractor!r}: not the published protocol")
+    return extractor, info
+
+
+def _check_classifier_fits(extractor: Any, chw: tuple[int, int, int], dataset: str) -> None:
+    opts = getattr(getattr(extractor, "model", None), "options", None)
+    if opts is None:
+        return
+    if (opts.in_channels, opts.image_size, opts.image_size) != chw:
+        raise CbdmError(f"classifier {extractor.path} takes {opts.in_channels}x{opts.image_size}x{opts.image_size} "
+                        f"images but the {dataset} reference images are {chw[0]}x{chw[1]}x{chw[2]} (CxHxW); "
+                        f"train one with `cbdm eval train-classifier --dataset {dataset}`")
+
+
+def _finite(values: dict[str, Any]) -> dict[str, Optional[float]]:
+    out: dict[str, Optional[float]] = {}
+    for k, v in values.items():
+        out[k] = None if v is None or not math.isfinite(float(v)) else float(v)
+    return out
+
+
+def evaluate(samples: Union[Path, str, SampleSet], options: EvalOptions, *,
+             on_warning: Optional[WarningFn] = None,
+             on_status: Optional[Callable[[str], None]] = None) -> EvalResult:
+    """Compare ``samples`` (a path :func:`read_samples` accepts, or a :class:`SampleSet`)
+    with the class-balanced ``options.reference_split`` of ``options.dataset``.
+
+    Reference features are cached under ``cache_dir/features``. Every ``UserWarning``
+    raised on the way (e.g. a metric with too few samples) is passed to ``on_warning``
+    and kept in the result; metrics that could not be computed have ``None`` values.
+    """
+    from ..build import resolve_device
+    from ..registry import get_registry
+
+    status = on_status or (lambda _msg: None)
+    explicit = options.metrics is not None
+    metrics = resolve_metrics(options.metrics)
+    _check_metric_options(options.metric_options)
+    if options.reference_split not in REFERENCE_SPLITS:
+        raise CbdmError(f"reference split must be train or test, got {options.reference_split!r}")
+    if options.batch_size < 1:
+        raise CbdmError(f"--batch-size must be positive, got {options.batch_size}")
+    get_registry().get("feature_extractor", options.extractor)  # unknown: error listing the choices
+    if options.extractor == "classifier" and options.classifier is None:
+        build_extractor(options)  # the clear error, before any loading
+    device = resolve_device(options.device)
+    cache_dir = Path(options.cache_dir).expanduser() if options.cache_dir is not None else default_cache_dir()
+    specs = {m: get_registry().get("metric", m).obj for m in metrics}
+
+    with _WarningLog(on_warning) as log:
+        status(f"loading the {options.reference_split} split of {options.dataset}")
+        ref = load_reference(options.dataset, options.data_root, options.reference_split)
+        chw = (ref.channels, int(ref.images.shape[-2]), int(ref.images.shape[-1]))
+        sample_set = samples if isinstance(samples, SampleSet) else read_samples(Path(samples), ref.class_names)
+        model_classes = (sample_set.manifest or {}).get("num_classes")
+        if sample_set.labeled and isinstance(model_classes, int) and model_classes != ref.num_classes:
+            raise CbdmError(f"the samples in {sample_set.source} come from a model with {model_classes} classes "
+                            f"but {options.dataset} has {ref.num_classes}")
+        check_labels(sample_set.labels, ref.num_classes, str(sample_set.source))
+        images, resize_note = fit_to_reference(sample_set.images, chw, options.dataset, options.resize)
+
+        skipped: dict[str, str] = {}
+        if "per_class_fid" in metrics and not sample_set.labeled:
+            reason = f"the samples in {sample_set.source} have no class labels"
+            if explicit:
+                raise CbdmError(f"metric 'per_class_fid' needs labelled samples; {reason}")
+            skipped["per_class_fid"] = reason
+            warnings.warn(f"per_class_fid NOT COMPUTED: {reason}", UserWarning, stacklevel=2)
+        counts, counts_source = None, None
+        if "per_class_fid" in metrics and "per_class_fid" not in skipped:
+            counts, counts_source = training_class_counts(options.dataset, options.data_root, ref.num_classes,
+                                                          sample_set.manifest, fallback=ref.class_counts)
+
+        extractor, info = build_extractor(options)
+        _check_classifier_fits(extractor, chw, options.dataset)
+        status(f"reference features ({len(ref)} images, {info.name})")
+        cached = reference_features(extractor, ref, dataset=options.dataset, split=options.reference_split,
+                                    cache_dir=cache_dir, batch_size=options.batch_size, device=device)
+        status(f"sample features ({len(images)} images)")
+        fake = extractor.extract(images, batch_size=options.batch_size, device=device)
+        if sample_set.labeled:
+            fake = fake.with_labels(sample_set.labels)
+
+        results: list[MetricResult] = []
+        for name in metrics:
+            if name in skipped:
+                results.append(MetricResult(name, {}, [], skipped[name]))
+                continue
+            status(f"metric {name}")
+            log.current = []
+            values = specs[name].compute(cached.features, fake, device=device, num_classes=ref.num_classes,
+                                         class_counts=counts, **options.metric_options.get(name, {}))
+            results.append(MetricResult(name, _finite(values), log.current))
+            log.current = None
+
+    sample_counts = (torch.bincount(sample_set.labels, minlength=ref.num_classes).tolist()
+                     if sample_set.labeled else None)
+    return EvalResult(
+        dataset=options.dataset,
+        samples={"source": str(sample_set.source), "kind": sample_set.kind, "count": len(sample_set),
+                 "labeled": sample_set.labeled,
+                 "image_shape": [int(s) for s in sample_set.images.shape[1:]],
+                 "resized": resize_note},
+        reference={"dataset": options.dataset, "split": options.reference_split, "imb_factor": 1.0,
+                   "count": len(ref), "num_classes": ref.num_classes,
+                   "image_shape": list(chw),
+                   "description": (f"class-balanced {options.reference_split} split of {options.dataset} "
+                                   f"(imb_factor=1: the full split, no long tail), {len(ref)} images, "
+                                   f"{ref.num_classes} classes"),
+                   "class_counts": [int(c) for c in ref.class_counts.tolist()],
+                   "cache_key": cached.cache_key, "cache_file": str(cached.cache_file),
+                   "cache_hit": cached.cache_hit},
+        extractor=info,
+        metrics=results,
+        class_names=list(ref.class_names),
+        class_counts=counts,
+        class_counts_source=counts_source,
+        sample_counts=sample_counts,
+        warnings=log.all,
+    )

@@ -1,0 +1,178 @@
+"""The real side of an evaluation: the class-balanced reference set, its cached
+features, the training class frequencies, and fitting the samples to its image shape."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..data import dataset_options, load_dataset
+from ..errors import CbdmError
+from ..features import FeatureSet, cache_path, cached_features, reference_key
+from ..interfaces import LabeledImages
+
+ENV_CACHE = "CBDM_CACHE"
+DEFAULT_CACHE = "~/.cache/cbdm"
+LT_SUFFIX = "-lt"
+
+
+def default_cache_dir() -> Path:
+    """``$CBDM_CACHE``, else ``~/.cache/cbdm``."""
+    return Path(os.environ.get(ENV_CACHE) or DEFAULT_CACHE).expanduser()
+
+
+def load_reference(dataset: str, root: Optional[Path], split: str) -> LabeledImages:
+    """The class-balanced real set: ``split`` of ``dataset`` with ``imb_factor=1``.
+
+    For a long-tailed name (``cifar10-lt``) that is the full, balanced base split.
+    """
+    return load_dataset(dataset, dataset_options(root=root, split=split, imb_factor=1.0))
+
+
+def data_digest(ds: LabeledImages) -> str:
+    """Short content hash of a labelled image set: the cache never mixes up data roots."""
+    h = hashlib.sha256()
+    h.update(str(tuple(ds.images.shape)).encode())
+    h.update(ds.images.contiguous().numpy().tobytes())
+    h.update(ds.labels.to(torch.int64).contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def reference_cache_key(dataset: str, split: str, ds: LabeledImages, extractor_key: str) -> str:
+    """``reference_key`` of the balanced set (``-lt`` dropped, so ``x`` and ``x-lt`` share it)
+    plus a content hash of the images."""
+    base = dataset[: -len(LT_SUFFIX)] if dataset.endswith(LT_SUFFIX) else dataset
+    return reference_key(f"{base}@{data_digest(ds)}", split, extractor_key)
+
+
+@dataclass
+class CachedReference:
+    features: FeatureSet
+    cache_key: str
+    cache_file: Path
+    cache_hit: bool
+
+
+def reference_features(extractor: Any, ds: LabeledImages, *, dataset: str, split: str, cache_dir: Path,
+                       batch_size: int, device: torch.device) -> CachedReference:
+    """Features of the reference images (with labels), computed once per data, split and extractor."""
+    key = reference_cache_key(dataset, split, ds, extractor.cache_key)
+    computed = []
+
+    def compute() -> FeatureSet:
+        computed.append(True)
+        return extractor.extract(ds.images, batch_size=batch_size, device=device).with_labels(ds.labels)
+
+    folder = Path(cache_dir) / "features"
+    fs = cached_features(folder, key, compute)
+    if fs.labels is None or len(fs) != len(ds):
+        raise CbdmError(f"reference feature cache {cache_path(folder, key)} does not match the data; delete it")
+    return CachedReference(fs, key, cache_path(folder, key), not computed)
+
+
+def _counts_of(meta: Any, num_classes: int) -> Optional[list[int]]:
+    counts = meta.get("class_counts") if isinstance(meta, dict) else None
+    if isinstance(counts, list) and len(counts) == num_classes and all(isinstance(c, int) for c in counts):
+        return [int(c) for c in counts]
+    return None
+
+
+def manifest_class_counts(manifest: Optional[dict[str, Any]], num_classes: int) -> Optional[tuple[list[int], str]]:
+    """Training class counts of the model that made the samples, from the manifest's model
+    metadata (``manifest["model"]``) or the checkpoint the manifest names; ``None`` if unknown."""
+    if not manifest:
+        return None
+    counts = _counts_of(manifest.get("model"), num_classes)
+    if counts is not None:
+        return counts, "sample manifest (model metadata)"
+    ckpt = (manifest.get("settings") or {}).get("checkpoint")
+    if not ckpt or not Path(ckpt).is_file():
+        return None
+    from ..checkpoint import read_metadata
+
+    try:
+        meta = json.loads(read_metadata(Path(ckpt)).get("meta", "{}"))
+    except (CbdmError, ValueError):
+        return None
+    counts = _counts_of(meta, num_classes)
+    return (counts, f"checkpoint {ckpt} (model metadata)") if counts is not None else None
+
+
+def training_class_counts(dataset: str, root: Optional[Path], num_classes: int,
+                          manifest: Optional[dict[str, Any]] = None,
+                          fallback: Optional[torch.Tensor] = None) -> tuple[list[int], str]:
+    """Class training frequencies: the model's metadata when the manifest leads to it, else
+    the (long-tailed, for ``*-lt`` names) training split of ``dataset`` with default options."""
+    found = manifest_class_counts(manifest, num_classes)
+    if found is not None:
+        return found
+    try:
+        train = load_dataset(dataset, dataset_options(root=root, split="train"))
+    except CbdmError as exc:
+        if fallback is None:
+            raise
+        warnings.warn(f"cannot load the {dataset} training split for class frequencies ({exc}); "
+                      "using the reference set's class counts", UserWarning, stacklevel=2)
+        return [int(c) for c in fallback.tolist()], "reference set (training split unavailable)"
+    if train.num_classes != num_classes:
+        raise CbdmError(f"the {dataset} training split has {train.num_classes} classes, the reference "
+                        f"set {num_classes}")
+    return [int(c) for c in train.class_counts.tolist()], f"{dataset} training split (default options)"
+
+
+def _to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    if images.shape[1] == channels:
+        return images
+    if images.shape[1] == 1 and channels == 3:
+        return images.expand(-1, 3, -1, -1).contiguous()
+    if images.shape[1] == 3 and channels == 1:
+        weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        return (images.float() * weights).sum(dim=1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    raise CbdmError(f"cannot convert {images.shape[1]}-channel samples to {channels} channels")
+
+
+def fit_to_reference(images: torch.Tensor, ref_chw: tuple[int, int, int], dataset: str, resize: bool,
+                     chunk: int = 1000) -> tuple[torch.Tensor, Optional[str]]:
+    """The samples at the reference's channels and size, and a note when converted.
+
+    Without ``resize`` any mismatch is a :class:`CbdmError`; with it, grayscale is repeated
+    to RGB (RGB to luminance) and the size changed with antialiased bilinear resampling.
+    """
+    c, h, w = (int(s) for s in images.shape[1:])
+    rc, rh, rw = ref_chw
+    if (c, h, w) == (rc, rh, rw):
+        return images, None
+    if not resize:
+        what = []
+        if (h, w) != (rh, rw):
+            what.append(f"{w}x{h} instead of {rw}x{rh}")
+        if c != rc:
+            what.append(f"{c} channel(s) instead of {rc}")
+        raise CbdmError(f"the samples are {' with '.join(what)} like the {dataset} reference images; "
+                        "generate them at the dataset's size or pass --resize")
+    out = []
+    for i in range(0, images.shape[0], chunk):
+        x = _to_channels(images[i:i + chunk], rc)
+        if (h, w) != (rh, rw):
+            x = F.interpolate(x.float(), size=(rh, rw), mode="bilinear", align_corners=False, antialias=True)
+            x = x.round().clamp(0, 255).to(torch.uint8)
+        out.append(x)
+    return torch.cat(out), f"resized from {c}x{h}x{w} to {rc}x{rh}x{rw} (CxHxW)"
+
+
+def check_labels(labels: Optional[torch.Tensor], num_classes: int, source: str) -> None:
+    if labels is None or len(labels) == 0:
+        return
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= num_classes:
+        raise CbdmError(f"sample labels in {source} range {lo}..{hi} but the reference has {num_classes} "
+                        f"classes (0..{num_classes - 1})")
+

@@ -1,0 +1,160 @@
+"""Reports of an evaluation: a rich table, ``metrics.json`` and the per-class FID plot."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional
+
+from rich.table import Table
+from rich.text import Text
+
+from ..atomic import atomic_path, atomic_write_text
+from .engine import EvalResult
+
+FORMAT = "cbdm-eval/1"
+METRICS_JSON = "metrics.json"
+PER_CLASS_PLOT = "per_class_fid.png"
+NOT_COMPUTED = "not computed"
+GROUP_COLORS = {"head": "tab:blue", "medium": "tab:orange", "tail": "tab:red"}
+
+
+def _fmt(value: Optional[float]) -> str:
+    return NOT_COMPUTED if value is None else f"{value:.5g}"
+
+
+def metrics_table(result: EvalResult) -> Table:
+    """One row per value: metric, value (or "not computed"), extractor."""
+    title = f"{result.dataset}: {result.samples['count']} samples vs {result.reference['count']} real"
+    if not result.extractor.comparable:
+        title += " (NOT comparable to published numbers)"
+    table = Table(title=Text(title), title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("extractor")
+    label = Text(result.extractor.label)
+    for m in result.metrics:
+        if m.skipped is not None or not m.values:
+            table.add_row(Text(m.metric), Text(NOT_COMPUTED, style="bold red"), label)
+            continue
+        for key, value in m.values.items():
+            if key.startswith("fid_class_") and key != "fid_class_mean":
+                continue  # per-class values go to metrics.json and the plot
+            table.add_row(Text(key), Text(_fmt(value), style="bold red" if value is None else ""), label)
+    return table
+
+
+def groups_of(result: EvalResult) -> Optional[dict[str, list[int]]]:
+    """Head / medium / tail classes by training frequency (``None`` without counts or < 3 classes)."""
+    from ..metrics import frequency_groups
+
+    if result.class_counts is None or len(result.class_counts) < 3:
+        return None
+    return frequency_groups(result.class_counts)
+
+
+def result_to_dict(result: EvalResult) -> dict[str, Any]:
+    """The JSON document of ``metrics.json``."""
+    ext = result.extractor
+    per_class = result.per_class_fid()
+    groups = groups_of(result)
+    values = result.values()
+    doc: dict[str, Any] = {
+        "format": FORMAT,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "dataset": result.dataset,
+        "extractor": {"name": ext.name, "cache_key": ext.cache_key, "file": ext.file,
+                      "comparable_to_published": ext.comparable, "note": ext.note},
+        "comparable_to_published": ext.comparable,
+        "samples": result.samples,
+        "reference": result.reference,
+        "values": values,
+        "metrics": {m.metric: {"extractor": ext.name, "cache_key": ext.cache_key, "computed": m.computed,
+                               "values": m.values, "not_computed_reason": m.skipped or (
+                                   None if m.computed else "; ".join(m.warnings) or "no value"),
+                               "warnings": m.warnings}
+                    for m in result.metrics},
+        "not_computed": [k for k, v in values.items() if v is None] +
+                        [m.metric for m in result.metrics if m.skipped is not None],
+        "class_counts": {"values": result.class_counts, "source": result.class_counts_source},
+        "per_class": None,
+        "groups": None,
+        "warnings": result.warnings,
+    }
+    if not ext.comparable:
+        doc["not_comparable_reason"] = ext.note
+    if per_class is not None:
+        group_of = {c: g for g, cs in (groups or {}).items() for c in cs}
+        doc["per_class"] = [
+            {"class": c, "name": result.class_names[c] if c < len(result.class_names) else str(c),
+             "train_count": None if result.class_counts is None else result.class_counts[c],
+             "samples": None if result.sample_counts is None else result.sample_counts[c],
+             "group": group_of.get(c), "fid": v, "extractor": ext.name}
+            for c, v in sorted(per_class.items())]
+        if groups is not None:
+            doc["groups"] = {g: {"classes": cs, "fid": values.get(f"fid_{g}"), "extractor": ext.name}
+                             for g, cs in groups.items()}
+    return doc
+
+
+def write_metrics_json(result: EvalResult, path: Path) -> Path:
+    """Write ``metrics.json`` atomically (non-finite numbers are already ``None``)."""
+    atomic_write_text(Path(path), json.dumps(result_to_dict(result), indent=2, allow_nan=False) + "\n")
+    return Path(path)
+
+
+def _plain_log_ticks(ax: Any, xs: list[int]) -> None:
+    """Counts as plain numbers (140, 200, 500), not 1.4x10^2; fewer minor labels on wide ranges."""
+    import math
+
+    from matplotlib.ticker import FuncFormatter
+
+    decades = math.log10(max(xs) / min(xs)) if xs else 0.0
+
+    def minor(x: float, _pos: int) -> str:
+        lead = int(round(x / 10 ** math.floor(math.log10(x)))) if x > 0 else 0
+        return f"{x:g}" if decades < 1 or (decades < 2.5 and lead in (2, 5)) else ""
+
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(minor))
+
+
+def plot_per_class_fid(result: EvalResult, path: Path) -> Optional[Path]:
+    """Per-class FID against the class's training frequency (log x), coloured by group, with the
+    head / medium / tail averages as horizontal lines. ``None`` (nothing written) without values."""
+    from matplotlib.figure import Figure  # the figure renders with Agg; no pyplot, no global backend
+
+    per_class = result.per_class_fid()
+    if per_class is None or result.class_counts is None:
+        return None
+    points = [(c, v) for c, v in sorted(per_class.items()) if v is not None]
+    if not points:
+        return None
+    groups = groups_of(result) or {"all": list(range(len(result.class_counts)))}
+    group_of = {c: g for g, cs in groups.items() for c in cs}
+    counts = result.class_counts
+    fig = Figure(figsize=(7, 4.5), dpi=110)
+    ax = fig.add_subplot(1, 1, 1)
+    for g in groups:
+        xs = [max(counts[c], 1) for c, _ in points if group_of.get(c) == g]
+        ys = [v for c, v in points if group_of.get(c) == g]
+        if xs:
+            color = GROUP_COLORS.get(g, "tab:gray")
+            ax.scatter(xs, ys, s=28, color=color, alpha=0.85, label=f"{g} classes")
+            mean = sum(ys) / len(ys)
+            ax.axhline(mean, color=color, linestyle="--", linewidth=1.2, label=f"{g} mean {mean:.3g}")
+    ax.set_xscale("log")
+    _plain_log_ticks(ax, [max(counts[c], 1) for c, _ in points])
+    ax.set_xlabel(f"training images per class ({result.class_counts_source or 'unknown source'})")
+    ax.set_ylabel("per-class FID")
+    title = f"{result.dataset}: per-class FID, {result.extractor.label} features"
+    if not result.extractor.comparable:
+        title += "\n(not comparable to published FID)"
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png")
+    return Path(path)

@@ -1,0 +1,219 @@
+"""``cbdm eval``: metrics of generated samples, and ``cbdm eval train-classifier``.
+
+``cbdm eval SAMPLES --dataset NAME`` evaluates; ``cbdm eval train-classifier ...`` trains
+the dataset-specific feature classifier. The group sends any first argument that is not
+a sub-command to a hidden evaluation command, so both forms work.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+import yaml
+from rich.console import Console
+
+from cbdm_core.errors import CbdmError
+
+DEFAULT_CMD = "__samples__"  # hidden: `cbdm eval SAMPLES ...` is routed here
+METRIC_HELP = "fid,is,kid,precision_recall,prd,per_class_fid"
+
+
+class _DefaultContext(click.Context):
+    """Usage lines of the hidden command read ``cbdm eval [OPTIONS] SAMPLES``."""
+
+    @property
+    def command_path(self) -> str:
+        return self.parent.command_path if self.parent is not None else (self.info_name or "")
+
+
+class _EvalCommand(click.Command):
+    context_class = _DefaultContext
+
+
+class _EvalGroup(click.Group):
+    """A group whose first argument is either a sub-command or the SAMPLES path."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = [DEFAULT_CMD, *args]
+        return super().parse_args(ctx, args)
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        default = self.commands[DEFAULT_CMD]
+        formatter.write_usage(ctx.command_path, "SAMPLES --dataset NAME [OPTIONS]")
+        formatter.write_usage(ctx.command_path, "COMMAND [ARGS]...", prefix="   or: ")
+        self.format_help_text(ctx, formatter)
+        default.format_options(_DefaultContext(default, info_name=DEFAULT_CMD, parent=ctx), formatter)
+        self.format_commands(ctx, formatter)
+
+
+class _Reporter:
+    """Status and warnings on stderr; each distinct warning once (logging and ``warnings``
+    often carry the same message)."""
+
+    def __init__(self) -> None:
+        self.console = Console(stderr=True)
+        self.seen: set[str] = set()
+
+    def say(self, message: str, style: str = "") -> None:
+        self.console.print(message, markup=False, highlight=False, soft_wrap=True, style=style or None)
+
+    def warning(self, message: str) -> None:
+        if message in self.seen:
+            return
+        self.seen.add(message)
+        self.say(f"warning: {message}", style="bold yellow")
+
+
+class _LogToReporter(logging.Handler):
+    def __init__(self, reporter: _Reporter) -> None:
+        super().__init__(logging.WARNING)
+        self.reporter = reporter
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.reporter.warning(record.getMessage())
+
+
+def parse_metric_options(items: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """``("kid.subset_size=100",)`` -> ``{"kid": {"subset_size": 100}}`` (values parsed as YAML)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        metric, dot, option = key.strip().partition(".")
+        if not sep or not dot or not metric or not option:
+            raise CbdmError(f"--metric-option expects METRIC.OPTION=VALUE (e.g. kid.subset_size=100), got {item!r}")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        out.setdefault(metric, {})[option] = value
+    return out
+
+
+def default_out(samples: Path) -> Path:
+    """The samples folder itself, or ``<name>-eval/`` next to an ``.npz`` file."""
+    return samples.parent / f"{samples.stem}-eval" if samples.is_file() else samples
+
+
+@click.group("eval", cls=_EvalGroup, invoke_without_command=False)
+def eval_group() -> None:
+    """Evaluate generated samples against the class-balanced real data of a dataset
+    (FID, IS, KID, precision/recall, PRD, per-class FID with head/medium/tail averages),
+    or train the dataset-specific feature classifier (train-classifier).
+
+    SAMPLES is a `cbdm sample` folder, a folder of png/jpg files (labels from class
+    sub-folders when present) or an .npz with `images` (uint8 NHWC) and optional `labels`.
+    """
+
+
+@eval_group.command(DEFAULT_CMD, cls=_EvalCommand, hidden=True)
+@click.argument("samples", metavar="SAMPLES", type=click.Path(path_type=Path))
+@click.option("--dataset", required=True, help="Dataset the model was trained on (digits, cifar10-lt, ...).")
+@click.option("--data-root", type=click.Path(path_type=Path), help="Folder holding the dataset files.")
+@click.option("--extractor", default="inception", show_default=True, help="Feature network: inception or classifier.")
+@click.option("--classifier", type=click.Path(path_type=Path),
+              help="Classifier file for --extractor classifier (from `cbdm eval train-classifier`).")
+@click.option("--inception-weights", type=click.Path(path_type=Path),
+              help="Local Inception weights file (default $CBDM_INCEPTION_WEIGHTS, else download).")
+@click.option("--metrics", "metrics", help=f"Comma-separated metrics [default: {METRIC_HELP}].")
+@click.option("--metric-option", "-O", "metric_options", multiple=True, metavar="METRIC.OPTION=VALUE",
+              help="A metric's own option, e.g. kid.subset_size=100 (repeatable).")
+@click.option("--reference-split", type=click.Choice(["train", "test"]), default="train", show_default=True,
+              help="Real split compared against (always class-balanced).")
+@click.option("--cache-dir", type=click.Path(path_type=Path),
+              help="Reference feature cache [default: $CBDM_CACHE or ~/.cache/cbdm].")
+@click.option("--batch-size", type=int, default=200, show_default=True, help="Images per extractor batch.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--out", "-o", type=click.Path(path_type=Path),
+              help="Report folder [default: SAMPLES, or <name>-eval/ next to an .npz].")
+@click.option("--resize", is_flag=True, help="Resize (and convert channels of) samples to the reference's shape.")
+def evaluate_samples(samples: Path, dataset: str, data_root: Optional[Path], extractor: str,
+                     classifier: Optional[Path], inception_weights: Optional[Path], metrics: Optional[str],
+                     metric_options: tuple[str, ...], reference_split: str, cache_dir: Optional[Path],
+                     batch_size: int, device: str, out: Optional[Path], resize: bool) -> None:
+    """Evaluate SAMPLES against the class-balanced real set of --dataset."""
+    from cbdm_core.evaluation import EvalOptions, evaluate, metrics_table, plot_per_class_fid, write_metrics_json
+    from cbdm_core.evaluation.report import METRICS_JSON, PER_CLASS_PLOT
+
+    reporter = _Reporter()
+    options = EvalOptions(
+        dataset=dataset, data_root=data_root, extractor=extractor, classifier=classifier,
+        inception_weights=inception_weights, metrics=None if metrics is None else metrics.split(","),
+        metric_options=parse_metric_options(metric_options), reference_split=reference_split,
+        cache_dir=cache_dir, batch_size=batch_size, device=device, resize=resize)
+    handler = _LogToReporter(reporter)
+    logger = logging.getLogger("cbdm")
+    logger.addHandler(handler)
+    try:
+        result = evaluate(samples, options, on_warning=reporter.warning,
+                          on_status=lambda msg: reporter.say(msg, style="dim"))
+    finally:
+        logger.removeHandler(handler)
+    out_dir = out if out is not None else default_out(samples)
+    Console().print(metrics_table(result))
+    json_path = write_metrics_json(result, out_dir / METRICS_JSON)
+    plot = plot_per_class_fid(result, out_dir / PER_CLASS_PLOT)
+    if not result.extractor.comparable:
+        reporter.warning(f"{result.extractor.note}")
+    click.echo(f"wrote {json_path}" + (f" and {plot}" if plot is not None else ""))
+
+
+@eval_group.command("train-classifier")
+@click.option("--dataset", required=True, help="Dataset whose real training images to learn (the LT version "
+                                                "for an -lt name).")
+@click.option("--data-root", type=click.Path(path_type=Path), help="Folder holding the dataset files.")
+@click.option("--balanced/--no-balanced", default=True, show_default=True,
+              help="Re-sample batches so every class is equally frequent.")
+@click.option("--epochs", type=int, default=30, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--lr", type=float, default=2e-3, show_default=True, help="Peak learning rate (AdamW, one-cycle).")
+@click.option("--random-shift", is_flag=True, help="Augment with random translations.")
+@click.option("--hflip", is_flag=True, help="Augment with horizontal flips (not for digits).")
+@click.option("--out", "-o", type=click.Path(path_type=Path),
+              help="Classifier file [default: classifier-<dataset>.safetensors].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+def train_classifier_cmd(dataset: str, data_root: Optional[Path], balanced: bool, epochs: int, batch_size: int,
+                         lr: float, random_shift: bool, hflip: bool, out: Optional[Path], seed: int,
+                         device: str) -> None:
+    """Train the feature classifier on the real training images of --dataset."""
+    from cbdm_core.build import resolve_device
+    from cbdm_core.data import dataset_options, load_dataset
+    from cbdm_core.features import classifier_accuracy, save_classifier, train_classifier
+
+    reporter = _Reporter()
+    if epochs < 1 or batch_size < 1:
+        raise CbdmError(f"--epochs and --batch-size must be positive, got {epochs} and {batch_size}")
+    dev = resolve_device(device)
+    train = load_dataset(dataset, dataset_options(root=data_root, split="train"))
+    try:
+        test = load_dataset(dataset, dataset_options(root=data_root, split="test"))
+    except CbdmError as exc:
+        test = None
+        reporter.warning(f"no test split ({exc}); test accuracy will not be reported")
+    counts = train.class_counts.tolist()
+    reporter.say(f"training on {len(train)} {dataset} images, {train.num_classes} classes "
+                 f"(counts {min(counts)}..{max(counts)}), {'balanced' if balanced else 'plain'} sampling, "
+                 f"{epochs} epoch(s) on {dev}")
+
+    def progress(epoch: int, loss: float) -> None:
+        reporter.say(f"epoch {epoch + 1}/{epochs}: loss {loss:.4f}", style="dim")
+
+    model = train_classifier(train.images, train.labels, train.num_classes, epochs=epochs, batch_size=batch_size,
+                             lr=lr, balanced=balanced, seed=seed, device=dev, random_shift=random_shift,
+                             hflip=hflip, progress=progress)
+    accuracy = None
+    if test is not None:
+        if test.num_classes != train.num_classes:
+            raise CbdmError(f"{dataset}: the test split has {test.num_classes} classes, the train split "
+                            f"{train.num_classes}")
+        accuracy = classifier_accuracy(model, test.images, test.labels)
+    path = out if out is not None else Path(f"classifier-{dataset}.safetensors")
+    save_classifier(model, path, {"dataset": dataset, "class_names": train.class_names, "class_counts": counts,
+                                  "test_accuracy": accuracy, "lr": lr})
+    if accuracy is not None:
+        click.echo(f"test accuracy {accuracy:.4f} on {len(test)} {dataset} test images")
+    click.echo(f"wrote {path}")

@@ -1,0 +1,305 @@
+"""``cbdm eval`` end to end on the embedded digits dataset (CPU, offline, tiny sets)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from cbdm_cli.main import cli
+from cbdm_core.checkpoint import Checkpoint, save_checkpoint
+from cbdm_core.data import dataset_options, load_dataset
+from cbdm_core.features import ENV_WEIGHTS
+from cbdm_core.features.classifier import ClassifierExtractor
+from cbdm_core.sampling.shards import FORMAT, shard_name, write_manifest, write_shard
+
+# Small KID subsets and a single quick PRD clustering keep each evaluation to about a second.
+FAST_METRICS = ["-O", "kid.subset_size=50", "-O", "kid.subsets=5", "-O", "prd.num_runs=1",
+                "-O", "prd.num_clusters=20"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread_module():
+    """One intra-op thread: on a shared 2-core machine, spinning OpenMP threads cost far more than they gain."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)  # after conftest's per-test setting
+    yield
+
+
+def _invoke(*args):
+    return CliRunner().invoke(cli, ["eval", *map(str, args)])
+
+
+def _ok(*args):
+    res = _invoke(*args)
+    assert res.exit_code == 0, res.output
+    return res
+
+
+def _fails(*args, match: str):
+    res = _invoke(*args)
+    assert res.exit_code == 1, res.output
+    assert "Traceback" not in res.output
+    errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and match in errors[0], res.output
+    return errors[0]
+
+
+def _json(folder: Path) -> dict:
+    return json.loads((folder / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("eval")
+
+
+@pytest.fixture(scope="module")
+def classifier(work: Path) -> Path:
+    path = work / "clf.safetensors"
+    res = _ok("train-classifier", "--dataset", "digits", "--epochs", "3", "--out", path, "--device", "cpu")
+    assert "test accuracy" in res.output and path.is_file()
+    accuracy = float(res.output.split("test accuracy")[1].split()[0])
+    assert accuracy > 0.8
+    return path
+
+
+@pytest.fixture(scope="module")
+def test_digits() -> tuple[np.ndarray, np.ndarray]:
+    """Real digits test images (uint8 NHWC) and labels."""
+    ds = load_dataset("digits", dataset_options(split="test"))
+    return ds.images.permute(0, 2, 3, 1).numpy(), ds.labels.numpy()
+
+
+@pytest.fixture(scope="module")
+def npz(work: Path, test_digits) -> dict[str, Path]:
+    images, labels = test_digits
+    rng = np.random.default_rng(0)
+    paths = {"real": work / "real.npz", "noise": work / "noise.npz", "few": work / "few.npz",
+             "big": work / "big.npz", "rgb": work / "rgb.npz"}
+    np.savez(paths["real"], images=images[:300], labels=labels[:300])
+    np.savez(paths["noise"], images=rng.integers(0, 256, (300, 8, 8, 1), dtype=np.uint8), labels=labels[:300])
+    np.savez(paths["few"], images=images[:4], labels=np.arange(4))
+    big = images[:40].repeat(2, axis=1).repeat(2, axis=2)  # 16x16
+    np.savez(paths["big"], images=big, labels=labels[:40])
+    np.savez(paths["rgb"], images=images[:40].repeat(3, axis=3), labels=labels[:40])
+    return paths
+
+
+def _clf_args(classifier: Path, cache: Path) -> list:
+    return ["--dataset", "digits", "--extractor", "classifier", "--classifier", classifier,
+            "--device", "cpu", "--cache-dir", cache, *FAST_METRICS]
+
+
+def test_help_shows_both_forms():
+    res = _ok("--help")
+    assert "SAMPLES --dataset NAME" in res.output and "train-classifier" in res.output
+    assert "--reference-split" in res.output and "__samples__" not in res.output
+
+
+def test_real_beats_noise_and_reports(classifier, npz, work):
+    cache = work / "cache"
+    res = _ok(npz["real"], *_clf_args(classifier, cache), "--out", work / "real-out")
+    assert "fid" in res.output and "classifier" in res.output
+    noise = _ok(npz["noise"], *_clf_args(classifier, cache))  # default --out: <name>-eval/ next to the .npz
+    real_doc, noise_doc = _json(work / "real-out"), _json(work / "noise-eval")
+    assert "is" in noise.output and "not computed" not in noise.output
+    r, n = real_doc["values"], noise_doc["values"]
+    assert r["fid"] < n["fid"]
+    assert r["precision"] > n["precision"] and r["recall"] > n["recall"]
+    assert r["kid"] < n["kid"] and r["is"] > n["is"]
+    for doc in (real_doc, noise_doc):
+        assert doc["extractor"]["name"] == "classifier"
+        assert doc["extractor"]["cache_key"].startswith("classifier-")
+        assert doc["comparable_to_published"] is False and doc["not_comparable_reason"]
+        assert doc["samples"]["count"] == 300 and doc["reference"]["split"] == "train"
+        assert "class-balanced" in doc["reference"]["description"]
+        assert set(doc["groups"]) == {"head", "medium", "tail"}
+        assert all(doc["groups"][g]["fid"] is not None for g in doc["groups"])
+        assert len(doc["per_class"]) == 10 and all(p["fid"] is not None for p in doc["per_class"])
+        assert doc["class_counts"]["source"].startswith("digits training split")
+        assert set(doc["metrics"]) == {"fid", "is", "kid", "precision_recall", "prd", "per_class_fid"}
+    assert noise_doc["reference"]["cache_hit"] is True  # same data, split and classifier
+    assert (work / "real-out" / "per_class_fid.png").stat().st_size > 1000
+    assert (work / "noise-eval" / "per_class_fid.png").is_file()
+
+
+def test_metric_subset_and_cache_reuse(classifier, npz, work, monkeypatch):
+    calls: list[int] = []
+    original = ClassifierExtractor.extract
+
+    def spy(self, images, *args, **kwargs):
+        calls.append(int(images.shape[0]))
+        return original(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(ClassifierExtractor, "extract", spy)
+    cache = work / "fresh-cache"
+    args = [npz["real"], *_clf_args(classifier, cache), "--metrics", "fid", "--out", work / "subset"]
+    _ok(*args)
+    assert sorted(calls) == [300, 1442]  # reference (digits train) and samples
+    first = _json(work / "subset")
+    assert list(first["values"]) == ["fid"] and list(first["metrics"]) == ["fid"]
+    assert first["reference"]["cache_hit"] is False and Path(first["reference"]["cache_file"]).is_file()
+    assert not (work / "subset" / "per_class_fid.png").exists()
+    calls.clear()
+    _ok(*args)
+    assert calls == [300]  # the reference features came from the cache
+    second = _json(work / "subset")
+    assert second["reference"]["cache_hit"] is True
+    assert second["values"]["fid"] == pytest.approx(first["values"]["fid"], rel=1e-5)
+
+
+def test_sample_folder_uses_model_class_counts(classifier, test_digits, work):
+    images, labels = test_digits
+    folder = work / "samples-ddim"
+    folder.mkdir()
+    lt_counts = [500, 300, 200, 120, 80, 50, 30, 20, 12, 5]  # the model's (long-tailed) training counts
+    ckpt = work / "run" / "checkpoints" / "ckpt-00000100.safetensors"
+    save_checkpoint(ckpt, Checkpoint(step=100, config={}, model={}, ema={},
+                                     meta={"class_counts": lt_counts, "num_classes": 10}))
+    order = np.argsort(labels[:200], kind="stable")
+    shards = []
+    for k, start in enumerate(range(0, 200, 120)):
+        idx = order[start:start + 120]
+        write_shard(folder / shard_name(k), images[:200][idx], labels[:200][idx])
+        shards.append({"file": shard_name(k), "start": start, "count": len(idx)})
+    write_manifest(folder, {"format": FORMAT, "complete": True, "settings": {"checkpoint": str(ckpt)},
+                            "num_classes": 10, "num": 200, "shards": shards})
+    _ok(folder, *_clf_args(classifier, work / "cache"), "--metrics", "fid,per_class_fid")
+    doc = _json(folder)  # default --out: the sample folder itself
+    assert doc["samples"]["kind"] == "sample-folder" and doc["samples"]["count"] == 200
+    assert doc["class_counts"]["values"] == lt_counts and "checkpoint" in doc["class_counts"]["source"]
+    assert doc["groups"]["head"]["classes"] == [0, 1, 2] and doc["groups"]["tail"]["classes"] == [7, 8, 9]
+    assert [p["train_count"] for p in doc["per_class"]] == lt_counts
+    assert (folder / "per_class_fid.png").is_file()
+
+
+def test_png_folders(classifier, test_digits, work):
+    images, labels = test_digits
+    labelled, flat = work / "pngs", work / "flat"
+    for i in range(100):
+        sub = labelled / str(labels[i])
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[i, :, :, 0], mode="L").save(sub / f"{i:04d}.png")
+    flat.mkdir()
+    for i in range(30):
+        Image.fromarray(images[i, :, :, 0], mode="L").save(flat / f"{i:04d}.png")
+    args = _clf_args(classifier, work / "cache")
+    _ok(labelled, *args, "--metrics", "fid,per_class_fid")
+    doc = _json(labelled)
+    assert doc["samples"]["kind"] == "image-folder" and doc["samples"]["labeled"] is True
+    assert doc["samples"]["count"] == 100 and len(doc["per_class"]) == 10
+    _ok(labelled, *args, "--metrics", "fid")  # the report files written there are not read as samples
+    assert _json(labelled)["samples"]["count"] == 100
+
+    _ok(flat, *args, "--metrics", "fid,precision_recall")
+    doc = _json(flat)
+    assert doc["samples"]["labeled"] is False and doc["values"]["precision"] is not None
+    _fails(flat, *args, "--metrics", "per_class_fid", match="labelled samples")
+    _ok(flat, *args)  # default metrics: per_class_fid is skipped, not an error
+    doc = _json(flat)
+    assert "per_class_fid" in doc["not_computed"] and doc["per_class"] is None
+
+
+def test_too_few_samples_not_computed(classifier, npz, work):
+    res = _ok(npz["few"], *_clf_args(classifier, work / "cache"), "--out", work / "few")
+    assert "not computed" in res.output and "NOT COMPUTED" in res.output
+    doc = _json(work / "few")
+    values = doc["values"]
+    assert values["fid"] is not None
+    for key in ("is", "precision", "recall", "fid_class_mean"):
+        assert values[key] is None, key
+        assert key in doc["not_computed"]
+    assert doc["metrics"]["is"]["computed"] is False and "NOT COMPUTED" in doc["metrics"]["is"]["not_computed_reason"]
+
+
+def test_user_errors(classifier, npz, work):
+    args = _clf_args(classifier, work / "cache")
+    _fails(npz["big"], *args, match="16x16 instead of 8x8")
+    _ok(npz["big"], *args, "--metrics", "fid", "--resize", "--out", work / "resized")
+    assert "16x16" in _json(work / "resized")["samples"]["resized"].replace("1x16x16", "16x16")
+    _fails(npz["rgb"], *args, match="3 channel(s) instead of 1")
+    err = _fails(npz["real"], *args, "--metrics", "fid,bogus", match="unknown metric 'bogus'")
+    assert "per_class_fid" in err and "precision_recall" in err
+    _fails(npz["real"], "--dataset", "digits", "--extractor", "classifier", match="--classifier")
+    empty = work / "empty"
+    empty.mkdir()
+    _fails(empty, *args, match="no samples found")
+    _fails(work / "missing.npz", *args, match="does not exist")
+    _fails(npz["real"], "--dataset", "cifar10", "--extractor", "classifier", "--classifier", classifier,
+           "--cache-dir", work / "cache", match="needs --data-root")
+    _fails(npz["real"], *args, "-O", "kid", match="METRIC.OPTION=VALUE")
+
+
+# --- Inception, offline, with a RANDOM weights file: exercises the path, never a real FID ---------
+
+
+@pytest.fixture(scope="module")
+def random_inception_weights(tmp_path_factory) -> Path:
+    import torch_fidelity.feature_extractor_inceptionv3 as tfi
+
+    class Unloaded(tfi.FeatureExtractorInceptionV3):
+        def load_state_dict(self, state_dict, *args, **kwargs):
+            if state_dict is None:  # skip the weight loading done in __init__
+                return None
+            return super().load_state_dict(state_dict, *args, **kwargs)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(tfi, "load_state_dict_from_url", lambda *a, **k: None)
+    try:
+        torch.manual_seed(0)
+        net = Unloaded("inception-v3-compat", ["2048"])
+    finally:
+        mp.undo()
+    path = tmp_path_factory.mktemp("inception") / "random-inception.pth"
+    torch.save(net.state_dict(), path)
+    return path
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    import urllib.error
+
+    import torch_fidelity.feature_extractor_inceptionv3 as tfi
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.delenv(ENV_WEIGHTS, raising=False)
+    monkeypatch.setattr(tfi, "load_state_dict_from_url", no_network)
+
+
+def test_inception_offline_random_weights_not_comparable(random_inception_weights, offline, work):
+    rng = np.random.default_rng(1)
+    root = work / "tiny-rgb"
+    for c in range(3):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / f"c{c}" / f"{i}.png")
+    samples = work / "rgb-samples.npz"
+    np.savez(samples, images=rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8), labels=np.repeat(np.arange(3), 4))
+    common = [samples, "--dataset", "folder", "--data-root", root, "--device", "cpu", "--cache-dir", work / "cache",
+              "--batch-size", "12", "--metrics", "is,kid,precision_recall",  # no FID: sqrtm of 2048x2048 is slow
+              "-O", "kid.subset_size=12", "-O", "kid.subsets=3"]
+    _fails(*common, match="could not download the Inception v3 weights")
+    res = _ok(*common, "--inception-weights", random_inception_weights, "--out", work / "inception")
+    assert "NOT comparable" in res.output
+    doc = _json(work / "inception")
+    assert doc["extractor"]["name"] == "inception" and doc["comparable_to_published"] is False
+    assert "NOT the official" in doc["not_comparable_reason"]
+    assert all(m["extractor"] == "inception" for m in doc["metrics"].values())
+    assert doc["values"]["is"] is not None and doc["values"]["precision"] is not None
+    assert any("not the official FID weights" in w for w in doc["warnings"])
+    assert doc["reference"]["count"] == 12 and doc["samples"]["image_shape"] == [3, 8, 8]
