@@ -41,7 +41,16 @@ def loss_name(cfg: TrainConfig) -> str:
 
 
 def build_base_loss(cfg: TrainConfig, schedule: NoiseSchedule):
-    return get_registry().get("diffusion_loss", loss_name(cfg)).obj(schedule)
+    import inspect
+
+    factory = get_registry().get("diffusion_loss", loss_name(cfg)).obj
+    try:
+        accepts = "backbone_options" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        accepts = False
+    if accepts:  # losses tied to a backbone (EDM) read their settings from its options
+        return factory(schedule, backbone_options=backbone_options(cfg)[1])
+    return factory(schedule)
 
 
 def build_regularizers(cfg: TrainConfig, *, class_counts: torch.Tensor, num_classes: int,

@@ -16,6 +16,11 @@ LABEL_KEYS = ("label_embedding.weight",)
 OPTIONAL_PREFIXES = ("cond_embedding.",)
 
 
+def _optional(name: str) -> bool:
+    # Wrapped backbones (EDM) prefix the inner network's names, e.g. "inner.cond_embedding.".
+    return any(name.startswith(p) or f".{p}" in name for p in OPTIONAL_PREFIXES)
+
+
 def init_from_checkpoint(model: torch.nn.Module, path: Union[str, Path], *, use_ema: bool = True) -> list[str]:
     """Copy pre-trained weights into ``model``.
 
@@ -35,7 +40,7 @@ def init_from_checkpoint(model: torch.nn.Module, path: Union[str, Path], *, use_
     problems: list[str] = []
     for name, tensor in own.items():
         if name not in source:
-            if name.startswith(OPTIONAL_PREFIXES):
+            if _optional(name):
                 with torch.no_grad():
                     tensor.zero_()
                 fresh.append(name)
@@ -44,14 +49,14 @@ def init_from_checkpoint(model: torch.nn.Module, path: Union[str, Path], *, use_
             continue
         src = source[name]
         if tuple(src.shape) != tuple(tensor.shape):
-            if name in LABEL_KEYS:
+            if name.endswith(LABEL_KEYS):
                 fresh.append(name)
                 continue
             problems.append(f"{name} {tuple(src.shape)} vs {tuple(tensor.shape)}")
             continue
         with torch.no_grad():
             tensor.copy_(src)
-    unexpected = [k for k in source if k not in own and not k.startswith(OPTIONAL_PREFIXES)]
+    unexpected = [k for k in source if k not in own and not _optional(k)]
     problems += [f"unexpected {k}" for k in unexpected]
     if problems:
         shown = "; ".join(problems[:5]) + (" ..." if len(problems) > 5 else "")
