@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -79,6 +79,20 @@ class SamplingPreview(_Strict):
     per_class: int = Field(10, ge=1, le=64)
 
 
+class PerfConfig(_Strict):
+    """Speed settings; they change how fast a step runs, not what it computes (up to rounding)."""
+
+    amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 autocast on CUDA, off on the CPU
+    compile: Literal["auto", "on", "off"] = "auto"  # auto: torch.compile on CUDA, eager on the CPU
+    channels_last: Literal["auto", "on", "off"] = "auto"  # auto: on for CUDA
+
+    @field_validator("compile", "channels_last", mode="before")
+    @classmethod
+    def _yaml_bools(cls, v: Any) -> Any:
+        # YAML reads a bare on/off (and true/false) as a boolean.
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
+
 class TrainConfig(_Strict):
     """Everything a training run needs; saved as config.yaml in the run folder."""
 
@@ -88,6 +102,7 @@ class TrainConfig(_Strict):
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     preview: SamplingPreview = Field(default_factory=SamplingPreview)
+    perf: PerfConfig = Field(default_factory=PerfConfig)
     seed: int = 0
     init_from: Optional[Path] = None  # pre-trained run folder or checkpoint to start from
     device: str = "auto"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -56,10 +57,19 @@ def build_config(config: Optional[Path], preset: Optional[str], opts: dict[str, 
                 cb[key] = opts[key]
     if opts.get("whole_batch_dropout"):
         set_dotted(data, "objective.drop_whole_batch", True)
+    _perf_options(data, opts)
     for item in sets:
         key, value = parse_set_option(item)
         set_dotted(data, key, value)
     return parse_train_config(data, "configuration")
+
+
+def _perf_options(data: dict[str, Any], opts: dict[str, Any]) -> None:
+    """--amp and --compile/--no-compile into the perf section."""
+    if opts.get("amp") is not None:
+        set_dotted(data, "perf.amp", opts["amp"])
+    if opts.get("compile") is not None:
+        set_dotted(data, "perf.compile", "on" if opts["compile"] else "off")
 
 
 def _counts_table(data) -> Table:
@@ -103,6 +113,8 @@ def _counts_table(data) -> Table:
 @click.option("--sample-every", type=int, help="Steps between sample grids (0: only at the end).")
 @click.option("--ckpt-every", type=int, help="Steps between checkpoints (0: only at the end).")
 @click.option("--keep-last", type=int, help="Checkpoints to keep.")
+@click.option("--amp", type=click.Choice(["auto", "bf16", "off"]), help="bf16 autocast (auto: on CUDA only).")
+@click.option("--compile/--no-compile", "compile", default=None, help="torch.compile the model (default: on CUDA).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config field, e.g. model.options.ch=64.")
 @click.option("--init-from", type=click.Path(path_type=Path),
               help="Start from a pre-trained run or checkpoint (fine-tuning; EMA weights).")
@@ -125,7 +137,8 @@ def train(out, config, preset, sets, resume, overwrite, progress, **opts):
     if out is None:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path("runs") / f"{cfg.data.dataset}-{stamp}"
-    console = Console(stderr=True)
+    # Under torchrun only rank 0 talks.
+    console = Console(stderr=True, quiet=os.environ.get("RANK", "0") != "0")
     bar = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                    console=console, disable=not progress)
@@ -162,12 +175,13 @@ def train(out, config, preset, sets, resume, overwrite, progress, **opts):
 def build_config_overrides(opts: dict[str, Any], sets: tuple[str, ...]) -> dict[str, Any]:
     """The overrides a resume may apply on top of the saved configuration."""
     data: dict[str, Any] = {}
+    _perf_options(data, opts)
     for key, dotted in {"steps": "optim.steps", "log_every": "log_every", "sample_every": "sample_every",
                         "ckpt_every": "ckpt_every", "keep_last": "keep_last", "device": "device"}.items():
         if opts.get(key) is not None:
             set_dotted(data, dotted, opts[key])
     others = [k for k, v in opts.items() if v not in (None, False) and k not in
-              ("steps", "log_every", "sample_every", "ckpt_every", "keep_last", "device")]
+              ("steps", "log_every", "sample_every", "ckpt_every", "keep_last", "device", "amp", "compile")]
     if others or sets:
         raise CbdmError(f"--resume continues the saved run; it cannot change --{others[0].replace('_', '-') if others else 'set'}")
     return data

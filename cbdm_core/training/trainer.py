@@ -21,13 +21,15 @@ from ..checkpoint import (Checkpoint, checkpoint_name, list_checkpoints, load_ch
 from ..config import TrainConfig, dump_config_yaml, load_config_file, parse_train_config
 from ..errors import CbdmError
 from ..images import class_rows, grid_image, save_png, to_float, to_uint8
-from ..objectives import DiffusionObjective
+from .batch_source import BatchSource
 from .batches import BatchIndexer, step_seed
-from .ema import EMA
+from .distributed import DistContext, setup_distributed
+from .precision import match_param_layout, resolve_precision
+from .step import build_train_step
 
 # Fields that may change when resuming a run.
 RESUMABLE_CHANGES = {("optim", "steps"), ("log_every",), ("sample_every",), ("ckpt_every",), ("keep_last",),
-                     ("device",), ("preview",), ("on_nonfinite",)}
+                     ("device",), ("preview",), ("on_nonfinite",), ("perf",)}
 
 
 @dataclass
@@ -116,10 +118,23 @@ class Trainer:
     def run(self) -> TrainResult:
         cfg = self.cfg
         build.check_components(cfg)
-        device = build.resolve_device(cfg.device)
-        start_ckpt = self._prepare_run_dir()
+        ctx = setup_distributed(build.resolve_device(cfg.device))
+        try:
+            return self._run(ctx)
+        finally:
+            ctx.close()
 
-        data = build.load_training_data(cfg)
+    def _run(self, ctx: DistContext) -> TrainResult:
+        cfg, o = self.cfg, self.cfg.optim
+        device = ctx.device
+        ctx.shard(o.batch_size)  # a global batch that does not split evenly fails before any work
+        # Rank 0 alone touches the run folder; its errors are raised on every rank.
+        start_ckpt = ctx.main_first(self._prepare_run_dir, others=False)
+        if not ctx.is_main and self.resume:
+            start_ckpt = load_checkpoint(list_checkpoints(self.ckpt_dir)[-1][1], with_optim=True)
+        data = ctx.main_first(lambda: build.load_training_data(cfg))  # rank 0 first: it may download
+        precision = resolve_precision(cfg.perf, device)
+
         augmentation = build.build_augmentation(cfg)
         schedule = build.build_schedule(cfg)
         counts = data.class_counts
@@ -130,22 +145,15 @@ class Trainer:
         ema_model = copy.deepcopy(model).eval().requires_grad_(False)
         regularizers = build.build_regularizers(cfg, class_counts=counts, num_classes=data.num_classes,
                                                 schedule=schedule)
-        objective = DiffusionObjective(schedule, data.num_classes, regularizers, p_uncond=cfg.objective.p_uncond,
-                                       drop_whole_batch=cfg.objective.drop_whole_batch,
-                                       base=build.build_base_loss(cfg, schedule))
-        o = cfg.optim
-        optimizer = torch.optim.Adam(model.parameters(), lr=o.lr, fused=device.type == "cuda")
         lr_at = (lambda s: min(1.0, (s + 1) / o.warmup)) if o.warmup > 0 else (lambda s: 1.0)
-        ema = EMA(model, ema_model, o.ema_decay, warmup=o.ema_warmup)
 
         weights = None
         if cfg.data.resample != "none":
             from ..data.resample import class_sampling_weights
 
             weights = class_sampling_weights(data.labels, cfg.data.resample)
-        indexer = BatchIndexer(len(data), o.batch_size, cfg.seed, weights)
-        images = data.images.to(device)
-        labels = data.labels.to(device)
+        source = BatchSource(data.images, data.labels, BatchIndexer(len(data), o.batch_size, cfg.seed, weights),
+                             device)
 
         step = 0
         if start_ckpt is None and cfg.init_from is not None:
@@ -156,94 +164,111 @@ class Trainer:
         if start_ckpt is not None:
             load_state_checked(model, start_ckpt.model, "checkpoint model weights")
             load_state_checked(ema_model, start_ckpt.ema, "checkpoint EMA weights")
-            if start_ckpt.optim is not None:
-                optimizer.load_state_dict(start_ckpt.optim)
             step = start_ckpt.step
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.run_dir / "config.yaml", dump_config_yaml(cfg))
+        train_step = build_train_step(
+            model, ema_model, build.build_base_loss(cfg, schedule), regularizers, schedule=schedule,
+            num_classes=data.num_classes, p_uncond=cfg.objective.p_uncond,
+            drop_whole_batch=cfg.objective.drop_whole_batch, lr=o.lr, grad_clip=o.grad_clip,
+            ema_decay=o.ema_decay, ema_warmup=o.ema_warmup, precision=precision, ctx=ctx, batch_size=o.batch_size)
+        optimizer = train_step.optimizer
+        if start_ckpt is not None and start_ckpt.optim is not None:
+            optimizer.load_state_dict(start_ckpt.optim)
+            match_param_layout(optimizer)
         meta = {"num_classes": data.num_classes, "image_size": data.image_size, "channels": data.channels,
                 "class_counts": counts.tolist(), "class_names": data.class_names, "dataset": data.name,
                 "cond_dim": cond_dim}
-        if self.on_start:
-            self.on_start(data, model, step)
+        if ctx.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / "config.yaml", dump_config_yaml(cfg))
+            if self.on_start:
+                self.on_start(data, model, step)
 
-        def save(at_step: int) -> Path:
+        bad = torch.zeros((), dtype=torch.bool, device=device)  # any non-finite step since start
+
+        def check_finite() -> None:
+            if bool(ctx.any_device(bad)):
+                raise CbdmError(f"non-finite loss or gradient before step {step}; stopped without saving "
+                                f"(the last good checkpoint is kept in {self.ckpt_dir}; "
+                                "--set on_nonfinite=skip skips such steps instead)")
+
+        def save(at_step: int) -> Optional[Path]:
             check_finite()
-            path = self.ckpt_dir / checkpoint_name(at_step)
-            save_checkpoint(path, Checkpoint(step=at_step, config=cfg.model_dump(mode="json"),
-                                             model=model.state_dict(), ema=ema_model.state_dict(),
-                                             optim=optimizer.state_dict(), meta=meta))
-            for _, old in list_checkpoints(self.ckpt_dir)[:-cfg.keep_last]:
-                old.unlink(missing_ok=True)
+            path = None
+            if ctx.is_main:
+                path = self.ckpt_dir / checkpoint_name(at_step)
+                save_checkpoint(path, Checkpoint(step=at_step, config=cfg.model_dump(mode="json"),
+                                                 model=model.state_dict(), ema=ema_model.state_dict(),
+                                                 optim=optimizer.state_dict(), meta=meta))
+                for _, old in list_checkpoints(self.ckpt_dir)[:-cfg.keep_last]:
+                    old.unlink(missing_ok=True)
+            ctx.barrier()
+            return path
+
+        def preview(at_step: int) -> Optional[Path]:
+            path = self.preview(ema_model, schedule, data.num_classes, at_step) if ctx.is_main else None
+            ctx.barrier()
             return path
 
         restore = self._install_signal_handlers()
         last_ckpt: Optional[Path] = None
         grid: Optional[Path] = None
         sums: dict[str, torch.Tensor] = {}
-        bad = torch.zeros((), dtype=torch.bool, device=device)  # any non-finite step since start
         skipped = 0
-
-        def check_finite() -> None:
-            if bool(bad):
-                raise CbdmError(f"non-finite loss or gradient before step {step}; stopped without saving "
-                                f"(the last good checkpoint is kept in {self.ckpt_dir}; "
-                                "--set on_nonfinite=skip skips such steps instead)")
-
         window_start, window_steps = time.perf_counter(), 0
         log_path = self.run_dir / "metrics.jsonl"
+        skip_mode = cfg.on_nonfinite == "skip"
         try:
             model.train()
-            while step < o.steps and not self._stop.is_set():
+            # Every rank must agree to stop, or one would wait for the others' gradients forever.
+            while step < o.steps and not ctx.any(self._stop.is_set()):
                 torch.manual_seed(step_seed(cfg.seed, step))
-                idx = indexer.indices(step).to(device)
-                x0 = to_float(images[idx])
+                images, labels = source.batch(step)
+                x0 = to_float(images)
                 g = torch.Generator(device=device).manual_seed(step_seed(cfg.seed, step, stream=3))
                 x0, cond = augmentation(x0, g)
-                for group in optimizer.param_groups:
-                    group["lr"] = o.lr * lr_at(step)
-                terms = objective(model, x0, labels[idx], cond=cond)
-                optimizer.zero_grad(set_to_none=True)
-                terms.total.backward()
-                norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
-                                                      o.grad_clip if o.grad_clip > 0 else float("inf"))
-                finite = torch.isfinite(terms.total) & torch.isfinite(norm)
-                if cfg.on_nonfinite == "skip" and not bool(finite):  # a host sync, only in skip mode
+                if precision.channels_last:
+                    x0 = x0.contiguous(memory_format=torch.channels_last)
+                out = train_step(step, x0, labels, cond, lr=o.lr * lr_at(step), skip_nonfinite=skip_mode)
+                if not out.applied:
                     skipped += 1
                     step += 1
                     continue
-                bad = bad | ~finite
-                optimizer.step()
-                ema.update(step)
+                bad = bad | ~out.finite
                 step += 1
                 window_steps += 1
-                for k, v in terms.as_dict().items():
-                    sums[k] = sums.get(k, 0.0) + v.detach()
+                for k, v in out.terms.items():
+                    sums[k] = sums.get(k, 0.0) + v
                 if step % cfg.log_every == 0 or step == o.steps:
                     check_finite()
-                    record = {"step": step, **{k: float(v) / max(window_steps, 1) for k, v in sums.items()},
-                              "lr": optimizer.param_groups[0]["lr"]}
-                    elapsed = time.perf_counter() - window_start
-                    record["images_per_sec"] = window_steps * o.batch_size / max(elapsed, 1e-9)
-                    if skipped:
-                        record["skipped_steps"] = skipped
-                    with open(log_path, "a") as f:
-                        f.write(json.dumps(record) + "\n")
-                    if self.on_log:
-                        self.on_log(record)
+                    means = dict(zip(sums, ctx.mean(list(sums.values()))))
+                    if ctx.is_main:
+                        self._log(log_path, step, means, window_steps, optimizer.param_groups[0]["lr"],
+                                  window_steps * o.batch_size / max(time.perf_counter() - window_start, 1e-9),
+                                  skipped)
                     sums, window_start, window_steps = {}, time.perf_counter(), 0
                 if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < o.steps:
                     last_ckpt = save(step)
                 if cfg.sample_every and step % cfg.sample_every == 0 and step < o.steps:
-                    grid = self.preview(ema_model, schedule, data.num_classes, step)
+                    grid = preview(step)
                     model.train()
-            interrupted = self._stop.is_set()
+            interrupted = self._stop.is_set() or step < o.steps
             last_ckpt = save(step)
             if not interrupted:
-                grid = self.preview(ema_model, schedule, data.num_classes, step)
+                grid = preview(step)
         finally:
             restore()
         return TrainResult(self.run_dir, step, last_ckpt, grid, interrupted)
+
+    def _log(self, path: Path, step: int, sums: dict[str, torch.Tensor], steps: int, lr: float,
+             images_per_sec: float, skipped: int) -> None:
+        record = {"step": step, **{k: float(v) / max(steps, 1) for k, v in sums.items()}, "lr": lr,
+                  "images_per_sec": images_per_sec}
+        if skipped:
+            record["skipped_steps"] = skipped
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.on_log:
+            self.on_log(record)
 
     # -- helpers -------------------------------------------------------------------------
     @torch.no_grad()
