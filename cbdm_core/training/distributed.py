@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, TypeVar
 
@@ -150,6 +151,9 @@ def wrap_ddp(module: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [ctx.device.index] if ctx.device is not None and ctx.device.type == "cuda" else None
+    # 1x1-conv gradients from oneDNN have size-1 dims with other strides than the bucket: same memory
+    # layout, but DDP warns about it on every rank.
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     return DistributedDataParallel(module, device_ids=ids, gradient_as_bucket_view=True)
 
 
