@@ -246,28 +246,6 @@ def test_user_errors(classifier, npz, work):
 # --- Inception, offline, with a RANDOM weights file: exercises the path, never a real FID ---------
 
 
-@pytest.fixture(scope="module")
-def random_inception_weights(tmp_path_factory) -> Path:
-    import torch_fidelity.feature_extractor_inceptionv3 as tfi
-
-    class Unloaded(tfi.FeatureExtractorInceptionV3):
-        def load_state_dict(self, state_dict, *args, **kwargs):
-            if state_dict is None:  # skip the weight loading done in __init__
-                return None
-            return super().load_state_dict(state_dict, *args, **kwargs)
-
-    mp = pytest.MonkeyPatch()
-    mp.setattr(tfi, "load_state_dict_from_url", lambda *a, **k: None)
-    try:
-        torch.manual_seed(0)
-        net = Unloaded("inception-v3-compat", ["2048"])
-    finally:
-        mp.undo()
-    path = tmp_path_factory.mktemp("inception") / "random-inception.pth"
-    torch.save(net.state_dict(), path)
-    return path
-
-
 @pytest.fixture
 def offline(monkeypatch):
     import urllib.error

@@ -28,30 +28,6 @@ from cbdm_core.registry import build_registry
 # --- Inception (offline) -----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def random_inception_weights(tmp_path_factory):
-    """torch-fidelity's Inception v3 architecture with RANDOM weights, saved in the format
-    torch-fidelity loads. Exercises the loading path only: never a real FID."""
-    import torch_fidelity.feature_extractor_inceptionv3 as tfi
-
-    class Unloaded(tfi.FeatureExtractorInceptionV3):
-        def load_state_dict(self, state_dict, *args, **kwargs):
-            if state_dict is None:  # skip the weight loading done in __init__
-                return None
-            return super().load_state_dict(state_dict, *args, **kwargs)
-
-    mp = pytest.MonkeyPatch()
-    mp.setattr(tfi, "load_state_dict_from_url", lambda *a, **k: None)
-    try:
-        torch.manual_seed(0)
-        net = Unloaded("inception-v3-compat", ["2048"])
-    finally:
-        mp.undo()
-    path = tmp_path_factory.mktemp("inception") / "random-inception.pth"
-    torch.save(net.state_dict(), path)
-    return path
-
-
 def test_inception_loads_local_weights_and_extracts(random_inception_weights, monkeypatch):
     monkeypatch.delenv(ENV_WEIGHTS, raising=False)
     with pytest.warns(UserWarning, match="not the official FID weights"):
