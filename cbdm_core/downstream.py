@@ -72,6 +72,7 @@ class DownstreamOptions:
         width: first-stage channels.
         seed: initialisation and batch order.
         device: where to train.
+        hflip: random horizontal flips (natural images yes, digits no).
     """
 
     epochs: int = 30
@@ -82,6 +83,7 @@ class DownstreamOptions:
     width: int = 16
     seed: int = 0
     device: str = "cpu"
+    hflip: bool = True
 
 
 def _to_float(images: torch.Tensor) -> torch.Tensor:
@@ -110,7 +112,8 @@ def train_resnet(images: torch.Tensor, labels: torch.Tensor, num_classes: int, o
             idx = perm[i:i + opts.batch_size]
             x = _to_float(x_all[idx])
             flip = torch.rand(len(idx), generator=g).to(device) < 0.5
-            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+            if opts.hflip:
+                x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
             pad = max(1, x.shape[-1] // 8)
             dx, dy = (int(v) for v in torch.randint(-pad, pad + 1, (2,), generator=g))
             x = torch.roll(F.pad(x, (pad, pad, pad, pad), value=-1.0), (dy, dx), dims=(2, 3))[..., pad:-pad, pad:-pad]
@@ -120,6 +123,27 @@ def train_resnet(images: torch.Tensor, labels: torch.Tensor, num_classes: int, o
             optim.step()
             sched.step()
     return model.eval()
+
+
+def class_interleaved_subset(labels: torch.Tensor, num: int, seed: int = 0) -> torch.Tensor:
+    """Indices of ``num`` items spread as evenly over the classes as the items allow: a random
+    first item of every class, then a random second of every class, and so on (so the first
+    ``num`` of a class-sorted, balanced sample folder are not all class 0)."""
+    if num < 0:
+        raise CbdmError(f"cannot take {num} images")
+    if num > len(labels):
+        raise CbdmError(f"asked for {num} generated images but only {len(labels)} are there")
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(labels), generator=g)
+    shuffled = labels[perm]
+    # rank of each item within its class, in shuffled order
+    order = torch.argsort(shuffled, stable=True)
+    sorted_labels = shuffled[order]
+    starts = torch.searchsorted(sorted_labels, sorted_labels, side="left")
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order)) - starts
+    pick = torch.argsort(rank, stable=True)[:num]
+    return perm[pick]
 
 
 @torch.no_grad()

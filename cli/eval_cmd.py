@@ -7,90 +7,22 @@ a sub-command to a hidden evaluation command, so both forms work.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import click
-import yaml
 from rich.console import Console
 
 from cbdm_core.errors import CbdmError
 
-DEFAULT_CMD = "__samples__"  # hidden: `cbdm eval SAMPLES ...` is routed here
+from .default_group import DEFAULT_CMD, DefaultCommand, DefaultGroup
+from .eval_support import LogToReporter, Reporter, feature_options, parse_metric_options, split_metrics
+
 METRIC_HELP = "fid,is,kid,precision_recall,prd,per_class_fid"
 
 
-class _DefaultContext(click.Context):
-    """Usage lines of the hidden command read ``cbdm eval [OPTIONS] SAMPLES``."""
-
-    @property
-    def command_path(self) -> str:
-        return self.parent.command_path if self.parent is not None else (self.info_name or "")
-
-
-class _EvalCommand(click.Command):
-    context_class = _DefaultContext
-
-
-class _EvalGroup(click.Group):
-    """A group whose first argument is either a sub-command or the SAMPLES path."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
-            args = [DEFAULT_CMD, *args]
-        return super().parse_args(ctx, args)
-
-    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        default = self.commands[DEFAULT_CMD]
-        formatter.write_usage(ctx.command_path, "SAMPLES --dataset NAME [OPTIONS]")
-        formatter.write_usage(ctx.command_path, "COMMAND [ARGS]...", prefix="   or: ")
-        self.format_help_text(ctx, formatter)
-        default.format_options(_DefaultContext(default, info_name=DEFAULT_CMD, parent=ctx), formatter)
-        self.format_commands(ctx, formatter)
-
-
-class _Reporter:
-    """Status and warnings on stderr; each distinct warning once (logging and ``warnings``
-    often carry the same message)."""
-
-    def __init__(self) -> None:
-        self.console = Console(stderr=True)
-        self.seen: set[str] = set()
-
-    def say(self, message: str, style: str = "") -> None:
-        self.console.print(message, markup=False, highlight=False, soft_wrap=True, style=style or None)
-
-    def warning(self, message: str) -> None:
-        if message in self.seen:
-            return
-        self.seen.add(message)
-        self.say(f"warning: {message}", style="bold yellow")
-
-
-class _LogToReporter(logging.Handler):
-    def __init__(self, reporter: _Reporter) -> None:
-        super().__init__(logging.WARNING)
-        self.reporter = reporter
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.reporter.warning(record.getMessage())
-
-
-def parse_metric_options(items: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """``("kid.subset_size=100",)`` -> ``{"kid": {"subset_size": 100}}`` (values parsed as YAML)."""
-    out: dict[str, dict[str, Any]] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        metric, dot, option = key.strip().partition(".")
-        if not sep or not dot or not metric or not option:
-            raise CbdmError(f"--metric-option expects METRIC.OPTION=VALUE (e.g. kid.subset_size=100), got {item!r}")
-        try:
-            value = yaml.safe_load(raw) if raw else ""
-        except yaml.YAMLError:
-            value = raw
-        out.setdefault(metric, {})[option] = value
-    return out
+class _EvalGroup(DefaultGroup):
+    default_usage = "SAMPLES --dataset NAME [OPTIONS]"
 
 
 def default_out(samples: Path) -> Path:
@@ -109,22 +41,12 @@ def eval_group() -> None:
     """
 
 
-@eval_group.command(DEFAULT_CMD, cls=_EvalCommand, hidden=True)
+@eval_group.command(DEFAULT_CMD, cls=DefaultCommand, hidden=True)
 @click.argument("samples", metavar="SAMPLES", type=click.Path(path_type=Path))
 @click.option("--dataset", required=True, help="Dataset the model was trained on (digits, cifar10-lt, ...).")
 @click.option("--data-root", type=click.Path(path_type=Path), help="Folder holding the dataset files.")
-@click.option("--extractor", default="inception", show_default=True, help="Feature network: inception or classifier.")
-@click.option("--classifier", type=click.Path(path_type=Path),
-              help="Classifier file for --extractor classifier (from `cbdm eval train-classifier`).")
-@click.option("--inception-weights", type=click.Path(path_type=Path),
-              help="Local Inception weights file (default $CBDM_INCEPTION_WEIGHTS, else download).")
 @click.option("--metrics", "metrics", help=f"Comma-separated metrics [default: {METRIC_HELP}].")
-@click.option("--metric-option", "-O", "metric_options", multiple=True, metavar="METRIC.OPTION=VALUE",
-              help="A metric's own option, e.g. kid.subset_size=100 (repeatable).")
-@click.option("--reference-split", type=click.Choice(["train", "test"]), default="train", show_default=True,
-              help="Real split compared against (always class-balanced).")
-@click.option("--cache-dir", type=click.Path(path_type=Path),
-              help="Reference feature cache [default: $CBDM_CACHE or ~/.cache/cbdm].")
+@feature_options
 @click.option("--batch-size", type=int, default=200, show_default=True, help="Images per extractor batch.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--out", "-o", type=click.Path(path_type=Path),
@@ -138,20 +60,14 @@ def evaluate_samples(samples: Path, dataset: str, data_root: Optional[Path], ext
     from cbdm_core.evaluation import EvalOptions, evaluate, metrics_table, plot_per_class_fid, write_metrics_json
     from cbdm_core.evaluation.report import METRICS_JSON, PER_CLASS_PLOT
 
-    reporter = _Reporter()
+    reporter = Reporter()
     options = EvalOptions(
         dataset=dataset, data_root=data_root, extractor=extractor, classifier=classifier,
-        inception_weights=inception_weights, metrics=None if metrics is None else metrics.split(","),
+        inception_weights=inception_weights, metrics=split_metrics(metrics),
         metric_options=parse_metric_options(metric_options), reference_split=reference_split,
         cache_dir=cache_dir, batch_size=batch_size, device=device, resize=resize)
-    handler = _LogToReporter(reporter)
-    logger = logging.getLogger("cbdm")
-    logger.addHandler(handler)
-    try:
-        result = evaluate(samples, options, on_warning=reporter.warning,
-                          on_status=lambda msg: reporter.say(msg, style="dim"))
-    finally:
-        logger.removeHandler(handler)
+    with LogToReporter(reporter):
+        result = evaluate(samples, options, on_warning=reporter.warning, on_status=reporter.status)
     out_dir = out if out is not None else default_out(samples)
     Console().print(metrics_table(result))
     json_path = write_metrics_json(result, out_dir / METRICS_JSON)
@@ -184,7 +100,7 @@ def train_classifier_cmd(dataset: str, data_root: Optional[Path], balanced: bool
     from cbdm_core.data import dataset_options, load_dataset
     from cbdm_core.features import classifier_accuracy, save_classifier, train_classifier
 
-    reporter = _Reporter()
+    reporter = Reporter()
     if epochs < 1 or batch_size < 1:
         raise CbdmError(f"--epochs and --batch-size must be positive, got {epochs} and {batch_size}")
     dev = resolve_device(device)
@@ -217,3 +133,12 @@ def train_classifier_cmd(dataset: str, data_root: Optional[Path], balanced: bool
     if accuracy is not None:
         click.echo(f"test accuracy {accuracy:.4f} on {len(test)} {dataset} test images")
     click.echo(f"wrote {path}")
+
+
+def _add_downstream() -> None:
+    from .downstream_cmd import downstream_cmd
+
+    eval_group.add_command(downstream_cmd)
+
+
+_add_downstream()

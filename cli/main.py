@@ -17,6 +17,7 @@ _COMMANDS = [
     ("cbdm_cli.plugins_cmd", "plugins"),
     ("cbdm_cli.import_cmd", "import_checkpoint"),
     ("cbdm_cli.presets_cmd", "presets"),
+    ("cbdm_cli.sweep_cmd", "sweep_group"),
 ]
 
 

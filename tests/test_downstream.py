@@ -44,3 +44,50 @@ def test_mismatched_generated_images():
     y = torch.zeros(4, dtype=torch.long)
     with pytest.raises(CbdmError, match="do not match"):
         downstream_comparison(x, y, x, y, 2, [("g", torch.zeros(4, 3, 8, 8, dtype=torch.uint8), y)])
+
+
+def test_class_interleaved_subset_is_even():
+    from cbdm_core.downstream import class_interleaved_subset
+
+    labels = torch.tensor([0] * 50 + [1] * 50 + [2] * 5)  # class-sorted, like a sample folder
+    idx = class_interleaved_subset(labels, 30, seed=1)
+    assert len(set(idx.tolist())) == 30
+    assert torch.bincount(labels[idx], minlength=3).tolist() == [13, 12, 5] or \
+        torch.bincount(labels[idx], minlength=3).tolist() == [12, 13, 5]
+    assert torch.equal(idx, class_interleaved_subset(labels, 30, seed=1))
+    with pytest.raises(CbdmError, match="only 105"):
+        class_interleaved_subset(labels, 106)
+
+
+def test_downstream_cli_on_digits(tmp_path):
+    import json
+
+    import numpy as np
+    from click.testing import CliRunner
+
+    from cbdm_cli.main import cli
+
+    torch.set_num_threads(1)
+    full = load_dataset("digits", DatasetOptions())
+    nhwc = full.images.permute(0, 2, 3, 1).numpy()
+    order = np.argsort(full.labels.numpy(), kind="stable")  # class-sorted like a sample folder
+    np.savez(tmp_path / "oracle.npz", images=nhwc[order], labels=full.labels.numpy()[order])
+    np.savez(tmp_path / "unlabelled.npz", images=nhwc[:10])
+    common = ["eval", "downstream", "--dataset", "digits-lt", "--epochs", "2", "--blocks-per-stage", "1",
+              "--width", "8", "--batch-size", "64", "--lr", "0.05", "--device", "cpu"]
+    out = tmp_path / "ds.json"
+    res = CliRunner().invoke(cli, [*common, f"good={tmp_path / 'oracle.npz'}", "--num", "500", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out.read_text())
+    n_train = len(load_dataset("digits-lt", DatasetOptions()))
+    assert doc["results"]["real"]["train_images"] == n_train
+    assert doc["results"]["real+good"]["train_images"] == n_train + 500
+    assert doc["options"]["hflip"] is False  # grayscale digits are not flipped by default
+    assert doc["test_images"] == len(load_dataset("digits", DatasetOptions(split="test")))
+    # 500 class-balanced real images lift the tail classes, so macro recall rises
+    assert doc["results"]["real+good"]["macro_recall"] > doc["results"]["real"]["macro_recall"]
+    for bad, match in (([str(tmp_path / "unlabelled.npz")], "no class labels"),
+                       ([f"a={tmp_path / 'oracle.npz'}", f"a={tmp_path / 'oracle.npz'}"], "named 'a'"),
+                       ([str(tmp_path / "oracle.npz"), "--num", "99999"], "only")):
+        res = CliRunner().invoke(cli, [*common, *bad, "--out", str(tmp_path / "x.json")])
+        assert res.exit_code == 1 and "Traceback" not in res.output and match in res.output, res.output

@@ -106,7 +106,7 @@ def _clf_args(classifier: Path, cache: Path) -> list:
 def test_help_shows_both_forms():
     res = _ok("--help")
     assert "SAMPLES --dataset NAME" in res.output and "train-classifier" in res.output
-    assert "--reference-split" in res.output and "__samples__" not in res.output
+    assert "--reference-split" in res.output and "__default__" not in res.output
 
 
 def test_real_beats_noise_and_reports(classifier, npz, work):

@@ -1,0 +1,316 @@
+"""Sweeps (paper Figures 5 and 6): one metric curve over a grid of a setting.
+
+* guidance sweep: one checkpoint, sampled at every w of a grid, each sample set evaluated;
+* training sweep: one run trained per value of a training setting (the CBDM weight tau for
+  Figure 5), each sampled and evaluated with the same settings.
+
+Every point keeps its samples in its own folder (resumable, see
+:func:`cbdm_core.sampling.generate.generate_samples`) and the result is written as JSON and
+PNG. Re-running a sweep re-uses finished runs, complete sample folders and cached reference
+features, so an interrupted sweep continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from .atomic import atomic_path, atomic_write_text
+from .errors import CbdmError
+
+SWEEP_JSON = "sweep.json"
+SWEEP_PLOT = "sweep.png"
+FORMAT = "cbdm-sweep/1"
+# Metrics where a smaller value is better; every other metric is taken as higher-is-better.
+LOWER_IS_BETTER = frozenset({"fid", "kid", "kid_std", "is_std", "fid_class_mean", "fid_head", "fid_medium",
+                             "fid_tail"})
+MAX_POINTS = 1000
+
+StatusFn = Callable[[str], None]
+
+
+class SweepInterrupted(Exception):
+    """Training of one sweep point was stopped by a signal; its checkpoint is saved."""
+
+    def __init__(self, run_dir: Path, step: int):
+        super().__init__(f"interrupted while training {run_dir} at step {step}")
+        self.run_dir, self.step = run_dir, step
+
+
+def parse_grid(text: str) -> list[float]:
+    """``"0:2:0.2"`` (start:stop:step, stop included) or ``"0,0.5,1"`` -> sorted unique values.
+
+    Grid values are rounded to 10 decimals so 0.1+0.2 style drift does not create
+    near-duplicate points or odd folder names.
+    """
+    text = str(text).strip()
+    if not text:
+        raise CbdmError("empty grid: give start:stop:step (e.g. 0:2:0.2) or a list (e.g. 0,0.8,1.6)")
+    try:
+        if ":" in text:
+            parts = [float(p) for p in text.split(":")]
+            if len(parts) != 3:
+                raise ValueError
+            start, stop, step = parts
+            if step <= 0 or stop < start:
+                raise CbdmError(f"grid {text!r}: need start <= stop and a positive step")
+            n = int(math.floor((stop - start) / step + 1e-9)) + 1
+            if n > MAX_POINTS:
+                raise CbdmError(f"grid {text!r} has {n} points (at most {MAX_POINTS})")
+            values = [start + i * step for i in range(n)]
+        else:
+            values = [float(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise CbdmError(f"cannot read grid {text!r}: give start:stop:step (e.g. 0:2:0.2) "
+                        "or comma-separated numbers") from None
+    values = sorted({round(v, 10) for v in values})
+    if not values or not all(math.isfinite(v) for v in values):
+        raise CbdmError(f"grid {text!r} has no finite values")
+    return values
+
+
+def value_label(value: float) -> str:
+    """A folder-friendly name for a grid value: 1.6 -> ``1.6``, 0.0005 -> ``0.0005``."""
+    return f"{value:g}"
+
+
+@dataclass
+class SweepPoint:
+    """One grid value: where its samples are and what they scored."""
+
+    value: float
+    samples: str
+    metrics: dict[str, Optional[float]]
+    run: Optional[str] = None
+
+
+@dataclass
+class SweepResult:
+    """All points of a sweep, and the best by ``select``."""
+
+    parameter: str
+    select: str
+    points: list[SweepPoint]
+    settings: dict[str, Any] = field(default_factory=dict)
+    extractor: str = ""
+    comparable_to_published: bool = True
+
+    @property
+    def lower_is_better(self) -> bool:
+        return self.select in LOWER_IS_BETTER
+
+    @property
+    def best(self) -> Optional[SweepPoint]:
+        return best_point(self.points, self.select)
+
+
+def best_point(points: Sequence[SweepPoint], metric: str) -> Optional[SweepPoint]:
+    """The point with the best ``metric`` (lowest for FID/KID, highest otherwise); ties go to the
+    smaller value of the swept setting. ``None`` when no point has the metric."""
+    scored = [p for p in points if p.metrics.get(metric) is not None]
+    if not scored:
+        return None
+    sign = 1.0 if metric in LOWER_IS_BETTER else -1.0
+    return min(scored, key=lambda p: (sign * float(p.metrics[metric]), p.value))
+
+
+def result_to_dict(result: SweepResult) -> dict[str, Any]:
+    best = result.best
+    return {
+        "format": FORMAT,
+        "parameter": result.parameter,
+        "select": result.select,
+        "select_direction": "min" if result.lower_is_better else "max",
+        "best": None if best is None else {"value": best.value, result.select: best.metrics.get(result.select)},
+        "extractor": result.extractor,
+        "comparable_to_published": result.comparable_to_published,
+        "settings": result.settings,
+        "points": [{"value": p.value, "samples": p.samples, "run": p.run, "metrics": p.metrics}
+                   for p in result.points],
+    }
+
+
+def write_sweep_json(result: SweepResult, path: Path) -> Path:
+    atomic_write_text(Path(path), json.dumps(result_to_dict(result), indent=2, allow_nan=False) + "\n")
+    return Path(path)
+
+
+def plot_sweep(result: SweepResult, path: Path, metrics: Sequence[str] = ("fid", "is")) -> Optional[Path]:
+    """One panel per metric (value against the swept setting), the best point marked.
+    ``None`` (nothing written) when no point has any of ``metrics``."""
+    from matplotlib.figure import Figure
+
+    panels = [m for m in metrics if any(p.metrics.get(m) is not None for p in result.points)]
+    if not panels:
+        return None
+    best = result.best
+    fig = Figure(figsize=(4.2 * len(panels), 3.6), dpi=110)
+    for i, metric in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        pts = [(p.value, p.metrics[metric]) for p in result.points if p.metrics.get(metric) is not None]
+        ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", linewidth=1.5)
+        if best is not None and best.metrics.get(metric) is not None:
+            ax.scatter([best.value], [best.metrics[metric]], s=90, facecolors="none", edgecolors="tab:red",
+                       linewidths=1.8, zorder=3, label=f"best {result.select}: {result.parameter}={best.value:g}")
+            ax.legend(fontsize=7, loc="best")
+        ax.set_xlabel(result.parameter)
+        ax.set_ylabel(metric.upper() if metric in ("fid", "is", "kid") else metric)
+        ax.grid(True, alpha=0.3)
+    title = f"{result.parameter} sweep ({result.extractor} features"
+    title += ")" if result.comparable_to_published else "; not comparable to published numbers)"
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png")
+    return Path(path)
+
+
+@dataclass
+class SamplingSettings:
+    """How every point of a sweep is sampled (the same for all points).
+
+    Args:
+        num: images per point.
+        classes: ``balanced``, ``train`` or class indices (see ``cbdm sample --classes``).
+        sampler: registered sampler name.
+        steps: sampling steps (``None``: the sampler's default capped at T).
+        eta: DDIM noise.
+        seed: sample ``i`` gets the same noise at every point.
+        batch_size: images per network batch.
+        guidance: w for training sweeps (a guidance sweep sets w per point).
+        ema: sample the EMA weights.
+    """
+
+    num: int
+    classes: str = "balanced"
+    sampler: str = "ddim"
+    steps: Optional[int] = None
+    eta: float = 0.0
+    seed: int = 0
+    batch_size: int = 256
+    guidance: float = 0.0
+    ema: bool = True
+
+
+def _sample_and_evaluate(run: Any, out_dir: Path, guidance: float, sampling: SamplingSettings,
+                         eval_options: Any, status: StatusFn) -> tuple[dict[str, Optional[float]], Any]:
+    from .evaluation import evaluate
+    from .sampling.generate import generate_samples, resolve_steps
+    from .sampling.plan import plan_labels
+
+    labels = plan_labels(sampling.classes, sampling.num, run.num_classes, run.meta.get("class_counts"))
+    steps = resolve_steps(sampling.sampler, sampling.steps, run.schedule.num_timesteps)
+    generate_samples(run, labels, out_dir=out_dir, sampler=sampling.sampler, steps=steps, eta=sampling.eta,
+                     guidance=guidance, seed=sampling.seed, batch_size=sampling.batch_size,
+                     classes=sampling.classes, ema=sampling.ema)
+    result = evaluate(out_dir, eval_options, on_status=status)
+    from .evaluation import write_metrics_json
+
+    write_metrics_json(result, out_dir / "metrics.json")
+    return result.values(), result.extractor
+
+
+def _check_sampling(sampling: SamplingSettings) -> None:
+    from .registry import get_registry
+
+    if sampling.num < 1:
+        raise CbdmError(f"--num must be positive, got {sampling.num}")
+    if sampling.batch_size < 1:
+        raise CbdmError(f"--batch-size must be positive, got {sampling.batch_size}")
+    get_registry().get("sampler", sampling.sampler)
+
+
+def guidance_sweep(run: Any, ws: Sequence[float], *, out_dir: Path, sampling: SamplingSettings, eval_options: Any,
+                   select: str = "fid", on_status: Optional[StatusFn] = None,
+                   on_point: Optional[Callable[[SweepPoint], None]] = None) -> SweepResult:
+    """Sample ``run`` (a :class:`cbdm_core.run.LoadedRun`) at every guidance strength in ``ws``
+    into ``out_dir/w<w>/`` and evaluate each set with ``eval_options``
+    (:class:`cbdm_core.evaluation.EvalOptions`). Writes ``sweep.json`` and ``sweep.png``."""
+    status = on_status or (lambda _m: None)
+    _check_sampling(sampling)
+    if any(w < 0 for w in ws):
+        raise CbdmError("guidance strengths must be >= 0")
+    if any(w > 0 for w in ws) and not run.trained_with_label_dropout:
+        raise CbdmError(f"{run.checkpoint} was trained without label dropout (p_uncond = 0), so guidance "
+                        "w > 0 has no unconditional prediction to use; sweep w = 0 only or train with "
+                        "--p-uncond 0.1")
+    settings = {"checkpoint": str(run.checkpoint), "step": run.step, **_sampling_dict(sampling),
+                "dataset": eval_options.dataset, "reference_split": eval_options.reference_split}
+    points: list[SweepPoint] = []
+    extractor = None
+    for w in ws:
+        folder = Path(out_dir) / f"w{value_label(w)}"
+        status(f"guidance w = {w:g}: sampling {sampling.num} images into {folder}")
+        values, extractor = _sample_and_evaluate(run, folder, w, sampling, eval_options, status)
+        point = SweepPoint(value=w, samples=str(folder), metrics=values)
+        points.append(point)
+        if on_point is not None:
+            on_point(point)
+    result = _finish(SweepResult("guidance", select, points, settings), extractor)
+    _write(result, Path(out_dir))
+    return result
+
+
+def _sampling_dict(sampling: SamplingSettings) -> dict[str, Any]:
+    return {"num": sampling.num, "classes": sampling.classes, "sampler": sampling.sampler,
+            "steps": sampling.steps, "eta": sampling.eta, "seed": sampling.seed, "ema": sampling.ema}
+
+
+def _finish(result: SweepResult, extractor: Any) -> SweepResult:
+    if extractor is not None:
+        result.extractor = extractor.label
+        result.comparable_to_published = bool(extractor.comparable)
+    if result.points and all(result.select not in p.metrics for p in result.points):
+        available = sorted({k for p in result.points for k in p.metrics})
+        raise CbdmError(f"--select {result.select!r} is not among the computed metrics "
+                        f"({', '.join(available) or 'none'})")
+    return result
+
+
+def _write(result: SweepResult, out_dir: Path) -> None:
+    write_sweep_json(result, out_dir / SWEEP_JSON)
+    plot_sweep(result, out_dir / SWEEP_PLOT)
+
+
+def training_sweep(parameter: str, values: Sequence[float], config_for: Callable[[float], Any], *,
+                   out_dir: Path, sampling: SamplingSettings, eval_options: Any, select: str = "fid",
+                   device: str = "cpu", on_status: Optional[StatusFn] = None,
+                   on_log: Optional[Callable[[dict], None]] = None) -> SweepResult:
+    """Train one run per value (``config_for(value)`` gives its
+    :class:`cbdm_core.config.TrainConfig`) into ``out_dir/<parameter>-<value>/``, then sample
+    each at ``sampling.guidance`` and evaluate. A finished run is re-used, a partial one is
+    resumed, so the sweep can be re-run after an interruption. ``on_log`` gets the trainer's
+    log records."""
+    from .checkpoint import list_checkpoints
+    from .run import load_run
+    from .training.trainer import Trainer
+
+    status = on_status or (lambda _m: None)
+    _check_sampling(sampling)
+    configs = {v: config_for(v) for v in values}  # every config validates before any training
+    points: list[SweepPoint] = []
+    extractor = None
+    for v in values:
+        cfg = configs[v]
+        run_dir = Path(out_dir) / f"{parameter}-{value_label(v)}"
+        done = list_checkpoints(run_dir / "checkpoints")
+        if not done or done[-1][0] < cfg.optim.steps:
+            status(f"{parameter} = {v:g}: training {cfg.optim.steps} steps in {run_dir}"
+                   + (" (resuming)" if done else ""))
+            outcome = Trainer(cfg, run_dir, resume=bool(done), on_log=on_log).run()
+            if outcome.interrupted:
+                raise SweepInterrupted(run_dir, outcome.step)
+        run = load_run(run_dir, ema=sampling.ema, device=device)
+        if sampling.guidance > 0 and not run.trained_with_label_dropout:
+            raise CbdmError(f"{run_dir} was trained without label dropout; use --guidance 0")
+        folder = run_dir / f"samples-w{value_label(sampling.guidance)}"
+        values_, extractor = _sample_and_evaluate(run, folder, sampling.guidance, sampling, eval_options, status)
+        points.append(SweepPoint(value=v, samples=str(folder), metrics=values_, run=str(run_dir)))
+    settings = {**_sampling_dict(sampling), "guidance": sampling.guidance, "dataset": eval_options.dataset,
+                "reference_split": eval_options.reference_split}
+    result = _finish(SweepResult(parameter, select, points, settings), extractor)
+    _write(result, Path(out_dir))
+    return result

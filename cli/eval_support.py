@@ -1,0 +1,101 @@
+"""Pieces shared by the commands that evaluate samples (``cbdm eval``, ``cbdm sweep``):
+the stderr reporter, metric-option parsing and the feature-extractor options."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+import yaml
+from rich.console import Console
+
+from cbdm_core.errors import CbdmError
+
+
+def feature_options(f: Callable) -> Callable:
+    """The options that choose the feature network, the metric options and the reference set
+    (``--metrics`` stays with each command: their defaults differ)."""
+    decorators = [
+        click.option("--extractor", default="inception", show_default=True,
+                     help="Feature network: inception or classifier."),
+        click.option("--classifier", type=click.Path(path_type=Path),
+                     help="Classifier file for --extractor classifier (from `cbdm eval train-classifier`)."),
+        click.option("--inception-weights", type=click.Path(path_type=Path),
+                     help="Local Inception weights file (default $CBDM_INCEPTION_WEIGHTS, else download)."),
+        click.option("--metric-option", "-O", "metric_options", multiple=True, metavar="METRIC.OPTION=VALUE",
+                     help="A metric's own option, e.g. kid.subset_size=100 (repeatable)."),
+        click.option("--reference-split", type=click.Choice(["train", "test"]), default="train",
+                     show_default=True, help="Real split compared against (always class-balanced)."),
+        click.option("--cache-dir", type=click.Path(path_type=Path),
+                     help="Reference feature cache [default: $CBDM_CACHE or ~/.cache/cbdm]."),
+    ]
+    for decorate in reversed(decorators):
+        f = decorate(f)
+    return f
+
+
+class Reporter:
+    """Status and warnings on stderr; each distinct warning once (logging and ``warnings``
+    often carry the same message)."""
+
+    def __init__(self) -> None:
+        self.console = Console(stderr=True)
+        self.seen: set[str] = set()
+
+    def say(self, message: str, style: str = "") -> None:
+        self.console.print(message, markup=False, highlight=False, soft_wrap=True, style=style or None)
+
+    def status(self, message: str) -> None:
+        self.say(message, style="dim")
+
+    def warning(self, message: str) -> None:
+        if message in self.seen:
+            return
+        self.seen.add(message)
+        self.say(f"warning: {message}", style="bold yellow")
+
+
+class LogToReporter(logging.Handler):
+    """Warnings logged under ``cbdm`` go to the reporter (use as a context manager)."""
+
+    def __init__(self, reporter: Reporter) -> None:
+        super().__init__(logging.WARNING)
+        self.reporter = reporter
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.reporter.warning(record.getMessage())
+
+    def __enter__(self) -> "LogToReporter":
+        logging.getLogger("cbdm").addHandler(self)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        logging.getLogger("cbdm").removeHandler(self)
+
+
+def parse_metric_options(items: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """``("kid.subset_size=100",)`` -> ``{"kid": {"subset_size": 100}}`` (values parsed as YAML)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        metric, dot, option = key.strip().partition(".")
+        if not sep or not dot or not metric or not option:
+            raise CbdmError(f"--metric-option expects METRIC.OPTION=VALUE (e.g. kid.subset_size=100), got {item!r}")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        out.setdefault(metric, {})[option] = value
+    return out
+
+
+def split_metrics(text: str | None) -> list[str] | None:
+    """``"fid,is"`` -> ``["fid", "is"]``; ``None`` stays ``None`` (the default set)."""
+    if text is None:
+        return None
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    if not names:
+        raise CbdmError("--metrics is empty")
+    return names

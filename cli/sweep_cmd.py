@@ -1,0 +1,205 @@
+"""``cbdm sweep``: a metric curve over guidance strengths (paper Figure 6) or over the CBDM
+weight tau, one trained run per value (paper Figure 5)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from cbdm_core.errors import CbdmError
+
+from .default_group import DEFAULT_CMD, DefaultCommand, DefaultGroup
+from .eval_support import LogToReporter, Reporter, feature_options, parse_metric_options, split_metrics
+
+DEFAULT_GRID = "0:2:0.2"
+DEFAULT_METRICS = "fid,is"
+
+
+class _SweepGroup(DefaultGroup):
+    default_usage = "RUN_DIR_OR_CHECKPOINT [OPTIONS]"
+
+
+def _sampling_options(f):
+    decorators = [
+        click.option("--num", "-n", type=int, default=1000, show_default=True,
+                     help="Images per point (the paper uses 10,000 for its curves)."),
+        click.option("--classes", default="balanced", show_default=True,
+                     help="balanced, train, or class indices like 0,3,7."),
+        click.option("--sampler", default="ddim", show_default=True, help="Registered sampler."),
+        click.option("--steps", type=int, help="Sampling steps (default: the sampler's, capped at T)."),
+        click.option("--eta", type=float, default=0.0, show_default=True, help="DDIM noise."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Sampling seed; every point gets the same noise."),
+        click.option("--batch-size", type=int, default=256, show_default=True, help="Images per network batch."),
+        click.option("--metrics", default=DEFAULT_METRICS, show_default=True, help="Comma-separated metrics."),
+        click.option("--select", default="fid", show_default=True,
+                     help="Metric that picks the best point (lowest FID/KID, highest otherwise)."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+    ]
+    for decorate in reversed(decorators):
+        f = decorate(f)
+    return feature_options(f)
+
+
+def _eval_options(dataset: str, data_root: Optional[Path], metrics: str, extractor: str,
+                  classifier: Optional[Path], inception_weights: Optional[Path], metric_options: tuple[str, ...],
+                  reference_split: str, cache_dir: Optional[Path], device: str):
+    from cbdm_core.evaluation import EvalOptions
+
+    return EvalOptions(dataset=dataset, data_root=data_root, extractor=extractor, classifier=classifier,
+                       inception_weights=inception_weights, metrics=split_metrics(metrics),
+                       metric_options=parse_metric_options(metric_options), reference_split=reference_split,
+                       cache_dir=cache_dir, device=device)
+
+
+def _check_select(select: str, metrics: str) -> None:
+    """``--select fid`` needs fid among the metrics (``is`` gives is and is_std, and so on)."""
+    from cbdm_core.registry import get_registry
+
+    names = split_metrics(metrics) or []
+    for m in names:
+        get_registry().get("metric", m)
+    providers = {"is_std": "is", "kid_std": "kid", "precision": "precision_recall", "recall": "precision_recall",
+                 "f8": "prd", "f1_8": "prd"}
+    needed = providers.get(select, "per_class_fid" if select.startswith("fid_") else select)
+    if needed not in names:
+        raise CbdmError(f"--select {select} needs the metric {needed!r} in --metrics (got {metrics})")
+
+
+def _table(result) -> Table:
+    keys = [k for k in ("fid", "is", "kid", "precision", "recall", "f8", "f1_8", "fid_class_mean", "fid_tail")
+            if any(p.metrics.get(k) is not None for p in result.points)]
+    best = result.best
+    table = Table(title=f"{result.parameter} sweep ({result.extractor})", show_edge=False)
+    table.add_column(result.parameter, justify="right")
+    for k in keys:
+        table.add_column(k, justify="right")
+    for p in result.points:
+        mark = " *" if best is not None and p is best else ""
+        table.add_row(f"{p.value:g}{mark}",
+                      *["-" if p.metrics.get(k) is None else f"{p.metrics[k]:.4g}" for k in keys])
+    return table
+
+
+def _report(result, out: Path, reporter: Reporter) -> None:
+    from cbdm_core.sweeps import SWEEP_JSON, SWEEP_PLOT
+
+    Console().print(_table(result))
+    best = result.best
+    if best is None:
+        reporter.warning(f"no point has a value for {result.select}; no best {result.parameter}")
+    else:
+        direction = "lowest" if result.lower_is_better else "highest"
+        click.echo(f"best {result.parameter}: {best.value:g} ({direction} {result.select} "
+                   f"{best.metrics[result.select]:.4g})")
+    if not result.comparable_to_published:
+        reporter.warning(f"{result.extractor} features: compare these numbers only with each other")
+    click.echo(f"wrote {out / SWEEP_JSON} and {out / SWEEP_PLOT}")
+
+
+@click.group("sweep", cls=_SweepGroup)
+def sweep_group() -> None:
+    """Metric curves over a setting: guidance strength w for one checkpoint (Figure 6 of the
+    paper; `cbdm sweep RUN`), or the CBDM weight tau, training one run per value (Figure 5;
+    `cbdm sweep tau`). Each point's samples stay in their own folder and a re-run continues
+    an interrupted sweep. Writes sweep.json and sweep.png."""
+
+
+@sweep_group.command(DEFAULT_CMD, cls=DefaultCommand, hidden=True)
+@click.argument("run_path", metavar="RUN_DIR_OR_CHECKPOINT", type=click.Path(path_type=Path))
+@click.option("--grid", "-w", "grid", default=DEFAULT_GRID, show_default=True,
+              help="Guidance strengths: start:stop:step (stop included) or a list like 0,0.8,1.6.")
+@click.option("--dataset", help="Dataset to compare with [default: the run's training dataset].")
+@click.option("--data-root", type=click.Path(path_type=Path), help="Dataset folder [default: the run's].")
+@_sampling_options
+@click.option("--ema/--no-ema", default=True, show_default=True, help="Use the EMA weights.")
+@click.option("--out", "-o", type=click.Path(path_type=Path), help="Sweep folder [default: <run>/sweep-guidance].")
+def guidance_cmd(run_path: Path, grid: str, dataset: Optional[str], data_root: Optional[Path], num: int,
+                 classes: str, sampler: str, steps: Optional[int], eta: float, seed: int, batch_size: int,
+                 metrics: str, select: str, device: str, ema: bool, out: Optional[Path], **features: Any) -> None:
+    """Sample one checkpoint at every guidance strength of --grid and evaluate each."""
+    from cbdm_core.build import resolve_device
+    from cbdm_core.run import load_run
+    from cbdm_core.sampling.generate import resolve_steps
+    from cbdm_core.sweeps import SamplingSettings, guidance_sweep, parse_grid
+
+    from .sample_cmd import run_dir_of
+
+    reporter = Reporter()
+    ws = parse_grid(grid)
+    _check_select(select, metrics)
+    run = load_run(run_path, ema=ema, device=resolve_device(device))
+    dataset = dataset or run.config.data.dataset
+    if data_root is None and dataset == run.config.data.dataset and run.config.data.root:
+        data_root = Path(run.config.data.root)
+    steps = resolve_steps(sampler, steps, run.schedule.num_timesteps)
+    sampling = SamplingSettings(num=num, classes=classes, sampler=sampler, steps=steps, eta=eta, seed=seed,
+                                batch_size=batch_size, ema=ema)
+    options = _eval_options(dataset, data_root, metrics, device=device, **features)
+    out = out if out is not None else run_dir_of(run_path) / "sweep-guidance"
+    reporter.say(f"guidance sweep of {run.checkpoint}: w in {', '.join(f'{w:g}' for w in ws)}; "
+                 f"{num} images per point with {sampler}-{steps}; results in {out}")
+    with LogToReporter(reporter):
+        result = guidance_sweep(run, ws, out_dir=out, sampling=sampling, eval_options=options, select=select,
+                                on_status=reporter.status)
+    _report(result, out, reporter)
+
+
+@sweep_group.command("tau")
+@click.option("--values", "values", required=True, help="tau values: a list like 0,0.0005,0.001,0.002 or "
+              "start:stop:step. tau = 0 trains plain DDPM.")
+@click.option("--preset", help="Training preset (default: quickstart when no --config is given).")
+@click.option("--config", type=click.Path(path_type=Path), help="Training configuration file.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any training config field.")
+@click.option("--train-steps", type=int, help="Training steps of every run.")
+@click.option("--train-seed", type=int, help="Training seed of every run.")
+@click.option("--dataset", help="Training (and evaluation) dataset.")
+@click.option("--data-root", type=click.Path(path_type=Path), help="Dataset folder.")
+@click.option("--guidance", type=float, default=0.0, show_default=True, help="Sampling guidance w of every run.")
+@_sampling_options
+@click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Sweep folder.")
+def tau_cmd(values: str, preset: Optional[str], config: Optional[Path], sets: tuple[str, ...],
+            train_steps: Optional[int], train_seed: Optional[int], dataset: Optional[str],
+            data_root: Optional[Path], guidance: float, num: int, classes: str, sampler: str,
+            steps: Optional[int], eta: float, seed: int, batch_size: int, metrics: str, select: str,
+            device: str, out: Path, **features: Any) -> None:
+    """Train one run per tau (same config, seed and steps otherwise), then sample and evaluate each."""
+    from cbdm_core.build import resolve_device
+    from cbdm_core.sweeps import SamplingSettings, SweepInterrupted, parse_grid, training_sweep
+
+    from .train_cmd import build_config
+
+    reporter = Reporter()
+    taus = parse_grid(values)
+    if any(t < 0 for t in taus):
+        raise CbdmError("tau values must be >= 0")
+    _check_select(select, metrics)
+    opts = {"steps": train_steps, "seed": train_seed, "dataset": dataset, "data_root": data_root}
+
+    def config_for(tau: float):
+        if tau == 0:
+            return build_config(config, preset, {**opts, "method": "ddpm"}, sets)
+        return build_config(config, preset, {**opts, "tau": tau}, sets)
+
+    base = config_for(taus[-1])
+    sampling = SamplingSettings(num=num, classes=classes, sampler=sampler, steps=steps, eta=eta, seed=seed,
+                                batch_size=batch_size, guidance=guidance)
+    root = data_root if data_root is not None else base.data.root
+    options = _eval_options(base.data.dataset, None if root is None else Path(root), metrics, device=device,
+                            **features)
+    reporter.say(f"tau sweep: {', '.join(f'{t:g}' for t in taus)}; {base.optim.steps} training steps each on "
+                 f"{base.data.dataset}; results in {out}")
+    try:
+        with LogToReporter(reporter):
+            result = training_sweep("tau", taus, config_for, out_dir=out, sampling=sampling, eval_options=options,
+                                    select=select, device=str(resolve_device(device)), on_status=reporter.status,
+                                    on_log=lambda rec: reporter.status(
+                                        f"  step {rec['step']}: loss {rec['total']:.4f}"))
+    except SweepInterrupted as exc:
+        reporter.say(f"{exc}; re-run the same command to continue")
+        raise SystemExit(130)
+    _report(result, out, reporter)

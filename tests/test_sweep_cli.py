@@ -1,0 +1,167 @@
+"""``cbdm sweep`` (guidance grid, tau runs) end to end on the embedded digits, plus its pieces."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cbdm_cli.main import cli
+from cbdm_core.build import build_model
+from cbdm_core.checkpoint import Checkpoint, save_checkpoint
+from cbdm_core.config import TrainConfig
+from cbdm_core.data import dataset_options, load_dataset
+from cbdm_core.errors import CbdmError
+from cbdm_core.features import save_classifier, train_classifier
+from cbdm_core.sweeps import SweepPoint, best_point, parse_grid
+
+TINY_UNET = {"ch": 8, "ch_mult": [1, 2], "attn": [], "num_res_blocks": 1, "dropout": 0.0, "num_groups": 4}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+    yield
+
+
+def _invoke(*args):
+    return CliRunner().invoke(cli, ["sweep", *map(str, args)])
+
+
+def _ok(*args):
+    res = _invoke(*args)
+    assert res.exit_code == 0, res.output
+    return res
+
+
+def _fails(*args, match: str):
+    res = _invoke(*args)
+    assert res.exit_code == 1, res.output
+    assert "Traceback" not in res.output
+    errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and match in errors[0], res.output
+
+
+def test_parse_grid():
+    grid = parse_grid("0:2:0.2")
+    assert len(grid) == 11 and grid[0] == 0 and grid[-1] == 2 and grid[3] == 0.6  # no 0.6000000000000001
+    assert parse_grid("1.6, 0,0.8,0.8") == [0, 0.8, 1.6]
+    for bad in ("", "a,b", "0:2", "0:2:0", "2:0:0.5", "0:1e9:1e-6"):
+        with pytest.raises(CbdmError):
+            parse_grid(bad)
+
+
+def test_best_point_direction_and_ties():
+    pts = [SweepPoint(0.0, "a", {"fid": 5.0, "is": 2.0}), SweepPoint(0.5, "b", {"fid": 3.0, "is": 1.0}),
+           SweepPoint(1.0, "c", {"fid": 3.0, "is": 4.0}), SweepPoint(1.5, "d", {"fid": None, "is": None})]
+    assert best_point(pts, "fid").value == 0.5  # lowest; tie broken towards the smaller setting
+    assert best_point(pts, "is").value == 1.0  # highest
+    assert best_point(pts, "kid") is None
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("sweep")
+
+
+@pytest.fixture(scope="module")
+def classifier(work: Path) -> Path:
+    """A quickly trained digits feature classifier (its quality does not matter here)."""
+    torch.set_num_threads(1)
+    ds = load_dataset("digits", dataset_options(split="train"))
+    model = train_classifier(ds.images, ds.labels, ds.num_classes, epochs=1, batch_size=128, lr=2e-3,
+                             balanced=True, seed=0, device=torch.device("cpu"))
+    path = work / "clf.safetensors"
+    save_classifier(model, path, {"dataset": "digits", "class_names": ds.class_names})
+    return path
+
+
+def _write_run(root: Path, p_uncond: float) -> Path:
+    """An untrained digits-lt checkpoint: enough to exercise the sweep's plumbing."""
+    cfg = TrainConfig.model_validate({
+        "model": {"backbone": "unet", "options": TINY_UNET}, "diffusion": {"T": 50, "beta_T": 0.2},
+        "data": {"dataset": "digits-lt"}, "objective": {"p_uncond": p_uncond}})
+    torch.manual_seed(0)
+    model = build_model(cfg, image_size=8, channels=1, num_classes=10)
+    with torch.no_grad():  # the output layer starts at zero: move every weight so labels and w matter
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    sd = model.state_dict()
+    meta = {"num_classes": 10, "image_size": 8, "channels": 1, "dataset": "digits-lt", "cond_dim": 0,
+            "class_names": [str(i) for i in range(10)], "class_counts": [100, 80, 60, 45, 35, 25, 20, 15, 12, 10]}
+    save_checkpoint(root / "checkpoints" / "ckpt-00000000.safetensors",
+                    Checkpoint(step=0, config=cfg.model_dump(mode="json"), model=sd,
+                               ema={k: v.clone() for k, v in sd.items()}, meta=meta))
+    return root
+
+
+def _eval_args(classifier: Path, work: Path) -> list:
+    return ["--extractor", "classifier", "--classifier", classifier, "--cache-dir", work / "cache",
+            "--device", "cpu"]
+
+
+def test_guidance_sweep_end_to_end(classifier, work):
+    run = _write_run(work / "run", p_uncond=0.1)
+    out = work / "gsweep"
+    args = [run, "--grid", "0,1,2", "--num", "30", "--steps", "3", "--batch-size", "16",
+            "--metrics", "fid,is,precision_recall", "--out", out, *_eval_args(classifier, work)]
+    res = _ok(*args)
+    doc = json.loads((out / "sweep.json").read_text())
+    assert doc["parameter"] == "guidance" and [p["value"] for p in doc["points"]] == [0, 1, 2]
+    fids = [p["metrics"]["fid"] for p in doc["points"]]
+    assert all(f is not None and f >= 0 for f in fids)
+    assert len(set(fids)) == 3  # guidance changes the samples
+    best = min(doc["points"], key=lambda p: p["metrics"]["fid"])
+    assert doc["best"]["value"] == best["value"] and f"best guidance: {best['value']:g}" in res.output
+    assert doc["settings"]["dataset"] == "digits-lt"  # taken from the run
+    assert (out / "sweep.png").stat().st_size > 1000
+    for p in doc["points"]:  # each point is a complete `cbdm sample` folder with its own report
+        folder = Path(p["samples"])
+        assert json.loads((folder / "manifest.json").read_text())["settings"]["guidance"] == p["value"]
+        assert json.loads((folder / "metrics.json").read_text())["values"]["fid"] == pytest.approx(p["metrics"]["fid"])
+    # a re-run keeps the samples and reproduces the numbers
+    shard = Path(doc["points"][1]["samples"]) / "shard-00000.npz"
+    before = shard.stat().st_mtime_ns
+    _ok(*args)
+    assert shard.stat().st_mtime_ns == before
+    again = json.loads((out / "sweep.json").read_text())
+    assert [p["metrics"]["fid"] for p in again["points"]] == pytest.approx(fids)
+
+
+def test_guidance_sweep_user_errors(classifier, work):
+    nodrop = _write_run(work / "nodrop", p_uncond=0.0)
+    common = ["--num", "10", "--steps", "2", *_eval_args(classifier, work)]
+    _fails(nodrop, "--grid", "0,1", *common, match="without label dropout")
+    _fails(nodrop, "--grid", "0:1", *common, match="cannot read grid")
+    _fails(nodrop, "--grid", "0", "--select", "recall", *common, match="precision_recall")
+    _fails(nodrop, "--grid", "0", "--metrics", "nope", *common, match="nope")
+    _fails(work / "missing", *common, match="missing")
+
+
+def test_tau_sweep_trains_one_run_per_value(classifier, work):
+    out = work / "tsweep"
+    res = _ok("tau", "--values", "0,0.002", "--train-steps", "3", "--set", "optim.batch_size=8",
+              "--set", "preview.per_class=1", "--set", "preview.steps=2", "--set", "log_every=1",
+              *[x for k, v in TINY_UNET.items() for x in ("--set", f"model.options.{k}={json.dumps(v)}")],
+              "--guidance", "1", "--num", "20", "--steps", "2", "--out", out, *_eval_args(classifier, work))
+    doc = json.loads((out / "sweep.json").read_text())
+    assert doc["parameter"] == "tau" and [p["value"] for p in doc["points"]] == [0, 0.002]
+    plain = (out / "tau-0" / "config.yaml").read_text()
+    cbdm = (out / "tau-0.002" / "config.yaml").read_text()
+    assert "regularizers: []" in plain and "tau: 0.002" in cbdm
+    for p in doc["points"]:
+        assert Path(p["run"], "checkpoints", "ckpt-00000003.safetensors").is_file()
+        assert p["metrics"]["fid"] is not None
+    assert "best tau" in res.output
+    # Finished runs are re-used, not retrained.
+    ckpt = out / "tau-0.002" / "checkpoints" / "ckpt-00000003.safetensors"
+    before = ckpt.stat().st_mtime_ns
+    res = _ok("tau", "--values", "0.002", "--train-steps", "3", "--set", "optim.batch_size=8",
+              "--set", "preview.per_class=1", "--set", "preview.steps=2",
+              *[x for k, v in TINY_UNET.items() for x in ("--set", f"model.options.{k}={json.dumps(v)}")],
+              "--guidance", "1", "--num", "20", "--steps", "2", "--out", out, *_eval_args(classifier, work))
+    assert ckpt.stat().st_mtime_ns == before and ": training" not in res.output
+    _fails("tau", "--values", "-1,0.001", "--out", out, match="tau values")
