@@ -50,12 +50,26 @@ def test_frechet_commuting_full_covariances():
     assert got == pytest.approx(expected, rel=1e-8)
 
 
-def test_frechet_singular_covariances_use_eps_retry():
-    # Rank-1 covariances: the product is singular, the regularised root must still work.
+def test_frechet_singular_covariances():
+    # Rank-1 covariances: the product is singular; the distance is still exact.
     v = np.array([[1.0, 2.0, 0.0, 0.0]])
     s = v.T @ v
     d = frechet_distance(np.zeros(4), s, np.ones(4), s)
-    assert d == pytest.approx(4.0, abs=1e-3)
+    assert d == pytest.approx(4.0, abs=1e-9)
+    with pytest.raises(CbdmError, match="not finite"):
+        frechet_distance(np.zeros(4), s * np.nan, np.ones(4), s)
+
+
+def test_frechet_matches_general_matrix_sqrt_on_non_commuting_covariances():
+    import scipy.linalg
+
+    rng = _rng(7)
+    a, b = rng.normal(size=(200, 30)), rng.normal(size=(150, 30)) @ rng.normal(size=(30, 30))
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    mu1, mu2 = a.mean(0), b.mean(0)
+    root = scipy.linalg.sqrtm(s1 @ s2).real  # the textbook formula, as pytorch-fid computes it
+    expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(root)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-9)
 
 
 def test_frechet_shape_mismatch_is_user_error():
