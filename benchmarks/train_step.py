@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from cbdm_core.cbdm import CBDMRegularizer
+from cbdm_core.host_memory import keep_freed_host_memory
 from cbdm_core.nets.unet import UNet, UNetOptions
 from cbdm_core.objectives import EpsilonLoss
 from cbdm_core.schedules import LinearSchedule
@@ -215,7 +216,8 @@ def cpu_memory_probe(args: argparse.Namespace, row: Row) -> Optional[float]:
     if row.kind == "project" and row.compile == "on":
         return None  # recompiling in a fresh process costs minutes on a CPU
     cmd = [sys.executable, __file__, "--device", "cpu", "--config", args.config, "--batch", str(args.batch),
-           "--threads", str(args.threads), "--probe", json.dumps(asdict(row))]
+           "--threads", str(args.threads), "--probe", json.dumps(asdict(row)),
+           *(["--keep-host-memory"] if args.keep_host_memory else [])]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=True)
         return float(out.stdout.strip().splitlines()[-1])
@@ -311,10 +313,15 @@ def main(argv: Optional[list[str]] = None) -> None:
                    help="extra rows as amp:compile:channels_last,...; 'none' for none (default: per device)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads")
     p.add_argument("--no-memory", action="store_true", help="skip the CPU memory probes")
+    p.add_argument("--keep-host-memory", action="store_true",
+                   help="configure malloc as the trainer does on the CPU (cbdm_core/host_memory.py); it is "
+                        "process-wide, so it applies to every row, the reference included")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--probe", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.keep_host_memory and not keep_freed_host_memory():
+        sys.exit("--keep-host-memory: not available on this platform (needs Linux with glibc)")
     cfg = CONFIGS[args.config]
     args.batch = args.batch or cfg["batch"]
     if args.probe:
@@ -340,7 +347,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         f"{os.cpu_count()} cores, {args.threads} threads"
     print(f"train step, config {args.config} (batch {args.batch}, {cfg['size']}x{cfg['size']}x{cfg['channels']}, "
           f"{cfg['classes']} classes), {machine}, torch {torch.__version__}, "
-          f"{args.rounds} rounds x {args.steps} steps, median")
+          f"{args.rounds} rounds x {args.steps} steps, median"
+          + (", malloc keeps freed memory" if args.keep_host_memory else ""))
     print(table(rows, args.batch))
     ratio = main_row.ms_per_step / ddpm.ms_per_step
     print(f"CBDM/DDPM step time (this project): {ratio:.2f}")

@@ -85,8 +85,10 @@ class PerfConfig(_Strict):
     amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 autocast on CUDA, off on the CPU
     compile: Literal["auto", "on", "off"] = "auto"  # auto: torch.compile on CUDA, eager on the CPU
     channels_last: Literal["auto", "on", "off"] = "auto"  # auto: on for CUDA
+    # auto: on for CPU training (see cbdm_core/host_memory.py); it never changes results.
+    keep_host_memory: Literal["auto", "on", "off"] = "auto"
 
-    @field_validator("compile", "channels_last", mode="before")
+    @field_validator("compile", "channels_last", "keep_host_memory", mode="before")
     @classmethod
     def _yaml_bools(cls, v: Any) -> Any:
         # YAML reads a bare on/off (and true/false) as a boolean.

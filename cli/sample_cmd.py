@@ -84,6 +84,7 @@ def sample(run_path: Path, sampler: str, steps: Optional[int], eta: Optional[flo
            overwrite: bool, progress: bool) -> None:
     """Sample images from a trained run into resumable shards (re-run the same command to resume)."""
     from cbdm_core.build import resolve_device
+    from cbdm_core.host_memory import keep_freed_host_memory
     from cbdm_core.registry import get_registry
     from cbdm_core.run import load_run
     from cbdm_core.sampling.generate import estimate_output_bytes, generate_samples, resolve_steps
@@ -103,6 +104,8 @@ def sample(run_path: Path, sampler: str, steps: Optional[int], eta: Optional[flo
     get_registry().get("sampler", sampler)  # unknown sampler: fail before loading anything
 
     run = load_run(run_path, ema=ema, device=resolve_device(device))
+    if next(run.model.parameters()).device.type == "cpu":
+        keep_freed_host_memory()  # re-use activation buffers instead of page-faulting every step
     C = run.num_classes
     num = DEFAULT_PER_CLASS * C if num is None else num
     labels = plan_labels(classes, num, C, run.meta.get("class_counts"))

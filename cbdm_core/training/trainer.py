@@ -24,6 +24,7 @@ from ..images import class_rows, grid_image, save_png, to_float, to_uint8
 from .batch_source import BatchSource
 from .batches import BatchIndexer, step_seed
 from .distributed import DistContext, setup_distributed
+from ..host_memory import keep_freed_host_memory
 from .precision import match_param_layout, resolve_precision
 from .step import build_train_step
 
@@ -134,6 +135,8 @@ class Trainer:
             start_ckpt = load_checkpoint(list_checkpoints(self.ckpt_dir)[-1][1], with_optim=True)
         data = ctx.main_first(lambda: build.load_training_data(cfg))  # rank 0 first: it may download
         precision = resolve_precision(cfg.perf, device)
+        if cfg.perf.keep_host_memory == "on" or (cfg.perf.keep_host_memory == "auto" and device.type == "cpu"):
+            keep_freed_host_memory()
 
         augmentation = build.build_augmentation(cfg)
         schedule = build.build_schedule(cfg)
