@@ -24,7 +24,6 @@ the part before the colon and hands the rest to the component.
 
 from __future__ import annotations
 
-import importlib.metadata as md
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
