@@ -197,7 +197,7 @@ class SamplingSettings:
 
 def _sample_and_evaluate(run: Any, out_dir: Path, guidance: float, sampling: SamplingSettings,
                          eval_options: Any, status: StatusFn) -> tuple[dict[str, Optional[float]], Any]:
-    from .evaluation import evaluate
+    from .evaluation import evaluate, write_metrics_json
     from .sampling.generate import generate_samples, resolve_steps
     from .sampling.plan import plan_labels
 
@@ -207,8 +207,6 @@ def _sample_and_evaluate(run: Any, out_dir: Path, guidance: float, sampling: Sam
                      guidance=guidance, seed=sampling.seed, batch_size=sampling.batch_size,
                      classes=sampling.classes, ema=sampling.ema)
     result = evaluate(out_dir, eval_options, on_status=status)
-    from .evaluation import write_metrics_json
-
     write_metrics_json(result, out_dir / "metrics.json")
     return result.values(), result.extractor
 
@@ -231,6 +229,8 @@ def guidance_sweep(run: Any, ws: Sequence[float], *, out_dir: Path, sampling: Sa
     (:class:`cbdm_core.evaluation.EvalOptions`). Writes ``sweep.json`` and ``sweep.png``."""
     status = on_status or (lambda _m: None)
     _check_sampling(sampling)
+    if not ws:
+        raise CbdmError("the guidance grid is empty")
     if any(w < 0 for w in ws):
         raise CbdmError("guidance strengths must be >= 0")
     if any(w > 0 for w in ws) and not run.trained_with_label_dropout:
@@ -247,10 +247,10 @@ def guidance_sweep(run: Any, ws: Sequence[float], *, out_dir: Path, sampling: Sa
         values, extractor = _sample_and_evaluate(run, folder, w, sampling, eval_options, status)
         point = SweepPoint(value=w, samples=str(folder), metrics=values)
         points.append(point)
+        result = _finish(SweepResult("guidance", select, list(points), settings), extractor)
+        _write(result, Path(out_dir))  # after every point, so a long sweep shows its progress
         if on_point is not None:
             on_point(point)
-    result = _finish(SweepResult("guidance", select, points, settings), extractor)
-    _write(result, Path(out_dir))
     return result
 
 
@@ -290,7 +290,11 @@ def training_sweep(parameter: str, values: Sequence[float], config_for: Callable
 
     status = on_status or (lambda _m: None)
     _check_sampling(sampling)
+    if not values:
+        raise CbdmError(f"no {parameter} values to sweep")
     configs = {v: config_for(v) for v in values}  # every config validates before any training
+    settings = {**_sampling_dict(sampling), "guidance": sampling.guidance, "dataset": eval_options.dataset,
+                "reference_split": eval_options.reference_split}
     points: list[SweepPoint] = []
     extractor = None
     for v in values:
@@ -309,8 +313,6 @@ def training_sweep(parameter: str, values: Sequence[float], config_for: Callable
         folder = run_dir / f"samples-w{value_label(sampling.guidance)}"
         values_, extractor = _sample_and_evaluate(run, folder, sampling.guidance, sampling, eval_options, status)
         points.append(SweepPoint(value=v, samples=str(folder), metrics=values_, run=str(run_dir)))
-    settings = {**_sampling_dict(sampling), "guidance": sampling.guidance, "dataset": eval_options.dataset,
-                "reference_split": eval_options.reference_split}
-    result = _finish(SweepResult(parameter, select, points, settings), extractor)
-    _write(result, Path(out_dir))
+        result = _finish(SweepResult(parameter, select, list(points), settings), extractor)
+        _write(result, Path(out_dir))  # after every point, so a long sweep shows its progress
     return result
