@@ -211,6 +211,18 @@ def _sample_and_evaluate(run: Any, out_dir: Path, guidance: float, sampling: Sam
     return result.values(), result.extractor
 
 
+def _preflight_eval(eval_options: Any) -> None:
+    """Fail on evaluation mistakes (unknown metric, missing classifier or weights, missing
+    dataset files) before any sampling or training time is spent."""
+    from .evaluation import build_extractor, load_reference, resolve_metrics
+    from .evaluation.engine import check_metric_options
+
+    resolve_metrics(eval_options.metrics)
+    check_metric_options(eval_options.metric_options)
+    build_extractor(eval_options)
+    load_reference(eval_options.dataset, eval_options.data_root, eval_options.reference_split)
+
+
 def _check_sampling(sampling: SamplingSettings) -> None:
     from .registry import get_registry
 
@@ -229,6 +241,7 @@ def guidance_sweep(run: Any, ws: Sequence[float], *, out_dir: Path, sampling: Sa
     (:class:`cbdm_core.evaluation.EvalOptions`). Writes ``sweep.json`` and ``sweep.png``."""
     status = on_status or (lambda _m: None)
     _check_sampling(sampling)
+    _preflight_eval(eval_options)
     if not ws:
         raise CbdmError("the guidance grid is empty")
     if any(w < 0 for w in ws):
@@ -290,6 +303,7 @@ def training_sweep(parameter: str, values: Sequence[float], config_for: Callable
 
     status = on_status or (lambda _m: None)
     _check_sampling(sampling)
+    _preflight_eval(eval_options)
     if not values:
         raise CbdmError(f"no {parameter} values to sweep")
     configs = {v: config_for(v) for v in values}  # every config validates before any training

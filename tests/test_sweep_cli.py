@@ -139,6 +139,13 @@ def test_guidance_sweep_user_errors(classifier, work):
     _fails(nodrop, "--grid", "0", "--select", "recall", *common, match="precision_recall")
     _fails(nodrop, "--grid", "0", "--metrics", "nope", *common, match="nope")
     _fails(work / "missing", *common, match="missing")
+    # evaluation mistakes surface before any sampling
+    run = _write_run(work / "run2", p_uncond=0.1)
+    _fails(run, "--grid", "0", "--num", "10", "--extractor", "classifier", "--out", work / "none",
+           match="needs --classifier")
+    _fails(run, "--grid", "0", "--num", "10", "--data-root", work / "nowhere", "--dataset", "mnist",
+           *_eval_args(classifier, work)[:4], "--out", work / "none", match="nowhere")
+    assert not (work / "none").exists()
 
 
 def test_tau_sweep_trains_one_run_per_value(classifier, work):

@@ -165,7 +165,7 @@ def resolve_metrics(names: Optional[Sequence[str]]) -> list[str]:
     return out
 
 
-def _check_metric_options(options: dict[str, dict[str, Any]]) -> None:
+def check_metric_options(options: dict[str, dict[str, Any]]) -> None:
     from ..registry import get_registry
 
     for metric, opts in options.items():
@@ -239,7 +239,7 @@ def evaluate(samples: Union[Path, str, SampleSet], options: EvalOptions, *,
     status = on_status or (lambda _msg: None)
     explicit = options.metrics is not None
     metrics = resolve_metrics(options.metrics)
-    _check_metric_options(options.metric_options)
+    check_metric_options(options.metric_options)
     if options.reference_split not in REFERENCE_SPLITS:
         raise CbdmError(f"reference split must be train or test, got {options.reference_split!r}")
     if options.batch_size < 1:
