@@ -23,11 +23,19 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 def parse_set_option(item: str) -> tuple[str, Any]:
     """``"optim.lr=1e-4"`` -> ``("optim.lr", 0.0001)`` (values parsed as YAML)."""
-    key, sep, raw = item.partition("=")
-    if not sep or not key:
-        raise CbdmError(f"--set expects KEY=VALUE, got {item!r}")
-    try:
-        value = yaml.safe_load(raw) if raw else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.strip(), value
+    ((key, value),) = parse_key_values((item,), "--set").items()
+    return key, value
+
+
+def parse_key_values(items: tuple[str, ...], flag: str) -> dict[str, Any]:
+    """``("S_churn=10", "rho=7")`` -> ``{"S_churn": 10, "rho": 7}`` (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise CbdmError(f"{flag} expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out

@@ -13,6 +13,8 @@ from rich.text import Text
 
 from cbdm_core.errors import CbdmError
 
+from .overrides import parse_key_values
+
 DEFAULT_PER_CLASS = 10
 DEFAULT_SHARD_SIZE = 5000
 
@@ -74,13 +76,16 @@ def _size(n: float) -> str:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--var-type", help="ddpm variance: fixedlarge or fixedsmall.")
 @click.option("--spacing", help="ddim timestep spacing: uniform, linspace or trailing.")
+@click.option("--sampler-option", "-S", "sampler_opts", multiple=True, metavar="KEY=VALUE",
+              help="Any option of the sampler, e.g. -S S_churn=10 for heun (repeatable; values read as YAML).")
 @click.option("--clip/--no-clip", "clip", default=None, help="Clamp predicted x_0 to [-1, 1] (default: the sampler's).")
 @click.option("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, show_default=True, help="Images per shard file.")
 @click.option("--overwrite", is_flag=True, help="Replace samples made with other settings in --out.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def sample(run_path: Path, sampler: str, steps: Optional[int], eta: Optional[float], guidance: float,
            num: Optional[int], classes: str, batch_size: int, seed: int, ema: bool, out: Optional[Path],
-           device: str, var_type: Optional[str], spacing: Optional[str], clip: Optional[bool], shard_size: int,
+           device: str, var_type: Optional[str], spacing: Optional[str], sampler_opts: tuple[str, ...],
+           clip: Optional[bool], shard_size: int,
            overwrite: bool, progress: bool) -> None:
     """Sample images from a trained run into resumable shards (re-run the same command to resume)."""
     from cbdm_core.build import resolve_device
@@ -113,7 +118,7 @@ def sample(run_path: Path, sampler: str, steps: Optional[int], eta: Optional[flo
     if guidance > 0 and not run.trained_with_label_dropout:
         say(f"warning: {run.checkpoint} was trained without label dropout (p_uncond = 0), so its "
             "unconditional prediction is untrained; guidance may give poor images")
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = parse_key_values(sampler_opts, "--sampler-option")
     if var_type is not None:
         options["var_type"] = var_type
     if spacing is not None:

@@ -168,6 +168,15 @@ def test_disk_space_warning(runs, tmp_path, monkeypatch):
     assert "free" in res.stderr
 
 
+def test_sampler_options_reach_the_sampler(runs, tmp_path):
+    plain = tmp_path / "plain"
+    churn = tmp_path / "churn"
+    _ok(runs["run"], "--num", 3, "--sampler", "heun", "--out", plain, *FAST)
+    _ok(runs["run"], "--num", 3, "--sampler", "heun", "-S", "S_churn=40", "-S", "S_noise=1.007", "--out", churn, *FAST)
+    assert _manifest(churn)["settings"]["sampler_options"] == {"S_churn": 40, "S_noise": 1.007}
+    assert not np.array_equal(read_shard(plain / "shard-00000.npz")[0], read_shard(churn / "shard-00000.npz")[0])
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--classes", "0,5"], "class index 5 is out of range"),
     (["--steps", "60"], "steps must be <= T"),
@@ -176,6 +185,9 @@ def test_disk_space_warning(runs, tmp_path, monkeypatch):
     (["--num", "0"], "--num must be positive"),
     (["--batch-size", "0"], "--batch-size must be positive"),
     (["--spacing", "odd"], "spacing"),
+    (["--sampler", "heun", "-S", "S_churn=-1"], "S_churn must be >= 0"),
+    (["-S", "nonsense"], "--sampler-option expects KEY=VALUE"),
+    (["--sampler", "heun", "-S", "bogus=1"], "bogus"),
 ])
 def test_user_errors(runs, tmp_path, extra, message):
     res = _invoke(runs["run"], "--out", tmp_path / "s", "--no-progress", "--device", "cpu", *extra)
