@@ -34,11 +34,16 @@ class BackboneSpec:
         options_model: pydantic model of the architecture options (extra keys forbidden).
         build: ``build(options, *, image_size, channels, num_classes, schedule) -> nn.Module``.
         default_loss: the ``diffusion_loss`` it is trained with unless the config says otherwise.
+        wrap_options: for a backbone that wraps another one (EDM preconditioning):
+            ``wrap_options(inner_name, inner_options) -> options``, so switching a config's
+            backbone to this one (``cbdm train --backbone edm``) keeps the configured network
+            as the inner one. ``None``: switching starts from this backbone's defaults.
     """
 
     options_model: type[BaseModel]
     build: Callable[..., torch.nn.Module]
     default_loss: str = "ddpm"
+    wrap_options: Optional[Callable[[str, dict], dict]] = None
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,8 @@ def build_config(config: Optional[Path], preset: Optional[str], opts: dict[str, 
     data: dict[str, Any] = load_preset(preset) if preset else {}
     if config is not None:
         data = deep_update(data, load_config_file(config))
+    if opts.get("backbone") is not None:
+        _switch_backbone(data, opts["backbone"])
     simple = {
         "dataset": "data.dataset", "data_root": "data.root", "imb_factor": "data.imb_factor",
         "augment": "data.augment", "augment_p": "data.augment_p", "resample": "data.resample",
@@ -62,6 +64,23 @@ def build_config(config: Optional[Path], preset: Optional[str], opts: dict[str, 
         key, value = parse_set_option(item)
         set_dotted(data, key, value)
     return parse_train_config(data, "configuration")
+
+
+def _switch_backbone(data: dict[str, Any], new: str) -> None:
+    """``--backbone NAME`` over a config built for another backbone: that backbone's options
+    do not apply to the new one, so the new one starts from its defaults, or, for a
+    wrapping backbone (``edm``), wraps the configured network."""
+    from cbdm_core.registry import get_registry
+
+    model = data.setdefault("model", {})
+    old = model.get("backbone")
+    if old is None or old == new:
+        model["backbone"] = new
+        return
+    spec = get_registry().get("backbone", new).obj  # unknown name: the usual one-line error
+    wrap = getattr(spec, "wrap_options", None)
+    options = wrap(old, dict(model.get("options") or {})) if wrap is not None else {}
+    data["model"] = {**model, "backbone": new, "options": options}
 
 
 def _perf_options(data: dict[str, Any], opts: dict[str, Any]) -> None:

@@ -11,7 +11,8 @@ from cbdm_core.sampling.heun import DEFAULT_STEPS, heun_sample
 
 @hookimpl
 def register_components(register) -> None:
-    register("backbone", "edm", BackboneSpec(options_model=EDMOptions, build=build_edm, default_loss="edm"),
+    register("backbone", "edm", BackboneSpec(options_model=EDMOptions, build=build_edm, default_loss="edm",
+                                          wrap_options=lambda inner, opts: {"inner": inner, "inner_options": opts}),
              description="EDM preconditioning (Karras et al. 2022) around another backbone (inner: unet)")
     register("diffusion_loss", "edm", build_edm_loss,
              description="EDM loss: log-normal sigma, lambda(sigma)-weighted denoising error")

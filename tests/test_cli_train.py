@@ -168,3 +168,17 @@ def test_baselines_augmentation_and_resampling_train(tmp_path, tiny_config, augm
     model = load_run(out).model
     # ADA feeds its transform parameters to the network; the others do not.
     assert (model.cond_embedding is not None) == (augment == "ada")
+
+
+def test_switching_backbone_keeps_or_resets_options(tiny_config):
+    from cbdm_cli.train_cmd import build_config
+
+    edm = build_config(tiny_config, None, {"backbone": "edm"}, ())
+    assert edm.model.backbone == "edm" and edm.model.options["inner"] == "unet"
+    assert edm.model.options["inner_options"] == TINY["model"]["options"]  # the configured U-Net, preconditioned
+    vit = build_config(tiny_config, None, {"backbone": "vit"}, ())
+    assert vit.model.backbone == "vit" and vit.model.options == {}  # U-Net options do not apply to a ViT
+    same = build_config(tiny_config, None, {"backbone": "unet"}, ())
+    assert same.model.options == TINY["model"]["options"]
+    with pytest.raises(Exception, match="unknown backbone"):
+        build_config(tiny_config, None, {"backbone": "resnet9000"}, ())
