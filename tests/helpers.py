@@ -27,3 +27,28 @@ class LinearDenoiser(nn.Module):
     def forward(self, x, t, y):
         self.calls.append(x.shape[0])
         return self.a * x + self.b[y] + 1e-3 * t.float().view(-1, 1, 1, 1)
+
+
+def invoke_cli(*args):
+    """Run ``cbdm ARGS...`` in-process (arguments stringified)."""
+    from click.testing import CliRunner
+
+    from cbdm_cli.main import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def cli_ok(*args):
+    res = invoke_cli(*args)
+    assert res.exit_code == 0, res.output
+    return res
+
+
+def cli_fails(*args, match: str) -> str:
+    """The command exits 1 with exactly one ``Error:`` line containing ``match`` and no traceback."""
+    res = invoke_cli(*args)
+    assert res.exit_code == 1, res.output
+    assert "Traceback" not in res.output
+    errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and match in errors[0], res.output
+    return errors[0]

@@ -8,15 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
-from cbdm_cli.main import cli
 from cbdm_core.checkpoint import Checkpoint, save_checkpoint
 from cbdm_core.data import dataset_options, load_dataset
 from cbdm_core.features import ENV_WEIGHTS
 from cbdm_core.features.classifier import ClassifierExtractor
 from cbdm_core.sampling.shards import FORMAT, shard_name, write_manifest, write_shard
+
+from .helpers import cli_fails, cli_ok, invoke_cli
 
 # Small KID subsets and a single quick PRD clustering keep each evaluation to about a second.
 FAST_METRICS = ["-O", "kid.subset_size=50", "-O", "kid.subsets=5", "-O", "prd.num_runs=1",
@@ -39,22 +39,15 @@ def _one_thread():
 
 
 def _invoke(*args):
-    return CliRunner().invoke(cli, ["eval", *map(str, args)])
+    return invoke_cli("eval", *args)
 
 
 def _ok(*args):
-    res = _invoke(*args)
-    assert res.exit_code == 0, res.output
-    return res
+    return cli_ok("eval", *args)
 
 
 def _fails(*args, match: str):
-    res = _invoke(*args)
-    assert res.exit_code == 1, res.output
-    assert "Traceback" not in res.output
-    errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and match in errors[0], res.output
-    return errors[0]
+    return cli_fails("eval", *args, match=match)
 
 
 def _json(folder: Path) -> dict:

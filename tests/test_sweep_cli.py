@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
-from cbdm_cli.main import cli
 from cbdm_core.build import build_model
 from cbdm_core.checkpoint import Checkpoint, save_checkpoint
 from cbdm_core.config import TrainConfig
@@ -17,6 +15,8 @@ from cbdm_core.data import dataset_options, load_dataset
 from cbdm_core.errors import CbdmError
 from cbdm_core.features import save_classifier, train_classifier
 from cbdm_core.sweeps import SweepPoint, best_point, parse_grid
+
+from .helpers import cli_fails, cli_ok, invoke_cli
 
 TINY_UNET = {"ch": 8, "ch_mult": [1, 2], "attn": [], "num_res_blocks": 1, "dropout": 0.0, "num_groups": 4}
 
@@ -28,21 +28,15 @@ def _one_thread():
 
 
 def _invoke(*args):
-    return CliRunner().invoke(cli, ["sweep", *map(str, args)])
+    return invoke_cli("sweep", *args)
 
 
 def _ok(*args):
-    res = _invoke(*args)
-    assert res.exit_code == 0, res.output
-    return res
+    return cli_ok("sweep", *args)
 
 
 def _fails(*args, match: str):
-    res = _invoke(*args)
-    assert res.exit_code == 1, res.output
-    assert "Traceback" not in res.output
-    errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and match in errors[0], res.output
+    return cli_fails("sweep", *args, match=match)
 
 
 def test_parse_grid():
