@@ -1,0 +1,150 @@
+"""The training-method seam: what a method plugin (kind ``method``) implements.
+
+A *method* is everything a long-tail training recipe adds to plain conditional DDPM
+training (CBDM's y' regulariser, T2H's transferred target, CORAL's contrastive head,
+CM's low-rank adapters). The objective composes any number of methods, in config order,
+and talks to them only through the hooks below; the CLI, trainer and sweeps name none.
+
+Order of one training step (see :class:`cbdm_core.objectives.DiffusionObjective`):
+
+1. the base loss draws ``t``, the noise and ``x_t`` (:class:`StepContext`);
+2. ``target(ctx)`` of each method may replace the regression target (at most one
+   method may do so in a run);
+3. ``extra_labels(ctx)`` of each method asks for extra predictions on the same ``x_t``
+   under other labels; the main rows and every method's extra rows run in ONE forward
+   pass, and ``begin_pass(rows, total)`` tells each method which rows of that pass are
+   its own (e.g. to switch its adapters off on them) before it runs;
+4. ``loss(ctx, out)`` of each method returns named terms (logged) and its contribution
+   to the total; ``out.predict`` runs a further forward pass with gradients if needed.
+
+Modules a method attaches in ``attach(model)`` become submodules of the backbone, so
+checkpoints save and restore them and ``cbdm sample``/``--resume``/``--init-from``
+work with no extra flags (``load_run`` re-attaches every method of the stored config).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+from pydantic import BaseModel
+
+
+@dataclass
+class StepContext:
+    """What a method sees of the current batch (all tensors on the training device).
+
+    Attributes:
+        x0: clean images ``[B, C, H, W]`` after augmentation.
+        y: the true labels ``[B]`` (also on rows whose label was dropped).
+        y_in: the labels as fed to the network (``num_classes`` = null on dropped rows).
+        keep: bool ``[B]``; False where the label was dropped for classifier-free training.
+        x_t: the network input ``[B, C, H, W]``.
+        time: what the network receives as time (integer ``t``, or sigma for EDM).
+        t: the equivalent integer timestep ``[B]`` (0..T-1).
+        noise: the noise used to build ``x_t``.
+        target: the regression target of the base loss (after any method replaced it).
+        schedule: the noise schedule.
+        num_classes: number of real classes (also the null label index).
+        class_counts: training images per class ``[C]``.
+    """
+
+    x0: torch.Tensor
+    y: torch.Tensor
+    y_in: torch.Tensor
+    keep: torch.Tensor
+    x_t: torch.Tensor
+    time: torch.Tensor
+    t: torch.Tensor
+    noise: torch.Tensor
+    target: torch.Tensor
+    schedule: Any
+    num_classes: int
+    class_counts: torch.Tensor
+
+
+@dataclass
+class PassOutputs:
+    """What the shared forward pass produced, as seen by one method.
+
+    Attributes:
+        pred: the main prediction ``[B, ...]`` (float32).
+        extra: this method's extra predictions ``[S, B, ...]`` or None.
+        predict: ``predict(x, time, y) -> pred`` runs one more forward pass (with gradients)
+            through the same (possibly DDP-wrapped/compiled) network.
+    """
+
+    pred: torch.Tensor
+    extra: Optional[torch.Tensor]
+    predict: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class TrainingMethod:
+    """Base class of a built method; every hook has a no-op default."""
+
+    #: registered name (set by the factory); used in logs and term names.
+    name: str = ""
+
+    def attach(self, model: torch.nn.Module) -> None:
+        """Add trainable modules or forward hooks to the backbone (before weights load)."""
+
+    def for_sampling(self, model: torch.nn.Module) -> None:
+        """Change the network for sampling (e.g. merge or switch adapters); default: as trained."""
+
+    def target(self, ctx: StepContext) -> Optional[torch.Tensor]:
+        """A replaced regression target (no gradient flows into it), or None."""
+        return None
+
+    def extra_labels(self, ctx: StepContext) -> Optional[torch.Tensor]:
+        """Labels ``[S, B]`` for extra predictions on the same ``x_t`` in the shared pass, or None."""
+        return None
+
+    def begin_pass(self, rows: slice, total: int) -> None:
+        """Called before the shared pass: ``rows`` are this method's extra rows of ``total``."""
+
+    def end_pass(self) -> None:
+        """Called after the shared pass (also when it raised)."""
+
+    def loss(self, ctx: StepContext, out: PassOutputs) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Named terms (for logging) and the contribution to the total loss."""
+        zero = out.pred.new_zeros(())
+        return {}, zero
+
+
+@dataclass(frozen=True)
+class MethodBuildContext:
+    """What a method factory may use to build itself.
+
+    Attributes:
+        class_counts: training images per class ``[C]`` (stored in checkpoints, so the
+            same method can be rebuilt when a run is loaded for sampling).
+        num_classes: number of real classes.
+        schedule: the noise schedule.
+        backbone: registered backbone name of the run.
+    """
+
+    class_counts: torch.Tensor
+    num_classes: int
+    schedule: Any
+    backbone: str = "unet"
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A training method as registered (kind ``method``).
+
+    Attributes:
+        options_model: pydantic model of its options (``extra="forbid"``).
+        build: ``build(options, ctx: MethodBuildContext) -> TrainingMethod``.
+        paper: short citation shown by ``cbdm methods``.
+        code: URL of the authors' released code.
+        sweepable: option names that make sense to sweep (``cbdm sweep option NAME.KEY``);
+            empty means every numeric option.
+    """
+
+    options_model: type[BaseModel]
+    build: Callable[..., TrainingMethod]
+    paper: str = ""
+    code: str = ""
+    sweepable: tuple[str, ...] = field(default_factory=tuple)
