@@ -1,0 +1,58 @@
+"""Training and loading are unchanged by the method refactor (issue 13).
+
+The fixtures were produced by the code BEFORE training methods became plugins
+(commit f3bc145), on the CPU in fp32, with::
+
+    cd /tmp/fx && cp tests/fixtures/train-reference.yaml tiny.yaml
+    OMP_NUM_THREADS=1 cbdm train --config tiny.yaml --out ddpm --method ddpm --no-progress
+    OMP_NUM_THREADS=1 cbdm train --config tiny.yaml --out cbdm --set-size 2 --tau 0.01 --no-progress
+
+then ``train-reference-ddpm.safetensors`` = the raw model weights of ``ddpm``'s step-4
+checkpoint (``safetensors.torch.save_file``), ``legacy-cbdm-ckpt.safetensors`` = ``cbdm``'s
+step-4 checkpoint re-saved without its optimizer state (``save_checkpoint`` with
+``optim=None``), and ``legacy-cbdm-config.yaml`` = ``cbdm/config.yaml`` (it still says
+``objective.regularizers``).
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from cbdm_core.checkpoint import list_checkpoints, load_checkpoint
+from cbdm_core.config import parse_train_config
+from tests.helpers import cli_ok
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # The fixtures were written with OMP_NUM_THREADS=1; another thread count changes float reductions.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _trained(tmp_path: Path, *args: str) -> dict[str, torch.Tensor]:
+    out = tmp_path / "run"
+    cli_ok("train", "--config", FIXTURES / "train-reference.yaml", "--out", out, "--no-progress", *args)
+    return load_checkpoint(list_checkpoints(out / "checkpoints")[-1][1]).model
+
+
+def _assert_identical(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    assert set(got) == set(want)
+    for key in want:
+        assert torch.equal(got[key], want[key]), key
+
+
+def test_ddpm_training_is_bit_identical(tmp_path):
+    _assert_identical(_trained(tmp_path, "--method", "ddpm"), load_file(str(FIXTURES / "train-reference-ddpm.safetensors")))
+
+
+def test_cbdm_training_is_bit_identical(tmp_path):
+    want = load_checkpoint(FIXTURES / "legacy-cbdm-ckpt.safetensors").model
+    _assert_identical(_trained(tmp_path, "--set-size", "2", "--tau", "0.01"), want)
