@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cbdm_core.cbdm import CBDMRegularizer
+from cbdm_core.methods.cbdm import CBDMRegularizer
 from cbdm_core.host_memory import keep_freed_host_memory
 from cbdm_core.nets.unet import UNet, UNetOptions
 from cbdm_core.objectives import EpsilonLoss

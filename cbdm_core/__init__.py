@@ -1,16 +1,17 @@
 """cbdm: class-balancing diffusion models for long-tailed class-conditional generation.
 
-Public API (see docs/api.md): :func:`cbdm_loss`, :class:`LinearSchedule`,
-:class:`CosineSchedule`, :func:`long_tail_counts`, :func:`sample`,
-:func:`load_denoiser`, :func:`load_run`.
+Public API (see docs/api.md): :func:`cbdm_loss`, :func:`t2h_targets`,
+:class:`LinearSchedule`, :class:`CosineSchedule`, :func:`long_tail_counts`, :func:`sample`,
+:func:`load_denoiser`, :func:`load_run`, :class:`SamplingSettings`.
 """
 
-from .cbdm import CBDMRegularizer, cbdm_loss
 from .errors import CbdmError
+from .methods.cbdm import CBDMRegularizer, cbdm_loss
+from .methods.t2h import t2h_targets
 from .schedules import CosineSchedule, LinearSchedule, NoiseSchedule
 
-__all__ = ["cbdm_loss", "CBDMRegularizer", "CbdmError", "LinearSchedule", "CosineSchedule", "NoiseSchedule",
-           "long_tail_counts", "sample", "load_denoiser", "load_run"]
+__all__ = ["cbdm_loss", "CBDMRegularizer", "t2h_targets", "CbdmError", "LinearSchedule", "CosineSchedule",
+           "NoiseSchedule", "long_tail_counts", "sample", "load_denoiser", "load_run", "SamplingSettings"]
 
 
 def __getattr__(name: str):
@@ -23,6 +24,10 @@ def __getattr__(name: str):
         from .sampling import sample
 
         return sample
+    if name == "SamplingSettings":
+        from .sampling.settings import SamplingSettings
+
+        return SamplingSettings
     if name in ("load_denoiser", "load_run"):
         from . import run
 

@@ -8,7 +8,9 @@ import torch
 
 from .config import TrainConfig, validate_component_options
 from .errors import CbdmError
+from .methods.base import MethodBuildContext, MethodSpec, TrainingMethod
 from .registry import get_registry
+from .run_folder import resolve_checkpoint
 from .schedules import NoiseSchedule
 
 
@@ -53,14 +55,34 @@ def build_base_loss(cfg: TrainConfig, schedule: NoiseSchedule):
     return factory(schedule)
 
 
-def build_regularizers(cfg: TrainConfig, *, class_counts: torch.Tensor, num_classes: int,
-                       schedule: NoiseSchedule) -> list[Any]:
+def method_options(cfg: TrainConfig) -> list[tuple[str, MethodSpec, Any]]:
+    """``(name, spec, validated options)`` of every configured method, in order."""
     out = []
-    for i, rc in enumerate(cfg.objective.regularizers):
-        spec = get_registry().get("regularizer", rc.name).obj
-        options = validate_component_options(spec.options_model, rc.options, f"objective.regularizers[{i}] ({rc.name})")
-        out.append(spec.build(options, class_counts=class_counts, num_classes=num_classes, schedule=schedule))
+    for i, mc in enumerate(cfg.objective.methods):
+        spec = get_registry().get("method", mc.name).obj
+        options = validate_component_options(spec.options_model, mc.options, f"objective.methods[{i}] ({mc.name})")
+        out.append((mc.name, spec, options))
     return out
+
+
+def build_methods(cfg: TrainConfig, *, class_counts: torch.Tensor, num_classes: int,
+                  schedule: NoiseSchedule) -> list[TrainingMethod]:
+    """The configured training methods, built in config order (not yet attached to a model)."""
+    ctx = MethodBuildContext(class_counts=torch.as_tensor(class_counts), num_classes=num_classes,
+                             schedule=schedule, backbone=cfg.model.backbone)
+    out = []
+    for name, spec, options in method_options(cfg):
+        method = spec.build(options, ctx)
+        if not getattr(method, "name", ""):
+            method.name = name
+        out.append(method)
+    return out
+
+
+def attach_methods(methods: list[TrainingMethod], model: torch.nn.Module) -> None:
+    """Let every method add its modules to ``model`` (before any weights are loaded into it)."""
+    for method in methods:
+        method.attach(model)
 
 
 def build_augmentation(cfg: TrainConfig):
@@ -89,16 +111,11 @@ def check_components(cfg: TrainConfig) -> None:
     reg.get("noise_schedule", cfg.diffusion.schedule)
     backbone_options(cfg)
     reg.get("diffusion_loss", loss_name(cfg))
-    for i, rc in enumerate(cfg.objective.regularizers):
-        spec = reg.get("regularizer", rc.name).obj
-        opts = validate_component_options(spec.options_model, rc.options, f"objective.regularizers[{i}] ({rc.name})")
-        y_dist = getattr(opts, "y_dist", None)
-        if y_dist is not None:
-            reg.get("label_distribution", y_dist)
+    for _, spec, options in method_options(cfg):
+        if spec.check is not None:  # the method's own fail-fast checks (e.g. CBDM's y' distribution)
+            spec.check(options)
     reg.get("sampler", cfg.preview.sampler)
     if cfg.init_from is not None:
-        from .run import resolve_checkpoint
-
         resolve_checkpoint(cfg.init_from)
 
 

@@ -54,10 +54,22 @@ class DataConfig(_Strict):
 
 
 class ObjectiveConfig(_Strict):
+    """The base loss, label dropout, and the training methods in the order they compose."""
+
     loss: Optional[str] = None  # the base diffusion loss; None: the backbone's default
     p_uncond: float = Field(0.1, ge=0, le=1)
     drop_whole_batch: bool = False
-    regularizers: list[ComponentConfig] = Field(default_factory=lambda: [ComponentConfig(name="cbdm")])
+    methods: list[ComponentConfig] = Field(default_factory=lambda: [ComponentConfig(name="cbdm")])
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_regularizers(cls, data: Any) -> Any:
+        # Runs written before training methods were plugins say `regularizers` (only cbdm existed).
+        if isinstance(data, dict) and "regularizers" in data:
+            if "methods" in data:
+                raise ValueError("give objective.methods only (objective.regularizers is its old name)")
+            data = {k: v for k, v in data.items() if k != "regularizers"} | {"methods": data["regularizers"]}
+        return data
 
 
 class OptimConfig(_Strict):
@@ -158,6 +170,16 @@ def load_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot parse config file {path}: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return upgrade_config_dict(data)
+
+
+def upgrade_config_dict(data: dict[str, Any]) -> dict[str, Any]:
+    """Old key names to new ones, so an old config file merges cleanly over a new preset
+    (``objective.regularizers`` is now ``objective.methods``)."""
+    objective = data.get("objective")
+    if isinstance(objective, dict) and "regularizers" in objective and "methods" not in objective:
+        objective = {k: v for k, v in objective.items() if k != "regularizers"} | {"methods": objective["regularizers"]}
+        data = {**data, "objective": objective}
     return data
 
 

@@ -106,17 +106,3 @@ class LabeledImages:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
-
-
-@dataclass(frozen=True)
-class RegularizerSpec:
-    """A training regulariser composed with the base diffusion loss.
-
-    Attributes:
-        options_model: pydantic model of its options (extra keys forbidden).
-        build: ``build(options, *, class_counts, num_classes, schedule) -> Regularizer``
-            (see :class:`cbdm_core.objectives.Regularizer`).
-    """
-
-    options_model: type[BaseModel]
-    build: Callable[..., Any]

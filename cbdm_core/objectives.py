@@ -1,9 +1,10 @@
-"""Training objectives: a base diffusion loss composed with regulariser plugins.
+"""Training objectives: a base diffusion loss composed with training methods.
 
 The base loss (kind ``diffusion_loss``) decides how a clean batch is noised, what the
 network is asked to predict and how the error is weighted: ``ddpm`` (epsilon
 prediction on the discrete schedule) is built in, ``edm`` comes with the EDM backbone.
-Every regulariser may ask for extra network outputs on the *same* noisy input with
+Training methods (kind ``method``, see :mod:`cbdm_core.methods.base`) may replace the
+regression target and ask for extra network outputs on the *same* noisy input with
 other labels (CBDM's y'); the objective gathers them and the main prediction into
 ONE forward pass over the concatenated batch.
 """
@@ -11,10 +12,12 @@ ONE forward pass over the concatenated batch.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Protocol, Sequence
+from typing import Any, Optional, Protocol, Sequence
 
 import torch
 
+from .errors import ConfigError
+from .methods.base import PassOutputs, StepContext
 from .schedules import NoiseSchedule
 
 
@@ -42,9 +45,10 @@ class NoisyBatch:
         x: the network input ``[B, C, H, W]``.
         time: what the network receives as its time input (integer t, or sigma).
         t: the equivalent integer timestep ``[B]`` on the discrete schedule (0..T-1),
-            used by regularisers whose weight depends on the noise level (CBDM's tau*t).
+            used by methods whose weight depends on the noise level (CBDM's tau*t).
         target: what the prediction is compared with.
         weight: per-sample loss weight ``[B]`` or None.
+        noise: the noise that made ``x`` (None: the target is the noise).
     """
 
     x: torch.Tensor
@@ -52,6 +56,7 @@ class NoisyBatch:
     t: torch.Tensor
     target: torch.Tensor
     weight: Optional[torch.Tensor] = None
+    noise: Optional[torch.Tensor] = None
 
 
 class BaseLoss(Protocol):
@@ -83,55 +88,28 @@ class EpsilonLoss:
 
 
 @dataclass
-class RegularizerContext:
-    """What a regulariser sees of the current batch.
-
-    Attributes:
-        x_t: noisy inputs ``[B, C, H, W]``.
-        t: integer (or equivalent integer) timesteps ``[B]``.
-        y: labels as fed to the network (null where dropped) ``[B]``.
-        keep: bool mask ``[B]``: False for rows whose label was dropped.
-        num_classes: number of real classes (also the null index).
-    """
-
-    x_t: torch.Tensor
-    t: torch.Tensor
-    y: torch.Tensor
-    keep: torch.Tensor
-    num_classes: int
-
-
-class Regularizer(Protocol):
-    """A training regulariser composed with the base diffusion loss."""
-
-    def extra_labels(self, ctx: RegularizerContext) -> Optional[torch.Tensor]:
-        """Labels ``[S, B]`` for extra predictions on the same ``x_t`` (or None)."""
-
-    def loss(self, ctx: RegularizerContext, eps: torch.Tensor,
-             eps_extra: Optional[torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Named terms (for logging) and the contribution to the total loss."""
-
-
-@dataclass
 class DiffusionObjective:
-    """A base diffusion loss plus regularisers, with classifier-free label dropout.
+    """A base diffusion loss plus training methods, with classifier-free label dropout.
 
     Args:
         schedule: the noise schedule.
         num_classes: number of real classes; index ``num_classes`` is the null label.
-        regularizers: regulariser objects (see :class:`Regularizer`).
+        methods: :class:`~cbdm_core.methods.base.TrainingMethod` objects, in config order.
         p_uncond: probability of replacing a label by the null label.
         drop_whole_batch: drop the labels of the whole batch with probability
             ``p_uncond`` (the reference code's behaviour) instead of per sample.
         base: the base loss; epsilon prediction on ``schedule`` when omitted.
+        class_counts: training images per class (what methods see as ``ctx.class_counts``);
+            ones when omitted.
     """
 
     schedule: NoiseSchedule
     num_classes: int
-    regularizers: Sequence[Regularizer] = field(default_factory=tuple)
+    methods: Sequence[Any] = field(default_factory=tuple)
     p_uncond: float = 0.1
     drop_whole_batch: bool = False
     base: Optional[BaseLoss] = None
+    class_counts: Optional[torch.Tensor] = None
 
     def __post_init__(self) -> None:
         if self.base is None:
@@ -140,39 +118,85 @@ class DiffusionObjective:
     def __call__(self, model, x0: torch.Tensor, y: torch.Tensor, *, t: Optional[torch.Tensor] = None,
                  noise: Optional[torch.Tensor] = None, cond: Optional[torch.Tensor] = None,
                  keep: Optional[torch.Tensor] = None) -> LossTerms:
+        ctx, extras = self.prepare(x0, y, t=t, noise=noise, keep=keep)
+        return self.evaluate(model, ctx, extras, cond=cond)
+
+    def prepare(self, x0: torch.Tensor, y: torch.Tensor, *, t: Optional[torch.Tensor] = None,
+                noise: Optional[torch.Tensor] = None,
+                keep: Optional[torch.Tensor] = None) -> tuple[StepContext, list[Optional[torch.Tensor]]]:
+        """Every random draw of a step, in a fixed order: keep mask, the base loss's t and noise,
+        each method's target, each method's extra labels. Returns the context and the extras."""
         b = x0.shape[0]
         if keep is None:
             keep = self.sample_keep_mask(b, x0.device)
         batch = self.base.draw(x0, t=t, noise=noise)
         y_in = torch.where(keep, y, torch.full_like(y, self.num_classes))
-        ctx = RegularizerContext(x_t=batch.x, t=batch.t, y=y_in, keep=keep, num_classes=self.num_classes)
+        counts = self.class_counts if self.class_counts is not None else torch.ones(self.num_classes)
+        ctx = StepContext(x0=x0, y=y, y_in=y_in, keep=keep, x_t=batch.x, time=batch.time, t=batch.t,
+                          noise=batch.noise if batch.noise is not None else batch.target, target=batch.target,
+                          schedule=self.schedule, num_classes=self.num_classes, class_counts=counts,
+                          weight=batch.weight)
+        replaced_by = None
+        for m in self.methods:
+            new = m.target(ctx)
+            if new is None:
+                continue
+            if replaced_by is not None:
+                raise ConfigError(f"methods {replaced_by!r} and {_name(m)!r} both replace the regression "
+                                  "target; a run may use at most one such method")
+            replaced_by = _name(m)
+            ctx.target = new.detach()
+        return ctx, [m.extra_labels(ctx) for m in self.methods]
 
-        extras = [r.extra_labels(ctx) for r in self.regularizers]
-        labels = torch.cat([y_in[None]] + [e for e in extras if e is not None], dim=0)  # [1 + S, B]
+    def evaluate(self, model, ctx: StepContext, extras: Sequence[Optional[torch.Tensor]], *,
+                 cond: Optional[torch.Tensor] = None) -> LossTerms:
+        """The shared forward pass over ``ctx``'s rows and every method's extra views, then the losses."""
+        shape = ctx.x_t.shape
+        b = shape[0]
+        labels = torch.cat([ctx.y_in[None]] + [e for e in extras if e is not None], dim=0)  # [1 + S, B]
         views = labels.shape[0]
-        if views == 1:
-            pred_all = self.base.predict(model, batch.x, batch.time, y_in, cond)
-        else:
-            # One pass over [x, x, ...] with labels [y, y', ...]: same cost per row, fewer launches.
-            x_rep = batch.x.repeat(views, *([1] * (batch.x.ndim - 1)))
-            time_rep = batch.time.repeat(views)
-            cond_rep = None if cond is None else cond.repeat(views, 1)
-            pred_all = self.base.predict(model, x_rep, time_rep, labels.reshape(-1), cond_rep)
-        pred_all = pred_all.float().view(views, *batch.x.shape)
+        spans, offset = [], b
+        for e in extras:
+            n = 0 if e is None else e.shape[0] * b
+            spans.append(slice(offset, offset + n))
+            offset += n
+        begun = []
+        try:
+            for m, rows in zip(self.methods, spans):
+                m.begin_pass(rows, views * b)
+                begun.append(m)
+            if views == 1:
+                pred_all = self.base.predict(model, ctx.x_t, ctx.time, ctx.y_in, cond)
+            else:
+                # One pass over [x, x, ...] with labels [y, y', ...]: same cost per row, fewer launches.
+                x_rep = ctx.x_t.repeat(views, *([1] * (ctx.x_t.ndim - 1)))
+                time_rep = ctx.time.repeat(views)
+                cond_rep = None if cond is None else cond.repeat(views, 1)
+                pred_all = self.base.predict(model, x_rep, time_rep, labels.reshape(-1), cond_rep)
+        finally:
+            for m in reversed(begun):
+                m.end_pass()
+        pred_all = pred_all.float().view(views, *shape)
         pred = pred_all[0]
 
-        per_elem = (pred - batch.target.float()).pow(2)
-        if batch.weight is not None:
-            per_elem = per_elem * batch.weight.float().view(-1, *([1] * (per_elem.ndim - 1)))
+        per_elem = (pred - ctx.target.float()).pow(2)
+        if ctx.weight is not None:
+            per_elem = per_elem * ctx.weight.float().view(-1, *([1] * (per_elem.ndim - 1)))
         diffusion = per_elem.mean()
         terms: dict[str, torch.Tensor] = {"diffusion": diffusion}
         total = diffusion
+
+        def predict(x: torch.Tensor, time: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            rep = None if cond is None else cond.repeat(max(1, x.shape[0] // b), 1)
+            return self.base.predict(model, x, time, y, rep).float()
+
         offset = 1
-        for reg, extra in zip(self.regularizers, extras):
+        for m, extra in zip(self.methods, extras):
             n = 0 if extra is None else extra.shape[0]
-            reg_terms, contribution = reg.loss(ctx, pred, pred_all[offset:offset + n] if n else None)
+            out = PassOutputs(pred=pred, extra=pred_all[offset:offset + n] if n else None, predict=predict)
             offset += n
-            terms.update(reg_terms)
+            method_terms, contribution = m.loss(ctx, out)
+            terms.update(method_terms)
             total = total + contribution
         return LossTerms(terms=terms, total=total)
 
@@ -183,3 +207,7 @@ class DiffusionObjective:
             drop = torch.rand((), device=device) < self.p_uncond
             return (~drop).expand(b).clone()
         return torch.rand(b, device=device) >= self.p_uncond
+
+
+def _name(method: Any) -> str:
+    return getattr(method, "name", "") or type(method).__name__

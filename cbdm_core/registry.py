@@ -8,7 +8,7 @@ kind                   object
 backbone               :class:`cbdm_core.interfaces.BackboneSpec`
 noise_schedule         callable ``(num_timesteps: int) -> NoiseSchedule``
 label_distribution     callable ``(class_counts: Tensor, arg: str | None) -> Tensor`` (probs)
-regularizer            :class:`cbdm_core.interfaces.RegularizerSpec`
+method                 :class:`cbdm_core.methods.base.MethodSpec` (a training method)
 diffusion_loss         callable ``(schedule) -> BaseLoss`` (see :mod:`cbdm_core.objectives`)
 sampler                :class:`cbdm_core.interfaces.SamplerSpec`
 guidance               callable ``(model, scale: float, null_label: int) -> denoise_fn``
@@ -36,7 +36,7 @@ KINDS: tuple[str, ...] = (
     "backbone",
     "noise_schedule",
     "label_distribution",
-    "regularizer",
+    "method",
     "diffusion_loss",
     "sampler",
     "guidance",

@@ -9,10 +9,13 @@ from typing import Any, Union
 import torch
 
 from . import build
-from .checkpoint import list_checkpoints, load_checkpoint, load_state_checked
+from .checkpoint import load_checkpoint, load_state_checked
 from .config import TrainConfig, parse_train_config
 from .errors import CheckpointError
+from .run_folder import resolve_checkpoint
 from .schedules import NoiseSchedule
+
+__all__ = ["LoadedRun", "load_run", "load_denoiser", "resolve_checkpoint"]
 
 
 @dataclass
@@ -35,19 +38,6 @@ class LoadedRun:
         return self.config.objective.p_uncond > 0
 
 
-def resolve_checkpoint(path: Union[str, Path]) -> Path:
-    """A run folder resolves to its latest checkpoint; a file is taken as is."""
-    path = Path(path)
-    if path.is_dir():
-        found = list_checkpoints(path / "checkpoints") or list_checkpoints(path)
-        if not found:
-            raise CheckpointError(f"no checkpoint found in {path}")
-        return found[-1][1]
-    if not path.exists():
-        raise CheckpointError(f"no such run folder or checkpoint: {path}")
-    return path
-
-
 def load_run(path: Union[str, Path], *, ema: bool = True, device: Union[str, torch.device] = "cpu") -> LoadedRun:
     """Load a run folder or checkpoint file.
 
@@ -66,10 +56,26 @@ def load_run(path: Union[str, Path], *, ema: bool = True, device: Union[str, tor
         raise CheckpointError(f"{ckpt_path} lacks the image size / channels / classes metadata") from None
     model = build.build_model(cfg, image_size=image_size, channels=channels, num_classes=num_classes,
                               cond_dim=int(meta.get("cond_dim", 0)))
+    schedule = build.build_schedule(cfg)
+    # Methods add their modules before the weights load, and may change the net for sampling after.
+    methods = build.build_methods(cfg, class_counts=_class_counts(meta, num_classes, ckpt_path),
+                                  num_classes=num_classes, schedule=schedule) if cfg.objective.methods else []
+    build.attach_methods(methods, model)
     load_state_checked(model, ckpt.ema if ema else ckpt.model, f"{ckpt_path} ({'EMA' if ema else 'raw'} weights)")
+    for method in methods:
+        method.for_sampling(model)
     model.to(device).eval().requires_grad_(False)
-    return LoadedRun(model=model, schedule=build.build_schedule(cfg), config=cfg, checkpoint=ckpt_path,
-                     step=ckpt.step, meta=meta)
+    return LoadedRun(model=model, schedule=schedule, config=cfg, checkpoint=ckpt_path, step=ckpt.step, meta=meta)
+
+
+def _class_counts(meta: dict[str, Any], num_classes: int, ckpt_path: Path) -> torch.Tensor:
+    counts = meta.get("class_counts")
+    if counts is None:  # imported checkpoints may lack them; the methods only need their shape then
+        return torch.ones(num_classes, dtype=torch.long)
+    counts = torch.as_tensor(counts)
+    if counts.shape != (num_classes,):
+        raise CheckpointError(f"{ckpt_path}: class_counts lists {counts.numel()} classes, the model {num_classes}")
+    return counts
 
 
 def load_denoiser(path: Union[str, Path], *, ema: bool = True, device: Union[str, torch.device] = "cpu"):

@@ -86,7 +86,7 @@ def _table(result) -> Table:
 
 
 def _report(result, out: Path, reporter: Reporter) -> None:
-    from cbdm_core.sweeps import SWEEP_JSON, SWEEP_PLOT
+    from cbdm_core.experiments.sweeps import SWEEP_JSON, SWEEP_PLOT
 
     Console().print(_table(result))
     best = result.best
@@ -125,7 +125,7 @@ def guidance_cmd(run_path: Path, grid: str, dataset: Optional[str], data_root: O
     from cbdm_core.build import resolve_device
     from cbdm_core.run import load_run
     from cbdm_core.sampling.generate import resolve_steps
-    from cbdm_core.sweeps import SamplingSettings, guidance_sweep, parse_grid
+    from cbdm_core.experiments.sweeps import SamplingSettings, guidance_sweep, parse_grid
 
     from .sample_cmd import run_dir_of
 
@@ -169,7 +169,7 @@ def tau_cmd(values: str, preset: Optional[str], config: Optional[Path], sets: tu
             device: str, out: Path, **features: Any) -> None:
     """Train one run per tau (same config, seed and steps otherwise), then sample and evaluate each."""
     from cbdm_core.build import resolve_device
-    from cbdm_core.sweeps import SamplingSettings, SweepInterrupted, parse_grid, training_sweep
+    from cbdm_core.experiments.sweeps import SamplingSettings, SweepInterrupted, parse_grid, training_sweep
 
     from .train_cmd import build_config
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from cbdm_cli.main import cli
 from cbdm_core import build
-from cbdm_core.cbdm import CBDMRegularizer
+from cbdm_core.methods.cbdm import CBDMRegularizer
 from cbdm_core.checkpoint import list_checkpoints, load_checkpoint
 from cbdm_core.config import parse_train_config
 from cbdm_core.errors import CbdmError

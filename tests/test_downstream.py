@@ -5,7 +5,7 @@ import torch
 
 from cbdm_core.data import load_dataset
 from cbdm_core.data.options import DatasetOptions
-from cbdm_core.downstream import DownstreamOptions, ResNetCifar, classification_scores, downstream_comparison
+from cbdm_core.experiments.downstream import DownstreamOptions, ResNetCifar, classification_scores, downstream_comparison
 from cbdm_core.errors import CbdmError
 
 
@@ -47,7 +47,7 @@ def test_mismatched_generated_images():
 
 
 def test_class_interleaved_subset_is_even():
-    from cbdm_core.downstream import class_interleaved_subset
+    from cbdm_core.experiments.downstream import class_interleaved_subset
 
     labels = torch.tensor([0] * 50 + [1] * 50 + [2] * 5)  # class-sorted, like a sample folder
     idx = class_interleaved_subset(labels, 30, seed=1)

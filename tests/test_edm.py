@@ -14,7 +14,7 @@ from torch import nn
 
 from cbdm_cli.main import cli
 from cbdm_core import registry
-from cbdm_core.cbdm import CBDMRegularizer
+from cbdm_core.methods.cbdm import CBDMRegularizer
 from cbdm_core.config import validate_component_options
 from cbdm_core.edm import (EDMLoss, build_edm_loss, edm_coefficients, edm_loss_weight, schedule_sigmas,
                            sigma_to_t, sigma_to_timestep, t_to_sigma)

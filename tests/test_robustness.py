@@ -16,30 +16,29 @@ from cbdm_cli.main import cli
 from cbdm_core import registry
 from cbdm_core.checkpoint import list_checkpoints, load_checkpoint
 from cbdm_core.hookspecs import hookimpl
-from cbdm_core.interfaces import RegularizerSpec
-from cbdm_core.cbdm import CBDMOptions
+from cbdm_core.methods.base import MethodSpec, TrainingMethod
+from cbdm_core.methods.cbdm import CBDMOptions
 
 from .test_cli_train import TINY
 
 
-class _NaNOnThirdCall:
+class _NaNOnThirdCall(TrainingMethod):
     def __init__(self):
         self.calls = 0
 
     def extra_labels(self, ctx):
         return None
 
-    def loss(self, ctx, eps, eps_extra):
+    def loss(self, ctx, out):
         self.calls += 1
         bad = float("nan") if self.calls == 3 else 0.0
-        return {}, eps.new_tensor(bad)
+        return {}, out.pred.new_tensor(bad)
 
 
 class _NaNPlugin:
     @hookimpl
     def register_components(self, register):
-        register("regularizer", "nan-third", RegularizerSpec(options_model=CBDMOptions,
-                                                              build=lambda o, **k: _NaNOnThirdCall()))
+        register("method", "nan-third", MethodSpec(options_model=CBDMOptions, build=lambda o, ctx: _NaNOnThirdCall()))
 
 
 @pytest.fixture
@@ -50,7 +49,7 @@ def nan_registry():
 
 
 def _config(tmp_path, **over):
-    cfg = {**TINY, "objective": {"regularizers": [{"name": "nan-third"}]}, **over}
+    cfg = {**TINY, "objective": {"methods": [{"name": "nan-third"}]}, **over}
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

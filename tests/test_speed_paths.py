@@ -10,7 +10,7 @@ import yaml
 from click.testing import CliRunner
 
 from cbdm_cli.main import cli
-from cbdm_core.cbdm import CBDMRegularizer
+from cbdm_core.methods.cbdm import CBDMRegularizer
 from cbdm_core.checkpoint import list_checkpoints, load_checkpoint
 from cbdm_core.objectives import DiffusionObjective, EpsilonLoss
 from cbdm_core.schedules import LinearSchedule

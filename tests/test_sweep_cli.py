@@ -14,7 +14,7 @@ from cbdm_core.config import TrainConfig
 from cbdm_core.data import dataset_options, load_dataset
 from cbdm_core.errors import CbdmError
 from cbdm_core.features import save_classifier, train_classifier
-from cbdm_core.sweeps import SweepPoint, best_point, parse_grid
+from cbdm_core.experiments.sweeps import SweepPoint, best_point, parse_grid
 
 from .helpers import cli_fails, cli_ok, invoke_cli
 

@@ -48,6 +48,11 @@ class StepContext:
         schedule: the noise schedule.
         num_classes: number of real classes (also the null label index).
         class_counts: training images per class ``[C]``.
+        weight: per-row weight of the base loss ``[B]`` (EDM's lambda(sigma)) or None.
+
+    Under ``torchrun`` the objective builds this context (and calls ``target`` and
+    ``extra_labels``) on the GLOBAL batch, then hands each rank its rows
+    (:meth:`rows`) for the pass and ``loss``.
     """
 
     x0: torch.Tensor
@@ -62,6 +67,17 @@ class StepContext:
     schedule: Any
     num_classes: int
     class_counts: torch.Tensor
+    weight: Optional[torch.Tensor] = None
+
+    def rows(self, lo: int, hi: int) -> "StepContext":
+        """The same context restricted to rows ``[lo, hi)``."""
+        def cut(v: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+            return None if v is None else v[lo:hi]
+
+        return StepContext(x0=self.x0[lo:hi], y=self.y[lo:hi], y_in=self.y_in[lo:hi], keep=self.keep[lo:hi],
+                           x_t=self.x_t[lo:hi], time=self.time[lo:hi], t=self.t[lo:hi], noise=self.noise[lo:hi],
+                           target=self.target[lo:hi], schedule=self.schedule, num_classes=self.num_classes,
+                           class_counts=self.class_counts, weight=cut(self.weight))
 
 
 @dataclass
@@ -141,6 +157,9 @@ class MethodSpec:
         code: URL of the authors' released code.
         sweepable: option names that make sense to sweep (``cbdm sweep option NAME.KEY``);
             empty means every numeric option.
+        check: ``check(options) -> None`` raising :class:`~cbdm_core.errors.CbdmError` on
+            options that validate but cannot work (e.g. an unregistered y' distribution);
+            ``cbdm train`` runs it before loading any data. None: validation only.
     """
 
     options_model: type[BaseModel]
@@ -148,3 +167,4 @@ class MethodSpec:
     paper: str = ""
     code: str = ""
     sweepable: tuple[str, ...] = field(default_factory=tuple)
+    check: Optional[Callable[[Any], None]] = None

@@ -2,7 +2,7 @@
 
 ``torchrun --nproc_per_node=N -m cbdm_cli train ...`` starts N ranks. Every rank
 builds the same GLOBAL batch (``optim.batch_size``) from the same seed, draws the
-step's randomness (label dropout, t, noise, y') for the whole global batch, and
+step's randomness (label dropout, t, noise, every method's draws such as y') for the whole global batch, and
 computes the loss over its contiguous slice of ``B / N`` rows. With mean losses and
 DDP's gradient averaging, N ranks x B/N rows give the gradients of 1 process x B rows
 (up to float rounding), whatever N is. Only rank 0 writes files.
@@ -10,7 +10,6 @@ DDP's gradient averaging, N ranks x B/N rows give the gradients of 1 process x B
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import warnings
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import CbdmError
-from ..objectives import DiffusionObjective, LossTerms, NoisyBatch, RegularizerContext
+from ..objectives import DiffusionObjective, LossTerms
 
 T = TypeVar("T")
 
@@ -161,51 +160,16 @@ def wrap_ddp(module: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
 
 
 @dataclass
-class _FixedDraw:
-    """A base loss whose ``draw`` returns a batch drawn beforehand (this rank's rows of the global draw)."""
-
-    batch: NoisyBatch
-    inner: Any
-
-    def draw(self, x0: torch.Tensor, *, t: Optional[torch.Tensor] = None,
-             noise: Optional[torch.Tensor] = None) -> NoisyBatch:
-        return self.batch
-
-    def predict(self, model, x, time, y, cond):
-        return self.inner.predict(model, x, time, y, cond)
-
-
-@dataclass
-class _SlicedExtras:
-    """A regulariser whose extra labels are drawn for the global batch, then sliced to this rank's rows."""
-
-    inner: Any
-    global_ctx: RegularizerContext
-    lo: int
-    hi: int
-
-    def extra_labels(self, ctx: RegularizerContext) -> Optional[torch.Tensor]:
-        extra = self.inner.extra_labels(self.global_ctx)
-        return None if extra is None else extra[..., self.lo:self.hi]
-
-    def loss(self, ctx, eps, eps_extra):
-        return self.inner.loss(ctx, eps, eps_extra)
-
-
-def _rows(batch: NoisyBatch, lo: int, hi: int) -> NoisyBatch:
-    return NoisyBatch(x=batch.x[lo:hi], time=batch.time[lo:hi], t=batch.t[lo:hi], target=batch.target[lo:hi],
-                      weight=None if batch.weight is None else batch.weight[lo:hi])
-
-
-@dataclass
 class ShardedObjective:
     """Rows ``[lo, hi)`` of ``objective`` evaluated on a global batch.
 
     The random draws happen in the same order and with the same shapes as a single
     process's ``objective(model, x0, y, cond=cond)`` on the whole batch (keep mask, then
-    the base loss's t and noise, then each regulariser's extra labels), so every rank
-    sees the single-process numbers and keeps its own rows. The loss is the mean over
-    this rank's rows; DDP's gradient average then equals the global mean's gradient.
+    the base loss's t and noise, then each method's target and extra labels), all on the
+    GLOBAL batch, so every rank sees the single-process numbers and keeps its own rows.
+    A method that looks across the batch (T2H's candidate pool) therefore sees the whole
+    global batch, not this rank's shard. The loss is the mean over this rank's rows; DDP's
+    gradient average then equals the global mean's gradient.
     """
 
     objective: DiffusionObjective
@@ -214,12 +178,7 @@ class ShardedObjective:
 
     def __call__(self, model, x0: torch.Tensor, y: torch.Tensor, *,
                  cond: Optional[torch.Tensor] = None) -> LossTerms:
-        obj, lo, hi = self.objective, self.lo, self.hi
-        keep = obj.sample_keep_mask(x0.shape[0], x0.device)
-        drawn = obj.base.draw(x0)
-        y_in = torch.where(keep, y, torch.full_like(y, obj.num_classes))
-        global_ctx = RegularizerContext(x_t=drawn.x, t=drawn.t, y=y_in, keep=keep, num_classes=obj.num_classes)
-        local = dataclasses.replace(
-            obj, base=_FixedDraw(_rows(drawn, lo, hi), obj.base),
-            regularizers=[_SlicedExtras(r, global_ctx, lo, hi) for r in obj.regularizers])
-        return local(model, x0[lo:hi], y[lo:hi], cond=None if cond is None else cond[lo:hi], keep=keep[lo:hi])
+        lo, hi = self.lo, self.hi
+        ctx, extras = self.objective.prepare(x0, y)
+        local = [None if e is None else e[..., lo:hi] for e in extras]
+        return self.objective.evaluate(model, ctx.rows(lo, hi), local, cond=None if cond is None else cond[lo:hi])

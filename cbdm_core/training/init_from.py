@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
+from typing import Collection, Union
 
 import torch
 
 from ..checkpoint import load_checkpoint
 from ..errors import CheckpointError
-from ..run import resolve_checkpoint
+from ..run_folder import resolve_checkpoint
 
 # Tensors that may legitimately differ between the pre-trained and the new model.
 LABEL_KEYS = ("label_embedding.weight",)
@@ -21,13 +21,16 @@ def _optional(name: str) -> bool:
     return any(name.startswith(p) or f".{p}" in name for p in OPTIONAL_PREFIXES)
 
 
-def init_from_checkpoint(model: torch.nn.Module, path: Union[str, Path], *, use_ema: bool = True) -> list[str]:
+def init_from_checkpoint(model: torch.nn.Module, path: Union[str, Path], *, use_ema: bool = True,
+                         fresh_ok: Collection[str] = ()) -> list[str]:
     """Copy pre-trained weights into ``model``.
 
     The class embedding is carried over when the number of classes matches and
     re-initialised (null row kept at zero) when it differs, e.g. CIFAR-100 -> CIFAR-10-LT.
     An augmentation-conditioning layer missing from the source starts at zero, so the
-    new model initially ignores it. Every other tensor must match by name and shape.
+    new model initially ignores it. Tensors named in ``fresh_ok`` (modules a training method
+    attached) keep their fresh initialisation when the source lacks them. Every other tensor
+    must match by name and shape.
 
     Returns:
         the names of the tensors that were not copied.
@@ -40,6 +43,9 @@ def init_from_checkpoint(model: torch.nn.Module, path: Union[str, Path], *, use_
     problems: list[str] = []
     for name, tensor in own.items():
         if name not in source:
+            if name in fresh_ok:
+                fresh.append(name)
+                continue
             if _optional(name):
                 with torch.no_grad():
                     tensor.zero_()

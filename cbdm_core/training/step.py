@@ -58,7 +58,7 @@ class RoutedLoss:
 def on_device(obj: T, device: torch.device) -> T:
     """A shallow copy of ``obj`` with its tensor attributes on ``device`` (``obj`` itself on the CPU).
 
-    Schedules and regularisers keep their tables on the CPU and move them to the batch's
+    Schedules and methods keep their tables on the CPU and move them to the batch's
     device on every call (``NoiseSchedule.gather``, CBDM's ``probs``): a blocking
     host-to-device copy per step on CUDA. Tables already on the device make that free.
     """
@@ -179,15 +179,16 @@ class TrainStep:
         return StepResult(detached, finite)
 
 
-def build_train_step(model: torch.nn.Module, ema_model: torch.nn.Module, base: Any, regularizers: list[Any], *,
-                     schedule: NoiseSchedule, num_classes: int, p_uncond: float = 0.1,
+def build_train_step(model: torch.nn.Module, ema_model: torch.nn.Module, base: Any, methods: list[Any], *,
+                     schedule: NoiseSchedule, num_classes: int, class_counts: Optional[torch.Tensor] = None,
+                     p_uncond: float = 0.1,
                      drop_whole_batch: bool = False, lr: float = 2e-4, grad_clip: float = 1.0,
                      ema_decay: float = 0.9999, ema_warmup: bool = False, precision: Precision = Precision(),
                      ctx: Optional[DistContext] = None, batch_size: Optional[int] = None) -> TrainStep:
     """Wire a :class:`TrainStep` the way the trainer does (the benchmarks call this too).
 
     ``model`` and ``ema_model`` live on the training device already; they are switched to
-    channels_last here if ``precision`` asks. Schedule and regulariser tables are moved to
+    channels_last here if ``precision`` asks. Schedule and method tables are moved to
     the device. Under DDP (``ctx.enabled``) the step computes this rank's rows of the
     global ``batch_size``.
     """
@@ -205,8 +206,9 @@ def build_train_step(model: torch.nn.Module, ema_model: torch.nn.Module, base: A
         return out
 
     base = moved(base)
-    objective = DiffusionObjective(schedule, num_classes, [moved(r) for r in regularizers],
-                                   p_uncond=p_uncond, drop_whole_batch=drop_whole_batch, base=RoutedLoss(base))
+    objective = DiffusionObjective(schedule, num_classes, [moved(m) for m in methods],
+                                   p_uncond=p_uncond, drop_whole_batch=drop_whole_batch, base=RoutedLoss(base),
+                                   class_counts=None if class_counts is None else class_counts.to(device))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=device.type == "cuda")
     ema = EMA(model, ema_model, ema_decay, warmup=ema_warmup)
     # DDP wraps the whole prediction; compile wraps DDP (its optimizer splits graphs at buckets).

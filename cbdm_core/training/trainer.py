@@ -75,6 +75,7 @@ class Trainer:
         self.on_start = on_start
         self._stop = threading.Event()
         self.reinitialised: list[str] = []
+        self.methods: list = []
 
     # -- run folder -----------------------------------------------------------------
     @property
@@ -144,10 +145,15 @@ class Trainer:
         cond_dim = int(getattr(augmentation, "cond_dim", 0) or 0)
         torch.manual_seed(cfg.seed)
         model = build.build_model(cfg, image_size=data.image_size, channels=data.channels,
-                                  num_classes=data.num_classes, cond_dim=cond_dim).to(device)
+                                  num_classes=data.num_classes, cond_dim=cond_dim)
+        methods = build.build_methods(cfg, class_counts=counts, num_classes=data.num_classes, schedule=schedule)
+        # Attached modules are part of the model from here on: optimised, averaged, checkpointed.
+        plain = set(model.state_dict())
+        build.attach_methods(methods, model)
+        attached = [k for k in model.state_dict() if k not in plain]
+        model = model.to(device)
         ema_model = copy.deepcopy(model).eval().requires_grad_(False)
-        regularizers = build.build_regularizers(cfg, class_counts=counts, num_classes=data.num_classes,
-                                                schedule=schedule)
+        self.methods = methods
         lr_at = (lambda s: min(1.0, (s + 1) / o.warmup)) if o.warmup > 0 else (lambda s: 1.0)
 
         weights = None
@@ -162,15 +168,15 @@ class Trainer:
         if start_ckpt is None and cfg.init_from is not None:
             from .init_from import init_from_checkpoint
 
-            self.reinitialised = init_from_checkpoint(model, cfg.init_from)
+            self.reinitialised = init_from_checkpoint(model, cfg.init_from, fresh_ok=attached)
             ema_model.load_state_dict(model.state_dict())
         if start_ckpt is not None:
             load_state_checked(model, start_ckpt.model, "checkpoint model weights")
             load_state_checked(ema_model, start_ckpt.ema, "checkpoint EMA weights")
             step = start_ckpt.step
         train_step = build_train_step(
-            model, ema_model, build.build_base_loss(cfg, schedule), regularizers, schedule=schedule,
-            num_classes=data.num_classes, p_uncond=cfg.objective.p_uncond,
+            model, ema_model, build.build_base_loss(cfg, schedule), methods, schedule=schedule,
+            num_classes=data.num_classes, class_counts=counts, p_uncond=cfg.objective.p_uncond,
             drop_whole_batch=cfg.objective.drop_whole_batch, lr=o.lr, grad_clip=o.grad_clip,
             ema_decay=o.ema_decay, ema_warmup=o.ema_warmup, precision=precision, ctx=ctx, batch_size=o.batch_size)
         optimizer = train_step.optimizer
@@ -286,12 +292,26 @@ class Trainer:
         shape = (len(y), ema_model.channels, ema_model.image_size, ema_model.image_size)
         x_T = torch.randn(shape, generator=g).to(device)
         ema_model.eval()
+        ema_model = self._for_sampling(ema_model)
         x0 = sample(ema_model, schedule, x_T, y, sampler=p.sampler, steps=p.steps, guidance=p.guidance,
                     generator=g)
         imgs = to_uint8(x0).cpu()
         path = self.run_dir / "samples" / f"grid-{step:08d}.png"
         save_png(grid_image(class_rows(imgs, y.cpu(), num_classes, p.per_class), nrow=p.per_class), path)
         return path
+
+    def _for_sampling(self, ema_model: torch.nn.Module) -> torch.nn.Module:
+        """The network as ``cbdm sample`` will see it: a copy changed by the methods that change
+        it (merged adapters, ...), so the EMA weights being trained stay as they are."""
+        from ..methods.base import TrainingMethod
+
+        changing = [m for m in getattr(self, "methods", []) if type(m).for_sampling is not TrainingMethod.for_sampling]
+        if not changing:
+            return ema_model
+        net = copy.deepcopy(ema_model)
+        for m in changing:
+            m.for_sampling(net)
+        return net
 
     def request_stop(self) -> None:
         self._stop.set()

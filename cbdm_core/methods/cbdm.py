@@ -1,4 +1,4 @@
-"""The CBDM distribution-adjustment regulariser (Qin et al., CVPR 2023, Eq. 4).
+"""Method ``cbdm``: the CBDM distribution-adjustment regulariser (Qin et al., CVPR 2023, Eq. 4).
 
 For a noisy ``x_t`` with label ``y`` and ``y'`` drawn from a target label distribution:
 
@@ -20,8 +20,11 @@ from typing import Optional
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import CbdmError
-from .objectives import RegularizerContext
+from ..errors import CbdmError
+from .base import MethodBuildContext, PassOutputs, StepContext, TrainingMethod
+
+PAPER = "Qin et al., Class-Balancing Diffusion Models, CVPR 2023"
+CODE = "https://github.com/qym7/CBDM-pytorch"
 
 
 class CBDMOptions(BaseModel):
@@ -43,16 +46,21 @@ class CBDMOptions(BaseModel):
 
 
 @dataclass
-class CBDMRegularizer:
-    """CBDM regulariser over a fixed target distribution ``probs`` of shape ``[C]``."""
+class CBDMRegularizer(TrainingMethod):
+    """CBDM regulariser over a fixed target distribution ``probs`` of shape ``[C]``.
+
+    A :class:`~cbdm_core.methods.base.TrainingMethod`: it asks for ``set_size`` extra
+    predictions under y' in the shared pass and adds ``regularizer + gamma * commitment``.
+    """
 
     probs: torch.Tensor
     tau: float = 0.001
     gamma: float = 0.25
     set_size: int = 1
     y_prime: Optional[torch.Tensor] = None  # fixed y' (tests, custom loops)
+    name: str = "cbdm"
 
-    def extra_labels(self, ctx: RegularizerContext) -> Optional[torch.Tensor]:
+    def extra_labels(self, ctx: StepContext) -> Optional[torch.Tensor]:
         if self.tau == 0 and self.y_prime is None:
             return None
         b = ctx.t.shape[0]
@@ -70,8 +78,8 @@ class CBDMRegularizer:
         draws = torch.multinomial(probs, b * self.set_size, replacement=True)
         return draws.view(self.set_size, b)
 
-    def loss(self, ctx: RegularizerContext, eps: torch.Tensor,
-             eps_extra: Optional[torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def loss(self, ctx: StepContext, out: PassOutputs) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        eps, eps_extra = out.pred, out.extra
         if eps_extra is None:
             zero = eps.new_zeros(())
             return {"regularizer": zero, "commitment": zero}, zero
@@ -83,14 +91,20 @@ class CBDMRegularizer:
         return {"regularizer": reg, "commitment": com}, reg + self.gamma * com
 
 
-def build_cbdm_regularizer(options: CBDMOptions, *, class_counts: torch.Tensor, num_classes: int,
-                           schedule=None) -> CBDMRegularizer:
-    """Factory used by the ``cbdm`` regulariser plugin."""
-    from .label_distributions import resolve_label_distribution
+def check_cbdm_options(options: CBDMOptions) -> None:
+    """Fail fast (before any data is loaded) on a y' distribution nobody registered."""
+    from ..registry import get_registry
 
-    probs = resolve_label_distribution(options.y_dist, class_counts)
-    if probs.shape[0] != num_classes:
-        raise CbdmError(f"class counts list {probs.shape[0]} classes, the model has {num_classes}")
+    get_registry().get("label_distribution", options.y_dist)
+
+
+def build_cbdm_regularizer(options: CBDMOptions, ctx: MethodBuildContext) -> CBDMRegularizer:
+    """Factory of the ``cbdm`` method."""
+    from ..label_distributions import resolve_label_distribution
+
+    probs = resolve_label_distribution(options.y_dist, ctx.class_counts)
+    if probs.shape[0] != ctx.num_classes:
+        raise CbdmError(f"class counts list {probs.shape[0]} classes, the model has {ctx.num_classes}")
     return CBDMRegularizer(probs=probs, tau=options.tau, gamma=options.gamma, set_size=options.set_size)
 
 
@@ -118,8 +132,8 @@ def cbdm_loss(model, x0: torch.Tensor, y: torch.Tensor, schedule, *, tau: float 
         ``{"diffusion", "regularizer", "commitment", "total"}``, each a scalar mean over
         all elements; ``total = diffusion + regularizer + gamma * commitment``.
     """
-    from .label_distributions import resolve_label_distribution
-    from .objectives import DiffusionObjective
+    from ..label_distributions import resolve_label_distribution
+    from ..objectives import DiffusionObjective
 
     if num_classes is None:
         num_classes = getattr(model, "num_classes", None)

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from .atomic import atomic_path, atomic_write_text
-from .errors import CbdmError
+from ..atomic import atomic_path, atomic_write_text
+from ..errors import CbdmError
 
 SWEEP_JSON = "sweep.json"
 SWEEP_PLOT = "sweep.png"
@@ -197,9 +197,9 @@ class SamplingSettings:
 
 def _sample_and_evaluate(run: Any, out_dir: Path, guidance: float, sampling: SamplingSettings,
                          eval_options: Any, status: StatusFn) -> tuple[dict[str, Optional[float]], Any]:
-    from .evaluation import evaluate, write_metrics_json
-    from .sampling.generate import generate_samples, resolve_steps
-    from .sampling.plan import plan_labels
+    from ..evaluation import evaluate, write_metrics_json
+    from ..sampling.generate import generate_samples, resolve_steps
+    from ..sampling.plan import plan_labels
 
     labels = plan_labels(sampling.classes, sampling.num, run.num_classes, run.meta.get("class_counts"))
     steps = resolve_steps(sampling.sampler, sampling.steps, run.schedule.num_timesteps)
@@ -214,8 +214,8 @@ def _sample_and_evaluate(run: Any, out_dir: Path, guidance: float, sampling: Sam
 def _preflight_eval(eval_options: Any) -> None:
     """Fail on evaluation mistakes (unknown metric, missing classifier or weights, missing
     dataset files) before any sampling or training time is spent."""
-    from .evaluation import build_extractor, load_reference, resolve_metrics
-    from .evaluation.engine import check_metric_options
+    from ..evaluation import build_extractor, load_reference, resolve_metrics
+    from ..evaluation.engine import check_metric_options
 
     resolve_metrics(eval_options.metrics)
     check_metric_options(eval_options.metric_options)
@@ -224,7 +224,7 @@ def _preflight_eval(eval_options: Any) -> None:
 
 
 def _check_sampling(sampling: SamplingSettings) -> None:
-    from .registry import get_registry
+    from ..registry import get_registry
 
     if sampling.num < 1:
         raise CbdmError(f"--num must be positive, got {sampling.num}")
@@ -297,9 +297,9 @@ def training_sweep(parameter: str, values: Sequence[float], config_for: Callable
     each at ``sampling.guidance`` and evaluate. A finished run is re-used, a partial one is
     resumed, so the sweep can be re-run after an interruption. ``on_log`` gets the trainer's
     log records."""
-    from .checkpoint import list_checkpoints
-    from .run import load_run
-    from .training.trainer import Trainer
+    from ..checkpoint import list_checkpoints
+    from ..run import load_run
+    from ..training.trainer import Trainer
 
     status = on_status or (lambda _m: None)
     _check_sampling(sampling)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import CbdmError
+from ..errors import CbdmError
 
 
 class _BasicBlock(nn.Module):

@@ -1,0 +1,18 @@
+"""Built-in training methods: ``cbdm`` (CVPR 2023) and ``t2h`` (OC, ICLR 2024)."""
+
+from __future__ import annotations
+
+from cbdm_core.hookspecs import hookimpl
+from cbdm_core.methods import cbdm, t2h
+from cbdm_core.methods.base import MethodSpec
+
+
+@hookimpl
+def register_components(register) -> None:
+    register("method", "cbdm", MethodSpec(options_model=cbdm.CBDMOptions, build=cbdm.build_cbdm_regularizer,
+                                          paper=cbdm.PAPER, code=cbdm.CODE, sweepable=("tau", "gamma"),
+                                          check=cbdm.check_cbdm_options),
+             description="CBDM: regularise eps(x_t, y) towards eps(x_t, y') with y' from a target distribution")
+    register("method", "t2h", MethodSpec(options_model=t2h.T2HOptions, build=t2h.build_t2h,
+                                         paper=t2h.PAPER, code=t2h.CODE, sweepable=("cut_time",)),
+             description="OC/T2H: regress on the eps of a likely source image from a more frequent class")
