@@ -15,6 +15,7 @@ _COMMANDS = [
     ("cbdm_cli.sample_cmd", "sample"),
     ("cbdm_cli.eval_cmd", "eval_group"),
     ("cbdm_cli.plugins_cmd", "plugins"),
+    ("cbdm_cli.methods_cmd", "methods"),
     ("cbdm_cli.import_cmd", "import_checkpoint"),
     ("cbdm_cli.presets_cmd", "presets"),
     ("cbdm_cli.sweep_cmd", "sweep_group"),

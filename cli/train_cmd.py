@@ -16,16 +16,8 @@ from cbdm_core.config import deep_update, load_config_file, parse_train_config
 from cbdm_core.errors import CbdmError
 from cbdm_core.presets_registry import load_preset
 
+from .method_options import SHORTHANDS, apply_methods
 from .overrides import parse_set_option, set_dotted
-
-
-def _cbdm_options(data: dict[str, Any]) -> dict[str, Any]:
-    regs = data.setdefault("objective", {}).setdefault("regularizers", [{"name": "cbdm", "options": {}}])
-    for r in regs:
-        if r.get("name") == "cbdm":
-            return r.setdefault("options", {})
-    regs.append({"name": "cbdm", "options": {}})
-    return regs[-1]["options"]
 
 
 def build_config(config: Optional[Path], preset: Optional[str], opts: dict[str, Any], sets: tuple[str, ...]):
@@ -50,13 +42,8 @@ def build_config(config: Optional[Path], preset: Optional[str], opts: dict[str, 
         if opts.get(key) is not None:
             value = opts[key]
             set_dotted(data, dotted, str(value) if isinstance(value, Path) else value)
-    if opts.get("method") == "ddpm":
-        data.setdefault("objective", {})["regularizers"] = []
-    elif any(opts.get(k) is not None for k in ("y_dist", "tau", "gamma", "set_size")) or opts.get("method") == "cbdm":
-        cb = _cbdm_options(data)
-        for key in ("y_dist", "tau", "gamma", "set_size"):
-            if opts.get(key) is not None:
-                cb[key] = opts[key]
+    apply_methods(data, tuple(opts.get("method") or ()), tuple(opts.get("method_opts") or ()),
+                  {k: opts.get(k) for k in SHORTHANDS})
     if opts.get("whole_batch_dropout"):
         set_dotted(data, "objective.drop_whole_batch", True)
     _perf_options(data, opts)
@@ -111,11 +98,14 @@ def _counts_table(data) -> Table:
 @click.option("--backbone", help="Denoiser backbone name.")
 @click.option("--schedule", help="Noise schedule name.")
 @click.option("--T", "T", type=int, help="Number of diffusion steps.")
-@click.option("--method", type=click.Choice(["cbdm", "ddpm"]), help="ddpm drops the CBDM regulariser.")
-@click.option("--y-dist", help="Target label distribution for y': train, bal, sqrt, pow:q.")
-@click.option("--tau", type=float, help="CBDM weight per timestep (0.001).")
-@click.option("--gamma", type=float, help="CBDM commitment weight (0.25).")
-@click.option("--set-size", type=int, help="Monte-Carlo set size of y'.")
+@click.option("--method", "method", multiple=True, metavar="NAME",
+              help="Training method(s), repeatable or a+b (see `cbdm methods`); ddpm: none.")
+@click.option("--method-option", "-M", "method_opts", multiple=True, metavar="KEY=VALUE",
+              help="A method option: KEY is OPTION with one method, METHOD.OPTION otherwise (values read as YAML).")
+@click.option("--y-dist", help="CBDM shorthand (-M cbdm.y_dist): y' distribution train, bal, sqrt, pow:q.")
+@click.option("--tau", type=float, help="CBDM shorthand (-M cbdm.tau): weight per timestep (0.001).")
+@click.option("--gamma", type=float, help="CBDM shorthand (-M cbdm.gamma): commitment weight (0.25).")
+@click.option("--set-size", type=int, help="CBDM shorthand (-M cbdm.set_size): Monte-Carlo set size of y'.")
 @click.option("--p-uncond", type=float, help="Label-dropout probability for guidance.")
 @click.option("--whole-batch-dropout", is_flag=True, help="Drop labels for the whole batch (reference code).")
 @click.option("--augment", help="Augmentation name.")
@@ -141,7 +131,7 @@ def _counts_table(data) -> Table:
 @click.option("--overwrite", is_flag=True, help="Replace a different run already in --out.")
 @click.option("--progress/--no-progress", default=True)
 def train(out, config, preset, sets, resume, overwrite, progress, **opts):
-    """Train a class-conditional diffusion model (CBDM by default)."""
+    """Train a class-conditional diffusion model (method cbdm by default; --method ddpm for none)."""
     from cbdm_core.training.trainer import Trainer
 
     if resume and out is None:
@@ -174,9 +164,10 @@ def train(out, config, preset, sets, resume, overwrite, progress, **opts):
         bar.start()
 
     def on_log(rec):
-        info = (f"loss {rec['total']:.4f} diff {rec['diffusion']:.4f}"
-                + (f" reg {rec['regularizer']:.4f}" if "regularizer" in rec else "")
-                + f" {rec['images_per_sec']:.0f} img/s")
+        # Every term the methods log, after the total and the base loss.
+        extra = "".join(f" {k} {v:.4g}" for k, v in rec.items()
+                        if k not in ("step", "total", "diffusion", "lr", "images_per_sec", "skipped_steps"))
+        info = f"loss {rec['total']:.4f} diff {rec['diffusion']:.4f}{extra} {rec['images_per_sec']:.0f} img/s"
         bar.update(task, completed=rec["step"], info=info)
 
     trainer = Trainer(cfg, out, resume=resume, overwrite=overwrite, on_log=on_log, on_start=on_start)
@@ -199,7 +190,7 @@ def build_config_overrides(opts: dict[str, Any], sets: tuple[str, ...]) -> dict[
                         "ckpt_every": "ckpt_every", "keep_last": "keep_last", "device": "device"}.items():
         if opts.get(key) is not None:
             set_dotted(data, dotted, opts[key])
-    others = [k for k, v in opts.items() if v not in (None, False) and k not in
+    others = [k for k, v in opts.items() if v not in (None, False, ()) and k not in
               ("steps", "log_every", "sample_every", "ckpt_every", "keep_last", "device", "amp", "compile")]
     if others or sets:
         raise CbdmError(f"--resume continues the saved run; it cannot change --{others[0].replace('_', '-') if others else 'set'}")
