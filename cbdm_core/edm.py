@@ -130,7 +130,8 @@ class EDMLoss:
             noise = torch.randn_like(x0)
         s = sigma.to(x0.dtype).view(-1, *([1] * (x0.ndim - 1)))
         return NoisyBatch(x=x0 + s * noise, time=sigma, t=t, target=x0,
-                          weight=edm_loss_weight(sigma, self.sigma_data), noise=noise)
+                          weight=edm_loss_weight(sigma, self.sigma_data), noise=noise,
+                          prediction="x0")
 
     def predict(self, model, x: torch.Tensor, time: torch.Tensor, y: torch.Tensor,
                 cond: Optional[torch.Tensor]) -> torch.Tensor:

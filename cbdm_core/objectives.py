@@ -49,6 +49,7 @@ class NoisyBatch:
         target: what the prediction is compared with.
         weight: per-sample loss weight ``[B]`` or None.
         noise: the noise that made ``x`` (None: the target is the noise).
+        prediction: what ``target`` is: ``eps`` (the noise) or ``x0`` (the clean image).
     """
 
     x: torch.Tensor
@@ -57,6 +58,7 @@ class NoisyBatch:
     target: torch.Tensor
     weight: Optional[torch.Tensor] = None
     noise: Optional[torch.Tensor] = None
+    prediction: str = "eps"
 
 
 class BaseLoss(Protocol):
@@ -135,7 +137,7 @@ class DiffusionObjective:
         ctx = StepContext(x0=x0, y=y, y_in=y_in, keep=keep, x_t=batch.x, time=batch.time, t=batch.t,
                           noise=batch.noise if batch.noise is not None else batch.target, target=batch.target,
                           schedule=self.schedule, num_classes=self.num_classes, class_counts=counts,
-                          weight=batch.weight)
+                          weight=batch.weight, prediction=batch.prediction)
         replaced_by = None
         for m in self.methods:
             new = m.target(ctx)

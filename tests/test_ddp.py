@@ -26,22 +26,57 @@ from .test_cli_train import TINY
 
 # Network dropout draws its masks per forward and cannot match across splits; label dropout can.
 DDP_CFG = {**TINY, "model": {**TINY["model"], "options": {**TINY["model"]["options"], "dropout": 0.0}},
-           "objective": {"p_uncond": 0.3, "regularizers": [{"name": "cbdm", "options": {"y_dist": "bal"}}]},
+           "objective": {"p_uncond": 0.3, "methods": [{"name": "cbdm", "options": {"y_dist": "bal"}}, {"name": "t2h"}]},
            "optim": {**TINY["optim"], "steps": 3, "warmup": 0, "lr": 1e-3}, "log_every": 1}
 
 
-def _objective(set_size: int = 2) -> DiffusionObjective:
+def _objective(set_size: int = 2, t2h: bool = False) -> DiffusionObjective:
     reg = CBDMRegularizer(probs=torch.full((3,), 1 / 3), tau=0.01, set_size=set_size)
-    return DiffusionObjective(LinearSchedule(T=100), 3, [reg], p_uncond=0.3)
+    sched = LinearSchedule(T=100)
+    methods = [reg]
+    if t2h:
+        from cbdm_core.methods.base import MethodBuildContext
+        from cbdm_core.methods.t2h import T2HOptions, build_t2h
+
+        methods.append(build_t2h(T2HOptions(mode="full"), MethodBuildContext(torch.ones(3), 3, sched)))
+    return DiffusionObjective(sched, 3, methods, p_uncond=0.3)
 
 
-def test_shards_of_the_global_draw_rebuild_the_single_process_loss():
+def test_t2h_draws_sources_from_the_whole_global_batch(monkeypatch):
+    """Under torchrun T2H's candidate pool is the global batch: rank 0's rows take sources from rank 1's."""
+    b, world = 8, 2
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(b, 1, 8, 8, generator=g) * 2 - 1
+    y = torch.randint(0, 3, (b,), generator=g)
+    objective = _objective(t2h=True)
+    seen = []
+    real = objective.prepare
+
+    def spy(*args, **kwargs):
+        ctx, extras = real(*args, **kwargs)
+        seen.append((ctx.x0.shape[0], ctx.target.clone()))
+        return ctx, extras
+
+    monkeypatch.setattr(objective, "prepare", spy)
+    torch.manual_seed(5)
+    objective(tiny_unet(3), x0, y)
+    for rank in range(world):
+        lo, hi = DistContext(rank=rank, world=world).shard(b)
+        torch.manual_seed(5)
+        ShardedObjective(objective, lo, hi)(tiny_unet(3), x0, y)
+    (n_full, full), (n0, t0), (n1, t1) = seen
+    assert n_full == n0 == n1 == b  # every rank computes the targets over the global batch
+    assert torch.equal(full, t0) and torch.equal(full, t1)
+
+
+@pytest.mark.parametrize("t2h", [False, True])
+def test_shards_of_the_global_draw_rebuild_the_single_process_loss(t2h):
     b, world = 8, 2
     g = torch.Generator().manual_seed(0)
     x0 = torch.rand(b, 1, 8, 8, generator=g) * 2 - 1
     y = torch.randint(0, 3, (b,), generator=g)
     model = tiny_unet(3)
-    objective = _objective()
+    objective = _objective(t2h=t2h)
 
     torch.manual_seed(5)
     full = objective(model, x0, y)

@@ -49,6 +49,7 @@ class StepContext:
         num_classes: number of real classes (also the null label index).
         class_counts: training images per class ``[C]``.
         weight: per-row weight of the base loss ``[B]`` (EDM's lambda(sigma)) or None.
+        prediction: what the base loss regresses on: ``eps`` (the noise, ddpm) or ``x0`` (edm).
 
     Under ``torchrun`` the objective builds this context (and calls ``target`` and
     ``extra_labels``) on the GLOBAL batch, then hands each rank its rows
@@ -68,6 +69,7 @@ class StepContext:
     num_classes: int
     class_counts: torch.Tensor
     weight: Optional[torch.Tensor] = None
+    prediction: str = "eps"
 
     def rows(self, lo: int, hi: int) -> "StepContext":
         """The same context restricted to rows ``[lo, hi)``."""
@@ -77,7 +79,8 @@ class StepContext:
         return StepContext(x0=self.x0[lo:hi], y=self.y[lo:hi], y_in=self.y_in[lo:hi], keep=self.keep[lo:hi],
                            x_t=self.x_t[lo:hi], time=self.time[lo:hi], t=self.t[lo:hi], noise=self.noise[lo:hi],
                            target=self.target[lo:hi], schedule=self.schedule, num_classes=self.num_classes,
-                           class_counts=self.class_counts, weight=cut(self.weight))
+                           class_counts=self.class_counts, weight=cut(self.weight),
+                           prediction=self.prediction)
 
 
 @dataclass

@@ -120,12 +120,12 @@ class T2HMethod(TrainingMethod):
         self._moved: Optional[torch.Tensor] = None
 
     def target(self, ctx: StepContext) -> Optional[torch.Tensor]:
-        if ctx.target is not ctx.noise:
+        if ctx.prediction != "eps":
             raise CbdmError("method t2h replaces an epsilon target; it needs the ddpm loss "
                             "(objective.loss), not a loss that predicts something else")
         target, j = t2h_targets(ctx.x0, ctx.y, ctx.t, ctx.noise, ctx.schedule, self.class_counts,
                                 mode=self.mode, cut_time=self.cut_time)
-        # The objective may slice the global batch to a rank's rows: keep a per-row flag.
+        # Called on the global batch (see the module docstring): the logged share is the global one.
         self._moved = (j != torch.arange(j.shape[0], device=j.device)).float()
         return target
 
