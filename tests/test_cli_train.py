@@ -50,7 +50,7 @@ def test_train_writes_run_folder(tmp_path, tiny_config):
     assert [s for s, _ in ckpts] == [6]
     ck = load_checkpoint(ckpts[-1][1])
     assert ck.meta["num_classes"] == 10 and ck.meta["image_size"] == 8
-    assert ck.config["objective"]["regularizers"][0]["name"] == "cbdm"
+    assert ck.config["objective"]["methods"][0]["name"] == "cbdm"
     assert (out / "config.yaml").exists()
     assert list((out / "samples").glob("grid-*.png"))
     records = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
@@ -64,7 +64,7 @@ def test_cli_options_override_config(tmp_path, tiny_config):
               "--tau", "0.002", "--steps", "2", "--set", "model.options.ch=16")
     assert res.exit_code == 0, res.output
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert saved["objective"]["regularizers"][0]["options"] == {"y_dist": "sqrt", "tau": 0.002}
+    assert saved["objective"]["methods"][0]["options"] == {"y_dist": "sqrt", "tau": 0.002}
     assert saved["optim"]["steps"] == 2 and saved["model"]["options"]["ch"] == 16
 
 

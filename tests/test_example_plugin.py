@@ -15,16 +15,10 @@ EXAMPLE = REPO / "examples" / "cbdm-tailheavy"
 
 @pytest.fixture(scope="module")
 def plugin_env(tmp_path_factory):
-    target = tmp_path_factory.mktemp("site")
-    # Installed into a separate target folder so the test environment itself is left as it was.
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                           "--no-index", "--target", str(target), str(EXAMPLE)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.fail(f"pip install of the example plugin failed: {proc.stderr[-2000:]}")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(target), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env
+    from .test_example_method import install_copy
+
+    # Installed from a copy into a separate target folder: the repository and the test environment stay as they were.
+    return install_copy(EXAMPLE, tmp_path_factory.mktemp("site"))
 
 
 def _cbdm(env, *args, cwd=None):
@@ -53,7 +47,7 @@ def test_usable_from_cbdm_train(plugin_env, tmp_path):
                  "--out", tmp_path / "run", "--no-progress")
     assert proc.returncode == 0, proc.stderr
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert saved["objective"]["regularizers"][0]["options"]["y_dist"] == "inverse"
+    assert saved["objective"]["methods"][0]["options"]["y_dist"] == "inverse"
 
 
 def test_not_available_without_the_package(tmp_path):

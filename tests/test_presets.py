@@ -70,12 +70,12 @@ def test_paper_settings():
     assert cfg.optim.steps == 300_000 and cfg.optim.grad_clip == 1.0 and cfg.optim.batch_size == 128
     assert cfg.model.options == {"ch": 128, "ch_mult": [1, 2, 2, 2], "attn": [1], "num_res_blocks": 2,
                                  "dropout": 0.1, "num_groups": 32}
-    assert cfg.objective.regularizers[0].options == {"tau": 0.001, "gamma": 0.25, "y_dist": "train"}
+    assert cfg.objective.methods[0].options == {"tau": 0.001, "gamma": 0.25, "y_dist": "train"}
     guidance = {n: parse_train_config(load_preset(n)).preview.guidance
                 for n in ("t1-cifar100lt-cbdm", "t1-cifar100-cbdm", "t1-cifar10lt-cbdm", "t1-cifar10-cbdm")}
     assert guidance == {"t1-cifar100lt-cbdm": 1.6, "t1-cifar100-cbdm": 0.8, "t1-cifar10lt-cbdm": 1.0,
                         "t1-cifar10-cbdm": 0.8}
-    assert parse_train_config(load_preset("t1-cifar100lt-ddpm")).objective.regularizers == []
+    assert parse_train_config(load_preset("t1-cifar100lt-ddpm")).objective.methods == []
 
 
 def _train(tmp_path, name, root, *extra):

@@ -10,7 +10,7 @@ from cbdm_core.registry import KINDS, build_registry, split_name
 def test_builtins_cover_every_core_kind():
     reg = build_registry()
     kinds = {c.kind for c in reg}
-    for kind in ("backbone", "noise_schedule", "label_distribution", "regularizer", "sampler", "guidance"):
+    for kind in ("backbone", "noise_schedule", "label_distribution", "method", "sampler", "guidance"):
         assert kind in kinds
     assert {"train", "bal", "sqrt", "pow"} <= set(reg.names("label_distribution"))
     assert {"linear", "cosine"} <= set(reg.names("noise_schedule"))

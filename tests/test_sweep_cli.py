@@ -152,7 +152,7 @@ def test_tau_sweep_trains_one_run_per_value(classifier, work):
     assert doc["parameter"] == "tau" and [p["value"] for p in doc["points"]] == [0, 0.002]
     plain = (out / "tau-0" / "config.yaml").read_text()
     cbdm = (out / "tau-0.002" / "config.yaml").read_text()
-    assert "regularizers: []" in plain and "tau: 0.002" in cbdm
+    assert "methods: []" in plain and "tau: 0.002" in cbdm
     for p in doc["points"]:
         assert Path(p["run"], "checkpoints", "ckpt-00000003.safetensors").is_file()
         assert p["metrics"]["fid"] is not None
