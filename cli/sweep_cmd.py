@@ -1,5 +1,5 @@
-"""``cbdm sweep``: a metric curve over guidance strengths (paper Figure 6) or over the CBDM
-weight tau, one trained run per value (paper Figure 5)."""
+"""``cbdm sweep``: a metric curve over guidance strengths (paper Figure 6) or over a numeric
+option of a training method, one trained run per value (``sweep option``; ``sweep tau``, Figure 5)."""
 
 from __future__ import annotations
 
@@ -104,8 +104,8 @@ def _report(result, out: Path, reporter: Reporter) -> None:
 @click.group("sweep", cls=_SweepGroup)
 def sweep_group() -> None:
     """Metric curves over a setting: guidance strength w for one checkpoint (Figure 6 of the
-    paper; `cbdm sweep RUN`), or the CBDM weight tau, training one run per value (Figure 5;
-    `cbdm sweep tau`). Each point's samples stay in their own folder and a re-run continues
+    paper; `cbdm sweep RUN`), or any numeric option of a training method, training one run per
+    value (`cbdm sweep option cbdm.tau`; `cbdm sweep tau` is its CBDM shorthand, Figure 5). Each point's samples stay in their own folder and a re-run continues
     an interrupted sweep. Writes sweep.json and sweep.png."""
 
 
@@ -149,57 +149,118 @@ def guidance_cmd(run_path: Path, grid: str, dataset: Optional[str], data_root: O
     _report(result, out, reporter)
 
 
-@sweep_group.command("tau")
-@click.option("--values", "values", required=True, help="tau values: a list like 0,0.0005,0.001,0.002 or "
-              "start:stop:step. tau = 0 trains plain DDPM.")
-@click.option("--preset", help="Training preset (default: quickstart when no --config is given).")
-@click.option("--config", type=click.Path(path_type=Path), help="Training configuration file.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any training config field.")
-@click.option("--train-steps", type=int, help="Training steps of every run.")
-@click.option("--train-seed", type=int, help="Training seed of every run.")
-@click.option("--dataset", help="Training (and evaluation) dataset.")
-@click.option("--data-root", type=click.Path(path_type=Path), help="Dataset folder.")
-@click.option("--guidance", type=float, default=0.0, show_default=True, help="Sampling guidance w of every run.")
-@_sampling_options
-@click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Sweep folder.")
-def tau_cmd(values: str, preset: Optional[str], config: Optional[Path], sets: tuple[str, ...],
-            train_steps: Optional[int], train_seed: Optional[int], dataset: Optional[str],
-            data_root: Optional[Path], guidance: float, num: int, classes: str, sampler: str,
-            steps: Optional[int], eta: float, seed: int, batch_size: int, metrics: str, select: str,
-            device: str, out: Path, **features: Any) -> None:
-    """Train one run per tau (same config, seed and steps otherwise), then sample and evaluate each."""
-    from cbdm_core.build import resolve_device
-    from cbdm_core.experiments.sweeps import SamplingSettings, SweepInterrupted, parse_grid, training_sweep
+def _training_options(f):
+    decorators = [
+        click.option("--preset", help="Training preset (default: quickstart when no --config is given)."),
+        click.option("--config", type=click.Path(path_type=Path), help="Training configuration file."),
+        click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any training config field."),
+        click.option("--train-steps", type=int, help="Training steps of every run."),
+        click.option("--train-seed", type=int, help="Training seed of every run."),
+        click.option("--dataset", help="Training (and evaluation) dataset."),
+        click.option("--data-root", type=click.Path(path_type=Path), help="Dataset folder."),
+        click.option("--guidance", type=float, default=0.0, show_default=True, help="Sampling guidance w of every run."),
+    ]
+    for decorate in reversed(decorators):
+        f = decorate(f)
+    return _sampling_options(f)
 
-    from .train_cmd import build_config
+
+def _run_training_sweep(parameter: str, values: list, config_for, *, data_root: Optional[Path], guidance: float,
+                        num: int, classes: str, sampler: str, steps: Optional[int], eta: float, seed: int,
+                        batch_size: int, metrics: str, select: str, device: str, out: Path, **features: Any) -> None:
+    """Train, sample and evaluate one run per value (shared by ``sweep option`` and ``sweep tau``)."""
+    from cbdm_core.build import resolve_device
+    from cbdm_core.experiments.sweeps import SamplingSettings, SweepInterrupted, training_sweep
 
     reporter = Reporter()
-    taus = parse_grid(values)
-    if any(t < 0 for t in taus):
-        raise CbdmError("tau values must be >= 0")
     _check_select(select, metrics)
-    opts = {"steps": train_steps, "seed": train_seed, "dataset": dataset, "data_root": data_root}
-
-    def config_for(tau: float):
-        if tau == 0:
-            return build_config(config, preset, {**opts, "method": "ddpm"}, sets)
-        return build_config(config, preset, {**opts, "tau": tau}, sets)
-
-    base = config_for(taus[-1])
+    base = config_for(values[-1])
     sampling = SamplingSettings(num=num, classes=classes, sampler=sampler, steps=steps, eta=eta, seed=seed,
                                 batch_size=batch_size, guidance=guidance)
     root = data_root if data_root is not None else base.data.root
     options = _eval_options(base.data.dataset, None if root is None else Path(root), metrics, device=device,
                             **features)
-    reporter.say(f"tau sweep: {', '.join(f'{t:g}' for t in taus)}; {base.optim.steps} training steps each on "
-                 f"{base.data.dataset}; results in {out}")
+    reporter.say(f"{parameter} sweep: {', '.join(f'{v:g}' for v in values)}; {base.optim.steps} training steps "
+                 f"each on {base.data.dataset}; results in {out}")
     try:
         with LogToReporter(reporter):
-            result = training_sweep("tau", taus, config_for, out_dir=out, sampling=sampling, eval_options=options,
-                                    select=select, device=str(resolve_device(device)), on_status=reporter.status,
-                                    on_log=lambda rec: reporter.status(
-                                        f"  step {rec['step']}: loss {rec['total']:.4f}"))
+            result = training_sweep(parameter, values, config_for, out_dir=out, sampling=sampling,
+                                    eval_options=options, select=select, device=str(resolve_device(device)),
+                                    on_status=reporter.status,
+                                    on_log=lambda rec: reporter.status(f"  step {rec['step']}: loss {rec['total']:.4f}"))
     except SweepInterrupted as exc:
         reporter.say(f"{exc}; re-run the same command to continue")
         raise SystemExit(130)
     _report(result, out, reporter)
+
+
+def numeric_option(parameter: str) -> tuple[str, str, type]:
+    """``"cbdm.tau"`` -> ``("cbdm", "tau", float)``; one-line errors for anything not sweepable."""
+    from cbdm_core.methods.options import describe_options
+
+    from .method_options import check_option, method_spec
+
+    method, dot, key = parameter.partition(".")
+    if not dot or not key:
+        raise CbdmError(f"sweep option takes METHOD.OPTION (e.g. cbdm.tau), got {parameter!r}")
+    check_option(method, key)
+    row = next(o for o in describe_options(method_spec(method).options_model) if o["name"] == key)
+    if not row["numeric"]:
+        raise CbdmError(f"option {parameter} is {row['type']}, not a number; only numeric options can be swept")
+    return method, key, int if row["type"].startswith("int") else float
+
+
+@sweep_group.command("option")
+@click.argument("parameter", metavar="METHOD.OPTION")
+@click.option("--values", "values", required=True, help="A list like 0,0.5,1 or start:stop:step.")
+@click.option("--method", "methods", multiple=True, metavar="NAME",
+              help="Training method(s) of every run [default: the config's]; must include METHOD.")
+@_training_options
+@click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Sweep folder.")
+def option_cmd(parameter: str, values: str, methods: tuple[str, ...], preset: Optional[str],
+               config: Optional[Path], sets: tuple[str, ...], train_steps: Optional[int],
+               train_seed: Optional[int], dataset: Optional[str], data_root: Optional[Path], **rest: Any) -> None:
+    """Train one run per value of any numeric method option (same config, seed and steps otherwise),
+    then sample and evaluate each."""
+    from cbdm_core.experiments.sweeps import parse_grid
+
+    from .train_cmd import build_config
+
+    method, key, kind = numeric_option(parameter)
+    grid = parse_grid(values)
+    if kind is int and any(v != int(v) for v in grid):
+        raise CbdmError(f"option {parameter} takes whole numbers")
+    opts = {"steps": train_steps, "seed": train_seed, "dataset": dataset, "data_root": data_root,
+            "method": methods}
+
+    def config_for(value: float):
+        item = f"{parameter}={int(value) if kind is int else value}"
+        return build_config(config, preset, {**opts, "method_opts": (item,)}, sets)
+
+    _run_training_sweep(parameter, grid, config_for, data_root=data_root, **rest)
+
+
+@sweep_group.command("tau")
+@click.option("--values", "values", required=True, help="tau values: a list like 0,0.0005,0.001,0.002 or "
+              "start:stop:step. tau = 0 trains plain DDPM.")
+@_training_options
+@click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Sweep folder.")
+def tau_cmd(values: str, preset: Optional[str], config: Optional[Path], sets: tuple[str, ...],
+            train_steps: Optional[int], train_seed: Optional[int], dataset: Optional[str],
+            data_root: Optional[Path], **rest: Any) -> None:
+    """CBDM shorthand of `cbdm sweep option cbdm.tau`, where tau = 0 trains plain DDPM (--method ddpm)."""
+    from cbdm_core.experiments.sweeps import parse_grid
+
+    from .train_cmd import build_config
+
+    taus = parse_grid(values)
+    if any(t < 0 for t in taus):
+        raise CbdmError("tau values must be >= 0")
+    opts = {"steps": train_steps, "seed": train_seed, "dataset": dataset, "data_root": data_root}
+
+    def config_for(tau: float):
+        if tau == 0:
+            return build_config(config, preset, {**opts, "method": ("ddpm",)}, sets)
+        return build_config(config, preset, {**opts, "tau": tau}, sets)
+
+    _run_training_sweep("tau", taus, config_for, data_root=data_root, **rest)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from cbdm_core.build import build_model
 from cbdm_core.checkpoint import Checkpoint, save_checkpoint
@@ -166,3 +167,26 @@ def test_tau_sweep_trains_one_run_per_value(classifier, work):
               "--guidance", "1", "--num", "20", "--steps", "2", "--out", out, *_eval_args(classifier, work))
     assert ckpt.stat().st_mtime_ns == before and ": training" not in res.output
     _fails("tau", "--values", "-1,0.001", "--out", out, match="tau values")
+
+
+def test_option_sweep_over_any_method_option(classifier, work):
+    out = work / "osweep"
+    _ok("option", "t2h.cut_time", "--method", "t2h", "--values", "10,90", "--train-steps", "2",
+        "--set", "optim.batch_size=8", "--set", "preview.per_class=1", "--set", "preview.steps=2",
+        "--set", "diffusion.T=100",
+        *[x for k, v in TINY_UNET.items() for x in ("--set", f"model.options.{k}={json.dumps(v)}")],
+        "--num", "20", "--steps", "2", "--out", out, *_eval_args(classifier, work))
+    doc = json.loads((out / "sweep.json").read_text())
+    assert doc["parameter"] == "t2h.cut_time" and [p["value"] for p in doc["points"]] == [10, 90]
+    for value in (10, 90):
+        saved = yaml.safe_load((out / f"t2h.cut_time-{value}" / "config.yaml").read_text())
+        assert saved["objective"]["methods"] == [{"name": "t2h", "options": {"cut_time": value}}]
+
+
+def test_option_sweep_errors_are_one_line(work):
+    out = work / "never"
+    _fails("option", "t2h.mode", "--values", "1", "--out", out, match="not a number")
+    _fails("option", "cbdm.tua", "--values", "1", "--out", out, match="options: tau, gamma")
+    _fails("option", "t2h.cut_time", "--values", "0.5", "--method", "t2h", "--out", out, match="whole numbers")
+    _fails("option", "nope.x", "--values", "1", "--out", out, match="unknown method 'nope'")
+    assert not out.exists()
