@@ -115,6 +115,7 @@ def check_components(cfg: TrainConfig) -> None:
         if spec.check is not None:  # the method's own fail-fast checks (e.g. CBDM's y' distribution)
             spec.check(options)
     reg.get("sampler", cfg.preview.sampler)
+    reg.get("guidance", cfg.preview.guidance_method)
     if cfg.init_from is not None:
         resolve_checkpoint(cfg.init_from)
 

@@ -14,6 +14,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .sampling.settings import SamplingSettings
 
 
 class _Strict(BaseModel):
@@ -82,15 +83,6 @@ class OptimConfig(_Strict):
     steps: int = Field(300_000, ge=1)
 
 
-class SamplingPreview(_Strict):
-    """How training previews (sample grids) are drawn."""
-
-    sampler: str = "ddim"
-    steps: int = Field(100, ge=1)
-    guidance: float = Field(0.0, ge=0)
-    per_class: int = Field(10, ge=1, le=64)
-
-
 class PerfConfig(_Strict):
     """Speed settings; they change how fast a step runs, not what it computes (up to rounding)."""
 
@@ -115,7 +107,8 @@ class TrainConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
-    preview: SamplingPreview = Field(default_factory=SamplingPreview)
+    # Training previews: one grid row per class (per_class images), at the training seed unless preview.seed.
+    preview: SamplingSettings = Field(default_factory=lambda: SamplingSettings(steps=100))
     perf: PerfConfig = Field(default_factory=PerfConfig)
     seed: int = 0
     init_from: Optional[Path] = None  # pre-trained run folder or checkpoint to start from

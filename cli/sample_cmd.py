@@ -64,7 +64,9 @@ def _size(n: float) -> str:
 @click.option("--steps", type=int, help="Sampling steps (default: the sampler's, capped at T; ddim 100, ddpm T).")
 @click.option("--eta", type=float, help="DDIM noise, 0 = deterministic (default 0; ddpm takes none).")
 @click.option("--guidance", "-w", type=float, default=0.0, show_default=True,
-              help="Classifier-free guidance strength w (0 = plain conditional).")
+              help="Guidance strength w (0 = plain conditional).")
+@click.option("--guidance-method", default="cfg", show_default=True,
+              help="Registered guidance used when w > 0: cfg (classifier-free), none, or a plugin's.")
 @click.option("--num", "-n", type=int, help=f"Number of images (default {DEFAULT_PER_CLASS} per class).")
 @click.option("--classes", default="balanced", show_default=True,
               help="balanced (equal per class), train (training frequencies), or class indices like 0,3,7.")
@@ -83,6 +85,7 @@ def _size(n: float) -> str:
 @click.option("--overwrite", is_flag=True, help="Replace samples made with other settings in --out.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def sample(run_path: Path, sampler: str, steps: Optional[int], eta: Optional[float], guidance: float,
+           guidance_method: str,
            num: Optional[int], classes: str, batch_size: int, seed: int, ema: bool, out: Optional[Path],
            device: str, var_type: Optional[str], spacing: Optional[str], sampler_opts: tuple[str, ...],
            clip: Optional[bool], shard_size: int,
@@ -94,6 +97,7 @@ def sample(run_path: Path, sampler: str, steps: Optional[int], eta: Optional[flo
     from cbdm_core.run import load_run
     from cbdm_core.sampling.generate import estimate_output_bytes, generate_samples, resolve_steps
     from cbdm_core.sampling.plan import plan_labels
+    from cbdm_core.sampling.settings import SamplingSettings
 
     console = Console(stderr=True)
 
@@ -106,7 +110,8 @@ def sample(run_path: Path, sampler: str, steps: Optional[int], eta: Optional[flo
         raise CbdmError(f"--batch-size must be positive, got {batch_size}")
     if shard_size <= 0:
         raise CbdmError(f"--shard-size must be positive, got {shard_size}")
-    get_registry().get("sampler", sampler)  # unknown sampler: fail before loading anything
+    get_registry().get("sampler", sampler)  # unknown sampler or guidance: fail before loading anything
+    get_registry().get("guidance", guidance_method)
 
     run = load_run(run_path, ema=ema, device=resolve_device(device))
     if next(run.model.parameters()).device.type == "cpu":
@@ -124,6 +129,9 @@ def sample(run_path: Path, sampler: str, steps: Optional[int], eta: Optional[flo
     if spacing is not None:
         options["spacing"] = spacing
     out = out if out is not None else default_out_dir(run_path, sampler, steps, guidance)
+    settings = SamplingSettings(sampler=sampler, steps=steps, eta=0.0 if eta is None else eta, guidance=guidance,
+                                guidance_method=guidance_method, clip_denoised=clip, sampler_options=options,
+                                seed=seed, num=num, classes=classes, batch_size=batch_size, ema=ema)
 
     image_shape = (int(run.meta["channels"]), int(run.meta["image_size"]), int(run.meta["image_size"]))
     need, free = estimate_output_bytes(num, image_shape), _free_bytes(out)
@@ -148,9 +156,7 @@ def sample(run_path: Path, sampler: str, steps: Optional[int], eta: Optional[flo
 
     try:
         result = generate_samples(
-            run, labels, out_dir=out, sampler=sampler, steps=steps, eta=0.0 if eta is None else eta,
-            guidance=guidance, seed=seed, batch_size=batch_size, shard_size=shard_size, clip_denoised=clip,
-            sampler_options=options, classes=classes, ema=ema, overwrite=overwrite,
+            run, labels, out_dir=out, settings=settings, shard_size=shard_size, overwrite=overwrite,
             on_progress=on_progress, on_ready=on_ready)
     except KeyboardInterrupt:
         bar.stop()

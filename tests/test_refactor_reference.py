@@ -56,3 +56,34 @@ def test_ddpm_training_is_bit_identical(tmp_path):
 def test_cbdm_training_is_bit_identical(tmp_path):
     want = load_checkpoint(FIXTURES / "legacy-cbdm-ckpt.safetensors").model
     _assert_identical(_trained(tmp_path, "--set-size", "2", "--tau", "0.01"), want)
+
+
+def test_legacy_config_parses_with_its_regularizers_as_methods():
+    cfg = parse_train_config(yaml.safe_load((FIXTURES / "legacy-cbdm-config.yaml").read_text()))
+    assert [(m.name, m.options) for m in cfg.objective.methods] == [("cbdm", {"tau": 0.01, "set_size": 2})]
+    assert cfg.preview.sampler == "ddim" and cfg.preview.per_class == 1
+
+
+def test_legacy_checkpoint_loads_and_samples(tmp_path):
+    from cbdm_core import load_run
+
+    run = load_run(FIXTURES / "legacy-cbdm-ckpt.safetensors")
+    assert run.step == 4 and run.config.objective.methods[0].name == "cbdm"
+    out = tmp_path / "samples"
+    cli_ok("sample", FIXTURES / "legacy-cbdm-ckpt.safetensors", "-n", "10", "--steps", "2", "--out", out)
+    assert (out / "grid.png").is_file()
+
+
+def test_legacy_run_can_be_resumed_and_fine_tuned(tmp_path):
+    # A run folder written before the change: its config.yaml says objective.regularizers.
+    run = tmp_path / "legacy"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text((FIXTURES / "legacy-cbdm-config.yaml").read_text())
+    import shutil
+
+    shutil.copy(FIXTURES / "legacy-cbdm-ckpt.safetensors", run / "checkpoints" / "ckpt-00000004.safetensors")
+    cli_ok("train", "--out", run, "--resume", "--steps", "5", "--no-progress")
+    assert [s for s, _ in list_checkpoints(run / "checkpoints")][-1] == 5
+    res = cli_ok("train", "--config", FIXTURES / "train-reference.yaml", "--method", "t2h", "--init-from", run,
+                 "--steps", "1", "--out", tmp_path / "ft", "--no-progress")
+    assert "initialised from" in res.output

@@ -20,6 +20,10 @@ from typing import Any, Callable, Optional, Sequence
 
 from ..atomic import atomic_path, atomic_write_text
 from ..errors import CbdmError
+from ..sampling.settings import SamplingSettings
+
+__all__ = ["SamplingSettings", "guidance_sweep", "training_sweep", "parse_grid", "best_point", "SweepPoint",
+           "SweepResult", "SweepInterrupted"]
 
 SWEEP_JSON = "sweep.json"
 SWEEP_PLOT = "sweep.png"
@@ -168,33 +172,6 @@ def plot_sweep(result: SweepResult, path: Path, metrics: Sequence[str] = ("fid",
     return Path(path)
 
 
-@dataclass
-class SamplingSettings:
-    """How every point of a sweep is sampled (the same for all points).
-
-    Args:
-        num: images per point.
-        classes: ``balanced``, ``train`` or class indices (see ``cbdm sample --classes``).
-        sampler: registered sampler name.
-        steps: sampling steps (``None``: the sampler's default capped at T).
-        eta: DDIM noise.
-        seed: sample ``i`` gets the same noise at every point.
-        batch_size: images per network batch.
-        guidance: w for training sweeps (a guidance sweep sets w per point).
-        ema: sample the EMA weights.
-    """
-
-    num: int
-    classes: str = "balanced"
-    sampler: str = "ddim"
-    steps: Optional[int] = None
-    eta: float = 0.0
-    seed: int = 0
-    batch_size: int = 256
-    guidance: float = 0.0
-    ema: bool = True
-
-
 def _sample_and_evaluate(run: Any, out_dir: Path, guidance: float, sampling: SamplingSettings,
                          eval_options: Any, status: StatusFn) -> tuple[dict[str, Optional[float]], Any]:
     from ..evaluation import evaluate, write_metrics_json
@@ -203,9 +180,8 @@ def _sample_and_evaluate(run: Any, out_dir: Path, guidance: float, sampling: Sam
 
     labels = plan_labels(sampling.classes, sampling.num, run.num_classes, run.meta.get("class_counts"))
     steps = resolve_steps(sampling.sampler, sampling.steps, run.schedule.num_timesteps)
-    generate_samples(run, labels, out_dir=out_dir, sampler=sampling.sampler, steps=steps, eta=sampling.eta,
-                     guidance=guidance, seed=sampling.seed, batch_size=sampling.batch_size,
-                     classes=sampling.classes, ema=sampling.ema)
+    generate_samples(run, labels, out_dir=out_dir, settings=sampling.model_copy(update={"steps": steps,
+                                                                                      "guidance": guidance}))
     result = evaluate(out_dir, eval_options, on_status=status)
     write_metrics_json(result, out_dir / "metrics.json")
     return result.values(), result.extractor
@@ -268,8 +244,11 @@ def guidance_sweep(run: Any, ws: Sequence[float], *, out_dir: Path, sampling: Sa
 
 
 def _sampling_dict(sampling: SamplingSettings) -> dict[str, Any]:
-    return {"num": sampling.num, "classes": sampling.classes, "sampler": sampling.sampler,
-            "steps": sampling.steps, "eta": sampling.eta, "seed": sampling.seed, "ema": sampling.ema}
+    out = {"num": sampling.num, "classes": sampling.classes, "sampler": sampling.sampler,
+           "steps": sampling.steps, "eta": sampling.eta, "seed": sampling.seed or 0, "ema": sampling.ema}
+    if sampling.guidance_method != "cfg":
+        out["guidance_method"] = sampling.guidance_method
+    return out
 
 
 def _finish(result: SweepResult, extractor: Any) -> SweepResult:

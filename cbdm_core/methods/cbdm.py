@@ -102,6 +102,8 @@ def build_cbdm_regularizer(options: CBDMOptions, ctx: MethodBuildContext) -> CBD
     """Factory of the ``cbdm`` method."""
     from ..label_distributions import resolve_label_distribution
 
+    if ctx.num_classes == 0:  # an unconditional model has no y' to draw: nothing to regularise
+        return CBDMRegularizer(probs=torch.ones(0), tau=0.0, gamma=options.gamma, set_size=options.set_size)
     probs = resolve_label_distribution(options.y_dist, ctx.class_counts)
     if probs.shape[0] != ctx.num_classes:
         raise CbdmError(f"class counts list {probs.shape[0]} classes, the model has {ctx.num_classes}")

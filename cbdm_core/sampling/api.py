@@ -37,7 +37,7 @@ def _check_labels(y: torch.Tensor, batch: int, num_classes: Optional[int], null_
 
 def sample(model: Any, schedule: NoiseSchedule, x_T: torch.Tensor, y: torch.Tensor, *,
            sampler: str = "ddim", steps: Optional[int] = None, eta: float = 0.0, guidance: float = 0.0,
-           clip_denoised: Optional[bool] = None, generator: GeneratorArg = None,
+           guidance_method: str = "cfg", clip_denoised: Optional[bool] = None, generator: GeneratorArg = None,
            null_label: Optional[int] = None, callback: Optional[StepCallback] = None,
            **sampler_options: Any) -> torch.Tensor:
     """Denoise ``x_T`` into ``x_0`` (float, not quantised) with a registered sampler.
@@ -52,7 +52,9 @@ def sample(model: Any, schedule: NoiseSchedule, x_T: torch.Tensor, y: torch.Tens
         steps: number of steps; ``None`` = the sampler's default (ddim: 100,
             ddpm: all T). ddpm rejects any value other than T.
         eta: DDIM noise (0 deterministic); ddpm takes none.
-        guidance: classifier-free guidance strength w >= 0 (0 = plain conditional).
+        guidance: guidance strength w >= 0 (0 = plain conditional).
+        guidance_method: registered guidance (kind ``guidance``) used when w > 0: ``cfg``
+            (classifier-free, the default), ``none`` (the model as is), or a plugin's.
         clip_denoised: clamp predicted x_0 to [-1, 1]; ``None`` = sampler default
             (ddpm: True, ddim: False).
         generator: ``None``, a ``torch.Generator``, or a list with one generator
@@ -79,10 +81,11 @@ def sample(model: Any, schedule: NoiseSchedule, x_T: torch.Tensor, y: torch.Tens
     if not w >= 0.0:
         raise CbdmError(f"guidance must be >= 0, got {guidance}")
     spec: SamplerSpec = _lookup("sampler", sampler)
+    guide = _lookup("guidance", guidance_method)  # an unknown name fails also at w = 0
     if w > 0.0:
         if null_label is None:
             raise CbdmError("guidance needs a null label: the model has no num_classes; pass null_label=")
-        denoise_fn = _lookup("guidance", "cfg")(model, w, int(null_label))
+        denoise_fn = guide(model, w, int(null_label))
     else:
         denoise_fn = model
     if steps is None:

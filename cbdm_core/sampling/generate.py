@@ -22,6 +22,7 @@ from ..images import as_numpy_nhwc, class_rows, grid_image, save_png, to_uint8
 from . import shards as sh
 from .api import sample
 from .noise import randn_like_per_sample, sample_generators
+from .settings import SamplingSettings
 
 if TYPE_CHECKING:
     from ..run import LoadedRun
@@ -64,7 +65,8 @@ class _NullDenoiser:
 
 
 def preflight(run: "LoadedRun", *, sampler: str, steps: int, eta: float, guidance: float,
-              clip_denoised: Optional[bool], sampler_options: Mapping[str, Any]) -> None:
+              clip_denoised: Optional[bool], sampler_options: Mapping[str, Any],
+              guidance_method: str = "cfg") -> None:
     """Run the sampler once on a 1-pixel image with a dummy denoiser.
 
     The sampler itself then rejects bad settings (unknown sampler or option,
@@ -73,7 +75,7 @@ def preflight(run: "LoadedRun", *, sampler: str, steps: int, eta: float, guidanc
     """
     x = torch.zeros(1, 1, 1, 1)
     sample(_NullDenoiser(run.num_classes), run.schedule, x, torch.zeros(1, dtype=torch.long), sampler=sampler,
-           steps=steps, eta=eta, guidance=guidance, clip_denoised=clip_denoised,
+           steps=steps, eta=eta, guidance=guidance, guidance_method=guidance_method, clip_denoised=clip_denoised,
            generator=sample_generators(0, [0]), **dict(sampler_options))
 
 
@@ -95,11 +97,8 @@ def _image_shape(run: "LoadedRun") -> tuple[int, int, int]:
         return int(run.model.channels), int(run.model.image_size), int(run.model.image_size)
 
 
-def generate_samples(run: "LoadedRun", labels: Sequence[int], *, out_dir: Path, sampler: str = "ddim",
-                     steps: Optional[int] = None, eta: float = 0.0, guidance: float = 0.0, seed: int = 0,
-                     batch_size: int = 256, shard_size: int = 5000, clip_denoised: Optional[bool] = None,
-                     sampler_options: Optional[Mapping[str, Any]] = None, classes: str = "custom",
-                     ema: Optional[bool] = None, overwrite: bool = False, grid_per_class: int = 10,
+def generate_samples(run: "LoadedRun", labels: Sequence[int], *, out_dir: Path,
+                     settings: Optional[SamplingSettings] = None, shard_size: int = 5000, overwrite: bool = False,
                      on_progress: Optional[ProgressFn] = None,
                      on_ready: Optional[Callable[[int], None]] = None) -> SampleResult:
     """Sample ``len(labels)`` images from ``run`` into shards under ``out_dir``.
@@ -112,21 +111,20 @@ def generate_samples(run: "LoadedRun", labels: Sequence[int], *, out_dir: Path, 
             when the settings match its manifest; other settings raise
             :class:`CbdmError` unless ``overwrite`` (which first removes the
             shards, manifest and grid, nothing else).
-        sampler, steps, eta, guidance, clip_denoised, sampler_options: as for
-            :func:`cbdm_core.sampling.sample`; ``steps=None`` is the sampler's
-            default capped at T.
-        seed: sample ``i`` uses ``sample_generators(seed, [i])``.
-        batch_size: images per network batch (does not change the images).
+        settings: how to sample (:class:`~cbdm_core.sampling.settings.SamplingSettings`;
+            ``num`` is ignored here: ``labels`` says how many). Sample ``i`` uses
+            ``sample_generators(seed, [i])``; ``classes`` and ``ema`` are recorded in the
+            manifest; ``per_class`` images per class row of ``grid.png``.
         shard_size: images per shard file.
-        classes: how the labels were chosen (recorded in the manifest; the
-            labels themselves are what a resume compares).
-        ema: whether ``run`` holds EMA weights (recorded in the manifest).
-        grid_per_class: images per class row of ``grid.png``.
         on_progress: ``on_progress(images_done, total)`` as sampling advances;
             ``images_done`` counts the kept shards first, then the new images.
         on_ready: ``on_ready(images_already_done)`` once the plan is checked,
             before the first network call.
     """
+    st = settings if settings is not None else SamplingSettings()
+    sampler, steps, eta, guidance, guidance_method = st.sampler, st.steps, st.eta, st.guidance, st.guidance_method
+    seed, batch_size, clip_denoised, sampler_options = st.seed or 0, st.batch_size, st.clip_denoised, st.sampler_options
+    classes, ema, grid_per_class = st.classes, st.ema, st.per_class
     out_dir = Path(out_dir)
     labels_np = np.asarray(list(labels), dtype=np.int64)
     num = int(labels_np.size)
@@ -150,7 +148,7 @@ def generate_samples(run: "LoadedRun", labels: Sequence[int], *, out_dir: Path, 
     steps = resolve_steps(sampler, steps, T)
     eta, guidance = float(eta), float(guidance)
     preflight(run, sampler=sampler, steps=steps, eta=eta, guidance=guidance, clip_denoised=clip_denoised,
-              sampler_options=options)
+              sampler_options=options, guidance_method=guidance_method)
 
     chw = _image_shape(run)
     counts = np.bincount(labels_np, minlength=C).tolist()
@@ -162,6 +160,8 @@ def generate_samples(run: "LoadedRun", labels: Sequence[int], *, out_dir: Path, 
         "counts_per_class": counts, "labels_sha256": _labels_digest(labels_np), "shard_size": int(shard_size),
         "image_shape": [chw[1], chw[2], chw[0]],
     }
+    if guidance_method != "cfg":  # only then, so folders sampled before this setting existed still resume
+        settings["guidance_method"] = guidance_method
     _prepare_folder(out_dir, settings, overwrite)
     class_names = list((run.meta or {}).get("class_names") or
                        (["unconditional"] if run.num_classes == 0 else [str(k) for k in range(C)]))
@@ -192,7 +192,8 @@ def generate_samples(run: "LoadedRun", labels: Sequence[int], *, out_dir: Path, 
             result.skipped.append(path)
         else:
             images = _sample_span(run, span, labels_np, sampler=sampler, steps=steps, eta=eta,
-                                  guidance=guidance, seed=seed, batch_size=batch_size, chw=chw,
+                                  guidance=guidance, guidance_method=guidance_method, seed=seed,
+                                  batch_size=batch_size, chw=chw,
                                   clip_denoised=clip_denoised, options=options, done=done, num=num,
                                   on_progress=on_progress)
             sh.write_shard(path, images, want)
@@ -228,7 +229,7 @@ def _prepare_folder(out_dir: Path, settings: dict[str, Any], overwrite: bool) ->
 
 
 def _sample_span(run: "LoadedRun", span: sh.ShardSpan, labels: np.ndarray, *, sampler: str, steps: int,
-                 eta: float, guidance: float, seed: int, batch_size: int, chw: tuple[int, int, int],
+                 eta: float, guidance: float, guidance_method: str, seed: int, batch_size: int, chw: tuple[int, int, int],
                  clip_denoised: Optional[bool], options: dict[str, Any], done: int, num: int,
                  on_progress: Optional[ProgressFn]) -> np.ndarray:
     """uint8 NHWC images of one shard, in batches of at most ``batch_size``."""
@@ -246,7 +247,7 @@ def _sample_span(run: "LoadedRun", span: sh.ShardSpan, labels: np.ndarray, *, sa
                 on_progress(_base + _n * (i + 1) / total, num)
 
         x0 = sample(run.model, run.schedule, x_T, y, sampler=sampler, steps=steps, eta=eta, guidance=guidance,
-                    clip_denoised=clip_denoised, generator=gens, callback=step_cb, **options)
+                    guidance_method=guidance_method, clip_denoised=clip_denoised, generator=gens, callback=step_cb, **options)
         out[b0 - span.start:b1 - span.start] = as_numpy_nhwc(to_uint8(x0))
     return out
 

@@ -284,17 +284,18 @@ class Trainer:
     def preview(self, ema_model: torch.nn.Module, schedule, num_classes: int, step: int) -> Path:
         """Sample a grid with one row per class from the EMA model."""
         from ..sampling import sample
+        from ..sampling.generate import resolve_steps
 
         p = self.cfg.preview
         device = next(ema_model.parameters()).device
         y = torch.arange(num_classes, device=device).repeat_interleave(p.per_class)
-        g = torch.Generator().manual_seed(self.cfg.seed)
+        g = torch.Generator().manual_seed(self.cfg.seed if p.seed is None else p.seed)
         shape = (len(y), ema_model.channels, ema_model.image_size, ema_model.image_size)
         x_T = torch.randn(shape, generator=g).to(device)
         ema_model.eval()
         ema_model = self._for_sampling(ema_model)
-        x0 = sample(ema_model, schedule, x_T, y, sampler=p.sampler, steps=p.steps, guidance=p.guidance,
-                    generator=g)
+        x0 = sample(ema_model, schedule, x_T, y, generator=g, **p.model_copy(update={
+            "steps": resolve_steps(p.sampler, p.steps, schedule.num_timesteps)}).sample_kwargs())
         imgs = to_uint8(x0).cpu()
         path = self.run_dir / "samples" / f"grid-{step:08d}.png"
         save_png(grid_image(class_rows(imgs, y.cpu(), num_classes, p.per_class), nrow=p.per_class), path)
