@@ -9,10 +9,13 @@ from typing import Any, Union
 import torch
 
 from . import build
-from .checkpoint import list_checkpoints, load_checkpoint, load_state_checked
+from .checkpoint import list_checkpoints, load_checkpoint, load_state_checked, nonfinite_tensors
 from .config import TrainConfig, parse_train_config
 from .errors import CheckpointError
 from .schedules import NoiseSchedule
+
+# Sane bounds for sizes read from a checkpoint's metadata: they become allocation sizes.
+SIZE_BOUNDS = {"image_size": (1, 4096), "channels": (1, 16), "num_classes": (0, 100_000), "cond_dim": (0, 4096)}
 
 
 @dataclass
@@ -60,16 +63,46 @@ def load_run(path: Union[str, Path], *, ema: bool = True, device: Union[str, tor
     ckpt = load_checkpoint(ckpt_path)
     cfg = parse_train_config(ckpt.config, f"config stored in {ckpt_path}")
     meta = ckpt.meta
-    try:
-        image_size, channels, num_classes = int(meta["image_size"]), int(meta["channels"]), int(meta["num_classes"])
-    except (KeyError, TypeError, ValueError):
-        raise CheckpointError(f"{ckpt_path} lacks the image size / channels / classes metadata") from None
-    model = build.build_model(cfg, image_size=image_size, channels=channels, num_classes=num_classes,
-                              cond_dim=int(meta.get("cond_dim", 0)))
-    load_state_checked(model, ckpt.ema if ema else ckpt.model, f"{ckpt_path} ({'EMA' if ema else 'raw'} weights)")
+    sizes = checked_sizes(meta, ckpt_path)
+    state = ckpt.ema if ema else ckpt.model
+    what = f"{ckpt_path} ({'EMA' if ema else 'raw'} weights)"
+    _check_parameter_count(cfg, sizes, state, what)
+    model = build.build_model(cfg, **sizes)
+    load_state_checked(model, state, what)
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise CheckpointError(f"{what} hold NaN or inf ({bad[0]}{' ...' if len(bad) > 1 else ''})")
     model.to(device).eval().requires_grad_(False)
     return LoadedRun(model=model, schedule=build.build_schedule(cfg), config=cfg, checkpoint=ckpt_path,
                      step=ckpt.step, meta=meta)
+
+
+def checked_sizes(meta: dict[str, Any], source: Union[str, Path]) -> dict[str, int]:
+    """``image_size``, ``channels``, ``num_classes``, ``cond_dim`` from checkpoint metadata,
+    each an integer within :data:`SIZE_BOUNDS`, or a one-line :class:`CheckpointError`."""
+    out = {}
+    for name, (lo, hi) in SIZE_BOUNDS.items():
+        value = meta.get(name, 0 if name == "cond_dim" else None)
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise CheckpointError(f"{source}: metadata {name} = {value!r} is not an integer in {lo}..{hi}")
+        out[name] = value
+    return out
+
+
+def _check_parameter_count(cfg: TrainConfig, sizes: dict[str, int], state: dict[str, torch.Tensor],
+                           what: str) -> None:
+    """Build the model without memory (meta device) and compare its size with the stored
+    tensors, so a config that asks for a far larger model fails before allocating it."""
+    try:
+        with torch.device("meta"):
+            probe = build.build_model(cfg, **sizes)
+    except Exception:  # noqa: BLE001 - a backbone that cannot build on meta is checked after building
+        return
+    want = sum(t.numel() for t in probe.state_dict().values())
+    have = sum(t.numel() for t in state.values())
+    if want != have:
+        raise CheckpointError(f"{what} do not match the model its config describes "
+                              f"({have} stored values, the model needs {want})")
 
 
 def load_denoiser(path: Union[str, Path], *, ema: bool = True, device: Union[str, torch.device] = "cpu"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import os
 from pathlib import Path
 from typing import Any, Optional
@@ -146,6 +147,9 @@ def train(out, config, preset, sets, resume, overwrite, progress, **opts):
 
     if resume and out is None:
         raise CbdmError("--resume needs --out RUN_DIR")
+    for key, value in opts.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise CbdmError(f"--{key.replace('_', '-')} must be a finite number, got {value}")
     if resume and (out / "config.yaml").exists():
         if config is not None or preset is not None:
             raise CbdmError("--resume continues the saved run; drop --config/--preset")
