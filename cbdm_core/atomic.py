@@ -21,17 +21,16 @@ def atomic_path(path: Path) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            # mkstemp makes 0600 files; the finished file should follow the user's umask like any other.
-            os.fchmod(fd, 0o666 & ~current_umask())
-        finally:
-            os.close(fd)
+        os.close(fd)
     except OSError as exc:
         raise CbdmError(f"cannot write to {path.parent}: {exc.strerror or exc}") from None
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
+            # mkstemp (and writers that replace the file, like safetensors) leave 0600; the
+            # finished file should follow the user's umask like any other file.
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
     except OSError as exc:

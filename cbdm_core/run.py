@@ -93,9 +93,12 @@ def _check_parameter_count(cfg: TrainConfig, sizes: dict[str, int], state: dict[
                            what: str) -> None:
     """Build the model without memory (meta device) and compare its size with the stored
     tensors, so a config that asks for a far larger model fails before allocating it."""
+    schedule = build.build_schedule(cfg)  # small: T is bounded by the config
+    spec, options = build.backbone_options(cfg, sizes["cond_dim"])
     try:
         with torch.device("meta"):
-            probe = build.build_model(cfg, **sizes)
+            probe = spec.build(options, image_size=sizes["image_size"], channels=sizes["channels"],
+                               num_classes=sizes["num_classes"], schedule=schedule)
     except Exception:  # noqa: BLE001 - a backbone that cannot build on meta is checked after building
         return
     want = sum(t.numel() for t in probe.state_dict().values())

@@ -17,6 +17,7 @@ from cbdm_core.config import deep_update, load_config_file, parse_train_config
 from cbdm_core.errors import CbdmError
 from cbdm_core.presets_registry import load_preset
 
+from .eval_support import LogToReporter, Reporter
 from .overrides import parse_set_option, set_dotted
 
 
@@ -178,6 +179,9 @@ def train(out, config, preset, sets, resume, overwrite, progress, **opts):
         bar.start()
 
     def on_log(rec):
+        if "total" not in rec:  # every step of the window was skipped (on_nonfinite=skip)
+            bar.update(task, completed=rec["step"], info=f"{rec.get('skipped_steps', 0)} steps skipped")
+            return
         info = (f"loss {rec['total']:.4f} diff {rec['diffusion']:.4f}"
                 + (f" reg {rec['regularizer']:.4f}" if "regularizer" in rec else "")
                 + f" {rec['images_per_sec']:.0f} img/s")
@@ -185,7 +189,8 @@ def train(out, config, preset, sets, resume, overwrite, progress, **opts):
 
     trainer = Trainer(cfg, out, resume=resume, overwrite=overwrite, on_log=on_log, on_start=on_start)
     try:
-        result = trainer.run()
+        with LogToReporter(Reporter()):  # warnings (resume fallbacks, pruning) reach the terminal
+            result = trainer.run()
     finally:
         bar.stop()
     if result.interrupted:

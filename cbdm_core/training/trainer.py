@@ -129,18 +129,20 @@ class Trainer:
     def _newest_good_checkpoint(self, existing: list[tuple[int, Path]]) -> Optional[Checkpoint]:
         """The newest checkpoint that loads and verifies; corrupt newer ones are set aside
         (renamed ``*.corrupt``, never deleted) with a warning."""
-        first_error: Optional[CbdmError] = None
+        bad: list[tuple[Path, CbdmError]] = []
         for _, path in reversed(existing):
             try:
                 ckpt = load_checkpoint(path, with_optim=True)
             except CbdmError as exc:
-                first_error = first_error or exc
-                log.warning("--resume: %s; set aside as %s.corrupt, trying an older checkpoint", exc, path.name)
-                os.replace(path, path.with_name(path.name + ".corrupt"))
+                bad.append((path, exc))
                 continue
-            if first_error is not None:
+            for bad_path, exc in bad:  # only once a good one is found: never leave a run with none
+                log.warning("--resume: %s; set aside as %s.corrupt", exc, bad_path.name)
+                os.replace(bad_path, bad_path.with_name(bad_path.name + ".corrupt"))
+            if bad:
                 log.warning("--resume: continuing from the older checkpoint %s (step %d)", path.name, ckpt.step)
             return ckpt
+        first_error = bad[0][1] if bad else None
         if first_error is not None:
             raise CbdmError(f"--resume: no checkpoint in {self.ckpt_dir} is intact ({first_error}); "
                             "use --overwrite to start over")
