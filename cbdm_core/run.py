@@ -104,6 +104,8 @@ def _check_parameter_count(cfg: TrainConfig, sizes: dict[str, int], state: dict[
     want = sum(t.numel() for t in probe.state_dict().values())
     have = sum(t.numel() for t in state.values())
     if want != have:
+        # Names the mismatched tensors (raises before loading anything, since the sizes differ).
+        load_state_checked(probe, state, what)
         raise CheckpointError(f"{what} do not match the model its config describes "
                               f"({have} stored values, the model needs {want})")
 

@@ -157,7 +157,7 @@ def test_feature_cache_writer_is_refused_while_another_holds_the_folder(tmp_path
     ({"config_over": {"diffusion.T": 10 ** 9}}, "diffusion.T"),
     ({"meta_over": {"image_size": 10 ** 9}}, "image_size"),
     ({"meta_over": {"num_classes": -1}}, "num_classes"),
-    ({"config_over": {"model.options.ch": 4096}}, "stored values"),
+    ({"config_over": {"model.options.ch": 4096}}, "wrong shapes"),
 ])
 def test_hostile_checkpoint_sizes_are_refused_before_allocating(tmp_path, over, match):
     run = _write_run(tmp_path / "run", **over)
