@@ -28,6 +28,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
+            # mkstemp (and writers that replace the file, like safetensors) leave 0600; the
+            # finished file should follow the user's umask like any other file.
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
     except OSError as exc:
@@ -37,6 +40,58 @@ def atomic_path(path: Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def ensure_dir(folder: Path, what: str = "folder") -> Path:
+    """Create ``folder`` (and parents) or raise a one-line :class:`CbdmError`."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise CbdmError(f"{what} {folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CbdmError(f"cannot create {what} {folder}: {exc.strerror or exc}") from None
+    return folder
+
+
+def check_writable(path: Path, what: str = "output") -> None:
+    """Fail early, in one line, when the file ``path`` could not be written later
+    (its folder cannot be created or written to)."""
+    folder = ensure_dir(Path(path).parent, f"folder of the {what}")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise CbdmError(f"cannot write the {what} {path}: {exc.strerror or exc}") from None
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete the temporary files an interrupted atomic write left in ``folder``.
+
+    Only call this while holding the folder's lock: then no write is in progress.
+    """
+    removed = []
+    if Path(folder).is_dir():
+        for p in Path(folder).iterdir():
+            if p.name.startswith(".") and (p.name.endswith(".tmp") or p.name.startswith(".tmp")) and p.is_file():
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
 
 
 def _fsync_dir(folder: Path) -> None:

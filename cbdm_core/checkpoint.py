@@ -8,17 +8,16 @@ step, resolved config, dataset facts).
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
-from .atomic import atomic_write_with
-from .errors import CheckpointError
+from .errors import CbdmError, CheckpointError
+from .tensor_io import IntegrityError, load_tensors, read_tensor_metadata, save_tensors
 
 FORMAT = "cbdm-checkpoint/1"
 CKPT_RE = re.compile(r"^ckpt-(\d+)\.safetensors$")
@@ -73,28 +72,19 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
         opt_tensors, opt_meta = _flatten_optim(ckpt.optim)
         tensors.update(opt_tensors)
         metadata["optim"] = json.dumps(opt_meta)
-    # safetensors refuses tensors that share storage (tied weights, the same dict saved twice).
-    seen: set[int] = set()
-    for k, v in tensors.items():
-        ptr = v.untyped_storage().data_ptr()
-        if ptr in seen or v.storage_offset() or v.numel() != v.untyped_storage().nbytes() // max(v.element_size(), 1):
-            tensors[k] = v.clone()
-        seen.add(ptr)
-    atomic_write_with(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    save_tensors(Path(path), tensors, metadata)
 
 
 def read_metadata(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
-
     try:
-        with safe_open(str(path), framework="pt") as f:
-            return f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a readable safetensors checkpoint ({exc})") from None
+        return read_tensor_metadata(path)
+    except CbdmError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
-def load_checkpoint(path: Path, *, with_optim: bool = False) -> Checkpoint:
-    """Read a checkpoint written by :func:`save_checkpoint`."""
+def load_checkpoint(path: Path, *, with_optim: bool = False, verify: Optional[bool] = None) -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint` (content hash checked, see
+    :func:`cbdm_core.tensor_io.load_tensors`)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -102,19 +92,47 @@ def load_checkpoint(path: Path, *, with_optim: bool = False) -> Checkpoint:
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a cbdm checkpoint (format tag {meta.get('format')!r})")
     try:
-        tensors = load_file(str(path))
+        tensors, _ = load_tensors(path, verify=verify)
+    except IntegrityError:
+        raise
+    except CbdmError as exc:
+        raise CheckpointError(str(exc)) from None
+    try:
         config = json.loads(meta["config"])
         extra = json.loads(meta.get("meta", "{}"))
-        step = int(meta["step"])
-    except (SafetensorError, OSError, ValueError, KeyError) as exc:
+        step = _parse_step(meta["step"])
+        if not isinstance(config, dict) or not isinstance(extra, dict):
+            raise ValueError("config and meta must be JSON objects")
+    except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{path} is corrupt: {exc}") from None
     model = {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}
     ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema/")}
     optim = None
     if with_optim and "optim" in meta:
-        optim = _unflatten_optim({k: v for k, v in tensors.items() if k.startswith("optim/")},
-                                 json.loads(meta["optim"]))
+        try:
+            optim = _unflatten_optim({k: v for k, v in tensors.items() if k.startswith("optim/")},
+                                     json.loads(meta["optim"]))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"{path}: the optimizer state is malformed ({type(exc).__name__}: {exc})") from None
     return Checkpoint(step=step, config=config, model=model, ema=ema, optim=optim, meta=extra)
+
+
+def _parse_step(text: str) -> int:
+    step = float(text) if not str(text).strip().lstrip("-").isdigit() else int(text)
+    if not math.isfinite(step) or step < 0 or int(step) != step:
+        raise ValueError(f"step {text!r} is not a non-negative integer")
+    return int(step)
+
+
+def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding NaN or inf (one host sync in the common case)."""
+    floats = {k: v for k, v in tensors.items() if v.is_floating_point() and v.numel()}
+    if not floats:
+        return []
+    flags = torch.stack([torch.isfinite(v).all() for v in floats.values()])
+    if bool(flags.all()):
+        return []
+    return [k for k, ok in zip(floats, flags.tolist()) if not ok]
 
 
 def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:

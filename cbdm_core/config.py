@@ -18,7 +18,8 @@ from .sampling.settings import SamplingSettings
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: an inf or NaN option (lr, guidance, ...) is refused, not trained with.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ComponentConfig(_Strict):
@@ -35,7 +36,7 @@ class ModelConfig(_Strict):
 
 class DiffusionConfig(_Strict):
     schedule: str = "linear"
-    T: int = Field(1000, ge=1)
+    T: int = Field(1000, ge=1, le=100_000)  # bounded: tables of size T are allocated from it
     beta_1: float = Field(1e-4, gt=0, lt=1)
     beta_T: float = Field(0.02, gt=0, lt=1)
 
@@ -74,7 +75,7 @@ class ObjectiveConfig(_Strict):
 
 
 class OptimConfig(_Strict):
-    lr: float = Field(2e-4, gt=0)
+    lr: float = Field(2e-4, gt=0, le=1.0)  # above 1 Adam only diverges (1e38 overflows float32)
     warmup: int = Field(5000, ge=0)
     grad_clip: float = Field(1.0, ge=0)
     ema_decay: float = Field(0.9999, ge=0, lt=1)

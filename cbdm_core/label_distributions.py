@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -54,6 +55,8 @@ def pow_distribution(class_counts: torch.Tensor, arg: Optional[str] = None) -> t
         q = float(arg)
     except ValueError:
         raise CbdmError(f"label distribution 'pow:{arg}': exponent must be a number") from None
+    if not math.isfinite(q):
+        raise CbdmError(f"label distribution 'pow:{arg}': exponent must be a finite number")
     return power_distribution(class_counts, q)
 
 

@@ -9,13 +9,16 @@ from typing import Any, Union
 import torch
 
 from . import build
-from .checkpoint import load_checkpoint, load_state_checked
+from .checkpoint import load_checkpoint, load_state_checked, nonfinite_tensors
 from .config import TrainConfig, parse_train_config
 from .errors import CheckpointError
 from .run_folder import resolve_checkpoint
 from .schedules import NoiseSchedule
 
 __all__ = ["LoadedRun", "load_run", "load_denoiser", "resolve_checkpoint"]
+
+# Sane bounds for sizes read from a checkpoint's metadata: they become allocation sizes.
+SIZE_BOUNDS = {"image_size": (1, 4096), "channels": (1, 16), "num_classes": (0, 100_000), "cond_dim": (0, 4096)}
 
 
 @dataclass
@@ -50,18 +53,20 @@ def load_run(path: Union[str, Path], *, ema: bool = True, device: Union[str, tor
     ckpt = load_checkpoint(ckpt_path)
     cfg = parse_train_config(ckpt.config, f"config stored in {ckpt_path}")
     meta = ckpt.meta
-    try:
-        image_size, channels, num_classes = int(meta["image_size"]), int(meta["channels"]), int(meta["num_classes"])
-    except (KeyError, TypeError, ValueError):
-        raise CheckpointError(f"{ckpt_path} lacks the image size / channels / classes metadata") from None
-    model = build.build_model(cfg, image_size=image_size, channels=channels, num_classes=num_classes,
-                              cond_dim=int(meta.get("cond_dim", 0)))
+    sizes = checked_sizes(meta, ckpt_path)
+    state = ckpt.ema if ema else ckpt.model
+    what = f"{ckpt_path} ({'EMA' if ema else 'raw'} weights)"
     schedule = build.build_schedule(cfg)
     # Methods add their modules before the weights load, and may change the net for sampling after.
-    methods = build.build_methods(cfg, class_counts=_class_counts(meta, num_classes, ckpt_path),
-                                  num_classes=num_classes, schedule=schedule) if cfg.objective.methods else []
+    methods = build.build_methods(cfg, class_counts=_class_counts(meta, sizes["num_classes"], ckpt_path),
+                                  num_classes=sizes["num_classes"], schedule=schedule) if cfg.objective.methods else []
+    _check_parameter_count(cfg, sizes, state, what, methods)
+    model = build.build_model(cfg, **sizes)
     build.attach_methods(methods, model)
-    load_state_checked(model, ckpt.ema if ema else ckpt.model, f"{ckpt_path} ({'EMA' if ema else 'raw'} weights)")
+    load_state_checked(model, state, what)
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise CheckpointError(f"{what} hold NaN or inf ({bad[0]}{' ...' if len(bad) > 1 else ''})")
     for method in methods:
         method.for_sampling(model)
     model.to(device).eval().requires_grad_(False)
@@ -76,6 +81,40 @@ def _class_counts(meta: dict[str, Any], num_classes: int, ckpt_path: Path) -> to
     if counts.shape != (num_classes,):
         raise CheckpointError(f"{ckpt_path}: class_counts lists {counts.numel()} classes, the model {num_classes}")
     return counts
+
+
+def checked_sizes(meta: dict[str, Any], source: Union[str, Path]) -> dict[str, int]:
+    """``image_size``, ``channels``, ``num_classes``, ``cond_dim`` from checkpoint metadata,
+    each an integer within :data:`SIZE_BOUNDS`, or a one-line :class:`CheckpointError`."""
+    out = {}
+    for name, (lo, hi) in SIZE_BOUNDS.items():
+        value = meta.get(name, 0 if name == "cond_dim" else None)
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise CheckpointError(f"{source}: metadata {name} = {value!r} is not an integer in {lo}..{hi}")
+        out[name] = value
+    return out
+
+
+def _check_parameter_count(cfg: TrainConfig, sizes: dict[str, int], state: dict[str, torch.Tensor],
+                           what: str, methods: list[Any] = ()) -> None:
+    """Build the model without memory (meta device) and compare its size with the stored
+    tensors, so a config that asks for a far larger model fails before allocating it."""
+    schedule = build.build_schedule(cfg)  # small: T is bounded by the config
+    spec, options = build.backbone_options(cfg, sizes["cond_dim"])
+    try:
+        with torch.device("meta"):
+            probe = spec.build(options, image_size=sizes["image_size"], channels=sizes["channels"],
+                               num_classes=sizes["num_classes"], schedule=schedule)
+            build.attach_methods(methods, probe)
+    except Exception:  # noqa: BLE001 - a backbone that cannot build on meta is checked after building
+        return
+    want = sum(t.numel() for t in probe.state_dict().values())
+    have = sum(t.numel() for t in state.values())
+    if want != have:
+        # Names the mismatched tensors (raises before loading anything, since the sizes differ).
+        load_state_checked(probe, state, what)
+        raise CheckpointError(f"{what} do not match the model its config describes "
+                              f"({have} stored values, the model needs {want})")
 
 
 def load_denoiser(path: Union[str, Path], *, ema: bool = True, device: Union[str, torch.device] = "cpu"):

@@ -1,3 +1,3 @@
-from cbdm_cli.main import main
+from .entry import main
 
 main()

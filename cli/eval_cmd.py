@@ -96,6 +96,7 @@ def train_classifier_cmd(dataset: str, data_root: Optional[Path], balanced: bool
                          lr: float, random_shift: bool, hflip: bool, out: Optional[Path], seed: int,
                          device: str) -> None:
     """Train the feature classifier on the real training images of --dataset."""
+    from cbdm_core.atomic import check_writable
     from cbdm_core.build import resolve_device
     from cbdm_core.data import dataset_options, load_dataset
     from cbdm_core.features import classifier_accuracy, save_classifier, train_classifier
@@ -103,6 +104,8 @@ def train_classifier_cmd(dataset: str, data_root: Optional[Path], balanced: bool
     reporter = Reporter()
     if epochs < 1 or batch_size < 1:
         raise CbdmError(f"--epochs and --batch-size must be positive, got {epochs} and {batch_size}")
+    path = out if out is not None else Path(f"classifier-{dataset}.safetensors")
+    check_writable(path, "classifier file")  # before training, not after
     dev = resolve_device(device)
     train = load_dataset(dataset, dataset_options(root=data_root, split="train"))
     try:
@@ -127,7 +130,6 @@ def train_classifier_cmd(dataset: str, data_root: Optional[Path], balanced: bool
             raise CbdmError(f"{dataset}: the test split has {test.num_classes} classes, the train split "
                             f"{train.num_classes}")
         accuracy = classifier_accuracy(model, test.images, test.labels)
-    path = out if out is not None else Path(f"classifier-{dataset}.safetensors")
     save_classifier(model, path, {"dataset": dataset, "class_names": train.class_names, "class_counts": counts,
                                   "test_accuracy": accuracy, "lr": lr})
     if accuracy is not None:

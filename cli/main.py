@@ -30,6 +30,10 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except CbdmError as exc:
             raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            # Ctrl-C before a command installs its own handling (loading data, building the model).
+            click.echo("Error: interrupted; complete files already written are kept", err=True)
+            raise SystemExit(130) from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 from typing import Any, Optional
@@ -110,6 +111,9 @@ def sample(run_path: Path, sampler: str, steps: Optional[int], eta: Optional[flo
         raise CbdmError(f"--batch-size must be positive, got {batch_size}")
     if shard_size <= 0:
         raise CbdmError(f"--shard-size must be positive, got {shard_size}")
+    for flag, value in (("--guidance", guidance), ("--eta", eta)):
+        if value is not None and not math.isfinite(value):
+            raise CbdmError(f"{flag} must be a finite number, got {value}")
     get_registry().get("sampler", sampler)  # unknown sampler or guidance: fail before loading anything
     get_registry().get("guidance", guidance_method)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import os
 from pathlib import Path
 from typing import Any, Optional
@@ -16,6 +17,7 @@ from cbdm_core.config import deep_update, load_config_file, parse_train_config
 from cbdm_core.errors import CbdmError
 from cbdm_core.presets_registry import load_preset
 
+from .eval_support import LogToReporter, Reporter
 from .method_options import SHORTHANDS, apply_methods
 from .overrides import parse_set_option, set_dotted
 
@@ -136,6 +138,9 @@ def train(out, config, preset, sets, resume, overwrite, progress, **opts):
 
     if resume and out is None:
         raise CbdmError("--resume needs --out RUN_DIR")
+    for key, value in opts.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise CbdmError(f"--{key.replace('_', '-')} must be a finite number, got {value}")
     if resume and (out / "config.yaml").exists():
         if config is not None or preset is not None:
             raise CbdmError("--resume continues the saved run; drop --config/--preset")
@@ -164,6 +169,9 @@ def train(out, config, preset, sets, resume, overwrite, progress, **opts):
         bar.start()
 
     def on_log(rec):
+        if "total" not in rec:  # every step of the window was skipped (on_nonfinite=skip)
+            bar.update(task, completed=rec["step"], info=f"{rec.get('skipped_steps', 0)} steps skipped")
+            return
         # Every term the methods log, after the total and the base loss.
         extra = "".join(f" {k} {v:.4g}" for k, v in rec.items()
                         if k not in ("step", "total", "diffusion", "lr", "images_per_sec", "skipped_steps"))
@@ -172,7 +180,8 @@ def train(out, config, preset, sets, resume, overwrite, progress, **opts):
 
     trainer = Trainer(cfg, out, resume=resume, overwrite=overwrite, on_log=on_log, on_start=on_start)
     try:
-        result = trainer.run()
+        with LogToReporter(Reporter()):  # warnings (resume fallbacks, pruning) reach the terminal
+            result = trainer.run()
     finally:
         bar.stop()
     if result.interrupted:

@@ -65,7 +65,7 @@ def test_failed_write_keeps_previous_file(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("cbdm_core.checkpoint.save_file", boom)
+    monkeypatch.setattr("cbdm_core.tensor_io.save_file", boom)
     with pytest.raises(CheckpointError.__mro__[1]):  # CbdmError
         _save(path, _model())
     assert path.read_bytes() == before

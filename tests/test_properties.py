@@ -42,7 +42,7 @@ def test_imbalance_outside_unit_interval_is_refused(imb):
 def test_config_accepts_exactly_the_valid_values(lr, steps, batch, p, ema):
     data = {"optim": {"lr": lr, "steps": steps, "batch_size": batch, "ema_decay": ema},
             "objective": {"p_uncond": p}}
-    valid = lr > 0 and steps >= 1 and batch >= 1 and 0 <= p <= 1 and 0 <= ema < 1
+    valid = 0 < lr <= 1 and steps >= 1 and batch >= 1 and 0 <= p <= 1 and 0 <= ema < 1
     if valid:
         cfg = parse_train_config(data)
         assert cfg.optim.lr == lr and cfg.optim.steps == steps

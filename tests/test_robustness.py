@@ -90,7 +90,8 @@ def test_unwritable_run_folder(tmp_path):
 
 
 def _spawn(args, tmp_path):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # Same intra-op thread count as the in-process runs (conftest): CPU reductions depend on it.
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="2")
     return subprocess.Popen([sys.executable, "-m", "cbdm_cli", "train", *map(str, args)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
 GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
+WIDE_GRAY_MODES = frozenset({"I;16", "I;16B", "I;16L", "I"})  # PNG 16-bit gray loads as one of these
 SPLITS = ("train", "test")
 WHAT = "one sub-folder of images per class (root/<class>/*.png|jpg|jpeg|bmp|webp)"
 _CHUNK = 256  # files per thread task: keeps the pool overhead small for 50k tiny JPEGs
@@ -91,6 +92,10 @@ def _decode(path: Path) -> np.ndarray | Exception:
             im = Image.open(path)  # misnamed file: let PIL identify it
         with im:
             im.load()
+            if im.mode in WIDE_GRAY_MODES:
+                # 16-bit gray: scale 0..65535 onto 0..255 (PIL's convert("L") would clip at 255).
+                wide = np.asarray(im).astype(np.float64)
+                return np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8)
             target = "L" if im.mode in GRAY_MODES else "RGB"
             if im.mode != target:
                 im = im.convert(target)
@@ -172,6 +177,9 @@ def load_folder(options: DatasetOptions | None = None, *, workers: int | None = 
     # Every image must share one size (no silent resizing); name the first offender.
     ref_path, ref = got[0][0]
     ref_hw = ref.shape[:2]
+    if ref_hw[0] != ref_hw[1]:
+        raise CbdmError(f"dataset folder: image {ref_path} is {ref_hw[1]}x{ref_hw[0]}; the models need square "
+                        "images (crop or pad them first)")
     arrays: list[np.ndarray] = []
     out_labels: list[int] = []
     for c, g in enumerate(got):

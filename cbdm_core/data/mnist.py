@@ -40,34 +40,40 @@ def find_idx(root: Path, base: str) -> Path | None:
     return None
 
 
-def _read_bytes(path: Path) -> bytes:
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
-    except (OSError, EOFError, zlib.error) as e:
-        raise CbdmError(f"cannot read MNIST file {path}: {e}") from None
+MAX_IDX_BYTES = 1 << 30  # 1.3 million 28x28 images; a header claiming more is refused unread
 
 
-def read_idx(path: Path, expect_magic: int) -> np.ndarray:
-    """Parse an idx file of unsigned bytes whose magic number must be ``expect_magic``."""
-    raw = _read_bytes(path)
+def read_idx(path: Path, expect_magic: int, max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
+    """Parse an idx file of unsigned bytes whose magic number must be ``expect_magic``.
+
+    The file (gzipped or not) is streamed: the header is checked first, then exactly the
+    size it announces is read (at most ``max_bytes``), so a small ``.gz`` that expands to
+    gigabytes is refused without being expanded.
+    """
     ndim = {IMAGES_MAGIC: 3, LABELS_MAGIC: 1}[expect_magic]
     header = 4 * (1 + ndim)
-    if len(raw) < header:
-        raise CbdmError(f"{path} is not an MNIST idx file: {len(raw)} bytes, shorter than its header")
-    magic = int.from_bytes(raw[:4], "big")
-    if magic != expect_magic:
-        raise CbdmError(f"{path} is not an MNIST idx file: magic number {magic}, expected {expect_magic}")
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    size = int(np.prod(dims))
-    if len(raw) != header + size:
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            head = f.read(header)
+            if len(head) < header:
+                raise CbdmError(f"{path} is not an MNIST idx file: {len(head)} bytes, shorter than its header")
+            magic = int.from_bytes(head[:4], "big")
+            if magic != expect_magic:
+                raise CbdmError(f"{path} is not an MNIST idx file: magic number {magic}, expected {expect_magic}")
+            dims = [int.from_bytes(head[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+            size = int(np.prod(dims, dtype=object))
+            if size > max_bytes:
+                raise CbdmError(f"{path}: header says {'x'.join(map(str, dims))} ({size} bytes), more than the "
+                                f"{max_bytes} bytes an idx file may hold here")
+            body = f.read(size + 1)  # one byte more tells a longer file apart
+    except (OSError, EOFError, zlib.error) as e:
+        raise CbdmError(f"cannot read MNIST file {path}: {e}") from None
+    if len(body) != size:
         raise CbdmError(
             f"{path} is truncated or corrupt: header says {'x'.join(map(str, dims))} "
-            f"({header + size} bytes) but the file has {len(raw)} bytes"
+            f"({header + size} bytes) but the file has {'more' if len(body) > size else header + len(body)} bytes"
         )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+    return np.frombuffer(body, dtype=np.uint8).reshape(dims)
 
 
 def _download(root: Path) -> None:

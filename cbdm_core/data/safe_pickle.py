@@ -49,10 +49,32 @@ for _mod in ("builtins", "__builtin__"):
         ALLOWED[(_mod, _name)] = _obj
 
 
+MAX_ALLOC_BYTES = 1 << 28  # bytes(N) / bytearray(N) larger than this are refused
+
+
+def _capped(kind: type, cap: int) -> Any:
+    """``bytes`` / ``bytearray`` that refuse to allocate ``N > cap`` zero bytes from an integer:
+    a legitimate file never needs that, a hostile one could ask for terabytes."""
+
+    def make(*args: Any) -> Any:
+        if args and isinstance(args[0], int) and not isinstance(args[0], bool) and args[0] > cap:
+            raise CbdmError(f"pickle asks for a {args[0]}-byte {kind.__name__}, more than the {cap} allowed")
+        return kind(*args)
+
+    return make
+
+
 class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler whose ``find_class`` only returns objects from :data:`ALLOWED`."""
+    """Unpickler whose ``find_class`` only returns objects from :data:`ALLOWED` (with
+    ``bytes`` and ``bytearray`` capped at ``max_alloc`` bytes)."""
+
+    def __init__(self, *args: Any, max_alloc: int = MAX_ALLOC_BYTES, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_alloc = max_alloc
 
     def find_class(self, module: str, name: str) -> Any:
+        if module in ("builtins", "__builtin__") and name in ("bytes", "bytearray"):
+            return _capped(bytes if name == "bytes" else bytearray, self.max_alloc)
         try:
             return ALLOWED[(module, name)]
         except KeyError:
@@ -71,5 +93,5 @@ def safe_load(path: Path | str, file: BinaryIO | None = None) -> Any:
     except CbdmError as e:
         raise CbdmError(f"{path}: {e}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-            KeyError, zlib.error, OSError) as e:
+            KeyError, zlib.error, OSError, MemoryError, OverflowError) as e:
         raise CbdmError(f"{path} is not a readable CIFAR pickle ({type(e).__name__}: {e})") from None

@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors import safe_open
 
+from .. import locks
+from ..atomic import remove_stale_temps
 from ..errors import CbdmError
-from ._io import atomic_save_safetensors
+from ..tensor_io import IntegrityError, load_tensors, save_tensors
 from .base import FeatureSet
 
 log = logging.getLogger("cbdm.features")
@@ -40,17 +41,17 @@ def save_feature_set(path: str | os.PathLike, fs: FeatureSet, key: str = "") -> 
         tensors["labels"] = fs.labels.to(torch.int64)
     if fs.probs is not None:
         tensors["probs"] = fs.probs
-    atomic_save_safetensors(tensors, path, {"format": "cbdm-features-v1", "extractor": fs.extractor, "key": key})
+    save_tensors(path, tensors, {"format": "cbdm-features-v1", "extractor": fs.extractor, "key": key})
 
 
 def load_feature_set(path: str | os.PathLike, key: str | None = None) -> FeatureSet:
     """Read a file written by :func:`save_feature_set`; with ``key``, check it matches."""
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise CbdmError(f"feature file {path} is not readable ({type(e).__name__})") from None
+        tensors, meta = load_tensors(path)
+    except IntegrityError:
+        raise
+    except CbdmError as e:
+        raise CbdmError(f"feature file {path} is not readable ({e})") from None
     if meta.get("format") != "cbdm-features-v1" or "features" not in tensors:
         raise CbdmError(f"{path} is not a cbdm feature file")
     if key is not None and meta.get("key") != key:
@@ -62,8 +63,10 @@ def cached_features(cache_dir: str | os.PathLike, key: str,
                     compute_fn: Callable[[], FeatureSet]) -> FeatureSet:
     """The cached feature set for ``key``, or ``compute_fn()`` saved under it.
 
-    An unreadable cache file is recomputed and overwritten (with a warning) rather than
-    failing the evaluation.
+    An unreadable or corrupt cache file is recomputed and overwritten (with a warning)
+    rather than failing the evaluation. Writing holds the cache folder's lock (a second
+    process writing the same folder is refused in one line); a cache folder that cannot
+    be written is a warning, and the features are used uncached.
     """
     path = cache_path(cache_dir, key)
     if path.is_file():
@@ -72,9 +75,26 @@ def cached_features(cache_dir: str | os.PathLike, key: str,
             log.info("loaded cached features %s from %s", key, path)
             return fs
         except CbdmError as e:
-            msg = f"ignoring bad feature cache file ({e}); recomputing"
-            log.warning(msg)
-            warnings.warn(msg, UserWarning, stacklevel=2)
-    fs = compute_fn()
-    save_feature_set(path, fs, key)
-    return fs
+            _warn(f"ignoring bad feature cache file ({e}); recomputing")
+    try:
+        locks.acquire(Path(cache_dir), "feature cache folder")
+    except locks.FolderBusyError:
+        raise
+    except CbdmError as e:
+        _warn(f"feature cache not written ({e})")
+        return compute_fn()
+    try:
+        remove_stale_temps(Path(cache_dir))  # left by a killed writer; nobody else writes now
+        fs = compute_fn()
+        try:
+            save_feature_set(path, fs, key)
+        except CbdmError as e:
+            _warn(f"feature cache not written ({e})")
+        return fs
+    finally:
+        locks.release(Path(cache_dir))
+
+
+def _warn(msg: str) -> None:
+    log.warning(msg)
+    warnings.warn(msg, UserWarning, stacklevel=3)

@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
 from ..errors import CbdmError
-from ._io import atomic_save_safetensors
+from ..tensor_io import IntegrityError, load_tensors, save_tensors
 
 FORMAT = "cbdm-classifier-v1"
 MIN_SIZE = 4
@@ -81,7 +80,7 @@ def save_classifier(model: SmallClassifier, path: str | os.PathLike, meta: dict[
         "options": json.dumps(asdict(model.options)),
         "meta": json.dumps({**model.meta, **(meta or {})}),
     }
-    atomic_save_safetensors(model.state_dict(), path, metadata)
+    save_tensors(path, model.state_dict(), metadata)
 
 
 def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu") -> SmallClassifier:
@@ -90,11 +89,11 @@ def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu")
     if not path.is_file():
         raise CbdmError(f"classifier file {path} does not exist (train one with the classifier training command)")
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            metadata = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise CbdmError(f"classifier file {path} is not a readable safetensors file ({type(e).__name__})") from None
+        state, metadata = load_tensors(path)
+    except IntegrityError:
+        raise
+    except CbdmError as e:
+        raise CbdmError(f"classifier file {path} is not a readable safetensors file ({e})") from None
     if metadata.get("format") != FORMAT:
         raise CbdmError(f"{path} is not a cbdm classifier file "
                         f"(format {metadata.get('format')!r}, expected {FORMAT!r})")

@@ -12,6 +12,7 @@ runs). Its key layout matches :mod:`cbdm_core.nets.unet` except for:
 
 from __future__ import annotations
 
+import math
 import pickle
 import re
 import warnings
@@ -21,6 +22,7 @@ from typing import Any, Optional, Union
 
 import torch
 
+from .. import locks
 from ..atomic import atomic_write_text
 from ..checkpoint import Checkpoint, checkpoint_name, list_checkpoints, load_state_checked, save_checkpoint
 from ..config import TrainConfig, dump_config_yaml, parse_train_config
@@ -136,7 +138,8 @@ def _as_state_dict(obj: Any, what: str, path: Path) -> StateDict:
 def _step_of(value: Any, path: Path) -> int:
     if torch.is_tensor(value) and value.numel() == 1:
         value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or int(value) != value:
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0
+            or int(value) != value):
         raise CheckpointError(f"{path}: 'step' is not a non-negative integer ({value!r})")
     return int(value)
 
@@ -330,10 +333,11 @@ def import_reference_checkpoint(src: Union[str, Path], dest: Union[str, Path], o
             "imported_from": src.name}
     ckpt_dir = dest / "checkpoints"
     path = ckpt_dir / checkpoint_name(ref.step)
-    save_checkpoint(path, Checkpoint(step=ref.step, config=cfg.model_dump(mode="json"), model=net, ema=ema,
-                                     meta=meta))
-    atomic_write_text(dest / "config.yaml", dump_config_yaml(cfg))
-    for _, old in list_checkpoints(ckpt_dir):
-        if old != path:
-            old.unlink(missing_ok=True)
+    with locks.folder_lock(dest, "run folder"):
+        save_checkpoint(path, Checkpoint(step=ref.step, config=cfg.model_dump(mode="json"), model=net, ema=ema,
+                                         meta=meta))
+        atomic_write_text(dest / "config.yaml", dump_config_yaml(cfg))
+        for _, old in list_checkpoints(ckpt_dir):
+            if old != path:
+                old.unlink(missing_ok=True)
     return ImportResult(run_dir=dest, checkpoint=path, config=cfg, arch=arch, step=ref.step, meta=meta)

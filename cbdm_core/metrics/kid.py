@@ -33,6 +33,8 @@ def kid(real: ArrayLike, fake: ArrayLike, subsets: int = 100, subset_size: int =
     x = as_torch2d(real, "real features", device=device)
     y = as_torch2d(fake, "fake features", device=device)
     check_same_dim(x, y)
+    if isinstance(subset_size, bool) or not isinstance(subset_size, (int, np.integer)) or subset_size < 2:
+        raise CbdmError(f"KID subset_size must be an integer >= 2, got {subset_size!r}")
     m = min(subset_size, x.shape[0], y.shape[0])
     if m < 2:
         raise InsufficientSamplesError(f"KID needs at least 2 samples in each set, "

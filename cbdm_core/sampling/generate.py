@@ -10,6 +10,7 @@ images as an uninterrupted one.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
@@ -17,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
+from .. import locks
+from ..atomic import ensure_dir, remove_stale_temps
 from ..errors import CbdmError
 from ..images import as_numpy_nhwc, class_rows, grid_image, save_png, to_uint8
 from . import shards as sh
@@ -143,6 +146,9 @@ def generate_samples(run: "LoadedRun", labels: Sequence[int], *, out_dir: Path,
     if bad.any():
         raise CbdmError(f"class index {int(labels_np[bad][0])} is out of range: the model has {C} classes "
                         f"(0..{C - 1})")
+    for name, value in (("guidance", guidance), ("eta", eta)):
+        if not math.isfinite(float(value)):
+            raise CbdmError(f"{name} must be a finite number, got {value}")
     options = dict(sampler_options or {})
     T = run.schedule.num_timesteps
     steps = resolve_steps(sampler, steps, T)
@@ -162,7 +168,25 @@ def generate_samples(run: "LoadedRun", labels: Sequence[int], *, out_dir: Path,
     }
     if guidance_method != "cfg":  # only then, so folders sampled before this setting existed still resume
         settings["guidance_method"] = guidance_method
-    _prepare_folder(out_dir, settings, overwrite)
+    # One writer per sample folder for the whole call: a second `cbdm sample` into it is refused.
+    ensure_dir(out_dir, "sample folder")
+    with locks.folder_lock(out_dir, "sample folder"):
+        remove_stale_temps(out_dir)
+        _prepare_folder(out_dir, settings, overwrite)
+        return _generate_locked(run, labels_np, out_dir=out_dir, settings=settings, spans=spans, counts=counts,
+                                chw=chw, C=C, classes=classes, batch_size=batch_size, grid_per_class=grid_per_class,
+                                on_progress=on_progress, on_ready=on_ready)
+
+
+def _generate_locked(run: "LoadedRun", labels_np: np.ndarray, *, out_dir: Path, settings: dict[str, Any],
+                     spans: list, counts: list[int], chw: tuple[int, int, int], C: int, classes: str,
+                     batch_size: int, grid_per_class: int, on_progress: Optional[ProgressFn],
+                     on_ready: Optional[Callable[[int], None]]) -> SampleResult:
+    """The part of :func:`generate_samples` that writes, run with the folder locked."""
+    num, shard_size, seed = settings["num"], settings["shard_size"], settings["seed"]
+    sampler, steps, eta, guidance = settings["sampler"], settings["steps"], settings["eta"], settings["guidance"]
+    clip_denoised, options = settings["clip_denoised"], settings["sampler_options"]
+    guidance_method = settings.get("guidance_method", "cfg")
     class_names = list((run.meta or {}).get("class_names") or
                        (["unconditional"] if run.num_classes == 0 else [str(k) for k in range(C)]))
     manifest = {
@@ -248,6 +272,9 @@ def _sample_span(run: "LoadedRun", span: sh.ShardSpan, labels: np.ndarray, *, sa
 
         x0 = sample(run.model, run.schedule, x_T, y, sampler=sampler, steps=steps, eta=eta, guidance=guidance,
                     guidance_method=guidance_method, clip_denoised=clip_denoised, generator=gens, callback=step_cb, **options)
+        if not bool(torch.isfinite(x0).all()):
+            raise CbdmError(f"samples {b0}..{b1 - 1} came out NaN or inf (non-finite weights, or a guidance "
+                            f"strength too large?); stopped; the complete shards before them are kept")
         out[b0 - span.start:b1 - span.start] = as_numpy_nhwc(to_uint8(x0))
     return out
 

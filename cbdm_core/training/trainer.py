@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
+import os
 import shutil
 import signal
 import threading
@@ -14,10 +16,10 @@ from typing import Callable, Optional
 
 import torch
 
-from .. import build
-from ..atomic import atomic_write_text
+from .. import build, locks
+from ..atomic import atomic_write_text, remove_stale_temps
 from ..checkpoint import (Checkpoint, checkpoint_name, list_checkpoints, load_checkpoint, load_state_checked,
-                          save_checkpoint)
+                          nonfinite_tensors, save_checkpoint)
 from ..config import TrainConfig, dump_config_yaml, load_config_file, parse_train_config
 from ..errors import CbdmError
 from ..images import class_rows, grid_image, save_png, to_float, to_uint8
@@ -27,6 +29,8 @@ from .distributed import DistContext, setup_distributed
 from ..host_memory import keep_freed_host_memory
 from .precision import match_param_layout, resolve_precision
 from .step import build_train_step
+
+log = logging.getLogger("cbdm.train")
 
 # Fields that may change when resuming a run.
 RESUMABLE_CHANGES = {("optim", "steps"), ("log_every",), ("sample_every",), ("ckpt_every",), ("keep_last",),
@@ -91,22 +95,29 @@ class Trainer:
             probe.unlink()
         except OSError as exc:
             raise CbdmError(f"run folder {self.run_dir} is not writable: {exc.strerror or exc}") from None
-        # Temporary files of a write that was killed midway are never complete checkpoints.
-        if self.ckpt_dir.is_dir():
-            for stale in self.ckpt_dir.glob(".ckpt-*.tmp"):
-                stale.unlink(missing_ok=True)
+        # One writer per run folder, for as long as this trainer runs (released in run()).
+        locks.acquire(self.run_dir, "run folder")
+        self._locked = True
+        # Temporary files of a write that was killed midway are never complete files; with the
+        # lock held no other process is writing them.
+        remove_stale_temps(self.run_dir)
+        remove_stale_temps(self.ckpt_dir)
         existing = list_checkpoints(self.ckpt_dir)
         if self.resume:
-            if not existing:
-                raise CbdmError(f"--resume: no checkpoint in {self.ckpt_dir}")
             saved = parse_train_config(load_config_file(cfg_path), str(cfg_path)) if cfg_path.exists() else None
-            ckpt = load_checkpoint(existing[-1][1], with_optim=True)
+            ckpt = self._newest_good_checkpoint(existing)
+            if ckpt is None:
+                # Killed before its first checkpoint: nothing to continue, so start over at step 0.
+                log.warning("--resume: no checkpoint in %s yet; starting the run from step 0", self.ckpt_dir)
+                self._truncate_metrics(0)
+                return None
             saved = saved or parse_train_config(ckpt.config, "checkpoint config")
             diffs = [d for d in _diff_configs(saved.model_dump(mode="json"), self.cfg.model_dump(mode="json"))
                      if not any(d[:len(p)] == p for p in RESUMABLE_CHANGES)]
             if diffs:
                 names = ", ".join(".".join(map(str, d)) for d in diffs[:6])
                 raise CbdmError(f"--resume: the options differ from the run in {self.run_dir} in: {names}")
+            self._truncate_metrics(ckpt.step)
             return ckpt
         if cfg_path.exists() or existing:
             if not self.overwrite:
@@ -116,14 +127,61 @@ class Trainer:
                 (self.run_dir / name).unlink(missing_ok=True)
         return None
 
+    def _newest_good_checkpoint(self, existing: list[tuple[int, Path]]) -> Optional[Checkpoint]:
+        """The newest checkpoint that loads and verifies; corrupt newer ones are set aside
+        (renamed ``*.corrupt``, never deleted) with a warning."""
+        bad: list[tuple[Path, CbdmError]] = []
+        for _, path in reversed(existing):
+            try:
+                ckpt = load_checkpoint(path, with_optim=True)
+            except CbdmError as exc:
+                bad.append((path, exc))
+                continue
+            for bad_path, exc in bad:  # only once a good one is found: never leave a run with none
+                log.warning("--resume: %s; set aside as %s.corrupt", exc, bad_path.name)
+                os.replace(bad_path, bad_path.with_name(bad_path.name + ".corrupt"))
+            if bad:
+                log.warning("--resume: continuing from the older checkpoint %s (step %d)", path.name, ckpt.step)
+            return ckpt
+        first_error = bad[0][1] if bad else None
+        if first_error is not None:
+            raise CbdmError(f"--resume: no checkpoint in {self.ckpt_dir} is intact ({first_error}); "
+                            "use --overwrite to start over")
+        return None
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop the metrics lines after ``step`` (and any torn last line), so a resumed run
+        does not log the same steps twice."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        try:
+            lines = path.read_text().splitlines(keepends=True)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CbdmError(f"cannot read {path}: {exc}") from None
+        keep = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                break  # a torn line can only be the last one written
+            if not line.endswith("\n") or not isinstance(record, dict) or int(record.get("step", 0)) > step:
+                break
+            keep.append(line)
+        if len(keep) != len(lines):
+            atomic_write_text(path, "".join(keep))
+
     # -- main loop ----------------------------------------------------------------------
     def run(self) -> TrainResult:
         cfg = self.cfg
         build.check_components(cfg)
         ctx = setup_distributed(build.resolve_device(cfg.device))
+        self._locked = False
         try:
             return self._run(ctx)
         finally:
+            if self._locked:
+                locks.release(self.run_dir)
             ctx.close()
 
     def _run(self, ctx: DistContext) -> TrainResult:
@@ -133,7 +191,8 @@ class Trainer:
         # Rank 0 alone touches the run folder; its errors are raised on every rank.
         start_ckpt = ctx.main_first(self._prepare_run_dir, others=False)
         if not ctx.is_main and self.resume:
-            start_ckpt = load_checkpoint(list_checkpoints(self.ckpt_dir)[-1][1], with_optim=True)
+            found = list_checkpoints(self.ckpt_dir)
+            start_ckpt = load_checkpoint(found[-1][1], with_optim=True) if found else None
         data = ctx.main_first(lambda: build.load_training_data(cfg))  # rank 0 first: it may download
         precision = resolve_precision(cfg.perf, device)
         if cfg.perf.keep_host_memory == "on" or (cfg.perf.keep_host_memory == "auto" and device.type == "cpu"):
@@ -181,7 +240,11 @@ class Trainer:
             ema_decay=o.ema_decay, ema_warmup=o.ema_warmup, precision=precision, ctx=ctx, batch_size=o.batch_size)
         optimizer = train_step.optimizer
         if start_ckpt is not None and start_ckpt.optim is not None:
-            optimizer.load_state_dict(start_ckpt.optim)
+            try:
+                optimizer.load_state_dict(start_ckpt.optim)
+            except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
+                raise CbdmError(f"--resume: the optimizer state in the checkpoint does not fit this model "
+                                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
             match_param_layout(optimizer)
         meta = {"num_classes": data.num_classes, "image_size": data.image_size, "channels": data.channels,
                 "class_counts": counts.tolist(), "class_names": data.class_names, "dataset": data.name,
@@ -204,9 +267,17 @@ class Trainer:
             check_finite()
             path = None
             if ctx.is_main:
+                weights, averaged = model.state_dict(), ema_model.state_dict()
+                bad_names = nonfinite_tensors(weights) + [f"ema/{k}" for k in nonfinite_tensors(averaged)]
+                if bad_names:
+                    raise CbdmError(f"the weights hold NaN or inf at step {at_step} ({bad_names[0]}"
+                                    f"{' ...' if len(bad_names) > 1 else ''}); not saved (the last good "
+                                    f"checkpoint is kept in {self.ckpt_dir}); lower --lr or check the data")
                 path = self.ckpt_dir / checkpoint_name(at_step)
+                self._make_room(cfg.keep_last, sum(t.numel() * t.element_size() for t in
+                                                   list(weights.values()) + list(averaged.values())) * 2)
                 save_checkpoint(path, Checkpoint(step=at_step, config=cfg.model_dump(mode="json"),
-                                                 model=model.state_dict(), ema=ema_model.state_dict(),
+                                                 model=weights, ema=averaged,
                                                  optim=optimizer.state_dict(), meta=meta))
                 for _, old in list_checkpoints(self.ckpt_dir)[:-cfg.keep_last]:
                     old.unlink(missing_ok=True)
@@ -238,15 +309,14 @@ class Trainer:
                 if precision.channels_last:
                     x0 = x0.contiguous(memory_format=torch.channels_last)
                 out = train_step(step, x0, labels, cond, lr=o.lr * lr_at(step), skip_nonfinite=skip_mode)
-                if not out.applied:
-                    skipped += 1
-                    step += 1
-                    continue
-                bad = bad | ~out.finite
                 step += 1
-                window_steps += 1
-                for k, v in out.terms.items():
-                    sums[k] = sums.get(k, 0.0) + v
+                if out.applied:
+                    bad = bad | ~out.finite
+                    window_steps += 1
+                    for k, v in out.terms.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                else:
+                    skipped += 1  # still logs and checkpoints on schedule below
                 if step % cfg.log_every == 0 or step == o.steps:
                     check_finite()
                     means = dict(zip(sums, ctx.mean(list(sums.values()))))
@@ -274,12 +344,32 @@ class Trainer:
                   "images_per_sec": images_per_sec}
         if skipped:
             record["skipped_steps"] = skipped
-        with open(path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_line(path, json.dumps(record))
         if self.on_log:
             self.on_log(record)
 
     # -- helpers -------------------------------------------------------------------------
+    def _make_room(self, keep_last: int, estimate: int) -> None:
+        """When the disk is short of ``estimate`` bytes, delete now the checkpoints that keep_last
+        would prune after this write anyway. With ``--keep-last 1`` that is the previous
+        checkpoint: the user asked to keep only one."""
+        existing = list_checkpoints(self.ckpt_dir)
+        if existing:  # the previous checkpoint's size is the best guess for the next one
+            estimate = existing[-1][1].stat().st_size
+        prunable = existing[:max(len(existing) - (keep_last - 1), 0)]
+        if not prunable:
+            return
+        try:
+            free = shutil.disk_usage(self.ckpt_dir if self.ckpt_dir.is_dir() else self.run_dir).free
+        except OSError:
+            return
+        if free >= estimate + (1 << 20):
+            return
+        for _, old in prunable:
+            log.warning("disk nearly full (%d bytes free): removing %s before writing the next checkpoint "
+                        "(keep_last %d)", free, old.name, keep_last)
+            old.unlink(missing_ok=True)
+
     @torch.no_grad()
     def preview(self, ema_model: torch.nn.Module, schedule, num_classes: int, step: int) -> Path:
         """Sample a grid with one row per class from the EMA model."""
@@ -333,3 +423,28 @@ class Trainer:
                 signal.signal(sig, h)
 
         return restore
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append ``line`` and a newline in one write; on failure cut the file back to its old
+    size, so it never holds a partial line, and raise a one-line :class:`CbdmError`."""
+    data = (line.rstrip("\n") + "\n").encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise CbdmError(f"cannot write {path}: {exc.strerror or exc}") from None
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            written = os.write(fd, data)
+            if written != len(data):
+                raise OSError(28, "No space left on device (short write)")
+        except OSError as exc:
+            try:
+                os.ftruncate(fd, size)
+            except OSError:
+                pass
+            raise CbdmError(f"cannot append to {path}: {exc.strerror or exc}; training stopped, "
+                            "the checkpoints already written are kept") from None
+    finally:
+        os.close(fd)
