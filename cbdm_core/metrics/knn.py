@@ -45,15 +45,23 @@ def ball_counts(queries: torch.Tensor, centers: torch.Tensor, radii: torch.Tenso
     return out
 
 
-def two_nearest(queries: torch.Tensor, refs: torch.Tensor,
-                budget_bytes: int = BUDGET) -> tuple[torch.Tensor, torch.Tensor]:
-    """Distances from each query to its nearest and second-nearest row of ``refs``."""
-    d1 = torch.empty(queries.shape[0], dtype=queries.dtype, device=queries.device)
+def two_nearest(queries: torch.Tensor, refs: torch.Tensor, budget_bytes: int = BUDGET,
+                candidates: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distances from each query to its nearest and second-nearest row of ``refs`` (float64).
+
+    The fast matrix-product distances round (an exact copy can come out at 0.5 instead of 0
+    for 0..255 pixels in float32), so the ``candidates`` nearest rows they find are re-measured
+    exactly as ``||q - r||`` in float64: copies get exactly 0.
+    """
+    d1 = torch.empty(queries.shape[0], dtype=torch.float64, device=queries.device)
     d2 = torch.empty_like(d1)
+    m = min(max(2, candidates), refs.shape[0])
     for i, d in _blocks(queries, refs, budget_bytes):
-        top = d.topk(min(2, refs.shape[0]), dim=1, largest=False).values
-        d1[i:i + d.shape[0]] = top[:, 0]
-        d2[i:i + d.shape[0]] = top[:, -1]
+        idx = d.topk(m, dim=1, largest=False).indices
+        q = queries[i:i + d.shape[0]].to(torch.float64)
+        exact = (refs[idx].to(torch.float64) - q[:, None, :]).norm(dim=2).sort(dim=1).values
+        d1[i:i + d.shape[0]] = exact[:, 0]
+        d2[i:i + d.shape[0]] = exact[:, min(1, m - 1)]
     return d1, d2
 
 
