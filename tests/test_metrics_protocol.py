@@ -188,3 +188,18 @@ def test_direction_exact_name_beats_pattern():
     spec = MetricSpec(lambda r, f: {}, values={"x_*": Direction.LOWER, "x_n": Direction.NEITHER})
     assert spec.direction("x_a") is Direction.LOWER and spec.direction("x_n") is Direction.NEITHER
     assert spec.direction("y") is None
+
+
+def test_reference_radii_cached_on_disk(tmp_path):
+    from cbdm_core.evaluation.prepared import ReferenceRadii
+
+    rng = _rng(9)
+    real, fake = rng.normal(size=(300, 4)), rng.normal(size=(50, 4))
+    first = ReferenceRadii(tmp_path, "digits@abc-train-clf")
+    want = precision_recall(real, fake, radii_cache=first)
+    assert first.computed == 1 and len(list(tmp_path.iterdir())) == 1
+    again = ReferenceRadii(tmp_path, "digits@abc-train-clf")  # a new process: read from disk
+    assert precision_recall(real, fake, radii_cache=again) == want and again.computed == 0
+    other = ReferenceRadii(tmp_path, "digits@abc-train-inception")  # another extractor: its own entry
+    precision_recall(real, fake, radii_cache=other)
+    assert other.computed == 1
