@@ -260,7 +260,6 @@ def guidance_sweep(run: Any, ws: Sequence[float], *, out_dir: Path, sampling: Sa
     (:class:`cbdm_core.evaluation.EvalOptions`). Writes ``sweep.json`` and ``sweep.png``."""
     status = on_status or (lambda _m: None)
     _check_sampling(sampling)
-    reference = _preflight_eval(eval_options, select, status)
     if not ws:
         raise CbdmError("the guidance grid is empty")
     if any(w < 0 for w in ws):
@@ -269,6 +268,7 @@ def guidance_sweep(run: Any, ws: Sequence[float], *, out_dir: Path, sampling: Sa
         raise CbdmError(f"{run.checkpoint} was trained without label dropout (p_uncond = 0), so guidance "
                         "w > 0 has no unconditional prediction to use; sweep w = 0 only or train with "
                         "--p-uncond 0.1")
+    reference = _preflight_eval(eval_options, select, status)  # after the cheap checks: it reads data
     settings = {"checkpoint": str(run.checkpoint), "step": run.step, **_sampling_dict(sampling),
                 "dataset": eval_options.dataset, "reference_split": eval_options.reference_split}
     points: list[SweepPoint] = []
