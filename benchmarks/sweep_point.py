@@ -64,6 +64,7 @@ def main() -> None:
     p.add_argument("--guidance", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--metrics", default="fid,is,kid,precision_recall,density_coverage,per_class,memorization")
+    p.add_argument("--reference-split", default="train", choices=["train", "test"])
     p.add_argument("--classifier", type=Path, help="feature classifier (default: train one for 1 epoch)")
     p.add_argument("--workdir", type=Path, help="scratch folder (default: a temporary one)")
     args = p.parse_args()
@@ -82,7 +83,8 @@ def main() -> None:
                                  balanced=True, seed=0, device=torch.device("cpu"))
         save_classifier(model, clf, {"dataset": args.dataset})
     options = EvalOptions(dataset=args.dataset, data_root=args.data_root, extractor="classifier", classifier=clf,
-                          metrics=args.metrics.split(","), cache_dir=workdir / "cache", device="cpu")
+                          metrics=args.metrics.split(","), cache_dir=workdir / "cache", device="cpu",
+                          reference_split=args.reference_split)
     rows: list[tuple[str, float]] = []
 
     t = time.perf_counter()
