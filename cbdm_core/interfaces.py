@@ -8,8 +8,10 @@ Denoiser protocol (every backbone): ``model(x_t, t, y) -> eps`` where ``x_t`` is
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Protocol
+from enum import Enum
+from typing import Any, Callable, Mapping, Optional, Protocol
 
 import torch
 from pydantic import BaseModel
@@ -59,16 +61,57 @@ class SamplerSpec:
     default_steps: Optional[int] = None
 
 
+METRIC_CONTEXT: tuple[str, ...] = ("radii_cache", "training", "fake_images")
+
+
+class Direction(str, Enum):
+    """Which way a metric value improves."""
+
+    LOWER = "lower"  # lower is better (FID, KID, memorisation rate)
+    HIGHER = "higher"  # higher is better (IS, precision, recall, coverage)
+    NEITHER = "neither"  # not a score (a spread, a sample count): never used to rank
+
+
 @dataclass(frozen=True)
 class MetricSpec:
     """A metric computed from features.
 
     ``compute(real: FeatureSet, fake: FeatureSet, **options) -> dict[str, float | None]``;
     ``None`` marks a value that could not be computed (too few samples).
+
+    Attributes:
+        values: the names ``compute`` returns and which way each improves. A key may be an
+            ``fnmatch`` pattern (``"fid_class_*"``) for names that depend on the classes or the
+            options; exact names win over patterns. Sweeps, reports and ``cbdm compare`` rank by
+            this, so a plugin metric declares it rather than being guessed from its name.
+        needs_logits: the fake set must carry class probabilities.
+        needs_labels: both sets must carry class labels (per-class metrics).
+        context: evaluation-context keywords ``compute`` takes besides the common ones
+            (``device``, ``num_classes``, ``class_counts``), from :data:`METRIC_CONTEXT`:
+            ``radii_cache`` (a :class:`~cbdm_core.metrics.RadiiCache` of the reference's k-NN
+            radii), ``training`` (a :class:`~cbdm_core.metrics.TrainingReference`: images and
+            features of the set the model was trained on; loaded only for such metrics) and
+            ``fake_images`` (the generated ``uint8 [N, C, H, W]`` images).
     """
 
     compute: Callable[..., dict[str, Any]]
     needs_logits: bool = False
+    values: Mapping[str, Direction] = field(default_factory=dict)
+    needs_labels: bool = False
+    context: tuple[str, ...] = ()
+
+    @property
+    def needs_training_set(self) -> bool:
+        return "training" in self.context
+
+    def direction(self, value: str) -> Optional[Direction]:
+        """The declared direction of ``value`` (exact name first, then patterns), else ``None``."""
+        if value in self.values:
+            return Direction(self.values[value])
+        for pattern, direction in self.values.items():
+            if fnmatch.fnmatchcase(value, pattern):
+                return Direction(direction)
+        return None
 
 
 @dataclass

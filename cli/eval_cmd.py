@@ -18,7 +18,7 @@ from cbdm_core.errors import CbdmError
 from .default_group import DEFAULT_CMD, DefaultCommand, DefaultGroup
 from .eval_support import LogToReporter, Reporter, feature_options, parse_metric_options, split_metrics
 
-METRIC_HELP = "fid,is,kid,precision_recall,prd,per_class_fid"
+METRIC_HELP = "fid,is,kid,precision_recall,density_coverage,prd,per_class_fid,per_class,memorization"
 
 
 class _EvalGroup(DefaultGroup):

@@ -37,7 +37,7 @@ def _sampling_options(f):
         click.option("--batch-size", type=int, default=256, show_default=True, help="Images per network batch."),
         click.option("--metrics", default=DEFAULT_METRICS, show_default=True, help="Comma-separated metrics."),
         click.option("--select", default="fid", show_default=True,
-                     help="Metric that picks the best point (lowest FID/KID, highest otherwise)."),
+                     help="Value that picks the best point (lowest or highest, as its metric declares)."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
     ]
     for decorate in reversed(decorators):
@@ -57,22 +57,25 @@ def _eval_options(dataset: str, data_root: Optional[Path], metrics: str, extract
 
 
 def _check_select(select: str, metrics: str) -> None:
-    """``--select fid`` needs fid among the metrics (``is`` gives is and is_std, and so on)."""
+    """``--select`` must be a score declared by one of ``--metrics`` (from the metric specs)."""
+    from cbdm_core.evaluation.values import provider_of, rankable
     from cbdm_core.registry import get_registry
 
     names = split_metrics(metrics) or []
     for m in names:
         get_registry().get("metric", m)
-    providers = {"is_std": "is", "kid_std": "kid", "precision": "precision_recall", "recall": "precision_recall",
-                 "f8": "prd", "f1_8": "prd"}
-    needed = providers.get(select, "per_class_fid" if select.startswith("fid_") else select)
-    if needed not in names:
-        raise CbdmError(f"--select {select} needs the metric {needed!r} in --metrics (got {metrics})")
+    if provider_of(select, names) is None:
+        needed = provider_of(select)
+        hint = f"the metric {needed!r} in --metrics" if needed else "a metric that returns it"
+        raise CbdmError(f"--select {select} needs {hint} (got {metrics})")
+    rankable(select, names)
 
 
 def _table(result) -> Table:
-    keys = [k for k in ("fid", "is", "kid", "precision", "recall", "f8", "f1_8", "fid_class_mean", "fid_tail")
-            if any(p.metrics.get(k) is not None for p in result.points)]
+    from cbdm_core.evaluation.values import summary_values
+
+    keys = summary_values([k for p in result.points for k in p.metrics])
+    keys = [k for k in keys if any(p.metrics.get(k) is not None for p in result.points)]
     best = result.best
     table = Table(title=f"{result.parameter} sweep ({result.extractor})", show_edge=False)
     table.add_column(result.parameter, justify="right")

@@ -123,7 +123,16 @@ def test_real_beats_noise_and_reports(classifier, npz, work):
         assert all(doc["groups"][g]["fid"] is not None for g in doc["groups"])
         assert len(doc["per_class"]) == 10 and all(p["fid"] is not None for p in doc["per_class"])
         assert doc["class_counts"]["source"].startswith("digits training split")
-        assert set(doc["metrics"]) == {"fid", "is", "kid", "precision_recall", "prd", "per_class_fid"}
+        assert set(doc["metrics"]) == {"fid", "is", "kid", "precision_recall", "density_coverage", "prd",
+                                       "per_class_fid", "per_class", "memorization"}
+        v = doc["values"]
+        assert v["pr_n"] == 300 and v["dc_n"] == 300 and v["prd_n"] == 300  # equal sizes, stated
+        assert 0 <= v["memorization_pixels"] <= 1 and doc["training_set"]["count"] > 0
+        assert doc["group_rule"] and doc["groups"]["tail"]["coverage"] is not None
+        assert all({"kid", "recall", "coverage", "accuracy", "memorization_pixels"} <= set(p)
+                   for p in doc["per_class"])
+    assert r["coverage"] > n["coverage"] and r["accuracy"] > n["accuracy"]
+    assert n["memorization_pixels"] == 0.0  # noise copies nothing
     assert noise_doc["reference"]["cache_hit"] is True  # same data, split and classifier
     assert (work / "real-out" / "per_class_fid.png").stat().st_size > 1000
     assert (work / "noise-eval" / "per_class_fid.png").is_file()
@@ -174,7 +183,8 @@ def test_sample_folder_uses_model_class_counts(classifier, test_digits, work):
     doc = _json(folder)  # default --out: the sample folder itself
     assert doc["samples"]["kind"] == "sample-folder" and doc["samples"]["count"] == 200
     assert doc["class_counts"]["values"] == lt_counts and "checkpoint" in doc["class_counts"]["source"]
-    assert doc["groups"]["head"]["classes"] == [0, 1, 2] and doc["groups"]["tail"]["classes"] == [7, 8, 9]
+    # > 100 / 20..100 / < 20 training images
+    assert doc["groups"]["head"]["classes"] == [0, 1, 2, 3] and doc["groups"]["tail"]["classes"] == [8, 9]
     assert [p["train_count"] for p in doc["per_class"]] == lt_counts
     assert (folder / "per_class_fid.png").is_file()
 

@@ -15,6 +15,7 @@ from cbdm_core.metrics import (
     frechet_distance,
     frequency_groups,
     group_by_frequency,
+    group_rule,
     inception_score,
     kid,
     per_class_fid,
@@ -99,9 +100,11 @@ def test_feature_statistics_checks_sample_count():
 
 def test_inception_score_uniform_and_one_hot():
     assert inception_score(np.full((100, 10), 0.1), splits=10) == pytest.approx((1.0, 0.0), abs=1e-9)
-    one_hot = np.eye(10)[np.arange(100) % 10]  # every split holds every class once
-    mean, std = inception_score(torch.tensor(one_hot), splits=10)
+    one_hot = np.eye(10)[np.arange(100) % 10]  # one split holding every class equally often
+    mean, std = inception_score(torch.tensor(one_hot), splits=1)
     assert mean == pytest.approx(10.0) and std == pytest.approx(0.0, abs=1e-9)
+    mean, _ = inception_score(np.eye(10)[np.arange(5000) % 10], splits=10)  # random splits: close to 10
+    assert 9.8 < mean <= 10.0
 
 
 def test_inception_score_rejects_logits_and_too_few():
@@ -198,11 +201,16 @@ def test_per_class_fid_and_missing_classes():
     assert values[3] is None
 
 
-def test_frequency_groups_sizes_and_order():
-    counts = [5, 500, 50, 100, 1, 20, 300, 10, 200, 2]
-    g = frequency_groups(counts)
-    assert g == {"head": [1, 6, 8], "medium": [3, 2, 5, 7], "tail": [0, 9, 4]}
-    sizes = {k: tuple(len(frequency_groups(np.arange(k, 0, -1))[x]) for x in ("head", "medium", "tail"))
+def test_frequency_groups_thresholds_else_thirds():
+    counts = [5, 500, 50, 100, 1, 20, 300, 10, 200, 2]  # every threshold group has classes: thresholds
+    assert frequency_groups(counts) == {"head": [1, 6, 8], "medium": [3, 2, 5], "tail": [7, 0, 9, 4]}
+    assert group_rule(counts) == "thresholds"
+    thirds = [5000, 3000, 2000, 1500, 900, 600, 400, 300, 200, 150]  # all > 100: thirds
+    assert frequency_groups(thirds) == {"head": [0, 1, 2], "medium": [3, 4, 5, 6], "tail": [7, 8, 9]}
+    assert group_rule(thirds) == "thirds"
+    # the edges: 101 is head, 100 and 20 medium, 19 tail
+    assert frequency_groups([101, 100, 20, 19]) == {"head": [0], "medium": [1, 2], "tail": [3]}
+    sizes = {k: tuple(len(frequency_groups(np.arange(k, 0, -1) + 1000)[x]) for x in ("head", "medium", "tail"))
              for k in (3, 10, 11, 12, 100)}
     assert sizes == {3: (1, 1, 1), 10: (3, 4, 3), 11: (4, 3, 4), 12: (4, 4, 4), 100: (33, 34, 33)}
 
@@ -222,7 +230,8 @@ def metrics():
 
 
 def test_registry_has_metrics(metrics):
-    assert {"fid", "is", "kid", "precision_recall", "prd", "per_class_fid"} <= set(metrics)
+    assert {"fid", "is", "kid", "precision_recall", "density_coverage", "prd", "per_class_fid", "per_class",
+            "memorization"} <= set(metrics)
     assert metrics["is"].needs_logits and not metrics["fid"].needs_logits
 
 
@@ -235,7 +244,7 @@ def _fs(x, labels=None, probs=None) -> FeatureSet:
 def test_plugins_report_none_with_warning_when_too_few(metrics):
     few, many = _fs(np.zeros((3, 4))), _fs(_rng().normal(size=(50, 4)))
     with pytest.warns(MetricWarning, match="NOT COMPUTED"):
-        assert metrics["precision_recall"].compute(many, few) == {"precision": None, "recall": None}
+        assert metrics["precision_recall"].compute(many, few) == {"precision": None, "recall": None, "pr_n": None}
     with pytest.warns(MetricWarning, match="NOT COMPUTED"):
         assert metrics["fid"].compute(_fs(np.zeros((1, 4))), many) == {"fid": None}
     with pytest.warns(MetricWarning, match="NOT COMPUTED"):
@@ -252,11 +261,11 @@ def test_plugins_compute_values(metrics):
     out = metrics["is"].compute(real, fake, splits=4, **common)
     assert 2.5 < out["is"] <= 3.0 + 1e-9
     out = metrics["precision_recall"].compute(real, fake, k=3, **common)
-    assert set(out) == {"precision", "recall"} and 0 < out["precision"] <= 1
+    assert set(out) == {"precision", "recall", "pr_n"} and 0 < out["precision"] <= 1 and out["pr_n"] == 240
     out = metrics["kid"].compute(real, fake, subsets=5, subset_size=100, **common)
     assert out["kid"] > 0
     out = metrics["prd"].compute(real, fake, num_runs=1, num_clusters=5, **common)
-    assert set(out) == {"f8", "f1_8"} and all(0 <= v <= 1 for v in out.values())
+    assert set(out) == {"f8", "f1_8", "prd_n"} and all(0 <= out[v] <= 1 for v in ("f8", "f1_8"))
     with pytest.warns(MetricWarning) as record:
         out = metrics["per_class_fid"].compute(real, _fs(real.features[:5] + 1, labels[:5]), **common)
     messages = " | ".join(str(w.message) for w in record)

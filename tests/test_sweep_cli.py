@@ -190,3 +190,58 @@ def test_option_sweep_errors_are_one_line(work):
     _fails("option", "t2h.cut_time", "--values", "0.5", "--method", "t2h", "--out", out, match="whole numbers")
     _fails("option", "nope.x", "--values", "1", "--out", out, match="unknown method 'nope'")
     assert not out.exists()
+
+
+class _ToyLossPlugin:
+    """A third-party metric where LOWER is better, under a name no list in the code knows."""
+
+    from cbdm_core.hookspecs import hookimpl
+
+    @hookimpl
+    def register_components(self, register):
+        from cbdm_core.interfaces import Direction, MetricSpec
+
+        def compute(real, fake, **_options):
+            return {"toy_loss": float(fake.features.double().mean())}
+
+        register("metric", "toy", MetricSpec(compute, values={"toy_loss": Direction.LOWER}))
+
+
+def test_sweep_loads_reference_once_and_ranks_plugin_metric_by_its_direction(classifier, work, monkeypatch):
+    import cbdm_core.evaluation.prepared as prepared
+    import cbdm_core.registry as registry
+
+    monkeypatch.setattr(registry, "_DEFAULT", registry.build_registry(extra_plugins=[_ToyLossPlugin()]))
+    loads: list[str] = []
+    original = prepared.load_reference
+
+    def spy(dataset, root, split):
+        loads.append(dataset)
+        return original(dataset, root, split)
+
+    monkeypatch.setattr(prepared, "load_reference", spy)
+    run = _write_run(work / "run-toy", p_uncond=0.1)
+    out = work / "toy-sweep"
+    res = _ok(run, "--grid", "0,1,2", "--num", "24", "--steps", "2", "--batch-size", "24",
+              "--metrics", "toy,precision_recall", "--select", "toy_loss", "--out", out, *_eval_args(classifier, work))
+    assert loads == ["digits-lt"]  # once for the whole sweep, not once per point
+    doc = json.loads((out / "sweep.json").read_text())
+    values = {p["value"]: p["metrics"]["toy_loss"] for p in doc["points"]}
+    assert len(set(values.values())) == 3
+    lowest = min(values, key=values.get)
+    assert doc["best"]["value"] == lowest and doc["select_direction"] == "min"
+    assert f"best guidance: {lowest:g} (lowest toy_loss" in res.output
+    assert all(p["metrics"]["pr_n"] == 24 for p in doc["points"])
+    # a value that is not a score cannot pick the best point
+    _fails(run, "--grid", "0", "--num", "24", "--steps", "2", "--metrics", "precision_recall", "--select", "pr_n",
+           "--out", work / "none", *_eval_args(classifier, work), match="not a score")
+
+
+def test_best_point_uses_declared_direction_or_override():
+    pts = [SweepPoint(0.0, "a", {"coverage": 0.2, "memorization_pixels": 0.1}),
+           SweepPoint(1.0, "b", {"coverage": 0.5, "memorization_pixels": 0.3})]
+    assert best_point(pts, "coverage").value == 1.0  # higher is better
+    assert best_point(pts, "memorization_pixels").value == 0.0  # lower is better
+    assert best_point(pts, "coverage", lower_is_better=True).value == 0.0
+    with pytest.raises(CbdmError, match="declared"):
+        best_point(pts + [SweepPoint(2.0, "c", {"nope": 1.0})], "nope")

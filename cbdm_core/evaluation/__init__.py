@@ -12,8 +12,10 @@ from .engine import (
     resolve_metrics,
 )
 from .inputs import SampleSet, read_samples
+from .prepared import PreparedReference, ReferenceRadii, prepare_reference
 from .reference import default_cache_dir, fit_to_reference, load_reference, training_class_counts
 from .report import METRICS_JSON, PER_CLASS_PLOT, metrics_table, plot_per_class_fid, result_to_dict, write_metrics_json
+from .values import direction_of, is_per_class, provider_of, rankable, summary_values
 
 __all__ = [
     "DEFAULT_METRICS",
@@ -23,17 +25,25 @@ __all__ = [
     "METRICS_JSON",
     "MetricResult",
     "PER_CLASS_PLOT",
+    "PreparedReference",
+    "ReferenceRadii",
     "SampleSet",
     "build_extractor",
     "default_cache_dir",
+    "direction_of",
+    "is_per_class",
     "evaluate",
     "fit_to_reference",
     "load_reference",
     "metrics_table",
     "plot_per_class_fid",
+    "prepare_reference",
+    "provider_of",
+    "rankable",
     "read_samples",
     "resolve_metrics",
     "result_to_dict",
+    "summary_values",
     "training_class_counts",
     "write_metrics_json",
 ]

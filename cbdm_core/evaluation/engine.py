@@ -6,25 +6,24 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 import torch
 
 from ..errors import CbdmError
+from ..interfaces import METRIC_CONTEXT
 from .inputs import SampleSet, read_samples
-from .reference import (
-    check_labels,
-    default_cache_dir,
-    fit_to_reference,
-    load_reference,
-    reference_features,
-    training_class_counts,
-)
+from .reference import check_labels, fit_to_reference
+from .values import is_per_class, split_per_class
 
-DEFAULT_METRICS: tuple[str, ...] = ("fid", "is", "kid", "precision_recall", "prd", "per_class_fid")
+if TYPE_CHECKING:
+    from .prepared import PreparedReference
+
+DEFAULT_METRICS: tuple[str, ...] = ("fid", "is", "kid", "precision_recall", "density_coverage", "prd",
+                                     "per_class_fid", "per_class", "memorization")
 REFERENCE_SPLITS: tuple[str, ...] = ("train", "test")
-# Keywords the engine passes to every metric itself.
-COMMON_OPTIONS: tuple[str, ...] = ("device", "num_classes", "class_counts")
+# Keywords the engine passes to metrics itself (the context ones only where a spec asks).
+COMMON_OPTIONS: tuple[str, ...] = ("device", "num_classes", "class_counts", *METRIC_CONTEXT)
 PER_CLASS_PREFIX = "fid_class_"
 
 WarningFn = Callable[[str], None]
@@ -100,14 +99,25 @@ class EvalResult:
     class_counts_source: Optional[str] = None
     sample_counts: Optional[list[int]] = None
     warnings: list[str] = field(default_factory=list)
+    training: Optional[dict[str, Any]] = None
 
     def values(self, per_class: bool = False) -> dict[str, Optional[float]]:
-        """All values by name (``fid_class_<c>`` only with ``per_class``)."""
+        """All values by name (the per-class ``<name>_class_<c>`` ones only with ``per_class``)."""
         out: dict[str, Optional[float]] = {}
         for m in self.metrics:
             for k, v in m.values.items():
-                if per_class or not k.startswith(PER_CLASS_PREFIX) or k == "fid_class_mean":
+                if per_class or not is_per_class(k):
                     out[k] = v
+        return out
+
+    def per_class_values(self) -> dict[int, dict[str, Optional[float]]]:
+        """``{class: {name: value}}`` of every per-class value (``fid``, ``kid``, ``recall``, ...)."""
+        out: dict[int, dict[str, Optional[float]]] = {}
+        for m in self.metrics:
+            for k, v in m.values.items():
+                parts = split_per_class(k)
+                if parts is not None:
+                    out.setdefault(parts[1], {})[parts[0]] = v
         return out
 
     def per_class_fid(self) -> Optional[dict[int, Optional[float]]]:
@@ -223,18 +233,27 @@ def _finite(values: dict[str, Any]) -> dict[str, Optional[float]]:
     return out
 
 
+def _skip_reason(name: str, spec: Any, sample_set: SampleSet) -> Optional[str]:
+    if getattr(spec, "needs_labels", False) and not sample_set.labeled:
+        return f"the samples in {sample_set.source} have no class labels"
+    return None
+
+
 def evaluate(samples: Union[Path, str, SampleSet], options: EvalOptions, *,
+             reference: Optional["PreparedReference"] = None,
              on_warning: Optional[WarningFn] = None,
              on_status: Optional[Callable[[str], None]] = None) -> EvalResult:
     """Compare ``samples`` (a path :func:`read_samples` accepts, or a :class:`SampleSet`)
     with the class-balanced ``options.reference_split`` of ``options.dataset``.
 
-    Reference features are cached under ``cache_dir/features``. Every ``UserWarning``
-    raised on the way (e.g. a metric with too few samples) is passed to ``on_warning``
-    and kept in the result; metrics that could not be computed have ``None`` values.
+    ``reference``: an already loaded reference (:func:`prepare_reference` with the same
+    dataset, split and extractor), so a sweep loads the real set, its features and k-NN radii
+    once. Reference features are cached under ``cache_dir/features``. Every ``UserWarning``
+    raised on the way (e.g. a metric with too few samples) is passed to ``on_warning`` and
+    kept in the result; metrics that could not be computed have ``None`` values.
     """
-    from ..build import resolve_device
     from ..registry import get_registry
+    from .prepared import prepare_reference
 
     status = on_status or (lambda _msg: None)
     explicit = options.metrics is not None
@@ -247,14 +266,15 @@ def evaluate(samples: Union[Path, str, SampleSet], options: EvalOptions, *,
     get_registry().get("feature_extractor", options.extractor)  # unknown: error listing the choices
     if options.extractor == "classifier" and options.classifier is None:
         build_extractor(options)  # the clear error, before any loading
-    device = resolve_device(options.device)
-    cache_dir = Path(options.cache_dir).expanduser() if options.cache_dir is not None else default_cache_dir()
+    if reference is not None and not reference.matches(options):
+        raise CbdmError(f"the prepared reference is {reference.dataset} {reference.split} with "
+                        f"{reference.info.name} features, but the options ask for {options.dataset} "
+                        f"{options.reference_split} with {options.extractor}")
     specs = {m: get_registry().get("metric", m).obj for m in metrics}
 
     with _WarningLog(on_warning) as log:
-        status(f"loading the {options.reference_split} split of {options.dataset}")
-        ref = load_reference(options.dataset, options.data_root, options.reference_split)
-        chw = (ref.channels, int(ref.images.shape[-2]), int(ref.images.shape[-1]))
+        prep = reference if reference is not None else prepare_reference(options, on_status=status)
+        ref, device, chw = prep.images, prep.device, prep.chw
         sample_set = samples if isinstance(samples, SampleSet) else read_samples(Path(samples), ref.class_names)
         model_classes = (sample_set.manifest or {}).get("num_classes")
         if sample_set.labeled and isinstance(model_classes, int) and model_classes != ref.num_classes:
@@ -264,26 +284,36 @@ def evaluate(samples: Union[Path, str, SampleSet], options: EvalOptions, *,
         images, resize_note = fit_to_reference(sample_set.images, chw, options.dataset, options.resize)
 
         skipped: dict[str, str] = {}
-        if "per_class_fid" in metrics and not sample_set.labeled:
-            reason = f"the samples in {sample_set.source} have no class labels"
+        for name, spec in specs.items():
+            reason = _skip_reason(name, spec, sample_set)
+            if reason is None:
+                continue
             if explicit:
-                raise CbdmError(f"metric 'per_class_fid' needs labelled samples; {reason}")
-            skipped["per_class_fid"] = reason
-            warnings.warn(f"per_class_fid NOT COMPUTED: {reason}", UserWarning, stacklevel=2)
+                raise CbdmError(f"metric {name!r} needs labelled samples; {reason}")
+            skipped[name] = reason
+            warnings.warn(f"{name} NOT COMPUTED: {reason}", UserWarning, stacklevel=2)
         counts, counts_source = None, None
-        if "per_class_fid" in metrics and "per_class_fid" not in skipped:
-            counts, counts_source = training_class_counts(options.dataset, options.data_root, ref.num_classes,
-                                                          sample_set.manifest, fallback=ref.class_counts)
+        if sample_set.labeled and any(getattr(s, "needs_labels", False) or getattr(s, "needs_training_set", False)
+                                      for n, s in specs.items() if n not in skipped):
+            counts, counts_source = prep.training_counts(sample_set.manifest)
+        training = None
+        wanted = [n for n, s in specs.items() if getattr(s, "needs_training_set", False) and n not in skipped]
+        if wanted:
+            try:
+                training = prep.training(sample_set.manifest, status)
+            except CbdmError as exc:
+                if explicit:
+                    raise
+                for n in wanted:
+                    skipped[n] = f"the training set is not available ({exc})"
+                    warnings.warn(f"{n} NOT COMPUTED: {skipped[n]}", UserWarning, stacklevel=2)
 
-        extractor, info = build_extractor(options)
-        _check_classifier_fits(extractor, chw, options.dataset)
-        status(f"reference features ({len(ref)} images, {info.name})")
-        cached = reference_features(extractor, ref, dataset=options.dataset, split=options.reference_split,
-                                    cache_dir=cache_dir, batch_size=options.batch_size, device=device)
+        cached = prep.cached
         status(f"sample features ({len(images)} images)")
-        fake = extractor.extract(images, batch_size=options.batch_size, device=device)
+        fake = prep.extractor.extract(images, batch_size=options.batch_size, device=device)
         if sample_set.labeled:
             fake = fake.with_labels(sample_set.labels)
+        context = {"radii_cache": prep.radii, "training": training, "fake_images": images}
 
         results: list[MetricResult] = []
         for name in metrics:
@@ -292,8 +322,9 @@ def evaluate(samples: Union[Path, str, SampleSet], options: EvalOptions, *,
                 continue
             status(f"metric {name}")
             log.current = []
+            extra = {k: context[k] for k in getattr(specs[name], "context", ())}
             values = specs[name].compute(cached.features, fake, device=device, num_classes=ref.num_classes,
-                                         class_counts=counts, **options.metric_options.get(name, {}))
+                                         class_counts=counts, **extra, **options.metric_options.get(name, {}))
             results.append(MetricResult(name, _finite(values), log.current))
             log.current = None
 
@@ -314,11 +345,13 @@ def evaluate(samples: Union[Path, str, SampleSet], options: EvalOptions, *,
                    "class_counts": [int(c) for c in ref.class_counts.tolist()],
                    "cache_key": cached.cache_key, "cache_file": str(cached.cache_file),
                    "cache_hit": cached.cache_hit},
-        extractor=info,
+        extractor=prep.info,
         metrics=results,
         class_names=list(ref.class_names),
         class_counts=counts,
         class_counts_source=counts_source,
         sample_counts=sample_counts,
         warnings=log.all,
+        training=None if training is None else {"description": training.description,
+                                                "count": int(len(training.labels))},
     )

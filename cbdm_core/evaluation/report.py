@@ -12,6 +12,7 @@ from rich.text import Text
 
 from ..atomic import atomic_path, atomic_write_text
 from .engine import EvalResult
+from .values import is_per_class
 
 FORMAT = "cbdm-eval/1"
 METRICS_JSON = "metrics.json"
@@ -39,19 +40,26 @@ def metrics_table(result: EvalResult) -> Table:
             table.add_row(Text(m.metric), Text(NOT_COMPUTED, style="bold red"), label)
             continue
         for key, value in m.values.items():
-            if key.startswith("fid_class_") and key != "fid_class_mean":
+            if is_per_class(key):
                 continue  # per-class values go to metrics.json and the plot
             table.add_row(Text(key), Text(_fmt(value), style="bold red" if value is None else ""), label)
     return table
 
 
 def groups_of(result: EvalResult) -> Optional[dict[str, list[int]]]:
-    """Head / medium / tail classes by training frequency (``None`` without counts or < 3 classes)."""
+    """Head / medium / tail classes by training frequency (``None`` without counts or < 3 classes);
+    the rule is :func:`cbdm_core.metrics.frequency_groups`, the same for every report and plot."""
     from ..metrics import frequency_groups
 
     if result.class_counts is None or len(result.class_counts) < 3:
         return None
     return frequency_groups(result.class_counts)
+
+
+def _group_values(values: dict[str, Optional[float]], group: str) -> dict[str, Optional[float]]:
+    """``{"fid": ..., "kid": ...}`` from the ``<name>_<group>`` values."""
+    suffix = f"_{group}"
+    return {k[:-len(suffix)]: v for k, v in values.items() if k.endswith(suffix)}
 
 
 def result_to_dict(result: EvalResult) -> dict[str, Any]:
@@ -78,23 +86,28 @@ def result_to_dict(result: EvalResult) -> dict[str, Any]:
         "not_computed": [k for k, v in values.items() if v is None] +
                         [m.metric for m in result.metrics if m.skipped is not None],
         "class_counts": {"values": result.class_counts, "source": result.class_counts_source},
+        "training_set": result.training,
         "per_class": None,
         "groups": None,
         "warnings": result.warnings,
     }
     if not ext.comparable:
         doc["not_comparable_reason"] = ext.note
-    if per_class is not None:
+    if per_class is not None or result.per_class_values():
         group_of = {c: g for g, cs in (groups or {}).items() for c in cs}
+        table = result.per_class_values()
         doc["per_class"] = [
             {"class": c, "name": result.class_names[c] if c < len(result.class_names) else str(c),
              "train_count": None if result.class_counts is None else result.class_counts[c],
              "samples": None if result.sample_counts is None else result.sample_counts[c],
-             "group": group_of.get(c), "fid": v, "extractor": ext.name}
-            for c, v in sorted(per_class.items())]
-        if groups is not None:
-            doc["groups"] = {g: {"classes": cs, "fid": values.get(f"fid_{g}"), "extractor": ext.name}
-                             for g, cs in groups.items()}
+             "group": group_of.get(c), "fid": (per_class or {}).get(c), **table.get(c, {}), "extractor": ext.name}
+            for c in sorted(table)]
+    if groups is not None:
+        from ..metrics import describe_rule
+
+        doc["group_rule"] = describe_rule(result.class_counts)
+        doc["groups"] = {g: {"classes": cs, "fid": values.get(f"fid_{g}"), **_group_values(values, g),
+                             "extractor": ext.name} for g, cs in groups.items()}
     return doc
 
 

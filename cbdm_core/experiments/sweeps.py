@@ -28,9 +28,6 @@ __all__ = ["SamplingSettings", "guidance_sweep", "training_sweep", "parse_grid",
 SWEEP_JSON = "sweep.json"
 SWEEP_PLOT = "sweep.png"
 FORMAT = "cbdm-sweep/1"
-# Metrics where a smaller value is better; every other metric is taken as higher-is-better.
-LOWER_IS_BETTER = frozenset({"fid", "kid", "kid_std", "is_std", "fid_class_mean", "fid_head", "fid_medium",
-                             "fid_tail"})
 MAX_POINTS = 1000
 
 StatusFn = Callable[[str], None]
@@ -104,20 +101,31 @@ class SweepResult:
 
     @property
     def lower_is_better(self) -> bool:
-        return self.select in LOWER_IS_BETTER
+        return _lower_is_better(self.select)
 
     @property
     def best(self) -> Optional[SweepPoint]:
         return best_point(self.points, self.select)
 
 
-def best_point(points: Sequence[SweepPoint], metric: str) -> Optional[SweepPoint]:
-    """The point with the best ``metric`` (lowest for FID/KID, highest otherwise); ties go to the
-    smaller value of the swept setting. ``None`` when no point has the metric."""
+def _lower_is_better(value: str) -> bool:
+    """From the declaring metric's spec (``MetricSpec.values``), never from a list of names."""
+    from ..evaluation.values import rankable
+    from ..interfaces import Direction
+
+    return rankable(value) is Direction.LOWER
+
+
+def best_point(points: Sequence[SweepPoint], metric: str,
+               lower_is_better: Optional[bool] = None) -> Optional[SweepPoint]:
+    """The point with the best ``metric`` (its direction as the metric declares it unless
+    ``lower_is_better`` is given); ties go to the smaller value of the swept setting. ``None``
+    when no point has the metric."""
     scored = [p for p in points if p.metrics.get(metric) is not None]
     if not scored:
         return None
-    sign = 1.0 if metric in LOWER_IS_BETTER else -1.0
+    lower = _lower_is_better(metric) if lower_is_better is None else lower_is_better
+    sign = 1.0 if lower else -1.0
     return min(scored, key=lambda p: (sign * float(p.metrics[metric]), p.value))
 
 
@@ -142,11 +150,18 @@ def write_sweep_json(result: SweepResult, path: Path) -> Path:
     return Path(path)
 
 
-def plot_sweep(result: SweepResult, path: Path, metrics: Sequence[str] = ("fid", "is")) -> Optional[Path]:
-    """One panel per metric (value against the swept setting), the best point marked.
-    ``None`` (nothing written) when no point has any of ``metrics``."""
+def plot_sweep(result: SweepResult, path: Path, metrics: Optional[Sequence[str]] = None,
+               max_panels: int = 3) -> Optional[Path]:
+    """One panel per value (against the swept setting), the best point marked: ``metrics``, or
+    the selected value and the next scores the points carry. ``None`` (nothing written) when no
+    point has any of them."""
     from matplotlib.figure import Figure
 
+    from ..evaluation.values import summary_values
+
+    if metrics is None:
+        names = [k for p in result.points for k in p.metrics]
+        metrics = [result.select] + [m for m in summary_values(names) if m != result.select][:max_panels - 1]
     panels = [m for m in metrics if any(p.metrics.get(m) is not None for p in result.points)]
     if not panels:
         return None
@@ -173,7 +188,8 @@ def plot_sweep(result: SweepResult, path: Path, metrics: Sequence[str] = ("fid",
 
 
 def _sample_and_evaluate(run: Any, out_dir: Path, guidance: float, sampling: SamplingSettings,
-                         eval_options: Any, status: StatusFn) -> tuple[dict[str, Optional[float]], Any]:
+                         eval_options: Any, status: StatusFn,
+                         reference: Any = None) -> tuple[dict[str, Optional[float]], Any]:
     from ..evaluation import evaluate, write_metrics_json
     from ..sampling.generate import generate_samples, resolve_steps
     from ..sampling.plan import plan_labels
@@ -182,21 +198,24 @@ def _sample_and_evaluate(run: Any, out_dir: Path, guidance: float, sampling: Sam
     steps = resolve_steps(sampling.sampler, sampling.steps, run.schedule.num_timesteps)
     generate_samples(run, labels, out_dir=out_dir, settings=sampling.model_copy(update={"steps": steps,
                                                                                       "guidance": guidance}))
-    result = evaluate(out_dir, eval_options, on_status=status)
+    result = evaluate(out_dir, eval_options, reference=reference, on_status=status)
     write_metrics_json(result, out_dir / "metrics.json")
     return result.values(), result.extractor
 
 
-def _preflight_eval(eval_options: Any) -> None:
+def _preflight_eval(eval_options: Any, select: str, status: StatusFn) -> Any:
     """Fail on evaluation mistakes (unknown metric, missing classifier or weights, missing
-    dataset files) before any sampling or training time is spent."""
-    from ..evaluation import build_extractor, load_reference, resolve_metrics
+    dataset files, a --select no chosen metric declares) before any sampling or training time
+    is spent; returns the reference, loaded once for every point of the sweep."""
+    from ..evaluation import build_extractor, prepare_reference, resolve_metrics
     from ..evaluation.engine import check_metric_options
+    from ..evaluation.values import rankable
 
-    resolve_metrics(eval_options.metrics)
+    metrics = resolve_metrics(eval_options.metrics)
     check_metric_options(eval_options.metric_options)
-    build_extractor(eval_options)
-    load_reference(eval_options.dataset, eval_options.data_root, eval_options.reference_split)
+    rankable(select, metrics)
+    build_extractor(eval_options)  # a missing classifier fails before the data is read
+    return prepare_reference(eval_options, on_status=status)
 
 
 def _check_sampling(sampling: SamplingSettings) -> None:
@@ -217,7 +236,6 @@ def guidance_sweep(run: Any, ws: Sequence[float], *, out_dir: Path, sampling: Sa
     (:class:`cbdm_core.evaluation.EvalOptions`). Writes ``sweep.json`` and ``sweep.png``."""
     status = on_status or (lambda _m: None)
     _check_sampling(sampling)
-    _preflight_eval(eval_options)
     if not ws:
         raise CbdmError("the guidance grid is empty")
     if any(w < 0 for w in ws):
@@ -226,6 +244,7 @@ def guidance_sweep(run: Any, ws: Sequence[float], *, out_dir: Path, sampling: Sa
         raise CbdmError(f"{run.checkpoint} was trained without label dropout (p_uncond = 0), so guidance "
                         "w > 0 has no unconditional prediction to use; sweep w = 0 only or train with "
                         "--p-uncond 0.1")
+    reference = _preflight_eval(eval_options, select, status)  # after the cheap checks: it reads data
     settings = {"checkpoint": str(run.checkpoint), "step": run.step, **_sampling_dict(sampling),
                 "dataset": eval_options.dataset, "reference_split": eval_options.reference_split}
     points: list[SweepPoint] = []
@@ -233,7 +252,7 @@ def guidance_sweep(run: Any, ws: Sequence[float], *, out_dir: Path, sampling: Sa
     for w in ws:
         folder = Path(out_dir) / f"w{value_label(w)}"
         status(f"guidance w = {w:g}: sampling {sampling.num} images into {folder}")
-        values, extractor = _sample_and_evaluate(run, folder, w, sampling, eval_options, status)
+        values, extractor = _sample_and_evaluate(run, folder, w, sampling, eval_options, status, reference)
         point = SweepPoint(value=w, samples=str(folder), metrics=values)
         points.append(point)
         result = _finish(SweepResult("guidance", select, list(points), settings), extractor)
@@ -282,7 +301,7 @@ def training_sweep(parameter: str, values: Sequence[float], config_for: Callable
 
     status = on_status or (lambda _m: None)
     _check_sampling(sampling)
-    _preflight_eval(eval_options)
+    reference = _preflight_eval(eval_options, select, status)
     if not values:
         raise CbdmError(f"no {parameter} values to sweep")
     configs = {v: config_for(v) for v in values}  # every config validates before any training
@@ -304,7 +323,8 @@ def training_sweep(parameter: str, values: Sequence[float], config_for: Callable
         if sampling.guidance > 0 and not run.trained_with_label_dropout:
             raise CbdmError(f"{run_dir} was trained without label dropout; use --guidance 0")
         folder = run_dir / f"samples-w{value_label(sampling.guidance)}"
-        values_, extractor = _sample_and_evaluate(run, folder, sampling.guidance, sampling, eval_options, status)
+        values_, extractor = _sample_and_evaluate(run, folder, sampling.guidance, sampling, eval_options, status,
+                                                  reference)
         points.append(SweepPoint(value=v, samples=str(folder), metrics=values_, run=str(run_dir)))
         result = _finish(SweepResult(parameter, select, list(points), settings), extractor)
         _write(result, Path(out_dir))  # after every point, so a long sweep shows its progress

@@ -67,3 +67,19 @@ def check_same_dim(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -
 def row_chunk(num_cols: int, itemsize: int = 8, budget_bytes: int = 256 * 2**20) -> int:
     """Rows per chunk so that a ``[rows, num_cols]`` matrix stays within ``budget_bytes``."""
     return max(1, budget_bytes // max(1, num_cols * itemsize))
+
+
+def equal_size_indices(n_total: int, n: int, seed: int) -> np.ndarray | None:
+    """Sorted, seeded choice of ``n`` of ``n_total`` rows; ``None`` when all are used.
+
+    The choice depends only on ``(n_total, n, seed)``, so a cache of statistics of the
+    subsample (e.g. reference k-NN radii) can be keyed by them.
+    """
+    if n >= n_total:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n_total, n, replace=False))
+
+
+def take(x: torch.Tensor, idx: np.ndarray | None) -> torch.Tensor:
+    """Rows ``idx`` of ``x`` (all rows for ``None``)."""
+    return x if idx is None else x[torch.as_tensor(idx, device=x.device)]

@@ -1,8 +1,8 @@
-"""Per-class FID and head/medium/tail summaries for long-tailed evaluation."""
+"""Per-class FID, KID, recall, coverage and conditional accuracy for long-tailed evaluation."""
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
@@ -10,8 +10,9 @@ import torch
 from ..errors import CbdmError
 from ._common import ArrayLike, as_torch2d, check_same_dim, warn
 from .fid import feature_statistics, frechet_distance
-
-GROUPS: tuple[str, str, str] = ("head", "medium", "tail")
+from .kid import kid
+from ._common import InsufficientSamplesError
+from .precision_recall import density_coverage, precision_recall
 
 
 def _labels(x: ArrayLike, n: int, name: str) -> np.ndarray:
@@ -56,31 +57,57 @@ def per_class_fid(real_feats: ArrayLike, real_labels: ArrayLike, fake_feats: Arr
     return out
 
 
-def frequency_groups(class_counts: ArrayLike | Sequence[int]) -> dict[str, list[int]]:
-    """Split classes into head / medium / tail thirds by training frequency.
+def conditional_accuracy(probs: ArrayLike, labels: ArrayLike) -> np.ndarray:
+    """One flag per sample: the feature classifier's most likely class is the requested one."""
+    p = as_torch2d(probs, "probs")
+    lab = _labels(labels, p.shape[0], "labels")
+    return p.argmax(dim=1).cpu().numpy() == lab
 
-    Classes are sorted by count, descending (ties: lower class index first). With
-    ``K = 3q + r`` classes, head and tail get ``q`` classes each and medium the rest,
-    except ``r == 2`` where head and tail get one extra each, so head and tail always
-    have the same size: 10 -> 3/4/3, 11 -> 4/3/4, 100 -> 33/34/33.
+
+def per_class_scores(real_feats: ArrayLike, real_labels: ArrayLike, fake_feats: ArrayLike,
+                     fake_labels: ArrayLike, num_classes: int, *, k: int = 5, seed: int = 0,
+                     kid_subsets: int = 100, kid_subset_size: int = 1000, fake_probs: Optional[ArrayLike] = None,
+                     device: str | torch.device | None = None) -> dict[str, dict[int, Optional[float]]]:
+    """Per class ``c``, the fake samples of ``c`` against the real samples of ``c``:
+
+    * ``kid``: unbiased KID (its expectation does not depend on the sample count, unlike FID);
+    * ``recall`` and ``coverage``: at equal set sizes (the real class subsampled, seeded);
+    * ``accuracy`` (only with ``fake_probs`` over the ``num_classes`` classes): share of the
+      samples the feature classifier assigns to ``c``.
+
+    Returns ``{name: {class: value}}``; ``None`` where a class has too few samples (one
+    warning lists them).
     """
-    counts = class_counts.detach().cpu().numpy() if isinstance(class_counts, torch.Tensor) \
-        else np.asarray(class_counts)
-    if counts.ndim != 1 or len(counts) < 3:
-        raise CbdmError(f"head/medium/tail groups need counts for at least 3 classes, got shape {counts.shape}")
-    k = len(counts)
-    order = sorted(range(k), key=lambda c: (-counts[c], c))
-    q, r = divmod(k, 3)
-    edge = q + (1 if r == 2 else 0)
-    return {"head": order[:edge], "medium": order[edge:k - edge], "tail": order[k - edge:]}
-
-
-def group_by_frequency(values: Mapping[int, float | None],
-                       class_counts: ArrayLike | Sequence[int]) -> dict[str, float | None]:
-    """Average of ``values`` over the head / medium / tail classes (see
-    :func:`frequency_groups`). ``None`` values are skipped; a group with no value is ``None``."""
-    out: dict[str, float | None] = {}
-    for group, classes in frequency_groups(class_counts).items():
-        vals = [values[c] for c in classes if values.get(c) is not None]
-        out[group] = float(np.mean(vals)) if vals else None
+    real = as_torch2d(real_feats, "real features", device=device)
+    fake = as_torch2d(fake_feats, "fake features", device=device)
+    check_same_dim(real, fake)
+    rl = _labels(real_labels, real.shape[0], "real labels")
+    fl = _labels(fake_labels, fake.shape[0], "fake labels")
+    names = ["kid", "recall", "coverage"]
+    correct = None
+    if fake_probs is not None:
+        correct = conditional_accuracy(fake_probs, fl)
+        names.append("accuracy")
+    out: dict[str, dict[int, Optional[float]]] = {n: {} for n in names}
+    short: list[str] = []
+    for c in range(num_classes):
+        r_idx, f_idx = np.flatnonzero(rl == c), np.flatnonzero(fl == c)
+        rc = real[torch.as_tensor(r_idx, device=real.device)]
+        fc = fake[torch.as_tensor(f_idx, device=fake.device)]
+        try:
+            out["kid"][c] = kid(rc, fc, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed + c)[0]
+        except InsufficientSamplesError:
+            out["kid"][c] = None
+        try:
+            out["recall"][c] = precision_recall(rc, fc, k, seed=seed + c)[1]
+            out["coverage"][c] = density_coverage(rc, fc, k, seed=seed + c)[1]
+        except InsufficientSamplesError:
+            out["recall"][c] = out["coverage"][c] = None
+        if correct is not None:
+            out["accuracy"][c] = float(correct[f_idx].mean()) if len(f_idx) else None
+        if min(len(r_idx), len(f_idx)) <= k:
+            short.append(f"{c} ({len(r_idx)} real, {len(f_idx)} fake)")
+    if short:
+        warn(f"per-class recall/coverage (k={k}) not computed for classes with at most {k} samples: "
+             + ", ".join(short))
     return out

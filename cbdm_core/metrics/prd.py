@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import CbdmError
-from ._common import ArrayLike, InsufficientSamplesError, as_numpy64, check_same_dim
+from ._common import ArrayLike, InsufficientSamplesError, as_numpy64, check_same_dim, equal_size_indices
 
 # The reference implementation's epsilon: keeps the angles off 0 and pi/2 and the
 # F-score denominator off zero.
@@ -48,10 +48,18 @@ def prd_from_histograms(real_hist: np.ndarray, fake_hist: np.ndarray,
 def prd_curve(real_features: ArrayLike, fake_features: ArrayLike, num_clusters: int,
               num_angles: int = 1001, num_runs: int = 10, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """PRD curve (precision, recall arrays of length ``num_angles``) averaged over
-    ``num_runs`` k-means clusterings seeded ``seed, seed + 1, ...``."""
+    ``num_runs`` k-means clusterings seeded ``seed, seed + 1, ...``.
+
+    As in the reference implementation the two sets have equal sizes: the larger one is
+    subsampled (seeded by ``seed``) to the size of the smaller one.
+    """
     real = as_numpy64(real_features, "real features", 2)
     fake = as_numpy64(fake_features, "fake features", 2)
     check_same_dim(real, fake)
+    n = min(len(real), len(fake))
+    idx_r, idx_f = equal_size_indices(len(real), n, seed), equal_size_indices(len(fake), n, seed + 1)
+    real = real if idx_r is None else real[idx_r]
+    fake = fake if idx_f is None else fake[idx_f]
     if num_clusters < 1:
         raise CbdmError(f"PRD num_clusters must be >= 1, got {num_clusters}")
     if num_runs < 1:
@@ -82,8 +90,8 @@ def prd_fbeta(real_features: ArrayLike, fake_features: ArrayLike, num_clusters: 
     """``(F_beta, F_1/beta)`` of the averaged PRD curve.
 
     With the default ``beta = 8``, ``F_8`` weighs recall (mode coverage) and ``F_1/8``
-    weighs precision (sample quality). Set sizes need not be equal (the reference
-    enforced it); the histograms are normalised per set.
+    weighs precision (sample quality). The larger set is subsampled to the smaller one's
+    size (see :func:`prd_curve`).
     """
     precision, recall = prd_curve(real_features, fake_features, num_clusters, num_angles, num_runs, seed)
     return max_f_beta(precision, recall, beta), max_f_beta(precision, recall, 1.0 / beta)

@@ -1,0 +1,174 @@
+"""The reference side of an evaluation, loaded once and re-used: the balanced real set, the
+feature extractor, the cached reference features, the reference k-NN radii, and (for
+memorisation) the training set a model was trained on. A sweep prepares it once and passes it
+to :func:`~cbdm_core.evaluation.evaluate` for every point; so can ``cbdm compare``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from ..data import dataset_options, load_dataset
+from ..errors import CbdmError
+from ..features import FeatureSet, cache_path, cached_features, reference_key
+from ..features._io import atomic_save_safetensors
+from ..interfaces import LabeledImages
+from ..metrics import TrainingReference
+from .reference import CachedReference, data_digest, default_cache_dir, load_reference, reference_features
+
+StatusFn = Callable[[str], None]
+RADII_FORMAT = "cbdm-radii-v1"
+
+
+class ReferenceRadii:
+    """k-NN radii of (subsamples of) the reference features, in memory and on disk next to the
+    features, keyed by the reference's cache key (data, split, extractor) and by k, the
+    subsample size and seed (see :class:`cbdm_core.metrics.RadiiCache`)."""
+
+    def __init__(self, folder: Path, reference_key_: str) -> None:
+        self.folder, self.reference_key = Path(folder), reference_key_
+        self.memory: dict[str, torch.Tensor] = {}
+        self.computed = 0  # how many radii sets were computed (not loaded): for tests and benchmarks
+
+    def get(self, key: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if key in self.memory:
+            return self.memory[key]
+        full_key = f"{self.reference_key}-radii-{key}"
+        path = cache_path(self.folder, full_key)
+        radii = self._load(path, full_key)
+        if radii is None:
+            radii = compute()
+            self.computed += 1
+            atomic_save_safetensors({"radii": radii}, path, {"format": RADII_FORMAT, "key": full_key})
+        self.memory[key] = radii
+        return radii
+
+    @staticmethod
+    def _load(path: Path, key: str) -> Optional[torch.Tensor]:
+        if not path.is_file():
+            return None
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                meta = f.metadata() or {}
+                if meta.get("format") == RADII_FORMAT and meta.get("key") == key:
+                    return f.get_tensor("radii")
+        except Exception:  # noqa: BLE001 - an unreadable cache file is recomputed
+            return None
+        return None
+
+
+@dataclass
+class PreparedReference:
+    """Everything about the reference an evaluation needs, independent of the samples.
+
+    Build it with :func:`prepare_reference`; pass it as ``evaluate(..., reference=...)``.
+    """
+
+    dataset: str
+    data_root: Optional[Path]
+    split: str
+    images: LabeledImages
+    extractor: Any
+    info: Any  # ExtractorInfo
+    cached: CachedReference
+    device: torch.device
+    cache_dir: Path
+    batch_size: int
+    radii: ReferenceRadii
+    _training: dict[str, TrainingReference] = field(default_factory=dict)
+    _counts: dict[str, tuple[list[int], str]] = field(default_factory=dict)
+
+    @property
+    def chw(self) -> tuple[int, int, int]:
+        ref = self.images
+        return ref.channels, int(ref.images.shape[-2]), int(ref.images.shape[-1])
+
+    @property
+    def features(self) -> FeatureSet:
+        return self.cached.features
+
+    def matches(self, options: Any) -> bool:
+        """Whether ``options`` (EvalOptions) describe this reference."""
+        return (options.dataset == self.dataset and options.reference_split == self.split
+                and options.extractor == self.info.name)
+
+    def training_counts(self, manifest: Optional[dict[str, Any]]) -> tuple[list[int], str]:
+        """Training class counts for the groups (see :func:`training_class_counts`), once per model."""
+        from .reference import training_class_counts
+
+        key = json.dumps([(manifest or {}).get("model"), ((manifest or {}).get("settings") or {}).get("checkpoint")],
+                         sort_keys=True, default=str)
+        if key not in self._counts:
+            self._counts[key] = training_class_counts(self.dataset, self.data_root, self.images.num_classes,
+                                                      manifest, fallback=self.images.class_counts)
+        return self._counts[key]
+
+    def training(self, manifest: Optional[dict[str, Any]], status: StatusFn) -> TrainingReference:
+        """The set the samples' model was trained on, with features (cached on disk), loaded once."""
+        name, opts, source = training_data_of(manifest, self.dataset, self.data_root)
+        key = json.dumps([name, opts.model_dump(mode="json")], sort_keys=True)
+        if key not in self._training:
+            status(f"loading the training set for memorisation ({source})")
+            ds = load_dataset(name, opts)
+            if tuple(ds.images.shape[1:]) != self.chw or ds.num_classes != self.images.num_classes:
+                raise CbdmError(f"the training set {name} ({source}) does not match the {self.dataset} reference "
+                                "in image shape or classes")
+            fkey = reference_key(f"{name}@{data_digest(ds)}", "training-set", self.extractor.cache_key)
+
+            def compute() -> FeatureSet:
+                return self.extractor.extract(ds.images, batch_size=self.batch_size, device=self.device)
+
+            feats = cached_features(Path(self.cache_dir) / "features", fkey, compute)
+            self._training[key] = TrainingReference(ds.images, feats.features, ds.labels,
+                                                    f"{len(ds)} images: {source}")
+        return self._training[key]
+
+
+def training_data_of(manifest: Optional[dict[str, Any]], dataset: str, root: Optional[Path]):
+    """``(dataset name, DatasetOptions, description)`` of the training set: from the config of the
+    checkpoint the sample manifest names when readable, else the training split of ``dataset``
+    with default options (the long-tailed one for an ``-lt`` name)."""
+    from ..data.options import DatasetOptions
+
+    ckpt = ((manifest or {}).get("settings") or {}).get("checkpoint")
+    if ckpt and Path(ckpt).is_file():
+        from ..checkpoint import read_metadata
+
+        try:
+            data = json.loads(read_metadata(Path(ckpt)).get("config", "{}")).get("data") or {}
+        except (CbdmError, ValueError):
+            data = {}
+        if data.get("dataset"):
+            keys = set(DatasetOptions.model_fields) - {"split", "download"}
+            opts = DatasetOptions(**{k: v for k, v in data.items() if k in keys and v is not None}, split="train")
+            if root is not None and (opts.root is None or not Path(opts.root).exists()):
+                opts = opts.model_copy(update={"root": root})
+            return data["dataset"], opts, f"the training data of {ckpt}"
+    return dataset, dataset_options(root=root, split="train"), f"{dataset} training split (default options)"
+
+
+def prepare_reference(options: Any, *, on_status: Optional[StatusFn] = None) -> PreparedReference:
+    """Load the reference of ``options`` (:class:`EvalOptions`): images, extractor, features."""
+    from ..build import resolve_device
+    from .engine import _check_classifier_fits, build_extractor
+
+    status = on_status or (lambda _m: None)
+    device = resolve_device(options.device)
+    cache_dir = Path(options.cache_dir).expanduser() if options.cache_dir is not None else default_cache_dir()
+    status(f"loading the {options.reference_split} split of {options.dataset}")
+    ref = load_reference(options.dataset, options.data_root, options.reference_split)
+    chw = (ref.channels, int(ref.images.shape[-2]), int(ref.images.shape[-1]))
+    extractor, info = build_extractor(options)
+    _check_classifier_fits(extractor, chw, options.dataset)
+    status(f"reference features ({len(ref)} images, {info.name})")
+    cached = reference_features(extractor, ref, dataset=options.dataset, split=options.reference_split,
+                                cache_dir=cache_dir, batch_size=options.batch_size, device=device)
+    return PreparedReference(options.dataset, options.data_root, options.reference_split, ref, extractor, info,
+                             cached, device, cache_dir, options.batch_size,
+                             ReferenceRadii(cache_dir / "features", cached.cache_key))
