@@ -4,18 +4,22 @@ The base loss (kind ``diffusion_loss``) decides how a clean batch is noised, wha
 network is asked to predict and how the error is weighted: ``ddpm`` (epsilon
 prediction on the discrete schedule) is built in, ``edm`` comes with the EDM backbone.
 Every regulariser may ask for extra network outputs on the *same* noisy input with
-other labels (CBDM's y'); the objective gathers them and the main prediction into
-ONE forward pass over the concatenated batch.
+other labels (CBDM's y'); the objective gathers them with the main prediction and
+runs them as one forward over the concatenated batch or one per view
+(:func:`run_views`, ``perf.pass_layout``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Protocol, Sequence
+from typing import Callable, Optional, Protocol, Sequence
 
 import torch
 
+from .errors import CbdmError
 from .schedules import NoiseSchedule
+
+PASS_LAYOUTS = ("joint", "split")
 
 
 @dataclass
@@ -112,6 +116,30 @@ class Regularizer(Protocol):
         """Named terms (for logging) and the contribution to the total loss."""
 
 
+Predict = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+
+
+def run_views(predict: Predict, x: torch.Tensor, time: torch.Tensor, labels: torch.Tensor,
+              cond: Optional[torch.Tensor], layout: str = "joint") -> torch.Tensor:
+    """Network outputs ``[V, B, ...]`` (fp32) for the same ``x`` under each label row of ``labels [V, B]``.
+
+    ``joint``: one pass over ``[x, x, ...]`` with labels ``[y, y', ...]`` (fewer, larger
+    launches: the GPU's choice). ``split``: one pass per view, the reference code's
+    layout. Both compute the same rows (to rounding; network dropout draws other masks).
+    """
+    if layout not in PASS_LAYOUTS:
+        raise CbdmError(f"pass layout must be one of {', '.join(PASS_LAYOUTS)}, got {layout!r}")
+    views = labels.shape[0]
+    if views == 1:
+        return predict(x, time, labels[0], cond).float().unsqueeze(0)
+    if layout == "split":
+        return torch.stack([predict(x, time, labels[i], cond).float() for i in range(views)])
+    x_rep = x.repeat(views, *([1] * (x.ndim - 1)))
+    time_rep = time.repeat(views)
+    cond_rep = None if cond is None else cond.repeat(views, 1)
+    return predict(x_rep, time_rep, labels.reshape(-1), cond_rep).float().view(views, *x.shape)
+
+
 @dataclass
 class DiffusionObjective:
     """A base diffusion loss plus regularisers, with classifier-free label dropout.
@@ -124,6 +152,7 @@ class DiffusionObjective:
         drop_whole_batch: drop the labels of the whole batch with probability
             ``p_uncond`` (the reference code's behaviour) instead of per sample.
         base: the base loss; epsilon prediction on ``schedule`` when omitted.
+        pass_layout: how the views reach the network (:func:`run_views`): ``joint`` or ``split``.
     """
 
     schedule: NoiseSchedule
@@ -132,6 +161,7 @@ class DiffusionObjective:
     p_uncond: float = 0.1
     drop_whole_batch: bool = False
     base: Optional[BaseLoss] = None
+    pass_layout: str = "joint"
 
     def __post_init__(self) -> None:
         if self.base is None:
@@ -149,16 +179,8 @@ class DiffusionObjective:
 
         extras = [r.extra_labels(ctx) for r in self.regularizers]
         labels = torch.cat([y_in[None]] + [e for e in extras if e is not None], dim=0)  # [1 + S, B]
-        views = labels.shape[0]
-        if views == 1:
-            pred_all = self.base.predict(model, batch.x, batch.time, y_in, cond)
-        else:
-            # One pass over [x, x, ...] with labels [y, y', ...]: same cost per row, fewer launches.
-            x_rep = batch.x.repeat(views, *([1] * (batch.x.ndim - 1)))
-            time_rep = batch.time.repeat(views)
-            cond_rep = None if cond is None else cond.repeat(views, 1)
-            pred_all = self.base.predict(model, x_rep, time_rep, labels.reshape(-1), cond_rep)
-        pred_all = pred_all.float().view(views, *batch.x.shape)
+        pred_all = run_views(lambda x, time, lab, c: self.base.predict(model, x, time, lab, c),
+                             batch.x, batch.time, labels, cond, self.pass_layout)
         pred = pred_all[0]
 
         per_elem = (pred - batch.target.float()).pow(2)
