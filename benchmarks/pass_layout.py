@@ -6,7 +6,8 @@
 Times only the network (no optimizer, EMA or loss bookkeeping) on the ``small`` config,
 dropout 0, so the layouts do the same arithmetic. Variants are ``layout:amp[:cl]``
 (``cl`` = channels_last). Rows are interleaved in rounds; the median and minimum are
-printed with the minor page faults and system time per pass (``getrusage``), which is
+printed with the process CPU time (user + system: robust to other jobs on a shared
+machine at one thread), the minor page faults and system time per pass (``getrusage``), which is
 how the 2B pass was found to lose to two B passes when glibc returns freed memory to the
 kernel. ``--profile`` adds a per-op ``torch.profiler`` table for each variant.
 """
@@ -76,20 +77,22 @@ def main(argv: list[str] | None = None) -> None:
             xin = x.contiguous(memory_format=torch.channels_last)
         runs[spec] = make_pass(model, xin, t, y, layout, amp)
         runs[spec]()  # warm-up: oneDNN primitive cache, allocator
-    stats: dict[str, list[tuple[float, int, float]]] = {k: [] for k in runs}
+    stats: dict[str, list[tuple[float, int, float, float]]] = {k: [] for k in runs}
     for r in range(args.rounds):
         for name, run in runs.items():
             r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
             run()
             dt, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
-            stats[name].append((dt, r1.ru_minflt - r0.ru_minflt, r1.ru_stime - r0.ru_stime))
+            cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
+            stats[name].append((dt, r1.ru_minflt - r0.ru_minflt, r1.ru_stime - r0.ru_stime, cpu))
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1][0]:.2f}s" for k, v in stats.items()), file=sys.stderr)
     print(f"fwd+bwd of 2 views x {batch} rows, config {args.config}, {args.threads} threads, cpu bf16: "
           f"{cpu_bf16_support() or 'none'}, keep host memory: {args.keep_host_memory}, torch {torch.__version__}")
-    print(f"{'variant':<22} {'median s':>9} {'min s':>7} {'faults':>8} {'sys s':>6}")
+    print(f"{'variant':<22} {'median s':>9} {'min s':>7} {'cpu s':>7} {'faults':>8} {'sys s':>6}")
     for name, rows in stats.items():
         print(f"{name:<22} {statistics.median(r[0] for r in rows):>9.2f} {min(r[0] for r in rows):>7.2f} "
-              f"{int(statistics.median(r[1] for r in rows)):>8d} {statistics.median(r[2] for r in rows):>6.2f}")
+              f"{statistics.median(r[3] for r in rows):>7.2f} {int(statistics.median(r[1] for r in rows)):>8d} "
+              f"{statistics.median(r[2] for r in rows):>6.2f}")
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
