@@ -158,6 +158,8 @@ def reference_step(cfg: dict, device: torch.device, batch: int) -> tuple[Callabl
 
 
 class _Perf:
+    keep_host_memory = "auto"  # process-wide; main() sets it from --keep-host-memory (it steers pass_layout=auto)
+
     def __init__(self, amp: str, compile: str, channels_last: str, pass_layout: str = "auto"):
         self.amp, self.compile, self.channels_last, self.pass_layout = amp, compile, channels_last, pass_layout
 
@@ -354,6 +356,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     torch.set_num_threads(args.threads)
     if args.keep_host_memory is None:
         args.keep_host_memory = args.device == "cpu"
+    _Perf.keep_host_memory = "on" if args.keep_host_memory else "off"
     if args.keep_host_memory and not keep_freed_host_memory():
         sys.exit("--keep-host-memory: not available on this platform (needs Linux with glibc)")
     cfg = CONFIGS[args.config]

@@ -137,14 +137,15 @@ def test_cpu_bf16_support_reads_cpuinfo_flags(monkeypatch, tmp_path, flags, expe
         precision_mod.cpu_bf16_support.cache_clear()
 
 
-def test_auto_pass_layout_per_device_and_precision(monkeypatch):
+@pytest.mark.parametrize("capability", ["amx_bf16", ""])
+def test_auto_pass_layout_follows_host_memory_setting(monkeypatch, capability):
+    monkeypatch.setattr(precision_mod, "cpu_bf16_support", lambda: capability)
     cpu = torch.device("cpu")
-    for capability in ("amx_bf16", ""):
-        monkeypatch.setattr(precision_mod, "cpu_bf16_support", lambda: capability)
-        chosen = resolve_precision(PerfConfig(), cpu)
-        assert chosen.pass_layout == precision_mod.AUTO_CPU_LAYOUT["bf16" if chosen.amp_dtype else "fp32"]
+    # Kept freed memory (the CPU trainer's default): one 2B pass; memory handed back: two B passes.
+    assert resolve_precision(PerfConfig(), cpu).pass_layout == "joint"
+    assert resolve_precision(PerfConfig(keep_host_memory="off"), cpu).pass_layout == "split"
     for layout in ("joint", "split"):
-        assert resolve_precision(PerfConfig(pass_layout=layout), cpu).pass_layout == layout
+        assert resolve_precision(PerfConfig(pass_layout=layout, keep_host_memory="off"), cpu).pass_layout == layout
 
 
 def test_channels_last_step_matches_on_cpu():
@@ -317,7 +318,7 @@ def test_train_header_and_metadata_show_the_precision(tmp_path, monkeypatch):
     assert "step: bf16" in res.output and "native bf16: avx512_bf16" in res.output
     speed = load_checkpoint(list_checkpoints(tmp_path / "r" / "checkpoints")[-1][1]).meta["speed"]
     assert speed["amp"] == "bf16" and speed["cpu_bf16"] == "avx512_bf16"
-    assert speed["pass_layout"] == precision_mod.AUTO_CPU_LAYOUT["bf16"]
+    assert speed["pass_layout"] == "joint"
 
 
 # -- data -------------------------------------------------------------------------------------------------

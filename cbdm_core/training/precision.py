@@ -91,9 +91,12 @@ def cpu_bf16_support() -> str:
     return ""
 
 
-# perf.pass_layout=auto on the CPU, by precision: what measured faster there
-# (benchmarks/pass_layout.py, docs/benchmarks.md). CUDA always runs the joint pass.
-AUTO_CPU_LAYOUT = {"fp32": "split", "bf16": "split"}
+# perf.pass_layout=auto on the CPU, by whether freed host memory is kept (perf.keep_host_memory).
+# Measured (docs/benchmarks.md, benchmarks/pass_layout.py): the 2B pass loses to two B passes only
+# when glibc hands its large activation buffers back to the kernel, so every step page-faults
+# ~1 GB of fresh zeroed pages; with the memory kept the two layouts cost the same (joint a
+# few % ahead, fp32 and bf16 alike). CUDA always runs the joint pass.
+AUTO_CPU_LAYOUT = {"keep": "joint", "release": "split"}
 
 
 def describe_device(device: torch.device) -> str:
@@ -127,7 +130,8 @@ def resolve_precision(perf: Any, device: torch.device) -> Precision:
     channels_last = cl == "on" or (cl == "auto" and cuda)
     layout = getattr(perf, "pass_layout", "auto")
     if layout == "auto":
-        layout = "joint" if cuda else AUTO_CPU_LAYOUT["bf16" if amp_dtype is not None else "fp32"]
+        keeps = getattr(perf, "keep_host_memory", "auto") in ("auto", "on")  # auto: on for CPU training
+        layout = "joint" if cuda else AUTO_CPU_LAYOUT["keep" if keeps else "release"]
     return Precision(device_type=device.type, amp_dtype=amp_dtype, channels_last=channels_last, compile=compiled,
                      pass_layout=layout)
 
