@@ -193,8 +193,8 @@ def build_row(cfg: dict, device: torch.device, batch: int, row: Row) -> Callable
         row.settings = "fp32, 2 forwards, state-dict EMA"
         return reference_step(cfg, device, batch)[0]
     step, precision = project_step(cfg, device, batch, row)
-    row.settings = precision.describe().replace(", joint views", "").replace(", split views", "") + (
-        ", 1 forward" if row.tau == 0 else {"joint": ", one 2B forward", "split": ", 2 forwards"}[precision.pass_layout])
+    passes = {"joint": ", one 2B forward", "split": ", 2 forwards"}[precision.pass_layout]
+    row.settings = precision.describe().rsplit(", ", 1)[0] + (", 1 forward" if row.tau == 0 else passes)
     return step
 
 
