@@ -15,7 +15,10 @@ Rows (same network, same batch, one process):
 * ``ddpm``: this project's step with tau = 0 (one forward), for the CBDM/DDPM cost ratio.
 
 Timing interleaves the rows in rounds (``--rounds``) and reports the median, which
-keeps a shared machine's load from favouring one row. Memory: on CUDA the peak
+keeps a shared machine's load from favouring one row; the process CPU time per step
+is reported too (at ``--threads 1`` it hardly depends on other jobs). On the CPU the
+process keeps freed host memory as the trainer does (``--no-keep-host-memory`` to
+turn that off; it applies to every row, the reference included). Memory: on CUDA the peak
 allocated during one step above the resting state; on the CPU the peak RSS growth of a
 fresh process over its first two steps (weights, gradients, Adam state, activations).
 The last line is ``speedup vs reference: X.XX`` for the ``cbdm`` row.
@@ -46,7 +49,7 @@ from cbdm_core.host_memory import keep_freed_host_memory
 from cbdm_core.nets.unet import UNet, UNetOptions
 from cbdm_core.objectives import EpsilonLoss
 from cbdm_core.schedules import LinearSchedule
-from cbdm_core.training.precision import Precision, resolve_precision
+from cbdm_core.training.precision import Precision, describe_device, resolve_precision
 from cbdm_core.training.step import build_train_step
 
 CONFIGS = {
@@ -73,8 +76,10 @@ class Row:
     amp: str = "auto"
     compile: str = "auto"
     channels_last: str = "auto"
+    pass_layout: str = "auto"
     settings: str = ""
     ms_per_step: float = float("nan")
+    cpu_ms_per_step: float = float("nan")  # process CPU time: at 1 thread, robust to other jobs
     images_per_sec: float = float("nan")
     mem_mib: Optional[float] = None
 
@@ -153,13 +158,19 @@ def reference_step(cfg: dict, device: torch.device, batch: int) -> tuple[Callabl
 
 
 class _Perf:
-    def __init__(self, amp: str, compile: str, channels_last: str):
-        self.amp, self.compile, self.channels_last = amp, compile, channels_last
+    keep_host_memory = "auto"  # process-wide; main() sets it from --keep-host-memory (it steers pass_layout=auto)
+
+    def __init__(self, amp: str, compile: str, channels_last: str, pass_layout: str = "auto"):
+        self.amp, self.compile, self.channels_last, self.pass_layout = amp, compile, channels_last, pass_layout
+
+
+def row_precision(row: Row, device: torch.device) -> Precision:
+    return resolve_precision(_Perf(row.amp, row.compile, row.channels_last, row.pass_layout), device)
 
 
 def project_step(cfg: dict, device: torch.device, batch: int, row: Row) -> tuple[Callable[[int], None], Precision]:
     """This project's step, wired by the trainer's own factory."""
-    precision = resolve_precision(_Perf(row.amp, row.compile, row.channels_last), device)
+    precision = row_precision(row, device)
     model = make_unet(cfg, device)
     ema_model = copy.deepcopy(model).eval().requires_grad_(False)
     schedule = LinearSchedule(T=T)
@@ -182,8 +193,20 @@ def build_row(cfg: dict, device: torch.device, batch: int, row: Row) -> Callable
         row.settings = "fp32, 2 forwards, state-dict EMA"
         return reference_step(cfg, device, batch)[0]
     step, precision = project_step(cfg, device, batch, row)
-    row.settings = precision.describe() + (", 1 forward" if row.tau == 0 else ", one 2B forward")
+    passes = {"joint": ", one 2B forward", "split": ", 2 forwards"}[precision.pass_layout]
+    row.settings = precision.describe().rsplit(", ", 1)[0] + (", 1 forward" if row.tau == 0 else passes)
     return step
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (``platform`` elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} CPU"
 
 
 # -- measuring -------------------------------------------------------------------------------------------
@@ -217,7 +240,7 @@ def cpu_memory_probe(args: argparse.Namespace, row: Row) -> Optional[float]:
         return None  # recompiling in a fresh process costs minutes on a CPU
     cmd = [sys.executable, __file__, "--device", "cpu", "--config", args.config, "--batch", str(args.batch),
            "--threads", str(args.threads), "--probe", json.dumps(asdict(row)),
-           *(["--keep-host-memory"] if args.keep_host_memory else [])]
+           "--keep-host-memory" if args.keep_host_memory else "--no-keep-host-memory"]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=True)
         return float(out.stdout.strip().splitlines()[-1])
@@ -252,19 +275,22 @@ def measure(rows: list[Row], cfg: dict, device: torch.device, args: argparse.Nam
         if device.type == "cuda":
             row.mem_mib = cuda_step_memory(steps[row.name], device, args.warmup)
     times: dict[str, list[float]] = {r.name: [] for r in rows}
+    cpu_times: dict[str, list[float]] = {r.name: [] for r in rows}
     for r in range(args.rounds):
         for row in rows:
             step = steps[row.name]
             sync(device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for i in range(args.steps):
                 step(args.warmup + 1 + r * args.steps + i)
             sync(device)
             times[row.name].append((time.perf_counter() - t0) / args.steps)
+            cpu_times[row.name].append((time.process_time() - c0) / args.steps)
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {t[-1] * 1e3:.0f} ms" for n, t in times.items()),
               file=sys.stderr, flush=True)
     for row in rows:
         row.ms_per_step = statistics.median(times[row.name]) * 1e3
+        row.cpu_ms_per_step = statistics.median(cpu_times[row.name]) * 1e3
         row.images_per_sec = args.batch / (row.ms_per_step / 1e3)
     if device.type == "cpu" and not args.no_memory:
         for row in rows:
@@ -275,26 +301,32 @@ def default_variants(device: torch.device, main: Row) -> list[Row]:
     if device.type == "cuda":  # what each speed setting adds
         return [Row("cbdm fp32 eager", "project", amp="off", compile="off", channels_last="off"),
                 Row("cbdm bf16 eager", "project", amp="bf16", compile="off", channels_last="on")]
-    return [Row("cbdm bf16", "project", amp="bf16", compile=main.compile, channels_last=main.channels_last)]
+    # The other precision than the default's, so both CPU paths are measured side by side.
+    bf16 = row_precision(main, device).amp_dtype is not None
+    return [Row("cbdm fp32" if bf16 else "cbdm bf16", "project", amp="off" if bf16 else "bf16",
+                compile=main.compile, channels_last=main.channels_last, pass_layout=main.pass_layout)]
 
 
 def parse_variants(spec: str) -> list[Row]:
-    """``amp:compile:channels_last`` triples separated by commas, e.g. ``bf16:off:off,off:on:off``."""
+    """``amp:compile:channels_last[:pass_layout]`` separated by commas, e.g. ``bf16:off:off,off:on:off:split``."""
     rows = []
     for item in filter(None, spec.split(",")):
-        amp, comp, cl = (item.split(":") + ["auto", "auto", "auto"])[:3]
-        rows.append(Row(f"cbdm {amp}/{comp}/{cl}", "project", amp=amp, compile=comp, channels_last=cl))
+        amp, comp, cl, layout = (item.split(":") + ["auto"] * 4)[:4]
+        name = f"cbdm {amp}/{comp}/{cl}" + ("" if layout == "auto" else f"/{layout}")
+        rows.append(Row(name, "project", amp=amp, compile=comp, channels_last=cl, pass_layout=layout))
     return rows
 
 
 def table(rows: list[Row], batch: int) -> str:
     ref = rows[0]
-    head = f"{'step':<20} {'settings':<44} {'ms/step':>9} {'img/s':>9} {'vs ref':>7} {'mem MiB':>8}"
+    head = (f"{'step':<20} {'settings':<44} {'ms/step':>9} {'img/s':>9} {'vs ref':>7} {'cpu ms':>9} "
+            f"{'vs ref':>7} {'mem MiB':>8}")
     lines = [head, "-" * len(head)]
     for r in rows:
         mem = "n/a" if r.mem_mib is None else f"{r.mem_mib:.0f}"
         lines.append(f"{r.name:<20} {r.settings:<44} {r.ms_per_step:>9.1f} {r.images_per_sec:>9.1f} "
-                     f"{r.images_per_sec / ref.images_per_sec:>6.2f}x {mem:>8}")
+                     f"{r.images_per_sec / ref.images_per_sec:>6.2f}x {r.cpu_ms_per_step:>9.1f} "
+                     f"{ref.cpu_ms_per_step / r.cpu_ms_per_step:>6.2f}x {mem:>8}")
     return "\n".join(lines)
 
 
@@ -309,17 +341,22 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto")
     p.add_argument("--compile", choices=["auto", "on", "off"], default="auto")
     p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto")
+    p.add_argument("--pass-layout", choices=["auto", "joint", "split"], default="auto")
     p.add_argument("--variants", default=None,
                    help="extra rows as amp:compile:channels_last,...; 'none' for none (default: per device)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads")
     p.add_argument("--no-memory", action="store_true", help="skip the CPU memory probes")
-    p.add_argument("--keep-host-memory", action="store_true",
-                   help="configure malloc as the trainer does on the CPU (cbdm_core/host_memory.py); it is "
-                        "process-wide, so it applies to every row, the reference included")
+    p.add_argument("--keep-host-memory", action=argparse.BooleanOptionalAction, default=None,
+                   help="configure malloc as the trainer does on the CPU (cbdm_core/host_memory.py; default: on "
+                        "for --device cpu, as in the trainer); it is process-wide, so it applies to every row, "
+                        "the reference included")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--probe", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.keep_host_memory is None:
+        args.keep_host_memory = args.device == "cpu"
+    _Perf.keep_host_memory = "on" if args.keep_host_memory else "off"
     if args.keep_host_memory and not keep_freed_host_memory():
         sys.exit("--keep-host-memory: not available on this platform (needs Linux with glibc)")
     cfg = CONFIGS[args.config]
@@ -335,28 +372,36 @@ def main(argv: Optional[list[str]] = None) -> None:
     if cuda:
         torch.backends.cudnn.benchmark = True
 
-    main_row = Row("cbdm", "project", amp=args.amp, compile=args.compile, channels_last=args.channels_last)
+    main_row = Row("cbdm", "project", amp=args.amp, compile=args.compile, channels_last=args.channels_last,
+                   pass_layout=args.pass_layout)
+    chosen = row_precision(main_row, device)
+    capability = describe_device(device)
+    print(f"{capability}; cbdm row precision: {chosen.describe()} (--amp {args.amp}, --pass-layout "
+          f"{args.pass_layout})", flush=True)
     extra = default_variants(device, main_row) if args.variants is None else (
         [] if args.variants == "none" else parse_variants(args.variants))
     ddpm = Row("ddpm (tau=0)", "project", tau=0.0, amp=args.amp, compile=args.compile,
-               channels_last=args.channels_last)
+               channels_last=args.channels_last, pass_layout=args.pass_layout)
     rows = [Row("reference", "reference"), main_row, *extra, ddpm]
     measure(rows, cfg, device, args)
 
-    machine = torch.cuda.get_device_name(device) if cuda else f"{platform.processor() or platform.machine()} CPU, " \
-        f"{os.cpu_count()} cores, {args.threads} threads"
+    machine = torch.cuda.get_device_name(device) if cuda else f"{cpu_model()}, " \
+        f"{os.cpu_count()} cores, {args.threads} threads, {capability}"
     print(f"train step, config {args.config} (batch {args.batch}, {cfg['size']}x{cfg['size']}x{cfg['channels']}, "
           f"{cfg['classes']} classes), {machine}, torch {torch.__version__}, "
           f"{args.rounds} rounds x {args.steps} steps, median"
           + (", malloc keeps freed memory" if args.keep_host_memory else ""))
+    print(f"cbdm row: {chosen.describe()}")
     print(table(rows, args.batch))
     ratio = main_row.ms_per_step / ddpm.ms_per_step
-    print(f"CBDM/DDPM step time (this project): {ratio:.2f}")
+    print(f"CBDM/DDPM step time (this project): {ratio:.2f} (CPU time: "
+          f"{main_row.cpu_ms_per_step / ddpm.cpu_ms_per_step:.2f})")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
             "benchmark": "train_step", "config": args.config, "batch": args.batch, "device": machine,
             "torch": torch.__version__, "date": _dt.datetime.now().isoformat(timespec="seconds"),
+            "precision": chosen.as_dict(),
             "rows": [asdict(r) for r in rows], "cbdm_over_ddpm": ratio,
             "speedup_vs_reference": main_row.images_per_sec / rows[0].images_per_sec}, indent=2))
     print(f"speedup vs reference: {main_row.images_per_sec / rows[0].images_per_sec:.2f}")

@@ -87,9 +87,13 @@ class OptimConfig(_Strict):
 class PerfConfig(_Strict):
     """Speed settings; they change how fast a step runs, not what it computes (up to rounding)."""
 
-    amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 autocast on CUDA, off on the CPU
+    # auto: bf16 autocast on CUDA with bf16, and on CPUs with native bf16 matmuls (AMX or AVX512-BF16)
+    amp: Literal["auto", "bf16", "off"] = "auto"
     compile: Literal["auto", "on", "off"] = "auto"  # auto: torch.compile on CUDA, eager on the CPU
     channels_last: Literal["auto", "on", "off"] = "auto"  # auto: on for CUDA
+    # CBDM's views: one forward over [x, x] (joint) or one per view (split); auto: what measured
+    # faster for the device and precision (training/precision.py, docs/benchmarks.md).
+    pass_layout: Literal["auto", "joint", "split"] = "auto"
     # auto: on for CPU training (see cbdm_core/host_memory.py); it never changes results.
     keep_host_memory: Literal["auto", "on", "off"] = "auto"
 

@@ -5,20 +5,23 @@ network is asked to predict and how the error is weighted: ``ddpm`` (epsilon
 prediction on the discrete schedule) is built in, ``edm`` comes with the EDM backbone.
 Training methods (kind ``method``, see :mod:`cbdm_core.methods.base`) may replace the
 regression target and ask for extra network outputs on the *same* noisy input with
-other labels (CBDM's y'); the objective gathers them and the main prediction into
-ONE forward pass over the concatenated batch.
+other labels (CBDM's y'); the objective gathers them with the main prediction and runs
+them as ONE forward over the concatenated batch, or one per view (:func:`run_views`,
+``perf.pass_layout``) when no method hooks into the pass.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional, Protocol, Sequence
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 import torch
 
-from .errors import ConfigError
-from .methods.base import PassOutputs, StepContext
+from .errors import CbdmError, ConfigError
+from .methods.base import PassOutputs, StepContext, TrainingMethod
 from .schedules import NoiseSchedule
+
+PASS_LAYOUTS = ("joint", "split")
 
 
 @dataclass
@@ -89,6 +92,30 @@ class EpsilonLoss:
         return model(x, time, y) if cond is None else model(x, time, y, cond)
 
 
+Predict = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+
+
+def run_views(predict: Predict, x: torch.Tensor, time: torch.Tensor, labels: torch.Tensor,
+              cond: Optional[torch.Tensor], layout: str = "joint") -> torch.Tensor:
+    """Network outputs ``[V, B, ...]`` (fp32) for the same ``x`` under each label row of ``labels [V, B]``.
+
+    ``joint``: one pass over ``[x, x, ...]`` with labels ``[y, y', ...]`` (fewer, larger
+    launches: the GPU's choice). ``split``: one pass per view, the reference code's
+    layout. Both compute the same rows (to rounding; network dropout draws other masks).
+    """
+    if layout not in PASS_LAYOUTS:
+        raise CbdmError(f"pass layout must be one of {', '.join(PASS_LAYOUTS)}, got {layout!r}")
+    views = labels.shape[0]
+    if views == 1:
+        return predict(x, time, labels[0], cond).float().unsqueeze(0)
+    if layout == "split":
+        return torch.stack([predict(x, time, labels[i], cond).float() for i in range(views)])
+    x_rep = x.repeat(views, *([1] * (x.ndim - 1)))
+    time_rep = time.repeat(views)
+    cond_rep = None if cond is None else cond.repeat(views, 1)
+    return predict(x_rep, time_rep, labels.reshape(-1), cond_rep).float().view(views, *x.shape)
+
+
 @dataclass
 class DiffusionObjective:
     """A base diffusion loss plus training methods, with classifier-free label dropout.
@@ -103,6 +130,7 @@ class DiffusionObjective:
         base: the base loss; epsilon prediction on ``schedule`` when omitted.
         class_counts: training images per class (what methods see as ``ctx.class_counts``);
             ones when omitted.
+        pass_layout: how the views reach the network (:func:`run_views`): ``joint`` or ``split``.
     """
 
     schedule: NoiseSchedule
@@ -112,6 +140,7 @@ class DiffusionObjective:
     drop_whole_batch: bool = False
     base: Optional[BaseLoss] = None
     class_counts: Optional[torch.Tensor] = None
+    pass_layout: str = "joint"
 
     def __post_init__(self) -> None:
         if self.base is None:
@@ -162,23 +191,18 @@ class DiffusionObjective:
             n = 0 if e is None else e.shape[0] * b
             spans.append(slice(offset, offset + n))
             offset += n
+        # Methods that hook into the pass address rows of ONE concatenated pass, so they get the joint layout.
+        layout = "joint" if any(_hooks_pass(m) for m in self.methods) else self.pass_layout
         begun = []
         try:
             for m, rows in zip(self.methods, spans):
                 m.begin_pass(rows, views * b)
                 begun.append(m)
-            if views == 1:
-                pred_all = self.base.predict(model, ctx.x_t, ctx.time, ctx.y_in, cond)
-            else:
-                # One pass over [x, x, ...] with labels [y, y', ...]: same cost per row, fewer launches.
-                x_rep = ctx.x_t.repeat(views, *([1] * (ctx.x_t.ndim - 1)))
-                time_rep = ctx.time.repeat(views)
-                cond_rep = None if cond is None else cond.repeat(views, 1)
-                pred_all = self.base.predict(model, x_rep, time_rep, labels.reshape(-1), cond_rep)
+            pred_all = run_views(lambda x, time, lab, c: self.base.predict(model, x, time, lab, c),
+                                 ctx.x_t, ctx.time, labels, cond, layout)
         finally:
             for m in reversed(begun):
                 m.end_pass()
-        pred_all = pred_all.float().view(views, *shape)
         pred = pred_all[0]
 
         per_elem = (pred - ctx.target.float()).pow(2)
@@ -209,6 +233,11 @@ class DiffusionObjective:
             drop = torch.rand((), device=device) < self.p_uncond
             return (~drop).expand(b).clone()
         return torch.rand(b, device=device) >= self.p_uncond
+
+
+def _hooks_pass(method: Any) -> bool:
+    """True when ``method`` overrides :meth:`TrainingMethod.begin_pass` (it masks or records rows)."""
+    return getattr(type(method), "begin_pass", TrainingMethod.begin_pass) is not TrainingMethod.begin_pass
 
 
 def _name(method: Any) -> str:

@@ -124,7 +124,8 @@ def _counts_table(data) -> Table:
 @click.option("--sample-every", type=int, help="Steps between sample grids (0: only at the end).")
 @click.option("--ckpt-every", type=int, help="Steps between checkpoints (0: only at the end).")
 @click.option("--keep-last", type=int, help="Checkpoints to keep.")
-@click.option("--amp", type=click.Choice(["auto", "bf16", "off"]), help="bf16 autocast (auto: on CUDA only).")
+@click.option("--amp", type=click.Choice(["auto", "bf16", "off"]),
+              help="bf16 autocast (auto: on CUDA and on CPUs with AMX or AVX512-BF16).")
 @click.option("--compile/--no-compile", "compile", default=None, help="torch.compile the model (default: on CUDA).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config field, e.g. model.options.ch=64.")
 @click.option("--init-from", type=click.Path(path_type=Path),
@@ -162,6 +163,7 @@ def train(out, config, preset, sets, resume, overwrite, progress, **opts):
         n_params = sum(p.numel() for p in model.parameters())
         console.print(_counts_table(data))
         console.print(f"model {cfg.model.backbone}: {n_params / 1e6:.2f}M parameters; run folder {out}")
+        console.print(f"step: {trainer.precision.describe()} on {trainer.device_name}")
         if cfg.init_from is not None and step == 0:
             fresh = ", ".join(trainer.reinitialised) or "none"
             console.print(f"initialised from {cfg.init_from}; re-initialised: {fresh}")

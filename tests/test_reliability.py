@@ -269,7 +269,7 @@ def test_nonfinite_batch_stops_sampling_and_keeps_complete_shards(tmp_path, monk
 
 
 def test_skip_mode_still_logs_and_checkpoints_on_schedule(tmp_path, nan_registry):  # noqa: F811
-    cfg = {**TINY, "objective": {"regularizers": [{"name": "nan-third"}]}, "log_every": 1, "ckpt_every": 1,
+    cfg = {**TINY, "objective": {"methods": [{"name": "nan-third"}]}, "log_every": 1, "ckpt_every": 1,
            "keep_last": 10}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     cli_ok("train", "--config", tmp_path / "c.yaml", "--out", tmp_path / "run", "--no-progress",

@@ -17,6 +17,10 @@ from cbdm_core.schedules import LinearSchedule
 from cbdm_core.training.batch_source import BatchSource
 from cbdm_core.training.batches import BatchIndexer
 from cbdm_core.training.ema import EMA
+from cbdm_core.config import PerfConfig
+from cbdm_core.errors import CbdmError
+from cbdm_core.objectives import run_views
+from cbdm_core.training import precision as precision_mod
 from cbdm_core.training.precision import Precision, compile_module, resolve_precision
 from cbdm_core.training.step import PredictModule, RoutedLoss, TrainStep
 
@@ -92,7 +96,8 @@ def test_bf16_autocast_step_matches_fp32_on_cpu():
     assert (wa - wb).abs().max() < 2e-3  # lr 1e-3: at most ~2 Adam steps of difference anywhere
 
 
-def test_resolve_precision_defaults():
+def test_resolve_precision_defaults(monkeypatch):
+    monkeypatch.setattr(precision_mod, "cpu_bf16_support", lambda: "")
     cpu = resolve_precision(None, torch.device("cpu"))
     assert (cpu.amp_dtype, cpu.compile, cpu.channels_last) == (None, False, False)
 
@@ -104,6 +109,43 @@ def test_resolve_precision_defaults():
     if CUDA:
         gpu = resolve_precision(None, torch.device("cuda"))
         assert gpu.compile and gpu.channels_last and gpu.amp_dtype in (torch.bfloat16, None)
+
+
+@pytest.mark.parametrize("capability, expected", [("amx_bf16", torch.bfloat16), ("avx512_bf16", torch.bfloat16),
+                                                  ("", None)])
+def test_auto_amp_on_cpu_follows_native_bf16(monkeypatch, capability, expected):
+    monkeypatch.setattr(precision_mod, "cpu_bf16_support", lambda: capability)
+    cpu = torch.device("cpu")
+    assert resolve_precision(PerfConfig(), cpu).amp_dtype is expected
+    assert resolve_precision(PerfConfig(amp="off"), cpu).amp_dtype is None  # an explicit choice wins
+    assert resolve_precision(PerfConfig(amp="bf16"), cpu).amp_dtype is torch.bfloat16
+    assert resolve_precision(PerfConfig(), cpu).as_dict()["cpu_bf16"] == capability
+
+
+@pytest.mark.parametrize("flags, expected", [("fpu avx512f avx512_bf16 amx_tile amx_bf16", "amx_bf16"),
+                                             ("fpu avx512f avx512_bf16", "avx512_bf16"),
+                                             ("fpu avx2 avx512f", "")])
+def test_cpu_bf16_support_reads_cpuinfo_flags(monkeypatch, tmp_path, flags, expected):
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+    real = precision_mod._cpuinfo_flags
+    monkeypatch.setattr(precision_mod, "_cpuinfo_flags", lambda: real(info))
+    precision_mod.cpu_bf16_support.cache_clear()
+    try:
+        assert precision_mod.cpu_bf16_support() == expected
+    finally:
+        precision_mod.cpu_bf16_support.cache_clear()
+
+
+@pytest.mark.parametrize("capability", ["amx_bf16", ""])
+def test_auto_pass_layout_follows_host_memory_setting(monkeypatch, capability):
+    monkeypatch.setattr(precision_mod, "cpu_bf16_support", lambda: capability)
+    cpu = torch.device("cpu")
+    # Kept freed memory (the CPU trainer's default): one 2B pass; memory handed back: two B passes.
+    assert resolve_precision(PerfConfig(), cpu).pass_layout == "joint"
+    assert resolve_precision(PerfConfig(keep_host_memory="off"), cpu).pass_layout == "split"
+    for layout in ("joint", "split"):
+        assert resolve_precision(PerfConfig(pass_layout=layout, keep_host_memory="off"), cpu).pass_layout == layout
 
 
 def test_channels_last_step_matches_on_cpu():
@@ -233,6 +275,50 @@ def test_batched_forward_equals_two_sequential_passes():
     for name, ref in (("diffusion", diffusion), ("regularizer", reg), ("commitment", com), ("total", total)):
         assert torch.allclose(terms[name], ref, rtol=1e-5, atol=1e-9), name
     assert torch.allclose(g_batched, _grads(model), rtol=1e-4, atol=1e-7)
+
+
+def test_split_layout_gives_the_joint_loss_and_gradients():
+    b = 8
+    x0, y = _batch(b)
+    g = torch.Generator().manual_seed(5)
+    t = torch.randint(0, 100, (b,), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    keep = torch.rand(b, generator=g) > 0.25
+    y_prime = torch.randint(0, NUM_CLASSES, (2, b), generator=g)  # two y' draws: three views
+    results = {}
+    for layout in ("joint", "split"):
+        torch.manual_seed(0)
+        model = tiny_unet(NUM_CLASSES, dropout=0.0)
+        counting = _Counting(model)
+        objective = _objective(0.01, y_prime=y_prime)
+        objective.pass_layout = layout
+        terms = objective(counting, x0, y, t=t, noise=noise, keep=keep)
+        terms.total.backward()
+        results[layout] = (counting.calls, terms.as_dict(), _grads(model))
+    assert results["joint"][0] == [3 * b] and results["split"][0] == [b, b, b]
+    for name, joint in results["joint"][1].items():
+        assert torch.allclose(results["split"][1][name], joint, rtol=1e-5, atol=1e-9), name
+    assert results["joint"][1]["regularizer"] > 0  # the views differ, so the check has teeth
+    assert torch.allclose(results["split"][2], results["joint"][2], rtol=1e-4, atol=1e-7)
+
+
+def test_run_views_rejects_an_unknown_layout():
+    with pytest.raises(CbdmError, match="pass layout"):
+        run_views(lambda *a: a[0], torch.zeros(2, 1), torch.zeros(2), torch.zeros(2, 2, dtype=torch.long), None,
+                  "both")
+
+
+def test_train_header_and_metadata_show_the_precision(tmp_path, monkeypatch):
+    monkeypatch.setattr(precision_mod, "cpu_bf16_support", lambda: "avx512_bf16")
+    cfg = {**TINY, "optim": {**TINY["optim"], "steps": 1}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    res = CliRunner().invoke(cli, ["train", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "r"),
+                                   "--no-progress", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "step: bf16" in res.output and "native bf16: avx512_bf16" in res.output
+    speed = load_checkpoint(list_checkpoints(tmp_path / "r" / "checkpoints")[-1][1]).meta["speed"]
+    assert speed["amp"] == "bf16" and speed["cpu_bf16"] == "avx512_bf16"
+    assert speed["pass_layout"] == "joint"
 
 
 # -- data -------------------------------------------------------------------------------------------------

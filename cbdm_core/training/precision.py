@@ -8,8 +8,10 @@ only lowers the precision of the network's matmuls and convolutions.
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, ContextManager, Optional
 
 import torch
@@ -26,12 +28,14 @@ class Precision:
         amp_dtype: the autocast dtype (``torch.bfloat16``) or None for fp32.
         channels_last: keep conv weights and activations in NHWC.
         compile: wrap the forward in ``torch.compile``.
+        pass_layout: ``joint`` (one forward over all views) or ``split`` (one per view).
     """
 
     device_type: str = "cpu"
     amp_dtype: Optional[torch.dtype] = None
     channels_last: bool = False
     compile: bool = False
+    pass_layout: str = "joint"
 
     def autocast(self) -> ContextManager:
         """The forward's autocast context (a no-op context without amp)."""
@@ -41,7 +45,65 @@ class Precision:
 
     def describe(self) -> str:
         amp = "bf16" if self.amp_dtype is torch.bfloat16 else "fp32"
-        return f"{amp}{', channels_last' if self.channels_last else ''}{', compiled' if self.compile else ''}"
+        return (f"{amp}{', channels_last' if self.channels_last else ''}{', compiled' if self.compile else ''}"
+                f", {self.pass_layout} views")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The resolved choices, for run metadata (JSON-friendly)."""
+        return {"device": self.device_type, "amp": "bf16" if self.amp_dtype is torch.bfloat16 else "off",
+                "channels_last": self.channels_last, "compile": self.compile, "pass_layout": self.pass_layout,
+                "cpu_bf16": cpu_bf16_support() if self.device_type == "cpu" else None}
+
+
+_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo names, best first
+
+
+def _cpuinfo_flags(path: Path = Path("/proc/cpuinfo")) -> Optional[set[str]]:
+    """The CPU flags of the first processor in ``path``, or None where there is no such file."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("flags") and ":" in line:
+            return set(line.split(":", 1)[1].split())
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_support() -> str:
+    """Which native bf16 matrix instructions this CPU has: ``amx_bf16``, ``avx512_bf16`` or ``""``.
+
+    Cached: the answer cannot change in a process. Linux's cpuinfo flags are read first
+    (they also say what the hypervisor lets a VM use); elsewhere torch's own CPU probes.
+    Without these instructions oneDNN emulates bf16 and autocast only adds casts.
+    """
+    flags = _cpuinfo_flags()
+    if flags is not None:
+        return next((f for f in _BF16_FLAGS if f in flags), "")
+    probes = (("amx_bf16", "_is_amx_tile_supported"), ("avx512_bf16", "_is_avx512_bf16_supported"))
+    for name, probe in probes:
+        try:
+            if getattr(torch.cpu, probe)():
+                return name
+        except (AttributeError, RuntimeError):  # private API: absent or failing on some builds
+            continue
+    return ""
+
+
+# perf.pass_layout=auto on the CPU, by whether freed host memory is kept (perf.keep_host_memory).
+# Measured (docs/benchmarks.md, benchmarks/pass_layout.py): the 2B pass loses to two B passes only
+# when glibc hands its large activation buffers back to the kernel, so every step page-faults
+# ~1 GB of fresh zeroed pages; with the memory kept the two layouts cost the same (joint a
+# few % ahead, fp32 and bf16 alike). CUDA always runs the joint pass.
+AUTO_CPU_LAYOUT = {"keep": "joint", "release": "split"}
+
+
+def describe_device(device: torch.device) -> str:
+    """``cuda (NAME)`` or ``cpu (bf16: amx_bf16)`` for run headers and benchmarks."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"{device.type} (native bf16: {cpu_bf16_support() or 'none'})"
 
 
 def resolve_precision(perf: Any, device: torch.device) -> Precision:
@@ -54,15 +116,24 @@ def resolve_precision(perf: Any, device: torch.device) -> Precision:
             raise CbdmError("perf.amp=bf16: this GPU has no bfloat16 support; use perf.amp=off")
         amp_dtype: Optional[torch.dtype] = torch.bfloat16
     elif amp == "auto":
-        # CPU bf16 autocast is only a win on CPUs with bf16 matrix units; measure before turning it on.
-        amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else None
+        # CPU bf16 autocast only pays on CPUs with bf16 matrix units (docs/benchmarks.md: 1.6x-2.x);
+        # without them oneDNN emulates bf16 and the casts cost more than they save.
+        if cuda:
+            amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        else:
+            amp_dtype = torch.bfloat16 if cpu_bf16_support() else None
     else:
         amp_dtype = None
     compile_opt = getattr(perf, "compile", "auto")
     compiled = compile_opt == "on" or (compile_opt == "auto" and cuda)
     cl = getattr(perf, "channels_last", "auto")
     channels_last = cl == "on" or (cl == "auto" and cuda)
-    return Precision(device_type=device.type, amp_dtype=amp_dtype, channels_last=channels_last, compile=compiled)
+    layout = getattr(perf, "pass_layout", "auto")
+    if layout == "auto":
+        keeps = getattr(perf, "keep_host_memory", "auto") in ("auto", "on")  # auto: on for CPU training
+        layout = "joint" if cuda else AUTO_CPU_LAYOUT["keep" if keeps else "release"]
+    return Precision(device_type=device.type, amp_dtype=amp_dtype, channels_last=channels_last, compile=compiled,
+                     pass_layout=layout)
 
 
 def to_channels_last(module: torch.nn.Module) -> torch.nn.Module:

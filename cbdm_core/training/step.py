@@ -208,7 +208,8 @@ def build_train_step(model: torch.nn.Module, ema_model: torch.nn.Module, base: A
     base = moved(base)
     objective = DiffusionObjective(schedule, num_classes, [moved(m) for m in methods],
                                    p_uncond=p_uncond, drop_whole_batch=drop_whole_batch, base=RoutedLoss(base),
-                                   class_counts=None if class_counts is None else class_counts.to(device))
+                                   class_counts=None if class_counts is None else class_counts.to(device),
+                                   pass_layout=precision.pass_layout)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=device.type == "cuda")
     ema = EMA(model, ema_model, ema_decay, warmup=ema_warmup)
     # DDP wraps the whole prediction; compile wraps DDP (its optimizer splits graphs at buckets).

@@ -27,7 +27,7 @@ from .batch_source import BatchSource
 from .batches import BatchIndexer, step_seed
 from .distributed import DistContext, setup_distributed
 from ..host_memory import keep_freed_host_memory
-from .precision import match_param_layout, resolve_precision
+from .precision import Precision, describe_device, match_param_layout, resolve_precision
 from .step import build_train_step
 
 log = logging.getLogger("cbdm.train")
@@ -80,6 +80,8 @@ class Trainer:
         self._stop = threading.Event()
         self.reinitialised: list[str] = []
         self.methods: list = []
+        self.precision: Optional[Precision] = None  # resolved at the start of run()
+        self.device_name = ""
 
     # -- run folder -----------------------------------------------------------------
     @property
@@ -195,6 +197,8 @@ class Trainer:
             start_ckpt = load_checkpoint(found[-1][1], with_optim=True) if found else None
         data = ctx.main_first(lambda: build.load_training_data(cfg))  # rank 0 first: it may download
         precision = resolve_precision(cfg.perf, device)
+        self.precision = precision  # the resolved speed choices, for the run header
+        self.device_name = describe_device(device)
         if cfg.perf.keep_host_memory == "on" or (cfg.perf.keep_host_memory == "auto" and device.type == "cpu"):
             keep_freed_host_memory()
 
@@ -248,7 +252,7 @@ class Trainer:
             match_param_layout(optimizer)
         meta = {"num_classes": data.num_classes, "image_size": data.image_size, "channels": data.channels,
                 "class_counts": counts.tolist(), "class_names": data.class_names, "dataset": data.name,
-                "cond_dim": cond_dim}
+                "cond_dim": cond_dim, "speed": precision.as_dict()}
         if ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "config.yaml", dump_config_yaml(cfg))
