@@ -313,3 +313,18 @@ def test_spec_and_build_errors():
         build_cm(CMOptions(), MethodBuildContext(class_counts=torch.tensor([1, 2]), num_classes=3, schedule=None))
     with pytest.raises(ValidationError):
         CMOptions(rho=0)
+
+
+def test_pending_presets_compose_t2h_and_cm():
+    import yaml
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "cbdm_core" / "presets" / "pending"
+    for name in ("cm-cifar10lt-if100", "cm-cifar100lt-if100"):
+        data = yaml.safe_load((folder / f"{name}.yaml").read_text())
+        t2h, cm = data["objective"]["methods"]
+        opts = CMOptions(**cm["options"])
+        assert t2h["name"] == "t2h" and cm["name"] == "cm"
+        assert (opts.rho, opts.parts, opts.w_con, opts.w_div) == (0.1, ["up"], 1.0, 0.2)
+        assert data["preview"] == {"sampler": "ddim", "steps": 50, "guidance": 1.5}
+        assert data["optim"]["batch_size"] == 64 and data["optim"]["steps"] == 300000

@@ -233,3 +233,19 @@ def test_options_and_spec():
     assert CORAL_SPEC.options_model is CoralOptions and "coral-lt-diffusion" in CORAL_SPEC.code
     with pytest.raises(CbdmError, match="feature tap"):
         build().attach(torch.nn.Linear(2, 2))
+
+
+def test_pending_presets_carry_the_papers_settings():
+    import yaml
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "cbdm_core" / "presets" / "pending"
+    want = {"coral-cifar10lt-if100": (0.12, 0.8, 0.6, 0.01), "coral-cifar10lt-if1000": (0.10, 1.0, 1.0, 0.001),
+            "coral-cifar100lt-if100": (0.09, 1.0, 0.8, 0.01)}
+    for name, (tau_sc, tau_r, w, imb) in want.items():
+        data = yaml.safe_load((folder / f"{name}.yaml").read_text())
+        (method,) = data["objective"]["methods"]
+        opts = CoralOptions(**method["options"])
+        assert method["name"] == "coral" and opts.extra_tau_factor and opts.weight == 0.01
+        assert (opts.tau_sc, opts.tau_r, data["preview"]["guidance"], data["data"]["imb_factor"]) == (tau_sc, tau_r, w, imb)
+        assert data["optim"]["steps"] == 150000 and data["optim"]["batch_size"] == 128
