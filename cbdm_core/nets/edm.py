@@ -23,6 +23,7 @@ from torch import nn
 from ..edm import P_MEAN, P_STD, SIGMA_DATA, edm_coefficients, t_to_sigma
 from ..errors import CbdmError
 from ..schedules import LinearSchedule, NoiseSchedule
+from .tap import FeatureTap
 
 C_NOISE_SCALE = 1000.0  # inner time input = 1000 * ln(sigma) / 4
 
@@ -137,6 +138,18 @@ class EDMPrecond(nn.Module):
         x = x_t.float() * (1.0 + s * s).sqrt()  # VP -> VE: x_t = x / sqrt(1 + sigma^2)
         d = self.denoise(x, sigma, y, cond)
         return ((x - d) / s).to(x_t.dtype)
+
+    def feature_tap(self) -> FeatureTap:
+        """The inner network's feature tap."""
+        if not hasattr(self.inner, "feature_tap"):
+            raise CbdmError(f"the edm inner network {type(self.inner).__name__} has no feature_tap()")
+        return self.inner.feature_tap()
+
+    def conv_parts(self) -> dict[str, list[tuple[str, nn.Conv2d]]]:
+        """The inner network's convolutions by part, named from this module (``inner.``)."""
+        if not hasattr(self.inner, "conv_parts"):
+            raise CbdmError(f"the edm inner network {type(self.inner).__name__} has no conv_parts()")
+        return {k: [(f"inner.{n}", c) for n, c in v] for k, v in self.inner.conv_parts().items()}
 
 
 def build_edm(options: EDMOptions, *, image_size: int, channels: int, num_classes: int,

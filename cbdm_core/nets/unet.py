@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn import init
 
 from ..errors import CbdmError
+from .tap import FeatureTap, spatial_mean
 
 
 class UNetOptions(BaseModel):
@@ -208,6 +209,32 @@ class UNet(nn.Module):
                 h = torch.cat([h, skips.pop()], dim=1)
             h = layer(h, temb)
         return self.tail(h)
+
+    def feature_tap(self) -> FeatureTap:
+        """The bottleneck: the feature map after the middle blocks, global-average-pooled to ``[N, C_mid]``."""
+        return FeatureTap(self.middleblocks[-1], spatial_mean, self.options.ch * self.options.ch_mult[-1])
+
+    def conv_parts(self) -> dict[str, list[tuple[str, nn.Conv2d]]]:
+        """The 3x3 convolutions by part (``head``, ``down``, ``middle``, ``up``, ``tail``), with their names.
+
+        Per residual block both 3x3 convolutions; the Down/Upsample convolutions belong to
+        ``down``/``up``. The 1x1 shortcuts and the attention projections are left out (the
+        layers CM's released code gives adapters).
+        """
+        names = {id(m): n for n, m in self.named_modules()}
+
+        def block_convs(blocks: nn.ModuleList) -> list[nn.Conv2d]:
+            out: list[nn.Conv2d] = []
+            for layer in blocks:
+                if isinstance(layer, ResBlock):
+                    out += [layer.block1[-1], layer.block2[-1]]
+                else:  # Downsample / Upsample
+                    out.append(layer.main)
+            return out
+
+        parts = {"head": [self.head], "down": block_convs(self.downblocks), "middle": block_convs(self.middleblocks),
+                 "up": block_convs(self.upblocks), "tail": [self.tail[-1]]}
+        return {k: [(names[id(c)], c) for c in convs] for k, convs in parts.items()}
 
 
 def build_unet(options: UNetOptions, *, image_size: int, channels: int, num_classes: int, **_: object) -> UNet:

@@ -21,6 +21,7 @@ from timm.models.vision_transformer import Attention
 from torch import nn
 
 from ..errors import CbdmError
+from .tap import FeatureTap, token_mean
 from .unet import timestep_embedding
 
 # (depth, width, heads): ViT-Ti (DeiT-Ti), DiT-S, DiT-B.
@@ -202,6 +203,11 @@ class DiffusionViT(nn.Module):
         for block in self.blocks:
             h = block(h, c)
         return self.unpatchify(self.final(h, c))
+
+    def feature_tap(self) -> FeatureTap:
+        """The token mean after block ``depth // 2`` (the output of the first half of the blocks)."""
+        depth = len(self.blocks)
+        return FeatureTap(self.blocks[max(depth // 2, 1) - 1], token_mean, self.options.resolved()[1])
 
 
 def build_vit(options: ViTOptions, *, image_size: int, channels: int, num_classes: int,
