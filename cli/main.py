@@ -19,6 +19,7 @@ _COMMANDS = [
     ("cbdm_cli.import_cmd", "import_checkpoint"),
     ("cbdm_cli.presets_cmd", "presets"),
     ("cbdm_cli.sweep_cmd", "sweep_group"),
+    ("cbdm_cli.compare_cmd", "compare"),
 ]
 
 

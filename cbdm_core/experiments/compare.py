@@ -1,0 +1,362 @@
+"""``cbdm compare``: train every method of a protocol on every seed, choose w per method on a
+selection sampling seed, sample the report seed at that w, evaluate, and summarise.
+
+Everything is resumable: a finished run (checkpoint at the final step), and a sample folder
+whose ``metrics.json`` exists, are skipped; a partial run resumes from its checkpoint; a
+partial sample folder keeps its complete shards. The reference set is prepared once.
+
+Folder layout (``DIR``)::
+
+    protocol.json                     the protocol as run (a re-run must match it)
+    runs/<method>/seed-<s>/           one training run per method and seed
+        select-w<w>/                  selection samples (guidance.selection_seed) + metrics.json
+        report-w<w>/                  report samples (report_seed) at the chosen w + metrics.json
+    compare.json, compare.md, plots/  the result (see :mod:`.compare_report`)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from ..atomic import atomic_write_text, ensure_dir
+from ..checkpoint import list_checkpoints
+from ..config import TrainConfig
+from ..errors import CbdmError
+from ..training.trainer import Trainer
+from .protocol import MethodEntry, Protocol, protocol_dict, train_config
+from .sweeps import SweepPoint, best_point, value_label
+
+PROTOCOL_JSON = "protocol.json"
+# Fields that do not change any number: a re-run may change them.
+_FREE = {("description",), ("training", "device"), ("evaluation", "cache_dir"), ("sampling", "batch_size")}
+
+
+class StudyInterrupted(Exception):
+    """Training was stopped by a signal; the run's checkpoint is saved and a re-run continues."""
+
+    def __init__(self, run_dir: Path, step: int):
+        super().__init__(f"interrupted while training {run_dir} at step {step}")
+        self.run_dir, self.step = run_dir, step
+
+
+@dataclass
+class Part:
+    """One unit of work: train a run, or sample and evaluate one folder."""
+
+    kind: str  # "train", "select" or "report"
+    method: str
+    seed: int
+    folder: Path
+    guidance: Optional[float] = None
+
+    @property
+    def label(self) -> str:
+        w = "" if self.guidance is None else f" w={self.guidance:g}"
+        return f"{self.kind} {self.method} seed {self.seed}{w}"
+
+
+class StudyObserver:
+    """What a progress view hears; every method is optional (the default does nothing)."""
+
+    def plan(self, parts: list[Part]) -> None:
+        """The whole study; ``report`` parts carry no w until it is chosen."""
+
+    def start(self, index: int, part: Part, skipped: bool) -> None:
+        """Part ``index`` (0-based) begins; ``skipped`` when it was already finished."""
+
+    def advance(self, done: float, total: float) -> None:
+        """Progress within the current part (training steps, images)."""
+
+    def status(self, message: str) -> None:
+        """A line of information."""
+
+
+@dataclass
+class StudyPlan:
+    """Everything a study resolves before it spends any time: configs, folders, options."""
+
+    protocol: Protocol
+    out_dir: Path
+    configs: dict[tuple[str, int], TrainConfig]
+    entries: dict[str, MethodEntry]
+    eval_metrics: list[str]
+    select_metrics: list[str]
+    directions: dict[str, str] = field(default_factory=dict)  # primary and select values: "lower"/"higher"
+
+    def run_dir(self, method: str, seed: int) -> Path:
+        return self.out_dir / "runs" / method / f"seed-{seed}"
+
+    def parts(self) -> list[Part]:
+        p = self.protocol
+        out: list[Part] = []
+        for label in self.entries:
+            for s in p.seeds:
+                out.append(Part("train", label, s, self.run_dir(label, s)))
+            if p.selecting():
+                for s in p.seeds:
+                    for w in p.guidance.values:
+                        out.append(Part("select", label, s, self.run_dir(label, s) / f"select-w{value_label(w)}", w))
+            for s in p.seeds:
+                w = None if p.selecting() else p.guidance.values[0]
+                folder = self.run_dir(label, s) / ("report" if w is None else f"report-w{value_label(w)}")
+                out.append(Part("report", label, s, folder, w))
+        return out
+
+
+def plan_study(protocol: Protocol, out_dir: Path) -> StudyPlan:
+    """Resolve and check the whole study without reading data: every training config (names
+    and options of all components), the metrics, the selection and primary values, guidance
+    against label dropout. One-line :class:`CbdmError` on the first problem."""
+    from ..build import check_components
+    from ..evaluation import resolve_metrics
+    from ..evaluation.engine import check_metric_options
+    from ..evaluation.values import provider_of, rankable
+    from ..registry import get_registry
+
+    p = protocol
+    entries = {e.name: e for e in p.methods}
+    configs: dict[tuple[str, int], TrainConfig] = {}
+    for e in p.methods:
+        for name in e.names:
+            get_registry().get("method", name)  # unknown: one line listing the choices
+        if len(e.names) > 1 and set(e.options) - set(e.names):
+            raise CbdmError(f"method {e.name}: options of a composition are keyed by method name "
+                            f"({', '.join(e.names)}), got {', '.join(sorted(e.options))}")
+        if not e.names and e.options:
+            raise CbdmError(f"method {e.name}: ddpm (no method) takes no options")
+        for s in p.seeds:
+            cfg = train_config(p, e, s)
+            check_components(cfg)
+            configs[(e.name, s)] = cfg
+    if any(w > 0 for w in p.guidance.values):
+        nodrop = [k for k, c in configs.items() if c.objective.p_uncond <= 0]
+        if nodrop:
+            raise CbdmError(f"guidance w > 0 needs label dropout, but {nodrop[0][0]} trains with "
+                            "objective.p_uncond = 0")
+    get_registry().get("sampler", p.sampling.sampler)
+    if p.sampling.num < 1 or p.sampling.batch_size < 1:
+        raise CbdmError("sampling.num and sampling.batch_size must be positive")
+    get_registry().get("feature_extractor", p.evaluation.extractor)
+    if p.evaluation.extractor == "classifier" and p.evaluation.classifier is None:
+        raise CbdmError("evaluation.extractor classifier needs evaluation.classifier: a file, or auto")
+    metrics = resolve_metrics(p.evaluation.metrics)
+    check_metric_options(p.evaluation.metric_options)
+    unknown = sorted(set(p.evaluation.metric_options) - set(metrics))
+    if unknown:
+        raise CbdmError(f"evaluation.metric_options names {unknown[0]!r}, which is not among the metrics")
+    directions: dict[str, str] = {}
+    for value in p.primary:
+        if provider_of(value, metrics) is None:
+            raise CbdmError(f"primary endpoint {value!r} is not a value of the chosen metrics "
+                            f"({', '.join(metrics)}); e.g. memorization_pixels_tail needs memorization")
+        directions[value] = rankable(value, metrics).value
+    select_metrics = metrics
+    if p.selecting():
+        select = p.guidance.select or ""
+        provider = provider_of(select, metrics)
+        if provider is None:
+            raise CbdmError(f"guidance.select {select!r} is not a value of the chosen metrics ({', '.join(metrics)})")
+        directions[select] = rankable(select, metrics).value
+        select_metrics = [provider]  # selection samples need only the metric that picks w
+    return StudyPlan(p, Path(out_dir), configs, entries, metrics, select_metrics, directions)
+
+
+def _check_folder(plan: StudyPlan) -> None:
+    """A study folder holds one protocol: refuse to mix results of a different one."""
+    path = plan.out_dir / PROTOCOL_JSON
+    current = protocol_dict(plan.protocol)
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+        except ValueError:
+            raise CbdmError(f"{path} is not readable JSON; remove it or use another --out") from None
+        diff = _first_difference(saved, current)
+        if diff is not None:
+            raise CbdmError(f"{plan.out_dir} holds a study of a different protocol (differs at {diff}); "
+                            "use another --out")
+    ensure_dir(plan.out_dir, "study folder")
+    atomic_write_text(path, json.dumps(current, indent=2) + "\n")
+
+
+def _first_difference(a: Any, b: Any, prefix: tuple = ()) -> Optional[str]:
+    if prefix in _FREE:
+        return None
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            found = _first_difference(a.get(key), b.get(key), prefix + (key,))
+            if found is not None:
+                return found
+        return None
+    return None if a == b else ".".join(prefix) or "(root)"
+
+
+def _eval_options(plan: StudyPlan, metrics: list[str], classifier: Optional[Path]):
+    from ..evaluation import EvalOptions
+
+    e, d = plan.protocol.evaluation, plan.protocol.data
+    return EvalOptions(dataset=d.dataset, data_root=d.root, extractor=e.extractor, classifier=classifier,
+                       inception_weights=e.inception_weights, metrics=metrics, metric_options=dict(e.metric_options),
+                       reference_split=e.reference_split, cache_dir=e.cache_dir, batch_size=e.batch_size,
+                       device=plan.protocol.training.device)
+
+
+def _classifier(plan: StudyPlan, observer: StudyObserver) -> Optional[Path]:
+    """The feature classifier file; ``auto`` trains one into the study folder once."""
+    e = plan.protocol.evaluation
+    if e.extractor != "classifier" or e.classifier is None:
+        return None
+    if e.classifier != "auto":
+        return Path(e.classifier)
+    d = plan.protocol.data
+    path = plan.out_dir / f"classifier-{d.dataset}.safetensors"
+    if path.is_file():
+        return path
+    from ..build import resolve_device
+    from ..data import dataset_options, load_dataset
+    from ..features import save_classifier, train_classifier
+
+    train = load_dataset(d.dataset, dataset_options(root=d.root, split="train"))
+    observer.status(f"training the {d.dataset} feature classifier ({e.classifier_epochs} epochs) into {path}")
+    model = train_classifier(train.images, train.labels, train.num_classes, epochs=e.classifier_epochs,
+                             balanced=True, seed=0, device=resolve_device(plan.protocol.training.device))
+    save_classifier(model, path, {"dataset": d.dataset, "class_names": train.class_names,
+                                  "class_counts": train.class_counts.tolist()})
+    return path
+
+
+def _train(plan: StudyPlan, part: Part, observer: StudyObserver, index: int) -> None:
+    cfg = plan.configs[(part.method, part.seed)]
+    done = list_checkpoints(part.folder / "checkpoints")
+    finished = bool(done) and done[-1][0] >= cfg.optim.steps
+    observer.start(index, part, finished)
+    if finished:
+        return
+    observer.status(f"{part.label}: {cfg.optim.steps} steps in {part.folder}" + (" (resuming)" if done else ""))
+    total = cfg.optim.steps
+    outcome = Trainer(cfg, part.folder, resume=bool(done),
+                      on_log=lambda rec: observer.advance(rec["step"], total)).run()
+    if outcome.interrupted:
+        raise StudyInterrupted(part.folder, outcome.step)
+
+
+def _read_metrics(folder: Path) -> Optional[dict[str, Any]]:
+    path = folder / "metrics.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:  # a damaged report is recomputed (the samples are kept)
+        return None
+
+
+def _sample_and_evaluate(plan: StudyPlan, part: Part, seed: int, num: int, options: Any, reference: Any,
+                         observer: StudyObserver, index: int, runs: dict) -> dict[str, Any]:
+    """The folder's ``metrics.json`` document, computed unless already there."""
+    from ..evaluation import evaluate, write_metrics_json
+    from ..sampling.generate import generate_samples
+    from ..sampling.plan import plan_labels
+
+    doc = _read_metrics(part.folder)
+    observer.start(index, part, doc is not None)
+    if doc is not None:
+        return doc
+    run = _loaded(plan, part, runs)
+    s = plan.protocol.sampling
+    labels = plan_labels(s.classes, num, run.num_classes, run.meta.get("class_counts"))
+    settings = s.model_copy(update={"seed": seed, "guidance": float(part.guidance or 0.0), "num": num})
+    observer.status(f"{part.label}: sampling {num} images (seed {seed}) into {part.folder}")
+    generate_samples(run, labels, out_dir=part.folder, settings=settings,
+                     on_progress=lambda d, t: observer.advance(d, t))
+    result = evaluate(part.folder, options, reference=reference, on_status=observer.status)
+    write_metrics_json(result, part.folder / "metrics.json")
+    return json.loads((part.folder / "metrics.json").read_text())
+
+
+def _loaded(plan: StudyPlan, part: Part, runs: dict):
+    from ..build import resolve_device
+    from ..run import load_run
+
+    key = (part.method, part.seed)
+    if key not in runs:
+        runs.clear()  # one model in memory at a time
+        device = resolve_device(plan.protocol.training.device)
+        runs[key] = load_run(plan.run_dir(*key), ema=plan.protocol.sampling.ema, device=device)
+    return runs[key]
+
+
+def choose_guidance(points: dict[float, list[Optional[float]]], select: str) -> Optional[float]:
+    """The w whose mean ``select`` over seeds is best (direction as declared); ties: smaller w."""
+    scored = []
+    for w, vals in points.items():
+        known = [v for v in vals if v is not None]
+        scored.append(SweepPoint(w, "", {select: (sum(known) / len(known)) if known else None}))
+    best = best_point(scored, select)
+    return None if best is None else best.value
+
+
+def run_study(protocol: Protocol, out_dir: Path, *, observer: Optional[StudyObserver] = None) -> dict[str, Any]:
+    """Run (or continue) the study of ``protocol`` in ``out_dir``; returns the ``compare.json``
+    document after writing it with ``compare.md`` and the plots."""
+    from ..evaluation import prepare_reference
+    from .compare_report import write_outputs
+
+    obs = observer or StudyObserver()
+    plan = plan_study(protocol, out_dir)
+    _check_folder(plan)
+    parts = plan.parts()
+    obs.plan(parts)
+    p = protocol
+    classifier = _classifier(plan, obs)
+    report_opts = _eval_options(plan, plan.eval_metrics, classifier)
+    select_opts = _eval_options(plan, plan.select_metrics, classifier)
+    reference = prepare_reference(report_opts, on_status=obs.status)  # once for the whole study
+    runs: dict = {}
+    results: dict[str, dict[str, Any]] = {}
+    index = 0
+    for label, entry in plan.entries.items():
+        method_parts = [x for x in parts if x.method == label]
+        for part in [x for x in method_parts if x.kind == "train"]:
+            _train(plan, part, obs, index)
+            index += 1
+        selection: dict[int, list[dict[str, Any]]] = {s: [] for s in p.seeds}
+        if p.selecting():
+            select = p.guidance.select or ""
+            num = p.guidance.selection_num or p.sampling.num
+            for part in [x for x in method_parts if x.kind == "select"]:
+                doc = _sample_and_evaluate(plan, part, p.guidance.selection_seed, num, select_opts, reference,
+                                           obs, index, runs)
+                index += 1
+                selection[part.seed].append({"w": part.guidance, "samples": str(part.folder),
+                                             "seed": _manifest_seed(part.folder), select: doc["values"].get(select)})
+            points = {w: [next(x[select] for x in selection[s] if x["w"] == w) for s in p.seeds]
+                      for w in p.guidance.values}
+            chosen = choose_guidance(points, select)
+            if chosen is None:
+                raise CbdmError(f"no selection sample set of {label} has a value for {select}; cannot choose w")
+            obs.status(f"{label}: w = {chosen:g} chosen by {select} on sampling seed {p.guidance.selection_seed}")
+        else:
+            chosen, points = p.guidance.values[0], {}
+        reports = []
+        for part in [x for x in method_parts if x.kind == "report"]:
+            part.guidance = chosen
+            part.folder = plan.run_dir(label, part.seed) / f"report-w{value_label(chosen)}"
+            doc = _sample_and_evaluate(plan, part, p.report_seed, p.sampling.num, report_opts, reference,
+                                       obs, index, runs)
+            index += 1
+            reports.append({"seed": part.seed, "run": str(plan.run_dir(label, part.seed)), "doc": doc,
+                            "samples": str(part.folder), "sampling_seed": _manifest_seed(part.folder),
+                            "guidance": chosen, "selection": selection[part.seed]})
+        results[label] = {"entry": entry, "chosen": chosen, "points": points, "reports": reports}
+    runs.clear()
+    return write_outputs(plan, results, Path(out_dir))
+
+
+def _manifest_seed(folder: Path) -> Optional[int]:
+    """The sampling seed recorded in a sample folder's manifest (what the report shows)."""
+    try:
+        return int(json.loads((folder / "manifest.json").read_text())["settings"]["seed"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -1,0 +1,163 @@
+"""``cbdm compare PROTOCOL --out DIR``: every method of a protocol, trained on every seed,
+sampled, evaluated and summarised (see docs/compare.md)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cbdm_core.errors import CbdmError
+
+from .eval_support import LogToReporter, Reporter
+from .overrides import parse_key_values
+
+
+class _PlainObserver:
+    """Plain lines (a log file, CI): one per part, and sparse progress within a part."""
+
+    def __init__(self, reporter: Reporter) -> None:
+        self.reporter, self.total, self._last = reporter, 0, -1
+
+    def plan(self, parts) -> None:
+        self.total = len(parts)
+
+    def start(self, index: int, part, skipped: bool) -> None:
+        self._last = -1
+        state = "done, skipped" if skipped else "running"
+        self.reporter.say(f"[{index + 1}/{self.total}] {part.label} ({state})")
+
+    def advance(self, done: float, total: float) -> None:
+        tenth = int(10 * done / total) if total else 0
+        if tenth > self._last:  # at most ten lines per part
+            self._last = tenth
+            self.reporter.status(f"  {int(done)}/{int(total)}")
+
+    def status(self, message: str) -> None:
+        self.reporter.status(message)
+
+
+class _RichObserver(_PlainObserver):
+    """A live view: the whole study as one bar (parts), the current part as a second."""
+
+    def __init__(self, reporter: Reporter) -> None:
+        super().__init__(reporter)
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                 TextColumn("{task.completed:.0f}/{task.total:.0f}"), TimeElapsedColumn(),
+                                 console=reporter.console)
+        self.study = self.progress.add_task("study", total=1)
+        self.part = self.progress.add_task("", total=1)
+
+    def plan(self, parts) -> None:
+        super().plan(parts)
+        self.progress.update(self.study, total=len(parts), completed=0)
+        self.progress.start()
+
+    def start(self, index: int, part, skipped: bool) -> None:
+        self.progress.update(self.study, completed=index + (1 if skipped else 0))
+        self.progress.update(self.part, description=part.label, completed=1 if skipped else 0, total=1)
+
+    def advance(self, done: float, total: float) -> None:
+        self.progress.update(self.part, completed=done, total=total)
+
+    def status(self, message: str) -> None:
+        self.progress.console.print(message, markup=False, highlight=False, style="dim")
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+
+def _list() -> None:
+    from cbdm_core.experiments.protocol import protocol_description, protocol_names
+
+    table = Table(title="shipped protocols (cbdm compare NAME --out DIR)", show_edge=False)
+    table.add_column("name")
+    table.add_column("description")
+    for name in protocol_names():
+        table.add_row(name, protocol_description(name))
+    Console().print(table)
+
+
+def _print_plan(plan) -> None:
+    """What the study will do, resolved, without training anything."""
+    p = plan.protocol
+    click.echo(f"protocol {p.name}: {p.data.dataset}" + (f" imb {p.data.imb_factor}" if p.data.imb_factor else ""))
+    for label, entry in plan.entries.items():
+        cfg = plan.configs[(label, p.seeds[0])]
+        methods = ", ".join(f"{m.name}{m.options or ''}" for m in cfg.objective.methods) or "none (DDPM)"
+        mark = " (baseline)" if label == p.baseline_label else ""
+        click.echo(f"  method {label}{mark}: {methods}; {cfg.model.backbone} {cfg.model.options}; "
+                   f"{cfg.optim.steps} steps, batch {cfg.optim.batch_size}, lr {cfg.optim.lr}")
+    click.echo(f"  seeds {', '.join(map(str, p.seeds))}; {p.sampling.sampler}-{p.sampling.steps or 'default'}, "
+               f"{p.sampling.num} images per set ({p.sampling.classes})")
+    if p.selecting():
+        click.echo(f"  w from {', '.join(f'{w:g}' for w in p.guidance.values)} by {p.guidance.select} "
+                   f"({plan.directions[p.guidance.select]} is better) on sampling seed {p.guidance.selection_seed}; "
+                   f"report seed {p.report_seed}")
+    else:
+        click.echo(f"  fixed w {p.guidance.values[0]:g}; report seed {p.report_seed}")
+    click.echo(f"  metrics {', '.join(plan.eval_metrics)} ({p.evaluation.extractor} features)")
+    for v in p.primary:
+        click.echo(f"  primary endpoint {v} ({plan.directions[v]} is better)")
+    parts = plan.parts()
+    kinds = {k: sum(1 for x in parts if x.kind == k) for k in ("train", "select", "report")}
+    click.echo(f"  {len(parts)} parts: {kinds['train']} runs, {kinds['select']} selection sets, "
+               f"{kinds['report']} report sets; folder {plan.out_dir}")
+
+
+@click.command("compare")
+@click.argument("protocol", required=False, metavar="PROTOCOL")
+@click.option("--out", "-o", type=click.Path(path_type=Path), help="Study folder (results, runs, samples).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override a protocol field, e.g. training.steps=100 or seeds=[0,1] (values read as YAML).")
+@click.option("--dry-run", is_flag=True, help="Resolve and check everything, print the plan, train nothing.")
+@click.option("--list", "list_", is_flag=True, help="List the shipped protocols.")
+@click.option("--progress/--no-progress", default=None,
+              help="Live progress view [default: on in a terminal, plain lines otherwise].")
+def compare(protocol: Optional[str], out: Optional[Path], sets: tuple[str, ...], dry_run: bool, list_: bool,
+            progress: Optional[bool]) -> None:
+    """Compare training methods under one protocol (a YAML file or a shipped protocol's name):
+    train every method on every seed, choose w per method on a selection seed, sample the report
+    seed, evaluate, and write compare.json, compare.md and plots. A re-run continues where an
+    interrupted one stopped."""
+    from cbdm_core.experiments.compare import StudyInterrupted, plan_study, run_study
+    from cbdm_core.experiments.compare_report import COMPARE_JSON, COMPARE_MD
+
+    if list_:
+        _list()
+        return
+    if protocol is None:
+        raise CbdmError("give a PROTOCOL file or name (cbdm compare --list shows the shipped ones)")
+    from cbdm_core.experiments.protocol import load_protocol
+
+    proto = load_protocol(protocol, parse_key_values(sets, "--set"))
+    if dry_run:
+        _print_plan(plan_study(proto, out if out is not None else Path("DIR")))
+        return
+    if out is None:
+        raise CbdmError("--out DIR is needed: the study folder")
+    reporter = Reporter()
+    live = reporter.console.is_terminal if progress is None else progress
+    observer: Any = _RichObserver(reporter) if live else _PlainObserver(reporter)
+    try:
+        with LogToReporter(reporter):
+            doc = run_study(proto, out, observer=observer)
+    except StudyInterrupted as exc:
+        reporter.say(f"{exc}; re-run the same command to continue")
+        raise SystemExit(130)
+    except KeyboardInterrupt:
+        reporter.say("interrupted; finished parts are kept, re-run the same command to continue")
+        raise SystemExit(130)
+    finally:
+        if isinstance(observer, _RichObserver):
+            observer.stop()
+    for label, m in doc["methods"].items():
+        click.echo(f"{label}: w = {m['guidance']['chosen']:g}")
+    click.echo(f"wrote {out / COMPARE_JSON}, {out / COMPARE_MD} and {len(doc['plots'])} plot(s)")
+    if sys.stdout.isatty():
+        click.echo((out / COMPARE_MD).read_text())
