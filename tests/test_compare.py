@@ -1,0 +1,242 @@
+"""``cbdm compare``: a tiny protocol end to end, resuming, w chosen on the selection seed only,
+the bootstrap interval, protocol errors, and the shipped protocols."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from cbdm_core.experiments import compare as compare_mod
+from cbdm_core.experiments.compare import choose_guidance, plan_study
+from cbdm_core.experiments.protocol import load_protocol, parse_protocol, protocol_names
+from cbdm_core.experiments.stats import paired_bootstrap, summarize
+
+from .helpers import cli_fails, cli_ok, invoke_cli
+
+TINY_UNET = {"ch": 8, "ch_mult": [1, 2], "attn": [1], "num_res_blocks": 1, "dropout": 0.0, "num_groups": 4}
+
+
+def tiny_protocol(work: Path, **changes) -> dict:
+    """Two methods, two seeds, two training steps, a two-point w grid, a few samples."""
+    proto = {
+        "name": "tiny",
+        "data": {"dataset": "digits-lt", "imb_factor": 0.03},
+        "training": {"preset": "quickstart", "steps": 2, "device": "cpu",
+                     "config": {"model": {"options": TINY_UNET}, "diffusion": {"T": 50},
+                                "optim": {"batch_size": 8, "warmup": 1},
+                                "preview": {"steps": 2, "per_class": 1}, "log_every": 1}},
+        "methods": [{"method": "ddpm"}, {"method": "cbdm", "options": {"tau": 0.002}}],
+        "seeds": [0, 1],
+        "sampling": {"sampler": "ddim", "steps": 2, "num": 40, "batch_size": 40},
+        "guidance": {"grid": [0, 2], "select": "fid", "selection_seed": 7},
+        "report_seed": 3,
+        "evaluation": {"extractor": "classifier", "classifier": "auto", "classifier_epochs": 1,
+                       "metrics": ["fid", "per_class", "memorization"], "cache_dir": str(work / "cache"),
+                       "metric_options": {"per_class": {"k": 2}}},
+        "primary": ["memorization_pixels_tail", "coverage_tail"],
+        "bootstrap": 200,
+    }
+    for key, value in changes.items():
+        proto[key] = value
+    return proto
+
+
+def write_protocol(path: Path, proto: dict) -> Path:
+    path.write_text(yaml.safe_dump(proto))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(1)
+
+
+class TrainerSpy:
+    """Counts trainer runs; can stop the study (like Ctrl-C) before the n-th run starts."""
+
+    def __init__(self, monkeypatch, stop_before: int | None = None):
+        self.runs: list[Path] = []
+        from cbdm_core.training.trainer import Trainer as original
+        spy = self
+
+        class Spy(original):
+            def run(self):
+                if stop_before is not None and len(spy.runs) + 1 >= stop_before:
+                    raise KeyboardInterrupt
+                spy.runs.append(self.run_dir)
+                return super().run()
+
+        monkeypatch.setattr(compare_mod, "Trainer", Spy)
+
+
+def test_tiny_protocol_end_to_end_and_seeds(tmp_path, monkeypatch):
+    spy = TrainerSpy(monkeypatch)
+    proto = write_protocol(tmp_path / "tiny.yaml", tiny_protocol(tmp_path))
+    out = tmp_path / "study"
+    res = cli_ok("compare", proto, "--out", out, "--no-progress")
+    assert len(spy.runs) == 4 and "wrote" in res.output
+    doc = json.loads((out / "compare.json").read_text())
+    assert list(doc["methods"]) == ["ddpm", "cbdm"] and doc["baseline"] == "ddpm"
+    assert [p["value"] for p in doc["primary"]] == ["memorization_pixels_tail", "coverage_tail"]
+    assert [p["direction"] for p in doc["primary"]] == ["lower", "higher"]
+    for label, m in doc["methods"].items():
+        # w was chosen on the selection seed: the best mean fid over seeds of the selection sets
+        points = {w: [next(x["fid"] for x in r["selection"] if x["w"] == w) for r in m["runs"]] for w in (0, 2)}
+        assert m["guidance"]["chosen"] == choose_guidance(points, "fid")
+        for run in m["runs"]:
+            assert {x["seed"] for x in run["selection"]} == {7}
+            report = run["report"]
+            assert report["sampling_seed"] == 3 and report["guidance"] == m["guidance"]["chosen"]
+            manifest = json.loads((Path(report["samples"]) / "manifest.json").read_text())
+            assert manifest["settings"]["seed"] == 3
+            assert manifest["settings"]["guidance"] == m["guidance"]["chosen"]
+            # the reported numbers are the report folder's, not a selection folder's
+            metrics = json.loads((Path(report["samples"]) / "metrics.json").read_text())
+            assert report["values"]["fid"] == metrics["values"]["fid"]
+        fids = [r["report"]["values"]["fid"] for r in m["runs"]]
+        assert m["summary"]["fid"]["mean"] == pytest.approx(np.mean(fids))
+        assert m["summary"]["fid"]["sd"] == pytest.approx(np.std(fids, ddof=1))
+    base = [r["report"]["values"]["fid"] for r in doc["methods"]["ddpm"]["runs"]]
+    other = [r["report"]["values"]["fid"] for r in doc["methods"]["cbdm"]["runs"]]
+    diff = doc["methods"]["cbdm"]["difference_to_baseline"]["fid"]
+    assert diff["mean"] == pytest.approx(np.mean(np.subtract(other, base)))
+    assert diff["low"] <= diff["mean"] <= diff["high"]
+    assert doc["methods"]["ddpm"]["difference_to_baseline"] is None
+    md = (out / "compare.md").read_text()
+    sections = [line for line in md.splitlines() if line.startswith("## ")]
+    assert sections[0].startswith("## Primary endpoints")
+    assert "**memorization_pixels_tail** ★" in md and "cbdm − ddpm [95% CI]" in md
+    assert "By group" in md and "| tail |" in md
+    plots = [Path(p) for p in doc["plots"]]
+    assert any(p.name == "per-class-memorization_pixels.png" for p in plots)
+    assert all(p.stat().st_size > 1000 for p in plots)
+
+
+def test_rerun_after_interruption_skips_finished_parts(tmp_path, monkeypatch):
+    proto = write_protocol(tmp_path / "tiny.yaml", tiny_protocol(tmp_path, seeds=[0],
+                                                                  guidance={"fixed": 1.0}))
+    out = tmp_path / "study"
+    TrainerSpy(monkeypatch, stop_before=2)  # Ctrl-C as the second run starts
+    res = invoke_cli("compare", proto, "--out", out, "--no-progress")
+    assert res.exit_code == 130 and "re-run" in res.output
+    assert not (out / "compare.json").exists()
+    spy = TrainerSpy(monkeypatch)
+    cli_ok("compare", proto, "--out", out, "--no-progress")
+    assert spy.runs == [out / "runs" / "cbdm" / "seed-0"]  # the finished ddpm run was not retrained
+    # a lost report is recomputed from its kept samples; nothing else is redone
+    kept = out / "runs" / "cbdm" / "seed-0" / "report-w1" / "metrics.json"
+    lost = out / "runs" / "ddpm" / "seed-0" / "report-w1" / "metrics.json"
+    before = kept.stat().st_mtime_ns
+    lost.unlink()
+    spy = TrainerSpy(monkeypatch)
+    res = cli_ok("compare", proto, "--out", out, "--no-progress")
+    assert spy.runs == [] and lost.is_file() and kept.stat().st_mtime_ns == before
+    assert res.output.count("(running)") == 1
+    # the folder belongs to this protocol: a changed one is refused
+    cli_fails("compare", proto, "--out", out, "--set", "training.steps=3", match="different protocol")
+
+
+def test_bootstrap_interval_on_known_paired_data():
+    pattern = np.array([0.1, 0.9, 0.4, 0.6])  # paired differences with a known mean (0.5) and spread
+
+    def interval(k: int):
+        diffs = np.tile(pattern, k)
+        base = np.linspace(5, 9, diffs.size)
+        d = paired_bootstrap(base + diffs, base, resamples=4000)
+        assert d.low <= d.mean <= d.high and d.mean == pytest.approx(0.5) and d.n == diffs.size
+        return d
+
+    widths = [interval(k).high - interval(k).low for k in (1, 4, 16)]
+    assert widths[0] > widths[1] > widths[2] > 0  # more seeds, a narrower interval
+    assert widths[1] / widths[2] == pytest.approx(2.0, rel=0.25)  # about 1/sqrt(n)
+    assert 0 < interval(16).low < 0.5 < interval(16).high
+    assert paired_bootstrap([1.0, 2.0], [0.0, 1.0]).low == paired_bootstrap([1.0, 2.0], [0.0, 1.0]).high == 1.0
+    one = paired_bootstrap([3.0], [1.0])
+    assert (one.mean, one.low, one.high, one.n) == (2.0, 2.0, 2.0, 1)
+    assert paired_bootstrap([1.0, None, 3.0], [0.0, 5.0, 1.0]).n == 2
+    assert paired_bootstrap([None], [1.0]).mean is None
+    s = summarize([1.0, 2.0, None, 4.0])
+    assert s.n == 3 and s.mean == pytest.approx(7 / 3) and s.sd == pytest.approx(np.std([1, 2, 4], ddof=1))
+
+
+def test_choose_guidance_follows_declared_direction():
+    assert choose_guidance({0.0: [5.0, 3.0], 1.0: [2.0, 2.0], 2.0: [2.0, 2.0]}, "fid") == 1.0  # tie: smaller w
+    assert choose_guidance({0.0: [0.2, 0.4], 1.0: [0.5, None]}, "coverage") == 1.0  # higher is better
+    assert choose_guidance({0.0: [None]}, "fid") is None
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"colour": 1}, "colour: unknown key"),
+    ({"methods": []}, "methods"),
+    ({"baseline": "nope"}, "baseline 'nope'"),
+    ({"guidance": {"grid": [0, 1], "select": "fid", "selection_seed": 3}}, "must differ from report_seed"),
+    ({"guidance": {"grid": [0, 1]}}, "needs select"),
+    ({"guidance": {"fixed": 1, "grid": [0]}}, "either fixed"),
+    ({"sampling": {"seed": 5}}, "sampling.seed"),
+    ({"seeds": [0, 0]}, "seeds are listed twice"),
+    ({"methods": [{"method": "nope"}]}, "unknown method 'nope'"),
+    ({"methods": [{"method": "cbdm", "options": {"tua": 1}}]}, "tua"),
+    ({"methods": [{"method": "ddpm"}, {"method": "ddpm"}]}, "listed twice"),
+    ({"primary": ["fid_tail"]}, "primary endpoint 'fid_tail' is not a value of the chosen metrics"),
+    ({"primary": ["memorization_train_n"]}, "not a score"),
+    ({"guidance": {"grid": [0, 1], "select": "precision"}}, "guidance.select 'precision'"),
+])
+def test_bad_protocols_give_one_line_errors(tmp_path, change, match):
+    proto = write_protocol(tmp_path / "bad.yaml", tiny_protocol(tmp_path, **change))
+    cli_fails("compare", proto, "--dry-run", match=match)
+
+
+def test_protocol_file_errors(tmp_path):
+    cli_fails("compare", tmp_path / "none.yaml", "--dry-run", match="no protocol file")
+    (tmp_path / "broken.yaml").write_text("data: [unclosed\n")
+    cli_fails("compare", tmp_path / "broken.yaml", "--dry-run", match="not valid YAML")
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    cli_fails("compare", tmp_path / "list.yaml", "--dry-run", match="must be a mapping")
+    proto = write_protocol(tmp_path / "ok.yaml", tiny_protocol(tmp_path))
+    cli_fails("compare", proto, match="--out DIR")
+    cli_fails("compare", proto, "--dry-run", "--set", "training.steps=0", match="training.steps")
+
+
+def test_compositions_and_options_reach_the_config(tmp_path):
+    proto = parse_protocol(tiny_protocol(tmp_path, methods=[
+        {"method": "ddpm"}, {"method": "t2h+cbdm", "options": {"t2h": {"mode": "full"}, "cbdm": {"tau": 0.003}}}]))
+    plan = plan_study(proto, tmp_path / "x")
+    cfg = plan.configs[("t2h+cbdm", 1)]
+    assert [(m.name, m.options) for m in cfg.objective.methods] == [("t2h", {"mode": "full"}), ("cbdm", {"tau": 0.003})]
+    assert plan.configs[("ddpm", 0)].objective.methods == [] and cfg.seed == 1
+    # everything but the method is identical across methods
+    a, b = (plan.configs[(m, 1)].model_dump() for m in ("ddpm", "t2h+cbdm"))
+    a["objective"].pop("methods"), b["objective"].pop("methods")
+    assert a == b
+    with pytest.raises(Exception, match="keyed by method name"):
+        plan_study(parse_protocol(tiny_protocol(tmp_path, methods=[
+            {"method": "t2h+cbdm", "options": {"tau": 0.003}}])), tmp_path / "x")
+
+
+@pytest.mark.parametrize("name", protocol_names())
+def test_shipped_protocols_validate_and_start(name):
+    res = cli_ok("compare", name, "--dry-run")
+    assert "parts:" in res.output
+    proto = load_protocol(name)
+    assert proto.primary and len(proto.seeds) >= 3
+    assert proto.guidance.grid is None or proto.guidance.selection_seed != proto.report_seed
+
+
+def test_digits_lt_protocol_is_the_memorising_design():
+    proto = load_protocol("digits-lt")
+    assert proto.data.imb_factor == 0.03 and 6000 <= proto.training.steps <= 9000
+    assert [m.method for m in proto.methods] == ["ddpm", "cbdm"] and proto.baseline_label == "ddpm"
+    assert proto.primary == ["memorization_pixels_tail", "coverage_tail"]
+    cfg = plan_study(proto, Path("x")).configs[("ddpm", 0)]
+    assert cfg.model.options["ch"] == 32 and cfg.optim.lr == 0.002 and cfg.optim.ema_warmup
+
+
+def test_list_shows_shipped_protocols():
+    res = cli_ok("compare", "--list")
+    for name in ("digits-lt", "mnist-lt", "cifar10-lt", "cifar100-lt"):
+        assert name in res.output
