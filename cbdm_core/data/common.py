@@ -93,6 +93,9 @@ def finish(
     info: dict[str, Any] | None = None,
 ) -> LabeledImages:
     """Apply the cap and long tail, then validate and wrap as :class:`LabeledImages`."""
+    if options.classes is not None or options.class_order != "name":
+        # Silently ignoring them would train on other classes than the config says.
+        raise CbdmError(f"dataset {name}: classes and class_order apply to the folder dataset only")
     labels = torch.as_tensor(labels).long()
     keep, sel_info = select_indices(labels, len(class_names), options, lt_default)
     if keep is not None:
