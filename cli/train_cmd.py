@@ -73,7 +73,10 @@ def _switch_backbone(data: dict[str, Any], new: str) -> None:
     wrap = getattr(spec, "wrap_options", None)
     options = wrap(old, dict(model.get("options") or {})) if wrap is not None else {}
     data["model"] = {**model, "backbone": new, "options": options}
-    lr = (data.get("optim") or {}).get("lr")
+    try:
+        lr = float((data.get("optim") or {})["lr"])
+    except (KeyError, TypeError, ValueError):  # unset or malformed: validation reports it later
+        lr = None
     good = getattr(spec, "recommended_lr", None)
     if good is not None and lr is not None and max(lr / good, good / lr) > LR_ADVICE_RATIO:
         data.setdefault("optim", {})["lr"] = good  # --lr and --set still override it

@@ -128,8 +128,9 @@ class PreparedReference:
         """Whether ``options`` (EvalOptions) describe this reference."""
         split = resolve_reference_split(options.dataset, options.data_root, options.reference_split)
         stats = None if options.reference_stats is None else Path(options.reference_stats).expanduser()
+        folder = None if options.reference_folder is None else Path(options.reference_folder)
         return (options.dataset == self.dataset and split == self.split and options.extractor == self.info.name
-                and options.reference_folder == self.folder and stats == (self.stats and self.stats.file))
+                and folder == self.folder and stats == (self.stats and self.stats.file))
 
     def describe(self) -> dict[str, Any]:
         """The report's ``reference`` section: what was compared against, with its real class counts."""

@@ -1,5 +1,6 @@
 """The real side of an evaluation: the class-balanced reference set (or the user's own
-folder or FID statistics), its cached features, the training class frequencies, and fitting the samples to its image shape."""
+folder or FID statistics), its cached features, the training class frequencies, and
+fitting the samples to its image shape."""
 
 from __future__ import annotations
 
