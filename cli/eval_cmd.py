@@ -80,6 +80,9 @@ def evaluate_samples(samples: Path, dataset: Optional[str], data_root: Optional[
     with LogToReporter(reporter):
         result = evaluate(samples, options, on_warning=reporter.warning, on_status=reporter.status)
     out_dir = out if out is not None else default_out(samples)
+    reporter.say(f"reference: {result.reference['description']}", style="dim")
+    if "fid_statistics" in result.reference:
+        reporter.say(result.reference["fid_statistics"]["note"], style="dim")
     Console().print(metrics_table(result))
     json_path = write_metrics_json(result, out_dir / METRICS_JSON)
     plot = plot_per_class_fid(result, out_dir / PER_CLASS_PLOT)
