@@ -50,6 +50,8 @@ class DataConfig(_Strict):
     max_per_class: Optional[int] = Field(None, gt=0)
     download: bool = False
     strict: bool = False
+    classes: Optional[list[str]] = None
+    class_order: Literal["name", "count"] = "name"
     augment: str = "none"
     augment_p: float = Field(0.0, ge=0, le=1)
     resample: Literal["none", "balanced", "sqrt"] = "none"

@@ -40,12 +40,16 @@ class BackboneSpec:
             ``wrap_options(inner_name, inner_options) -> options``, so switching a config's
             backbone to this one (``cbdm train --backbone edm``) keeps the configured network
             as the inner one. ``None``: switching starts from this backbone's defaults.
+        recommended_lr: peak learning rate this backbone trains well with (``None``: no
+            advice); ``cbdm train --backbone NAME`` moves a config's lr to it when the two
+            differ more than 3x, and says so.
     """
 
     options_model: type[BaseModel]
     build: Callable[..., torch.nn.Module]
     default_loss: str = "ddpm"
     wrap_options: Optional[Callable[[str, dict], dict]] = None
+    recommended_lr: Optional[float] = None
 
 
 @dataclass(frozen=True)

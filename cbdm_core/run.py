@@ -41,13 +41,19 @@ class LoadedRun:
         return self.config.objective.p_uncond > 0
 
 
-def load_run(path: Union[str, Path], *, ema: bool = True, device: Union[str, torch.device] = "cpu") -> LoadedRun:
+def load_run(path: Union[str, Path], *, ema: bool = True, device: Union[str, torch.device] = "cpu",
+             trainable: bool = False) -> LoadedRun:
     """Load a run folder or checkpoint file.
+
+    The model comes back **frozen, in eval mode** (``requires_grad=False``, dropout off), ready
+    to sample; ``trainable=True`` gives it in train mode with gradients on, to fine-tune it in
+    your own loop (or use ``cbdm train --init-from``, which also restores the training setup).
 
     Args:
         path: run folder (latest checkpoint) or a ``.safetensors`` checkpoint.
         ema: use the EMA weights (default) instead of the raw weights.
         device: where to put the model.
+        trainable: train mode with gradients instead of a frozen eval-mode model.
     """
     ckpt_path = resolve_checkpoint(path)
     ckpt = load_checkpoint(ckpt_path)
@@ -69,7 +75,11 @@ def load_run(path: Union[str, Path], *, ema: bool = True, device: Union[str, tor
         raise CheckpointError(f"{what} hold NaN or inf ({bad[0]}{' ...' if len(bad) > 1 else ''})")
     for method in methods:
         method.for_sampling(model)
-    model.to(device).eval().requires_grad_(False)
+    model.to(device)
+    if trainable:
+        model.train().requires_grad_(True)
+    else:
+        model.eval().requires_grad_(False)
     return LoadedRun(model=model, schedule=schedule, config=cfg, checkpoint=ckpt_path, step=ckpt.step, meta=meta)
 
 

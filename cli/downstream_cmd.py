@@ -74,7 +74,7 @@ def downstream_cmd(samples: tuple[str, ...], dataset: str, data_root: Optional[P
             raise CbdmError(f"{flag} must be positive, got {value}")
     named = _named(samples)
     train = load_dataset(dataset, dataset_options(root=data_root, split="train"))
-    test = load_reference(dataset, data_root, "test")
+    test = load_reference(dataset, data_root, "test", balance=False)  # the whole test split, as before
     chw = (train.channels, int(train.images.shape[-2]), int(train.images.shape[-1]))
     generated = []
     for name, path in named:

@@ -43,38 +43,71 @@ def eval_group() -> None:
 
 @eval_group.command(DEFAULT_CMD, cls=DefaultCommand, hidden=True)
 @click.argument("samples", metavar="SAMPLES", type=click.Path(path_type=Path))
-@click.option("--dataset", required=True, help="Dataset the model was trained on (digits, cifar10-lt, ...).")
-@click.option("--data-root", type=click.Path(path_type=Path), help="Folder holding the dataset files.")
+@click.option("--dataset", help="Dataset the model was trained on (digits, cifar10-lt, ...) "
+                                "[default: the training data of the run that made SAMPLES].")
+@click.option("--data-root", type=click.Path(path_type=Path),
+              help="Folder holding the dataset files [default: the run's].")
 @click.option("--metrics", "metrics", help=f"Comma-separated metrics [default: {METRIC_HELP}].")
 @feature_options
+@click.option("--reference-folder", type=click.Path(path_type=Path),
+              help="Your own reference images (DIR/<class>/*.png), used as given instead of the dataset's.")
+@click.option("--reference-stats", type=click.Path(path_type=Path),
+              help="FID statistics .npz with mu/sigma (pytorch-ddpm/EDM layout, e.g. cifar10.train.npz): "
+                   "FID is computed against them.")
 @click.option("--batch-size", type=int, default=200, show_default=True, help="Images per extractor batch.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--out", "-o", type=click.Path(path_type=Path),
               help="Report folder [default: SAMPLES, or <name>-eval/ next to an .npz].")
 @click.option("--resize", is_flag=True, help="Resize (and convert channels of) samples to the reference's shape.")
-def evaluate_samples(samples: Path, dataset: str, data_root: Optional[Path], extractor: str,
+def evaluate_samples(samples: Path, dataset: Optional[str], data_root: Optional[Path], extractor: str,
                      classifier: Optional[Path], inception_weights: Optional[Path], metrics: Optional[str],
                      metric_options: tuple[str, ...], reference_split: str, cache_dir: Optional[Path],
+                     reference_folder: Optional[Path], reference_stats: Optional[Path],
                      batch_size: int, device: str, out: Optional[Path], resize: bool) -> None:
     """Evaluate SAMPLES against the class-balanced real set of --dataset."""
     from cbdm_core.evaluation import EvalOptions, evaluate, metrics_table, plot_per_class_fid, write_metrics_json
     from cbdm_core.evaluation.report import METRICS_JSON, PER_CLASS_PLOT
 
     reporter = Reporter()
+    data = run_data(samples, dataset, data_root, reporter)
     options = EvalOptions(
-        dataset=dataset, data_root=data_root, extractor=extractor, classifier=classifier,
+        dataset=data["dataset"], data_root=data.get("root"), extractor=extractor, classifier=classifier,
         inception_weights=inception_weights, metrics=split_metrics(metrics),
         metric_options=parse_metric_options(metric_options), reference_split=reference_split,
-        cache_dir=cache_dir, batch_size=batch_size, device=device, resize=resize)
+        cache_dir=cache_dir, batch_size=batch_size, device=device, resize=resize,
+        reference_folder=reference_folder, reference_stats=reference_stats,
+        classes=data.get("classes"), class_order=data.get("class_order") or "name")
     with LogToReporter(reporter):
         result = evaluate(samples, options, on_warning=reporter.warning, on_status=reporter.status)
     out_dir = out if out is not None else default_out(samples)
+    reporter.say(f"reference: {result.reference['description']}", style="dim")
+    if "fid_statistics" in result.reference:
+        reporter.say(result.reference["fid_statistics"]["note"], style="dim")
     Console().print(metrics_table(result))
     json_path = write_metrics_json(result, out_dir / METRICS_JSON)
     plot = plot_per_class_fid(result, out_dir / PER_CLASS_PLOT)
     if not result.extractor.comparable:
         reporter.warning(f"{result.extractor.note}")
     click.echo(f"wrote {json_path}" + (f" and {plot}" if plot is not None else ""))
+
+
+def run_data(samples: Path, dataset: Optional[str], data_root: Optional[Path], reporter: Reporter) -> dict:
+    """Dataset, data root and class selection: the flags, else the training config of the run
+    whose checkpoint the samples' manifest names (a flag overrides that run's value)."""
+    from cbdm_core.evaluation.inputs import run_data_of
+
+    found = run_data_of(samples) or {}
+    if dataset is None and not found:
+        raise CbdmError(f"--dataset is needed: {samples} is not a `cbdm sample` folder whose manifest names a "
+                        "readable checkpoint")
+    if found and (dataset is None or dataset == found["dataset"]):
+        if dataset is None:
+            reporter.status(f"dataset {found['dataset']} from {found['checkpoint']}")
+        root = data_root if data_root is not None else found.get("root")
+        if root is not None and not Path(root).exists() and data_root is None:
+            reporter.warning(f"the run's data root {root} does not exist here; pass --data-root")
+        return {**found, "root": None if root is None else Path(root)}
+    return {"dataset": dataset, "root": data_root}
 
 
 @eval_group.command("train-classifier")
@@ -89,30 +122,39 @@ def evaluate_samples(samples: Path, dataset: str, data_root: Optional[Path], ext
 @click.option("--random-shift", is_flag=True, help="Augment with random translations.")
 @click.option("--hflip", is_flag=True, help="Augment with horizontal flips (not for digits).")
 @click.option("--out", "-o", type=click.Path(path_type=Path),
-              help="Classifier file [default: classifier-<dataset>.safetensors].")
+              help="Classifier file [default: classifier-<dataset>.safetensors; for a folder "
+                   "classifier-folder-<name>-<hash of its path>.safetensors].")
+@click.option("--holdout", type=float, default=0.1, show_default=True,
+              help="Share of each class held out for the test accuracy when the data has no test split.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 def train_classifier_cmd(dataset: str, data_root: Optional[Path], balanced: bool, epochs: int, batch_size: int,
-                         lr: float, random_shift: bool, hflip: bool, out: Optional[Path], seed: int,
+                         lr: float, random_shift: bool, hflip: bool, out: Optional[Path], holdout: float, seed: int,
                          device: str) -> None:
     """Train the feature classifier on the real training images of --dataset."""
     from cbdm_core.atomic import check_writable
     from cbdm_core.build import resolve_device
     from cbdm_core.data import dataset_options, load_dataset
+    from cbdm_core.data.common import split_holdout
     from cbdm_core.features import classifier_accuracy, save_classifier, train_classifier
 
     reporter = Reporter()
     if epochs < 1 or batch_size < 1:
         raise CbdmError(f"--epochs and --batch-size must be positive, got {epochs} and {batch_size}")
-    path = out if out is not None else Path(f"classifier-{dataset}.safetensors")
+    path = out if out is not None else default_classifier_path(dataset, data_root)
     check_writable(path, "classifier file")  # before training, not after
     dev = resolve_device(device)
     train = load_dataset(dataset, dataset_options(root=data_root, split="train"))
     try:
         test = load_dataset(dataset, dataset_options(root=data_root, split="test"))
+        test_what = f"{dataset} test images"
     except CbdmError as exc:
-        test = None
-        reporter.warning(f"no test split ({exc}); test accuracy will not be reported")
+        train, test = split_holdout(train, holdout, seed)
+        test_what = f"held-out {dataset} images ({holdout:g} of each class, seed {seed})"
+        reporter.status(f"no test split ({exc}); holding out {len(test)} training images for the test accuracy")
+        if len(test) == 0:
+            test = None
+            reporter.warning("every class has a single image: nothing to hold out, no test accuracy")
     counts = train.class_counts.tolist()
     reporter.say(f"training on {len(train)} {dataset} images, {train.num_classes} classes "
                  f"(counts {min(counts)}..{max(counts)}), {'balanced' if balanced else 'plain'} sampling, "
@@ -133,8 +175,20 @@ def train_classifier_cmd(dataset: str, data_root: Optional[Path], balanced: bool
     save_classifier(model, path, {"dataset": dataset, "class_names": train.class_names, "class_counts": counts,
                                   "test_accuracy": accuracy, "lr": lr})
     if accuracy is not None:
-        click.echo(f"test accuracy {accuracy:.4f} on {len(test)} {dataset} test images")
+        click.echo(f"test accuracy {accuracy:.4f} on {len(test)} {test_what}")
     click.echo(f"wrote {path}")
+
+
+def default_classifier_path(dataset: str, data_root: Optional[Path]) -> Path:
+    """``classifier-<dataset>.safetensors``; a folder's name carries its folder name and a hash
+    of its absolute path, so two folders never overwrite each other's classifier."""
+    import hashlib
+
+    if dataset != "folder" or data_root is None:
+        return Path(f"classifier-{dataset}.safetensors")
+    root = Path(data_root).expanduser().resolve()
+    digest = hashlib.sha256(str(root).encode()).hexdigest()[:8]
+    return Path(f"classifier-folder-{root.name}-{digest}.safetensors")
 
 
 def _add_downstream() -> None:

@@ -26,8 +26,10 @@ def feature_options(f: Callable) -> Callable:
                      help="Local Inception weights file (default $CBDM_INCEPTION_WEIGHTS, else download)."),
         click.option("--metric-option", "-O", "metric_options", multiple=True, metavar="METRIC.OPTION=VALUE",
                      help="A metric's own option, e.g. kid.subset_size=100 (repeatable)."),
-        click.option("--reference-split", type=click.Choice(["train", "test"]), default="train",
-                     show_default=True, help="Real split compared against (always class-balanced)."),
+        click.option("--reference-split", type=click.Choice(["auto", "train", "test"]), default="auto",
+                     show_default=True,
+                     help="Real split compared against, subsampled to equal class counts; auto: a folder "
+                          "dataset's test/ images when it has them, else train."),
         click.option("--cache-dir", type=click.Path(path_type=Path),
                      help="Reference feature cache [default: $CBDM_CACHE or ~/.cache/cbdm]."),
     ]

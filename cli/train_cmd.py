@@ -55,6 +55,9 @@ def build_config(config: Optional[Path], preset: Optional[str], opts: dict[str, 
     return parse_train_config(data, "configuration")
 
 
+LR_ADVICE_RATIO = 3.0  # how far a configured lr may be from the backbone's advice without a change
+
+
 def _switch_backbone(data: dict[str, Any], new: str) -> None:
     """``--backbone NAME`` over a config built for another backbone: that backbone's options
     do not apply to the new one, so the new one starts from its defaults, or, for a
@@ -70,6 +73,17 @@ def _switch_backbone(data: dict[str, Any], new: str) -> None:
     wrap = getattr(spec, "wrap_options", None)
     options = wrap(old, dict(model.get("options") or {})) if wrap is not None else {}
     data["model"] = {**model, "backbone": new, "options": options}
+    try:
+        lr = float((data.get("optim") or {})["lr"])
+    except (KeyError, TypeError, ValueError):  # unset or malformed: validation reports it later
+        lr = None
+    good = getattr(spec, "recommended_lr", None)
+    if good is not None and lr is not None and max(lr / good, good / lr) > LR_ADVICE_RATIO:
+        data.setdefault("optim", {})["lr"] = good  # --lr and --set still override it
+        click.echo(f"note: --backbone {new}: lr {lr:g} -> {good:g} (the backbone's recommended lr; "
+                   "pass --lr to choose another)", err=True)
+    elif lr is not None:
+        click.echo(f"note: --backbone {new} keeps the configured lr {lr:g}", err=True)
 
 
 def _perf_options(data: dict[str, Any], opts: dict[str, Any]) -> None:

@@ -150,7 +150,7 @@ def test_metric_subset_and_cache_reuse(classifier, npz, work, monkeypatch):
     cache = work / "fresh-cache"
     args = [npz["real"], *_clf_args(classifier, cache), "--metrics", "fid", "--out", work / "subset"]
     _ok(*args)
-    assert sorted(calls) == [300, 1442]  # reference (digits train) and samples
+    assert sorted(calls) == [300, 1400]  # reference (digits train, 140 per class: balanced) and samples
     first = _json(work / "subset")
     assert list(first["values"]) == ["fid"] and list(first["metrics"]) == ["fid"]
     assert first["reference"]["cache_hit"] is False and Path(first["reference"]["cache_file"]).is_file()

@@ -215,9 +215,9 @@ def test_sweep_loads_reference_once_and_ranks_plugin_metric_by_its_direction(cla
     loads: list[str] = []
     original = prepared.load_reference
 
-    def spy(dataset, root, split):
+    def spy(dataset, root, split, **kwargs):
         loads.append(dataset)
-        return original(dataset, root, split)
+        return original(dataset, root, split, **kwargs)
 
     monkeypatch.setattr(prepared, "load_reference", spy)
     run = _write_run(work / "run-toy", p_uncond=0.1)

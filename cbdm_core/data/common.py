@@ -93,6 +93,9 @@ def finish(
     info: dict[str, Any] | None = None,
 ) -> LabeledImages:
     """Apply the cap and long tail, then validate and wrap as :class:`LabeledImages`."""
+    if options.classes is not None or options.class_order != "name":
+        # Silently ignoring them would train on other classes than the config says.
+        raise CbdmError(f"dataset {name}: classes and class_order apply to the folder dataset only")
     labels = torch.as_tensor(labels).long()
     keep, sel_info = select_indices(labels, len(class_names), options, lt_default)
     if keep is not None:
@@ -100,3 +103,26 @@ def finish(
     full_info = {"split": options.split, **(info or {}), **sel_info}
     ds = LabeledImages(images.contiguous(), labels.contiguous(), list(class_names), name, full_info)
     return check_labeled(ds)
+
+
+def split_holdout(ds: LabeledImages, fraction: float, seed: int = 0) -> tuple[LabeledImages, LabeledImages]:
+    """``(train, held_out)``: a seeded ``fraction`` of every class (at least one image of a class
+    with two or more; a single image stays in train) set aside for testing."""
+    if not 0.0 < fraction < 1.0:
+        raise CbdmError(f"the held-out fraction must be in (0, 1), got {fraction}")
+    gen = torch.Generator().manual_seed(int(seed))
+    held: list[torch.Tensor] = []
+    for c in range(ds.num_classes):
+        idx = torch.nonzero(ds.labels == c).flatten()
+        n = len(idx)
+        k = 0 if n < 2 else min(n - 1, max(1, round(n * fraction)))
+        held.append(idx[torch.randperm(n, generator=gen)[:k]])
+    test_idx = torch.sort(torch.cat(held)).values
+    mask = torch.ones(len(ds.labels), dtype=torch.bool)
+    mask[test_idx] = False
+
+    def part(sel: torch.Tensor, what: str) -> LabeledImages:
+        return LabeledImages(ds.images[sel].contiguous(), ds.labels[sel].contiguous(), list(ds.class_names),
+                             ds.name, {**ds.info, "held_out": what})
+
+    return part(mask, f"train part ({1 - fraction:g})"), part(test_idx, f"held-out part ({fraction:g}, seed {seed})")

@@ -78,6 +78,21 @@ def list_class_files(base: Path, classes: list[str] | None) -> tuple[list[str], 
     return names, files
 
 
+def class_names(options: DatasetOptions) -> list[str]:
+    """The folder dataset's classes in label order, without decoding an image.
+
+    ``class_order="count"`` ranks by the image files of the **train** split (most first, ties
+    by name), so the train and test splits share one label order.
+    """
+    root = require_root(options, "folder", WHAT)
+    names, _ = list_class_files(resolve_split_dir(root, options.split), options.classes)
+    if options.class_order == "count":
+        _, train_files = list_class_files(resolve_split_dir(root, "train"), names)
+        sizes = {n: len(f) for n, f in zip(names, train_files)}
+        names = sorted(names, key=lambda n: (-sizes[n], n))
+    return names
+
+
 _FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".webp": "WEBP"}
 
 
@@ -126,7 +141,7 @@ def load_folder(options: DatasetOptions | None = None, *, workers: int | None = 
     options = options or DatasetOptions()
     root = require_root(options, "folder", WHAT)
     base = resolve_split_dir(root, options.split)
-    names, files = list_class_files(base, options.classes)
+    names, files = list_class_files(base, class_names(options))
     labels = torch.cat([torch.full((len(f),), c, dtype=torch.long) for c, f in enumerate(files)])
     keep, sel_info = select_indices(labels, len(names), options, 1.0)
     # Tiny JPEGs decode mostly under the GIL, so more threads than cores only add contention.
@@ -201,6 +216,7 @@ def load_folder(options: DatasetOptions | None = None, *, workers: int | None = 
         "split": options.split,
         "source": str(base),
         "skipped": len(skipped),
+        "class_order": options.class_order,
         **sel_info,
     }
     ds = LabeledImages(

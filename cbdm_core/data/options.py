@@ -25,6 +25,9 @@ class DatasetOptions(BaseModel):
         download: fetch the official files into ``root`` when missing.
         strict: fail on an unreadable image instead of skipping it (``folder``).
         classes: class folders to use, in this order (``folder``); default: all, sorted.
+        class_order: ``name`` (sorted, or the ``classes`` order) or ``count`` (most images
+            first, in the train split, ties by name), so the long tail ranks head to tail by
+            the folders' sizes (``folder``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -38,6 +41,7 @@ class DatasetOptions(BaseModel):
     download: bool = False
     strict: bool = False
     classes: Optional[list[str]] = None
+    class_order: Literal["name", "count"] = "name"
 
     @field_validator("imb_factor")
     @classmethod

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 DEFAULT_METRICS: tuple[str, ...] = ("fid", "is", "kid", "precision_recall", "density_coverage", "prd",
                                      "per_class_fid", "per_class", "memorization")
-REFERENCE_SPLITS: tuple[str, ...] = ("train", "test")
+REFERENCE_SPLITS: tuple[str, ...] = ("auto", "train", "test")
 # Keywords the engine passes to metrics itself (the context ones only where a spec asks).
 COMMON_OPTIONS: tuple[str, ...] = ("device", "num_classes", "class_counts", *METRIC_CONTEXT)
 PER_CLASS_PREFIX = "fid_class_"
@@ -34,8 +34,15 @@ class EvalOptions:
     """What ``cbdm eval`` takes; see :func:`evaluate`.
 
     ``metrics=None`` means :data:`DEFAULT_METRICS` (then ``per_class_fid`` is skipped for
-    unlabelled samples instead of failing). ``metric_options`` maps a metric name to
-    its own keyword options (e.g. ``{"kid": {"subset_size": 100}}``).
+    unlabelled samples instead of failing); a list or a comma string (``"fid,kid"``).
+    ``metric_options`` maps a metric name to its own keyword options (e.g.
+    ``{"kid": {"subset_size": 100}}``).
+
+    The reference is the class-balanced ``reference_split`` of ``dataset`` (``auto``: a
+    folder's held-out ``test/`` images when it has them, else ``train``), or
+    ``reference_folder`` (the user's own, used as given). ``reference_stats``: an FID
+    statistics ``.npz`` (``mu``/``sigma``) that FID is computed against instead.
+    ``classes``/``class_order``: the folder dataset's class selection, as in training.
     """
 
     dataset: str
@@ -45,11 +52,19 @@ class EvalOptions:
     inception_weights: Optional[Path] = None
     metrics: Optional[Sequence[str]] = None
     metric_options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    reference_split: str = "train"
+    reference_split: str = "auto"
     cache_dir: Optional[Path] = None
     batch_size: int = 200
     device: str = "auto"
     resize: bool = False
+    reference_folder: Optional[Path] = None
+    reference_stats: Optional[Path] = None
+    classes: Optional[list[str]] = None
+    class_order: str = "name"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.metrics, str):  # "fid,kid" would otherwise iterate as letters
+            self.metrics = [m.strip() for m in self.metrics.split(",") if m.strip()]
 
 
 @dataclass
@@ -260,7 +275,7 @@ def evaluate(samples: Union[Path, str, SampleSet], options: EvalOptions, *,
     metrics = resolve_metrics(options.metrics)
     check_metric_options(options.metric_options)
     if options.reference_split not in REFERENCE_SPLITS:
-        raise CbdmError(f"reference split must be train or test, got {options.reference_split!r}")
+        raise CbdmError(f"reference split must be auto, train or test, got {options.reference_split!r}")
     if options.batch_size < 1:
         raise CbdmError(f"--batch-size must be positive, got {options.batch_size}")
     get_registry().get("feature_extractor", options.extractor)  # unknown: error listing the choices
@@ -323,8 +338,11 @@ def evaluate(samples: Union[Path, str, SampleSet], options: EvalOptions, *,
             status(f"metric {name}")
             log.current = []
             extra = {k: context[k] for k in getattr(specs[name], "context", ())}
-            values = specs[name].compute(cached.features, fake, device=device, num_classes=ref.num_classes,
-                                         class_counts=counts, **extra, **options.metric_options.get(name, {}))
+            if name == "fid" and prep.stats is not None:
+                values = prep.stats.fid(fake)
+            else:
+                values = specs[name].compute(cached.features, fake, device=device, num_classes=ref.num_classes,
+                                             class_counts=counts, **extra, **options.metric_options.get(name, {}))
             results.append(MetricResult(name, _finite(values), log.current))
             log.current = None
 
@@ -336,14 +354,7 @@ def evaluate(samples: Union[Path, str, SampleSet], options: EvalOptions, *,
                  "labeled": sample_set.labeled,
                  "image_shape": [int(s) for s in sample_set.images.shape[1:]],
                  "resized": resize_note},
-        reference={"dataset": options.dataset, "split": options.reference_split, "imb_factor": 1.0,
-                   "count": len(ref), "num_classes": ref.num_classes,
-                   "image_shape": list(chw),
-                   "description": (f"class-balanced {options.reference_split} split of {options.dataset} "
-                                   f"(imb_factor=1: the full split, no long tail), {len(ref)} images, "
-                                   f"{ref.num_classes} classes"),
-                   "class_counts": [int(c) for c in ref.class_counts.tolist()],
-                   "cache_key": cached.cache_key, "cache_file": str(cached.cache_file),
+        reference={**prep.describe(), "cache_key": cached.cache_key, "cache_file": str(cached.cache_file),
                    "cache_hit": cached.cache_hit},
         extractor=prep.info,
         metrics=results,

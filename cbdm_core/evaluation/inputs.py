@@ -178,3 +178,23 @@ def read_samples(path: Path, class_names: Optional[Sequence[str]] = None) -> Sam
     if len(samples) == 0:
         raise CbdmError(f"no samples found in {path}")
     return samples
+
+
+def run_data_of(samples: Path) -> Optional[dict[str, Any]]:
+    """The ``data`` section of the training config of the run that made ``samples`` (a
+    ``cbdm sample`` folder whose manifest names a readable checkpoint), plus
+    ``"checkpoint"``; ``None`` when the samples do not lead to one."""
+    import json
+
+    from ..checkpoint import read_metadata
+
+    path = Path(samples).expanduser()
+    manifest = sh.read_manifest(path) if path.is_dir() and (path / sh.MANIFEST).is_file() else None
+    ckpt = ((manifest or {}).get("settings") or {}).get("checkpoint")
+    if not ckpt or not Path(ckpt).is_file():
+        return None
+    try:
+        data = json.loads(read_metadata(Path(ckpt)).get("config", "{}")).get("data") or {}
+    except (CbdmError, ValueError):
+        return None
+    return {**data, "checkpoint": str(ckpt)} if data.get("dataset") else None

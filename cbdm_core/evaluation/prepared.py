@@ -18,7 +18,8 @@ from ..features import FeatureSet, cache_path, cached_features, reference_key
 from ..features._io import atomic_save_safetensors
 from ..interfaces import LabeledImages
 from ..metrics import TrainingReference
-from .reference import CachedReference, data_digest, default_cache_dir, load_reference, reference_features
+from .reference import (CachedReference, data_digest, default_cache_dir, load_fid_stats, load_reference,
+                        reference_features, resolve_reference_split)
 
 StatusFn = Callable[[str], None]
 RADII_FORMAT = "cbdm-radii-v1"
@@ -64,6 +65,32 @@ class ReferenceRadii:
 
 
 @dataclass
+class FidStats:
+    """Precomputed FID statistics (``mu``/``sigma`` of a reference's features) from a file."""
+
+    file: Path
+    mu: Any
+    sigma: Any
+
+    def fid(self, fake: FeatureSet) -> dict[str, Optional[float]]:
+        """``{"fid"}`` of the sample features against these statistics."""
+        from ..metrics._common import InsufficientSamplesError, warn
+        from ..metrics.fid import feature_statistics, frechet_distance
+
+        d = int(fake.features.shape[1])
+        if self.mu.shape[0] != d:
+            raise CbdmError(f"reference statistics {self.file} are {self.mu.shape[0]}-dimensional but the "
+                            f"{fake.extractor} features {d}-dimensional; use the extractor they were made with "
+                            "(Inception pool3: 2048)")
+        try:
+            mu, sigma = feature_statistics(fake.features)
+        except InsufficientSamplesError as exc:
+            warn(f"metric 'fid' NOT COMPUTED: {exc}")
+            return {"fid": None}
+        return {"fid": frechet_distance(self.mu, self.sigma, mu, sigma)}
+
+
+@dataclass
 class PreparedReference:
     """Everything about the reference an evaluation needs, independent of the samples.
 
@@ -81,6 +108,10 @@ class PreparedReference:
     cache_dir: Path
     batch_size: int
     radii: ReferenceRadii
+    folder: Optional[Path] = None
+    stats: Optional[FidStats] = None
+    classes: Optional[list[str]] = None
+    class_order: str = "name"
     _training: dict[str, TrainingReference] = field(default_factory=dict)
     _counts: dict[str, tuple[list[int], str]] = field(default_factory=dict)
 
@@ -95,8 +126,36 @@ class PreparedReference:
 
     def matches(self, options: Any) -> bool:
         """Whether ``options`` (EvalOptions) describe this reference."""
-        return (options.dataset == self.dataset and options.reference_split == self.split
-                and options.extractor == self.info.name)
+        split = resolve_reference_split(options.dataset, options.data_root, options.reference_split)
+        stats = None if options.reference_stats is None else Path(options.reference_stats).expanduser()
+        folder = None if options.reference_folder is None else Path(options.reference_folder)
+        return (options.dataset == self.dataset and split == self.split and options.extractor == self.info.name
+                and folder == self.folder and stats == (self.stats and self.stats.file))
+
+    def describe(self) -> dict[str, Any]:
+        """The report's ``reference`` section: what was compared against, with its real class counts."""
+        ref = self.images
+        counts = [int(c) for c in ref.class_counts.tolist()]
+        balanced = len(set(counts)) == 1
+        if self.folder is not None:
+            what = f"reference folder {self.folder}"
+        else:
+            what = f"{self.split} split of {self.dataset}"
+        shape = "class-balanced" if balanced else f"NOT class-balanced (counts {min(counts)}..{max(counts)})"
+        how = ref.info.get("balance") or "as given"
+        doc: dict[str, Any] = {
+            "dataset": self.dataset, "split": self.split, "folder": None if self.folder is None else str(self.folder),
+            "imb_factor": 1.0, "count": len(ref), "num_classes": ref.num_classes, "image_shape": list(self.chw),
+            "balanced": balanced, "balance": how, "class_counts": counts,
+            "description": f"{shape} {what}: {len(ref)} images, {ref.num_classes} classes ({how})",
+        }
+        if self.stats is not None:
+            doc["fid_statistics"] = {
+                "file": str(self.stats.file), "dim": int(self.stats.mu.shape[0]),
+                "note": (f"FID is computed against the statistics in {self.stats.file}; comparable with published "
+                         "numbers made against the same file only with the official Inception weights"
+                         + ("" if self.info.comparable else ", which these features are NOT"))}
+        return doc
 
     def training_counts(self, manifest: Optional[dict[str, Any]]) -> tuple[list[int], str]:
         """Training class counts for the groups (see :func:`training_class_counts`), once per model."""
@@ -106,7 +165,8 @@ class PreparedReference:
                          sort_keys=True, default=str)
         if key not in self._counts:
             self._counts[key] = training_class_counts(self.dataset, self.data_root, self.images.num_classes,
-                                                      manifest, fallback=self.images.class_counts)
+                                                      manifest, fallback=self.images.class_counts,
+                                                      classes=self.classes, class_order=self.class_order)
         return self._counts[key]
 
     def training(self, manifest: Optional[dict[str, Any]], status: StatusFn) -> TrainingReference:
@@ -161,14 +221,22 @@ def prepare_reference(options: Any, *, on_status: Optional[StatusFn] = None) -> 
     status = on_status or (lambda _m: None)
     device = resolve_device(options.device)
     cache_dir = Path(options.cache_dir).expanduser() if options.cache_dir is not None else default_cache_dir()
-    status(f"loading the {options.reference_split} split of {options.dataset}")
-    ref = load_reference(options.dataset, options.data_root, options.reference_split)
+    split = resolve_reference_split(options.dataset, options.data_root, options.reference_split)
+    folder = None if options.reference_folder is None else Path(options.reference_folder)
+    status(f"loading the reference: {folder or f'the {split} split of {options.dataset}'}")
+    stats = None
+    if options.reference_stats is not None:
+        path = Path(options.reference_stats).expanduser()
+        stats = FidStats(path, *load_fid_stats(path))
+    ref = load_reference(options.dataset, options.data_root, split, folder=folder, classes=options.classes,
+                         class_order=options.class_order)
     chw = (ref.channels, int(ref.images.shape[-2]), int(ref.images.shape[-1]))
     extractor, info = build_extractor(options)
     _check_classifier_fits(extractor, chw, options.dataset)
     status(f"reference features ({len(ref)} images, {info.name})")
-    cached = reference_features(extractor, ref, dataset=options.dataset, split=options.reference_split,
-                                cache_dir=cache_dir, batch_size=options.batch_size, device=device)
-    return PreparedReference(options.dataset, options.data_root, options.reference_split, ref, extractor, info,
+    cached = reference_features(extractor, ref, dataset=options.dataset if folder is None else "folder",
+                                split=split, cache_dir=cache_dir, batch_size=options.batch_size, device=device)
+    return PreparedReference(options.dataset, options.data_root, split, ref, extractor, info,
                              cached, device, cache_dir, options.batch_size,
-                             ReferenceRadii(cache_dir / "features", cached.cache_key))
+                             ReferenceRadii(cache_dir / "features", cached.cache_key), folder=folder, stats=stats,
+                             classes=options.classes, class_order=options.class_order)

@@ -1,5 +1,6 @@
-"""The real side of an evaluation: the class-balanced reference set, its cached
-features, the training class frequencies, and fitting the samples to its image shape."""
+"""The real side of an evaluation: the class-balanced reference set (or the user's own
+folder or FID statistics), its cached features, the training class frequencies, and
+fitting the samples to its image shape."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data import dataset_options, load_dataset
+from ..data import dataset_options, load_dataset, long_tail_indices
 from ..errors import CbdmError
 from ..features import FeatureSet, cache_path, cached_features, reference_key
 from ..interfaces import LabeledImages
@@ -22,6 +24,7 @@ from ..interfaces import LabeledImages
 ENV_CACHE = "CBDM_CACHE"
 DEFAULT_CACHE = "~/.cache/cbdm"
 LT_SUFFIX = "-lt"
+BALANCE_SEED = 0  # which images a balanced subsample keeps: fixed, so reports and caches agree
 
 
 def default_cache_dir() -> Path:
@@ -29,12 +32,84 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get(ENV_CACHE) or DEFAULT_CACHE).expanduser()
 
 
-def load_reference(dataset: str, root: Optional[Path], split: str) -> LabeledImages:
-    """The class-balanced real set: ``split`` of ``dataset`` with ``imb_factor=1``.
+def resolve_reference_split(dataset: str, root: Optional[Path], split: str) -> str:
+    """``auto``: held-out images when there are any (the ``test/`` folder of a ``folder``
+    dataset), else ``train``; the built-in datasets keep the published ``train`` protocol."""
+    if split != "auto":
+        return split
+    if dataset == "folder" and root is not None:
+        test = Path(root).expanduser() / "test"
+        if test.is_dir() and (Path(root).expanduser() / "train").is_dir():
+            return "test"
+    return "train"
 
-    For a long-tailed name (``cifar10-lt``) that is the full, balanced base split.
+
+def balance_classes(ds: LabeledImages, seed: int = BALANCE_SEED) -> LabeledImages:
+    """``ds`` with the same number of images in every class: a seeded random subsample of each
+    class down to the smallest class's count (``ds`` itself when the counts are already equal).
+    ``info["balance"]`` says which."""
+    counts = [int(c) for c in ds.class_counts.tolist()]
+    n = min(counts)
+    if len(set(counts)) == 1:
+        return LabeledImages(ds.images, ds.labels, ds.class_names, ds.name,
+                             {**ds.info, "balance": f"as loaded ({n} images per class)"})
+    keep = long_tail_indices(ds.labels, [n] * len(counts), seed)
+    how = (f"seeded subsample (seed {seed}) of {n} images per class, the smallest class's count; "
+           f"the split holds {min(counts)}..{max(counts)} per class")
+    return LabeledImages(ds.images[keep].contiguous(), ds.labels[keep].contiguous(), ds.class_names, ds.name,
+                         {**ds.info, "balance": how, "source_counts": counts})
+
+
+def load_reference(dataset: str, root: Optional[Path], split: str, *, folder: Optional[Path] = None,
+                   classes: Optional[list[str]] = None, class_order: str = "name",
+                   balance: bool = True) -> LabeledImages:
+    """The class-balanced real set: ``split`` of ``dataset`` with ``imb_factor=1``, subsampled
+    to equal class counts (:func:`balance_classes`); for a long-tailed name (``cifar10-lt``)
+    that is the full, balanced base split.
+
+    ``folder``: the user's own reference (``root/<class>/*.png``), used as given (not
+    balanced: its counts are reported), with the classes in the training label order.
+    ``balance=False``: the whole split (the downstream classifier's test set).
     """
-    return load_dataset(dataset, dataset_options(root=root, split=split, imb_factor=1.0))
+    split = resolve_reference_split(dataset, root, split)
+    if folder is not None:
+        names = _label_order(dataset, root, classes, class_order)
+        return load_dataset("folder", dataset_options(root=folder, split="train", imb_factor=1.0, classes=names))
+    extra = {} if dataset != "folder" else {"classes": classes, "class_order": class_order}
+    ds = load_dataset(dataset, dataset_options(root=root, split=split, imb_factor=1.0, **extra))
+    return balance_classes(ds) if balance else ds
+
+
+def _label_order(dataset: str, root: Optional[Path], classes: Optional[list[str]],
+                 class_order: str) -> list[str]:
+    """Class names in the training label order (a folder's are listed, not decoded)."""
+    if dataset == "folder":
+        from ..data.folder import class_names
+
+        return class_names(dataset_options(root=root, split="train", classes=classes, class_order=class_order))
+    return list(load_dataset(dataset, dataset_options(root=root, split="train", imb_factor=1.0)).class_names)
+
+
+def load_fid_stats(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(mu [D], sigma [D, D])`` from an FID statistics ``.npz`` (``mu``/``sigma``: the layout
+    of pytorch-ddpm, the CBDM code and EDM, e.g. ``stats/cifar10.train.npz``)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CbdmError(f"reference statistics file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            keys = list(f.keys())
+            if "mu" not in keys or "sigma" not in keys:
+                raise CbdmError(f"reference statistics {path} hold {', '.join(keys) or 'nothing'}; expected "
+                                "'mu' [D] and 'sigma' [D, D] (the pytorch-ddpm / EDM FID stats layout)")
+            mu, sigma = np.asarray(f["mu"], dtype=np.float64), np.asarray(f["sigma"], dtype=np.float64)
+    except (OSError, ValueError) as exc:
+        raise CbdmError(f"cannot read reference statistics {path}: {exc}") from None
+    d = mu.reshape(-1).shape[0]
+    if mu.ndim != 1 or sigma.shape != (d, d):
+        raise CbdmError(f"reference statistics {path}: mu is {mu.shape} and sigma {sigma.shape}; "
+                        "expected [D] and [D, D]")
+    return mu, sigma
 
 
 def data_digest(ds: LabeledImages) -> str:
@@ -108,14 +183,16 @@ def manifest_class_counts(manifest: Optional[dict[str, Any]], num_classes: int) 
 
 def training_class_counts(dataset: str, root: Optional[Path], num_classes: int,
                           manifest: Optional[dict[str, Any]] = None,
-                          fallback: Optional[torch.Tensor] = None) -> tuple[list[int], str]:
+                          fallback: Optional[torch.Tensor] = None, *, classes: Optional[list[str]] = None,
+                          class_order: str = "name") -> tuple[list[int], str]:
     """Class training frequencies: the model's metadata when the manifest leads to it, else
     the (long-tailed, for ``*-lt`` names) training split of ``dataset`` with default options."""
     found = manifest_class_counts(manifest, num_classes)
     if found is not None:
         return found
     try:
-        train = load_dataset(dataset, dataset_options(root=root, split="train"))
+        extra = {} if dataset != "folder" else {"classes": classes, "class_order": class_order}
+        train = load_dataset(dataset, dataset_options(root=root, split="train", **extra))
     except CbdmError as exc:
         if fallback is None:
             raise

@@ -159,7 +159,8 @@ def plot_per_class_fid(result: EvalResult, path: Path) -> Optional[Path]:
             ax.axhline(mean, color=color, linestyle="--", linewidth=1.2, label=f"{g} mean {mean:.3g}")
     ax.set_xscale("log")
     _plain_log_ticks(ax, [max(counts[c], 1) for c, _ in points])
-    ax.set_xlabel(f"training images per class ({result.class_counts_source or 'unknown source'})")
+    # The source (often a long checkpoint path) is in metrics.json; the axis keeps a short label.
+    ax.set_xlabel("training images per class")
     ax.set_ylabel("per-class FID")
     title = f"{result.dataset}: per-class FID, {result.extractor.label} features"
     if not result.extractor.comparable:

@@ -45,7 +45,8 @@ def _offline_help() -> str:
     url = inception_weights_url()
     cached = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
     return (f"download {url} on a machine with internet and pass it with --inception-weights PATH "
-            f"(or set {ENV_WEIGHTS}=PATH), or copy it to {cached}")
+            f"(or set {ENV_WEIGHTS}=PATH), or copy it to {cached}; offline, `--extractor classifier "
+            f"--classifier PATH` needs no download (train one with `cbdm eval train-classifier`)")
 
 
 def _check_weights_file(path: Path) -> str:
