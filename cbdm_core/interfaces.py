@@ -59,10 +59,17 @@ class SamplerSpec:
     ``run(denoise_fn, schedule, x_T, y, *, steps, eta, clip_denoised, generator,
     callback, **options) -> x_0``. ``generator`` may be a list of per-sample
     generators (``len == B``) so results do not depend on the batch size.
+
+    Attributes:
+        options_model: pydantic model (``extra="forbid"``) of the sampler's own options
+            (``cbdm sample -S KEY=VALUE``); ``sample()`` validates them against it, so an
+            unknown or ill-typed option is one line naming the choices. ``None``: the
+            sampler checks its keyword options itself.
     """
 
     run: Callable[..., torch.Tensor]
     default_steps: Optional[int] = None
+    options_model: Optional[type[BaseModel]] = None
 
 
 METRIC_CONTEXT: tuple[str, ...] = ("radii_cache", "training", "fake_images")
@@ -96,6 +103,9 @@ class MetricSpec:
             radii), ``training`` (a :class:`~cbdm_core.metrics.TrainingReference`: images and
             features of the set the model was trained on; loaded only for such metrics) and
             ``fake_images`` (the generated ``uint8 [N, C, H, W]`` images).
+        options_model: pydantic model (``extra="forbid"``) of the user-settable options
+            (``cbdm eval -O metric.key=value``); the evaluation validates them against it
+            before any feature is computed. ``None``: ``compute`` checks its options itself.
     """
 
     compute: Callable[..., dict[str, Any]]
@@ -103,6 +113,7 @@ class MetricSpec:
     values: Mapping[str, Direction] = field(default_factory=dict)
     needs_labels: bool = False
     context: tuple[str, ...] = ()
+    options_model: Optional[type[BaseModel]] = None
 
     @property
     def needs_training_set(self) -> bool:
@@ -153,3 +164,26 @@ class LabeledImages:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+
+def validate_options(options_model: Optional[type[BaseModel]], options: Mapping[str, Any],
+                     where: str) -> dict[str, Any]:
+    """``options`` checked against a component's ``options_model`` (one-line error naming the
+    field and the valid keys), returned with only the keys given, coerced to their types, so
+    the component's own defaults stay in force. Without a model, ``options`` as given."""
+    if options_model is None:
+        return dict(options)
+    from pydantic import ValidationError
+
+    from .errors import ConfigError
+
+    try:
+        validated = options_model.model_validate(dict(options))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "(options)"
+        if err["type"] == "extra_forbidden":
+            valid = ", ".join(options_model.model_fields) or "none"
+            raise ConfigError(f"unknown option {key!r} of {where}; valid options: {valid}") from None
+        raise ConfigError(f"invalid option {key} of {where}: {err['msg']}") from None
+    return validated.model_dump(exclude_unset=True)

@@ -6,7 +6,7 @@ from cbdm_core.edm import build_edm_loss
 from cbdm_core.hookspecs import hookimpl
 from cbdm_core.interfaces import BackboneSpec, SamplerSpec
 from cbdm_core.nets.edm import EDMOptions, build_edm
-from cbdm_core.sampling.heun import DEFAULT_STEPS, heun_sample
+from cbdm_core.sampling.heun import DEFAULT_STEPS, HeunOptions, heun_sample
 
 
 @hookimpl
@@ -16,5 +16,5 @@ def register_components(register) -> None:
              description="EDM preconditioning (Karras et al. 2022) around another backbone (inner: unet)")
     register("diffusion_loss", "edm", build_edm_loss,
              description="EDM loss: log-normal sigma, lambda(sigma)-weighted denoising error")
-    register("sampler", "heun", SamplerSpec(run=heun_sample, default_steps=DEFAULT_STEPS),
+    register("sampler", "heun", SamplerSpec(run=heun_sample, default_steps=DEFAULT_STEPS, options_model=HeunOptions),
              description="EDM's 2nd-order Heun sampler (rho=7, optional S_churn) for any eps model")

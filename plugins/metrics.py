@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from cbdm_core.errors import CbdmError
 from cbdm_core.features.base import FeatureSet
@@ -265,34 +266,92 @@ def compute_memorization(real: FeatureSet, fake: FeatureSet, *, threshold: float
     return out
 
 
+# -- user-settable options (cbdm eval -O metric.key=value), validated before any work ---------
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NoOptions(_Options):
+    """The metric takes no options."""
+
+
+class ISOptions(_Options):
+    """``splits``: groups the IS is averaged over; ``seed``: the permutation before splitting."""
+
+    splits: int = Field(10, ge=1)
+    seed: int = 2020
+
+
+class KIDOptions(_Options):
+    """Random subsets of ``subset_size`` rows, a polynomial kernel of ``degree``."""
+
+    subsets: int = Field(100, ge=1)
+    subset_size: int = Field(1000, ge=2)
+    degree: int = Field(3, ge=1)
+    seed: int = 0
+
+
+class KNNOptions(_Options):
+    """``k`` nearest neighbours; ``seed`` of the subsample that equalises the set sizes."""
+
+    k: int = Field(5, ge=1)
+    seed: int = 0
+
+
+class PRDOptions(_Options):
+    """PRD (Sajjadi et al. 2018): clusters (default 20 per class), beta, angles, runs, seed."""
+
+    num_clusters: Optional[int] = Field(None, ge=1)
+    beta: float = Field(8.0, gt=0)
+    num_angles: int = Field(1001, ge=3)
+    num_runs: int = Field(10, ge=1)
+    seed: int = 0
+
+
+class PerClassOptions(KNNOptions):
+    """Per-class recall/coverage (``k``, ``seed``) and per-class KID subsets."""
+
+    kid_subsets: int = Field(100, ge=1)
+    kid_subset_size: int = Field(1000, ge=2)
+
+
+class MemorizationOptions(_Options):
+    """A sample is memorised when d1/d2 < ``threshold`` (Yoon et al. 2023: 1/3)."""
+
+    threshold: float = Field(1.0 / 3.0, gt=0, le=1)
+
+
 def _grouped(prefix: str, direction: Direction) -> dict[str, Direction]:
     """Declared values of a per-class family: per class, mean and the three groups."""
     return {f"{prefix}_class_*": direction, **{f"{prefix}_{g}": direction for g in GROUPS}}
 
 
 METRICS: dict[str, tuple[MetricSpec, str]] = {
-    "fid": (MetricSpec(compute_fid, values={"fid": LOWER}),
+    "fid": (MetricSpec(compute_fid, options_model=NoOptions, values={"fid": LOWER}),
             "Fréchet distance of feature Gaussians (FID with Inception features)"),
-    "is": (MetricSpec(compute_is, needs_logits=True, values={"is": HIGHER, "is_std": NEITHER}),
+    "is": (MetricSpec(compute_is, needs_logits=True, options_model=ISOptions, values={"is": HIGHER, "is_std": NEITHER}),
            "Inception Score from the extractor's class probabilities"),
-    "kid": (MetricSpec(compute_kid, values={"kid": LOWER, "kid_std": NEITHER}),
+    "kid": (MetricSpec(compute_kid, options_model=KIDOptions, values={"kid": LOWER, "kid_std": NEITHER}),
             "Kernel distance: unbiased cubic-kernel MMD over subsets"),
-    "precision_recall": (MetricSpec(compute_precision_recall, context=("radii_cache",),
+    "precision_recall": (MetricSpec(compute_precision_recall, context=("radii_cache",), options_model=KNNOptions,
                                     values={"precision": HIGHER, "recall": HIGHER, "pr_n": NEITHER}),
                          "improved precision/recall, k-NN manifolds, equal set sizes (Kynkäänniemi et al. 2019)"),
-    "density_coverage": (MetricSpec(compute_density_coverage, context=("radii_cache",),
+    "density_coverage": (MetricSpec(compute_density_coverage, context=("radii_cache",), options_model=KNNOptions,
                                     values={"density": HIGHER, "coverage": HIGHER, "dc_n": NEITHER}),
                          "density and coverage, equal set sizes (Naeem et al. 2020)"),
-    "prd": (MetricSpec(compute_prd, values={"f[0-9]*": HIGHER, "prd_n": NEITHER}),
+    "prd": (MetricSpec(compute_prd, options_model=PRDOptions, values={"f[0-9]*": HIGHER, "prd_n": NEITHER}),
             "PRD F8 (recall-like) and F1/8 (precision-like), equal set sizes (Sajjadi et al. 2018)"),
-    "per_class_fid": (MetricSpec(compute_per_class_fid, needs_labels=True, values=_grouped("fid", LOWER)),
+    "per_class_fid": (MetricSpec(compute_per_class_fid, needs_labels=True, options_model=NoOptions, values=_grouped("fid", LOWER)),
                       "FID per class and head/medium/tail averages"),
-    "per_class": (MetricSpec(compute_per_class, needs_labels=True,
+    "per_class": (MetricSpec(compute_per_class, needs_labels=True, options_model=PerClassOptions,
                              values={**_grouped("kid", LOWER), **_grouped("recall", HIGHER),
                                      **_grouped("coverage", HIGHER), **_grouped("accuracy", HIGHER),
                                      "accuracy": HIGHER}),
                   "per class: KID, recall, coverage, conditional accuracy; head/medium/tail averages"),
     "memorization": (MetricSpec(compute_memorization, context=("training", "fake_images"),
+                                options_model=MemorizationOptions,
                                 values={"memorization_*": LOWER, "memorization_train_n": NEITHER}),
                      "share of samples copying a training image, d1/d2 < 1/3 (Yoon et al. 2023)"),
 }

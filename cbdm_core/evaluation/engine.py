@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 import torch
 
 from ..errors import CbdmError
-from ..interfaces import METRIC_CONTEXT
+from ..interfaces import METRIC_CONTEXT, validate_options
 from .inputs import SampleSet, read_samples
 from .reference import check_labels, fit_to_reference
 from .values import is_per_class, split_per_class
@@ -194,10 +194,11 @@ def check_metric_options(options: dict[str, dict[str, Any]]) -> None:
     from ..registry import get_registry
 
     for metric, opts in options.items():
-        get_registry().get("metric", metric)
+        spec = get_registry().get("metric", metric).obj
         reserved = sorted(set(opts) & set(COMMON_OPTIONS))
         if reserved:
             raise CbdmError(f"metric option(s) {', '.join(reserved)} of {metric!r} are set by the evaluation itself")
+        validate_options(getattr(spec, "options_model", None), opts, f"metric {metric!r}")
 
 
 def build_extractor(options: EvalOptions) -> tuple[Any, ExtractorInfo]:
@@ -341,8 +342,10 @@ def evaluate(samples: Union[Path, str, SampleSet], options: EvalOptions, *,
             if name == "fid" and prep.stats is not None:
                 values = prep.stats.fid(fake)
             else:
+                user = validate_options(getattr(specs[name], "options_model", None),
+                                        options.metric_options.get(name, {}), f"metric {name!r}")
                 values = specs[name].compute(cached.features, fake, device=device, num_classes=ref.num_classes,
-                                             class_counts=counts, **extra, **options.metric_options.get(name, {}))
+                                             class_counts=counts, **extra, **user)
             results.append(MetricResult(name, _finite(values), log.current))
             log.current = None
 

@@ -7,7 +7,7 @@ from typing import Any, Optional
 import torch
 
 from ..errors import CbdmError
-from ..interfaces import SamplerSpec, StepCallback
+from ..interfaces import SamplerSpec, StepCallback, validate_options
 from ..schedules import NoiseSchedule
 from .noise import GeneratorArg, check_generator
 
@@ -81,6 +81,7 @@ def sample(model: Any, schedule: NoiseSchedule, x_T: torch.Tensor, y: torch.Tens
     if not w >= 0.0:
         raise CbdmError(f"guidance must be >= 0, got {guidance}")
     spec: SamplerSpec = _lookup("sampler", sampler)
+    sampler_options = validate_options(getattr(spec, "options_model", None), sampler_options, f"sampler {sampler!r}")
     guide = _lookup("guidance", guidance_method)  # an unknown name fails also at w = 0
     if w > 0.0:
         if null_label is None:

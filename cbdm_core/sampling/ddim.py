@@ -12,9 +12,10 @@ and the last step goes to ab = 1 (x_0 itself).
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import torch
+from pydantic import BaseModel, ConfigDict
 
 from ..errors import CbdmError
 from ..interfaces import DenoiseFn, StepCallback
@@ -56,6 +57,18 @@ def timestep_sequence(T: int, steps: int, spacing: str = "uniform") -> list[int]
     if any(b <= a for a, b in zip(seq, seq[1:])):  # pragma: no cover - guarded above
         raise CbdmError(f"timestep spacing {spacing!r} gave repeated timesteps for T={T}, steps={steps}")
     return seq
+
+
+class DDIMOptions(BaseModel):
+    """Options of the ``ddim`` sampler (``cbdm sample -S KEY=VALUE``).
+
+    Args:
+        spacing: how the S timesteps are chosen from 0..T-1 (see :func:`timestep_sequence`).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    spacing: Literal["uniform", "linspace", "trailing"] = "uniform"
 
 
 @torch.no_grad()

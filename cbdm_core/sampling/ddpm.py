@@ -14,9 +14,10 @@ No noise is added on the last step (t=0).
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import torch
+from pydantic import BaseModel, ConfigDict
 
 from ..errors import CbdmError
 from ..interfaces import DenoiseFn, StepCallback
@@ -46,6 +47,19 @@ def ddpm_coefficients(schedule: NoiseSchedule, var_type: str) -> dict[str, torch
     # posterior_variance[0] is 0: the replacement above keeps log() finite.
     log_var = var.clamp(min=1e-300).log()
     return {"coef1": coef1, "coef2": coef2, "log_var": log_var}
+
+
+class DDPMOptions(BaseModel):
+    """Options of the ``ddpm`` sampler (``cbdm sample -S KEY=VALUE``).
+
+    Args:
+        var_type: reverse-step variance: ``fixedlarge`` (beta_t, the reference code's
+            sampling choice) or ``fixedsmall`` (the posterior variance).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    var_type: Literal["fixedlarge", "fixedsmall"] = "fixedlarge"
 
 
 @torch.no_grad()

@@ -27,6 +27,7 @@ import math
 from typing import Any, Optional
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..edm import schedule_sigmas, sigma_to_t
 from ..errors import CbdmError
@@ -58,6 +59,26 @@ def _check_options(rho: float, sigma_min: float, sigma_max: float, S_churn: floa
         raise CbdmError(f"heun: S_churn must be >= 0, got {S_churn}")
     if not S_noise >= 0:
         raise CbdmError(f"heun: S_noise must be >= 0, got {S_noise}")
+
+
+class HeunOptions(BaseModel):
+    """Options of the ``heun`` sampler (EDM's Algorithm 2; ``cbdm sample -S KEY=VALUE``).
+
+    Args:
+        rho: exponent of the sigma discretisation.
+        sigma_min, sigma_max: noise range (clipped to the schedule's).
+        S_churn, S_min, S_max, S_noise: stochastic churn and its sigma window and noise scale.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    rho: float = Field(7.0, gt=0)
+    sigma_min: float = Field(0.002, gt=0)
+    sigma_max: float = Field(80.0, gt=0)
+    S_churn: float = Field(0.0, ge=0)
+    S_min: float = Field(0.0, ge=0)
+    S_max: float = Field(float("inf"), ge=0)
+    S_noise: float = Field(1.0, ge=0)
 
 
 @torch.no_grad()
