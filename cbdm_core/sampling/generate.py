@@ -222,7 +222,7 @@ def _plan_work(out_dir: Path, spans: list, labels_np: np.ndarray, settings: dict
             continue
         path = out_dir / span.name
         if not path.exists():
-            work.append(idx)
+            work.append(idx if chosen is None or pick.size else idx[:0])
             continue
         if check:
             _, got = sh.read_shard(path)
