@@ -213,4 +213,7 @@ def _sample(ctx, run_path, sampler, steps, eta, guidance, guidance_method, num, 
         what = (f"{num} images in {len(result.shards)} shard(s) in {result.out_dir} "
                 f"({len(result.generated)} written, {len(result.skipped)} kept)")
     click.echo(f"{what}; grid {result.grid}")
-    click.echo(f"next: cbdm eval {result.out_dir}")
+    # The dataset is spelled out so the command works as printed (it is the run's anyway).
+    data = run.config.data
+    root = f" --data-root {data.root}" if data.root is not None else ""
+    click.echo(f"next: cbdm eval {result.out_dir} --dataset {data.dataset}{root}")

@@ -38,7 +38,7 @@ def _sample(run: Path, out: Path, *args: str) -> str:
 def test_png_folders_equal_npz_shards_and_eval_reads_them(run, tmp_path):
     _sample(run, tmp_path / "npz", "--shard-size", "3")
     text = _sample(run, tmp_path / "png", "--format", "png")
-    assert f"next: cbdm eval {tmp_path / 'png'}" in text
+    assert f"next: cbdm eval {tmp_path / 'png'} --dataset " in text
     images, labels = load_samples(tmp_path / "npz")
     pngs = sorted((tmp_path / "png").glob("*/*.png"))
     assert [p.parent.name for p in pngs].count("a") == 3 and pngs[0].name == "000000.png"
