@@ -122,8 +122,11 @@ class TrainConfig(_Strict):
     device: str = "auto"
     log_every: int = Field(50, ge=1)
     sample_every: int = Field(0, ge=0)  # 0: only at the end
-    ckpt_every: int = Field(0, ge=0)  # 0: only at the end
-    keep_last: int = Field(3, ge=1)
+    ckpt_every: int = Field(0, ge=0)  # steps between checkpoints; 0: by time only
+    # Wall-clock minutes between checkpoints, so a killed run loses at most this much; 0: off.
+    ckpt_every_minutes: float = Field(15.0, ge=0)
+    keep_last: int = Field(3, ge=1)  # bounds the disk the periodic checkpoints take
+    log: list[Literal["tensorboard"]] = Field(default_factory=list)  # loggers besides metrics.jsonl
     on_nonfinite: Literal["stop", "skip"] = "stop"
 
     @model_validator(mode="after")

@@ -21,9 +21,16 @@ def plugins(kind, as_json):
         click.echo(json.dumps([{"kind": c.kind, "name": c.name, "plugin": c.plugin, "version": c.version,
                                 "description": c.description} for c in rows], indent=1))
         return
-    table = Table(show_edge=False)
-    for col in ("kind", "name", "plugin", "version", "description"):
-        table.add_column(col)
-    for c in rows:
-        table.add_row(c.kind, c.name, c.plugin, c.version, c.description)
-    Console().print(table)
+    # One small table per kind, name and plugin never wrapped, the description folded:
+    # readable at 80 columns, where one wide five-column table was not.
+    console = Console()
+    for k in dict.fromkeys(c.kind for c in rows):
+        table = Table(title=k, title_justify="left", title_style="bold", show_header=False, box=None,
+                      padding=(0, 1), expand=False)
+        table.add_column("name", no_wrap=True)
+        table.add_column("description", overflow="fold", ratio=1)
+        table.add_column("plugin", no_wrap=True, style="dim")
+        for c in rows:
+            if c.kind == k:
+                table.add_row(c.name, c.description, f"{c.plugin} {c.version}".strip())
+        console.print(table)

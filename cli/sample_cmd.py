@@ -83,16 +83,51 @@ def _size(n: float) -> str:
               help="Any option of the sampler, e.g. -S S_churn=10 for heun (repeatable; values read as YAML).")
 @click.option("--clip/--no-clip", "clip", default=None, help="Clamp predicted x_0 to [-1, 1] (default: the sampler's).")
 @click.option("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, show_default=True, help="Images per shard file.")
+@click.option("--format", "image_format", type=click.Choice(["npz", "png"]), default="npz", show_default=True,
+              help="npz shards, or one PNG per image in class folders (<out>/<class>/000042.png).")
+@click.option("--seeds", metavar="A-B[,C-D]", help="(Re)generate only these sample indices, e.g. 0-99 or 5,17.")
 @click.option("--overwrite", is_flag=True, help="Replace samples made with other settings in --out.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def sample(run_path: Path, sampler: str, steps: Optional[int], eta: Optional[float], guidance: float,
            guidance_method: str,
            num: Optional[int], classes: str, batch_size: int, seed: int, ema: bool, out: Optional[Path],
            device: str, var_type: Optional[str], spacing: Optional[str], sampler_opts: tuple[str, ...],
-           clip: Optional[bool], shard_size: int,
+           clip: Optional[bool], shard_size: int, image_format: str, seeds: Optional[str],
            overwrite: bool, progress: bool) -> None:
-    """Sample images from a trained run into resumable shards (re-run the same command to resume)."""
+    """Sample images from a trained run into resumable shards (re-run the same command to resume).
+
+    Under torchrun (torchrun --nproc_per_node N -m cbdm_cli sample ...) every process makes a
+    contiguous range of the images; the images are the same for any number of processes.
+    """
     from cbdm_core.build import resolve_device
+    from cbdm_core.training.distributed import setup_distributed
+
+    ctx = setup_distributed(resolve_device(device))
+    try:
+        _sample(ctx, run_path, sampler, steps, eta, guidance, guidance_method, num, classes, batch_size, seed, ema,
+                out, var_type, spacing, sampler_opts, clip, shard_size, image_format, seeds, overwrite, progress)
+    finally:
+        ctx.close()
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0-9,15"`` -> ``[0, ..., 9, 15]`` (inclusive ranges, like EDM's --seeds)."""
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        lo, dash, hi = part.partition("-")
+        try:
+            a, b = int(lo), int(hi) if dash else int(lo)
+        except ValueError:
+            raise CbdmError(f"--seeds: {part!r} is not an index or a range A-B (e.g. 0-99 or 5,17)") from None
+        if a < 0 or b < a:
+            raise CbdmError(f"--seeds: {part!r} is not a range A-B with 0 <= A <= B")
+        out.extend(range(a, b + 1))
+    return out
+
+
+def _sample(ctx, run_path, sampler, steps, eta, guidance, guidance_method, num, classes, batch_size, seed, ema,
+            out, var_type, spacing, sampler_opts, clip, shard_size, image_format, seeds, overwrite, progress) -> None:
     from cbdm_core.host_memory import keep_freed_host_memory
     from cbdm_core.registry import get_registry
     from cbdm_core.run import load_run
@@ -100,7 +135,8 @@ def sample(run_path: Path, sampler: str, steps: Optional[int], eta: Optional[flo
     from cbdm_core.sampling.plan import plan_labels
     from cbdm_core.sampling.settings import SamplingSettings
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, quiet=not ctx.is_main)  # under torchrun only rank 0 talks
+    progress = progress and ctx.is_main
 
     def say(message: str) -> None:
         console.print(message, markup=False, highlight=False, soft_wrap=True)
@@ -117,7 +153,8 @@ def sample(run_path: Path, sampler: str, steps: Optional[int], eta: Optional[flo
     get_registry().get("sampler", sampler)  # unknown sampler or guidance: fail before loading anything
     get_registry().get("guidance", guidance_method)
 
-    run = load_run(run_path, ema=ema, device=resolve_device(device))
+    chosen = parse_seeds(seeds) if seeds is not None else None
+    run = load_run(run_path, ema=ema, device=ctx.device)
     if next(run.model.parameters()).device.type == "cpu":
         keep_freed_host_memory()  # re-use activation buffers instead of page-faulting every step
     C = run.num_classes
@@ -161,12 +198,22 @@ def sample(run_path: Path, sampler: str, steps: Optional[int], eta: Optional[flo
     try:
         result = generate_samples(
             run, labels, out_dir=out, settings=settings, shard_size=shard_size, overwrite=overwrite,
-            on_progress=on_progress, on_ready=on_ready)
+            on_progress=on_progress, on_ready=on_ready, image_format=image_format, indices=chosen, ctx=ctx)
     except KeyboardInterrupt:
         bar.stop()
         say(f"interrupted; complete shards are kept in {out} (re-run the same command to resume)")
         raise SystemExit(130)
     finally:
         bar.stop()
-    click.echo(f"{num} images in {len(result.shards)} shard(s) in {result.out_dir} "
-               f"({len(result.generated)} written, {len(result.skipped)} kept); grid {result.grid}")
+    if not ctx.is_main:
+        return
+    if image_format == "png":
+        what = f"{num} images as PNG class folders in {result.out_dir}"
+    else:
+        what = (f"{num} images in {len(result.shards)} shard(s) in {result.out_dir} "
+                f"({len(result.generated)} written, {len(result.skipped)} kept)")
+    click.echo(f"{what}; grid {result.grid}")
+    # The dataset is spelled out so the command works as printed (it is the run's anyway).
+    data = run.config.data
+    root = f" --data-root {data.root}" if data.root is not None else ""
+    click.echo(f"next: cbdm eval {result.out_dir} --dataset {data.dataset}{root}")

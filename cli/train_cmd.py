@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -16,6 +17,7 @@ from rich.table import Table
 from cbdm_core.config import deep_update, load_config_file, parse_train_config
 from cbdm_core.errors import CbdmError
 from cbdm_core.presets_registry import load_preset
+from cbdm_core.training.monitor import BOOKKEEPING, progress_line
 
 from .eval_support import LogToReporter, Reporter
 from .method_options import SHORTHANDS, apply_methods
@@ -39,6 +41,7 @@ def build_config(config: Optional[Path], preset: Optional[str], opts: dict[str, 
         "lr": "optim.lr", "warmup": "optim.warmup", "ema_decay": "optim.ema_decay",
         "seed": "seed", "device": "device", "log_every": "log_every", "sample_every": "sample_every",
         "ckpt_every": "ckpt_every", "keep_last": "keep_last", "init_from": "init_from",
+        "ckpt_every_minutes": "ckpt_every_minutes",
     }
     for key, dotted in simple.items():
         if opts.get(key) is not None:
@@ -49,6 +52,7 @@ def build_config(config: Optional[Path], preset: Optional[str], opts: dict[str, 
     if opts.get("whole_batch_dropout"):
         set_dotted(data, "objective.drop_whole_batch", True)
     _perf_options(data, opts)
+    _log_options(data, opts)
     for item in sets:
         key, value = parse_set_option(item)
         set_dotted(data, key, value)
@@ -94,6 +98,12 @@ def _perf_options(data: dict[str, Any], opts: dict[str, Any]) -> None:
         set_dotted(data, "perf.compile", "on" if opts["compile"] else "off")
 
 
+def _log_options(data: dict[str, Any], opts: dict[str, Any]) -> None:
+    """--log NAME (repeatable) into the log list."""
+    if opts.get("log"):
+        set_dotted(data, "log", sorted(set(opts["log"])))
+
+
 def _counts_table(data) -> Table:
     table = Table(title=f"{data.name}: {len(data)} images, {data.num_classes} classes", show_edge=False)
     table.add_column("class", justify="right")
@@ -136,7 +146,11 @@ def _counts_table(data) -> Table:
 @click.option("--device", help="auto, cpu, cuda or cuda:N.")
 @click.option("--log-every", type=int)
 @click.option("--sample-every", type=int, help="Steps between sample grids (0: only at the end).")
-@click.option("--ckpt-every", type=int, help="Steps between checkpoints (0: only at the end).")
+@click.option("--ckpt-every", type=int, help="Steps between checkpoints (0: by time only).")
+@click.option("--ckpt-every-minutes", type=float,
+              help="Wall-clock minutes between checkpoints (default 15; 0: off).")
+@click.option("--log", "log", multiple=True, type=click.Choice(["tensorboard"]),
+              help="Also log to TensorBoard (<run>/tensorboard; needs pip install 'cbdm[tensorboard]').")
 @click.option("--keep-last", type=int, help="Checkpoints to keep.")
 @click.option("--amp", type=click.Choice(["auto", "bf16", "off"]),
               help="bf16 autocast (auto: on CUDA and on CPUs with AMX or AVX512-BF16).")
@@ -168,55 +182,79 @@ def train(out, config, preset, sets, resume, overwrite, progress, **opts):
         out = Path("runs") / f"{cfg.data.dataset}-{stamp}"
     # Under torchrun only rank 0 talks.
     console = Console(stderr=True, quiet=os.environ.get("RANK", "0") != "0")
+    # Without a terminal (nohup, SLURM) a live bar prints nothing until the end: plain lines instead.
+    live = progress and console.is_terminal
+    plain = progress and not console.is_terminal
     bar = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                   console=console, disable=not progress)
+                   console=console, disable=not live)
     task = bar.add_task("train", total=cfg.optim.steps, info="")
+    clock = {"start": time.perf_counter(), "step0": 0}
+
+    def say(message: str) -> None:
+        # Paths and commands are never wrapped, so they can be copied.
+        console.print(message, markup=False, highlight=False, soft_wrap=True)
 
     def on_start(data, model, step):
         n_params = sum(p.numel() for p in model.parameters())
         console.print(_counts_table(data))
-        console.print(f"model {cfg.model.backbone}: {n_params / 1e6:.2f}M parameters; run folder {out}")
-        console.print(f"step: {trainer.precision.describe()} on {trainer.device_name}")
+        say(f"model {cfg.model.backbone}: {n_params / 1e6:.2f}M parameters; run folder {out}")
+        say(f"step: {trainer.precision.describe()} on {trainer.device_name}")
         if cfg.init_from is not None and step == 0:
             fresh = ", ".join(trainer.reinitialised) or "none"
-            console.print(f"initialised from {cfg.init_from}; re-initialised: {fresh}")
+            say(f"initialised from {cfg.init_from}; re-initialised: {fresh}")
+        if "tensorboard" in cfg.log:
+            say(f"TensorBoard: tensorboard --logdir {out / 'tensorboard'}")
+        clock.update(start=time.perf_counter(), step0=step)
         bar.update(task, completed=step)
         bar.start()
 
+    def on_step(step: int) -> None:
+        bar.update(task, completed=step)  # cheap: rich redraws on its own clock
+
     def on_log(rec):
+        if plain:
+            done = rec["step"] - clock["step0"]
+            rate = (time.perf_counter() - clock["start"]) / max(done, 1)
+            say(progress_line(rec, cfg.optim.steps, rate * (cfg.optim.steps - rec["step"]) if done else None))
+            return
         if "total" not in rec:  # every step of the window was skipped (on_nonfinite=skip)
             bar.update(task, completed=rec["step"], info=f"{rec.get('skipped_steps', 0)} steps skipped")
             return
         # Every term the methods log, after the total and the base loss.
         extra = "".join(f" {k} {v:.4g}" for k, v in rec.items()
-                        if k not in ("step", "total", "diffusion", "lr", "images_per_sec", "skipped_steps"))
+                        if k not in BOOKKEEPING and k not in ("total", "diffusion"))
         info = f"loss {rec['total']:.4f} diff {rec['diffusion']:.4f}{extra} {rec['images_per_sec']:.0f} img/s"
         bar.update(task, completed=rec["step"], info=info)
 
-    trainer = Trainer(cfg, out, resume=resume, overwrite=overwrite, on_log=on_log, on_start=on_start)
+    trainer = Trainer(cfg, out, resume=resume, overwrite=overwrite, on_log=on_log, on_start=on_start,
+                      on_step=on_step)
     try:
         with LogToReporter(Reporter()):  # warnings (resume fallbacks, pruning) reach the terminal
             result = trainer.run()
     finally:
         bar.stop()
     if result.interrupted:
-        console.print(f"interrupted at step {result.step}; checkpoint {result.checkpoint} "
-                      f"(continue with: cbdm train --out {out} --resume)")
+        say(f"interrupted at step {result.step}; checkpoint {result.checkpoint}")
+        say(f"continue with: cbdm train --out {out} --resume")
         raise SystemExit(130)
-    console.print(f"done: step {result.step}, checkpoint {result.checkpoint}, grid {result.grid}")
+    say(f"done: step {result.step}, checkpoint {result.checkpoint}, grid {result.grid}")
+    say(f"next: cbdm sample {out}")
 
 
 def build_config_overrides(opts: dict[str, Any], sets: tuple[str, ...]) -> dict[str, Any]:
     """The overrides a resume may apply on top of the saved configuration."""
     data: dict[str, Any] = {}
     _perf_options(data, opts)
-    for key, dotted in {"steps": "optim.steps", "log_every": "log_every", "sample_every": "sample_every",
-                        "ckpt_every": "ckpt_every", "keep_last": "keep_last", "device": "device"}.items():
+    _log_options(data, opts)
+    resumable = {"steps": "optim.steps", "log_every": "log_every", "sample_every": "sample_every",
+                 "ckpt_every": "ckpt_every", "ckpt_every_minutes": "ckpt_every_minutes", "keep_last": "keep_last",
+                 "device": "device"}
+    for key, dotted in resumable.items():
         if opts.get(key) is not None:
             set_dotted(data, dotted, opts[key])
     others = [k for k, v in opts.items() if v not in (None, False, ()) and k not in
-              ("steps", "log_every", "sample_every", "ckpt_every", "keep_last", "device", "amp", "compile")]
+              (*resumable, "amp", "compile", "log")]
     if others or sets:
         raise CbdmError(f"--resume continues the saved run; it cannot change --{others[0].replace('_', '-') if others else 'set'}")
     return data

@@ -55,7 +55,8 @@ def test_train_writes_run_folder(tmp_path, tiny_config):
     assert list((out / "samples").glob("grid-*.png"))
     records = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [2, 4, 6]
-    assert {"diffusion", "regularizer", "commitment", "total", "lr", "images_per_sec"} <= set(records[0])
+    assert {"diffusion", "regularizer", "total", "lr", "images_per_sec", "grad_norm", "time", "elapsed"} <= set(records[0])
+    assert "commitment" not in records[0]  # same value as regularizer (docs/training.md)
 
 
 def test_cli_options_override_config(tmp_path, tiny_config):

@@ -26,6 +26,7 @@ from . import shards as sh
 from .api import sample
 from .noise import randn_like_per_sample, sample_generators
 from .settings import SamplingSettings
+from ..training.distributed import DistContext
 
 if TYPE_CHECKING:
     from ..run import LoadedRun
@@ -103,7 +104,8 @@ def _image_shape(run: "LoadedRun") -> tuple[int, int, int]:
 def generate_samples(run: "LoadedRun", labels: Sequence[int], *, out_dir: Path,
                      settings: Optional[SamplingSettings] = None, shard_size: int = 5000, overwrite: bool = False,
                      on_progress: Optional[ProgressFn] = None,
-                     on_ready: Optional[Callable[[int], None]] = None) -> SampleResult:
+                     on_ready: Optional[Callable[[int], None]] = None, image_format: str = "npz",
+                     indices: Optional[Sequence[int]] = None, ctx: Optional[DistContext] = None) -> SampleResult:
     """Sample ``len(labels)`` images from ``run`` into shards under ``out_dir``.
 
     Args:
@@ -123,6 +125,10 @@ def generate_samples(run: "LoadedRun", labels: Sequence[int], *, out_dir: Path,
             ``images_done`` counts the kept shards first, then the new images.
         on_ready: ``on_ready(images_already_done)`` once the plan is checked,
             before the first network call.
+        image_format: ``npz`` (shards) or ``png`` (one PNG per image in class folders).
+        indices: (re)generate only these sample indices (``--seeds A-B``), even if present.
+        ctx: under torchrun (:func:`~cbdm_core.training.distributed.setup_distributed`) each
+            process makes a contiguous range of the work; the images do not depend on it.
     """
     st = settings if settings is not None else SamplingSettings()
     sampler, steps, eta, guidance, guidance_method = st.sampler, st.steps, st.eta, st.guidance, st.guidance_method
@@ -159,6 +165,12 @@ def generate_samples(run: "LoadedRun", labels: Sequence[int], *, out_dir: Path,
     chw = _image_shape(run)
     counts = np.bincount(labels_np, minlength=C).tolist()
     spans = sh.shard_spans(num, shard_size)
+    if image_format not in ("npz", "png"):
+        raise CbdmError(f"unknown image format {image_format!r}; choose npz or png")
+    chosen = None if indices is None else np.unique(np.asarray(list(indices), dtype=np.int64))
+    if chosen is not None and (chosen.size == 0 or chosen[0] < 0 or chosen[-1] >= num):
+        raise CbdmError(f"the chosen sample indices must lie in 0..{num - 1}"
+                        + (f", got {int(chosen[-1])}" if chosen is not None and chosen.size else ""))
     settings = {
         "checkpoint": str(Path(run.checkpoint).resolve()), "step": int(run.step), "ema": ema,
         "sampler": sampler, "steps": steps, "eta": eta, "guidance": guidance, "clip_denoised": clip_denoised,
@@ -168,72 +180,175 @@ def generate_samples(run: "LoadedRun", labels: Sequence[int], *, out_dir: Path,
     }
     if guidance_method != "cfg":  # only then, so folders sampled before this setting existed still resume
         settings["guidance_method"] = guidance_method
-    # One writer per sample folder for the whole call: a second `cbdm sample` into it is refused.
-    ensure_dir(out_dir, "sample folder")
-    with locks.folder_lock(out_dir, "sample folder"):
-        remove_stale_temps(out_dir)
-        _prepare_folder(out_dir, settings, overwrite)
+    if image_format != "npz":  # likewise
+        settings["format"] = image_format
+    ctx = ctx if ctx is not None else DistContext()
+
+    def prepare() -> None:
+        # One writer per sample folder for the whole call (rank 0 holds it for all ranks):
+        # a second `cbdm sample` into it is refused.
+        ensure_dir(out_dir, "sample folder")
+        locks.acquire(out_dir, "sample folder")
+        try:
+            remove_stale_temps(out_dir)
+            _prepare_folder(out_dir, settings, overwrite)
+        except BaseException:
+            locks.release(out_dir)
+            raise
+
+    ctx.main_first(prepare, others=False)  # an error on rank 0 is raised on every rank
+    try:
         return _generate_locked(run, labels_np, out_dir=out_dir, settings=settings, spans=spans, counts=counts,
                                 chw=chw, C=C, classes=classes, batch_size=batch_size, grid_per_class=grid_per_class,
-                                on_progress=on_progress, on_ready=on_ready)
+                                on_progress=on_progress, on_ready=on_ready, chosen=chosen, ctx=ctx)
+    finally:
+        if ctx.is_main:
+            locks.release(out_dir)
+
+
+def _plan_work(out_dir: Path, spans: list, labels_np: np.ndarray, settings: dict[str, Any],
+               dirs: Optional[list[str]], chosen: Optional[np.ndarray], check: bool) -> list[np.ndarray]:
+    """Per span, the sample indices still to make: the missing ones, or the chosen ones
+    (with npz, a missing shard is made whole: a shard file is complete or absent)."""
+    work = []
+    for span in spans:
+        idx = np.arange(span.start, span.stop)
+        pick = idx if chosen is None else chosen[(chosen >= span.start) & (chosen < span.stop)]
+        if dirs is not None:  # png: one file per image
+            if chosen is None:
+                pick = np.array([i for i in idx if not sh.png_path(out_dir, dirs[labels_np[i]], i).exists()],
+                                dtype=np.int64)
+            work.append(pick)
+            continue
+        path = out_dir / span.name
+        if not path.exists():
+            work.append(idx if chosen is None or pick.size else idx[:0])
+            continue
+        if check:
+            _, got = sh.read_shard(path)
+            want = labels_np[span.start:span.stop]
+            if len(got) != span.count or not np.array_equal(got, want):
+                raise CbdmError(f"{path} does not match the planned samples (count or labels); "
+                                "use a new --out or --overwrite")
+        work.append(pick if chosen is not None else idx[:0])
+    return work
 
 
 def _generate_locked(run: "LoadedRun", labels_np: np.ndarray, *, out_dir: Path, settings: dict[str, Any],
                      spans: list, counts: list[int], chw: tuple[int, int, int], C: int, classes: str,
                      batch_size: int, grid_per_class: int, on_progress: Optional[ProgressFn],
-                     on_ready: Optional[Callable[[int], None]]) -> SampleResult:
-    """The part of :func:`generate_samples` that writes, run with the folder locked."""
-    num, shard_size, seed = settings["num"], settings["shard_size"], settings["seed"]
-    sampler, steps, eta, guidance = settings["sampler"], settings["steps"], settings["eta"], settings["guidance"]
-    clip_denoised, options = settings["clip_denoised"], settings["sampler_options"]
-    guidance_method = settings.get("guidance_method", "cfg")
+                     on_ready: Optional[Callable[[int], None]], chosen: Optional[np.ndarray] = None,
+                     ctx: Optional[DistContext] = None) -> SampleResult:
+    """The part of :func:`generate_samples` that writes, run with the folder locked.
+
+    Under torchrun every rank takes a contiguous range of the work (whole shards for npz,
+    images for png); each image depends only on the seed and its index, so the images are
+    the same for any number of processes.
+    """
+    ctx = ctx if ctx is not None else DistContext()
+    num, shard_size = settings["num"], settings["shard_size"]
+    png = settings.get("format") == "png"
     class_names = list((run.meta or {}).get("class_names") or
                        (["unconditional"] if run.num_classes == 0 else [str(k) for k in range(C)]))
+    dirs = sh.class_dirs(class_names) if png else None
     manifest = {
         "format": sh.FORMAT, "complete": False, "settings": settings, "classes": classes, "num_classes": C,
         "class_names": class_names, "counts_per_class": counts, "num": num, "shard_size": int(shard_size),
         "shards": [{"file": s.name, "start": s.start, "count": s.count} for s in spans],
         "grid": sh.GRID, "batch_size": int(batch_size),
     }
-    manifest_path = sh.write_manifest(out_dir, manifest)
+    if png:
+        manifest.update(images="png", class_dirs=dirs, labels=sh.encode_labels(labels_np))
+    result = SampleResult(out_dir, out_dir / sh.MANIFEST, out_dir / sh.GRID, [out_dir / s.name for s in spans])
+    if png:
+        result.shards = []
 
-    # Progress counts the complete shards found first, then the images made here.
-    done = sum(s.count for s in spans if (out_dir / s.name).exists())
+    def plan() -> list[np.ndarray]:
+        if ctx.is_main:
+            sh.write_manifest(out_dir, manifest)
+        return _plan_work(out_dir, spans, labels_np, settings, dirs, chosen, check=ctx.is_main)
+
+    work = ctx.main_first(plan)  # rank 0 checks the existing shards; then every rank plans the same
+    ctx.barrier()  # no rank writes before every rank has planned from the same files
+    todo = sum(len(w) for w in work)
+    done = num - todo if chosen is None else 0
+    total = num if chosen is None else todo
     if on_ready is not None:
         on_ready(done)
-    per_class = max(1, min(int(grid_per_class), max(counts)))
-    grid_imgs: dict[int, list[np.ndarray]] = {k: [] for k in range(C)}
-    result = SampleResult(out_dir, manifest_path, out_dir / sh.GRID, [out_dir / s.name for s in spans])
-    for span in spans:
-        path = out_dir / span.name
-        want = labels_np[span.start:span.stop]
-        if path.exists():
-            images, got = sh.read_shard(path)
-            if len(got) != span.count or not np.array_equal(got, want) or tuple(images.shape[1:]) != tuple(
-                    settings["image_shape"]):
-                raise CbdmError(f"{path} does not match the planned samples (count, labels or image size); "
-                                "use a new --out or --overwrite")
-            result.skipped.append(path)
-        else:
-            images = _sample_span(run, span, labels_np, sampler=sampler, steps=steps, eta=eta,
-                                  guidance=guidance, guidance_method=guidance_method, seed=seed,
-                                  batch_size=batch_size, chw=chw,
-                                  clip_denoised=clip_denoised, options=options, done=done, num=num,
-                                  on_progress=on_progress)
-            sh.write_shard(path, images, want)
-            result.generated.append(path)
-            done += span.count
+    error: Optional[str] = None
+    try:
+        own = 0
+        for span, idx in _my_part(spans, work, ctx.rank, ctx.world, png):
+            images = _sample_indices(run, idx, labels_np, settings=settings, batch_size=batch_size, chw=chw,
+                                     done=done + own * ctx.world, total=total, scale=ctx.world,
+                                     on_progress=on_progress)
+            if png:
+                for i, im in zip(idx.tolist(), images):
+                    sh.write_png(sh.png_path(out_dir, dirs[labels_np[i]], i), im)
+            else:
+                path = out_dir / span.name
+                if len(idx) == span.count:
+                    full = images
+                else:  # the chosen rows of an existing shard
+                    full, _ = sh.read_shard(path)
+                    full = full.copy()
+                    full[idx - span.start] = images
+                sh.write_shard(path, full, labels_np[span.start:span.stop])
+                (result.generated.append(path))
+            own += len(idx)
             if on_progress is not None:
-                on_progress(float(done), num)
-        for k in np.unique(want).tolist():
-            need = per_class - len(grid_imgs[k])
-            if need > 0:
-                grid_imgs[k].extend(images[want == k][:need])
-
-    _save_grid(result.grid, grid_imgs, C, per_class, chw)
-    manifest["complete"] = True
-    sh.write_manifest(out_dir, manifest)
+                on_progress(float(min(done + own * ctx.world, total)), total)
+    except CbdmError as exc:
+        error = str(exc)
+    # Every rank learns of a failure on any rank, so none waits at a barrier forever.
+    (failed,) = ctx.any_flags(error is not None)
+    if failed:
+        raise CbdmError(error or "another sampling process failed (see its message); the complete files are kept")
+    ctx.barrier()
+    if not png:
+        result.skipped = [p for p in result.shards if p not in result.generated]
+    if ctx.is_main:
+        complete = all(len(w) == 0 for w in _plan_work(out_dir, spans, labels_np, settings, dirs, None, False))
+        _save_grid(result.grid, _grid_images(out_dir, manifest, spans, C, grid_per_class, counts), C,
+                   max(1, min(int(grid_per_class), max(counts))), chw)
+        manifest["complete"] = complete
+        sh.write_manifest(out_dir, manifest)
+    ctx.barrier()
     return result
+
+
+def _my_part(spans: list, work: list[np.ndarray], rank: int, world: int, png: bool) -> list[tuple[Any, np.ndarray]]:
+    """This rank's contiguous range of the work: of the images (png) or of the shards (npz)."""
+    if png:
+        flat = np.concatenate(work) if work else np.zeros(0, np.int64)
+        part = np.array_split(flat, world)[rank]
+        return [(None, part)] if part.size else []
+    units = [(span, idx) for span, idx in zip(spans, work) if idx.size]
+    lo, hi = rank * len(units) // world, (rank + 1) * len(units) // world
+    return units[lo:hi]
+
+
+def _grid_images(out_dir: Path, manifest: dict[str, Any], spans: list, C: int, grid_per_class: int,
+                 counts: list[int]) -> dict[int, list[np.ndarray]]:
+    """The first images of each class, read back from the files (whichever rank wrote them)."""
+    per_class = max(1, min(int(grid_per_class), max(counts)))
+    grid: dict[int, list[np.ndarray]] = {k: [] for k in range(C)}
+    png = manifest.get("images") == "png"
+    for span in spans:
+        if all(len(grid[k]) >= min(per_class, counts[k]) for k in range(C)):
+            break
+        try:
+            if png:
+                images, labels = sh.read_png_span(out_dir, manifest, span.start, span.count)
+            else:
+                images, labels = sh.read_shard(out_dir / span.name)
+        except CbdmError:
+            continue  # missing (a --seeds run on a new folder): the grid shows what exists
+        for k in np.unique(labels).tolist():
+            need = per_class - len(grid[k])
+            if need > 0:
+                grid[k].extend(images[labels == k][:need])
+    return grid
 
 
 def _prepare_folder(out_dir: Path, settings: dict[str, Any], overwrite: bool) -> None:
@@ -252,30 +367,32 @@ def _prepare_folder(out_dir: Path, settings: dict[str, Any], overwrite: bool) ->
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
-def _sample_span(run: "LoadedRun", span: sh.ShardSpan, labels: np.ndarray, *, sampler: str, steps: int,
-                 eta: float, guidance: float, guidance_method: str, seed: int, batch_size: int, chw: tuple[int, int, int],
-                 clip_denoised: Optional[bool], options: dict[str, Any], done: int, num: int,
-                 on_progress: Optional[ProgressFn]) -> np.ndarray:
-    """uint8 NHWC images of one shard, in batches of at most ``batch_size``."""
+def _sample_indices(run: "LoadedRun", idx: np.ndarray, labels: np.ndarray, *, settings: dict[str, Any],
+                    batch_size: int, chw: tuple[int, int, int], done: float, total: int, scale: int,
+                    on_progress: Optional[ProgressFn]) -> np.ndarray:
+    """uint8 NHWC images of samples ``idx``, in batches of at most ``batch_size``; sample ``i``
+    draws its noise from ``sample_generators(seed, [i])`` alone."""
     device = next(run.model.parameters()).device
-    out = np.empty((span.count, chw[1], chw[2], chw[0]), dtype=np.uint8)
-    for b0 in range(span.start, span.stop, batch_size):
-        b1 = min(b0 + batch_size, span.stop)
-        gens = sample_generators(seed, range(b0, b1))
+    out = np.empty((len(idx), chw[1], chw[2], chw[0]), dtype=np.uint8)
+    for b0 in range(0, len(idx), batch_size):
+        rows = idx[b0:b0 + batch_size]
+        gens = sample_generators(settings["seed"], rows.tolist())
         x_T = randn_like_per_sample(chw, gens, device=device)
-        y = torch.from_numpy(labels[b0:b1]).to(device)
-        base, n = done + (b0 - span.start), b1 - b0
+        y = torch.from_numpy(labels[rows]).to(device)
+        base, n = done + b0 * scale, len(rows) * scale
 
-        def step_cb(i: int, total: int, x: torch.Tensor, _base: int = base, _n: int = n) -> None:
+        def step_cb(i: int, steps: int, x: torch.Tensor, _base: float = base, _n: int = n) -> None:
             if on_progress is not None:
-                on_progress(_base + _n * (i + 1) / total, num)
+                on_progress(min(_base + _n * (i + 1) / steps, total), total)
 
-        x0 = sample(run.model, run.schedule, x_T, y, sampler=sampler, steps=steps, eta=eta, guidance=guidance,
-                    guidance_method=guidance_method, clip_denoised=clip_denoised, generator=gens, callback=step_cb, **options)
+        x0 = sample(run.model, run.schedule, x_T, y, sampler=settings["sampler"], steps=settings["steps"],
+                    eta=settings["eta"], guidance=settings["guidance"],
+                    guidance_method=settings.get("guidance_method", "cfg"), clip_denoised=settings["clip_denoised"],
+                    generator=gens, callback=step_cb, **settings["sampler_options"])
         if not bool(torch.isfinite(x0).all()):
-            raise CbdmError(f"samples {b0}..{b1 - 1} came out NaN or inf (non-finite weights, or a guidance "
-                            f"strength too large?); stopped; the complete shards before them are kept")
-        out[b0 - span.start:b1 - span.start] = as_numpy_nhwc(to_uint8(x0))
+            raise CbdmError(f"samples {int(rows[0])}..{int(rows[-1])} came out NaN or inf (non-finite weights, or "
+                            "a guidance strength too large?); stopped; the complete files before them are kept")
+        out[b0:b0 + len(rows)] = as_numpy_nhwc(to_uint8(x0))
     return out
 
 

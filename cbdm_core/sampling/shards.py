@@ -4,11 +4,17 @@ A sample folder holds ``shard-00000.npz``, ``shard-00001.npz``, ... (``images``:
 uint8 ``[n, H, W, C]``, ``labels``: int64 ``[n]``), ``manifest.json`` and
 ``grid.png``. Shards are written atomically, so a shard file is either complete
 or absent; that is what makes an interrupted run resumable.
+
+With ``--format png`` the images are PNG files instead, one class folder each
+(``<class>/000042.png``, named by sample index, like EDM's ``generate.py``); the
+manifest then says ``"images": "png"`` and holds the labels run-length encoded.
+The shard spans still group the work; a span is complete when all its files exist.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +87,70 @@ def read_shard(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return images, labels.astype(np.int64, copy=False)
 
 
+def class_dirs(class_names: list[str]) -> list[str]:
+    """A folder name per class: the class name when it is a safe, unique file name, else the index."""
+    out = []
+    for k, name in enumerate(class_names):
+        safe = re.fullmatch(r"[A-Za-z0-9_.+-]+", str(name)) and not str(name).startswith(".")
+        unique = list(class_names).count(name) == 1
+        # A digit name must be its own index, or readers that take digits as indices would relabel it.
+        digit_ok = not str(name).isdigit() or int(name) == k
+        out.append(str(name) if safe and unique and digit_ok else str(k))
+    return out
+
+
+def png_path(folder: Path, class_dir: str, index: int) -> Path:
+    return Path(folder) / class_dir / f"{int(index):06d}.png"
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    """One uint8 HWC image as a PNG, atomically."""
+    from PIL import Image
+
+    from ..atomic import atomic_path
+
+    arr = image[..., 0] if image.shape[-1] == 1 else image
+    with atomic_path(Path(path)) as tmp:
+        Image.fromarray(np.ascontiguousarray(arr)).save(tmp, format="PNG")
+
+
+def read_png(path: Path) -> np.ndarray:
+    """uint8 HWC image of a sample PNG, or :class:`CbdmError` naming the file."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im)
+    except FileNotFoundError:
+        raise CbdmError(f"sample image not found: {path}; re-run the same `cbdm sample` command") from None
+    except OSError as exc:
+        raise CbdmError(f"sample image {path} is unreadable ({exc}); delete it and re-run to regenerate it") from None
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def encode_labels(labels: np.ndarray) -> list[list[int]]:
+    """``[[label, run_length], ...]``: compact in JSON for class-sorted labels."""
+    out: list[list[int]] = []
+    for v in np.asarray(labels).tolist():
+        if out and out[-1][0] == v:
+            out[-1][1] += 1
+        else:
+            out.append([int(v), 1])
+    return out
+
+
+def decode_labels(runs: list[list[int]]) -> np.ndarray:
+    return np.concatenate([np.full(n, v, dtype=np.int64) for v, n in runs]) if runs else np.zeros(0, np.int64)
+
+
+def read_png_span(folder: Path, manifest: dict[str, Any], start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(images, labels)`` of samples ``start .. start + count - 1`` of a PNG sample folder."""
+    labels = decode_labels(manifest["labels"])[start:start + count]
+    dirs = manifest["class_dirs"]
+    images = np.stack([read_png(png_path(folder, dirs[int(y)], start + i)) for i, y in enumerate(labels.tolist())])
+    return images, labels
+
+
 def read_manifest(folder: Path) -> Optional[dict[str, Any]]:
     """The manifest of a sample folder, ``None`` when there is none."""
     path = Path(folder) / MANIFEST
@@ -121,6 +191,13 @@ def clear_samples(folder: Path) -> None:
         return
     for p in folder.glob(SHARD_GLOB):
         p.unlink(missing_ok=True)
+    try:
+        old = read_manifest(folder)
+    except CbdmError:  # an unreadable manifest names no PNGs to remove
+        old = None
+    for d in (old or {}).get("class_dirs", []):  # only the PNGs this command wrote
+        for p in (folder / d).glob("[0-9]*.png") if (folder / d).is_dir() else []:
+            p.unlink(missing_ok=True)
     for name in (MANIFEST, GRID):
         (folder / name).unlink(missing_ok=True)
 
@@ -134,6 +211,9 @@ def iter_shards(folder: Path) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     if not manifest.get("complete"):
         raise CbdmError(f"the samples in {folder} are incomplete; re-run the same `cbdm sample` command to finish")
     for entry in manifest["shards"]:
+        if manifest.get("images") == "png":
+            yield read_png_span(folder, manifest, entry["start"], entry["count"])
+            continue
         images, labels = read_shard(folder / entry["file"])
         if len(labels) != entry["count"]:
             raise CbdmError(f"sample shard {folder / entry['file']} holds {len(labels)} samples, "

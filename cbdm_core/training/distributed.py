@@ -74,6 +74,14 @@ class DistContext:
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.control)
         return bool(t.item())
 
+    def any_flags(self, *flags: bool) -> tuple[bool, ...]:
+        """:meth:`any` for several flags in one collective."""
+        if not self.enabled:
+            return tuple(bool(f) for f in flags)
+        t = torch.tensor([1 if f else 0 for f in flags], dtype=torch.int32)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.control)
+        return tuple(bool(v) for v in t.tolist())
+
     def any_device(self, flag: torch.Tensor) -> torch.Tensor:
         """Logical OR of a bool device tensor over ranks (stays on the device)."""
         if not self.enabled:

@@ -83,11 +83,13 @@ class StepResult:
         terms: the detached loss terms (this rank's mean).
         finite: bool scalar, loss and gradient norm finite.
         applied: False when the step was skipped (non-finite, skip mode).
+        grad_norm: the gradient norm before clipping (for the logs).
     """
 
     terms: dict[str, torch.Tensor]
     finite: torch.Tensor
     applied: bool = True
+    grad_norm: Optional[torch.Tensor] = None
 
 
 class TrainStep:
@@ -172,11 +174,11 @@ class TrainStep:
             # A host sync (and, under DDP, a collective), only in skip mode: all ranks skip together.
             finite = self.all_finite(finite)
             if not bool(finite):
-                return StepResult(detached, finite, applied=False)
+                return StepResult(detached, finite, applied=False, grad_norm=norm.detach())
         self.optimizer.step()
         if self.ema is not None:
             self.ema.update(step)
-        return StepResult(detached, finite)
+        return StepResult(detached, finite, grad_norm=norm.detach())
 
 
 def build_train_step(model: torch.nn.Module, ema_model: torch.nn.Module, base: Any, methods: list[Any], *,

@@ -26,6 +26,7 @@ from ..images import class_rows, grid_image, save_png, to_float, to_uint8
 from .batch_source import BatchSource
 from .batches import BatchIndexer, step_seed
 from .distributed import DistContext, setup_distributed
+from .monitor import TensorBoardLog, check_loggers, logged_terms, memory_gb
 from ..host_memory import keep_freed_host_memory
 from .precision import Precision, describe_device, match_param_layout, resolve_precision
 from .step import build_train_step
@@ -34,7 +35,7 @@ log = logging.getLogger("cbdm.train")
 
 # Fields that may change when resuming a run.
 RESUMABLE_CHANGES = {("optim", "steps"), ("log_every",), ("sample_every",), ("ckpt_every",), ("keep_last",),
-                     ("device",), ("preview",), ("on_nonfinite",), ("perf",)}
+                     ("ckpt_every_minutes",), ("log",), ("device",), ("preview",), ("on_nonfinite",), ("perf",)}
 
 
 @dataclass
@@ -67,16 +68,22 @@ class Trainer:
         resume: continue from the latest checkpoint in ``run_dir``.
         overwrite: replace a different run already in ``run_dir``.
         on_log: called with each metrics record (for progress display).
+        on_step: called with the step number after every step (no device sync).
     """
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, overwrite: bool = False,
-                 on_log: Optional[Callable[[dict], None]] = None, on_start: Optional[Callable] = None):
+                 on_log: Optional[Callable[[dict], None]] = None, on_start: Optional[Callable] = None,
+                 on_step: Optional[Callable[[int], None]] = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.resume = resume
         self.overwrite = overwrite
         self.on_log = on_log
         self.on_start = on_start
+        self.on_step = on_step
+        self.elapsed_before = 0.0  # training seconds of the run before this process (resume)
+        self._tb: Optional[TensorBoardLog] = None
+        self._started = time.perf_counter()
         self._stop = threading.Event()
         self.reinitialised: list[str] = []
         self.methods: list = []
@@ -172,11 +179,14 @@ class Trainer:
             keep.append(line)
         if len(keep) != len(lines):
             atomic_write_text(path, "".join(keep))
+        if keep:  # elapsed time carries on across a resume
+            self.elapsed_before = float(json.loads(keep[-1]).get("elapsed", 0.0) or 0.0)
 
     # -- main loop ----------------------------------------------------------------------
     def run(self) -> TrainResult:
         cfg = self.cfg
         build.check_components(cfg)
+        check_loggers(cfg.log)
         ctx = setup_distributed(build.resolve_device(cfg.device))
         self._locked = False
         try:
@@ -293,18 +303,30 @@ class Trainer:
             ctx.barrier()
             return path
 
+        self._tb = TensorBoardLog(self.run_dir) if ctx.is_main and "tensorboard" in cfg.log else None
         restore = self._install_signal_handlers()
         last_ckpt: Optional[Path] = None
         grid: Optional[Path] = None
         sums: dict[str, torch.Tensor] = {}
         skipped = 0
         window_start, window_steps = time.perf_counter(), 0
+        self._started = time.perf_counter()
+        ckpt_clock = time.monotonic()
+        ckpt_seconds = cfg.ckpt_every_minutes * 60
         log_path = self.run_dir / "metrics.jsonl"
         skip_mode = cfg.on_nonfinite == "skip"
         try:
             model.train()
             # Every rank must agree to stop, or one would wait for the others' gradients forever.
-            while step < o.steps and not ctx.any(self._stop.is_set()):
+            while step < o.steps:
+                # The clock is rank 0's; every rank must agree to stop or to save together.
+                due = ctx.is_main and ckpt_seconds > 0 and time.monotonic() - ckpt_clock >= ckpt_seconds
+                stop, due = ctx.any_flags(self._stop.is_set(), due)
+                if stop:
+                    break
+                if due and step > 0:
+                    last_ckpt = save(step)
+                    ckpt_clock = time.monotonic()
                 torch.manual_seed(step_seed(cfg.seed, step))
                 images, labels = source.batch(step)
                 x0 = to_float(images)
@@ -317,20 +339,25 @@ class Trainer:
                 if out.applied:
                     bad = bad | ~out.finite
                     window_steps += 1
-                    for k, v in out.terms.items():
+                    for k, v in logged_terms(out.terms).items():
                         sums[k] = sums.get(k, 0.0) + v
+                    if out.grad_norm is not None:
+                        sums["grad_norm"] = sums.get("grad_norm", 0.0) + out.grad_norm
                 else:
                     skipped += 1  # still logs and checkpoints on schedule below
+                if self.on_step is not None:
+                    self.on_step(step)
                 if step % cfg.log_every == 0 or step == o.steps:
                     check_finite()
                     means = dict(zip(sums, ctx.mean(list(sums.values()))))
                     if ctx.is_main:
                         self._log(log_path, step, means, window_steps, optimizer.param_groups[0]["lr"],
                                   window_steps * o.batch_size / max(time.perf_counter() - window_start, 1e-9),
-                                  skipped)
+                                  skipped, memory_gb(device))
                     sums, window_start, window_steps = {}, time.perf_counter(), 0
                 if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < o.steps:
                     last_ckpt = save(step)
+                    ckpt_clock = time.monotonic()
                 if cfg.sample_every and step % cfg.sample_every == 0 and step < o.steps:
                     grid = preview(step)
                     model.train()
@@ -340,15 +367,22 @@ class Trainer:
                 grid = preview(step)
         finally:
             restore()
+            if self._tb is not None:
+                self._tb.close()
         return TrainResult(self.run_dir, step, last_ckpt, grid, interrupted)
 
     def _log(self, path: Path, step: int, sums: dict[str, torch.Tensor], steps: int, lr: float,
-             images_per_sec: float, skipped: int) -> None:
-        record = {"step": step, **{k: float(v) / max(steps, 1) for k, v in sums.items()}, "lr": lr,
-                  "images_per_sec": images_per_sec}
+             images_per_sec: float, skipped: int, memory: float) -> None:
+        # time: wall clock (Unix seconds); elapsed: training seconds since step 0, across resumes.
+        record = {"step": step, "time": round(time.time(), 3),
+                  "elapsed": round(self.elapsed_before + time.perf_counter() - self._started, 3),
+                  **{k: float(v) / max(steps, 1) for k, v in sums.items()}, "lr": lr,
+                  "images_per_sec": images_per_sec, "memory_gb": round(memory, 3)}
         if skipped:
             record["skipped_steps"] = skipped
         append_line(path, json.dumps(record))
+        if self._tb is not None:
+            self._tb.write(record)
         if self.on_log:
             self.on_log(record)
 

@@ -1,0 +1,85 @@
+"""What a training run reports while it runs: plain progress lines, memory, TensorBoard."""
+
+from __future__ import annotations
+
+import importlib.util
+import resource
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from ..errors import CbdmError
+
+# Terms that equal another term in value and differ only in their gradient: logged once.
+# CBDM's commitment is the regulariser with the stop-gradient on the other branch.
+SAME_VALUE_AS = {"commitment": "regularizer"}
+
+# Record keys that are bookkeeping, not loss terms.
+BOOKKEEPING = ("step", "time", "elapsed", "lr", "images_per_sec", "grad_norm", "memory_gb", "skipped_steps")
+
+
+def logged_terms(terms: dict[str, Any]) -> dict[str, Any]:
+    """``terms`` without the duplicates of :data:`SAME_VALUE_AS`."""
+    return {k: v for k, v in terms.items() if not (k in SAME_VALUE_AS and SAME_VALUE_AS[k] in terms)}
+
+
+def memory_gb(device: torch.device) -> float:
+    """Peak memory of this process in GB: allocated CUDA memory on a GPU, resident memory otherwise."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / 1e9 if sys.platform == "darwin" else peak * 1024 / 1e9
+
+
+def format_duration(seconds: float) -> str:
+    """``1h02m``, ``3m05s`` or ``42s``."""
+    seconds = max(int(seconds), 0)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def progress_line(record: dict[str, Any], total_steps: int, eta_seconds: Optional[float]) -> str:
+    """One plain line for logs without a terminal (nohup, SLURM): step, loss, img/s, ETA, memory."""
+    parts = [f"step {record['step']}/{total_steps}"]
+    if "total" in record:
+        parts.append(f"loss {record['total']:.4f}")
+        parts.extend(f"{k} {v:.4g}" for k, v in record.items() if k not in BOOKKEEPING and k != "total")
+    if record.get("skipped_steps"):
+        parts.append(f"{record['skipped_steps']} skipped")
+    parts.append(f"{record.get('images_per_sec', 0.0):.1f} img/s")
+    parts.append(f"eta {format_duration(eta_seconds)}" if eta_seconds is not None else "eta --")
+    if "memory_gb" in record:
+        parts.append(f"mem {record['memory_gb']:.2f} GB")
+    return "  ".join(parts)
+
+
+def check_loggers(names: list[str]) -> None:
+    """Fail before training when a requested logger's package is missing."""
+    if "tensorboard" in names and importlib.util.find_spec("tensorboard") is None:
+        raise CbdmError("--log tensorboard needs the tensorboard package: pip install 'cbdm[tensorboard]' "
+                        "(or pip install tensorboard)")
+
+
+class TensorBoardLog:
+    """Writes every numeric field of each metrics record as a scalar under ``<run>/tensorboard``."""
+
+    def __init__(self, run_dir: Path):
+        check_loggers(["tensorboard"])
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+
+    def write(self, record: dict[str, Any]) -> None:
+        step = int(record["step"])
+        for key, value in record.items():
+            if key in ("step", "time") or not isinstance(value, (int, float)):
+                continue
+            group = "train" if key not in BOOKKEEPING else "run"
+            self.writer.add_scalar(f"{group}/{key}", float(value), step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
