@@ -185,7 +185,7 @@ def test_sampler_options_reach_the_sampler(runs, tmp_path):
     (["--num", "0"], "--num must be positive"),
     (["--batch-size", "0"], "--batch-size must be positive"),
     (["--spacing", "odd"], "spacing"),
-    (["--sampler", "heun", "-S", "S_churn=-1"], "S_churn must be >= 0"),
+    (["--sampler", "heun", "-S", "S_churn=-1"], "invalid option S_churn of sampler 'heun': Input should be greater than or equal to 0"),
     (["-S", "nonsense"], "--sampler-option expects KEY=VALUE"),
     (["--sampler", "heun", "-S", "bogus=1"], "bogus"),
 ])
