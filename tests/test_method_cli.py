@@ -103,3 +103,13 @@ def test_init_from_ddpm_reinitialises_only_the_new_modules(config, tmp_path):
         assert fresh and all(name.startswith(prefix) for name in fresh), res.output
         assert set(fresh) == {k for k in _last(run).ema if k.startswith(prefix)}
         assert set(source) == {k for k in _last(run).ema if not k.startswith(prefix)}
+
+
+def test_cbdm_methods_lists_coral_and_cm_with_multiline_option_docs():
+    rows = {r["name"]: r for r in json.loads(cli_ok("methods", "--json").output)}
+    assert rows["coral"]["sweepable"] == ["weight", "tau_sc", "tau_r"] and "coral-lt-diffusion" in rows["coral"]["code"]
+    assert rows["cm"]["sweepable"] == ["rho", "w_con", "w_div"] and "ImbDiff-CM" in rows["cm"]["code"]
+    cm = {o["name"]: o for o in rows["cm"]["options"]}
+    # The docstring entry spans several lines; the listing keeps all of it.
+    assert cm["sample_with"]["description"].endswith("``off`` (the network without adapters: an ablation).")
+    assert cm["w_div"]["numeric"] and not cm["parts"]["numeric"]
