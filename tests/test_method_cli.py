@@ -71,22 +71,23 @@ def test_train_sample_eval(method, config, classifier, tmp_path):
     assert any(k.startswith(prefix) for k in _last(run).ema)  # the added module is saved with the run
     assert list((run / "samples").glob("grid-*.png"))  # the training preview ran through for_sampling
 
-    cli_ok("sample", run, "-n", "20", "--steps", "2", "--out", tmp_path / "samples")
+    cli_ok("sample", run, "-n", "10", "--steps", "2", "--out", tmp_path / "samples")
     cli_ok("eval", tmp_path / "samples", "--dataset", "digits", "--extractor", "classifier", "--classifier",
            classifier, "--metrics", "fid", "--device", "cpu", "--out", tmp_path / "eval")
     values = json.loads((tmp_path / "eval" / "metrics.json").read_text())["values"]
     assert values["fid"] is not None and values["fid"] >= 0
 
 
-@pytest.mark.parametrize("method", ["coral", "t2h+cm"])
-def test_resume_is_bit_exact(method, config, tmp_path):
+def test_resume_is_bit_exact(config, tmp_path):
+    # One composition carries every added piece: T2H's random draw, CORAL's head, CM's adapters.
+    method = "t2h+coral+cm"
     straight, split = tmp_path / "straight", tmp_path / "split"
     _train(config, straight, "--method", method, "--steps", "4")
     _train(config, split, "--method", method, "--steps", "2")
     cli_ok("train", "--out", split, "--resume", "--steps", "4", "--no-progress")
     a, b = _last(straight), _last(split)
     assert a.step == b.step == 4 and a.model.keys() == b.model.keys()
-    assert any(k.startswith(("coral_head.", "cm_adapters.")) for k in a.model)
+    assert {k.split(".")[0] for k in a.model} >= {"coral_head", "cm_adapters"}
     for k in a.model:
         assert torch.equal(a.model[k], b.model[k]), k
         assert torch.equal(a.ema[k], b.ema[k]), k
@@ -96,13 +97,13 @@ def test_init_from_ddpm_reinitialises_only_the_new_modules(config, tmp_path):
     plain = tmp_path / "ddpm"
     _train(config, plain, "--method", "ddpm", "--steps", "1")
     source = _last(plain).ema
-    for method, prefix in (("cm", "cm_adapters."), ("coral", "coral_head.")):
-        run = tmp_path / method
-        res = _train(config, run, "--method", method, "--init-from", plain, "--steps", "1")
-        fresh = _listed(res.output)
-        assert fresh and all(name.startswith(prefix) for name in fresh), res.output
-        assert set(fresh) == {k for k in _last(run).ema if k.startswith(prefix)}
-        assert set(source) == {k for k in _last(run).ema if not k.startswith(prefix)}
+    run = tmp_path / "ft"
+    res = _train(config, run, "--method", "coral+cm", "--init-from", plain, "--steps", "1")
+    fresh = _listed(res.output)
+    added = {k for k in _last(run).ema if k.startswith(("coral_head.", "cm_adapters."))}
+    assert set(fresh) == added and any(k.startswith("coral_head.") for k in added), res.output
+    assert any(k.startswith("cm_adapters.") for k in added)
+    assert set(source) == set(_last(run).ema) - added
 
 
 def test_cbdm_methods_lists_coral_and_cm_with_multiline_option_docs():
