@@ -328,3 +328,20 @@ def test_presets_compose_t2h_and_cm():
         assert (cfg.preview.sampler, cfg.preview.steps, cfg.preview.guidance) == ("ddim", 50, 1.5)
         assert (cfg.optim.batch_size, cfg.optim.steps, cfg.optim.lr) == (64, 300000, 2e-4)
         assert cfg.model.options["ch"] == 128 and cfg.model.options["ch_mult"] == [1, 2, 2, 2]
+
+
+def test_training_preview_merges_into_a_copy_never_the_ema():
+    from types import SimpleNamespace
+
+    from cbdm_core.training.trainer import Trainer
+
+    ema = tiny_unet()
+    cm = build(sample_with="merged")
+    cm.attach(ema)
+    randomise_b(ema)
+    before = {k: v.clone() for k, v in ema.state_dict().items()}
+    net = Trainer._for_sampling(SimpleNamespace(methods=[cm]), ema)
+    assert net is not ema and not net.cm_adapters.switch.enabled and ema.cm_adapters.switch.enabled
+    assert all(torch.equal(before[k], v) for k, v in ema.state_dict().items())
+    conv = "upblocks.0.block1.2.weight"
+    assert not torch.equal(net.state_dict()[conv], before[conv])  # merged there, not here
