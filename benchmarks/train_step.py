@@ -22,6 +22,14 @@ turn that off; it applies to every row, the reference included). Memory: on CUDA
 allocated during one step above the resting state; on the CPU the peak RSS growth of a
 fresh process over its first two steps (weights, gradients, Adam state, activations).
 The last line is ``speedup vs reference: X.XX`` for the ``cbdm`` row.
+
+``--method a,b+c,...`` measures training methods instead (any registered method, or a
+composition ``a+b``, each with its default options): one row per method and a ``ddpm`` row
+(no method), same network and batch, interleaved; it prints each method's step time
+relative to DDPM (wall and process CPU time), the "cost per step" of docs/methods.md:
+
+    OMP_NUM_THREADS=1 python benchmarks/train_step.py --device cpu --config small --threads 1 \
+        --method cbdm,t2h,coral,cm,t2h+cm --no-memory
 """
 
 from __future__ import annotations
@@ -77,6 +85,7 @@ class Row:
     compile: str = "auto"
     channels_last: str = "auto"
     pass_layout: str = "auto"
+    method: str = ""  # with --method: registered method names joined by "+" ("ddpm": none)
     settings: str = ""
     ms_per_step: float = float("nan")
     cpu_ms_per_step: float = float("nan")  # process CPU time: at 1 thread, robust to other jobs
@@ -168,15 +177,47 @@ def row_precision(row: Row, device: torch.device) -> Precision:
     return resolve_precision(_Perf(row.amp, row.compile, row.channels_last, row.pass_layout), device)
 
 
+def long_tail_counts(classes: int, largest: int = 500) -> torch.Tensor:
+    """Training images per class of a CIFAR-LT-style profile (what methods see as class counts)."""
+    probs = long_tail_probs(classes)
+    return (probs / probs.max() * largest).round().clamp_min(1).long()
+
+
+def registered_methods(spec: str, cfg: dict, schedule: LinearSchedule) -> list:
+    """The methods of ``a+b`` (registered names, default options) as the trainer builds them."""
+    from cbdm_core.methods.base import MethodBuildContext
+    from cbdm_core.registry import lookup
+
+    if spec == "ddpm":
+        return []
+    ctx = MethodBuildContext(class_counts=long_tail_counts(cfg["classes"]), num_classes=cfg["classes"],
+                             schedule=schedule)
+    out = []
+    for name in spec.split("+"):
+        method_spec = lookup("method", name)
+        method = method_spec.build(method_spec.options_model(), ctx)
+        method.name = method.name or name
+        out.append(method)
+    return out
+
+
 def project_step(cfg: dict, device: torch.device, batch: int, row: Row) -> tuple[Callable[[int], None], Precision]:
     """This project's step, wired by the trainer's own factory."""
     precision = row_precision(row, device)
     model = make_unet(cfg, device)
-    ema_model = copy.deepcopy(model).eval().requires_grad_(False)
     schedule = LinearSchedule(T=T)
-    regs = [] if row.tau == 0 else [CBDMRegularizer(probs=long_tail_probs(cfg["classes"]), tau=row.tau, gamma=GAMMA)]
+    if row.method:
+        regs = registered_methods(row.method, cfg, schedule)
+        for m in regs:  # before the EMA copy, as the trainer does
+            m.attach(model)
+        model = model.to(device)
+    else:
+        regs = [] if row.tau == 0 else [CBDMRegularizer(probs=long_tail_probs(cfg["classes"]), tau=row.tau,
+                                                        gamma=GAMMA)]
+    ema_model = copy.deepcopy(model).eval().requires_grad_(False)
     train_step = build_train_step(model, ema_model, EpsilonLoss(schedule), regs, schedule=schedule,
-                                  num_classes=cfg["classes"], p_uncond=P_UNCOND, lr=LR, grad_clip=1.0,
+                                  num_classes=cfg["classes"], class_counts=long_tail_counts(cfg["classes"]),
+                                  p_uncond=P_UNCOND, lr=LR, grad_clip=1.0,
                                   ema_decay=EMA_DECAY, precision=precision)
     x0, y = make_batch(cfg, device, batch)
     if precision.channels_last:
@@ -193,6 +234,9 @@ def build_row(cfg: dict, device: torch.device, batch: int, row: Row) -> Callable
         row.settings = "fp32, 2 forwards, state-dict EMA"
         return reference_step(cfg, device, batch)[0]
     step, precision = project_step(cfg, device, batch, row)
+    if row.method:
+        row.settings = precision.describe().rsplit(", ", 1)[0] + f", method {row.method}"
+        return step
     passes = {"joint": ", one 2B forward", "split": ", 2 forwards"}[precision.pass_layout]
     row.settings = precision.describe().rsplit(", ", 1)[0] + (", 1 forward" if row.tau == 0 else passes)
     return step
@@ -330,6 +374,43 @@ def table(rows: list[Row], batch: int) -> str:
     return "\n".join(lines)
 
 
+def measure_methods(args: argparse.Namespace, cfg: dict, device: torch.device) -> None:
+    """``--method``: one row per method spec and a ddpm row; prints the cost per step vs DDPM."""
+    from cbdm_core.errors import CbdmError
+
+    specs = [s.strip() for s in args.method.split(",") if s.strip()]
+    schedule = LinearSchedule(T=T)
+    for spec in specs:  # unknown names fail here, before any timing
+        try:
+            registered_methods(spec, cfg, schedule)
+        except CbdmError as exc:
+            sys.exit(f"--method {spec}: {exc}")
+    perf = {"amp": args.amp, "compile": args.compile, "channels_last": args.channels_last,
+            "pass_layout": args.pass_layout}
+    rows = [Row("ddpm", "project", method="ddpm", **perf)] + [Row(s, "project", method=s, **perf)
+                                                             for s in specs if s != "ddpm"]
+    measure(rows, cfg, device, args)
+    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"{cpu_model()}, {os.cpu_count()} cores, {args.threads} threads, {describe_device(device)}"
+    print(f"train step per method, config {args.config} (batch {args.batch}, {cfg['size']}x{cfg['size']}x"
+          f"{cfg['channels']}, {cfg['classes']} classes), {machine}, torch {torch.__version__}, "
+          f"{args.rounds} rounds x {args.steps} steps, median")
+    print(table(rows, args.batch))
+    base = rows[0]
+    print(f"{'method':<12} {'ms/step':>9} {'vs ddpm':>8} {'cpu ms':>9} {'vs ddpm':>8}")
+    for r in rows:
+        print(f"{r.name:<12} {r.ms_per_step:>9.1f} {r.ms_per_step / base.ms_per_step:>7.2f}x "
+              f"{r.cpu_ms_per_step:>9.1f} {r.cpu_ms_per_step / base.cpu_ms_per_step:>7.2f}x")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "benchmark": "train_step --method", "config": args.config, "batch": args.batch, "device": machine,
+            "torch": torch.__version__, "date": _dt.datetime.now().isoformat(timespec="seconds"),
+            "rows": [asdict(r) for r in rows],
+            "vs_ddpm": {r.name: r.ms_per_step / base.ms_per_step for r in rows},
+            "cpu_vs_ddpm": {r.name: r.cpu_ms_per_step / base.cpu_ms_per_step for r in rows}}, indent=2))
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
@@ -350,6 +431,9 @@ def main(argv: Optional[list[str]] = None) -> None:
                    help="configure malloc as the trainer does on the CPU (cbdm_core/host_memory.py; default: on "
                         "for --device cpu, as in the trainer); it is process-wide, so it applies to every row, "
                         "the reference included")
+    p.add_argument("--method", default=None,
+                   help="measure these training methods against ddpm instead: registered names or a+b "
+                        "compositions, comma-separated (e.g. cbdm,t2h,coral,cm,t2h+cm)")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--probe", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -372,6 +456,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     if cuda:
         torch.backends.cudnn.benchmark = True
 
+    if args.method:
+        return measure_methods(args, cfg, device)
     main_row = Row("cbdm", "project", amp=args.amp, compile=args.compile, channels_last=args.channels_last,
                    pass_layout=args.pass_layout)
     chosen = row_precision(main_row, device)

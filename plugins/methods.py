@@ -1,10 +1,13 @@
-"""Built-in training methods: ``cbdm`` (CVPR 2023) and ``t2h`` (OC, ICLR 2024)."""
+"""Built-in training methods: ``cbdm`` (CVPR 2023), ``t2h`` (OC, ICLR 2024),
+``coral`` (NeurIPS 2025) and ``cm`` (ICLR 2026)."""
 
 from __future__ import annotations
 
 from cbdm_core.hookspecs import hookimpl
 from cbdm_core.methods import cbdm, t2h
 from cbdm_core.methods.base import MethodSpec
+from cbdm_core.methods.cm import CM_SPEC
+from cbdm_core.methods.coral import CORAL_SPEC
 
 
 @hookimpl
@@ -16,3 +19,7 @@ def register_components(register) -> None:
     register("method", "t2h", MethodSpec(options_model=t2h.T2HOptions, build=t2h.build_t2h,
                                          paper=t2h.PAPER, code=t2h.CODE, sweepable=("cut_time",)),
              description="OC/T2H: regress on the eps of a likely source image from a more frequent class")
+    register("method", "coral", CORAL_SPEC,
+             description="CORAL: supervised contrastive loss on a projection of the bottleneck, weighted to low noise")
+    register("method", "cm", CM_SPEC,
+             description="CM: low-rank conv adapters; class-weighted consistency/divergence of outputs with/without them")

@@ -52,3 +52,37 @@ def cli_fails(*args, match: str) -> str:
     errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and match in errors[0], res.output
     return errors[0]
+
+
+def make_ctx(model, *, b: int = 6, num_classes: int = 3, counts=None, keep=None, seed: int = 0, T: int = 100):
+    """A fixed batch for ``model`` (labels cycling through the classes), drawn by the real
+    :class:`~cbdm_core.objectives.DiffusionObjective` (``prepare``) with no method."""
+    from cbdm_core.objectives import DiffusionObjective
+    from cbdm_core.schedules import LinearSchedule
+
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.randn(b, model.channels, model.image_size, model.image_size, generator=g)
+    y = torch.arange(b) % num_classes
+    keep = torch.ones(b, dtype=torch.bool) if keep is None else keep
+    t = torch.randint(0, T, (b,), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    counts = torch.tensor(counts if counts is not None else [10 * (i + 1) for i in range(num_classes)])
+    objective = DiffusionObjective(LinearSchedule(T=T), num_classes, class_counts=counts)
+    return objective.prepare(x0, y, t=t, noise=noise, keep=keep)[0]
+
+
+def run_step(model, methods, ctx):
+    """One step of the real objective on ``ctx`` with ``methods``: ``(total, terms, main prediction)``."""
+    from cbdm_core.methods.base import TrainingMethod
+    from cbdm_core.objectives import DiffusionObjective
+
+    class _Record(TrainingMethod):  # a last method that keeps the main prediction it was handed
+        def loss(self, c, out):
+            self.pred = out.pred
+            return {}, out.pred.new_zeros(())
+
+    record = _Record()
+    objective = DiffusionObjective(ctx.schedule, ctx.num_classes, [*methods, record], class_counts=ctx.class_counts)
+    extras = [m.extra_labels(ctx) for m in objective.methods]
+    out = objective.evaluate(model, ctx, extras)
+    return out.total, out.terms, record.pred

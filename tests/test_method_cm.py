@@ -19,8 +19,8 @@ from cbdm_core.nets.edm import EDMPrecond
 from cbdm_core.nets.vit import DiffusionViT, ViTOptions
 from cbdm_core.schedules import LinearSchedule
 
+from .helpers import make_ctx, run_step
 from .helpers import tiny_unet as _tiny_unet
-from .method_steps import make_ctx, run_step
 
 COUNTS = torch.tensor([30, 10, 2])
 
@@ -315,16 +315,33 @@ def test_spec_and_build_errors():
         CMOptions(rho=0)
 
 
-def test_pending_presets_compose_t2h_and_cm():
-    import yaml
-    from pathlib import Path
+def test_presets_compose_t2h_and_cm():
+    from cbdm_core.config import parse_train_config
+    from cbdm_core.presets_registry import load_preset
 
-    folder = Path(__file__).resolve().parents[1] / "cbdm_core" / "presets" / "pending"
-    for name in ("cm-cifar10lt-if100", "cm-cifar100lt-if100"):
-        data = yaml.safe_load((folder / f"{name}.yaml").read_text())
-        t2h, cm = data["objective"]["methods"]
-        opts = CMOptions(**cm["options"])
-        assert t2h["name"] == "t2h" and cm["name"] == "cm"
-        assert (opts.rho, opts.parts, opts.w_con, opts.w_div) == (0.1, ["up"], 1.0, 0.2)
-        assert data["preview"] == {"sampler": "ddim", "steps": 50, "guidance": 1.5}
-        assert data["optim"]["batch_size"] == 64 and data["optim"]["steps"] == 300000
+    for name, dataset in (("cm-cifar10lt-if100", "cifar10-lt"), ("cm-cifar100lt-if100", "cifar100-lt")):
+        cfg = parse_train_config(load_preset(name), name)
+        t2h, cm = cfg.objective.methods
+        opts = CMOptions(**cm.options)
+        assert t2h.name == "t2h" and cm.name == "cm" and cfg.data.dataset == dataset and cfg.data.imb_factor == 0.01
+        assert (opts.rho, opts.parts, opts.w_con, opts.w_div, opts.sample_with) == (0.1, ["up"], 1.0, 0.2, "on")
+        assert (cfg.preview.sampler, cfg.preview.steps, cfg.preview.guidance) == ("ddim", 50, 1.5)
+        assert (cfg.optim.batch_size, cfg.optim.steps, cfg.optim.lr) == (64, 300000, 2e-4)
+        assert cfg.model.options["ch"] == 128 and cfg.model.options["ch_mult"] == [1, 2, 2, 2]
+
+
+def test_training_preview_merges_into_a_copy_never_the_ema():
+    from types import SimpleNamespace
+
+    from cbdm_core.training.trainer import Trainer
+
+    ema = tiny_unet()
+    cm = build(sample_with="merged")
+    cm.attach(ema)
+    randomise_b(ema)
+    before = {k: v.clone() for k, v in ema.state_dict().items()}
+    net = Trainer._for_sampling(SimpleNamespace(methods=[cm]), ema)
+    assert net is not ema and not net.cm_adapters.switch.enabled and ema.cm_adapters.switch.enabled
+    assert all(torch.equal(before[k], v) for k, v in ema.state_dict().items())
+    conv = "upblocks.0.block1.2.weight"
+    assert not torch.equal(net.state_dict()[conv], before[conv])  # merged there, not here

@@ -11,15 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from cbdm_core.errors import CbdmError
-from cbdm_core.methods.base import MethodBuildContext, PassOutputs
+from cbdm_core.methods.base import MethodBuildContext, PassOutputs, TrainingMethod
 from cbdm_core.methods.coral import CORAL_SPEC, CoralOptions, build_coral, noise_weight
 from cbdm_core.methods.supcon import supcon_loss
 from cbdm_core.nets.edm import EDMPrecond
 from cbdm_core.nets.vit import DiffusionViT, ViTOptions
 from cbdm_core.schedules import LinearSchedule
 
-from .helpers import tiny_unet
-from .method_steps import make_ctx, run_step
+from .helpers import make_ctx, run_step, tiny_unet
 
 
 def supcon_reference(z: torch.Tensor, y: torch.Tensor, tau: float) -> float:
@@ -113,18 +112,9 @@ def test_features_come_from_the_main_rows_of_the_shared_pass():
     ctx = make_ctx(model)
     alone = run_step(model, [coral], ctx)[1]["coral"]
 
-    class OtherLabels:  # another method asking for extra rows under other labels
+    class OtherLabels(TrainingMethod):  # another method asking for extra rows under other labels
         def extra_labels(self, c):
             return ((c.y_in + 1) % 3)[None]
-
-        def begin_pass(self, rows, total):
-            pass
-
-        def end_pass(self):
-            pass
-
-        def loss(self, c, out):
-            return {}, out.pred.new_zeros(())
 
     shared = run_step(model, [OtherLabels(), coral], ctx)[1]["coral"]
     assert shared.item() == pytest.approx(alone.item(), rel=1e-5)
@@ -235,17 +225,20 @@ def test_options_and_spec():
         build().attach(torch.nn.Linear(2, 2))
 
 
-def test_pending_presets_carry_the_papers_settings():
-    import yaml
-    from pathlib import Path
+def test_presets_carry_the_papers_settings():
+    from cbdm_core.config import parse_train_config
+    from cbdm_core.presets_registry import load_preset
 
-    folder = Path(__file__).resolve().parents[1] / "cbdm_core" / "presets" / "pending"
-    want = {"coral-cifar10lt-if100": (0.12, 0.8, 0.6, 0.01), "coral-cifar10lt-if1000": (0.10, 1.0, 1.0, 0.001),
-            "coral-cifar100lt-if100": (0.09, 1.0, 0.8, 0.01)}
-    for name, (tau_sc, tau_r, w, imb) in want.items():
-        data = yaml.safe_load((folder / f"{name}.yaml").read_text())
-        (method,) = data["objective"]["methods"]
-        opts = CoralOptions(**method["options"])
-        assert method["name"] == "coral" and opts.extra_tau_factor and opts.weight == 0.01
-        assert (opts.tau_sc, opts.tau_r, data["preview"]["guidance"], data["data"]["imb_factor"]) == (tau_sc, tau_r, w, imb)
-        assert data["optim"]["steps"] == 150000 and data["optim"]["batch_size"] == 128
+    want = {"coral-cifar10lt-if100": ("cifar10-lt", 0.12, 0.8, 0.6, 0.01),
+            "coral-cifar10lt-if1000": ("cifar10-lt", 0.10, 1.0, 1.0, 0.001),
+            "coral-cifar100lt-if100": ("cifar100-lt", 0.09, 1.0, 0.8, 0.01)}
+    for name, (dataset, tau_sc, tau_r, w, imb) in want.items():
+        cfg = parse_train_config(load_preset(name), name)
+        (method,) = cfg.objective.methods
+        opts = CoralOptions(**method.options)
+        assert method.name == "coral" and opts.extra_tau_factor and opts.weight == 0.01
+        assert (cfg.data.dataset, opts.tau_sc, opts.tau_r, cfg.preview.guidance, cfg.data.imb_factor) == \
+            (dataset, tau_sc, tau_r, w, imb)
+        assert (cfg.optim.steps, cfg.optim.batch_size, cfg.optim.lr) == (150000, 128, 2e-4)
+        assert (cfg.preview.sampler, cfg.preview.steps) == ("ddpm", 1000)
+        assert cfg.model.options["ch"] == 128 and cfg.model.options["ch_mult"] == [1, 2, 2, 2]

@@ -51,7 +51,9 @@ def _tiny(name: str, root) -> dict:
         data["model"]["options"] = dict(TINY_VIT)
     data["data"]["root"] = str(root)
     data["optim"].update(steps=1, batch_size=4, warmup=1)
-    data["preview"] = {**data.get("preview", {}), "steps": 2, "per_class": 1}
+    preview = data.get("preview", {})
+    # The ddpm sampler runs all T steps (null); the others get 2.
+    data["preview"] = {**preview, "steps": None if preview.get("sampler") == "ddpm" else 2, "per_class": 1}
     data.update(log_every=1, sample_every=0, ckpt_every=0)
     if data.get("diffusion", {}).get("T", 1000) > 100:
         data["diffusion"]["T"] = 100

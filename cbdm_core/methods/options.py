@@ -23,10 +23,17 @@ def _docstring_args(model: type[BaseModel]) -> dict[str, str]:
     """``name: text`` lines of the model's ``Args:`` section (Google style)."""
     out: dict[str, str] = {}
     doc = model.__doc__ or ""
+    current, indent = None, 0
     for line in doc.splitlines():
-        name, sep, text = line.strip().partition(":")
+        stripped = line.strip()
+        name, sep, text = stripped.partition(":")
         if sep and name.replace("_", "").isalnum() and name in model.model_fields:
+            current, indent = name, len(line) - len(line.lstrip())
             out[name] = text.strip()
+        elif current and stripped and len(line) - len(line.lstrip()) > indent:
+            out[current] += " " + stripped  # a continuation line of the same entry
+        else:
+            current = None
     return out
 
 
