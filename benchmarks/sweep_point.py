@@ -12,22 +12,15 @@ is the evaluation overhead as a share of the sampling time (target: <= 10%).
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from train_step import cpu_model  # the same CPU line in every benchmark table
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+
 
 
 def _run(workdir: Path, dataset: str, data_root: Path):
@@ -72,6 +65,7 @@ def main() -> None:
     from cbdm_core.evaluation import EvalOptions, evaluate, prepare_reference
     from cbdm_core.features import save_classifier, train_classifier
     from cbdm_core.sampling.generate import generate_samples
+    from cbdm_core.sampling.settings import SamplingSettings
     from cbdm_core.sampling.plan import plan_labels
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cbdm-sweep-point-"))
@@ -96,8 +90,9 @@ def main() -> None:
 
     labels = plan_labels("balanced", args.num, run.num_classes, run.meta.get("class_counts"))
     t = time.perf_counter()
-    generate_samples(run, labels, out_dir=workdir / "samples", sampler="ddim", steps=args.steps, eta=0.0,
-                     guidance=args.guidance, seed=0, batch_size=args.batch_size, classes="balanced", ema=True)
+    settings = SamplingSettings(sampler="ddim", steps=args.steps, guidance=args.guidance, seed=0,
+                                batch_size=args.batch_size, classes="balanced", ema=True)
+    generate_samples(run, labels, out_dir=workdir / "samples", settings=settings)
     sampling = time.perf_counter() - t
     rows.append((f"sampling {args.num} images, DDIM-{args.steps}, w={args.guidance:g}", sampling))
 
