@@ -177,6 +177,7 @@ def train_classifier_cmd(dataset: str, data_root: Optional[Path], balanced: bool
     if accuracy is not None:
         click.echo(f"test accuracy {accuracy:.4f} on {len(test)} {test_what}")
     click.echo(f"wrote {path}")
+    click.echo(f"next: cbdm eval SAMPLES --extractor classifier --classifier {path}")
 
 
 def default_classifier_path(dataset: str, data_root: Optional[Path]) -> Path:

@@ -68,6 +68,7 @@ def test_train_classifier_holds_out_and_reports_accuracy(clf):
     assert path.is_file()
     accuracy = float(output.rsplit("test accuracy ", 1)[1].split()[0])
     assert 0.0 <= accuracy <= 1.0 and "held-out folder images" in output
+    assert f"next: cbdm eval SAMPLES --extractor classifier --classifier {path}" in output
 
 
 def test_classifier_default_name_differs_per_folder(tmp_path):
