@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from .config import TrainConfig, validate_component_options
-from .errors import CbdmError
+from .errors import CbdmError, UnknownComponentError
 from .methods.base import MethodBuildContext, MethodSpec, TrainingMethod
 from .registry import get_registry
 from .run_folder import resolve_checkpoint
@@ -119,6 +119,31 @@ def check_components(cfg: TrainConfig) -> None:
     reg.get("guidance", cfg.preview.guidance_method)
     if cfg.init_from is not None:
         resolve_checkpoint(cfg.init_from)
+
+
+def component_plugins(cfg: TrainConfig) -> dict[str, str]:
+    """``{"kind:name": "distribution version"}`` of every component ``cfg`` uses, stored with
+    checkpoints so a run whose plugin is no longer installed can name the missing package."""
+    reg = get_registry()
+    used = [("dataset", cfg.data.dataset), ("augmentation", cfg.data.augment),
+            ("noise_schedule", cfg.diffusion.schedule), ("backbone", cfg.model.backbone),
+            ("diffusion_loss", loss_name(cfg)), ("sampler", cfg.preview.sampler),
+            ("guidance", cfg.preview.guidance_method)] + [("method", m.name) for m in cfg.objective.methods]
+    out = {}
+    for kind, name in used:
+        comp = reg.get(kind, name)
+        out[f"{kind}:{comp.name}"] = f"{comp.plugin.split(':', 1)[0]} {comp.version}"
+    return out
+
+
+def explain_missing_plugin(exc: UnknownComponentError, meta: dict[str, Any]) -> CbdmError:
+    """``exc`` with the plugin distribution the run was made with, when its metadata names it."""
+    made_with = (meta.get("plugins") or {}).get(f"{exc.kind}:{exc.name}") if isinstance(meta, dict) else None
+    if not made_with:
+        return exc
+    dist = str(made_with).split()[0]
+    return UnknownComponentError(f"{exc.kind.replace('_', ' ')} {exc.name!r} is not installed: the run was made "
+                                 f"with it from plugin {made_with} (pip install {dist})", exc.kind, exc.name)
 
 
 def resolve_device(name: str) -> torch.device:

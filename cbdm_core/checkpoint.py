@@ -117,6 +117,15 @@ def load_checkpoint(path: Path, *, with_optim: bool = False, verify: Optional[bo
     return Checkpoint(step=step, config=config, model=model, ema=ema, optim=optim, meta=extra)
 
 
+def read_run_meta(path: Path) -> dict[str, Any]:
+    """The run metadata (``meta``) of a checkpoint without loading its tensors; ``{}`` when unreadable."""
+    try:
+        extra = json.loads(read_metadata(path).get("meta", "{}"))
+    except (CbdmError, OSError, ValueError):
+        return {}
+    return extra if isinstance(extra, dict) else {}
+
+
 def _parse_step(text: str) -> int:
     step = float(text) if not str(text).strip().lstrip("-").isdigit() else int(text)
     if not math.isfinite(step) or step < 0 or int(step) != step:

@@ -9,7 +9,12 @@ class CbdmError(Exception):
 
 
 class UnknownComponentError(CbdmError, KeyError):
-    """A component name that no plugin registered."""
+    """A component name that no plugin registered (``kind``/``name`` say which)."""
+
+    def __init__(self, message: str, kind: str = "", name: str = ""):
+        super().__init__(message)
+        self.kind = kind
+        self.name = name
 
     def __str__(self) -> str:  # KeyError would add quotes
         return str(self.args[0]) if self.args else ""

@@ -91,8 +91,7 @@ class Registry:
         except KeyError:
             choices = ", ".join(self.names(kind)) or "(none registered)"
             raise UnknownComponentError(
-                f"unknown {kind.replace('_', ' ')} {name!r}; available: {choices}"
-            ) from None
+                f"unknown {kind.replace('_', ' ')} {name!r}; available: {choices}", kind, base) from None
 
     def __iter__(self) -> Iterator[Component]:
         return iter(sorted(self.components.values(), key=lambda c: (c.kind, c.name)))

@@ -11,7 +11,7 @@ import torch
 from . import build
 from .checkpoint import load_checkpoint, load_state_checked, nonfinite_tensors
 from .config import TrainConfig, parse_train_config
-from .errors import CheckpointError
+from .errors import CheckpointError, UnknownComponentError
 from .run_folder import resolve_checkpoint
 from .schedules import NoiseSchedule
 
@@ -62,10 +62,15 @@ def load_run(path: Union[str, Path], *, ema: bool = True, device: Union[str, tor
     sizes = checked_sizes(meta, ckpt_path)
     state = ckpt.ema if ema else ckpt.model
     what = f"{ckpt_path} ({'EMA' if ema else 'raw'} weights)"
-    schedule = build.build_schedule(cfg)
-    # Methods add their modules before the weights load, and may change the net for sampling after.
-    methods = build.build_methods(cfg, class_counts=_class_counts(meta, sizes["num_classes"], ckpt_path),
-                                  num_classes=sizes["num_classes"], schedule=schedule) if cfg.objective.methods else []
+    try:
+        schedule = build.build_schedule(cfg)
+        # Methods add their modules before the weights load, and may change the net for sampling after.
+        counts = _class_counts(meta, sizes["num_classes"], ckpt_path)
+        methods = (build.build_methods(cfg, class_counts=counts, num_classes=sizes["num_classes"], schedule=schedule)
+                   if cfg.objective.methods else [])
+        build.backbone_options(cfg)
+    except UnknownComponentError as exc:  # e.g. the plugin that trained the run was uninstalled since
+        raise build.explain_missing_plugin(exc, meta) from None
     _check_parameter_count(cfg, sizes, state, what, methods)
     model = build.build_model(cfg, **sizes)
     build.attach_methods(methods, model)

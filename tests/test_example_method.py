@@ -83,6 +83,15 @@ def test_train_sample_eval(method_env, tmp_path):
     values = json.loads((tmp_path / "eval" / "metrics.json").read_text())["values"]
     assert values["fid"] is not None and values["fid"] >= 0
 
+    # Without the plugin, sampling and resuming the run name the package that is missing.
+    plain = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    for args in (("sample", run, "-n", "2", "--steps", "2", "--out", tmp_path / "s2"),
+                 ("train", "--out", run, "--resume", "--steps", "3", "--no-progress")):
+        proc = _cbdm(plain, *args)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr
+        assert "method 'tail-weight' is not installed" in proc.stderr
+        assert "plugin cbdm-tailweight 0.1.0 (pip install cbdm-tailweight)" in proc.stderr
+
 
 def test_bad_option_is_one_line(method_env, tmp_path):
     proc = _cbdm(method_env, "train", "--method", "tail-weight", "-M", "powr=1", "--out", tmp_path / "r")

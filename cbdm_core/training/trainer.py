@@ -19,9 +19,9 @@ import torch
 from .. import build, locks
 from ..atomic import atomic_write_text, remove_stale_temps
 from ..checkpoint import (Checkpoint, checkpoint_name, list_checkpoints, load_checkpoint, load_state_checked,
-                          nonfinite_tensors, save_checkpoint)
+                          nonfinite_tensors, read_run_meta, save_checkpoint)
 from ..config import TrainConfig, dump_config_yaml, load_config_file, parse_train_config
-from ..errors import CbdmError
+from ..errors import CbdmError, UnknownComponentError
 from ..images import class_rows, grid_image, save_png, to_float, to_uint8
 from .batch_source import BatchSource
 from .batches import BatchIndexer, step_seed
@@ -185,7 +185,11 @@ class Trainer:
     # -- main loop ----------------------------------------------------------------------
     def run(self) -> TrainResult:
         cfg = self.cfg
-        build.check_components(cfg)
+        try:
+            build.check_components(cfg)
+        except UnknownComponentError as exc:
+            found = list_checkpoints(self.ckpt_dir) if self.resume else []
+            raise build.explain_missing_plugin(exc, read_run_meta(found[-1][1]) if found else {}) from None
         check_loggers(cfg.log)
         ctx = setup_distributed(build.resolve_device(cfg.device))
         self._locked = False
@@ -262,7 +266,7 @@ class Trainer:
             match_param_layout(optimizer)
         meta = {"num_classes": data.num_classes, "image_size": data.image_size, "channels": data.channels,
                 "class_counts": counts.tolist(), "class_names": data.class_names, "dataset": data.name,
-                "cond_dim": cond_dim, "speed": precision.as_dict()}
+                "cond_dim": cond_dim, "speed": precision.as_dict(), "plugins": build.component_plugins(cfg)}
         if ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "config.yaml", dump_config_yaml(cfg))
