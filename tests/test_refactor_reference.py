@@ -43,10 +43,20 @@ def _trained(tmp_path: Path, *args: str) -> dict[str, torch.Tensor]:
     return load_checkpoint(list_checkpoints(out / "checkpoints")[-1][1]).model
 
 
+# The fixtures came from a CPU whose torch kernels use AVX512. Another instruction set rounds
+# float sums differently, so there the weights may differ in the last bits; a changed order of
+# random draws or a changed loss would move them by orders of magnitude more.
+FIXTURE_CPU_CAPABILITY = "AVX512"
+
+
 def _assert_identical(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
     assert set(got) == set(want)
+    exact = torch.backends.cpu.get_cpu_capability() == FIXTURE_CPU_CAPABILITY
     for key in want:
-        assert torch.equal(got[key], want[key]), key
+        if exact:
+            assert torch.equal(got[key], want[key]), key
+        else:
+            torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-6, msg=key)
 
 
 def test_ddpm_training_is_bit_identical(tmp_path):
