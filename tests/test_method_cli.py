@@ -12,16 +12,11 @@ import yaml
 from cbdm_core.checkpoint import list_checkpoints, load_checkpoint
 
 from .helpers import cli_ok
+from .test_cli_train import TINY as CLI_TINY
 
-TINY = {
-    "model": {"backbone": "unet", "options": {"ch": 8, "ch_mult": [1, 2], "attn": [1], "num_res_blocks": 1,
-                                              "dropout": 0.1, "num_groups": 4}},
-    "diffusion": {"T": 50},
-    "data": {"dataset": "digits-lt"},
-    "optim": {"batch_size": 8, "steps": 2, "warmup": 1, "ema_decay": 0.9},
-    "preview": {"sampler": "ddim", "steps": 2, "per_class": 1},
-    "log_every": 1,
-}
+# The CLI tests' tiny run, shorter: these runs train, sample and evaluate three methods.
+TINY = {**CLI_TINY, "diffusion": {"T": 50}, "optim": {**CLI_TINY["optim"], "batch_size": 8, "steps": 2, "warmup": 1},
+        "preview": {"sampler": "ddim", "steps": 2, "per_class": 1}, "log_every": 1}
 TERMS = {"coral": {"supcon", "coral_s", "coral"}, "cm": {"cm", "cm_con", "cm_div"},
          "t2h+cm": {"t2h_moved", "cm", "cm_con", "cm_div"}}
 

@@ -17,15 +17,13 @@ from cbdm_core.config import TrainConfig
 from cbdm_core.presets_registry import load_preset
 from cbdm_core.training.monitor import logged_terms, progress_line
 
-TINY = {
-    "model": {"backbone": "unet", "options": {"ch": 8, "ch_mult": [1], "attn": [], "num_res_blocks": 1,
-                                              "dropout": 0.0, "num_groups": 4}},
-    "diffusion": {"T": 20},
-    "data": {"dataset": "digits-lt"},
-    "optim": {"batch_size": 8, "steps": 4, "warmup": 1, "ema_decay": 0.9},
-    "preview": {"sampler": "ddim", "steps": 2, "per_class": 1},
-    "log_every": 2,
-}
+from .test_cli_train import TINY as CLI_TINY
+
+# The CLI tests' tiny run with a still smaller net (no attention, one level): only logging is checked.
+TINY = {**CLI_TINY, "model": {"backbone": "unet", "options": {**CLI_TINY["model"]["options"], "ch_mult": [1],
+                                                              "attn": [], "dropout": 0.0}},
+        "diffusion": {"T": 20}, "optim": {**CLI_TINY["optim"], "batch_size": 8, "steps": 4, "warmup": 1},
+        "preview": {"sampler": "ddim", "steps": 2, "per_class": 1}}
 
 
 def _train(tmp_path: Path, *args: str, cfg: dict = TINY):
