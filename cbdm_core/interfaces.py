@@ -9,6 +9,7 @@ Denoiser protocol (every backbone): ``model(x_t, t, y) -> eps`` where ``x_t`` is
 from __future__ import annotations
 
 import fnmatch
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable, Mapping, Optional, Protocol
@@ -186,4 +187,8 @@ def validate_options(options_model: Optional[type[BaseModel]], options: Mapping[
             valid = ", ".join(options_model.model_fields) or "none"
             raise ConfigError(f"unknown option {key!r} of {where}; valid options: {valid}") from None
         raise ConfigError(f"invalid option {key} of {where}: {err['msg']}") from None
-    return validated.model_dump(exclude_unset=True)
+    values = validated.model_dump(exclude_unset=True)
+    for key, value in values.items():  # a plugin's model may not forbid inf/nan itself
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"invalid option {key} of {where}: must be a finite number, got {value}")
+    return values

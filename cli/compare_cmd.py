@@ -89,10 +89,12 @@ def _print_plan(plan) -> None:
     click.echo(f"protocol {p.name}: {p.data.dataset}" + (f" imb {p.data.imb_factor}" if p.data.imb_factor else ""))
     for label, entry in plan.entries.items():
         cfg = plan.configs[(label, p.seeds[0])]
-        methods = ", ".join(f"{m.name}{m.options or ''}" for m in cfg.objective.methods) or "none (DDPM)"
+        methods = ", ".join(f"{m.name} {m.options}" if m.options else m.name
+                            for m in cfg.objective.methods) or "none (DDPM)"
         mark = " (baseline)" if label == p.baseline_label else ""
+        start = f", starting from {entry.init_from}'s weights" if entry.init_from else ""
         click.echo(f"  method {label}{mark}: {methods}; {cfg.model.backbone} {cfg.model.options}; "
-                   f"{cfg.optim.steps} steps, batch {cfg.optim.batch_size}, lr {cfg.optim.lr}")
+                   f"{cfg.optim.steps} steps{start}, batch {cfg.optim.batch_size}, lr {cfg.optim.lr}")
     click.echo(f"  seeds {', '.join(map(str, p.seeds))}; {p.sampling.sampler}-{p.sampling.steps or 'default'}, "
                f"{p.sampling.num} images per set ({p.sampling.classes})")
     if p.selecting():
@@ -117,10 +119,13 @@ def _print_plan(plan) -> None:
               help="Override a protocol field, e.g. training.steps=100 or seeds=[0,1] (values read as YAML).")
 @click.option("--dry-run", is_flag=True, help="Resolve and check everything, print the plan, train nothing.")
 @click.option("--list", "list_", is_flag=True, help="List the shipped protocols.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train this many runs at once, each in its own process with an equal share of the "
+                   "threads (small CPU protocols train faster as 1-thread runs side by side).")
 @click.option("--progress/--no-progress", default=None,
               help="Live progress view [default: on in a terminal, plain lines otherwise].")
 def compare(protocol: Optional[str], out: Optional[Path], sets: tuple[str, ...], dry_run: bool, list_: bool,
-            progress: Optional[bool]) -> None:
+            progress: Optional[bool], jobs: int) -> None:
     """Compare training methods under one protocol (a YAML file or a shipped protocol's name):
     train every method on every seed, choose w per method on a selection seed, sample the report
     seed, evaluate, and write compare.json, compare.md and plots. A re-run continues where an
@@ -146,7 +151,7 @@ def compare(protocol: Optional[str], out: Optional[Path], sets: tuple[str, ...],
     observer: Any = _RichObserver(reporter) if live else _PlainObserver(reporter)
     try:
         with LogToReporter(reporter):
-            doc = run_study(proto, out, observer=observer)
+            doc = run_study(proto, out, observer=observer, jobs=jobs)
     except StudyInterrupted as exc:
         reporter.say(f"{exc}; re-run the same command to continue")
         raise SystemExit(130)

@@ -109,32 +109,32 @@ def compute_kid(real: FeatureSet, fake: FeatureSet, *, subsets: int = 100, subse
     return _guarded("kid", ("kid", "kid_std"), run)
 
 
+def _knn_pair(metric: str, keys: tuple[str, str, str], compute: Callable[..., tuple[float, float, int]],
+              real: FeatureSet, fake: FeatureSet, k: int, seed: int, options: dict[str, Any]) -> Result:
+    """A k-NN metric pair at equal set sizes: ``{keys[0], keys[1], keys[2]: n}``."""
+    _check_options(metric, options, ("k", "seed"))
+    _check_pair(metric, real, fake)
+
+    def run() -> Result:
+        a, b, n = compute(real.features, fake.features, k, seed=seed, device=options.get("device"),
+                          radii_cache=options.get("radii_cache"))
+        return {keys[0]: a, keys[1]: b, keys[2]: float(n)}
+
+    return _guarded(metric, keys, run)
+
+
 def compute_precision_recall(real: FeatureSet, fake: FeatureSet, *, k: int = 5, seed: int = 0,
                              **options: Any) -> Result:
     """``{"precision", "recall", "pr_n"}``: improved precision/recall at equal set sizes ``pr_n``."""
-    _check_options("precision_recall", options, ("k", "seed"))
-    _check_pair("precision_recall", real, fake)
-
-    def run() -> Result:
-        p, r, n = precision_recall_n(real.features, fake.features, k, seed=seed, device=options.get("device"),
-                                     radii_cache=options.get("radii_cache"))
-        return {"precision": p, "recall": r, "pr_n": float(n)}
-
-    return _guarded("precision_recall", ("precision", "recall", "pr_n"), run)
+    return _knn_pair("precision_recall", ("precision", "recall", "pr_n"), precision_recall_n,
+                     real, fake, k, seed, options)
 
 
 def compute_density_coverage(real: FeatureSet, fake: FeatureSet, *, k: int = 5, seed: int = 0,
                              **options: Any) -> Result:
     """``{"density", "coverage", "dc_n"}`` (Naeem et al. 2020) at equal set sizes ``dc_n``."""
-    _check_options("density_coverage", options, ("k", "seed"))
-    _check_pair("density_coverage", real, fake)
-
-    def run() -> Result:
-        d, c, n = density_coverage_n(real.features, fake.features, k, seed=seed, device=options.get("device"),
-                                     radii_cache=options.get("radii_cache"))
-        return {"density": d, "coverage": c, "dc_n": float(n)}
-
-    return _guarded("density_coverage", ("density", "coverage", "dc_n"), run)
+    return _knn_pair("density_coverage", ("density", "coverage", "dc_n"), density_coverage_n,
+                     real, fake, k, seed, options)
 
 
 def compute_prd(real: FeatureSet, fake: FeatureSet, *, num_clusters: int | None = None, beta: float = 8,

@@ -52,3 +52,15 @@ def test_metric_options_keep_defaults_and_reject_bad_values():
     mem = get_registry().get("metric", "memorization").obj
     with pytest.raises(CbdmError, match="unknown option 'k' of metric 'memorization'; valid options: threshold"):
         validate_options(mem.options_model, {"k": 3}, "metric 'memorization'")
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+def test_plugin_options_refuse_non_finite_numbers(value):
+    from pydantic import BaseModel
+
+    class Loose(BaseModel):  # a third-party model that does not forbid inf/nan itself
+        scale: float = 1.0
+
+    with pytest.raises(CbdmError, match="scale of sampler 'x': must be a finite number"):
+        validate_options(Loose, {"scale": value}, "sampler 'x'")
+    assert validate_options(Loose, {"scale": "2.5"}, "sampler 'x'") == {"scale": 2.5}

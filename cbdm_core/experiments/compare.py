@@ -51,9 +51,12 @@ class Part:
     seed: int
     folder: Path
     guidance: Optional[float] = None
+    title: Optional[str] = None  # overrides the label (a group of runs trained together)
 
     @property
     def label(self) -> str:
+        if self.title:
+            return self.title
         w = "" if self.guidance is None else f" w={self.guidance:g}"
         return f"{self.kind} {self.method} seed {self.seed}{w}"
 
@@ -87,7 +90,7 @@ class StudyPlan:
     directions: dict[str, str] = field(default_factory=dict)  # primary and select values: "lower"/"higher"
 
     def run_dir(self, method: str, seed: int) -> Path:
-        return self.out_dir / "runs" / method / f"seed-{seed}"
+        return _run_dir(self.out_dir, method, seed)
 
     def parts(self) -> list[Part]:
         p = self.protocol
@@ -104,6 +107,10 @@ class StudyPlan:
                 folder = self.run_dir(label, s) / ("report" if w is None else f"report-w{value_label(w)}")
                 out.append(Part("report", label, s, folder, w))
         return out
+
+
+def _run_dir(out_dir: Path, method: str, seed: int) -> Path:
+    return out_dir / "runs" / method / f"seed-{seed}"
 
 
 def plan_study(protocol: Protocol, out_dir: Path) -> StudyPlan:
@@ -130,6 +137,8 @@ def plan_study(protocol: Protocol, out_dir: Path) -> StudyPlan:
         for s in p.seeds:
             cfg = train_config(p, e, s)
             check_components(cfg)
+            if e.init_from is not None:  # set after the check: the source run is trained first
+                cfg = cfg.model_copy(update={"init_from": _run_dir(Path(out_dir), e.init_from, s)})
             configs[(e.name, s)] = cfg
     if any(w > 0 for w in p.guidance.values):
         nodrop = [k for k, c in configs.items() if c.objective.p_uncond <= 0]
@@ -242,6 +251,47 @@ def _train(plan: StudyPlan, part: Part, observer: StudyObserver, index: int) -> 
         raise StudyInterrupted(part.folder, outcome.step)
 
 
+def _train_all_in_parallel(plan: StudyPlan, parts: list[Part], observer: StudyObserver, jobs: int) -> None:
+    """Train every unfinished run of the study, ``jobs`` at a time in worker processes; the
+    per-method loop then finds them finished. Runs that start from another method's weights
+    (``init_from``) wait for a later wave. Raises :class:`StudyInterrupted` on Ctrl-C."""
+    depth: dict[str, int] = {}
+    for label, entry in plan.entries.items():  # init_from names an earlier entry (validated)
+        depth[label] = 0 if entry.init_from is None else depth[entry.init_from] + 1
+    for wave in sorted(set(depth.values())):
+        _train_wave(plan, [x for x in parts if depth[x.method] == wave], parts, observer, jobs)
+
+
+def _train_wave(plan: StudyPlan, wave: list[Part], parts: list[Part], observer: StudyObserver, jobs: int) -> None:
+    from .parallel_training import TrainJob, train_in_parallel
+
+    todo = []
+    for part in wave:
+        cfg = plan.configs[(part.method, part.seed)]
+        done = list_checkpoints(part.folder / "checkpoints")
+        if not (done and done[-1][0] >= cfg.optim.steps):
+            todo.append(TrainJob(cfg, part.folder, resume=bool(done)))
+    if not todo:
+        return
+    # Longest first, so that the last runs to finish are short ones (a method adds about one
+    # forward pass per step); the order does not change any run.
+    todo.sort(key=lambda j: j.config.optim.steps * (1 + len(j.config.objective.methods)), reverse=True)
+    group = Part("train", "", -1, plan.out_dir, title=f"train {len(todo)} runs, {min(jobs, len(todo))} at a time")
+    folders = {j.folder for j in todo}
+    observer.start(min(i for i, p in enumerate(parts) if p.folder in folders), group, False)
+    names = {part.folder: f"{part.method} seed {part.seed}" for part in parts}
+
+    def finished(res) -> None:
+        state = f"stopped at step {res.step}" if res.interrupted else f"finished at step {res.step}"
+        observer.status(f"train {names.get(res.folder, res.folder)}: {state}")
+
+    results = train_in_parallel(todo, jobs, on_progress=observer.advance, on_finished=finished)
+    stopped = [r for r in results if r.interrupted]
+    if stopped or len(results) < len(todo):
+        first = stopped[0] if stopped else None
+        raise StudyInterrupted(first.folder if first else plan.out_dir / "runs", first.step if first else 0)
+
+
 def _read_metrics(folder: Path) -> Optional[dict[str, Any]]:
     path = folder / "metrics.json"
     if not path.is_file():
@@ -297,9 +347,14 @@ def choose_guidance(points: dict[float, list[Optional[float]]], select: str) -> 
     return None if best is None else best.value
 
 
-def run_study(protocol: Protocol, out_dir: Path, *, observer: Optional[StudyObserver] = None) -> dict[str, Any]:
+def run_study(protocol: Protocol, out_dir: Path, *, observer: Optional[StudyObserver] = None,
+              jobs: int = 1) -> dict[str, Any]:
     """Run (or continue) the study of ``protocol`` in ``out_dir``; returns the ``compare.json``
-    document after writing it with ``compare.md`` and the plots."""
+    document after writing it with ``compare.md`` and the plots.
+
+    ``jobs`` > 1 trains up to that many runs at once in worker processes, each with an equal
+    share of this process's torch threads (see :mod:`.parallel_training`); sampling and
+    evaluation stay in this process."""
     from ..evaluation import prepare_reference
     from .compare_report import write_outputs
 
@@ -313,6 +368,8 @@ def run_study(protocol: Protocol, out_dir: Path, *, observer: Optional[StudyObse
     report_opts = _eval_options(plan, plan.eval_metrics, classifier)
     select_opts = _eval_options(plan, plan.select_metrics, classifier)
     reference = prepare_reference(report_opts, on_status=obs.status)  # once for the whole study
+    if jobs > 1:
+        _train_all_in_parallel(plan, [x for x in parts if x.kind == "train"], obs, jobs)
     runs: dict = {}
     results: dict[str, dict[str, Any]] = {}
     index = 0

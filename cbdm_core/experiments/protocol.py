@@ -54,11 +54,16 @@ class MethodEntry(_Strict):
 
     ``options``: with one method, that method's options; with a composition, a mapping from
     method name to its options. ``label`` names the method in reports and folders (default: ``method``).
+    ``init_from`` names an earlier method of the study: each seed's run starts from that
+    method's final weights of the same seed (fine-tuning, the paper's Table 2); ``steps`` then
+    gives this entry's own budget (default: ``training.steps``).
     """
 
     method: str
     options: dict[str, Any] = Field(default_factory=dict)
     label: Optional[str] = None
+    init_from: Optional[str] = None
+    steps: Optional[int] = Field(None, ge=1)
 
     @property
     def name(self) -> str:
@@ -156,6 +161,10 @@ class Protocol(_Strict):
                 raise ValueError(f"method label {label!r}: use letters, digits and _.+- only")
         if len(set(labels)) != len(labels):
             raise ValueError(f"methods are listed twice: {', '.join(labels)} (give a label: to tell them apart)")
+        for i, m in enumerate(self.methods):
+            if m.init_from is not None and m.init_from not in labels[:i]:
+                raise ValueError(f"method {m.name}: init_from {m.init_from!r} must name a method listed "
+                                 f"before it ({', '.join(labels[:i]) or 'none'})")
         if self.baseline is not None and self.baseline not in labels:
             raise ValueError(f"baseline {self.baseline!r} is not among the methods ({', '.join(labels)})")
         if len(set(self.seeds)) != len(self.seeds):
@@ -265,8 +274,9 @@ def train_config(protocol: Protocol, entry: MethodEntry, seed: int) -> TrainConf
             section[key] = str(value) if isinstance(value, Path) else value
     if d.download:
         section["download"] = True
-    if t.steps is not None:
-        data.setdefault("optim", {})["steps"] = t.steps
+    steps = entry.steps if entry.steps is not None else t.steps
+    if steps is not None:
+        data.setdefault("optim", {})["steps"] = steps
     data["seed"] = seed
     data["device"] = t.device
     data.setdefault("objective", {})["methods"] = entry.config_methods()

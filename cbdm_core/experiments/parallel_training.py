@@ -1,0 +1,189 @@
+"""Train several runs at once, each in its own process (``cbdm compare --jobs N``).
+
+Why: the small networks of CPU protocols do not keep two cores busy. On the 2-vCPU machines this
+project is developed on, the digits-lt U-Net trains *slower* with two threads than with one
+(DDPM, batch 64 of 8x8 images: 556 img/s with 2 threads, 838 with 1), and two 1-thread runs side
+by side train 1.5x the images per second of one 2-thread run (docs/benchmarks.md). A run trained
+in a worker is the same run the study would train in-process: the same configuration, folder,
+checkpoints and resume rules; only the thread count (and so float rounding) may differ.
+
+Each worker is a fresh (spawned) process that builds its own :class:`Trainer`; the parent only
+schedules, reports progress from each run's ``metrics.jsonl`` and forwards Ctrl-C, after which
+every worker saves its checkpoint and the study can be re-run to continue.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import queue
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from ..config import TrainConfig
+from ..errors import CbdmError
+
+POLL_SECONDS = 1.0
+
+
+@dataclass
+class TrainJob:
+    """One run to train: its configuration and folder."""
+
+    config: TrainConfig
+    folder: Path
+    resume: bool
+
+
+@dataclass
+class JobResult:
+    """What a worker reports: the step it stopped at, and whether it was interrupted."""
+
+    folder: Path
+    step: int
+    interrupted: bool
+
+
+def _worker(job: TrainJob, threads: int, results) -> None:
+    """Entry point of a worker process: train one run, report the outcome or the error."""
+    import torch
+
+    from ..training.trainer import Trainer
+
+    torch.set_num_threads(threads)
+    try:
+        outcome = Trainer(job.config, job.folder, resume=job.resume).run()
+        results.put(("done", str(job.folder), outcome.step, bool(outcome.interrupted)))
+    except CbdmError as exc:
+        results.put(("error", str(job.folder), str(exc), ""))
+    except KeyboardInterrupt:  # stopped before the trainer had installed its handler
+        results.put(("done", str(job.folder), 0, True))
+    except BaseException as exc:  # noqa: BLE001 - a bug: carry its traceback to the parent
+        import traceback
+
+        results.put(("crash", str(job.folder), f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+
+
+def last_logged_step(folder: Path) -> int:
+    """The step of the last complete line of ``folder/metrics.jsonl`` (0 when none)."""
+    path = folder / "metrics.jsonl"
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 4096))
+            lines = fh.read().decode(errors="replace").splitlines()
+    except OSError:
+        return 0
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return 0
+
+
+def train_in_parallel(jobs: list[TrainJob], workers: int, *, threads: Optional[int] = None,
+                      on_progress: Optional[Callable[[int, int], None]] = None,
+                      on_finished: Optional[Callable[[JobResult], None]] = None) -> list[JobResult]:
+    """Train ``jobs`` with at most ``workers`` processes at a time, each with ``threads`` torch
+    threads (default: this process's threads split between the workers, at least one).
+
+    ``on_progress(steps_done, steps_total)`` sums the logged steps over all jobs. On Ctrl-C (or
+    SIGTERM to this process) every running worker is asked to stop; no new job starts; the
+    results then say which runs were interrupted. A worker's error is raised here as a one-line
+    :class:`CbdmError` once the other workers have stopped (their checkpoints are saved)."""
+    import torch
+
+    if workers < 1:
+        raise CbdmError("--jobs must be at least 1")
+    threads = threads or max(1, torch.get_num_threads() // min(workers, max(1, len(jobs))))
+    ctx = mp.get_context("spawn")
+    results_q = ctx.Queue()
+    waiting = list(jobs)
+    running: dict[str, tuple[mp.process.BaseProcess, TrainJob]] = {}
+    results: list[JobResult] = []
+    failure: Optional[tuple[str, str, str]] = None
+    stopping = False
+    total = sum(j.config.optim.steps for j in jobs)
+
+    def stop_all() -> None:
+        nonlocal stopping
+        stopping = True
+        waiting.clear()
+        for proc, _ in running.values():
+            if proc.is_alive():
+                os.kill(proc.pid, signal.SIGINT)
+
+    def drain() -> None:
+        nonlocal failure
+        while True:
+            try:
+                kind, folder, a, b = results_q.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "done":
+                res = JobResult(Path(folder), int(a), bool(b))
+                results.append(res)
+                if on_finished is not None:
+                    on_finished(res)
+            elif failure is None:
+                failure = (folder, a, b)
+                stop_all()
+
+    previous_term = signal.getsignal(signal.SIGTERM)
+    in_main = _in_main_thread()
+    if in_main:
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        while waiting or running:
+            try:
+                while waiting and len(running) < workers and not stopping:
+                    job = waiting.pop(0)
+                    proc = ctx.Process(target=_worker, args=(job, threads, results_q), daemon=False)
+                    proc.start()
+                    running[str(job.folder)] = (proc, job)
+                time.sleep(POLL_SECONDS)
+                drain()
+                for key, (proc, job) in list(running.items()):
+                    if not proc.is_alive():
+                        proc.join()
+                        drain()
+                        del running[key]
+                        if proc.exitcode not in (0, None) and not any(r.folder == job.folder for r in results) \
+                                and failure is None:
+                            failure = (key, f"the training process exited with code {proc.exitcode}", "")
+                            stop_all()
+                if on_progress is not None:
+                    finished = {r.folder for r in results}
+                    done = sum(r.step for r in results) + sum(last_logged_step(j.folder) for _, j in running.values()
+                                                              if j.folder not in finished)
+                    on_progress(min(done, total), total)
+            except KeyboardInterrupt:
+                stop_all()  # a second Ctrl-C re-sends the request; workers save and stop
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous_term)
+        for proc, _ in running.values():  # only after an unexpected error in this loop
+            proc.join()
+        drain()
+    if failure is not None:
+        folder, message, trace = failure
+        if trace:
+            raise RuntimeError(f"training {folder} failed: {message}\n{trace}")
+        raise CbdmError(f"training {folder}: {message}")
+    return results
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
