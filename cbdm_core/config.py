@@ -106,6 +106,33 @@ class PerfConfig(_Strict):
         return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
 
+class EvaluateConfig(_Strict):
+    """FID/KID of a small sample set every ``every`` steps, in the feature space of the
+    dataset's classifier (training/evaluation.py, docs/training.md). A quality trend within
+    one run, not a publishable number."""
+
+    every: int = Field(0, ge=0)  # 0: off
+    num: int = Field(500, ge=2, le=100_000)  # samples per evaluation (FID needs at least 2)
+    # A classifier file (`cbdm eval train-classifier`); None: trained once into the run folder.
+    classifier: Optional[Path] = None
+    classifier_epochs: int = Field(30, ge=1)  # for the classifier trained into the run folder
+    metrics: list[Literal["fid", "kid"]] = Field(default_factory=lambda: ["fid", "kid"], min_length=1)
+    sampler: str = "ddim"
+    steps: Optional[int] = Field(None, ge=1)  # None: 20 (at most T)
+    eta: float = Field(0.0, ge=0)
+    guidance: float = Field(0.0, ge=0)
+    # The same noise at every evaluation, so successive values differ by the weights alone.
+    seed: Optional[int] = None  # None: the training seed
+    batch_size: int = Field(256, ge=1)  # images per network batch (sampling and features)
+
+    @field_validator("metrics")
+    @classmethod
+    def _no_repeats(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("list each metric once")
+        return v
+
+
 class TrainConfig(_Strict):
     """Everything a training run needs; saved as config.yaml in the run folder."""
 
@@ -117,6 +144,7 @@ class TrainConfig(_Strict):
     # Training previews: one grid row per class (per_class images), at the training seed unless preview.seed.
     preview: SamplingSettings = Field(default_factory=lambda: SamplingSettings(steps=100))
     perf: PerfConfig = Field(default_factory=PerfConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     seed: int = 0
     init_from: Optional[Path] = None  # pre-trained run folder or checkpoint to start from
     device: str = "auto"

@@ -168,6 +168,16 @@ def _training_options(f):
     return _sampling_options(f)
 
 
+def _log_line(rec: dict[str, Any]) -> str:
+    """A training record as a status line (an evaluation record, or one with every step skipped, has no loss)."""
+    from cbdm_core.training.monitor import evaluation_line, is_evaluation
+
+    if is_evaluation(rec):
+        return f"  {evaluation_line(rec)}"
+    loss = f"loss {rec['total']:.4f}" if "total" in rec else f"{rec.get('skipped_steps', 0)} steps skipped"
+    return f"  step {rec['step']}: {loss}"
+
+
 def _run_training_sweep(parameter: str, values: list, config_for, *, data_root: Optional[Path], guidance: float,
                         num: int, classes: str, sampler: str, steps: Optional[int], eta: float, seed: int,
                         batch_size: int, metrics: str, select: str, device: str, out: Path, **features: Any) -> None:
@@ -190,7 +200,7 @@ def _run_training_sweep(parameter: str, values: list, config_for, *, data_root: 
             result = training_sweep(parameter, values, config_for, out_dir=out, sampling=sampling,
                                     eval_options=options, select=select, device=str(resolve_device(device)),
                                     on_status=reporter.status,
-                                    on_log=lambda rec: reporter.status(f"  step {rec['step']}: loss {rec['total']:.4f}"))
+                                    on_log=lambda rec: reporter.status(_log_line(rec)))
     except SweepInterrupted as exc:
         reporter.say(f"{exc}; re-run the same command to continue")
         raise SystemExit(130)

@@ -17,7 +17,7 @@ from rich.table import Table
 from cbdm_core.config import deep_update, load_config_file, parse_train_config
 from cbdm_core.errors import CbdmError
 from cbdm_core.presets_registry import load_preset
-from cbdm_core.training.monitor import BOOKKEEPING, progress_line
+from cbdm_core.training.monitor import BOOKKEEPING, evaluation_line, is_evaluation, progress_line
 
 from .eval_support import LogToReporter, Reporter
 from .method_options import SHORTHANDS, apply_methods
@@ -41,7 +41,7 @@ def build_config(config: Optional[Path], preset: Optional[str], opts: dict[str, 
         "lr": "optim.lr", "warmup": "optim.warmup", "ema_decay": "optim.ema_decay",
         "seed": "seed", "device": "device", "log_every": "log_every", "sample_every": "sample_every",
         "ckpt_every": "ckpt_every", "keep_last": "keep_last", "init_from": "init_from",
-        "ckpt_every_minutes": "ckpt_every_minutes",
+        "ckpt_every_minutes": "ckpt_every_minutes", **EVALUATE_OPTIONS,
     }
     for key, dotted in simple.items():
         if opts.get(key) is not None:
@@ -58,6 +58,10 @@ def build_config(config: Optional[Path], preset: Optional[str], opts: dict[str, 
         set_dotted(data, key, value)
     return parse_train_config(data, "configuration")
 
+
+# --evaluate-* options and their config fields (also allowed with --resume).
+EVALUATE_OPTIONS = {"evaluate_every": "evaluate.every", "evaluate_num": "evaluate.num",
+                    "evaluate_classifier": "evaluate.classifier"}
 
 LR_ADVICE_RATIO = 3.0  # how far a configured lr may be from the backbone's advice without a change
 
@@ -152,6 +156,11 @@ def _counts_table(data) -> Table:
 @click.option("--log", "log", multiple=True, type=click.Choice(["tensorboard"]),
               help="Also log to TensorBoard (<run>/tensorboard; needs pip install 'cbdm[tensorboard]').")
 @click.option("--keep-last", type=int, help="Checkpoints to keep.")
+@click.option("--evaluate-every", type=int,
+              help="Steps between FID/KID of a small sample set in classifier features (0: off).")
+@click.option("--evaluate-num", type=int, help="Samples per evaluation (default 500).")
+@click.option("--evaluate-classifier", type=click.Path(path_type=Path),
+              help="Feature classifier file for --evaluate-every (default: trained once into the run folder).")
 @click.option("--amp", type=click.Choice(["auto", "bf16", "off"]),
               help="bf16 autocast (auto: on CUDA and on CPUs with AMX or AVX512-BF16).")
 @click.option("--compile/--no-compile", "compile", default=None, help="torch.compile the model (default: on CUDA).")
@@ -213,6 +222,9 @@ def train(out, config, preset, sets, resume, overwrite, progress, **opts):
         bar.update(task, completed=step)  # cheap: rich redraws on its own clock
 
     def on_log(rec):
+        if is_evaluation(rec):
+            say(evaluation_line(rec))
+            return
         if plain:
             done = rec["step"] - clock["step0"]
             rate = (time.perf_counter() - clock["start"]) / max(done, 1)
@@ -228,7 +240,7 @@ def train(out, config, preset, sets, resume, overwrite, progress, **opts):
         bar.update(task, completed=rec["step"], info=info)
 
     trainer = Trainer(cfg, out, resume=resume, overwrite=overwrite, on_log=on_log, on_start=on_start,
-                      on_step=on_step)
+                      on_step=on_step, on_status=say)
     try:
         with LogToReporter(Reporter()):  # warnings (resume fallbacks, pruning) reach the terminal
             result = trainer.run()
@@ -249,7 +261,7 @@ def build_config_overrides(opts: dict[str, Any], sets: tuple[str, ...]) -> dict[
     _log_options(data, opts)
     resumable = {"steps": "optim.steps", "log_every": "log_every", "sample_every": "sample_every",
                  "ckpt_every": "ckpt_every", "ckpt_every_minutes": "ckpt_every_minutes", "keep_last": "keep_last",
-                 "device": "device"}
+                 "device": "device", **EVALUATE_OPTIONS}
     for key, dotted in resumable.items():
         if opts.get(key) is not None:
             set_dotted(data, dotted, opts[key])

@@ -219,21 +219,13 @@ def _classifier(plan: StudyPlan, observer: StudyObserver) -> Optional[Path]:
         return None
     if e.classifier != "auto":
         return Path(e.classifier)
-    d = plan.protocol.data
-    path = plan.out_dir / f"classifier-{d.dataset}.safetensors"
-    if path.is_file():
-        return path
     from ..build import resolve_device
-    from ..data import dataset_options, load_dataset
-    from ..features import save_classifier, train_classifier
+    from ..features.auto_classifier import ensure_classifier
 
-    train = load_dataset(d.dataset, dataset_options(root=d.root, split="train"))
-    observer.status(f"training the {d.dataset} feature classifier ({e.classifier_epochs} epochs) into {path}")
-    model = train_classifier(train.images, train.labels, train.num_classes, epochs=e.classifier_epochs,
-                             balanced=True, seed=0, device=resolve_device(plan.protocol.training.device))
-    save_classifier(model, path, {"dataset": d.dataset, "class_names": train.class_names,
-                                  "class_counts": train.class_counts.tolist()})
-    return path
+    d = plan.protocol.data
+    return ensure_classifier(plan.out_dir / f"classifier-{d.dataset}.safetensors", d.dataset, d.root,
+                             epochs=e.classifier_epochs, device=resolve_device(plan.protocol.training.device),
+                             on_status=observer.status)
 
 
 def _train(plan: StudyPlan, part: Part, observer: StudyObserver, index: int) -> None:

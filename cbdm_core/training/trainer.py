@@ -26,6 +26,7 @@ from ..images import class_rows, grid_image, save_png, to_float, to_uint8
 from .batch_source import BatchSource
 from .batches import BatchIndexer, step_seed
 from .distributed import DistContext, setup_distributed
+from .evaluation import AUTO_CLASSIFIER, TrainingEvaluator, check_evaluation
 from .monitor import TensorBoardLog, check_loggers, logged_terms, memory_gb
 from ..host_memory import keep_freed_host_memory
 from .precision import Precision, describe_device, match_param_layout, resolve_precision
@@ -35,7 +36,8 @@ log = logging.getLogger("cbdm.train")
 
 # Fields that may change when resuming a run.
 RESUMABLE_CHANGES = {("optim", "steps"), ("log_every",), ("sample_every",), ("ckpt_every",), ("keep_last",),
-                     ("ckpt_every_minutes",), ("log",), ("device",), ("preview",), ("on_nonfinite",), ("perf",)}
+                     ("ckpt_every_minutes",), ("log",), ("device",), ("preview",), ("on_nonfinite",), ("perf",),
+                     ("evaluate",)}
 
 
 @dataclass
@@ -69,11 +71,13 @@ class Trainer:
         overwrite: replace a different run already in ``run_dir``.
         on_log: called with each metrics record (for progress display).
         on_step: called with the step number after every step (no device sync).
+        on_status: called with a line for each slow start-up step (the evaluation's preparation).
     """
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, overwrite: bool = False,
                  on_log: Optional[Callable[[dict], None]] = None, on_start: Optional[Callable] = None,
-                 on_step: Optional[Callable[[int], None]] = None):
+                 on_step: Optional[Callable[[int], None]] = None,
+                 on_status: Optional[Callable[[str], None]] = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.resume = resume
@@ -81,6 +85,7 @@ class Trainer:
         self.on_log = on_log
         self.on_start = on_start
         self.on_step = on_step
+        self.on_status = on_status
         self.elapsed_before = 0.0  # training seconds of the run before this process (resume)
         self._tb: Optional[TensorBoardLog] = None
         self._started = time.perf_counter()
@@ -134,6 +139,11 @@ class Trainer:
             shutil.rmtree(self.ckpt_dir, ignore_errors=True)
             for name in ("metrics.jsonl", "config.yaml"):
                 (self.run_dir / name).unlink(missing_ok=True)
+            # The old run's evaluation classifier may come from other data; keep it only when named.
+            auto = self.run_dir / AUTO_CLASSIFIER
+            chosen = self.cfg.evaluate.classifier
+            if chosen is None or Path(chosen).expanduser().resolve() != auto.resolve():
+                auto.unlink(missing_ok=True)
         return None
 
     def _newest_good_checkpoint(self, existing: list[tuple[int, Path]]) -> Optional[Checkpoint]:
@@ -191,6 +201,7 @@ class Trainer:
             found = list_checkpoints(self.ckpt_dir) if self.resume else []
             raise build.explain_missing_plugin(exc, read_run_meta(found[-1][1]) if found else {}) from None
         check_loggers(cfg.log)
+        check_evaluation(cfg)
         ctx = setup_distributed(build.resolve_device(cfg.device))
         self._locked = False
         try:
@@ -267,6 +278,14 @@ class Trainer:
         meta = {"num_classes": data.num_classes, "image_size": data.image_size, "channels": data.channels,
                 "class_counts": counts.tolist(), "class_names": data.class_names, "dataset": data.name,
                 "cond_dim": cond_dim, "speed": precision.as_dict(), "plugins": build.component_plugins(cfg)}
+        evaluator: Optional[TrainingEvaluator] = None
+        if cfg.evaluate.every:
+            # Rank 0 alone evaluates: it prepares the reference once, now, before any training
+            # and before config.yaml, so a refused classifier leaves no run behind.
+            evaluator = TrainingEvaluator(cfg, self.run_dir, num_classes=data.num_classes,
+                                          chw=(data.channels, data.image_size, data.image_size), device=device,
+                                          on_status=self.on_status)
+            ctx.main_first(evaluator.prepare, others=False)
         if ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "config.yaml", dump_config_yaml(cfg))
@@ -301,6 +320,19 @@ class Trainer:
                     old.unlink(missing_ok=True)
             ctx.barrier()
             return path
+
+        def evaluate(at_step: int) -> float:
+            """Evaluate the EMA model on rank 0 (the others wait); the seconds it took."""
+            started = time.perf_counter()
+
+            def on_main() -> None:
+                values = evaluator.run(self._for_sampling(ema_model), schedule, at_step)
+                self._log_eval(log_path, at_step, values)
+
+            ctx.main_first(on_main, others=False)  # its broadcast holds the other ranks back
+            ctx.barrier()
+            model.train()
+            return time.perf_counter() - started
 
         def preview(at_step: int) -> Optional[Path]:
             path = self.preview(ema_model, schedule, data.num_classes, at_step) if ctx.is_main else None
@@ -359,6 +391,10 @@ class Trainer:
                                   window_steps * o.batch_size / max(time.perf_counter() - window_start, 1e-9),
                                   skipped, memory_gb(device))
                     sums, window_start, window_steps = {}, time.perf_counter(), 0
+                # Before the checkpoint of the same step: one killed while evaluating resumes
+                # from the step before and evaluates again.
+                if evaluator is not None and evaluator.due(step):
+                    window_start += evaluate(step)  # images/s counts training time only
                 if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < o.steps:
                     last_ckpt = save(step)
                     ckpt_clock = time.monotonic()
@@ -384,6 +420,16 @@ class Trainer:
                   "images_per_sec": images_per_sec, "memory_gb": round(memory, 3)}
         if skipped:
             record["skipped_steps"] = skipped
+        append_line(path, json.dumps(record))
+        if self._tb is not None:
+            self._tb.write(record)
+        if self.on_log:
+            self.on_log(record)
+
+    def _log_eval(self, path: Path, step: int, values: dict) -> None:
+        """An evaluation record (``eval_*`` values) in metrics.jsonl, TensorBoard and ``on_log``."""
+        record = {"step": step, "time": round(time.time(), 3),
+                  "elapsed": round(self.elapsed_before + time.perf_counter() - self._started, 3), **values}
         append_line(path, json.dumps(record))
         if self._tb is not None:
             self._tb.write(record)
