@@ -69,8 +69,8 @@ def main() -> None:
     print(f"| {'row':34} | img/s per run | total img/s | vs 1 run x 2 threads |")
     print(f"|{'-' * 36}|---------------|-------------|----------------------|")
     with tempfile.TemporaryDirectory() as tmp:
-        for name, runs in rows:
-            rates = _row(Path(tmp), name.split(",")[0].replace(" ", ""), runs, args.steps, args.log_every)
+        for index, (name, runs) in enumerate(rows):
+            rates = _row(Path(tmp), f"row{index}", runs, args.steps, args.log_every)
             total = sum(rates)
             methods = {m for m, _ in runs}
             if len(runs) == 1 and runs[0][1] == 2:

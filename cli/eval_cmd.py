@@ -64,31 +64,47 @@ def evaluate_samples(samples: Path, dataset: Optional[str], data_root: Optional[
                      metric_options: tuple[str, ...], reference_split: str, cache_dir: Optional[Path],
                      reference_folder: Optional[Path], reference_stats: Optional[Path],
                      batch_size: int, device: str, out: Optional[Path], resize: bool) -> None:
-    """Evaluate SAMPLES against the class-balanced real set of --dataset."""
-    from cbdm_core.evaluation import EvalOptions, evaluate, metrics_table, plot_per_class_fid, write_metrics_json
-    from cbdm_core.evaluation.report import METRICS_JSON, PER_CLASS_PLOT
+    """Evaluate SAMPLES against the class-balanced real set of --dataset.
 
-    reporter = Reporter()
-    data = run_data(samples, dataset, data_root, reporter)
-    options = EvalOptions(
-        dataset=data["dataset"], data_root=data.get("root"), extractor=extractor, classifier=classifier,
-        inception_weights=inception_weights, metrics=split_metrics(metrics),
-        metric_options=parse_metric_options(metric_options), reference_split=reference_split,
-        cache_dir=cache_dir, batch_size=batch_size, device=device, resize=resize,
-        reference_folder=reference_folder, reference_stats=reference_stats,
-        classes=data.get("classes"), class_order=data.get("class_order") or "name")
-    with LogToReporter(reporter):
-        result = evaluate(samples, options, on_warning=reporter.warning, on_status=reporter.status)
-    out_dir = out if out is not None else default_out(samples)
-    reporter.say(f"reference: {result.reference['description']}", style="dim")
-    if "fid_statistics" in result.reference:
-        reporter.say(result.reference["fid_statistics"]["note"], style="dim")
-    Console().print(metrics_table(result))
-    json_path = write_metrics_json(result, out_dir / METRICS_JSON)
-    plot = plot_per_class_fid(result, out_dir / PER_CLASS_PLOT)
-    if not result.extractor.comparable:
-        reporter.warning(f"{result.extractor.note}")
-    click.echo(f"wrote {json_path}" + (f" and {plot}" if plot is not None else ""))
+    Under torchrun (torchrun --nproc_per_node N -m cli eval ...) the reference features, when
+    not cached yet, are extracted by all processes, each a contiguous index range; process 0
+    then evaluates and writes the report."""
+    from cbdm_core.build import resolve_device
+    from cbdm_core.evaluation import EvalOptions, evaluate, metrics_table, plot_per_class_fid, write_metrics_json
+    from cbdm_core.evaluation.prepared import prepare_reference
+    from cbdm_core.evaluation.report import METRICS_JSON, PER_CLASS_PLOT
+    from cbdm_core.training.distributed import setup_distributed
+
+    ctx = setup_distributed(resolve_device(device))
+    try:
+        reporter = Reporter()
+        reporter.console.quiet = not ctx.is_main  # under torchrun only rank 0 talks
+        data = run_data(samples, dataset, data_root, reporter)
+        options = EvalOptions(
+            dataset=data["dataset"], data_root=data.get("root"), extractor=extractor, classifier=classifier,
+            inception_weights=inception_weights, metrics=split_metrics(metrics),
+            metric_options=parse_metric_options(metric_options), reference_split=reference_split,
+            cache_dir=cache_dir, batch_size=batch_size, device=device, resize=resize,
+            reference_folder=reference_folder, reference_stats=reference_stats,
+            classes=data.get("classes"), class_order=data.get("class_order") or "name")
+        with LogToReporter(reporter):
+            prepared = prepare_reference(options, on_status=reporter.status, ctx=ctx) if ctx.enabled else None
+            if not ctx.is_main:
+                return
+            result = evaluate(samples, options, reference=prepared, on_warning=reporter.warning,
+                              on_status=reporter.status)
+        out_dir = out if out is not None else default_out(samples)
+        reporter.say(f"reference: {result.reference['description']}", style="dim")
+        if "fid_statistics" in result.reference:
+            reporter.say(result.reference["fid_statistics"]["note"], style="dim")
+        Console().print(metrics_table(result))
+        json_path = write_metrics_json(result, out_dir / METRICS_JSON)
+        plot = plot_per_class_fid(result, out_dir / PER_CLASS_PLOT)
+        if not result.extractor.comparable:
+            reporter.warning(f"{result.extractor.note}")
+        click.echo(f"wrote {json_path}" + (f" and {plot}" if plot is not None else ""))
+    finally:
+        ctx.close()
 
 
 def run_data(samples: Path, dataset: Optional[str], data_root: Optional[Path], reporter: Reporter) -> dict:

@@ -284,3 +284,35 @@ def test_inception_offline_random_weights_not_comparable(random_inception_weight
     assert doc["values"]["is"] is not None and doc["values"]["precision"] is not None
     assert any("not the official FID weights" in w for w in doc["warnings"])
     assert doc["reference"]["count"] == 12 and doc["samples"]["image_shape"] == [3, 8, 8]
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_extract_the_reference_like_one_process(classifier, npz, work):
+    """Under torchrun each rank extracts an index range of the reference; the cached features
+    and the report equal a single process's."""
+    import os
+    import subprocess
+    import sys
+
+    from cbdm_core.tensor_io import load_tensors
+
+    one_cache, two_cache = work / "cache-one", work / "cache-two"
+    _ok(npz["real"], *_clf_args(classifier, one_cache), "--out", work / "one")
+    one = _json(work / "one")
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "cbdm_cli", "eval", str(npz["real"]),
+           *map(str, _clf_args(classifier, two_cache)), "--out", str(work / "two")]
+    res = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stderr.count("reference features") == 1  # only rank 0 talks
+    two = _json(work / "two")
+    files = [sorted((c / "features").glob("*.safetensors")) for c in (one_cache, two_cache)]
+    assert len(files[0]) == len(files[1]) >= 1
+    for a, b in zip(*files):
+        ta, tb = load_tensors(a)[0], load_tensors(b)[0]
+        assert ta.keys() == tb.keys()
+        for key in ta:
+            assert torch.allclose(ta[key].float(), tb[key].float(), atol=1e-5), key
+    for key, value in one["values"].items():
+        if isinstance(value, float):
+            assert two["values"][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key

@@ -213,8 +213,9 @@ def training_data_of(manifest: Optional[dict[str, Any]], dataset: str, root: Opt
     return dataset, dataset_options(root=root, split="train"), f"{dataset} training split (default options)"
 
 
-def prepare_reference(options: Any, *, on_status: Optional[StatusFn] = None) -> PreparedReference:
-    """Load the reference of ``options`` (:class:`EvalOptions`): images, extractor, features."""
+def prepare_reference(options: Any, *, on_status: Optional[StatusFn] = None, ctx: Optional[Any] = None) -> PreparedReference:
+    """Load the reference of ``options`` (:class:`EvalOptions`): images, extractor, features
+    (under torchrun, ``ctx``: extracted by all ranks, each an index range)."""
     from ..build import resolve_device
     from .engine import _check_classifier_fits, build_extractor
 
@@ -235,7 +236,8 @@ def prepare_reference(options: Any, *, on_status: Optional[StatusFn] = None) -> 
     _check_classifier_fits(extractor, chw, options.dataset)
     status(f"reference features ({len(ref)} images, {info.name})")
     cached = reference_features(extractor, ref, dataset=options.dataset if folder is None else "folder",
-                                split=split, cache_dir=cache_dir, batch_size=options.batch_size, device=device)
+                                split=split, cache_dir=cache_dir, batch_size=options.batch_size, device=device,
+                                ctx=ctx)
     return PreparedReference(options.dataset, options.data_root, split, ref, extractor, info,
                              cached, device, cache_dir, options.batch_size,
                              ReferenceRadii(cache_dir / "features", cached.cache_key), folder=folder, stats=stats,

@@ -137,17 +137,28 @@ class CachedReference:
 
 
 def reference_features(extractor: Any, ds: LabeledImages, *, dataset: str, split: str, cache_dir: Path,
-                       batch_size: int, device: torch.device) -> CachedReference:
-    """Features of the reference images (with labels), computed once per data, split and extractor."""
+                       batch_size: int, device: torch.device, ctx: Optional[Any] = None) -> CachedReference:
+    """Features of the reference images (with labels), computed once per data, split and extractor.
+
+    Under torchrun (``ctx``, a :class:`~cbdm_core.training.distributed.DistContext`) a missing
+    cache is computed by all ranks, each an index range, and written by rank 0 alone."""
+    from .split_extract import extract_features
+
     key = reference_cache_key(dataset, split, ds, extractor.cache_key)
     computed = []
 
     def compute() -> FeatureSet:
         computed.append(True)
-        return extractor.extract(ds.images, batch_size=batch_size, device=device).with_labels(ds.labels)
+        return extract_features(extractor, ds.images, batch_size=batch_size, device=device,
+                                ctx=ctx).with_labels(ds.labels)
 
     folder = Path(cache_dir) / "features"
-    fs = cached_features(folder, key, compute)
+    if ctx is not None and ctx.enabled and ctx.any(not cache_path(folder, key).is_file()):
+        full = compute()  # every rank takes part; the cache file gets one writer
+        written = ctx.main_first(lambda: cached_features(folder, key, lambda: full), others=False)
+        fs = written if written is not None else full
+    else:
+        fs = cached_features(folder, key, compute)
     if fs.labels is None or len(fs) != len(ds):
         raise CbdmError(f"reference feature cache {cache_path(folder, key)} does not match the data; delete it")
     return CachedReference(fs, key, cache_path(folder, key), not computed)

@@ -1,11 +1,11 @@
 """Train several runs at once, each in its own process (``cbdm compare --jobs N``).
 
 Why: the small networks of CPU protocols do not keep two cores busy. On the 2-vCPU machines this
-project is developed on, the digits-lt U-Net trains *slower* with two threads than with one
-(DDPM, batch 64 of 8x8 images: 556 img/s with 2 threads, 838 with 1), and two 1-thread runs side
-by side train 1.5x the images per second of one 2-thread run (docs/benchmarks.md). A run trained
-in a worker is the same run the study would train in-process: the same configuration, folder,
-checkpoints and resume rules; only the thread count (and so float rounding) may differ.
+project is developed on, two 1-thread digits-lt runs side by side train 1.4x (DDPM) to 1.9x
+(CBDM) the images per second of one 2-thread run (``benchmarks/parallel_runs.py``,
+docs/benchmarks.md). A run trained in a worker is the same run the study would train
+in-process: the same configuration, folder, checkpoints and resume rules; only the thread
+count (and so float rounding) may differ.
 
 Each worker is a fresh (spawned) process that builds its own :class:`Trainer`; the parent only
 schedules, reports progress from each run's ``metrics.jsonl`` and forwards Ctrl-C, after which
