@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -86,3 +88,18 @@ def run_step(model, methods, ctx):
     extras = [m.extra_labels(ctx) for m in objective.methods]
     out = objective.evaluate(model, ctx, extras)
     return out.total, out.terms, record.pred
+
+
+def assert_same_final_checkpoint(run_a, run_b, step: int, *, ema: bool = True):
+    """The newest checkpoints of two run folders are both at ``step`` with bit-identical model
+    (and, with ``ema``, EMA) tensors; returns the two checkpoints."""
+    from cbdm_core.checkpoint import list_checkpoints, load_checkpoint
+
+    a = load_checkpoint(list_checkpoints(Path(run_a) / "checkpoints")[-1][1])
+    b = load_checkpoint(list_checkpoints(Path(run_b) / "checkpoints")[-1][1])
+    assert a.step == b.step == step
+    for k in a.model:
+        assert torch.equal(a.model[k], b.model[k]), k
+        if ema:
+            assert torch.equal(a.ema[k], b.ema[k]), k
+    return a, b

@@ -4,12 +4,13 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from click.testing import CliRunner
 
 from cbdm_cli.main import cli
 from cbdm_core.checkpoint import list_checkpoints, load_checkpoint
+
+from .helpers import assert_same_final_checkpoint
 
 TINY = {
     "model": {"backbone": "unet", "options": {"ch": 8, "ch_mult": [1, 2], "attn": [1], "num_res_blocks": 1,
@@ -84,12 +85,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, tiny_config):
     assert res.exit_code == 0, res.output
     res = run("train", "--out", split, "--no-progress", "--resume", "--steps", "6")
     assert res.exit_code == 0, res.output
-    a = load_checkpoint(list_checkpoints(straight / "checkpoints")[-1][1])
-    b = load_checkpoint(list_checkpoints(split / "checkpoints")[-1][1])
-    assert a.step == b.step == 6
-    for k in a.model:
-        assert torch.equal(a.model[k], b.model[k]), k
-        assert torch.equal(a.ema[k], b.ema[k]), k
+    assert_same_final_checkpoint(straight, split, 6)
 
 
 def test_existing_run_is_not_overwritten(tmp_path, tiny_config):

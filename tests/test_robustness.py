@@ -19,6 +19,7 @@ from cbdm_core.hookspecs import hookimpl
 from cbdm_core.methods.base import MethodSpec, TrainingMethod
 from cbdm_core.methods.cbdm import CBDMOptions
 
+from .helpers import assert_same_final_checkpoint
 from .test_cli_train import TINY
 
 
@@ -130,11 +131,7 @@ def test_sigterm_saves_and_resume_matches_straight_run(tmp_path):
     res = CliRunner().invoke(cli, ["train", "--config", str(tmp_path / "c.yaml"), "--out", str(straight),
                                    "--steps", str(target), "--no-progress"])
     assert res.exit_code == 0, res.output
-    a = load_checkpoint(list_checkpoints(run / "checkpoints")[-1][1])
-    b = load_checkpoint(list_checkpoints(straight / "checkpoints")[-1][1])
-    assert a.step == b.step == target
-    for k in a.model:
-        assert torch.equal(a.model[k], b.model[k]), k
+    assert_same_final_checkpoint(run, straight, target, ema=False)
 
 
 def test_sigkill_leaves_only_complete_checkpoints(tmp_path):

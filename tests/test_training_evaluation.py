@@ -12,11 +12,10 @@ import pytest
 import torch
 import yaml
 
-from cbdm_core.checkpoint import list_checkpoints, load_checkpoint
 from cbdm_core.config import parse_train_config
 from cbdm_core.training.monitor import evaluation_line
 
-from .helpers import cli_fails, cli_ok
+from .helpers import assert_same_final_checkpoint, cli_fails, cli_ok
 from .test_monitoring import TINY as MONITOR_TINY
 
 # The monitoring tests' tiny run, with dropout (so a model left in eval mode would train differently)
@@ -86,12 +85,7 @@ def test_evaluation_leaves_training_unchanged(tmp_path, classifier):
            "--evaluate-classifier", classifier)
     cli_ok("train", "--config", cfg, "--out", without, "--no-progress")
     assert [r["step"] for r in _records(with_eval)[1]] == [2, 4] and not _records(without)[1]
-    a = load_checkpoint(list_checkpoints(with_eval / "checkpoints")[-1][1])
-    b = load_checkpoint(list_checkpoints(without / "checkpoints")[-1][1])
-    assert a.step == b.step == 4
-    for k in a.model:
-        assert torch.equal(a.model[k], b.model[k]), k
-        assert torch.equal(a.ema[k], b.ema[k]), k
+    assert_same_final_checkpoint(with_eval, without, 4)
 
 
 def test_evaluation_keeps_rng(tmp_path, classifier):
