@@ -41,3 +41,12 @@ def random_inception_weights(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("inception") / "random-inception.pth"
     torch.save(net.state_dict(), path)
     return path
+
+
+def pytest_report_header(config) -> str:
+    """Say up front whether float fixtures are compared exactly here (tests/kernel_fingerprint.py)."""
+    from tests.kernel_fingerprint import KernelFingerprint, compare, current
+
+    here = current()
+    how = compare(KernelFingerprint.from_json(REPO / "tests" / "fixtures" / "train-reference-machine.json"), here)
+    return f"cpu: {here.model_name} ({here.vendor}, torch capability {here.capability}); training fixtures: {how.describe()}"
