@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 import pluggy
 
 from .errors import CbdmError, DuplicateComponentError, UnknownComponentError
-from .hookspecs import PROJECT_NAME, CbdmSpec
+from .hookspecs import PROJECT_NAME, CbdmSpec, hookimpl  # noqa: F401  (hookimpl: also found here)
 
 KINDS: tuple[str, ...] = (
     "backbone",
