@@ -2,7 +2,8 @@
 
 Public API (see docs/api.md): :func:`cbdm_loss`, :func:`t2h_targets`,
 :class:`LinearSchedule`, :class:`CosineSchedule`, :func:`long_tail_counts`, :func:`sample`,
-:func:`load_denoiser`, :func:`load_run`, :class:`SamplingSettings`.
+:func:`load_denoiser`, :func:`load_run`, :class:`SamplingSettings`; for plugins
+:data:`hookimpl` (``from cbdm_core import hookimpl``, see docs/plugins.md).
 """
 
 from .errors import CbdmError
@@ -11,11 +12,16 @@ from .methods.t2h import t2h_targets
 from .schedules import CosineSchedule, LinearSchedule, NoiseSchedule
 
 __all__ = ["cbdm_loss", "CBDMRegularizer", "t2h_targets", "CbdmError", "LinearSchedule", "CosineSchedule",
-           "NoiseSchedule", "long_tail_counts", "sample", "load_denoiser", "load_run", "SamplingSettings"]
+           "NoiseSchedule", "long_tail_counts", "sample", "load_denoiser", "load_run", "SamplingSettings",
+           "hookimpl"]
 
 
 def __getattr__(name: str):
-    # Lazy: these pull in the data and sampling packages.
+    # Lazy: these pull in the data and sampling packages (and pluggy, for hookimpl).
+    if name == "hookimpl":
+        from .hookspecs import hookimpl
+
+        return hookimpl
     if name == "long_tail_counts":
         from .data.long_tail import long_tail_counts
 

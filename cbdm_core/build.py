@@ -11,6 +11,7 @@ from .errors import CbdmError, UnknownComponentError
 from .methods.base import MethodBuildContext, MethodSpec, TrainingMethod
 from .registry import get_registry
 from .run_folder import resolve_checkpoint
+from .sampling.guidance import resolve_guidance
 from .schedules import NoiseSchedule
 
 
@@ -116,7 +117,7 @@ def check_components(cfg: TrainConfig) -> None:
         if spec.check is not None:  # the method's own fail-fast checks (e.g. CBDM's y' distribution)
             spec.check(options)
     reg.get("sampler", cfg.preview.sampler)
-    reg.get("guidance", cfg.preview.guidance_method)
+    resolve_guidance(cfg.preview.guidance_method, cfg.preview.guidance_options)
     if cfg.init_from is not None:
         resolve_checkpoint(cfg.init_from)
 

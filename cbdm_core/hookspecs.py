@@ -4,7 +4,7 @@ A plugin is any module (or object) exposing ``register_components`` marked
 with :data:`hookimpl`, and installed under the entry-point group ``cbdm``::
 
     # my_plugin.py
-    from cbdm_core.hookspecs import hookimpl
+    from cbdm_core import hookimpl  # the same object as cbdm_core.hookspecs.hookimpl
 
     @hookimpl
     def register_components(register):

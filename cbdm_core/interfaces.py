@@ -73,6 +73,26 @@ class SamplerSpec:
     options_model: Optional[type[BaseModel]] = None
 
 
+@dataclass(frozen=True)
+class GuidanceSpec:
+    """A guidance method with options (kind ``guidance``).
+
+    ``build(model, scale, null_label, **options) -> denoise_fn``, where ``denoise_fn(x_t, t, y)``
+    is what the sampler calls instead of the model. A plain callable
+    ``(model, scale, null_label) -> denoise_fn`` may be registered instead: a guidance without
+    options.
+
+    Attributes:
+        options_model: pydantic model (``extra="forbid"``) of the guidance's options
+            (``cbdm sample -G KEY=VALUE``, ``guidance_options`` in settings); ``sample()``
+            validates them against it, so an unknown or ill-typed option is one line naming the
+            choices. Only the options given reach ``build`` (its defaults hold otherwise).
+    """
+
+    build: Callable[..., DenoiseFn]
+    options_model: Optional[type[BaseModel]] = None
+
+
 METRIC_CONTEXT: tuple[str, ...] = ("radii_cache", "training", "fake_images")
 
 

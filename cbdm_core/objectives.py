@@ -3,11 +3,12 @@
 The base loss (kind ``diffusion_loss``) decides how a clean batch is noised, what the
 network is asked to predict and how the error is weighted: ``ddpm`` (epsilon
 prediction on the discrete schedule) is built in, ``edm`` comes with the EDM backbone.
-Training methods (kind ``method``, see :mod:`cbdm_core.methods.base`) may replace the
-regression target and ask for extra network outputs on the *same* noisy input with
-other labels (CBDM's y'); the objective gathers them with the main prediction and runs
-them as ONE forward over the concatenated batch, or one per view (:func:`run_views`,
-``perf.pass_layout``) when no method hooks into the pass.
+Training methods (kind ``method``, see :mod:`cbdm_core.methods.base`) may weight the
+base loss per row (``sample_weight``), replace the regression target and ask for extra
+network outputs on the *same* noisy input with other labels (CBDM's y'); the objective
+gathers them with the main prediction and runs them as ONE forward over the concatenated
+batch, or one per view (:func:`run_views`, ``perf.pass_layout``) when no method hooks
+into the pass.
 """
 
 from __future__ import annotations
@@ -208,6 +209,9 @@ class DiffusionObjective:
         per_elem = (pred - ctx.target.float()).pow(2)
         if ctx.weight is not None:
             per_elem = per_elem * ctx.weight.float().view(-1, *([1] * (per_elem.ndim - 1)))
+        row_weight = method_weights(self.methods, ctx)
+        if row_weight is not None:  # skipped when no method weighs: the unweighted floats stay bit-identical
+            per_elem = per_elem * row_weight.view(-1, *([1] * (per_elem.ndim - 1)))
         diffusion = per_elem.mean()
         terms: dict[str, torch.Tensor] = {"diffusion": diffusion}
         total = diffusion
@@ -233,6 +237,25 @@ class DiffusionObjective:
             drop = torch.rand((), device=device) < self.p_uncond
             return (~drop).expand(b).clone()
         return torch.rand(b, device=device) >= self.p_uncond
+
+
+def method_weights(methods: Sequence[Any], ctx: StepContext) -> Optional[torch.Tensor]:
+    """The product (float32, ``[B]``) of every method's :meth:`TrainingMethod.sample_weight` on
+    ``ctx``'s rows, or None when no method returns one."""
+    b = ctx.x_t.shape[0]
+    product: Optional[torch.Tensor] = None
+    for m in methods:
+        hook = getattr(m, "sample_weight", None)
+        w = hook(ctx) if hook is not None else None
+        if w is None:
+            continue
+        if not isinstance(w, torch.Tensor) or tuple(w.shape) != (b,):
+            got = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
+            raise CbdmError(f"method {_name(m)!r}: sample_weight must return a tensor of shape [{b}] "
+                            f"(one weight per row) or None, got {got}")
+        w = w.float().to(ctx.x_t.device)
+        product = w if product is None else product * w
+    return product
 
 
 def _hooks_pass(method: Any) -> bool:

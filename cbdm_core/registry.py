@@ -11,7 +11,8 @@ label_distribution     callable ``(class_counts: Tensor, arg: str | None) -> Ten
 method                 :class:`cbdm_core.methods.base.MethodSpec` (a training method)
 diffusion_loss         callable ``(schedule) -> BaseLoss`` (see :mod:`cbdm_core.objectives`)
 sampler                :class:`cbdm_core.interfaces.SamplerSpec`
-guidance               callable ``(model, scale: float, null_label: int) -> denoise_fn``
+guidance               :class:`cbdm_core.interfaces.GuidanceSpec` or a callable
+                       ``(model, scale: float, null_label: int) -> denoise_fn``
 dataset                callable ``(options: DatasetOptions) -> LabeledImages``
 augmentation           callable ``(p: float) -> Augmentation``
 feature_extractor      callable ``(**options) -> FeatureExtractor``
@@ -19,7 +20,8 @@ metric                 :class:`cbdm_core.interfaces.MetricSpec`
 =====================  ==========================================================
 
 Names may carry an argument after a colon (``pow:0.5``); the registry looks up
-the part before the colon and hands the rest to the component.
+the part before the colon and hands the rest to the component (label distributions;
+guidance takes named options instead, see :func:`cbdm_core.sampling.guidance.resolve_guidance`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any, Callable, Iterator
 import pluggy
 
 from .errors import CbdmError, DuplicateComponentError, UnknownComponentError
-from .hookspecs import PROJECT_NAME, CbdmSpec
+from .hookspecs import PROJECT_NAME, CbdmSpec, hookimpl  # noqa: F401  (hookimpl: also found here)
 
 KINDS: tuple[str, ...] = (
     "backbone",

@@ -37,7 +37,8 @@ def _named(items: tuple[str, ...]) -> list[tuple[str, Path]]:
 @click.argument("samples", nargs=-1, metavar="[NAME=]SAMPLES...")
 @click.option("--dataset", required=True, help="Long-tailed training set of the classifier (e.g. cifar10-lt).")
 @click.option("--data-root", type=click.Path(path_type=Path), help="Folder holding the dataset files.")
-@click.option("--num", "-n", type=int, help="Generated images added per model, spread evenly over classes "
+@click.option("--num", "--num-samples", "-n", "num", type=int,
+              help="Generated images added per model, spread evenly over classes "
               "[default: all].")
 @click.option("--epochs", type=int, default=30, show_default=True)
 @click.option("--batch-size", type=int, default=128, show_default=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Optional
@@ -36,8 +37,25 @@ def run_dir_of(path: Path) -> Path:
     return parent.parent if parent.name == "checkpoints" else parent
 
 
-def default_out_dir(path: Path, sampler: str, steps: int, guidance: float) -> Path:
-    return run_dir_of(path) / f"samples-{sampler}-{steps}-w{guidance:g}"
+def default_out_dir(path: Path, sampler: str, steps: int, guidance: float, guidance_method: str = "cfg",
+                    guidance_options: Optional[dict[str, Any]] = None) -> Path:
+    """``<run>/samples-<sampler>-<steps>-w<w>``, plus ``-<guidance>[-<key>=<value>...]`` for any
+    guidance but the default ``cfg`` without options (so other guidance never lands in cfg's folder)."""
+    name = f"samples-{sampler}-{steps}-w{guidance:g}"
+    if guidance_method != "cfg" or guidance_options:
+        name += "-" + _safe(guidance_method)
+        name += "".join(f"-{_safe(k)}={_safe(_text(v))}" for k, v in sorted((guidance_options or {}).items()))
+    return run_dir_of(path) / name
+
+
+def _text(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _safe(text: str) -> str:
+    """``text`` with every character a folder name should not hold replaced by ``_`` (a clash
+    of two such names is caught by the folder's manifest, never silently reused)."""
+    return re.sub(r"[^A-Za-z0-9._+=-]", "_", text)
 
 
 def _free_bytes(folder: Path) -> Optional[int]:
@@ -68,14 +86,18 @@ def _size(n: float) -> str:
               help="Guidance strength w (0 = plain conditional).")
 @click.option("--guidance-method", default="cfg", show_default=True,
               help="Registered guidance used when w > 0: cfg (classifier-free), none, or a plugin's.")
-@click.option("--num", "-n", type=int, help=f"Number of images (default {DEFAULT_PER_CLASS} per class).")
+@click.option("--guidance-option", "-G", "guidance_opts", multiple=True, metavar="KEY=VALUE",
+              help="An option of the guidance method, e.g. -G clip=0.5 (repeatable; values read as YAML).")
+@click.option("--num", "--num-samples", "-n", "num", type=int,
+              help=f"Number of images (default {DEFAULT_PER_CLASS} per class).")
 @click.option("--classes", default="balanced", show_default=True,
               help="balanced (equal per class), train (training frequencies), or class indices like 0,3,7.")
 @click.option("--batch-size", type=int, default=256, show_default=True, help="Images per network batch.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--ema/--no-ema", default=True, show_default=True, help="Use the EMA weights.")
 @click.option("--out", "-o", "out", type=click.Path(path_type=Path),
-              help="Sample folder (default <run_dir>/samples-<sampler>-<steps>-w<w>).")
+              help="Sample folder (default <run_dir>/samples-<sampler>-<steps>-w<w>, then -<guidance>[-KEY=VALUE] "
+                   "for a guidance other than plain cfg).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--var-type", help="ddpm variance: fixedlarge or fixedsmall.")
 @click.option("--spacing", help="ddim timestep spacing: uniform, linspace or trailing.")
@@ -89,7 +111,7 @@ def _size(n: float) -> str:
 @click.option("--overwrite", is_flag=True, help="Replace samples made with other settings in --out.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def sample(run_path: Path, sampler: str, steps: Optional[int], eta: Optional[float], guidance: float,
-           guidance_method: str,
+           guidance_method: str, guidance_opts: tuple[str, ...],
            num: Optional[int], classes: str, batch_size: int, seed: int, ema: bool, out: Optional[Path],
            device: str, var_type: Optional[str], spacing: Optional[str], sampler_opts: tuple[str, ...],
            clip: Optional[bool], shard_size: int, image_format: str, seeds: Optional[str],
@@ -104,8 +126,8 @@ def sample(run_path: Path, sampler: str, steps: Optional[int], eta: Optional[flo
 
     ctx = setup_distributed(resolve_device(device))
     try:
-        _sample(ctx, run_path, sampler, steps, eta, guidance, guidance_method, num, classes, batch_size, seed, ema,
-                out, var_type, spacing, sampler_opts, clip, shard_size, image_format, seeds, overwrite, progress)
+        _sample(ctx, run_path, sampler, steps, eta, guidance, guidance_method, guidance_opts, num, classes,
+                batch_size, seed, ema, out, var_type, spacing, sampler_opts, clip, shard_size, image_format, seeds, overwrite, progress)
     finally:
         ctx.close()
 
@@ -126,12 +148,13 @@ def parse_seeds(text: str) -> list[int]:
     return out
 
 
-def _sample(ctx, run_path, sampler, steps, eta, guidance, guidance_method, num, classes, batch_size, seed, ema,
-            out, var_type, spacing, sampler_opts, clip, shard_size, image_format, seeds, overwrite, progress) -> None:
+def _sample(ctx, run_path, sampler, steps, eta, guidance, guidance_method, guidance_opts, num, classes, batch_size,
+            seed, ema, out, var_type, spacing, sampler_opts, clip, shard_size, image_format, seeds, overwrite, progress) -> None:
     from cbdm_core.host_memory import keep_freed_host_memory
     from cbdm_core.registry import get_registry
     from cbdm_core.run import load_run
     from cbdm_core.sampling.generate import estimate_output_bytes, generate_samples, resolve_steps
+    from cbdm_core.sampling.guidance import resolve_guidance
     from cbdm_core.sampling.plan import plan_labels
     from cbdm_core.sampling.settings import SamplingSettings
 
@@ -150,8 +173,8 @@ def _sample(ctx, run_path, sampler, steps, eta, guidance, guidance_method, num, 
     for flag, value in (("--guidance", guidance), ("--eta", eta)):
         if value is not None and not math.isfinite(value):
             raise CbdmError(f"{flag} must be a finite number, got {value}")
-    get_registry().get("sampler", sampler)  # unknown sampler or guidance: fail before loading anything
-    get_registry().get("guidance", guidance_method)
+    get_registry().get("sampler", sampler)  # unknown sampler or guidance (option): fail before loading anything
+    guidance_options = resolve_guidance(guidance_method, parse_key_values(guidance_opts, "--guidance-option"))[1]
 
     chosen = parse_seeds(seeds) if seeds is not None else None
     run = load_run(run_path, ema=ema, device=ctx.device)
@@ -169,9 +192,10 @@ def _sample(ctx, run_path, sampler, steps, eta, guidance, guidance_method, num, 
         options["var_type"] = var_type
     if spacing is not None:
         options["spacing"] = spacing
-    out = out if out is not None else default_out_dir(run_path, sampler, steps, guidance)
+    out = out if out is not None else default_out_dir(run_path, sampler, steps, guidance, guidance_method,
+                                                      guidance_options)
     settings = SamplingSettings(sampler=sampler, steps=steps, eta=0.0 if eta is None else eta, guidance=guidance,
-                                guidance_method=guidance_method, clip_denoised=clip, sampler_options=options,
+                                guidance_method=guidance_method, guidance_options=guidance_options, clip_denoised=clip, sampler_options=options,
                                 seed=seed, num=num, classes=classes, batch_size=batch_size, ema=ema)
 
     image_shape = (int(run.meta["channels"]), int(run.meta["image_size"]), int(run.meta["image_size"]))

@@ -25,7 +25,7 @@ class _SweepGroup(DefaultGroup):
 
 def _sampling_options(f):
     decorators = [
-        click.option("--num", "-n", type=int, default=1000, show_default=True,
+        click.option("--num", "--num-samples", "-n", "num", type=int, default=1000, show_default=True,
                      help="Images per point (the paper uses 10,000 for its curves)."),
         click.option("--classes", default="balanced", show_default=True,
                      help="balanced, train, or class indices like 0,3,7."),

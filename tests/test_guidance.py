@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
+from cbdm_core import registry
 from cbdm_core.errors import CbdmError
+from cbdm_core.hookspecs import hookimpl
+from cbdm_core.interfaces import GuidanceSpec
 from cbdm_core.registry import lookup
+from cbdm_core.sampling.settings import SamplingSettings
 from cbdm_core.sampling import cfg_denoiser, ddim_sample, sample, unguided_denoiser
 from cbdm_core.schedules import LinearSchedule
 
@@ -102,3 +108,53 @@ def test_guidance_errors():
 def test_registry_lookup_gives_the_builtins():
     assert lookup("guidance", "cfg") is cfg_denoiser
     assert lookup("guidance", "none") is unguided_denoiser
+
+
+class _ScaledPlugin:
+    """Registers ``scaled``: cfg whose output is multiplied by the option ``gain``."""
+
+    @staticmethod
+    def build(model, scale, null_label, gain: float = 1.0):
+        inner = cfg_denoiser(model, scale, null_label)
+        return lambda x, t, y: gain * inner(x, t, y)
+
+    @hookimpl
+    def register_components(self, register):
+        from pydantic import BaseModel, ConfigDict
+
+        class Options(BaseModel):
+            model_config = ConfigDict(extra="forbid")
+            gain: float = 1.0
+
+        register("guidance", "scaled", GuidanceSpec(build=self.build, options_model=Options))
+
+
+@pytest.fixture
+def scaled_registry():
+    registry._DEFAULT = registry.build_registry([_ScaledPlugin()])
+    yield
+    registry.reset_registry()
+
+
+def test_guidance_options_reach_the_guidance(scaled_registry):
+    x, _, y = _inputs()
+    run = lambda **kw: sample(LinearToy(), SCHEDULE, x, y, steps=3, guidance=1.0, guidance_method="scaled", **kw)  # noqa: E731
+    default, given = run(), run(guidance_options={"gain": 0.5})
+    assert torch.equal(default, run(guidance_options={"gain": 1}))  # coerced to the model's float
+    assert not torch.allclose(default, given)
+    settings = SamplingSettings(guidance=1.0, guidance_method="scaled", guidance_options={"gain": 0.5}, steps=3)
+    assert settings.sample_kwargs()["guidance_options"] == {"gain": 0.5}  # what training previews pass on
+    assert torch.equal(sample(LinearToy(), SCHEDULE, x, y, **settings.sample_kwargs()), given)
+
+
+def test_guidance_option_errors_are_one_line(scaled_registry):
+    x, _, y = _inputs()
+    cases = [("scaled", {"gane": 2}, "unknown option 'gane' of guidance 'scaled'; valid options: gain"),
+             ("scaled", {"gain": "x"}, "invalid option gain of guidance 'scaled'"),
+             ("cfg", {"gain": 2}, "guidance 'cfg' takes no options; got 'gain'"),
+             ("scaled:0.5", {}, "a guidance takes named options, not an argument after ':'")]
+    for name, options, message in cases:
+        for w in (0.0, 1.0):  # refused also where the guidance is not applied
+            with pytest.raises(CbdmError, match=re.escape(message)):
+                sample(LinearToy(), SCHEDULE, x, y, steps=2, guidance=w, guidance_method=name,
+                       guidance_options=options)

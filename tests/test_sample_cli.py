@@ -228,3 +228,23 @@ def test_unconditional_model_samples_with_null_label(tmp_path):
     res = runner.invoke(cli, ["sample", str(tmp_path / "run"), "--num", "5", "--steps", "3", "--guidance", "1",
                               "--out", str(tmp_path / "s2"), "--no-progress"])
     assert res.exit_code != 0 and "unconditional" in res.output
+
+
+def test_num_samples_is_another_name_of_num_wherever_num_counts_images():
+    """``--num-samples`` (what click suggested ``--sampler`` for) is accepted wherever ``--num`` is."""
+    import click
+
+    from cbdm_cli.main import cli
+
+    found = []
+
+    def walk(cmd, path=()):
+        for name, sub in getattr(cmd, "commands", {}).items():
+            walk(sub, path + (name,))
+        for p in getattr(cmd, "params", []):
+            if isinstance(p, click.Option) and "--num" in p.opts:
+                assert "--num-samples" in p.opts and p.name == "num", path
+                found.append(path)
+
+    walk(cli)
+    assert ("sample",) in found and ("eval", "downstream") in found and ("sweep", "option") in found

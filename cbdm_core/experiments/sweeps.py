@@ -267,6 +267,8 @@ def _sampling_dict(sampling: SamplingSettings) -> dict[str, Any]:
            "steps": sampling.steps, "eta": sampling.eta, "seed": sampling.seed or 0, "ema": sampling.ema}
     if sampling.guidance_method != "cfg":
         out["guidance_method"] = sampling.guidance_method
+    if sampling.guidance_options:
+        out["guidance_options"] = dict(sampling.guidance_options)
     return out
 
 

@@ -14,8 +14,16 @@ Order of one training step (see :class:`cbdm_core.objectives.DiffusionObjective`
    under other labels; the main rows and every method's extra rows run in ONE forward
    pass, and ``begin_pass(rows, total)`` tells each method which rows of that pass are
    its own (e.g. to switch its adapters off on them) before it runs;
-4. ``loss(ctx, out)`` of each method returns named terms (logged) and its contribution
+4. ``sample_weight(ctx)`` of each method may return a per-row weight ``[B]`` of the base
+   loss; the weights of all methods multiply, and the logged ``diffusion`` term is
+   ``mean(w_i * lambda_i * (pred - target)^2)`` over every element (``lambda`` = ``ctx.weight``);
+5. ``loss(ctx, out)`` of each method returns named terms (logged) and its contribution
    to the total; ``out.predict`` runs a further forward pass with gradients if needed.
+
+Construction: cbdm only ever calls the factory ``MethodSpec.build(options, ctx)`` (with
+the validated options model and a :class:`MethodBuildContext`); the subclass's
+constructor is the plugin's own business. ``TrainingMethod.__init__`` takes no
+arguments, so ``super().__init__()`` (with none) is all a subclass may call.
 
 Modules a method attaches in ``attach(model)`` become submodules of the backbone, so
 checkpoints save and restore them and ``cbdm sample``/``--resume``/``--init-from``
@@ -41,14 +49,18 @@ class StepContext:
         y_in: the labels as fed to the network (``num_classes`` = null on dropped rows).
         keep: bool ``[B]``; False where the label was dropped for classifier-free training.
         x_t: the network input ``[B, C, H, W]``.
-        time: what the network receives as time (integer ``t``, or sigma for EDM).
-        t: the equivalent integer timestep ``[B]`` (0..T-1).
+        time: what the network receives as its time input: the integer ``t`` for ``ddpm``, the
+            noise level sigma (float) for ``edm``. Pass it on to ``out.predict``.
+        t: the equivalent integer timestep ``[B]`` (0..T-1) on the discrete schedule, for
+            any loss: use it for weights or gates that depend on the noise level.
         noise: the noise used to build ``x_t``.
         target: the regression target of the base loss (after any method replaced it).
         schedule: the noise schedule.
         num_classes: number of real classes (also the null label index).
         class_counts: training images per class ``[C]``.
-        weight: per-row weight of the base loss ``[B]`` (EDM's lambda(sigma)) or None.
+        weight: per-row weight of the base loss ``[B]`` set by the base loss itself (EDM's
+            lambda(sigma)), or None (``ddpm``: unweighted). Read-only for methods: a method
+            reweights the base loss with :meth:`TrainingMethod.sample_weight`.
         prediction: what the base loss regresses on: ``eps`` (the noise, ddpm) or ``x0`` (edm).
 
     Under ``torchrun`` the objective builds this context (and calls ``target`` and
@@ -105,6 +117,10 @@ class TrainingMethod:
     #: registered name (set by the factory); used in logs and term names.
     name: str = ""
 
+    def __init__(self) -> None:
+        """Nothing to set up: a subclass's constructor takes whatever its ``build`` passes."""
+        super().__init__()  # cooperative, for subclasses that also derive from e.g. nn.Module
+
     def attach(self, model: torch.nn.Module) -> None:
         """Add trainable modules or forward hooks to the backbone (before weights load)."""
 
@@ -124,6 +140,16 @@ class TrainingMethod:
 
     def end_pass(self) -> None:
         """Called after the shared pass (also when it raised)."""
+
+    def sample_weight(self, ctx: StepContext) -> Optional[torch.Tensor]:
+        """A weight ``[B]`` per row of the base loss (min-SNR, P2, focal-in-t, ...), or None.
+
+        Multiplied into the per-element squared error before its mean (with the other
+        methods' weights and ``ctx.weight``), so ``diffusion`` is the weighted loss. Called
+        on the rows this process evaluates (a rank's rows under ``torchrun``): return a
+        function of each row alone, drawing no random numbers. Gradients flow through it.
+        """
+        return None
 
     def loss(self, ctx: StepContext, out: PassOutputs) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Named terms (for logging) and the contribution to the total loss."""

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 
 from ..errors import CbdmError
 from ..interfaces import SamplerSpec, StepCallback, validate_options
 from ..schedules import NoiseSchedule
+from .guidance import resolve_guidance
 from .noise import GeneratorArg, check_generator
 
 
@@ -37,7 +38,8 @@ def _check_labels(y: torch.Tensor, batch: int, num_classes: Optional[int], null_
 
 def sample(model: Any, schedule: NoiseSchedule, x_T: torch.Tensor, y: torch.Tensor, *,
            sampler: str = "ddim", steps: Optional[int] = None, eta: float = 0.0, guidance: float = 0.0,
-           guidance_method: str = "cfg", clip_denoised: Optional[bool] = None, generator: GeneratorArg = None,
+           guidance_method: str = "cfg", guidance_options: Optional[Mapping[str, Any]] = None,
+           clip_denoised: Optional[bool] = None, generator: GeneratorArg = None,
            null_label: Optional[int] = None, callback: Optional[StepCallback] = None,
            **sampler_options: Any) -> torch.Tensor:
     """Denoise ``x_T`` into ``x_0`` (float, not quantised) with a registered sampler.
@@ -55,6 +57,8 @@ def sample(model: Any, schedule: NoiseSchedule, x_T: torch.Tensor, y: torch.Tens
         guidance: guidance strength w >= 0 (0 = plain conditional).
         guidance_method: registered guidance (kind ``guidance``) used when w > 0: ``cfg``
             (classifier-free, the default), ``none`` (the model as is), or a plugin's.
+        guidance_options: options of that guidance, checked against its ``options_model``
+            (:class:`~cbdm_core.interfaces.GuidanceSpec`); a guidance without one takes none.
         clip_denoised: clamp predicted x_0 to [-1, 1]; ``None`` = sampler default
             (ddpm: True, ddim: False).
         generator: ``None``, a ``torch.Generator``, or a list with one generator
@@ -82,7 +86,7 @@ def sample(model: Any, schedule: NoiseSchedule, x_T: torch.Tensor, y: torch.Tens
         raise CbdmError(f"guidance must be >= 0, got {guidance}")
     spec: SamplerSpec = _lookup("sampler", sampler)
     sampler_options = validate_options(getattr(spec, "options_model", None), sampler_options, f"sampler {sampler!r}")
-    guide = _lookup("guidance", guidance_method)  # an unknown name fails also at w = 0
+    guide, _ = resolve_guidance(guidance_method, guidance_options)  # a bad name or option fails also at w = 0
     if w > 0.0:
         if null_label is None:
             raise CbdmError("guidance needs a null label: the model has no num_classes; pass null_label=")

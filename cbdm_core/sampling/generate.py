@@ -24,6 +24,7 @@ from ..errors import CbdmError
 from ..images import as_numpy_nhwc, class_rows, grid_image, save_png, to_uint8
 from . import shards as sh
 from .api import sample
+from .guidance import resolve_guidance
 from .noise import randn_like_per_sample, sample_generators
 from .settings import SamplingSettings
 from ..training.distributed import DistContext
@@ -70,7 +71,7 @@ class _NullDenoiser:
 
 def preflight(run: "LoadedRun", *, sampler: str, steps: int, eta: float, guidance: float,
               clip_denoised: Optional[bool], sampler_options: Mapping[str, Any],
-              guidance_method: str = "cfg") -> None:
+              guidance_method: str = "cfg", guidance_options: Optional[Mapping[str, Any]] = None) -> None:
     """Run the sampler once on a 1-pixel image with a dummy denoiser.
 
     The sampler itself then rejects bad settings (unknown sampler or option,
@@ -79,7 +80,8 @@ def preflight(run: "LoadedRun", *, sampler: str, steps: int, eta: float, guidanc
     """
     x = torch.zeros(1, 1, 1, 1)
     sample(_NullDenoiser(run.num_classes), run.schedule, x, torch.zeros(1, dtype=torch.long), sampler=sampler,
-           steps=steps, eta=eta, guidance=guidance, guidance_method=guidance_method, clip_denoised=clip_denoised,
+           steps=steps, eta=eta, guidance=guidance, guidance_method=guidance_method,
+           guidance_options=guidance_options, clip_denoised=clip_denoised,
            generator=sample_generators(0, [0]), **dict(sampler_options))
 
 
@@ -160,7 +162,8 @@ def generate_samples(run: "LoadedRun", labels: Sequence[int], *, out_dir: Path,
     steps = resolve_steps(sampler, steps, T)
     eta, guidance = float(eta), float(guidance)
     preflight(run, sampler=sampler, steps=steps, eta=eta, guidance=guidance, clip_denoised=clip_denoised,
-              sampler_options=options, guidance_method=guidance_method)
+              sampler_options=options, guidance_method=guidance_method, guidance_options=st.guidance_options)
+    guidance_options = resolve_guidance(guidance_method, st.guidance_options)[1]  # as validated, for the manifest
 
     chw = _image_shape(run)
     counts = np.bincount(labels_np, minlength=C).tolist()
@@ -180,6 +183,8 @@ def generate_samples(run: "LoadedRun", labels: Sequence[int], *, out_dir: Path,
     }
     if guidance_method != "cfg":  # only then, so folders sampled before this setting existed still resume
         settings["guidance_method"] = guidance_method
+    if guidance_options:  # likewise; other options are other images, so a folder is not reused for them
+        settings["guidance_options"] = guidance_options
     if image_format != "npz":  # likewise
         settings["format"] = image_format
     ctx = ctx if ctx is not None else DistContext()
@@ -387,7 +392,8 @@ def _sample_indices(run: "LoadedRun", idx: np.ndarray, labels: np.ndarray, *, se
 
         x0 = sample(run.model, run.schedule, x_T, y, sampler=settings["sampler"], steps=settings["steps"],
                     eta=settings["eta"], guidance=settings["guidance"],
-                    guidance_method=settings.get("guidance_method", "cfg"), clip_denoised=settings["clip_denoised"],
+                    guidance_method=settings.get("guidance_method", "cfg"),
+                    guidance_options=settings.get("guidance_options"), clip_denoised=settings["clip_denoised"],
                     generator=gens, callback=step_cb, **settings["sampler_options"])
         if not bool(torch.isfinite(x0).all()):
             raise CbdmError(f"samples {int(rows[0])}..{int(rows[-1])} came out NaN or inf (non-finite weights, or "

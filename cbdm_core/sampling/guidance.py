@@ -3,16 +3,20 @@
 ``cfg`` is classifier-free guidance (Ho & Salimans, 2022) in the parametrisation
 the CBDM code uses: ``eps_hat = (1 + w) eps(x, y) - w eps(x, null)``, so w = 0
 is plain conditional sampling.
+
+A guidance is registered either as a plain factory ``(model, scale, null_label) ->
+denoise_fn`` (no options) or as a :class:`~cbdm_core.interfaces.GuidanceSpec` with an
+options model; :func:`resolve_guidance` turns a name and options into a factory.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 
-from ..errors import CbdmError
-from ..interfaces import DenoiseFn
+from ..errors import CbdmError, ConfigError
+from ..interfaces import DenoiseFn, GuidanceSpec, validate_options
 
 
 def cfg_denoiser(model: Any, scale: float, null_label: int) -> DenoiseFn:
@@ -55,3 +59,29 @@ def unguided_denoiser(model: Any, scale: float = 0.0, null_label: int | None = N
         return model(x_t, t, y)
 
     return denoise
+
+
+def resolve_guidance(name: str, options: Optional[Mapping[str, Any]] = None) -> tuple[Callable[..., DenoiseFn],
+                                                                                       dict[str, Any]]:
+    """The factory ``(model, scale, null_label) -> denoise_fn`` registered as ``name`` with
+    ``options`` bound, and the validated options (only those given, coerced to their types).
+
+    Raises a one-line :class:`CbdmError` for an unknown name, a ``name:arg`` spelling
+    (guidance options are named: ``-G KEY=VALUE``), an unknown or ill-typed option, or any
+    option given to a guidance registered without an options model.
+    """
+    from ..registry import lookup  # here: the registry loads every plugin, which import this package
+
+    if ":" in name:
+        base, _, arg = name.partition(":")
+        raise ConfigError(f"guidance {name!r}: a guidance takes named options, not an argument after ':'; "
+                          f"write {base!r} with -G KEY={arg} (guidance_options)")
+    obj = lookup("guidance", name)
+    given = dict(options or {})
+    if isinstance(obj, GuidanceSpec):
+        opts = validate_options(obj.options_model, given, f"guidance {name!r}")
+        build = obj.build
+        return (lambda model, scale, null_label: build(model, scale, null_label, **opts)), opts
+    if given:
+        raise ConfigError(f"guidance {name!r} takes no options; got {', '.join(map(repr, given))}")
+    return obj, {}

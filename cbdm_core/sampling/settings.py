@@ -16,6 +16,8 @@ class SamplingSettings(BaseModel):
         eta: DDIM noise (0 deterministic).
         guidance: guidance strength w >= 0 (0: plain conditional).
         guidance_method: registered guidance by name: ``cfg`` (classifier-free), ``none``, or a plugin's.
+        guidance_options: options of that guidance (``cbdm sample -G KEY=VALUE``), checked
+            against its options model.
         clip_denoised: clamp predicted x_0 to [-1, 1]; None: the sampler's default.
         sampler_options: sampler-specific options (``var_type``, ``spacing``, ``S_churn``, ...).
         seed: sample ``i`` draws its noise from ``sample_generators(seed, [i])``; None: the
@@ -35,6 +37,7 @@ class SamplingSettings(BaseModel):
     eta: float = 0.0
     guidance: float = 0.0
     guidance_method: str = "cfg"
+    guidance_options: dict[str, Any] = Field(default_factory=dict)
     clip_denoised: Optional[bool] = None
     sampler_options: dict[str, Any] = Field(default_factory=dict)
     seed: Optional[int] = None
@@ -47,5 +50,6 @@ class SamplingSettings(BaseModel):
     def sample_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of :func:`cbdm_core.sampling.sample` these settings give."""
         return {"sampler": self.sampler, "steps": self.steps, "eta": self.eta, "guidance": self.guidance,
-                "guidance_method": self.guidance_method, "clip_denoised": self.clip_denoised,
+                "guidance_method": self.guidance_method, "guidance_options": dict(self.guidance_options),
+                "clip_denoised": self.clip_denoised,
                 **self.sampler_options}

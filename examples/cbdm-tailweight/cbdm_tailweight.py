@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from cbdm_core.hookspecs import hookimpl
+from cbdm_core import hookimpl
 from cbdm_core.methods import MethodSpec, TrainingMethod
 
 

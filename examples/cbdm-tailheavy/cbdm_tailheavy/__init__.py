@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from cbdm_core.hookspecs import hookimpl
+from cbdm_core import hookimpl
 from cbdm_core.label_distributions import power_distribution
 
 
