@@ -29,6 +29,7 @@ def _threads():
     torch.set_num_threads(1)
 
 
+@pytest.mark.slow
 def test_workers_train_the_same_runs_as_in_process(tmp_path):
     plan = plan_study(parse_protocol(tiny_protocol(tmp_path, seeds=[0])), tmp_path / "study")
     configs = [plan.configs[("ddpm", 0)], plan.configs[("cbdm", 0)]]
@@ -59,6 +60,7 @@ def test_a_worker_error_is_one_line(tmp_path):
         train_in_parallel([TrainJob(bad, tmp_path / "run", resume=False)], 2, threads=1)
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_every_worker_with_a_checkpoint(tmp_path):
     proto = tiny_protocol(tmp_path, seeds=[0], guidance={"fixed": 1.0})
     proto["training"]["steps"] = 100_000  # far more than the test waits for
@@ -109,6 +111,7 @@ def test_init_from_must_name_an_earlier_method(tmp_path, init_from):
         parse_protocol(proto)
 
 
+@pytest.mark.slow
 def test_finetune_study_with_jobs_trains_sources_first(tmp_path):
     """ddpm first (wave 1), then both fine-tuning runs from its weights (wave 2), two at a time."""
     from .helpers import cli_ok

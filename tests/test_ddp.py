@@ -119,6 +119,7 @@ def _torchrun() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "torch.distributed.run"]
 
 
+@pytest.mark.slow
 def test_two_ranks_match_one_process(tmp_path):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(DDP_CFG))
     # One thread per rank: two ranks on a 2-core box, like torchrun's own default.

@@ -24,6 +24,8 @@ from cbdm_core.checkpoint import list_checkpoints, load_checkpoint
 
 from .test_cli_train import TINY
 
+pytestmark = pytest.mark.slow
+
 STEPS = 8
 CONFIG = {**TINY, "optim": {**TINY["optim"], "steps": STEPS}, "ckpt_every": 1, "log_every": 1, "keep_last": 2,
           "preview": {**TINY["preview"], "per_class": 1, "steps": 2}}

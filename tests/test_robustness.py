@@ -112,6 +112,7 @@ def _wait_for(predicate, proc, timeout=120):
 LONG = {**TINY, "optim": {**TINY["optim"], "steps": 100000}, "log_every": 1}
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_resume_matches_straight_run(tmp_path):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(LONG))
     run = tmp_path / "run"
@@ -134,6 +135,7 @@ def test_sigterm_saves_and_resume_matches_straight_run(tmp_path):
     assert_same_final_checkpoint(run, straight, target, ema=False)
 
 
+@pytest.mark.slow
 def test_sigkill_leaves_only_complete_checkpoints(tmp_path):
     cfg = {**LONG, "ckpt_every": 1, "keep_last": 2}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
