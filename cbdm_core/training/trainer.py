@@ -69,19 +69,23 @@ class Trainer:
         run_dir: where checkpoints, logs and grids go.
         resume: continue from the latest checkpoint in ``run_dir``.
         overwrite: replace a different run already in ``run_dir``.
+        restart_unsaved: a run folder without any checkpoint (a run killed before its first)
+            restarts from step 0, clearing what it left; one with a checkpoint is never touched
+            (``cbdm compare`` and sweeps: a study must always continue).
         on_log: called with each metrics record (for progress display).
         on_step: called with the step number after every step (no device sync).
         on_status: called with a line for each slow start-up step (the evaluation's preparation).
     """
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, overwrite: bool = False,
-                 on_log: Optional[Callable[[dict], None]] = None, on_start: Optional[Callable] = None,
+                 restart_unsaved: bool = False, on_log: Optional[Callable[[dict], None]] = None, on_start: Optional[Callable] = None,
                  on_step: Optional[Callable[[int], None]] = None,
                  on_status: Optional[Callable[[str], None]] = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.resume = resume
         self.overwrite = overwrite
+        self.restart_unsaved = restart_unsaved
         self.on_log = on_log
         self.on_start = on_start
         self.on_step = on_step
@@ -134,17 +138,29 @@ class Trainer:
             self._truncate_metrics(ckpt.step)
             return ckpt
         if cfg_path.exists() or existing:
+            if not existing and self.restart_unsaved:
+                # Killed before its first checkpoint: nothing to continue. The lock is ours, so
+                # no live process writes here; what the dead one left is only logs.
+                log.warning("%s holds a run stopped before its first checkpoint; starting it over from step 0",
+                            self.run_dir)
+                self._clear_run()
+                return None
             if not self.overwrite:
                 raise CbdmError(f"{self.run_dir} already holds a run; use --resume to continue it or --overwrite")
-            shutil.rmtree(self.ckpt_dir, ignore_errors=True)
-            for name in ("metrics.jsonl", "config.yaml"):
-                (self.run_dir / name).unlink(missing_ok=True)
-            # The old run's evaluation classifier may come from other data; keep it only when named.
-            auto = self.run_dir / AUTO_CLASSIFIER
-            chosen = self.cfg.evaluate.classifier
-            if chosen is None or Path(chosen).expanduser().resolve() != auto.resolve():
-                auto.unlink(missing_ok=True)
+            self._clear_run()
         return None
+
+    def _clear_run(self) -> None:
+        """Remove the previous run's checkpoints, logs and config (``--overwrite``, or a restart)."""
+        shutil.rmtree(self.ckpt_dir, ignore_errors=True)
+        shutil.rmtree(self.run_dir / "tensorboard", ignore_errors=True)  # its events would mix with the new run's
+        for name in ("metrics.jsonl", "config.yaml"):
+            (self.run_dir / name).unlink(missing_ok=True)
+        # The old run's evaluation classifier may come from other data; keep it only when named.
+        auto = self.run_dir / AUTO_CLASSIFIER
+        chosen = self.cfg.evaluate.classifier
+        if chosen is None or Path(chosen).expanduser().resolve() != auto.resolve():
+            auto.unlink(missing_ok=True)
 
     def _newest_good_checkpoint(self, existing: list[tuple[int, Path]]) -> Optional[Checkpoint]:
         """The newest checkpoint that loads and verifies; corrupt newer ones are set aside
