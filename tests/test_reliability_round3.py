@@ -8,21 +8,29 @@ Each test reproduces the reported failure; it failed before the fix.
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from cbdm_core import locks
+from cbdm_core.checkpoint import list_checkpoints
 from cbdm_core.config import dump_config_yaml
+from cbdm_core.data import dataset_options, load_dataset
+from cbdm_core.evaluation.prepared import ReferenceRadii
 from cbdm_core.experiments.compare import plan_study
 from cbdm_core.experiments.protocol import parse_protocol
+from cbdm_core.features import FeatureSet, cache_path, cached_features
+from cbdm_core.features.auto_classifier import ensure_classifier
+from cbdm_core.tensor_io import IntegrityError, load_tensors
 
 from .helpers import cli_fails, cli_ok, invoke_cli
 from .test_compare import tiny_protocol, write_protocol
-from .test_reliability import _Holder
+from .test_reliability import _Holder, _write_run
 
 
 @pytest.fixture(autouse=True)
@@ -69,3 +77,96 @@ def test_compare_restarts_a_run_that_crashed_before_its_first_checkpoint(tmp_pat
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2] and (out / "compare.json").is_file()
     assert not (run / "tensorboard" / "events.out").exists()
+
+
+# -- item 3: every read of a file cbdm wrote is hash-checked -------------------------------------------------
+
+
+def _flip_data_byte(path: Path) -> None:
+    """Flip one bit in the middle of the tensor data: the JSON header (and so the file's
+    readability) stays intact, only the numbers change."""
+    data = bytearray(path.read_bytes())
+    start = 8 + struct.unpack("<Q", bytes(data[:8]))[0]
+    data[(start + len(data)) // 2] ^= 0x40
+    path.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError):
+        load_tensors(path)
+
+
+@pytest.fixture(scope="module")
+def auto_classifier(tmp_path_factory) -> Path:
+    """A digits classifier trained by the ``classifier: auto`` path (one epoch)."""
+    return ensure_classifier(tmp_path_factory.mktemp("clf") / "classifier-digits.safetensors", "digits", None,
+                             epochs=1)
+
+
+def test_corrupt_feature_cache_is_recomputed(tmp_path):
+    calls = []
+
+    def compute() -> FeatureSet:
+        calls.append(1)
+        return FeatureSet(torch.arange(64.0).view(16, 4), None, None, "x")
+
+    cached_features(tmp_path, "k", compute)
+    _flip_data_byte(cache_path(tmp_path, "k"))
+    with pytest.warns(UserWarning, match="content hash"):
+        fs = cached_features(tmp_path, "k", compute)
+    assert len(calls) == 2 and torch.equal(fs.features, torch.arange(64.0).view(16, 4))
+
+
+def test_corrupt_radii_cache_is_recomputed_not_used(tmp_path):
+    good = torch.linspace(0.5, 2.0, 64)
+    calls = []
+
+    def compute() -> torch.Tensor:
+        calls.append(1)
+        return good.clone()
+
+    ReferenceRadii(tmp_path, "ref").get("k3", compute)
+    (path,) = tmp_path.glob("*radii*.safetensors")
+    _flip_data_byte(path)
+    with pytest.warns(UserWarning, match="content hash"):
+        radii = ReferenceRadii(tmp_path, "ref").get("k3", compute)
+    assert len(calls) == 2 and torch.equal(radii, good)
+    assert torch.equal(load_tensors(path)[0]["radii"], good)  # rewritten intact
+
+
+def test_corrupt_radii_cache_does_not_change_eval_values(tmp_path, auto_classifier):
+    """The reported case: precision 0.137 -> 1.0 and density 0.042 -> 100 from a damaged radii file."""
+    ds = load_dataset("digits", dataset_options(split="test"))
+    npz = tmp_path / "s.npz"
+    np.savez(npz, images=ds.images[:120].permute(0, 2, 3, 1).numpy(), labels=ds.labels[:120].numpy())
+    args = [npz, "--dataset", "digits", "--extractor", "classifier", "--classifier", auto_classifier,
+            "--device", "cpu", "--cache-dir", tmp_path / "cache", "--metrics", "precision_recall,density_coverage"]
+    cli_ok("eval", *args, "--out", tmp_path / "a")
+    radii = sorted((tmp_path / "cache" / "features").glob("*radii*.safetensors"))
+    assert radii
+    for path in radii:
+        _flip_data_byte(path)
+    res = cli_ok("eval", *args, "--out", tmp_path / "b")
+    assert "radii cache" in res.output and "Traceback" not in res.output
+    first, second = (json.loads((tmp_path / d / "metrics.json").read_text())["values"] for d in "ab")
+    assert first == second
+
+
+def test_corrupt_auto_classifier_is_trained_again(tmp_path, auto_classifier):
+    path = tmp_path / "classifier-digits.safetensors"
+    path.write_bytes(auto_classifier.read_bytes())
+    assert ensure_classifier(path, "digits", None, epochs=1) == path  # intact: kept as is
+    _flip_data_byte(path)
+    with pytest.warns(UserWarning, match="content hash"):
+        ensure_classifier(path, "digits", None, epochs=1)
+    assert load_tensors(path)[0].keys() == load_tensors(auto_classifier)[0].keys()
+
+
+@pytest.mark.parametrize("command", ["sample", "resume"])
+def test_corrupt_checkpoint_is_a_one_line_refusal(tmp_path, command):
+    run = _write_run(tmp_path / "run")
+    ckpt = list_checkpoints(run / "checkpoints")[0][1]
+    _flip_data_byte(ckpt)
+    if command == "sample":
+        args = ["sample", run, "--out", tmp_path / "s", "--steps", "2", "--no-progress"]
+    else:  # the only checkpoint: nothing older to fall back on
+        args = ["train", "--out", run, "--resume", "--no-progress"]
+    line = cli_fails(*args, match=str(ckpt.name))
+    assert "content hash" in line or "intact" in line
