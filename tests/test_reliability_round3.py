@@ -8,6 +8,7 @@ Each test reproduces the reported failure; it failed before the fix.
 from __future__ import annotations
 
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -100,6 +101,19 @@ def auto_classifier(tmp_path_factory) -> Path:
                              epochs=1)
 
 
+@pytest.fixture(scope="module")
+def digits_npz(tmp_path_factory) -> Path:
+    ds = load_dataset("digits", dataset_options(split="test"))
+    path = tmp_path_factory.mktemp("npz") / "s.npz"
+    np.savez(path, images=ds.images[:120].permute(0, 2, 3, 1).numpy(), labels=ds.labels[:120].numpy())
+    return path
+
+
+def _eval_args(npz: Path, classifier: Path, cache: Path) -> list:
+    return [npz, "--dataset", "digits", "--extractor", "classifier", "--classifier", classifier, "--device", "cpu",
+            "--cache-dir", cache, "--metrics", "fid,precision_recall,density_coverage"]
+
+
 def test_corrupt_feature_cache_is_recomputed(tmp_path):
     calls = []
 
@@ -131,13 +145,9 @@ def test_corrupt_radii_cache_is_recomputed_not_used(tmp_path):
     assert torch.equal(load_tensors(path)[0]["radii"], good)  # rewritten intact
 
 
-def test_corrupt_radii_cache_does_not_change_eval_values(tmp_path, auto_classifier):
+def test_corrupt_radii_cache_does_not_change_eval_values(tmp_path, digits_npz, auto_classifier):
     """The reported case: precision 0.137 -> 1.0 and density 0.042 -> 100 from a damaged radii file."""
-    ds = load_dataset("digits", dataset_options(split="test"))
-    npz = tmp_path / "s.npz"
-    np.savez(npz, images=ds.images[:120].permute(0, 2, 3, 1).numpy(), labels=ds.labels[:120].numpy())
-    args = [npz, "--dataset", "digits", "--extractor", "classifier", "--classifier", auto_classifier,
-            "--device", "cpu", "--cache-dir", tmp_path / "cache", "--metrics", "precision_recall,density_coverage"]
+    args = _eval_args(digits_npz, auto_classifier, tmp_path / "cache")
     cli_ok("eval", *args, "--out", tmp_path / "a")
     radii = sorted((tmp_path / "cache" / "features").glob("*radii*.safetensors"))
     assert radii
@@ -170,3 +180,62 @@ def test_corrupt_checkpoint_is_a_one_line_refusal(tmp_path, command):
         args = ["train", "--out", run, "--resume", "--no-progress"]
     line = cli_fails(*args, match=str(ckpt.name))
     assert "content hash" in line or "intact" in line
+
+
+# -- item 4: an unwritable cache is a warning; an unwritable --out fails before any work -----------------------
+
+
+@pytest.mark.parametrize("how", ["parent is a file", "disk full"])
+def test_unwritable_cache_dir_is_a_warning_after_the_work(tmp_path, digits_npz, auto_classifier, monkeypatch, how):
+    cache = tmp_path / "cache"
+    if how == "parent is a file":  # fails for root too, unlike chmod
+        (tmp_path / "file").write_text("x")
+        cache = tmp_path / "file" / "cache"
+    else:
+        import cbdm_core.tensor_io as tensor_io
+
+        def full(*_a, **_k):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(tensor_io, "save_file", full)
+    res = invoke_cli("eval", *_eval_args(digits_npz, auto_classifier, cache), "--out", tmp_path / "out")
+    assert res.exit_code == 0, res.output
+    assert "radii cache not written" in res.output and "feature cache not written" in res.output
+    doc = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert doc["values"]["precision"] is not None
+
+
+def test_unwritable_eval_out_fails_before_any_work(tmp_path, digits_npz, auto_classifier, monkeypatch):
+    import cbdm_core.atomic as atomic
+    import cbdm_core.evaluation as evaluation
+    import cbdm_core.evaluation.prepared as prepared
+
+    def no_work(*_a, **_k):
+        raise AssertionError("evaluation started before --out was checked")
+
+    monkeypatch.setattr(evaluation, "evaluate", no_work)
+    monkeypatch.setattr(prepared, "prepare_reference", no_work)
+    args = _eval_args(digits_npz, auto_classifier, tmp_path / "cache")
+    (tmp_path / "file").write_text("x")
+    cli_fails("eval", *args, "--out", tmp_path / "file" / "out", match="is a file")
+
+    def full(_fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(atomic, "_probe_write", full)
+    cli_fails("eval", *args, "--out", tmp_path / "new" / "out", match="No space left")
+    assert not (tmp_path / "new").exists()  # nothing created by the check
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders (CI runs as root)")
+def test_read_only_eval_out_and_cache(tmp_path, digits_npz, auto_classifier):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        cli_fails("eval", *_eval_args(digits_npz, auto_classifier, tmp_path / "cache"), "--out", ro / "out",
+                  match="report folder")
+        res = invoke_cli("eval", *_eval_args(digits_npz, auto_classifier, ro / "cache"), "--out", tmp_path / "o")
+        assert res.exit_code == 0 and "cache not written" in res.output, res.output
+    finally:
+        ro.chmod(0o755)
