@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from cbdm_core import locks
 from cbdm_core.checkpoint import list_checkpoints
@@ -30,6 +31,7 @@ from cbdm_core.features.auto_classifier import ensure_classifier
 from cbdm_core.tensor_io import IntegrityError, load_tensors
 
 from .helpers import cli_fails, cli_ok, invoke_cli
+from .test_cli_train import TINY
 from .test_compare import tiny_protocol, write_protocol
 from .test_reliability import _Holder, _write_run
 
@@ -239,3 +241,25 @@ def test_read_only_eval_out_and_cache(tmp_path, digits_npz, auto_classifier):
         assert res.exit_code == 0 and "cache not written" in res.output, res.output
     finally:
         ro.chmod(0o755)
+
+
+# -- item 13: a damaged metrics.jsonl loses nothing on resume -------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ['{"step": 2, "loss": 0.1', '{"step": "x"}', '{"step": null}', '{"step": 1e400}',
+                                 "not json", '["step", 2]'])
+def test_resume_keeps_unreadable_metrics_lines_aside_and_cuts_only_at_the_resume_step(tmp_path, bad):
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({**TINY, "ckpt_every": 4, "keep_last": 10, "log_every": 1,
+                                                     "optim": {**TINY["optim"], "steps": 6}}))
+    run = tmp_path / "run"
+    cli_ok("train", "--config", tmp_path / "c.yaml", "--out", run, "--no-progress")
+    path = run / "metrics.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    lines[1] = bad + "\n"  # step 2's record damaged, in the middle of the file
+    path.write_text("".join(lines))
+    (run / "checkpoints" / "ckpt-00000006.safetensors").unlink()  # resume from step 4
+    res = invoke_cli("train", "--out", run, "--resume", "--steps", "8", "--no-progress")
+    assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+    steps = [json.loads(x)["step"] for x in path.read_text().splitlines()]
+    assert steps == [1, 3, 4, 5, 6, 7, 8]  # only the steps after the checkpoint were cut (and redone)
+    assert (run / "metrics.jsonl.corrupt").read_text() == bad + "\n"

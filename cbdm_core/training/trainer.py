@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -185,28 +186,33 @@ class Trainer:
         return None
 
     def _truncate_metrics(self, step: int) -> None:
-        """Drop the metrics lines after ``step`` (and any torn last line), so a resumed run
-        does not log the same steps twice."""
+        """Drop the metrics lines after ``step``, so a resumed run does not log the same steps
+        twice. Lines that cannot be read (torn, not JSON, no integer step) are moved, never
+        deleted, to ``metrics.jsonl.corrupt``; the readable lines around them are kept."""
         path = self.run_dir / "metrics.jsonl"
         if not path.exists():
             return
         try:
-            lines = path.read_text().splitlines(keepends=True)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CbdmError(f"cannot read {path}: {exc}") from None
-        keep = []
+            lines = path.read_bytes().decode("utf-8", errors="replace").splitlines(keepends=True)
+        except OSError as exc:
+            raise CbdmError(f"cannot read {path}: {exc.strerror or exc}") from None
+        keep, bad = [], []
         for line in lines:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                break  # a torn line can only be the last one written
-            if not line.endswith("\n") or not isinstance(record, dict) or int(record.get("step", 0)) > step:
-                break
-            keep.append(line)
+            record_step = _record_step(line)
+            if record_step is None:
+                bad.append(line if line.endswith("\n") else line + "\n")
+            elif record_step <= step:
+                keep.append(line)
+        if bad:
+            log.warning("%s: %d unreadable line(s) moved to %s.corrupt", path, len(bad), path.name)
+            corrupt = path.with_name(path.name + ".corrupt")
+            for line in bad:  # appended: earlier resumes' findings are kept too
+                append_line(corrupt, line)
         if len(keep) != len(lines):
             atomic_write_text(path, "".join(keep))
         if keep:  # elapsed time carries on across a resume
-            self.elapsed_before = float(json.loads(keep[-1]).get("elapsed", 0.0) or 0.0)
+            elapsed = json.loads(keep[-1]).get("elapsed")
+            self.elapsed_before = float(elapsed) if _finite_number(elapsed) else 0.0
 
     # -- main loop ----------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -527,6 +533,27 @@ class Trainer:
                 signal.signal(sig, h)
 
         return restore
+
+
+def _finite_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _record_step(line: str) -> Optional[int]:
+    """The step of a whole metrics line, or ``None`` when the line cannot be read: torn (no
+    newline), not a JSON object, or a step that is not a non-negative integer."""
+    if not line.endswith("\n"):
+        return None
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    value = record.get("step") if isinstance(record, dict) else None
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        return None
+    return value
 
 
 def append_line(path: Path, line: str) -> None:
