@@ -263,3 +263,36 @@ def test_resume_keeps_unreadable_metrics_lines_aside_and_cuts_only_at_the_resume
     steps = [json.loads(x)["step"] for x in path.read_text().splitlines()]
     assert steps == [1, 3, 4, 5, 6, 7, 8]  # only the steps after the checkpoint were cut (and redone)
     assert (run / "metrics.jsonl.corrupt").read_text() == bad + "\n"
+
+
+# -- item 17: identical weights, identical files and identity ------------------------------------------------------
+
+
+def test_same_tensors_and_metadata_give_identical_files(tmp_path):
+    from cbdm_core.tensor_io import save_tensors
+
+    tensors = {"w": torch.arange(6.0).view(2, 3), "b": torch.ones(3)}
+    meta = {"format": "f", "options": "{}", "meta": '{"a": 1}', "dataset": "digits", "note": "é \n \"q\""}
+    files = []
+    for i in range(6):  # the writer's metadata order is random for every file it writes
+        save_tensors(tmp_path / f"{i}.safetensors", tensors, meta)
+        files.append((tmp_path / f"{i}.safetensors").read_bytes())
+    assert all(f == files[0] for f in files)
+    loaded, got = load_tensors(tmp_path / "0.safetensors")
+    assert torch.equal(loaded["w"], tensors["w"]) and {k: got[k] for k in meta} == meta
+
+
+def test_identical_classifier_weights_share_one_identity(tmp_path, auto_classifier):
+    from cbdm_core.features import load_classifier, save_classifier
+    from cbdm_core.features.classifier import ClassifierExtractor
+
+    again = ensure_classifier(tmp_path / "again.safetensors", "digits", None, epochs=1)  # a study re-run
+    assert again.read_bytes() == auto_classifier.read_bytes()
+    model = load_classifier(auto_classifier)
+    save_classifier(model, tmp_path / "renamed.safetensors", {"note": "other metadata, same weights"})
+    keys = {ClassifierExtractor(p).cache_key for p in (auto_classifier, again, tmp_path / "renamed.safetensors")}
+    assert len(keys) == 1
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-3)
+    save_classifier(model, tmp_path / "changed.safetensors")
+    assert ClassifierExtractor(tmp_path / "changed.safetensors").cache_key not in keys
