@@ -80,6 +80,40 @@ def check_writable(path: Path, what: str = "output") -> None:
         raise CbdmError(f"cannot write the {what} {path}: {exc.strerror or exc}") from None
 
 
+PROBE_BYTES = 4096  # one block: a full disk refuses it, an empty probe file would not
+
+
+def _probe_write(fd: int) -> None:
+    """Write the probe's bytes (a function of its own so tests can make it fail)."""
+    data = b"\0" * PROBE_BYTES
+    if os.write(fd, data) != len(data):
+        raise OSError(28, "No space left on device (short write)")
+
+
+def check_folder_writable(folder: Path, what: str = "output folder") -> None:
+    """Fail early, in one line, when files could not be written into ``folder`` later: it (or,
+    when it does not exist yet, its nearest existing parent) is a file, read-only or full.
+    Creates nothing: a command refused later leaves no empty folder behind."""
+    folder = Path(folder)
+    probe_dir = folder
+    while not probe_dir.exists() and probe_dir != probe_dir.parent:
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise CbdmError(f"cannot write the {what} {folder}: {probe_dir} is a file, not a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=probe_dir)
+    except OSError as exc:
+        raise CbdmError(f"cannot write the {what} {folder}: {exc.strerror or exc}") from None
+    try:
+        _probe_write(fd)
+    except OSError as exc:
+        raise CbdmError(f"cannot write the {what} {folder}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
 def remove_stale_temps(folder: Path) -> list[Path]:
     """Delete the temporary files an interrupted atomic write left in ``folder``.
 

@@ -76,9 +76,33 @@ def save_tensors(path: PathLike, tensors: Mapping[str, torch.Tensor],
     meta[HASH_KEY] = tensors_digest(prepared)
     with atomic_path(path) as tmp:
         try:
-            save_file(prepared, str(tmp), metadata=meta)
+            save_file(prepared, str(tmp), metadata=dict(sorted(meta.items())))
         except SafetensorError as exc:  # the Rust writer reports I/O errors as its own type
             raise OSError(str(exc).splitlines()[0] if str(exc) else "write failed") from None
+        _sort_metadata(tmp)
+
+
+def _sort_metadata(path: Path) -> None:
+    """Rewrite the header of a just-written file with its metadata in key order.
+
+    The Rust writer emits metadata in hash-map (random) order, so the same tensors and
+    metadata gave different file bytes on every save. The sorted header has the same
+    length (same keys and values), so it is written in place; the tensor data is untouched.
+    """
+    with open(path, "rb+") as f:
+        size = int.from_bytes(f.read(8), "little")
+        raw = f.read(size)
+        try:
+            header = json.loads(raw)
+        except ValueError:
+            return  # not expected from the writer; leave the (valid) file as it is
+        meta = header.pop("__metadata__", None)
+        ordered = ({"__metadata__": dict(sorted(meta.items()))} if meta is not None else {}) | header
+        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > size:
+            return  # a different escaping than the writer's; keep its header
+        f.seek(8)
+        f.write(text + b" " * (size - len(text)))  # the format pads headers with spaces
 
 
 def read_tensor_metadata(path: PathLike) -> dict[str, str]:

@@ -69,6 +69,7 @@ def evaluate_samples(samples: Path, dataset: Optional[str], data_root: Optional[
     Under torchrun (torchrun --nproc_per_node N -m cli eval ...) the reference features, when
     not cached yet, are extracted by all processes, each a contiguous index range; process 0
     then evaluates and writes the report."""
+    from cbdm_core.atomic import check_folder_writable
     from cbdm_core.build import resolve_device
     from cbdm_core.evaluation import EvalOptions, evaluate, metrics_table, plot_per_class_fid, write_metrics_json
     from cbdm_core.evaluation.prepared import prepare_reference
@@ -80,6 +81,7 @@ def evaluate_samples(samples: Path, dataset: Optional[str], data_root: Optional[
         reporter = Reporter()
         reporter.console.quiet = not ctx.is_main  # under torchrun only rank 0 talks
         data = run_data(samples, dataset, data_root, reporter)
+        check_folder_writable(out if out is not None else default_out(samples), "report folder")  # before any work
         options = EvalOptions(
             dataset=data["dataset"], data_root=data.get("root"), extractor=extractor, classifier=classifier,
             inception_weights=inception_weights, metrics=split_metrics(metrics),

@@ -12,10 +12,12 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from .. import locks
 from ..data import dataset_options, load_dataset
 from ..errors import CbdmError
 from ..features import FeatureSet, cache_path, cached_features, reference_key
-from ..features._io import atomic_save_safetensors
+from ..features.cache import cache_warning
+from ..tensor_io import load_tensors, save_tensors
 from ..interfaces import LabeledImages
 from ..metrics import TrainingReference
 from .reference import (CachedReference, data_digest, default_cache_dir, load_fid_stats, load_reference,
@@ -44,24 +46,34 @@ class ReferenceRadii:
         if radii is None:
             radii = compute()
             self.computed += 1
-            atomic_save_safetensors({"radii": radii}, path, {"format": RADII_FORMAT, "key": full_key})
+            self._save(path, full_key, radii)
         self.memory[key] = radii
         return radii
 
+    def _save(self, path: Path, key: str, radii: torch.Tensor) -> None:
+        """Write the radii under the cache folder's lock; any failure (read-only or full cache
+        folder, another writer) is a warning: the radii are already computed and used."""
+        try:
+            with locks.folder_lock(self.folder, "feature cache folder"):
+                save_tensors(path, {"radii": radii}, {"format": RADII_FORMAT, "key": key})
+        except CbdmError as exc:
+            cache_warning(f"k-NN radii cache not written ({exc})")
+
     @staticmethod
     def _load(path: Path, key: str) -> Optional[torch.Tensor]:
+        """The cached radii, or ``None``: missing, or unreadable / corrupt (hash-checked like
+        every file cbdm writes; a bad one is recomputed with a warning)."""
         if not path.is_file():
             return None
-        from safetensors import safe_open
-
         try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                meta = f.metadata() or {}
-                if meta.get("format") == RADII_FORMAT and meta.get("key") == key:
-                    return f.get_tensor("radii")
-        except Exception:  # noqa: BLE001 - an unreadable cache file is recomputed
+            tensors, meta = load_tensors(path)
+        except CbdmError as exc:
+            cache_warning(f"ignoring bad k-NN radii cache file ({exc}); recomputing")
             return None
-        return None
+        radii = tensors.get("radii")
+        if meta.get("format") != RADII_FORMAT or meta.get("key") != key or radii is None:
+            return None
+        return radii
 
 
 @dataclass

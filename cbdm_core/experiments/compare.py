@@ -2,8 +2,9 @@
 selection sampling seed, sample the report seed at that w, evaluate, and summarise.
 
 Everything is resumable: a finished run (checkpoint at the final step), and a sample folder
-whose ``metrics.json`` exists, are skipped; a partial run resumes from its checkpoint; a
-partial sample folder keeps its complete shards. The reference set is prepared once.
+whose ``metrics.json`` exists, are skipped; a partial run resumes from its checkpoint, one
+stopped before its first checkpoint starts over from step 0; a partial sample folder keeps
+its complete shards. The reference set is prepared once.
 
 Folder layout (``DIR``)::
 
@@ -237,7 +238,7 @@ def _train(plan: StudyPlan, part: Part, observer: StudyObserver, index: int) -> 
         return
     observer.status(f"{part.label}: {cfg.optim.steps} steps in {part.folder}" + (" (resuming)" if done else ""))
     total = cfg.optim.steps
-    outcome = Trainer(cfg, part.folder, resume=bool(done),
+    outcome = Trainer(cfg, part.folder, resume=bool(done), restart_unsaved=True,
                       on_log=lambda rec: observer.advance(rec["step"], total)).run()
     if outcome.interrupted:
         raise StudyInterrupted(part.folder, outcome.step)
@@ -262,7 +263,7 @@ def _train_wave(plan: StudyPlan, wave: list[Part], parts: list[Part], observer: 
         cfg = plan.configs[(part.method, part.seed)]
         done = list_checkpoints(part.folder / "checkpoints")
         if not (done and done[-1][0] >= cfg.optim.steps):
-            todo.append(TrainJob(cfg, part.folder, resume=bool(done)))
+            todo.append(TrainJob(cfg, part.folder, resume=bool(done), restart_unsaved=True))
     if not todo:
         return
     # Longest first, so that the last runs to finish are short ones (a method adds about one

@@ -37,6 +37,7 @@ class TrainJob:
     config: TrainConfig
     folder: Path
     resume: bool
+    restart_unsaved: bool = False  # see Trainer: a folder with no checkpoint starts over
 
 
 @dataclass
@@ -56,7 +57,7 @@ def _worker(job: TrainJob, threads: int, results) -> None:
 
     torch.set_num_threads(threads)
     try:
-        outcome = Trainer(job.config, job.folder, resume=job.resume).run()
+        outcome = Trainer(job.config, job.folder, resume=job.resume, restart_unsaved=job.restart_unsaved).run()
         results.put(("done", str(job.folder), outcome.step, bool(outcome.interrupted)))
     except CbdmError as exc:
         results.put(("error", str(job.folder), str(exc), ""))
@@ -82,7 +83,7 @@ def last_logged_step(folder: Path) -> int:
     for line in reversed(lines):
         try:
             return int(json.loads(line)["step"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, OverflowError):
             continue
     return 0
 

@@ -318,7 +318,7 @@ def training_sweep(parameter: str, values: Sequence[float], config_for: Callable
         if not done or done[-1][0] < cfg.optim.steps:
             status(f"{parameter} = {v:g}: training {cfg.optim.steps} steps in {run_dir}"
                    + (" (resuming)" if done else ""))
-            outcome = Trainer(cfg, run_dir, resume=bool(done), on_log=on_log).run()
+            outcome = Trainer(cfg, run_dir, resume=bool(done), restart_unsaved=True, on_log=on_log).run()
             if outcome.interrupted:
                 raise SweepInterrupted(run_dir, outcome.step)
         run = load_run(run_dir, ema=sampling.ema, device=device)

@@ -20,7 +20,7 @@ def ensure_classifier(path: Path, dataset: str, root: Optional[Path], *, epochs:
     its random streams.
     """
     path = Path(path)
-    if path.is_file():
+    if _usable(path):
         return path
     from ..data import dataset_options, load_dataset
     from . import save_classifier, train_classifier
@@ -35,3 +35,20 @@ def ensure_classifier(path: Path, dataset: str, root: Optional[Path], *, epochs:
     save_classifier(model, path, {"dataset": dataset, "class_names": train.class_names,
                                   "class_counts": train.class_counts.tolist()})
     return path
+
+
+def _usable(path: Path) -> bool:
+    """Whether ``path`` holds an intact classifier (hash-checked); a corrupt or unreadable
+    one is a cache miss: it is trained again, with a warning."""
+    if not path.is_file():
+        return False
+    from ..errors import CbdmError
+    from .cache import cache_warning
+    from .classifier_net import load_classifier
+
+    try:
+        load_classifier(path)
+    except CbdmError as exc:
+        cache_warning(f"ignoring bad classifier file ({exc}); training it again")
+        return False
+    return True

@@ -95,6 +95,10 @@ def cached_features(cache_dir: str | os.PathLike, key: str,
         locks.release(Path(cache_dir))
 
 
-def _warn(msg: str) -> None:
+def cache_warning(msg: str) -> None:
+    """A cache that could not be read or written: logged and warned, never an error."""
     log.warning(msg)
     warnings.warn(msg, UserWarning, stacklevel=3)
+
+
+_warn = cache_warning

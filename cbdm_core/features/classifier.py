@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from ..errors import CbdmError
-from ._io import file_sha256
+from ..tensor_io import tensors_digest
 from .base import FeatureSet, batches, check_images
-from .classifier_net import load_classifier
+from .classifier_net import SmallClassifier, load_classifier
+
+
+def classifier_digest(model: SmallClassifier) -> str:
+    """SHA-256 of a classifier's content: its tensors and architecture options."""
+    options = json.dumps(asdict(model.options), sort_keys=True)
+    return hashlib.sha256(f"{tensors_digest(model.state_dict())}|{options}".encode()).hexdigest()
 
 
 class ClassifierExtractor:
@@ -21,8 +30,9 @@ class ClassifierExtractor:
     def __init__(self, classifier_path: str | os.PathLike) -> None:
         self.path = Path(classifier_path)
         self.model = load_classifier(self.path)
-        # The weights identify the feature space; the file name does not.
-        self.cache_key = f"classifier-{file_sha256(self.path)[:12]}"
+        # The weights and architecture identify the feature space; the file name and the
+        # file's bytes (metadata, its order, the training record) do not.
+        self.cache_key = f"classifier-{classifier_digest(self.model)[:12]}"
 
     @torch.no_grad()
     def extract(self, images: torch.Tensor, batch_size: int = 500,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -69,19 +70,23 @@ class Trainer:
         run_dir: where checkpoints, logs and grids go.
         resume: continue from the latest checkpoint in ``run_dir``.
         overwrite: replace a different run already in ``run_dir``.
+        restart_unsaved: a run folder without any checkpoint (a run killed before its first)
+            restarts from step 0, clearing what it left; one with a checkpoint is never touched
+            (``cbdm compare`` and sweeps: a study must always continue).
         on_log: called with each metrics record (for progress display).
         on_step: called with the step number after every step (no device sync).
         on_status: called with a line for each slow start-up step (the evaluation's preparation).
     """
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, overwrite: bool = False,
-                 on_log: Optional[Callable[[dict], None]] = None, on_start: Optional[Callable] = None,
+                 restart_unsaved: bool = False, on_log: Optional[Callable[[dict], None]] = None, on_start: Optional[Callable] = None,
                  on_step: Optional[Callable[[int], None]] = None,
                  on_status: Optional[Callable[[str], None]] = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.resume = resume
         self.overwrite = overwrite
+        self.restart_unsaved = restart_unsaved
         self.on_log = on_log
         self.on_start = on_start
         self.on_step = on_step
@@ -134,17 +139,29 @@ class Trainer:
             self._truncate_metrics(ckpt.step)
             return ckpt
         if cfg_path.exists() or existing:
+            if not existing and self.restart_unsaved:
+                # Killed before its first checkpoint: nothing to continue. The lock is ours, so
+                # no live process writes here; what the dead one left is only logs.
+                log.warning("%s holds a run stopped before its first checkpoint; starting it over from step 0",
+                            self.run_dir)
+                self._clear_run()
+                return None
             if not self.overwrite:
                 raise CbdmError(f"{self.run_dir} already holds a run; use --resume to continue it or --overwrite")
-            shutil.rmtree(self.ckpt_dir, ignore_errors=True)
-            for name in ("metrics.jsonl", "config.yaml"):
-                (self.run_dir / name).unlink(missing_ok=True)
-            # The old run's evaluation classifier may come from other data; keep it only when named.
-            auto = self.run_dir / AUTO_CLASSIFIER
-            chosen = self.cfg.evaluate.classifier
-            if chosen is None or Path(chosen).expanduser().resolve() != auto.resolve():
-                auto.unlink(missing_ok=True)
+            self._clear_run()
         return None
+
+    def _clear_run(self) -> None:
+        """Remove the previous run's checkpoints, logs and config (``--overwrite``, or a restart)."""
+        shutil.rmtree(self.ckpt_dir, ignore_errors=True)
+        shutil.rmtree(self.run_dir / "tensorboard", ignore_errors=True)  # its events would mix with the new run's
+        for name in ("metrics.jsonl", "config.yaml"):
+            (self.run_dir / name).unlink(missing_ok=True)
+        # The old run's evaluation classifier may come from other data; keep it only when named.
+        auto = self.run_dir / AUTO_CLASSIFIER
+        chosen = self.cfg.evaluate.classifier
+        if chosen is None or Path(chosen).expanduser().resolve() != auto.resolve():
+            auto.unlink(missing_ok=True)
 
     def _newest_good_checkpoint(self, existing: list[tuple[int, Path]]) -> Optional[Checkpoint]:
         """The newest checkpoint that loads and verifies; corrupt newer ones are set aside
@@ -169,28 +186,33 @@ class Trainer:
         return None
 
     def _truncate_metrics(self, step: int) -> None:
-        """Drop the metrics lines after ``step`` (and any torn last line), so a resumed run
-        does not log the same steps twice."""
+        """Drop the metrics lines after ``step``, so a resumed run does not log the same steps
+        twice. Lines that cannot be read (torn, not JSON, no integer step) are moved, never
+        deleted, to ``metrics.jsonl.corrupt``; the readable lines around them are kept."""
         path = self.run_dir / "metrics.jsonl"
         if not path.exists():
             return
         try:
-            lines = path.read_text().splitlines(keepends=True)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CbdmError(f"cannot read {path}: {exc}") from None
-        keep = []
+            lines = path.read_bytes().decode("utf-8", errors="replace").splitlines(keepends=True)
+        except OSError as exc:
+            raise CbdmError(f"cannot read {path}: {exc.strerror or exc}") from None
+        keep, bad = [], []
         for line in lines:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                break  # a torn line can only be the last one written
-            if not line.endswith("\n") or not isinstance(record, dict) or int(record.get("step", 0)) > step:
-                break
-            keep.append(line)
+            record_step = _record_step(line)
+            if record_step is None:
+                bad.append(line if line.endswith("\n") else line + "\n")
+            elif record_step <= step:
+                keep.append(line)
+        if bad:
+            log.warning("%s: %d unreadable line(s) moved to %s.corrupt", path, len(bad), path.name)
+            corrupt = path.with_name(path.name + ".corrupt")
+            for line in bad:  # appended: earlier resumes' findings are kept too
+                append_line(corrupt, line)
         if len(keep) != len(lines):
             atomic_write_text(path, "".join(keep))
         if keep:  # elapsed time carries on across a resume
-            self.elapsed_before = float(json.loads(keep[-1]).get("elapsed", 0.0) or 0.0)
+            elapsed = json.loads(keep[-1]).get("elapsed")
+            self.elapsed_before = float(elapsed) if _finite_number(elapsed) else 0.0
 
     # -- main loop ----------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -511,6 +533,27 @@ class Trainer:
                 signal.signal(sig, h)
 
         return restore
+
+
+def _finite_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _record_step(line: str) -> Optional[int]:
+    """The step of a whole metrics line, or ``None`` when the line cannot be read: torn (no
+    newline), not a JSON object, or a step that is not a non-negative integer."""
+    if not line.endswith("\n"):
+        return None
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    value = record.get("step") if isinstance(record, dict) else None
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        return None
+    return value
 
 
 def append_line(path: Path, line: str) -> None:
