@@ -8,9 +8,16 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CBDM_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+# Under pytest-xdist (`-n 2`) every worker gets one core: two workers of two threads each would
+# spin against each other on a 2-core machine. Subprocesses started by tests inherit the setting.
+THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+if THREADS == 1:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
 @pytest.fixture(autouse=True)
 def _few_threads():
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     yield
 
 
