@@ -48,6 +48,9 @@ KINDS: tuple[str, ...] = (
     "metric",
 )
 
+# Kinds whose names may carry an argument after a colon (``pow:0.5``).
+ARGUMENT_KINDS: frozenset[str] = frozenset({"label_distribution"})
+
 
 @dataclass(frozen=True)
 class Component:
@@ -86,14 +89,23 @@ class Registry:
         return sorted(n for k, n in self.components if k == kind)
 
     def get(self, kind: str, name: str) -> Component:
-        """Look up ``name`` (the part before any ``:``) or fail naming the choices."""
-        base = split_name(name)[0]
+        """Look up ``name`` (the part before any ``:``) or fail naming the choices.
+
+        Only kinds in :data:`ARGUMENT_KINDS` take an argument after the colon; for any other
+        kind ``ddim:5`` is refused rather than looked up as ``ddim`` with the ``5`` dropped.
+        """
+        base, arg = split_name(name)
         try:
-            return self.components[(kind, base)]
+            component = self.components[(kind, base)]
         except KeyError:
             choices = ", ".join(self.names(kind)) or "(none registered)"
             raise UnknownComponentError(
                 f"unknown {kind.replace('_', ' ')} {name!r}; available: {choices}", kind, base) from None
+        if arg is not None and kind not in ARGUMENT_KINDS:
+            raise CbdmError(f"{kind.replace('_', ' ')} {name!r}: a {kind.replace('_', ' ')} takes no argument "
+                            f"after ':' (only label distributions do, as in pow:0.5); give {base!r} "
+                            "its options with its option flag (cbdm plugins lists them)")
+        return component
 
     def __iter__(self) -> Iterator[Component]:
         return iter(sorted(self.components.values(), key=lambda c: (c.kind, c.name)))

@@ -35,6 +35,22 @@ def test_name_with_argument():
     assert reg.get("label_distribution", "pow:0.3").name == "pow"
 
 
+@pytest.mark.parametrize("kind, name", [("sampler", "ddim:5"), ("backbone", "unet:big"), ("noise_schedule", "linear:2")])
+def test_argument_to_a_kind_that_takes_none_is_refused(kind, name):
+    # It used to be looked up by the part before ':' and the rest silently dropped.
+    from cbdm_core.errors import CbdmError
+
+    with pytest.raises(CbdmError, match="takes no argument after ':'") as exc:
+        build_registry().get(kind, name)
+    assert "\n" not in str(exc.value)
+
+
+def test_sampler_argument_is_one_line_in_the_cli(tmp_path):
+    from tests.helpers import cli_fails
+
+    cli_fails("sample", tmp_path / "nowhere", "--sampler", "ddim:5", match="takes no argument after ':'")
+
+
 class _Dup:
     @hookimpl
     def register_components(self, register):
