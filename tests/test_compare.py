@@ -132,6 +132,9 @@ def test_tiny_protocol_end_to_end_and_seeds(tmp_path, monkeypatch):
     fid = doc["methods"]["cbdm"]["summary"]["fid"]["per_seed"]
     assert " / ".join(f"{x:.4g}" for x in fid.values()) in md  # and in the appendix
     assert "Appendix" in md and "| tail |" in md
+    # conditional accuracy next to the auto classifier's held-out accuracy (its ceiling)
+    assert len(doc["classifier"]["held_out"]["per_class_accuracy"]) == 10
+    assert "classifier, held-out real images (ceiling)" in md
     plots = [Path(p) for p in doc["plots"]]
     assert any(p.name == "per-class-memorization_pixels.png" for p in plots)
     assert all(p.stat().st_size > 1000 for p in plots)

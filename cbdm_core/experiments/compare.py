@@ -252,9 +252,23 @@ def _classifier(plan: StudyPlan, observer: StudyObserver) -> Optional[Path]:
     from ..features.auto_classifier import ensure_classifier
 
     d = plan.protocol.data
-    return ensure_classifier(plan.out_dir / f"classifier-{d.dataset}.safetensors", d.dataset, d.root,
+
+    return ensure_classifier(plan.out_dir / f"classifier-{d.dataset}-heldout.safetensors", d.dataset, d.root,
                              epochs=e.classifier_epochs, device=resolve_device(plan.protocol.training.device),
-                             on_status=observer.status)
+                             on_status=observer.status, training_sets=_training_sets(plan))
+
+
+def _training_sets(plan: StudyPlan) -> list[Any]:
+    """The distinct dataset options of every run's training set (the auto classifier sees none
+    of their images; runs differ only by method, so this is usually one)."""
+    from ..build import dataset_options
+
+    out: list[Any] = []
+    for cfg in plan.configs.values():
+        opts = dataset_options(cfg, "train")
+        if opts not in out:
+            out.append(opts)
+    return out
 
 
 def _train(plan: StudyPlan, part: Part, observer: StudyObserver, index: int) -> None:
@@ -434,7 +448,15 @@ def run_study(protocol: Protocol, out_dir: Path, *, observer: Optional[StudyObse
                             "guidance": chosen, "selection": selection[part.seed]})
         results[label] = {"entry": entry, "chosen": chosen, "points": points, "reports": reports}
     runs.clear()
-    return write_outputs(plan, results, Path(out_dir))
+    return write_outputs(plan, results, Path(out_dir), classifier=_classifier_summary(classifier))
+
+
+def _classifier_summary(path: Optional[Path]) -> Optional[dict[str, Any]]:
+    if path is None:
+        return None
+    from ..features.auto_classifier import classifier_summary
+
+    return classifier_summary(path)
 
 
 def _manifest_seed(folder: Path) -> Optional[int]:
