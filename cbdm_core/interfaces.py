@@ -104,12 +104,24 @@ class Direction(str, Enum):
     NEITHER = "neither"  # not a score (a spread, a sample count): never used to rank
 
 
+class MetricValues(dict):
+    """What a metric's ``compute`` may return instead of a plain dict: the values, plus
+    ``per_sample`` columns (name -> one entry per generated image, in the samples' order) that
+    the evaluation writes to ``records.csv``, so no later analysis has to recompute them."""
+
+    def __init__(self, values: Optional[Mapping[str, Any]] = None,
+                 per_sample: Optional[Mapping[str, Any]] = None) -> None:
+        super().__init__(values or {})
+        self.per_sample: dict[str, Any] = dict(per_sample or {})
+
+
 @dataclass(frozen=True)
 class MetricSpec:
     """A metric computed from features.
 
     ``compute(real: FeatureSet, fake: FeatureSet, **options) -> dict[str, float | None]``;
-    ``None`` marks a value that could not be computed (too few samples).
+    ``None`` marks a value that could not be computed (too few samples). A
+    :class:`MetricValues` adds per-sample columns (``records.csv``).
 
     Attributes:
         values: the names ``compute`` returns and which way each improves. A key may be an

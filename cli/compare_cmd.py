@@ -83,6 +83,10 @@ def _list() -> None:
     Console().print(table)
 
 
+def _seeds(by_seed: dict[int, int]) -> str:
+    return ", ".join(f"{t}->{s}" for t, s in by_seed.items())
+
+
 def _print_plan(plan) -> None:
     """What the study will do, resolved, without training anything."""
     p = plan.protocol
@@ -99,10 +103,11 @@ def _print_plan(plan) -> None:
                f"{p.sampling.num} images per set ({p.sampling.classes})")
     if p.selecting():
         click.echo(f"  w from {', '.join(f'{w:g}' for w in p.guidance.values)} by {p.guidance.select} "
-                   f"({plan.directions[p.guidance.select]} is better) on sampling seed {p.guidance.selection_seed}; "
-                   f"report seed {p.report_seed}")
+                   f"({plan.directions[p.guidance.select]} is better) on selection samples; sampling seeds "
+                   f"per training seed: selection {_seeds(plan.seeds['select'])}, report {_seeds(plan.seeds['report'])}")
     else:
-        click.echo(f"  fixed w {p.guidance.values[0]:g}; report seed {p.report_seed}")
+        click.echo(f"  fixed w {p.guidance.values[0]:g}; report sampling seeds per training seed "
+                   f"{_seeds(plan.seeds['report'])}")
     click.echo(f"  metrics {', '.join(plan.eval_metrics)} ({p.evaluation.extractor} features)")
     for v in p.primary:
         click.echo(f"  primary endpoint {v} ({plan.directions[v]} is better)")

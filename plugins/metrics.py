@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cbdm_core.errors import CbdmError
 from cbdm_core.features.base import FeatureSet
 from cbdm_core.hookspecs import hookimpl
-from cbdm_core.interfaces import METRIC_CONTEXT, Direction, MetricSpec
+from cbdm_core.interfaces import METRIC_CONTEXT, Direction, MetricSpec, MetricValues
 from cbdm_core.metrics import (
     GROUPS,
     InsufficientSamplesError,
@@ -32,7 +32,7 @@ from cbdm_core.metrics import (
     group_by_frequency,
     inception_score,
     kid,
-    memorization,
+    nearest_training,
     per_class_fid,
     per_class_scores,
     prd_fbeta,
@@ -218,11 +218,14 @@ def compute_per_class(real: FeatureSet, fake: FeatureSet, *, k: int = 5, seed: i
                               kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, fake_probs=probs,
                               device=options.get("device"))
     counts = _group_counts(options, real.labels, num_classes)
-    out: Result = {}
+    out = MetricValues()
     for name, values in scores.items():
         out.update(_per_class_values(name, values, counts))
     if probs is not None:
-        out["accuracy"] = float((probs.argmax(dim=1) == fake.labels.to(probs.device)).double().mean())
+        confidence, predicted = probs.max(dim=1)
+        out["accuracy"] = float((predicted == fake.labels.to(probs.device)).double().mean())
+        # the predictions conditional accuracy counts, one per sample (records.csv)
+        out.per_sample = {"predicted_class": predicted.cpu().numpy(), "confidence": confidence.double().cpu().numpy()}
     return out
 
 
@@ -240,12 +243,16 @@ def compute_memorization(real: FeatureSet, fake: FeatureSet, *, threshold: float
         raise CbdmError(f"memorization: samples are {tuple(fake_images.shape[1:])} but the training images "
                         f"{tuple(training.images.shape[1:])} (CxHxW)")
     device = options.get("device")
-    flags = {
-        "pixels": memorization(fake_images.flatten(1).float(), training.images.flatten(1).float(),
-                               threshold=threshold, device=device),
-        "features": memorization(fake.features, training.features, threshold=threshold, device=device),
+    near = {
+        "pixels": nearest_training(fake_images.flatten(1).float(), training.images.flatten(1).float(),
+                                   threshold=threshold, device=device),
+        "features": nearest_training(fake.features, training.features, threshold=threshold, device=device),
     }
-    out: Result = {f"memorization_{space}": float(f.mean()) for space, f in flags.items()}
+    flags = {space: n.memorized for space, n in near.items()}
+    out = MetricValues({f"memorization_{space}": float(f.mean()) for space, f in flags.items()})
+    for space, n in near.items():  # what each flag was decided from (records.csv)
+        out.per_sample.update({f"d1_{space}": n.d1, f"d2_{space}": n.d2, f"nn_train_index_{space}": n.nearest,
+                               f"memorized_{space}": n.memorized.astype(np.int64)})
     out["memorization_train_n"] = float(len(training.labels))
     if fake.labels is None:
         return out

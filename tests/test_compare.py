@@ -1,5 +1,6 @@
-"""``cbdm compare``: a tiny protocol end to end, resuming, w chosen on the selection seed only,
-the bootstrap interval, protocol errors, and the shipped protocols."""
+"""``cbdm compare``: a tiny protocol end to end, resuming, w chosen on the selection seeds only,
+the statistics (t-interval, CMH, two-stage bootstrap, Holm), per-seed sampling seeds, protocol
+errors, and the shipped protocols."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import torch
 import yaml
 
 from cbdm_core.experiments import compare as compare_mod
-from cbdm_core.experiments.compare import choose_guidance, plan_study
+from cbdm_core.experiments.compare import choose_guidance, plan_study, sampling_seed
 from cbdm_core.experiments.protocol import load_protocol, parse_protocol, protocol_names
-from cbdm_core.experiments.stats import paired_bootstrap, summarize
+from cbdm_core.experiments.stats import cmh_test, holm, paired_difference, summarize, t_interval, two_stage_bootstrap
 
 from .helpers import cli_fails, cli_ok, invoke_cli
 
@@ -76,10 +77,10 @@ class TrainerSpy:
 
 def test_tiny_protocol_end_to_end_and_seeds(tmp_path, monkeypatch):
     spy = TrainerSpy(monkeypatch)
-    proto = write_protocol(tmp_path / "tiny.yaml", tiny_protocol(tmp_path))
+    proto = write_protocol(tmp_path / "tiny.yaml", tiny_protocol(tmp_path, seeds=[0, 1, 2]))
     out = tmp_path / "study"
     res = cli_ok("compare", proto, "--out", out, "--no-progress")
-    assert len(spy.runs) == 4 and "wrote" in res.output
+    assert len(spy.runs) == 6 and "wrote" in res.output
     doc = json.loads((out / "compare.json").read_text())
     assert list(doc["methods"]) == ["ddpm", "cbdm"] and doc["baseline"] == "ddpm"
     assert [p["value"] for p in doc["primary"]] == ["memorization_pixels_tail", "coverage_tail"]
@@ -89,11 +90,14 @@ def test_tiny_protocol_end_to_end_and_seeds(tmp_path, monkeypatch):
         points = {w: [next(x["fid"] for x in r["selection"] if x["w"] == w) for r in m["runs"]] for w in (0, 2)}
         assert m["guidance"]["chosen"] == choose_guidance(points, "fid")
         for run in m["runs"]:
-            assert {x["seed"] for x in run["selection"]} == {7}
+            # every training seed samples with its own seeds, derived from the protocol's
+            assert {x["seed"] for x in run["selection"]} == {sampling_seed(7, run["seed"])}
             report = run["report"]
-            assert report["sampling_seed"] == 3 and report["guidance"] == m["guidance"]["chosen"]
+            assert report["sampling_seed"] == sampling_seed(3, run["seed"])
+            assert report["guidance"] == m["guidance"]["chosen"]
             manifest = json.loads((Path(report["samples"]) / "manifest.json").read_text())
-            assert manifest["settings"]["seed"] == 3
+            assert manifest["settings"]["seed"] == sampling_seed(3, run["seed"])
+            assert (Path(report["samples"]) / "records.csv").is_file()
             assert manifest["settings"]["guidance"] == m["guidance"]["chosen"]
             # the reported numbers are the report folder's, not a selection folder's
             metrics = json.loads((Path(report["samples"]) / "metrics.json").read_text())
@@ -101,17 +105,36 @@ def test_tiny_protocol_end_to_end_and_seeds(tmp_path, monkeypatch):
         fids = [r["report"]["values"]["fid"] for r in m["runs"]]
         assert m["summary"]["fid"]["mean"] == pytest.approx(np.mean(fids))
         assert m["summary"]["fid"]["sd"] == pytest.approx(np.std(fids, ddof=1))
+        assert list(m["summary"]["fid"]["per_seed"].values()) == fids
+    seeds = doc["sampling_seeds"]
+    assert len(set(seeds["report"].values()) | set(seeds["select"].values())) == 6  # all distinct
     base = [r["report"]["values"]["fid"] for r in doc["methods"]["ddpm"]["runs"]]
     other = [r["report"]["values"]["fid"] for r in doc["methods"]["cbdm"]["runs"]]
     diff = doc["methods"]["cbdm"]["difference_to_baseline"]["fid"]
-    assert diff["mean"] == pytest.approx(np.mean(np.subtract(other, base)))
-    assert diff["low"] <= diff["mean"] <= diff["high"]
+    assert list(diff["per_seed"].values()) == pytest.approx(np.subtract(other, base))
+    assert diff["diff_mean"] == pytest.approx(np.mean(np.subtract(other, base)))
+    low, high = diff["t_interval"]
+    assert low <= diff["diff_mean"] <= high and "p_image" not in diff  # FID is no rate
     assert doc["methods"]["ddpm"]["difference_to_baseline"] is None
+    diffs = doc["methods"]["cbdm"]["difference_to_baseline"]
+    for rate in ("memorization_pixels_tail", "accuracy"):
+        assert "p_image" in diffs[rate] and diffs[rate]["t_interval"][0] is not None
+    assert diffs["accuracy"]["images"] == [120, 120]  # 40 images x 3 seeds per method
+    assert {t["value"] for t in doc["primary_tests"]} == {"memorization_pixels_tail", "coverage_tail"}
+    assert "p_holm" in diffs["coverage_tail"]
     md = (out / "compare.md").read_text()
     sections = [line for line in md.splitlines() if line.startswith("## ")]
-    assert sections[0].startswith("## Primary endpoints")
-    assert "**memorization_pixels_tail** ★" in md and "cbdm − ddpm [95% CI]" in md
-    assert "By group" in md and "| tail |" in md
+    assert sections[1] == "## Primary endpoint: memorization_pixels_tail (lower is better)"
+    assert "seed-level intervals are weak" in md and "Holm" in md
+    assert "| seed 0 | seed 1 | seed 2 |" in md and "95% t-interval (seeds)" in md
+    tail = doc["methods"]["cbdm"]["summary"]["coverage_tail"]["per_seed"]
+    assert " | ".join(f"{x:.4g}" for x in tail.values()) in md  # every seed's value in its table
+    fid = doc["methods"]["cbdm"]["summary"]["fid"]["per_seed"]
+    assert " / ".join(f"{x:.4g}" for x in fid.values()) in md  # and in the appendix
+    assert "Appendix" in md and "| tail |" in md
+    # conditional accuracy next to the auto classifier's held-out accuracy (its ceiling)
+    assert len(doc["classifier"]["held_out"]["per_class_accuracy"]) == 10
+    assert "classifier, held-out real images (ceiling)" in md
     plots = [Path(p) for p in doc["plots"]]
     assert any(p.name == "per-class-memorization_pixels.png" for p in plots)
     assert all(p.stat().st_size > 1000 for p in plots)
@@ -141,27 +164,65 @@ def test_rerun_after_interruption_skips_finished_parts(tmp_path, monkeypatch):
     cli_fails("compare", proto, "--out", out, "--set", "training.steps=3", match="different protocol")
 
 
-def test_bootstrap_interval_on_known_paired_data():
-    pattern = np.array([0.1, 0.9, 0.4, 0.6])  # paired differences with a known mean (0.5) and spread
+def test_t_interval_against_scipy_and_a_hand_value():
+    from scipy import stats
 
-    def interval(k: int):
-        diffs = np.tile(pattern, k)
-        base = np.linspace(5, 9, diffs.size)
-        d = paired_bootstrap(base + diffs, base, resamples=4000)
-        assert d.low <= d.mean <= d.high and d.mean == pytest.approx(0.5) and d.n == diffs.size
-        return d
-
-    widths = [interval(k).high - interval(k).low for k in (1, 4, 16)]
-    assert widths[0] > widths[1] > widths[2] > 0  # more seeds, a narrower interval
-    assert widths[1] / widths[2] == pytest.approx(2.0, rel=0.25)  # about 1/sqrt(n)
-    assert 0 < interval(16).low < 0.5 < interval(16).high
-    assert paired_bootstrap([1.0, 2.0], [0.0, 1.0]).low == paired_bootstrap([1.0, 2.0], [0.0, 1.0]).high == 1.0
-    one = paired_bootstrap([3.0], [1.0])
-    assert (one.mean, one.low, one.high, one.n) == (2.0, 2.0, 2.0, 1)
-    assert paired_bootstrap([1.0, None, 3.0], [0.0, 5.0, 1.0]).n == 2
-    assert paired_bootstrap([None], [1.0]).mean is None
+    d = paired_difference([0.005, 0.015, 0.045], [0.07, 0.06, 0.09])  # diffs -0.065, -0.045, -0.045
+    assert d.per_seed == pytest.approx([-0.065, -0.045, -0.045]) and d.n == 3
+    assert d.mean == pytest.approx(-0.051667, abs=1e-6)
+    assert (d.low, d.high) == pytest.approx((-0.080, -0.023), abs=6e-4)  # by hand: t(0.975, 2) = 4.303
+    diffs = np.array([0.3, -0.1, 0.5, 0.2, 0.1])
+    want = stats.t.interval(0.95, len(diffs) - 1, loc=diffs.mean(), scale=stats.sem(diffs))
+    assert t_interval(diffs) == pytest.approx(want)
+    assert paired_difference(diffs + 1, np.ones(5)).p == pytest.approx(stats.ttest_1samp(diffs, 0).pvalue)
+    assert t_interval([1.0]) == (None, None)
+    missing = paired_difference([1.0, None, 3.0], [0.0, 5.0, 1.0])
+    assert missing.n == 2 and missing.per_seed == [1.0, None, 2.0]
+    assert paired_difference([None], [1.0]).mean is None
     s = summarize([1.0, 2.0, None, 4.0])
     assert s.n == 3 and s.mean == pytest.approx(7 / 3) and s.sd == pytest.approx(np.std([1, 2, 4], ddof=1))
+
+
+def test_cmh_against_statsmodels_and_empty_strata():
+    from statsmodels.stats.contingency_tables import StratifiedTable
+
+    tables = [[[10, 90], [3, 97]], [[7, 43], [2, 48]], [[4, 16], [1, 19]]]
+    want = StratifiedTable([np.array(t) for t in tables]).test_null_odds(correction=False)
+    # strata without information (a zero row or column margin) are skipped, not a crash
+    padded = tables + [[[0, 20], [0, 20]], [[0, 0], [3, 5]], [[5, 0], [4, 0]]]
+    got = cmh_test(padded)
+    assert got.p == pytest.approx(want.pvalue) and got.statistic == pytest.approx(want.statistic)
+    assert got.strata == 3 and got.odds_ratio > 1
+    assert cmh_test([[[0, 10], [0, 10]]]).p is None and cmh_test([]).strata == 0
+
+
+def test_two_stage_bootstrap_and_holm():
+    from statsmodels.stats.multitest import multipletests
+
+    rng = np.random.default_rng(1)
+    base = [rng.random(200) < 0.10 for _ in range(3)]
+    method = [rng.random(200) < 0.03 for _ in range(3)]
+    low, high = two_stage_bootstrap(method, base, resamples=2000, seed=0)
+    observed = np.mean([m.mean() - b.mean() for m, b in zip(method, base)])
+    assert low < observed < high < 0
+    assert two_stage_bootstrap(method, base, resamples=2000, seed=0) == (low, high)  # seeded
+    # the within-seed stage adds the image noise: wider than resampling seeds alone
+    seeds_only = np.quantile([np.mean(rng.choice([m.mean() - b.mean() for m, b in zip(method, base)], 3))
+                              for _ in range(2000)], [0.025, 0.975])
+    assert high - low > seeds_only[1] - seeds_only[0]
+    assert two_stage_bootstrap([np.empty(0)], [np.ones(3)]) == (None, None)
+    ps = [0.01, 0.04, None, 0.03]
+    assert holm(ps) == pytest.approx([multipletests([0.01, 0.04, 0.03], method="holm")[1][0], 0.06, None, 0.06])
+
+
+def test_distinct_sampling_seeds_per_training_seed(tmp_path):
+    proto = parse_protocol(tiny_protocol(tmp_path, seeds=[0, 1, 2, 3]))
+    seeds = plan_study(proto, tmp_path / "x").seeds
+    report, select = seeds["report"], seeds["select"]
+    assert list(report) == [0, 1, 2, 3] and len(set(report.values())) == 4
+    assert not set(report.values()) & set(select.values())  # a selection seed is never a report seed
+    assert report[1] == sampling_seed(3, 1) == sampling_seed(3, 1)  # deterministic
+    assert sampling_seed(3, 1) != sampling_seed(7, 1)
 
 
 def test_choose_guidance_follows_declared_direction():

@@ -14,7 +14,8 @@ from .engine import (
 from .inputs import SampleSet, read_samples
 from .prepared import PreparedReference, ReferenceRadii, prepare_reference
 from .reference import default_cache_dir, fit_to_reference, load_reference, training_class_counts
-from .report import METRICS_JSON, PER_CLASS_PLOT, metrics_table, plot_per_class_fid, result_to_dict, write_metrics_json
+from .report import (METRICS_JSON, PER_CLASS_PLOT, RECORD_COLUMNS, RECORDS_CSV, metrics_table, plot_per_class_fid,
+                     read_records_csv, records_table, result_to_dict, write_metrics_json, write_records_csv)
 from .values import direction_of, is_per_class, provider_of, rankable, summary_values
 
 __all__ = [
@@ -46,4 +47,9 @@ __all__ = [
     "summary_values",
     "training_class_counts",
     "write_metrics_json",
+    "write_records_csv",
+    "read_records_csv",
+    "records_table",
+    "RECORDS_CSV",
+    "RECORD_COLUMNS",
 ]

@@ -94,6 +94,7 @@ class MetricResult:
     values: dict[str, Optional[float]]
     warnings: list[str] = field(default_factory=list)
     skipped: Optional[str] = None
+    per_sample: dict[str, Any] = field(default_factory=dict)  # column -> one entry per sample
 
     @property
     def computed(self) -> bool:
@@ -115,6 +116,7 @@ class EvalResult:
     sample_counts: Optional[list[int]] = None
     warnings: list[str] = field(default_factory=list)
     training: Optional[dict[str, Any]] = None
+    sample_labels: Optional[list[int]] = None  # the requested class of each sample
 
     def values(self, per_class: bool = False) -> dict[str, Optional[float]]:
         """All values by name (the per-class ``<name>_class_<c>`` ones only with ``per_class``)."""
@@ -249,6 +251,16 @@ def _finite(values: dict[str, Any]) -> dict[str, Optional[float]]:
     return out
 
 
+def _per_sample(metric: str, values: Any, n: int) -> dict[str, Any]:
+    """The per-sample columns a metric returned (:class:`~cbdm_core.interfaces.MetricValues`),
+    each checked to hold one entry per sample."""
+    columns = dict(getattr(values, "per_sample", None) or {})
+    for name, col in columns.items():
+        if len(col) != n:
+            raise CbdmError(f"metric {metric!r} returned {len(col)} per-sample {name!r} entries for {n} samples")
+    return columns
+
+
 def _skip_reason(name: str, spec: Any, sample_set: SampleSet) -> Optional[str]:
     if getattr(spec, "needs_labels", False) and not sample_set.labeled:
         return f"the samples in {sample_set.source} have no class labels"
@@ -346,7 +358,8 @@ def evaluate(samples: Union[Path, str, SampleSet], options: EvalOptions, *,
                                         options.metric_options.get(name, {}), f"metric {name!r}")
                 values = specs[name].compute(cached.features, fake, device=device, num_classes=ref.num_classes,
                                              class_counts=counts, **extra, **user)
-            results.append(MetricResult(name, _finite(values), log.current))
+            results.append(MetricResult(name, _finite(values), log.current,
+                                        per_sample=_per_sample(name, values, len(images))))
             log.current = None
 
     sample_counts = (torch.bincount(sample_set.labels, minlength=ref.num_classes).tolist()
@@ -368,4 +381,5 @@ def evaluate(samples: Union[Path, str, SampleSet], options: EvalOptions, *,
         warnings=log.all,
         training=None if training is None else {"description": training.description,
                                                 "count": int(len(training.labels))},
+        sample_labels=sample_set.labels.tolist() if sample_set.labeled else None,
     )

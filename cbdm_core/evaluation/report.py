@@ -16,6 +16,12 @@ from .values import is_per_class
 
 FORMAT = "cbdm-eval/1"
 METRICS_JSON = "metrics.json"
+RECORDS_CSV = "records.csv"
+RECORD_COLUMNS: tuple[str, ...] = (
+    "index", "requested_class", "predicted_class", "confidence",
+    "d1_pixels", "d2_pixels", "nn_train_index_pixels", "memorized_pixels",
+    "d1_features", "d2_features", "nn_train_index_features", "memorized_features",
+)
 PER_CLASS_PLOT = "per_class_fid.png"
 NOT_COMPUTED = "not computed"
 GROUP_COLORS = {"head": "tab:blue", "medium": "tab:orange", "tail": "tab:red"}
@@ -112,9 +118,59 @@ def result_to_dict(result: EvalResult) -> dict[str, Any]:
 
 
 def write_metrics_json(result: EvalResult, path: Path) -> Path:
-    """Write ``metrics.json`` atomically (non-finite numbers are already ``None``)."""
+    """Write ``metrics.json`` atomically (non-finite numbers are already ``None``), and
+    ``records.csv`` (one row per sample, :func:`write_records_csv`) next to it."""
     atomic_write_text(Path(path), json.dumps(result_to_dict(result), indent=2, allow_nan=False) + "\n")
+    write_records_csv(result, Path(path).parent / RECORDS_CSV)
     return Path(path)
+
+
+def records_table(result: EvalResult) -> list[dict[str, Any]]:
+    """One row per generated image, :data:`RECORD_COLUMNS`: the requested class and the
+    per-sample values the metrics computed (classifier prediction, memorisation distances,
+    nearest training image and flag). A column a run did not compute is ``None``."""
+    columns: dict[str, Any] = {}
+    for m in result.metrics:
+        columns.update(m.per_sample)
+    n = int(result.samples["count"])
+    rows = []
+    for i in range(n):
+        row: dict[str, Any] = {"index": i,
+                               "requested_class": None if result.sample_labels is None else result.sample_labels[i]}
+        for name in RECORD_COLUMNS[2:]:
+            col = columns.get(name)
+            row[name] = None if col is None else _plain(col[i])
+        rows.append(row)
+    return rows
+
+
+def _plain(x: Any) -> Any:
+    """A numpy/torch scalar as a Python int or float (CSV writes it exactly: repr round-trips)."""
+    value = x.item() if hasattr(x, "item") else x
+    return value
+
+
+def write_records_csv(result: EvalResult, path: Path) -> Path:
+    """``records.csv``, atomically: :func:`records_table`, empty cells where not computed."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(RECORD_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for row in records_table(result):
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    atomic_write_text(Path(path), buf.getvalue())
+    return Path(path)
+
+
+def read_records_csv(path: Path) -> dict[str, list[Optional[float]]]:
+    """``records.csv`` as columns (numbers, ``None`` for empty cells)."""
+    import csv
+
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {name: [None if r.get(name) in (None, "") else float(r[name]) for r in rows] for name in RECORD_COLUMNS}
 
 
 def _plain_log_ticks(ax: Any, xs: list[int]) -> None:

@@ -10,13 +10,18 @@ Folder layout (``DIR``)::
 
     protocol.json                     the protocol as run (a re-run must match it)
     runs/<method>/seed-<s>/           one training run per method and seed
-        select-w<w>/                  selection samples (guidance.selection_seed) + metrics.json
-        report-w<w>/                  report samples (report_seed) at the chosen w + metrics.json
+        select-w<w>/                  selection samples + metrics.json + records.csv
+        report-w<w>/                  report samples at the chosen w + metrics.json + records.csv
+
+Each training seed samples with its own sampling seeds, derived from ``report_seed`` and
+``guidance.selection_seed`` (:func:`sampling_seed`), so the sampling noise differs between
+training seeds and is part of every seed-level interval.
     compare.json, compare.md, plots/  the result (see :mod:`.compare_report`)
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +94,7 @@ class StudyPlan:
     eval_metrics: list[str]
     select_metrics: list[str]
     directions: dict[str, str] = field(default_factory=dict)  # primary and select values: "lower"/"higher"
+    seeds: dict[str, dict[int, int]] = field(default_factory=dict)  # sampling seeds, see sampling_seeds()
 
     def run_dir(self, method: str, seed: int) -> Path:
         return _run_dir(self.out_dir, method, seed)
@@ -108,6 +114,28 @@ class StudyPlan:
                 folder = self.run_dir(label, s) / ("report" if w is None else f"report-w{value_label(w)}")
                 out.append(Part("report", label, s, folder, w))
         return out
+
+
+def sampling_seed(base: int, training_seed: int) -> int:
+    """The sampling seed of one training seed's samples: the first 4 bytes (little-endian) of
+    SHA-256 of ``"cbdm-sampling/<base>/<training_seed>"``, masked to 31 bits. ``base`` is the
+    protocol's ``report_seed`` or ``guidance.selection_seed``; every method of a training seed
+    draws the same noise (the comparison stays paired), every training seed other noise."""
+    digest = hashlib.sha256(f"cbdm-sampling/{int(base)}/{int(training_seed)}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def sampling_seeds(protocol: Protocol) -> dict[str, dict[int, int]]:
+    """``{"report": {training seed: sampling seed}, "select": {...}}`` (``select`` empty without a
+    grid); :class:`CbdmError` in the (unlikely) case two of them coincide, since a selection
+    seed must never be a report seed and each training seed needs its own noise."""
+    p = protocol
+    out = {"report": {s: sampling_seed(p.report_seed, s) for s in p.seeds},
+           "select": {s: sampling_seed(p.guidance.selection_seed, s) for s in p.seeds} if p.selecting() else {}}
+    every = list(out["report"].values()) + list(out["select"].values())
+    if len(set(every)) != len(every):
+        raise CbdmError("two derived sampling seeds coincide; change report_seed or guidance.selection_seed")
+    return out
 
 
 def _run_dir(out_dir: Path, method: str, seed: int) -> Path:
@@ -171,7 +199,7 @@ def plan_study(protocol: Protocol, out_dir: Path) -> StudyPlan:
             raise CbdmError(f"guidance.select {select!r} is not a value of the chosen metrics ({', '.join(metrics)})")
         directions[select] = rankable(select, metrics).value
         select_metrics = [provider]  # selection samples need only the metric that picks w
-    return StudyPlan(p, Path(out_dir), configs, entries, metrics, select_metrics, directions)
+    return StudyPlan(p, Path(out_dir), configs, entries, metrics, select_metrics, directions, sampling_seeds(p))
 
 
 def _check_folder(plan: StudyPlan) -> None:
@@ -224,9 +252,23 @@ def _classifier(plan: StudyPlan, observer: StudyObserver) -> Optional[Path]:
     from ..features.auto_classifier import ensure_classifier
 
     d = plan.protocol.data
-    return ensure_classifier(plan.out_dir / f"classifier-{d.dataset}.safetensors", d.dataset, d.root,
+
+    return ensure_classifier(plan.out_dir / f"classifier-{d.dataset}-heldout.safetensors", d.dataset, d.root,
                              epochs=e.classifier_epochs, device=resolve_device(plan.protocol.training.device),
-                             on_status=observer.status)
+                             on_status=observer.status, training_sets=_training_sets(plan))
+
+
+def _training_sets(plan: StudyPlan) -> list[Any]:
+    """The distinct dataset options of every run's training set (the auto classifier sees none
+    of their images; runs differ only by method, so this is usually one)."""
+    from ..build import dataset_options
+
+    out: list[Any] = []
+    for cfg in plan.configs.values():
+        opts = dataset_options(cfg, "train")
+        if opts not in out:
+            out.append(opts)
+    return out
 
 
 def _train(plan: StudyPlan, part: Part, observer: StudyObserver, index: int) -> None:
@@ -302,6 +344,10 @@ def _sample_and_evaluate(plan: StudyPlan, part: Part, seed: int, num: int, optio
     from ..sampling.generate import generate_samples
     from ..sampling.plan import plan_labels
 
+    recorded = _manifest_seed(part.folder)
+    if recorded is not None and recorded != seed:
+        raise CbdmError(f"{part.folder} was sampled with seed {recorded}, but this study samples it with "
+                        f"seed {seed} (one sampling seed per training seed); use another --out")
     doc = _read_metrics(part.folder)
     observer.start(index, part, doc is not None)
     if doc is not None:
@@ -376,8 +422,8 @@ def run_study(protocol: Protocol, out_dir: Path, *, observer: Optional[StudyObse
             select = p.guidance.select or ""
             num = p.guidance.selection_num or p.sampling.num
             for part in [x for x in method_parts if x.kind == "select"]:
-                doc = _sample_and_evaluate(plan, part, p.guidance.selection_seed, num, select_opts, reference,
-                                           obs, index, runs)
+                doc = _sample_and_evaluate(plan, part, plan.seeds["select"][part.seed], num, select_opts,
+                                           reference, obs, index, runs)
                 index += 1
                 selection[part.seed].append({"w": part.guidance, "samples": str(part.folder),
                                              "seed": _manifest_seed(part.folder), select: doc["values"].get(select)})
@@ -386,22 +432,31 @@ def run_study(protocol: Protocol, out_dir: Path, *, observer: Optional[StudyObse
             chosen = choose_guidance(points, select)
             if chosen is None:
                 raise CbdmError(f"no selection sample set of {label} has a value for {select}; cannot choose w")
-            obs.status(f"{label}: w = {chosen:g} chosen by {select} on sampling seed {p.guidance.selection_seed}")
+            obs.status(f"{label}: w = {chosen:g} chosen by {select} on the selection samples "
+                       f"(seeds derived from {p.guidance.selection_seed})")
         else:
             chosen, points = p.guidance.values[0], {}
         reports = []
         for part in [x for x in method_parts if x.kind == "report"]:
             part.guidance = chosen
             part.folder = plan.run_dir(label, part.seed) / f"report-w{value_label(chosen)}"
-            doc = _sample_and_evaluate(plan, part, p.report_seed, p.sampling.num, report_opts, reference,
-                                       obs, index, runs)
+            doc = _sample_and_evaluate(plan, part, plan.seeds["report"][part.seed], p.sampling.num, report_opts,
+                                       reference, obs, index, runs)
             index += 1
             reports.append({"seed": part.seed, "run": str(plan.run_dir(label, part.seed)), "doc": doc,
                             "samples": str(part.folder), "sampling_seed": _manifest_seed(part.folder),
                             "guidance": chosen, "selection": selection[part.seed]})
         results[label] = {"entry": entry, "chosen": chosen, "points": points, "reports": reports}
     runs.clear()
-    return write_outputs(plan, results, Path(out_dir))
+    return write_outputs(plan, results, Path(out_dir), classifier=_classifier_summary(classifier))
+
+
+def _classifier_summary(path: Optional[Path]) -> Optional[dict[str, Any]]:
+    if path is None:
+        return None
+    from ..features.auto_classifier import classifier_summary
+
+    return classifier_summary(path)
 
 
 def _manifest_seed(folder: Path) -> Optional[int]:

@@ -6,7 +6,7 @@ from .groups import GROUPS, describe_rule, frequency_groups, group_by_frequency,
 from .inception_score import inception_score
 from .kid import kid
 from .knn import ball_counts, knn_radii, manifold_coverage, nearest_distance, two_nearest
-from .memorization import TrainingReference, memorization, nearest_ratio
+from .memorization import NearestTraining, TrainingReference, memorization, nearest_ratio, nearest_training
 from .per_class import conditional_accuracy, per_class_fid, per_class_scores
 from .prd import max_f_beta, prd_curve, prd_fbeta, prd_from_histograms
 from .precision_recall import (
@@ -43,6 +43,8 @@ __all__ = [
     "memorization",
     "nearest_distance",
     "nearest_ratio",
+    "nearest_training",
+    "NearestTraining",
     "per_class_fid",
     "per_class_scores",
     "prd_curve",

@@ -53,16 +53,25 @@ def two_nearest(queries: torch.Tensor, refs: torch.Tensor, budget_bytes: int = B
     for 0..255 pixels in float32), so the ``candidates`` nearest rows they find are re-measured
     exactly as ``||q - r||`` in float64: copies get exactly 0.
     """
+    d1, d2, _ = two_nearest_with_index(queries, refs, budget_bytes, candidates)
+    return d1, d2
+
+
+def two_nearest_with_index(queries: torch.Tensor, refs: torch.Tensor, budget_bytes: int = BUDGET,
+                           candidates: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`two_nearest` plus the row of ``refs`` nearest to each query (int64)."""
     d1 = torch.empty(queries.shape[0], dtype=torch.float64, device=queries.device)
     d2 = torch.empty_like(d1)
+    nearest = torch.empty(queries.shape[0], dtype=torch.int64, device=queries.device)
     m = min(max(2, candidates), refs.shape[0])
     for i, d in _blocks(queries, refs, budget_bytes):
         idx = d.topk(m, dim=1, largest=False).indices
         q = queries[i:i + d.shape[0]].to(torch.float64)
-        exact = (refs[idx].to(torch.float64) - q[:, None, :]).norm(dim=2).sort(dim=1).values
+        exact, order = (refs[idx].to(torch.float64) - q[:, None, :]).norm(dim=2).sort(dim=1)
         d1[i:i + d.shape[0]] = exact[:, 0]
         d2[i:i + d.shape[0]] = exact[:, min(1, m - 1)]
-    return d1, d2
+        nearest[i:i + d.shape[0]] = idx.gather(1, order[:, :1]).squeeze(1)
+    return d1, d2, nearest
 
 
 def nearest_distance(queries: torch.Tensor, refs: torch.Tensor, budget_bytes: int = BUDGET) -> torch.Tensor:

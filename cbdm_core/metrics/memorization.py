@@ -11,7 +11,7 @@ import torch
 
 from ..errors import CbdmError
 from ._common import ArrayLike, as_torch2d, check_same_dim
-from .knn import BUDGET, two_nearest
+from .knn import BUDGET, two_nearest_with_index
 
 THRESHOLD = 1.0 / 3.0
 
@@ -34,16 +34,38 @@ class TrainingReference:
     description: str = ""
 
 
-def nearest_ratio(generated: ArrayLike, train: ArrayLike, *, device: str | torch.device | None = None,
-                  dtype: torch.dtype = torch.float32, budget_bytes: int = BUDGET) -> tuple[np.ndarray, np.ndarray]:
-    """``(d1, d2)``: per generated row, the distances to its nearest and second-nearest training row."""
+@dataclass
+class NearestTraining:
+    """Per generated row: distances to its nearest (``d1``) and second-nearest (``d2``) training
+    row, the index of the nearest one in the training set, and the memorisation flag."""
+
+    d1: np.ndarray
+    d2: np.ndarray
+    nearest: np.ndarray
+    memorized: np.ndarray
+
+
+def nearest_training(generated: ArrayLike, train: ArrayLike, *, threshold: float = THRESHOLD,
+                     device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,
+                     budget_bytes: int = BUDGET) -> NearestTraining:
+    """Everything the memorisation flag is decided from, per generated row (what ``records.csv`` keeps)."""
+    if not 0 < threshold <= 1:
+        raise CbdmError(f"memorisation threshold must be in (0, 1], got {threshold}")
     gen = as_torch2d(generated, "generated", device=device, dtype=dtype)
     ref = as_torch2d(train, "train", device=device, dtype=dtype)
     check_same_dim(ref, gen)
     if ref.shape[0] < 2:
         raise CbdmError(f"memorisation needs at least 2 training rows, got {ref.shape[0]}")
-    d1, d2 = two_nearest(gen, ref, budget_bytes)
-    return d1.double().cpu().numpy(), d2.double().cpu().numpy()
+    d1, d2, nearest = (t.cpu().numpy() for t in two_nearest_with_index(gen, ref, budget_bytes))
+    d1, d2 = d1.astype(np.float64), d2.astype(np.float64)
+    return NearestTraining(d1, d2, nearest.astype(np.int64), (d1 < threshold * d2) | (d1 == 0))
+
+
+def nearest_ratio(generated: ArrayLike, train: ArrayLike, *, device: str | torch.device | None = None,
+                  dtype: torch.dtype = torch.float32, budget_bytes: int = BUDGET) -> tuple[np.ndarray, np.ndarray]:
+    """``(d1, d2)``: per generated row, the distances to its nearest and second-nearest training row."""
+    near = nearest_training(generated, train, device=device, dtype=dtype, budget_bytes=budget_bytes)
+    return near.d1, near.d2
 
 
 def memorization(generated: ArrayLike, train: ArrayLike, *, threshold: float = THRESHOLD,
@@ -54,10 +76,8 @@ def memorization(generated: ArrayLike, train: ArrayLike, *, threshold: float = T
     An exact copy of a training row that itself appears twice (``d1 = d2 = 0``) counts as
     memorised. Distances are float32, computed in blocks of about ``budget_bytes``.
     """
-    if not 0 < threshold <= 1:
-        raise CbdmError(f"memorisation threshold must be in (0, 1], got {threshold}")
-    d1, d2 = nearest_ratio(generated, train, device=device, budget_bytes=budget_bytes)
-    return (d1 < threshold * d2) | (d1 == 0)
+    return nearest_training(generated, train, threshold=threshold, device=device,
+                            budget_bytes=budget_bytes).memorized
 
 
 def rate(flags: np.ndarray, mask: Optional[np.ndarray] = None) -> Optional[float]:

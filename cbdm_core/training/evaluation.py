@@ -99,10 +99,12 @@ class TrainingEvaluator:
         e, d = self.cfg.evaluate, self.cfg.data
         if e.classifier is not None:
             return Path(e.classifier).expanduser()
+        from ..build import dataset_options
         from ..features.auto_classifier import ensure_classifier
 
         return ensure_classifier(self.run_dir / AUTO_CLASSIFIER, d.dataset, d.root, epochs=e.classifier_epochs,
-                                 device=self.device, on_status=lambda m: self.status(f"evaluation: {m}"))
+                                 device=self.device, on_status=lambda m: self.status(f"evaluation: {m}"),
+                                 training_sets=[dataset_options(self.cfg, "train")])
 
     def prepare(self) -> None:
         """Classifier, real reference set and its features: once per process, before training."""
