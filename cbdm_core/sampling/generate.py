@@ -310,7 +310,7 @@ def _generate_locked(run: "LoadedRun", labels_np: np.ndarray, *, out_dir: Path, 
     if ctx.is_main:
         complete = all(len(w) == 0 for w in _plan_work(out_dir, spans, labels_np, settings, dirs, None, False))
         _save_grid(result.grid, _grid_images(out_dir, manifest, spans, C, grid_per_class, counts), C,
-                   max(1, min(int(grid_per_class), max(counts))), chw)
+                   max(1, min(int(grid_per_class), max(counts))), chw, _row_names(manifest, C))
         manifest["complete"] = complete
         sh.write_manifest(out_dir, manifest)
     ctx.barrier()
@@ -396,8 +396,14 @@ def _sample_indices(run: "LoadedRun", idx: np.ndarray, labels: np.ndarray, *, se
     return out
 
 
+def _row_names(manifest: dict[str, Any], num_classes: int) -> list[str]:
+    """The grid's row labels (one row per class): the run's class names, else the indices."""
+    names = list(manifest.get("class_names") or [])
+    return [str(names[k]) if k < len(names) else str(k) for k in range(num_classes)]
+
+
 def _save_grid(path: Path, grid_imgs: dict[int, list[np.ndarray]], num_classes: int, per_class: int,
-               chw: tuple[int, int, int]) -> None:
+               chw: tuple[int, int, int], row_labels: Optional[list[str]] = None) -> None:
     imgs = [im for k in range(num_classes) for im in grid_imgs[k]]
     labs = [k for k in range(num_classes) for _ in grid_imgs[k]]
     if imgs:
@@ -405,4 +411,4 @@ def _save_grid(path: Path, grid_imgs: dict[int, list[np.ndarray]], num_classes: 
     else:
         images = torch.zeros((0, *chw), dtype=torch.uint8)
     rows = class_rows(images, torch.tensor(labs, dtype=torch.long), num_classes, per_class)
-    save_png(grid_image(rows, nrow=per_class), path)
+    save_png(grid_image(rows, nrow=per_class, row_labels=row_labels), path)

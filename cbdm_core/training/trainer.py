@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -335,7 +335,8 @@ class Trainer:
             return time.perf_counter() - started
 
         def preview(at_step: int) -> Optional[Path]:
-            path = self.preview(ema_model, schedule, data.num_classes, at_step) if ctx.is_main else None
+            path = (self.preview(ema_model, schedule, data.num_classes, at_step, data.class_names)
+                    if ctx.is_main else None)
             ctx.barrier()
             return path
 
@@ -459,8 +460,9 @@ class Trainer:
             old.unlink(missing_ok=True)
 
     @torch.no_grad()
-    def preview(self, ema_model: torch.nn.Module, schedule, num_classes: int, step: int) -> Path:
-        """Sample a grid with one row per class from the EMA model."""
+    def preview(self, ema_model: torch.nn.Module, schedule, num_classes: int, step: int,
+                class_names: Optional[Sequence[str]] = None) -> Path:
+        """Sample a grid with one row per class, labelled, from the EMA model."""
         from ..sampling import sample
         from ..sampling.generate import resolve_steps
 
@@ -476,7 +478,9 @@ class Trainer:
             "steps": resolve_steps(p.sampler, p.steps, schedule.num_timesteps)}).sample_kwargs())
         imgs = to_uint8(x0).cpu()
         path = self.run_dir / "samples" / f"grid-{step:08d}.png"
-        save_png(grid_image(class_rows(imgs, y.cpu(), num_classes, p.per_class), nrow=p.per_class), path)
+        labels = [str(n) for n in class_names] if class_names else [str(k) for k in range(num_classes)]
+        save_png(grid_image(class_rows(imgs, y.cpu(), num_classes, p.per_class), nrow=p.per_class,
+                            row_labels=labels), path)
         return path
 
     def _for_sampling(self, ema_model: torch.nn.Module) -> torch.nn.Module:
