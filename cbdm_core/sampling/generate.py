@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .. import locks
-from ..atomic import ensure_dir, remove_stale_temps
+from ..atomic import remove_stale_temps
 from ..errors import CbdmError
 from ..images import as_numpy_nhwc, class_rows, grid_image, save_png, to_uint8
 from . import shards as sh
@@ -186,14 +186,14 @@ def generate_samples(run: "LoadedRun", labels: Sequence[int], *, out_dir: Path,
 
     def prepare() -> None:
         # One writer per sample folder for the whole call (rank 0 holds it for all ranks):
-        # a second `cbdm sample` into it is refused.
-        ensure_dir(out_dir, "sample folder")
+        # a second `cbdm sample` into it is refused. A refused start leaves no lock file, nor
+        # the folder when it created it (acquire creates it).
         locks.acquire(out_dir, "sample folder")
         try:
             remove_stale_temps(out_dir)
             _prepare_folder(out_dir, settings, overwrite)
         except BaseException:
-            locks.release(out_dir)
+            locks.release(out_dir, discard=True)
             raise
 
     ctx.main_first(prepare, others=False)  # an error on rank 0 is raised on every rank

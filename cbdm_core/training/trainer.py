@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -102,6 +103,7 @@ class Trainer:
 
     def _prepare_run_dir(self) -> Optional[Checkpoint]:
         cfg_path = self.run_dir / "config.yaml"
+        self._created_dir = not self.run_dir.exists()  # a refused start removes it again (run())
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             probe = self.run_dir / ".write-test"
@@ -203,12 +205,18 @@ class Trainer:
         check_loggers(cfg.log)
         check_evaluation(cfg)
         ctx = setup_distributed(build.resolve_device(cfg.device))
-        self._locked = False
+        self._locked = self._created_dir = self._wrote_config = False
         try:
             return self._run(ctx)
         finally:
             if self._locked:
-                locks.release(self.run_dir)
+                # Refused before config.yaml (a run folder in use, an existing run without
+                # --resume/--overwrite, bad data...): leave no lock file or empty folder behind.
+                refused = not self._wrote_config
+                locks.release(self.run_dir, discard=refused)
+                if refused and self._created_dir:
+                    with contextlib.suppress(OSError):
+                        self.run_dir.rmdir()  # only when empty
             ctx.close()
 
     def _run(self, ctx: DistContext) -> TrainResult:
@@ -289,6 +297,7 @@ class Trainer:
         if ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "config.yaml", dump_config_yaml(cfg))
+            self._wrote_config = True
             if self.on_start:
                 self.on_start(data, model, step)
 
