@@ -7,9 +7,11 @@ from :data:`COMMANDS` (a test checks that every entry loads the command it names
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import signal
 import sys
-from typing import NamedTuple, Optional
+from typing import Iterator, NamedTuple, Optional
 
 import click
 
@@ -40,6 +42,22 @@ COMMANDS: dict[str, LazyCommand] = {
 }
 
 
+@contextlib.contextmanager
+def _quiet_interrupt() -> Iterator[None]:
+    """Ctrl-C while a command's module imports torch exits quietly (see :mod:`cbdm_cli.entry`)."""
+    from .entry import _interrupted_while_starting
+
+    try:
+        previous = signal.signal(signal.SIGINT, _interrupted_while_starting)
+    except ValueError:  # not the main thread (an embedding application): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class _Group(click.Group):
     """Loads sub-commands on demand; turns :class:`CbdmError` into one line on stderr and exit
     status 1."""
@@ -54,7 +72,8 @@ class _Group(click.Group):
         if entry is None:
             return None
         # An import error here is a bug in cbdm, not a user error: let it raise.
-        command = getattr(importlib.import_module(entry.module), entry.attr)
+        with _quiet_interrupt():
+            command = getattr(importlib.import_module(entry.module), entry.attr)
         self.add_command(command, cmd_name)
         return command
 
