@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import click
+
 from cbdm_cli.main import COMMANDS, cli
 
 _PROBE = """
@@ -28,8 +29,8 @@ sys.stderr.write("LOADED " + json.dumps([m for m in heavy if m in sys.modules]) 
 def _loaded_after(*commands: list[str]) -> list[str]:
     """Heavy modules present after running each ``cbdm ARGS`` of ``commands`` in one fresh interpreter."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", _PROBE.format(commands=list(commands))], capture_output=True, text=True,
-                          env=env, timeout=120)
+    code = _PROBE.format(commands=list(commands))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     line = [ln for ln in proc.stderr.splitlines() if ln.startswith("LOADED ")]
     assert line, proc.stderr
     return json.loads(line[-1][len("LOADED "):])
@@ -41,7 +42,7 @@ def test_help_loads_no_torch():
 
 def test_listing_commands_load_no_timm_or_torchvision():
     loaded = _loaded_after(["methods"], ["plugins"])
-    for name in ("timm", "torchvision", "torch_fidelity", "matplotlib", "sklearn"):
+    for name in ("timm", "torchvision", "torch_fidelity", "matplotlib", "scipy", "sklearn"):
         assert name not in loaded, f"`cbdm methods` / `cbdm plugins` imported {name}"
 
 
