@@ -16,8 +16,9 @@ FAST = ["--no-progress", "--steps", "1"]
 
 def test_sample_on_a_folder_that_is_not_a_run(tmp_path):
     (tmp_path / "qs").mkdir()  # `cbdm sample runs` for `cbdm sample runs/qs`
+    (tmp_path / "qs" / "config.yaml").write_text("{}\n")
     line = cli_fails("sample", tmp_path, "--no-progress", match="is not a run folder")
-    assert "config.yaml" in line
+    assert "config.yaml" in line and f"runs inside it: {tmp_path / 'qs'}" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["qs"]  # nothing written
 
 
