@@ -20,7 +20,8 @@ def resolve_checkpoint(path: Union[str, Path]) -> Path:
             if not (path / RUN_CONFIG).is_file():
                 # e.g. `cbdm sample runs` for `cbdm sample runs/qs`: the folder above the run
                 inside = sorted(str(p.parent) for p in path.glob(f"*/{RUN_CONFIG}"))
-                hint = f" (runs inside it: {', '.join(inside[:3])}{', ...' if len(inside) > 3 else ''})" if inside else ""
+                more = ", ..." if len(inside) > 3 else ""
+                hint = f" (runs inside it: {', '.join(inside[:3])}{more})" if inside else ""
                 raise CheckpointError(f"{path} is not a run folder (no {RUN_CONFIG}); pass the folder that "
                                       f"`cbdm train --out` wrote{hint}")
             raise CheckpointError(f"no checkpoint found in {path}: the run has not saved one yet")
