@@ -6,36 +6,41 @@ Public API (see docs/api.md): :func:`cbdm_loss`, :func:`t2h_targets`,
 :data:`hookimpl` (``from cbdm_core import hookimpl``, see docs/plugins.md).
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from .errors import CbdmError
-from .methods.cbdm import CBDMRegularizer, cbdm_loss
-from .methods.t2h import t2h_targets
-from .schedules import CosineSchedule, LinearSchedule, NoiseSchedule
 
 __all__ = ["cbdm_loss", "CBDMRegularizer", "t2h_targets", "CbdmError", "LinearSchedule", "CosineSchedule",
            "NoiseSchedule", "long_tail_counts", "sample", "load_denoiser", "load_run", "SamplingSettings",
            "hookimpl"]
 
+# Every public name is imported on first use: importing the package (as `cbdm --help` does for
+# CbdmError) must not load torch, which takes a second or more.
+_LAZY: dict[str, str] = {
+    "cbdm_loss": ".methods.cbdm",
+    "CBDMRegularizer": ".methods.cbdm",
+    "t2h_targets": ".methods.t2h",
+    "LinearSchedule": ".schedules",
+    "CosineSchedule": ".schedules",
+    "NoiseSchedule": ".schedules",
+    "long_tail_counts": ".data.long_tail",
+    "sample": ".sampling",
+    "SamplingSettings": ".sampling.settings",
+    "load_denoiser": ".run",
+    "load_run": ".run",
+    "hookimpl": ".hookspecs",  # pluggy: loaded only by plugin modules
+}
 
-def __getattr__(name: str):
-    # Lazy: these pull in the data and sampling packages (and pluggy, for hookimpl).
-    if name == "hookimpl":
-        from .hookspecs import hookimpl
 
-        return hookimpl
-    if name == "long_tail_counts":
-        from .data.long_tail import long_tail_counts
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cbdm_core' has no attribute {name!r}")
+    return getattr(importlib.import_module(module, __name__), name)
 
-        return long_tail_counts
-    if name == "sample":
-        from .sampling import sample
 
-        return sample
-    if name == "SamplingSettings":
-        from .sampling.settings import SamplingSettings
-
-        return SamplingSettings
-    if name in ("load_denoiser", "load_run"):
-        from . import run
-
-        return getattr(run, name)
-    raise AttributeError(f"module 'cbdm_core' has no attribute {name!r}")
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from .atomic import atomic_path
 
@@ -21,10 +22,12 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float() / 127.5 - 1.0
 
 
-def grid_image(images: torch.Tensor, nrow: int, pad: int = 1, min_cell: int = 32) -> Image.Image:
+def grid_image(images: torch.Tensor, nrow: int, pad: int = 1, min_cell: int = 32,
+               row_labels: Optional[Sequence[str]] = None) -> Image.Image:
     """A grid of ``images`` (uint8 ``[N, C, H, W]``), ``nrow`` images per row.
 
     Small images are enlarged (nearest) so that a cell is at least ``min_cell`` pixels.
+    ``row_labels``: text drawn at the left of each row (a class name or index).
     """
     images = images.detach().cpu()
     n, c, h, w = images.shape
@@ -40,7 +43,33 @@ def grid_image(images: torch.Tensor, nrow: int, pad: int = 1, min_cell: int = 32
         y0, x0 = pad + r * (h + pad), pad + col * (w + pad)
         canvas[:, y0:y0 + h, x0:x0 + w] = images[i]
     arr = canvas.permute(1, 2, 0).numpy()
-    return Image.fromarray(arr[..., 0] if c == 1 else arr, mode="L" if c == 1 else "RGB")
+    grid = Image.fromarray(arr[..., 0] if c == 1 else arr, mode="L" if c == 1 else "RGB")
+    if row_labels:
+        grid = _label_rows(grid, [str(t) for t in row_labels][:rows], row_height=h + pad, top=pad)
+    return grid
+
+
+LABEL_CHARS = 16  # longer class names are cut, so the label column stays narrow
+
+
+def _label_rows(grid: Image.Image, labels: list[str], *, row_height: int, top: int) -> Image.Image:
+    """``grid`` with a white column at its left holding one label per row, vertically centred.
+
+    PIL's built-in bitmap font: no font file, nothing downloaded.
+    """
+    font = ImageFont.load_default()
+    labels = [t if len(t) <= LABEL_CHARS else t[:LABEL_CHARS - 1] + "~" for t in labels]
+    probe = ImageDraw.Draw(Image.new("L", (1, 1)))
+    boxes = [probe.textbbox((0, 0), t, font=font) for t in labels]
+    width = max((b[2] - b[0] for b in boxes), default=0) + 8
+    out = Image.new(grid.mode, (grid.width + width, grid.height), 255 if grid.mode == "L" else (255, 255, 255))
+    out.paste(grid, (width, 0))
+    draw = ImageDraw.Draw(out)
+    ink = 0 if grid.mode == "L" else (0, 0, 0)
+    for r, (text, box) in enumerate(zip(labels, boxes)):
+        y = top + r * row_height + (row_height - (box[3] - box[1])) // 2 - box[1]
+        draw.text((4 - box[0], y), text, fill=ink, font=font)
+    return out
 
 
 def save_png(img: Image.Image, path: Path) -> None:

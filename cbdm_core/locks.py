@@ -4,6 +4,12 @@
 exits, however it exits (SIGKILL included), so a crash never leaves a folder stuck.
 The holder writes its PID into the file so a refused writer can name it. Locks are
 re-entrant within one process (the same folder locked twice by nested code).
+
+The lock file exists only while a process holds it: the last :func:`release` unlinks it
+while still locked, and :func:`acquire` re-checks after locking that the path still names
+the file it locked (else it retries), so nobody ever holds an unlinked lock file. A refused
+start (``release(folder, discard=True)``) also removes the folder when :func:`acquire`
+created it and it is still empty, so it leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from .errors import CbdmError
 
 LOCK_NAME = ".cbdm.lock"
 
-_held: dict[Path, list[int]] = {}  # folder -> [fd, depth]
+_held: dict[Path, list[int]] = {}  # folder -> [fd, depth, 1 if acquire created the folder]
 _guard = threading.Lock()
 
 
@@ -37,37 +43,55 @@ def _holder_pid(fd: int) -> str:
     return text if text.isdigit() else "unknown"
 
 
+def _still_linked(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd`` (its previous holder
+    unlinks it on release, maybe between our open and our lock)."""
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except OSError:
+        return False
+
+
 def acquire(folder: Path, what: str = "folder") -> None:
     """Lock ``folder`` (created if needed) for this process, or raise :class:`FolderBusyError`."""
+    folder_existed = Path(folder).is_dir()
     folder = ensure_dir(Path(folder), what)
     key = folder.resolve()
     with _guard:
         if key in _held:
             _held[key][1] += 1
             return
-        try:
-            fd = os.open(key / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666 & ~current_umask())
-        except OSError as exc:
-            raise CbdmError(f"cannot lock {what} {folder}: {exc.strerror or exc}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            pid = _holder_pid(fd)
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise FolderBusyError(f"{what} {folder} is in use by another cbdm process (PID {pid}); "
-                                      "wait for it to finish or use another folder") from None
-            raise CbdmError(f"cannot lock {what} {folder}: {exc.strerror or exc}") from None
+        while True:
+            try:
+                fd = os.open(key / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666 & ~current_umask())
+            except OSError as exc:
+                raise CbdmError(f"cannot lock {what} {folder}: {exc.strerror or exc}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                pid = _holder_pid(fd)
+                os.close(fd)
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise FolderBusyError(f"{what} {folder} is in use by another cbdm process (PID {pid}); "
+                                          "wait for it to finish or use another folder") from None
+                raise CbdmError(f"cannot lock {what} {folder}: {exc.strerror or exc}") from None
+            if _still_linked(fd, key / LOCK_NAME):
+                break
+            os.close(fd)  # locked a file that its holder has just removed: lock the current one
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         except OSError:
             pass  # the PID is only informative; the lock itself is held
-        _held[key] = [fd, 1]
+        _held[key] = [fd, 1, int(not folder_existed)]
 
 
-def release(folder: Path) -> None:
-    """Undo one :func:`acquire` of ``folder``; the last one unlocks it."""
+def release(folder: Path, discard: bool = False) -> None:
+    """Undo one :func:`acquire` of ``folder``; the last one unlocks it and removes the lock file.
+
+    ``discard``: the start was refused; also remove the folder when :func:`acquire` created
+    it and it is empty.
+    """
     key = Path(folder).resolve()
     with _guard:
         entry = _held.get(key)
@@ -77,9 +101,13 @@ def release(folder: Path) -> None:
         if entry[1] > 0:
             return
         del _held[key]
+        fd, _, created_folder = entry
         with contextlib.suppress(OSError):
-            os.ftruncate(entry[0], 0)
-        os.close(entry[0])  # closing the descriptor drops the flock
+            os.unlink(key / LOCK_NAME)  # while still locked: see the module docstring
+        os.close(fd)  # closing the descriptor drops the flock
+        if discard and created_folder:
+            with contextlib.suppress(OSError):
+                key.rmdir()  # only when empty: whatever else is there stays
 
 
 @contextlib.contextmanager

@@ -1,8 +1,8 @@
 """The ``cbdm`` console entry point.
 
-Importing the command line loads torch and friends (seconds). A Ctrl-C in that window
-would print a traceback from deep inside an import; nothing has been written yet, so it
-exits quietly instead (status 130).
+A command's module loads torch and friends when it runs (seconds). A Ctrl-C in that
+window would print a traceback from deep inside an import; nothing has been written yet,
+so it exits quietly instead (status 130).
 """
 
 from __future__ import annotations

@@ -16,13 +16,14 @@ from rich.console import Console
 from cbdm_core.errors import CbdmError
 
 from .default_group import DEFAULT_CMD, DefaultCommand, DefaultGroup
-from .eval_support import LogToReporter, Reporter, feature_options, parse_metric_options, split_metrics
+from .eval_support import (LogToReporter, Reporter, choose_extractor, feature_options, parse_metric_options,
+                           split_metrics)
 
 METRIC_HELP = "fid,is,kid,precision_recall,density_coverage,prd,per_class_fid,per_class,memorization"
 
 
 class _EvalGroup(DefaultGroup):
-    default_usage = "SAMPLES --dataset NAME [OPTIONS]"
+    default_usage = "SAMPLES [OPTIONS]"
 
 
 def default_out(samples: Path) -> Path:
@@ -43,8 +44,8 @@ def eval_group() -> None:
 
 @eval_group.command(DEFAULT_CMD, cls=DefaultCommand, hidden=True)
 @click.argument("samples", metavar="SAMPLES", type=click.Path(path_type=Path))
-@click.option("--dataset", help="Dataset the model was trained on (digits, cifar10-lt, ...) "
-                                "[default: the training data of the run that made SAMPLES].")
+@click.option("--dataset", help="Dataset the model was trained on (digits, cifar10-lt, ...); needed only when "
+                                "SAMPLES does not come from `cbdm sample` [default: read from the run].")
 @click.option("--data-root", type=click.Path(path_type=Path),
               help="Folder holding the dataset files [default: the run's].")
 @click.option("--metrics", "metrics", help=f"Comma-separated metrics [default: {METRIC_HELP}].")
@@ -59,12 +60,12 @@ def eval_group() -> None:
 @click.option("--out", "-o", type=click.Path(path_type=Path),
               help="Report folder [default: SAMPLES, or <name>-eval/ next to an .npz].")
 @click.option("--resize", is_flag=True, help="Resize (and convert channels of) samples to the reference's shape.")
-def evaluate_samples(samples: Path, dataset: Optional[str], data_root: Optional[Path], extractor: str,
+def evaluate_samples(samples: Path, dataset: Optional[str], data_root: Optional[Path], extractor: Optional[str],
                      classifier: Optional[Path], inception_weights: Optional[Path], metrics: Optional[str],
                      metric_options: tuple[str, ...], reference_split: str, cache_dir: Optional[Path],
                      reference_folder: Optional[Path], reference_stats: Optional[Path],
                      batch_size: int, device: str, out: Optional[Path], resize: bool) -> None:
-    """Evaluate SAMPLES against the class-balanced real set of --dataset.
+    """Evaluate SAMPLES against the class-balanced real set of the run's dataset (or --dataset).
 
     Under torchrun (torchrun --nproc_per_node N -m cli eval ...) the reference features, when
     not cached yet, are extracted by all processes, each a contiguous index range; process 0
@@ -77,11 +78,15 @@ def evaluate_samples(samples: Path, dataset: Optional[str], data_root: Optional[
     from cbdm_core.training.distributed import setup_distributed
 
     ctx = setup_distributed(resolve_device(device))
+    extractor_flag, classifier_flag = extractor, classifier
     try:
         reporter = Reporter()
         reporter.console.quiet = not ctx.is_main  # under torchrun only rank 0 talks
         data = run_data(samples, dataset, data_root, reporter)
         check_folder_writable(out if out is not None else default_out(samples), "report folder")  # before any work
+        # Rank 0 trains a default classifier first; the others then find its file.
+        extractor, classifier = ctx.main_first(lambda: choose_extractor(
+            extractor_flag, classifier_flag, data["dataset"], data.get("root"), cache_dir, device, reporter.status))
         options = EvalOptions(
             dataset=data["dataset"], data_root=data.get("root"), extractor=extractor, classifier=classifier,
             inception_weights=inception_weights, metrics=split_metrics(metrics),
@@ -105,8 +110,19 @@ def evaluate_samples(samples: Path, dataset: Optional[str], data_root: Optional[
         if not result.extractor.comparable:
             reporter.warning(f"{result.extractor.note}")
         click.echo(f"wrote {json_path}" + (f" and {plot}" if plot is not None else ""))
+        click.echo(next_command(data.get("checkpoint")))
     finally:
         ctx.close()
+
+
+def next_command(checkpoint: Optional[str]) -> str:
+    """What to run after an evaluation: the guidance sweep of the run that made the samples,
+    else the comparison of methods (every command ends by naming the next one)."""
+    if checkpoint is None:
+        return "next: cbdm compare --list   (protocols that train and evaluate several methods alike)"
+    ckpt = Path(checkpoint)
+    run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    return f"next: cbdm sweep {run} --grid 0:2:0.5   (FID and IS over the guidance strength w)"
 
 
 def run_data(samples: Path, dataset: Optional[str], data_root: Optional[Path], reporter: Reporter) -> dict:

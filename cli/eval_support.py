@@ -18,8 +18,9 @@ def feature_options(f: Callable) -> Callable:
     """The options that choose the feature network, the metric options and the reference set
     (``--metrics`` stays with each command: their defaults differ)."""
     decorators = [
-        click.option("--extractor", default="inception", show_default=True,
-                     help="Feature network: inception or classifier."),
+        click.option("--extractor",
+                     help="Feature network: inception or classifier [default: classifier for digits(-lt) and "
+                          "mnist(-lt), trained once into the cache folder; inception for the others]."),
         click.option("--classifier", type=click.Path(path_type=Path),
                      help="Classifier file for --extractor classifier (from `cbdm eval train-classifier`)."),
         click.option("--inception-weights", type=click.Path(path_type=Path),
@@ -36,6 +37,30 @@ def feature_options(f: Callable) -> Callable:
     for decorate in reversed(decorators):
         f = decorate(f)
     return f
+
+
+def choose_extractor(extractor: str | None, classifier: Path | None, dataset: str, data_root: Path | None,
+                     cache_dir: Path | None, device: str, on_status: Callable[[str], None]) -> tuple[str, Path | None]:
+    """``(extractor, classifier file)``: the user's choice, else the dataset's default
+    (:func:`~cbdm_core.features.auto_classifier.default_extractor`); a default classifier is
+    trained on first use. A ``--classifier`` file alone means ``--extractor classifier``."""
+    if extractor is not None:
+        return extractor, classifier
+    if classifier is not None:
+        return "classifier", classifier
+    from cbdm_core.features.auto_classifier import default_extractor, shared_classifier
+
+    chosen = default_extractor(dataset)
+    if chosen != "classifier":
+        return chosen, None
+    from cbdm_core.build import resolve_device
+    from cbdm_core.evaluation.reference import default_cache_dir
+
+    path = shared_classifier(dataset, data_root, cache_dir if cache_dir is not None else default_cache_dir(),
+                             device=resolve_device(device), on_status=on_status)
+    on_status(f"features: the {dataset} classifier {path} (Inception is for natural images; "
+              "--extractor inception to use it)")
+    return chosen, path
 
 
 class Reporter:

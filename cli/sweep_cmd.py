@@ -4,7 +4,7 @@ option of a training method, one trained run per value (``sweep option``; ``swee
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import click
 from rich.console import Console
@@ -13,7 +13,8 @@ from rich.table import Table
 from cbdm_core.errors import CbdmError
 
 from .default_group import DEFAULT_CMD, DefaultCommand, DefaultGroup
-from .eval_support import LogToReporter, Reporter, feature_options, parse_metric_options, split_metrics
+from .eval_support import (LogToReporter, Reporter, choose_extractor, feature_options, parse_metric_options,
+                           split_metrics)
 
 DEFAULT_GRID = "0:2:0.2"
 DEFAULT_METRICS = "fid,is"
@@ -45,11 +46,12 @@ def _sampling_options(f):
     return feature_options(f)
 
 
-def _eval_options(dataset: str, data_root: Optional[Path], metrics: str, extractor: str,
+def _eval_options(dataset: str, data_root: Optional[Path], metrics: str, extractor: Optional[str],
                   classifier: Optional[Path], inception_weights: Optional[Path], metric_options: tuple[str, ...],
-                  reference_split: str, cache_dir: Optional[Path], device: str):
+                  reference_split: str, cache_dir: Optional[Path], device: str, on_status: Callable[[str], None]):
     from cbdm_core.evaluation import EvalOptions
 
+    extractor, classifier = choose_extractor(extractor, classifier, dataset, data_root, cache_dir, device, on_status)
     return EvalOptions(dataset=dataset, data_root=data_root, extractor=extractor, classifier=classifier,
                        inception_weights=inception_weights, metrics=split_metrics(metrics),
                        metric_options=parse_metric_options(metric_options), reference_split=reference_split,
@@ -142,7 +144,7 @@ def guidance_cmd(run_path: Path, grid: str, dataset: Optional[str], data_root: O
     steps = resolve_steps(sampler, steps, run.schedule.num_timesteps)
     sampling = SamplingSettings(num=num, classes=classes, sampler=sampler, steps=steps, eta=eta, seed=seed,
                                 batch_size=batch_size, ema=ema)
-    options = _eval_options(dataset, data_root, metrics, device=device, **features)
+    options = _eval_options(dataset, data_root, metrics, device=device, on_status=reporter.status, **features)
     out = out if out is not None else run_dir_of(run_path) / "sweep-guidance"
     reporter.say(f"guidance sweep of {run.checkpoint}: w in {', '.join(f'{w:g}' for w in ws)}; "
                  f"{num} images per point with {sampler}-{steps}; results in {out}")
@@ -192,7 +194,7 @@ def _run_training_sweep(parameter: str, values: list, config_for, *, data_root: 
                                 batch_size=batch_size, guidance=guidance)
     root = data_root if data_root is not None else base.data.root
     options = _eval_options(base.data.dataset, None if root is None else Path(root), metrics, device=device,
-                            **features)
+                            on_status=reporter.status, **features)
     reporter.say(f"{parameter} sweep: {', '.join(f'{v:g}' for v in values)}; {base.optim.steps} training steps "
                  f"each on {base.data.dataset}; results in {out}")
     try:

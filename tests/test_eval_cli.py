@@ -98,8 +98,41 @@ def _clf_args(classifier: Path, cache: Path) -> list:
 
 def test_help_shows_both_forms():
     res = _ok("--help")
-    assert "SAMPLES --dataset NAME" in res.output and "train-classifier" in res.output
+    assert "eval SAMPLES [OPTIONS]" in res.output and "train-classifier" in res.output
+    assert "--dataset NAME" not in res.output  # read from the run; not a required option
     assert "--reference-split" in res.output and "__default__" not in res.output
+
+
+def test_digits_default_to_their_classifier_and_the_table_fits_80_columns(npz, work, monkeypatch):
+    from cbdm_core.features import auto_classifier
+
+    monkeypatch.setitem(auto_classifier.CLASSIFIER_DEFAULT, "digits", 2)  # epochs: seconds, not tens
+    cache = work / "default-cache"
+    res = _ok(npz["real"], "--dataset", "digits", "--device", "cpu", "--cache-dir", cache, *FAST_METRICS,
+              "--out", work / "default-extractor")
+    assert (cache / "classifiers" / "classifier-digits.safetensors").is_file()  # trained once, reused
+    assert _json(work / "default-extractor")["extractor"]["name"] == "classifier"
+    lines = res.output.splitlines()
+    assert sum("features: classifier (" in ln for ln in lines) == 1  # named once, not on every row
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("digits: 300 samples"))
+    table = lines[start:next(i for i, ln in enumerate(lines) if ln.startswith("per-class values"))]
+    assert max(map(len, table)) <= 80 and len(table) < 25
+    assert any(ln.split()[:1] == ["kid"] and "±" in ln for ln in table)  # the spread beside its value
+    assert not any(ln.split()[:1] == ["pr_n"] for ln in table)  # counts stay in metrics.json
+    assert "next: cbdm compare --list" in res.output  # not from a run: no sweep to suggest
+
+
+def test_cifar_defaults_to_inception_and_a_chosen_extractor_wins(tmp_path):
+    from cbdm_cli.eval_support import choose_extractor
+
+    def no_status(_m: str) -> None:
+        raise AssertionError("nothing is trained")
+
+    assert choose_extractor(None, None, "cifar10-lt", None, tmp_path, "cpu", no_status) == ("inception", None)
+    assert choose_extractor("inception", None, "digits", None, tmp_path, "cpu", no_status) == ("inception", None)
+    clf = tmp_path / "c.safetensors"
+    assert choose_extractor(None, clf, "cifar10", None, tmp_path, "cpu", no_status) == ("classifier", clf)
+    assert not any(tmp_path.iterdir())
 
 
 def test_real_beats_noise_and_reports(classifier, npz, work):

@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
+from rich import box
 from rich.table import Table
 from rich.text import Text
 
@@ -31,24 +32,62 @@ def _fmt(value: Optional[float]) -> str:
     return NOT_COMPUTED if value is None else f"{value:.5g}"
 
 
+GROUP_SUFFIXES: tuple[tuple[str, str], ...] = (("_class_mean", "class mean"), ("_head", "head"),
+                                               ("_medium", "medium"), ("_tail", "tail"))
+STD_SUFFIX = "_std"
+
+
+def _short(value: Optional[float], digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}g}"
+
+
+def _direction(key: str, metric: str):
+    """The declared direction of ``key``, ``None`` when its metric does not declare it."""
+    from ..errors import CbdmError
+    from .values import metric_specs
+
+    try:
+        return metric_specs([metric])[metric].direction(key)
+    except CbdmError:  # a metric no longer registered: show its values
+        return None
+
+
 def metrics_table(result: EvalResult) -> Table:
-    """One row per value: metric, value (or "not computed"), extractor."""
-    title = f"{result.dataset}: {result.samples['count']} samples vs {result.reference['count']} real"
-    if not result.extractor.comparable:
-        title += " (NOT comparable to published numbers)"
-    table = Table(title=Text(title), title_justify="left")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    table.add_column("extractor")
-    label = Text(result.extractor.label)
+    """The summary at 80 columns: one row per quantity (``is`` with its spread), its value over
+    all samples and, for per-class quantities, the class mean and the head / medium / tail
+    averages. The extractor is named once, in the title; sample counts (``pr_n``, ...) and the
+    values of single classes are left to ``metrics.json`` and the plot."""
+    from ..interfaces import Direction
+
+    title = f"{result.dataset}: {result.samples['count']} samples vs {result.reference['count']} real\n" \
+            f"features: {result.extractor.label}"
+    rows: dict[str, dict[str, Text]] = {}
     for m in result.metrics:
         if m.skipped is not None or not m.values:
-            table.add_row(Text(m.metric), Text(NOT_COMPUTED, style="bold red"), label)
+            rows.setdefault(m.metric, {})["value"] = Text(NOT_COMPUTED, style="bold red")
             continue
         for key, value in m.values.items():
             if is_per_class(key):
-                continue  # per-class values go to metrics.json and the plot
-            table.add_row(Text(key), Text(_fmt(value), style="bold red" if value is None else ""), label)
+                continue
+            cell = Text(_short(value), style="bold red" if value is None else "")
+            column, base = "value", key
+            for suffix, name in GROUP_SUFFIXES:
+                if key.endswith(suffix):
+                    column, base = name, key[:-len(suffix)]
+                    break
+            if column == "value" and _direction(key, m.metric) is Direction.NEITHER:
+                if key.endswith(STD_SUFFIX) and key[:-len(STD_SUFFIX)] in rows and value is not None:
+                    rows[key[:-len(STD_SUFFIX)]]["value"].append(f"±{_short(value, 2)}")
+                continue  # a sample count: metrics.json has it
+            rows.setdefault(base, {})[column] = cell
+    columns = ["value"] + [name for _, name in GROUP_SUFFIXES if any(name in r for r in rows.values())]
+    table = Table(title=Text(title), title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1),
+                  caption="per-class values: metrics.json" if len(columns) > 1 else None, caption_justify="left")
+    table.add_column("metric", no_wrap=True)
+    for name in columns:
+        table.add_column(name, justify="right", no_wrap=True)
+    for base, cells in rows.items():
+        table.add_row(Text(base), *[cells.get(name, Text("")) for name in columns])
     return table
 
 

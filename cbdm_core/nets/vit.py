@@ -16,8 +16,6 @@ from typing import Literal, Optional
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from timm.layers import Mlp, PatchEmbed
-from timm.models.vision_transformer import Attention
 from torch import nn
 
 from ..errors import CbdmError
@@ -99,6 +97,10 @@ class DiTBlock(nn.Module):
 
     def __init__(self, width: int, heads: int, mlp_ratio: float, dropout: float):
         super().__init__()
+        # timm (and the torchvision it imports) costs ~2 s: loaded when a ViT is built, not on import.
+        from timm.layers import Mlp
+        from timm.models.vision_transformer import Attention
+
         self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(width, num_heads=heads, qkv_bias=True, proj_drop=dropout)
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
@@ -145,6 +147,8 @@ class DiffusionViT(nn.Module):
         self.channels = channels
         self.patch_size = p
         self.grid = image_size // p
+
+        from timm.layers import PatchEmbed  # see DiTBlock: imported where used
 
         self.patch_embed = PatchEmbed(img_size=image_size, patch_size=p, in_chans=channels, embed_dim=width)
         tokens = self.grid * self.grid

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .. import locks
-from ..atomic import ensure_dir, remove_stale_temps
+from ..atomic import remove_stale_temps
 from ..errors import CbdmError
 from ..images import as_numpy_nhwc, class_rows, grid_image, save_png, to_uint8
 from . import shards as sh
@@ -191,14 +191,14 @@ def generate_samples(run: "LoadedRun", labels: Sequence[int], *, out_dir: Path,
 
     def prepare() -> None:
         # One writer per sample folder for the whole call (rank 0 holds it for all ranks):
-        # a second `cbdm sample` into it is refused.
-        ensure_dir(out_dir, "sample folder")
+        # a second `cbdm sample` into it is refused. A refused start leaves no lock file, nor
+        # the folder when it created it (acquire creates it).
         locks.acquire(out_dir, "sample folder")
         try:
             remove_stale_temps(out_dir)
             _prepare_folder(out_dir, settings, overwrite)
         except BaseException:
-            locks.release(out_dir)
+            locks.release(out_dir, discard=True)
             raise
 
     ctx.main_first(prepare, others=False)  # an error on rank 0 is raised on every rank
@@ -315,7 +315,7 @@ def _generate_locked(run: "LoadedRun", labels_np: np.ndarray, *, out_dir: Path, 
     if ctx.is_main:
         complete = all(len(w) == 0 for w in _plan_work(out_dir, spans, labels_np, settings, dirs, None, False))
         _save_grid(result.grid, _grid_images(out_dir, manifest, spans, C, grid_per_class, counts), C,
-                   max(1, min(int(grid_per_class), max(counts))), chw)
+                   max(1, min(int(grid_per_class), max(counts))), chw, _row_names(manifest, C))
         manifest["complete"] = complete
         sh.write_manifest(out_dir, manifest)
     ctx.barrier()
@@ -402,8 +402,14 @@ def _sample_indices(run: "LoadedRun", idx: np.ndarray, labels: np.ndarray, *, se
     return out
 
 
+def _row_names(manifest: dict[str, Any], num_classes: int) -> list[str]:
+    """The grid's row labels (one row per class): the run's class names, else the indices."""
+    names = list(manifest.get("class_names") or [])
+    return [str(names[k]) if k < len(names) else str(k) for k in range(num_classes)]
+
+
 def _save_grid(path: Path, grid_imgs: dict[int, list[np.ndarray]], num_classes: int, per_class: int,
-               chw: tuple[int, int, int]) -> None:
+               chw: tuple[int, int, int], row_labels: Optional[list[str]] = None) -> None:
     imgs = [im for k in range(num_classes) for im in grid_imgs[k]]
     labs = [k for k in range(num_classes) for _ in grid_imgs[k]]
     if imgs:
@@ -411,4 +417,4 @@ def _save_grid(path: Path, grid_imgs: dict[int, list[np.ndarray]], num_classes: 
     else:
         images = torch.zeros((0, *chw), dtype=torch.uint8)
     rows = class_rows(images, torch.tensor(labs, dtype=torch.long), num_classes, per_class)
-    save_png(grid_image(rows, nrow=per_class), path)
+    save_png(grid_image(rows, nrow=per_class, row_labels=row_labels), path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -13,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -107,6 +108,7 @@ class Trainer:
 
     def _prepare_run_dir(self) -> Optional[Checkpoint]:
         cfg_path = self.run_dir / "config.yaml"
+        self._created_dir = not self.run_dir.exists()  # a refused start removes it again (run())
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             probe = self.run_dir / ".write-test"
@@ -225,12 +227,18 @@ class Trainer:
         check_loggers(cfg.log)
         check_evaluation(cfg)
         ctx = setup_distributed(build.resolve_device(cfg.device))
-        self._locked = False
+        self._locked = self._created_dir = self._wrote_config = False
         try:
             return self._run(ctx)
         finally:
             if self._locked:
-                locks.release(self.run_dir)
+                # Refused before config.yaml (a run folder in use, an existing run without
+                # --resume/--overwrite, bad data...): leave no lock file or empty folder behind.
+                refused = not self._wrote_config
+                locks.release(self.run_dir, discard=refused)
+                if refused and self._created_dir:
+                    with contextlib.suppress(OSError):
+                        self.run_dir.rmdir()  # only when empty
             ctx.close()
 
     def _run(self, ctx: DistContext) -> TrainResult:
@@ -311,6 +319,7 @@ class Trainer:
         if ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "config.yaml", dump_config_yaml(cfg))
+            self._wrote_config = True
             if self.on_start:
                 self.on_start(data, model, step)
 
@@ -357,7 +366,8 @@ class Trainer:
             return time.perf_counter() - started
 
         def preview(at_step: int) -> Optional[Path]:
-            path = self.preview(ema_model, schedule, data.num_classes, at_step) if ctx.is_main else None
+            path = (self.preview(ema_model, schedule, data.num_classes, at_step, data.class_names)
+                    if ctx.is_main else None)
             ctx.barrier()
             return path
 
@@ -481,8 +491,9 @@ class Trainer:
             old.unlink(missing_ok=True)
 
     @torch.no_grad()
-    def preview(self, ema_model: torch.nn.Module, schedule, num_classes: int, step: int) -> Path:
-        """Sample a grid with one row per class from the EMA model."""
+    def preview(self, ema_model: torch.nn.Module, schedule, num_classes: int, step: int,
+                class_names: Optional[Sequence[str]] = None) -> Path:
+        """Sample a grid with one row per class, labelled, from the EMA model."""
         from ..sampling import sample
         from ..sampling.generate import resolve_steps
 
@@ -498,7 +509,9 @@ class Trainer:
             "steps": resolve_steps(p.sampler, p.steps, schedule.num_timesteps)}).sample_kwargs())
         imgs = to_uint8(x0).cpu()
         path = self.run_dir / "samples" / f"grid-{step:08d}.png"
-        save_png(grid_image(class_rows(imgs, y.cpu(), num_classes, p.per_class), nrow=p.per_class), path)
+        labels = [str(n) for n in class_names] if class_names else [str(k) for k in range(num_classes)]
+        save_png(grid_image(class_rows(imgs, y.cpu(), num_classes, p.per_class), nrow=p.per_class,
+                            row_labels=labels), path)
         return path
 
     def _for_sampling(self, ema_model: torch.nn.Module) -> torch.nn.Module:
