@@ -238,9 +238,13 @@ def test_num_samples_is_another_name_of_num_wherever_num_counts_images():
 
     found = []
 
+    ctx = click.Context(cli)
+
     def walk(cmd, path=()):
-        for name, sub in getattr(cmd, "commands", {}).items():
-            walk(sub, path + (name,))
+        # list_commands/get_command: the group loads its sub-commands lazily.
+        if isinstance(cmd, click.Group):
+            for name in cmd.list_commands(ctx):
+                walk(cmd.get_command(ctx, name), path + (name,))
         for p in getattr(cmd, "params", []):
             if isinstance(p, click.Option) and "--num" in p.opts:
                 assert "--num-samples" in p.opts and p.name == "num", path
