@@ -4,6 +4,7 @@ worker with its checkpoint saved."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -131,4 +132,6 @@ def test_finetune_study_with_jobs_trains_sources_first(tmp_path):
         # one small Adam step (lr 2e-3) away from the source's EMA weights, not a fresh initialisation
         assert all((tuned[k] - source[k]).abs().max() < 0.01 for k in convs)
     doc = (out / "compare.md").read_text()
-    assert "cbdm-finetune − ddpm-continued" in doc
+    # The differences are taken against the protocol's baseline, the continued DDPM run.
+    assert "ddpm-continued (baseline)" in doc
+    assert json.loads((out / "compare.json").read_text())["baseline"] == "ddpm-continued"
