@@ -81,7 +81,8 @@ def metrics_table(result: EvalResult) -> Table:
                 continue  # a sample count: metrics.json has it
             rows.setdefault(base, {})[column] = cell
     columns = ["value"] + [name for _, name in GROUP_SUFFIXES if any(name in r for r in rows.values())]
-    table = Table(title=Text(title), title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1),
+    # pad_edge=False: the two edge spaces are what pushed the tail column past 80 characters.
+    table = Table(title=Text(title), title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False,
                   caption="per-class values: metrics.json" if len(columns) > 1 else None, caption_justify="left")
     table.add_column("metric", no_wrap=True)
     for name in columns:
