@@ -1,4 +1,5 @@
-"""``cbdm import-checkpoint``: a reference pytorch-ddpm / CBDM checkpoint -> a cbdm run folder."""
+"""``cbdm import-checkpoint``: a reference pytorch-ddpm / CBDM checkpoint, or a diffusers
+``UNet2DModel`` folder (``--format diffusers``) -> a cbdm run folder."""
 
 from __future__ import annotations
 
@@ -45,16 +46,26 @@ def _name_list(text: Optional[str]) -> Optional[list[str]]:
 @click.option("--class-counts", help="Training images per class, e.g. 5000,2997,... (default: 1 each).")
 @click.option("--class-names", help="Class names, comma separated (default: 0,1,...).")
 @click.option("--overwrite", is_flag=True, help="Write into a non-empty DEST, replacing its checkpoints.")
+@click.option("--format", "fmt", type=click.Choice(["reference", "diffusers"]), default="reference",
+              show_default=True, help="reference: a pytorch-ddpm/CBDM .pt; diffusers: a folder with unet/ "
+              "(UNet2DModel with class embeddings) and scheduler/.")
+@click.option("--append-null", is_flag=True,
+              help="diffusers: every class-embedding row is a class; add a zero null-label row.")
 def import_checkpoint(src: Path, dest: Path, ch: Optional[int], channels: Optional[int], ch_mult: Optional[str],
                       attn: Optional[str], num_res_blocks: Optional[int], num_classes: Optional[int],
                       cond_dim: Optional[int], T: Optional[int], beta_1: float, beta_T: float, image_size: int,
                       dropout: float, num_groups: int, dataset: str, class_counts: Optional[str],
-                      class_names: Optional[str], overwrite: bool) -> None:
+                      class_names: Optional[str], overwrite: bool, fmt: str, append_null: bool) -> None:
     """Convert a pytorch-ddpm / CBDM checkpoint SRC (.pt) into the run folder DEST.
 
     The architecture is read off the weights; options given here are checked against it.
-    SRC is read with torch.load(weights_only=True): no code in it runs.
+    SRC is read with torch.load(weights_only=True): no code in it runs. With --format
+    diffusers SRC is a folder (as `cbdm export` writes) read from safetensors and JSON only;
+    the architecture options above do not apply to it.
     """
+    if fmt == "diffusers":
+        _import_diffusers(src, dest, append_null=append_null, overwrite=overwrite)
+        return
     from cbdm_core.importers import ImportOptions, import_reference_checkpoint
 
     options = ImportOptions(
@@ -67,3 +78,13 @@ def import_checkpoint(src: Path, dest: Path, ch: Optional[int], channels: Option
     click.echo(f"imported {src} (step {res.step}): ch {a.ch}, ch_mult {','.join(map(str, a.ch_mult))}, "
                f"attn {','.join(map(str, a.attn)) or 'none'}, {a.num_res_blocks} res blocks/level, "
                f"{a.num_classes} classes, cond_dim {a.cond_dim}, T {a.T} -> {res.checkpoint}")
+
+
+def _import_diffusers(src: Path, dest: Path, *, append_null: bool, overwrite: bool) -> None:
+    from cbdm_core.importers import import_diffusers_unet
+
+    path, cfg, meta = import_diffusers_unet(src, dest, append_null=append_null, overwrite=overwrite)
+    o = cfg.model.options
+    click.echo(f"imported {src} (UNet2DModel): ch {o['ch']}, ch_mult {','.join(map(str, o['ch_mult']))}, "
+               f"attn {','.join(map(str, o['attn'])) or 'none'}, {meta['num_classes']} classes, "
+               f"{cfg.diffusion.schedule} T {cfg.diffusion.T} -> {path}")

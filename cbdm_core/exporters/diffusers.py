@@ -103,6 +103,12 @@ def _write_folder(tmp: Path, run: Any, unet: Any, sched: dict[str, Any], weights
              "scheduler": ["diffusers", "DDIMScheduler"], "unet": ["diffusers", "UNet2DModel"]}
     (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     (tmp / "README.md").write_text(model_card(run, weights))
+    # What diffusers' configs have no place for; `cbdm import-checkpoint --format diffusers` reads it back.
+    facts = {"format": "cbdm-diffusers-export", "step": run.step, "weights": weights,
+             "dataset": run.meta.get("dataset", run.config.data.dataset),
+             "class_names": run.meta.get("class_names"), "class_counts": run.meta.get("class_counts"),
+             "guidance": "(1 + w) * eps(x, y) - w * eps(x, null)", "null_label": run.num_classes}
+    (tmp / "cbdm.json").write_text(json.dumps(facts, indent=2) + "\n")
 
 
 def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:

@@ -1,5 +1,6 @@
 """Importers for checkpoints made by other code bases (read safely, converted to cbdm run folders)."""
 
+from .diffusers_unet import import_diffusers_unet
 from .reference_ddpm import (
     ImportOptions,
     ImportResult,
@@ -18,6 +19,7 @@ __all__ = [
     "ReferenceArch",
     "ReferenceCheckpoint",
     "convert_state_dict",
+    "import_diffusers_unet",
     "import_reference_checkpoint",
     "infer_architecture",
     "load_reference_checkpoint",
