@@ -154,7 +154,7 @@ class TrainConfig(_Strict):
     # Wall-clock minutes between checkpoints, so a killed run loses at most this much; 0: off.
     ckpt_every_minutes: float = Field(15.0, ge=0)
     keep_last: int = Field(3, ge=1)  # bounds the disk the periodic checkpoints take
-    log: list[Literal["tensorboard"]] = Field(default_factory=list)  # loggers besides metrics.jsonl
+    log: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)  # loggers besides metrics.jsonl
     on_nonfinite: Literal["stop", "skip"] = "stop"
 
     @model_validator(mode="after")

@@ -153,8 +153,9 @@ def _counts_table(data) -> Table:
 @click.option("--ckpt-every", type=int, help="Steps between checkpoints (0: by time only).")
 @click.option("--ckpt-every-minutes", type=float,
               help="Wall-clock minutes between checkpoints (default 15; 0: off).")
-@click.option("--log", "log", multiple=True, type=click.Choice(["tensorboard"]),
-              help="Also log to TensorBoard (<run>/tensorboard; needs pip install 'cbdm[tensorboard]').")
+@click.option("--log", "log", multiple=True, type=click.Choice(["tensorboard", "wandb"]),
+              help="Also log to TensorBoard (<run>/tensorboard) or Weights & Biases (<run>/wandb); "
+                   "repeatable; needs pip install 'cbdm[tensorboard]' / 'cbdm[wandb]'.")
 @click.option("--keep-last", type=int, help="Checkpoints to keep.")
 @click.option("--evaluate-every", type=int,
               help="Steps between FID/KID of a small sample set in classifier features (0: off).")

@@ -70,10 +70,11 @@ def evaluation_line(record: dict[str, Any]) -> str:
 
 
 def check_loggers(names: list[str]) -> None:
-    """Fail before training when a requested logger's package is missing."""
-    if "tensorboard" in names and importlib.util.find_spec("tensorboard") is None:
-        raise CbdmError("--log tensorboard needs the tensorboard package: pip install 'cbdm[tensorboard]' "
-                        "(or pip install tensorboard)")
+    """Fail before training when a requested logger's package is missing (tensorboard, wandb)."""
+    for name in names:
+        if name in ("tensorboard", "wandb") and importlib.util.find_spec(name) is None:
+            raise CbdmError(f"--log {name} needs the {name} package: pip install 'cbdm[{name}]' "
+                            f"(or pip install {name})")
 
 
 class TensorBoardLog:

@@ -29,7 +29,8 @@ from .batch_source import BatchSource
 from .batches import BatchIndexer, step_seed
 from .distributed import DistContext, setup_distributed
 from .evaluation import AUTO_CLASSIFIER, TrainingEvaluator, check_evaluation
-from .monitor import TensorBoardLog, check_loggers, logged_terms, memory_gb
+from .loggers import LoggerGroup, open_loggers
+from .monitor import check_loggers, logged_terms, memory_gb
 from ..host_memory import keep_freed_host_memory
 from .precision import Precision, describe_device, match_param_layout, resolve_precision
 from .step import build_train_step
@@ -93,7 +94,7 @@ class Trainer:
         self.on_step = on_step
         self.on_status = on_status
         self.elapsed_before = 0.0  # training seconds of the run before this process (resume)
-        self._tb: Optional[TensorBoardLog] = None
+        self._loggers = LoggerGroup([])  # --log tensorboard / wandb (rank 0 only)
         self._started = time.perf_counter()
         self._stop = threading.Event()
         self.reinitialised: list[str] = []
@@ -157,6 +158,7 @@ class Trainer:
         """Remove the previous run's checkpoints, logs and config (``--overwrite``, or a restart)."""
         shutil.rmtree(self.ckpt_dir, ignore_errors=True)
         shutil.rmtree(self.run_dir / "tensorboard", ignore_errors=True)  # its events would mix with the new run's
+        shutil.rmtree(self.run_dir / "wandb", ignore_errors=True)  # a new run gets a new W&B run id
         for name in ("metrics.jsonl", "config.yaml"):
             (self.run_dir / name).unlink(missing_ok=True)
         # The old run's evaluation classifier may come from other data; keep it only when named.
@@ -368,10 +370,12 @@ class Trainer:
         def preview(at_step: int) -> Optional[Path]:
             path = (self.preview(ema_model, schedule, data.num_classes, at_step, data.class_names)
                     if ctx.is_main else None)
+            self._loggers.image(path, at_step)
             ctx.barrier()
             return path
 
-        self._tb = TensorBoardLog(self.run_dir) if ctx.is_main and "tensorboard" in cfg.log else None
+        self._loggers = (open_loggers(self.run_dir, cfg.log, cfg.model_dump(mode="json")) if ctx.is_main
+                         else LoggerGroup([]))
         restore = self._install_signal_handlers()
         last_ckpt: Optional[Path] = None
         grid: Optional[Path] = None
@@ -439,8 +443,7 @@ class Trainer:
                 grid = preview(step)
         finally:
             restore()
-            if self._tb is not None:
-                self._tb.close()
+            self._loggers.close()
         return TrainResult(self.run_dir, step, last_ckpt, grid, interrupted)
 
     def _log(self, path: Path, step: int, sums: dict[str, torch.Tensor], steps: int, lr: float,
@@ -453,8 +456,7 @@ class Trainer:
         if skipped:
             record["skipped_steps"] = skipped
         append_line(path, json.dumps(record))
-        if self._tb is not None:
-            self._tb.write(record)
+        self._loggers.write(record)
         if self.on_log:
             self.on_log(record)
 
@@ -463,8 +465,7 @@ class Trainer:
         record = {"step": step, "time": round(time.time(), 3),
                   "elapsed": round(self.elapsed_before + time.perf_counter() - self._started, 3), **values}
         append_line(path, json.dumps(record))
-        if self._tb is not None:
-            self._tb.write(record)
+        self._loggers.write(record)
         if self.on_log:
             self.on_log(record)
 
