@@ -134,24 +134,25 @@ def _checked(denoise: DenoiseFn, clf: NoisyClassifier) -> DenoiseFn:
     return call
 
 
-def build_classifier_guidance(model: Any, scale: float, null_label: Optional[int], *, schedule: NoiseSchedule,
-                              classifier: str, **options: Any) -> DenoiseFn:
+_DEFAULT_SCALE = ClassifierGuidanceOptions.model_fields["scale"].default
+
+
+def build_classifier_guidance(model: Any, w: float, null_label: Optional[int], /, *, schedule: NoiseSchedule,
+                              classifier: str, scale: float = _DEFAULT_SCALE) -> DenoiseFn:
     """``classifier``: the model's conditional prediction plus the classifier term. Its
     strength is the ``scale`` option; the guidance weight w (classifier-free) must be 0."""
-    if float(scale) != 0.0:
-        raise CbdmError(f"guidance 'classifier' takes its strength from -G scale=S, not --guidance {scale:g} "
+    if float(w) != 0.0:
+        raise CbdmError(f"guidance 'classifier' takes its strength from -G scale=S, not --guidance {w:g} "
                         "(classifier-free w); use --guidance-method cfg+classifier for both")
     clf = _classifier_for(model, schedule, classifier)
-    s = ClassifierGuidanceOptions(classifier=classifier, **options).scale
-    return _checked(classifier_term(model, clf, schedule, s, null_label), clf)
+    return _checked(classifier_term(model, clf, schedule, scale, null_label), clf)
 
 
-def build_cfg_classifier_guidance(model: Any, scale: float, null_label: Optional[int], *,
-                                  schedule: NoiseSchedule, classifier: str, **options: Any) -> DenoiseFn:
+def build_cfg_classifier_guidance(model: Any, w: float, null_label: Optional[int], /, *,
+                                  schedule: NoiseSchedule, classifier: str,
+                                  scale: float = _DEFAULT_SCALE) -> DenoiseFn:
     """``cfg+classifier``: classifier-free guidance with weight w, then the classifier term."""
-    clf = _classifier_for(model, schedule, classifier)
-    s = ClassifierGuidanceOptions(classifier=classifier, **options).scale
     if null_label is None:
         raise CbdmError("cfg+classifier needs a class-conditional model with a null label")
-    inner = cfg_denoiser(model, scale, null_label)
-    return _checked(classifier_term(inner, clf, schedule, s, null_label), clf)
+    clf = _classifier_for(model, schedule, classifier)
+    return _checked(classifier_term(cfg_denoiser(model, w, null_label), clf, schedule, scale, null_label), clf)
