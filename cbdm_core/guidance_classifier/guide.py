@@ -69,9 +69,12 @@ def _load_cached(path: str) -> tuple[NoisyClassifier, NoiseSchedule]:
 def log_prob_gradient(classifier: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``grad_x log p(y | x, t)`` per row, computed with gradients on even under ``no_grad``
     sampling (as guided-diffusion's ``cond_fn`` does)."""
+    dtype = next(classifier.parameters()).dtype  # the classifier's own precision (x may be half)
     with torch.enable_grad():
-        x_in = x.detach().float().requires_grad_(True)
-        log_probs = F.log_softmax(classifier(x_in, t).float(), dim=-1)
+        x_in = x.detach().to(dtype).requires_grad_(True)
+        logits = classifier(x_in, t)
+        # At least float32 for the softmax (autocast may give half), float64 kept as is.
+        log_probs = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
         chosen = log_probs.gather(1, y.view(-1, 1)).sum()
         return torch.autograd.grad(chosen, x_in)[0].to(x.dtype)
 
