@@ -24,7 +24,8 @@ from cbdm_core.errors import CbdmError
 @click.option("--T", "T", type=int, default=1000, show_default=True, help="Timesteps for a dataset name.")
 @click.option("--balanced/--no-balanced", default=True, show_default=True,
               help="Class-balanced batches (the tail is what guidance needs it to know).")
-@click.option("--epochs", type=int, default=20, show_default=True)
+@click.option("--epochs", type=int, default=50, show_default=True,
+              help="Passes over the data (digits-lt: 533 images, 50 epochs take about 6 s on 2 CPU cores).")
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--lr", type=float, default=2e-3, show_default=True, help="Peak learning rate (AdamW, one-cycle).")
 @click.option("--width", type=int, default=32, show_default=True, help="Channels of the network.")
