@@ -163,3 +163,20 @@ def test_cbdm_sample_with_classifier_guidance_resumes_and_changes_images(tiny_ru
 def test_train_classifier_refuses_an_unknown_source(tmp_path):
     cli_fails("train-classifier", "--noisy", "no-such-thing", "--out", tmp_path / "c.safetensors",
               match="neither a run folder")
+
+
+def test_float_timesteps_interpolate_abar_and_heun_runs(tmp_path):
+    from cbdm_core.guidance_classifier.guide import sqrt_one_minus_abar
+
+    schedule = LinearSchedule(T=50)
+    like = torch.zeros(3, 1, 2, 2)
+    exact = sqrt_one_minus_abar(schedule, torch.tensor([4, 5, 49]), like).flatten()
+    half = sqrt_one_minus_abar(schedule, torch.tensor([4.0, 4.5, 49.0]), like).flatten()
+    torch.testing.assert_close(half[[0, 2]], exact[[0, 2]])
+    assert exact[0] < half[1] < exact[1]
+    clf = NoisyClassifier(NoisyClassifierOptions(in_channels=1, num_classes=3, image_size=2))
+    save_noisy_classifier(clf, schedule, tmp_path / "c.safetensors", {})
+    out = sample(LinearDenoiser(num_classes=3), schedule, torch.randn(2, 1, 2, 2), torch.tensor([0, 1]),
+                 sampler="heun", steps=3, guidance_method="classifier",
+                 guidance_options={"classifier": str(tmp_path / "c.safetensors"), "scale": 2.0})
+    assert torch.isfinite(out).all()

@@ -93,12 +93,25 @@ def _check_match(clf: NoisyClassifier, clf_schedule: NoiseSchedule, model: Any, 
                         f"T={schedule.num_timesteps}); train it with `cbdm train-classifier --noisy RUN`")
 
 
+def sqrt_one_minus_abar(schedule: NoiseSchedule, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``sqrt(1 - abar_t)`` shaped ``[B, 1, ...]``: exact at integer timesteps (ddpm, ddim); a float
+    ``t`` (the heun sampler's interpolated timesteps) interpolates linearly between neighbours."""
+    table = schedule.sqrt_one_minus_alphas_cumprod
+    if not t.is_floating_point():
+        return NoiseSchedule.gather(table, t, like)
+    tf = t.detach().double().cpu().clamp(0, schedule.num_timesteps - 1)
+    lo = tf.floor().long()
+    hi = (lo + 1).clamp(max=schedule.num_timesteps - 1)
+    frac = tf - lo.double()
+    value = table[lo] * (1 - frac) + table[hi] * frac
+    return value.to(like.device, like.dtype).view(-1, *([1] * (like.ndim - 1)))
+
+
 def classifier_term(inner: DenoiseFn, classifier: torch.nn.Module, schedule: NoiseSchedule, scale: float,
                     null_label: Optional[int]) -> DenoiseFn:
     """``eps' = inner(x, t, y) - s sqrt(1 - abar_t) grad log p(y | x, t)``; rows with the null
     label (no class to guide to) keep ``inner``'s prediction."""
     s = float(scale)
-    sqrt_1m_ab = schedule.sqrt_one_minus_alphas_cumprod
 
     def denoise(x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         eps = inner(x_t, t, y)
@@ -110,7 +123,7 @@ def classifier_term(inner: DenoiseFn, classifier: torch.nn.Module, schedule: Noi
         keep = y != null_label if null_label is not None else torch.ones_like(y, dtype=torch.bool)
         y_safe = torch.where(keep, y, torch.zeros_like(y))
         grad = log_prob_gradient(classifier, x_t, t, y_safe)
-        coef = NoiseSchedule.gather(sqrt_1m_ab, t, x_t) * keep.view(-1, *([1] * (x_t.ndim - 1))).to(x_t.dtype)
+        coef = sqrt_one_minus_abar(schedule, t, x_t) * keep.view(-1, *([1] * (x_t.ndim - 1))).to(x_t.dtype)
         return eps - s * coef * grad
 
     return denoise
