@@ -28,7 +28,6 @@ from ..sampling.guidance import cfg_denoiser
 from ..schedules import NoiseSchedule
 from .net import NoisyClassifier, load_noisy_classifier
 
-PAPER = "Dhariwal & Nichol 2021, https://github.com/openai/guided-diffusion"
 
 
 class ClassifierGuidanceOptions(BaseModel):

@@ -20,7 +20,6 @@ from pydantic import BaseModel, Field
 
 from ..errors import CbdmError
 
-PAPER = "Boost-and-Skip (Um, Kim & Ye, ICML 2025), github.com/soobin-um/BnS"
 
 
 class BoostSkipOptions(BaseModel):

@@ -15,7 +15,7 @@ import math
 from typing import Any, Literal, Optional
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
 from ..errors import CbdmError
 from ..interfaces import DenoiseFn, StepCallback

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any, Literal, Optional
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
 from ..errors import CbdmError
 from ..interfaces import DenoiseFn, StepCallback
