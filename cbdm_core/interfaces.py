@@ -87,10 +87,18 @@ class GuidanceSpec:
             (``cbdm sample -G KEY=VALUE``, ``guidance_options`` in settings); ``sample()``
             validates them against it, so an unknown or ill-typed option is one line naming the
             choices. Only the options given reach ``build`` (its defaults hold otherwise).
+        wants_schedule: ``build`` also receives ``schedule=`` (the sampling
+            :class:`~cbdm_core.schedules.NoiseSchedule`), for a guidance that needs ``abar_t``
+            at the integer timesteps the sampler passes (classifier guidance).
+        active_at_zero: build and apply it also at guidance strength ``w = 0``: a guidance
+            whose own strength is one of its options (classifier guidance's ``scale``).
+            ``False``: at ``w = 0`` the sampler calls the model as is.
     """
 
     build: Callable[..., DenoiseFn]
     options_model: Optional[type[BaseModel]] = None
+    wants_schedule: bool = False
+    active_at_zero: bool = False
 
 
 METRIC_CONTEXT: tuple[str, ...] = ("radii_cache", "training", "fake_images")

@@ -40,6 +40,8 @@ COMMANDS: dict[str, LazyCommand] = {
     "sample": LazyCommand("cbdm_cli.sample_cmd", "sample", "Generate images from a trained run (resumable)"),
     "sweep": LazyCommand("cbdm_cli.sweep_cmd", "sweep_group", "Metric curves over guidance w or a method option"),
     "train": LazyCommand("cbdm_cli.train_cmd", "train", "Train a class-conditional diffusion model"),
+    "train-classifier": LazyCommand("cbdm_cli.train_classifier_cmd", "train_classifier",
+                                    "Train a noise-aware classifier for classifier guidance"),
 }
 
 

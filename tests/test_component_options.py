@@ -33,7 +33,7 @@ def test_sampler_options_are_validated_and_coerced():
     x = torch.randn(2, 1, 4, 4)
     y = torch.tensor([0, 1])
     sched = LinearSchedule(T=20)
-    with pytest.raises(CbdmError, match="unknown option 'spacng' of sampler 'ddim'; valid options: spacing"):
+    with pytest.raises(CbdmError, match="unknown option 'spacng' of sampler 'ddim'; valid options: boost_gamma, skip, spacing"):
         sample(_Zero(), sched, x, y, sampler="ddim", steps=4, spacng="uniform")
     with pytest.raises(CbdmError, match="var_type"):
         sample(_Zero(), sched, x, y, sampler="ddpm", var_type="fixedhuge")

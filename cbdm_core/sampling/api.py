@@ -87,10 +87,14 @@ def sample(model: Any, schedule: NoiseSchedule, x_T: torch.Tensor, y: torch.Tens
     spec: SamplerSpec = _lookup("sampler", sampler)
     sampler_options = validate_options(getattr(spec, "options_model", None), sampler_options, f"sampler {sampler!r}")
     guide, _ = resolve_guidance(guidance_method, guidance_options)  # a bad name or option fails also at w = 0
-    if w > 0.0:
+    # A GuidanceSpec's factory takes the schedule; a plain registered callable takes 3 arguments.
+    extra = {"schedule": schedule} if hasattr(guide, "active_at_zero") else {}
+    if getattr(guide, "active_at_zero", False):  # its strength is its own option: applied at any w
+        denoise_fn = guide(model, w, None if null_label is None else int(null_label), **extra)
+    elif w > 0.0:
         if null_label is None:
             raise CbdmError("guidance needs a null label: the model has no num_classes; pass null_label=")
-        denoise_fn = guide(model, w, int(null_label))
+        denoise_fn = guide(model, w, int(null_label), **extra)
     else:
         denoise_fn = model
     if steps is None:

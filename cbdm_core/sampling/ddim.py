@@ -15,11 +15,12 @@ import math
 from typing import Any, Literal, Optional
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
 from ..errors import CbdmError
 from ..interfaces import DenoiseFn, StepCallback
 from ..schedules import NoiseSchedule
+from .bns import BoostSkipOptions, boost_and_skip
 from .common import check_eta, predict_eps, reject_unknown_options
 from .noise import GeneratorArg, check_generator, randn_noise
 
@@ -59,11 +60,13 @@ def timestep_sequence(T: int, steps: int, spacing: str = "uniform") -> list[int]
     return seq
 
 
-class DDIMOptions(BaseModel):
+class DDIMOptions(BoostSkipOptions):
     """Options of the ``ddim`` sampler (``cbdm sample -S KEY=VALUE``).
 
     Args:
         spacing: how the S timesteps are chosen from 0..T-1 (see :func:`timestep_sequence`).
+        boost_gamma, skip: Boost-and-Skip (:mod:`cbdm_core.sampling.bns`); ``skip`` counts
+            the S visited steps; defaults: off.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -75,7 +78,8 @@ class DDIMOptions(BaseModel):
 def ddim_sample(denoise_fn: DenoiseFn, schedule: NoiseSchedule, x_T: torch.Tensor, y: torch.Tensor, *,
                 steps: Optional[int] = DEFAULT_STEPS, eta: float = 0.0, clip_denoised: Optional[bool] = None,
                 generator: GeneratorArg = None, callback: Optional[StepCallback] = None,
-                spacing: str = "uniform", **options: Any) -> torch.Tensor:
+                spacing: str = "uniform", boost_gamma: float = 1.0, skip: int = 0,
+                **options: Any) -> torch.Tensor:
     """Run DDIM from ``x_T`` to ``x_0`` in ``steps`` network calls.
 
     Args:
@@ -89,20 +93,22 @@ def ddim_sample(denoise_fn: DenoiseFn, schedule: NoiseSchedule, x_T: torch.Tenso
         generator: ``None``, a ``torch.Generator``, or one generator per sample (only used when eta > 0).
         callback: ``callback(step_index, S, x)`` after each step.
         spacing: ``uniform`` (default), ``linspace`` or ``trailing``; see :func:`timestep_sequence`.
+        boost_gamma, skip: Boost-and-Skip: start from ``boost_gamma * x_T`` at the
+            ``skip``-th largest visited timestep (defaults 1 and 0: plain DDIM).
     """
-    reject_unknown_options("ddim", options, ("spacing",))
+    reject_unknown_options("ddim", options, ("spacing", "boost_gamma", "skip"))
     eta = check_eta(eta)
     clip = False if clip_denoised is None else bool(clip_denoised)
     check_generator(generator, x_T.shape[0])
     seq = timestep_sequence(schedule.num_timesteps, DEFAULT_STEPS if steps is None else steps, spacing)
     ab_all = schedule.alphas_cumprod.tolist()
-    n = len(seq)
+    x, visited = boost_and_skip(x_T, seq[::-1], boost_gamma, skip)
+    n = len(visited)
 
-    x = x_T
     for i in range(n):
-        t = seq[n - 1 - i]
+        t = visited[i]
         ab = ab_all[t]
-        ab_prev = ab_all[seq[n - 2 - i]] if i < n - 1 else 1.0
+        ab_prev = ab_all[visited[i + 1]] if i < n - 1 else 1.0
         eps = predict_eps(denoise_fn, x, t, y)
         x0 = (x - math.sqrt(1.0 - ab) * eps) / math.sqrt(ab)
         if clip:

@@ -17,11 +17,12 @@ from __future__ import annotations
 from typing import Any, Literal, Optional
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
 from ..errors import CbdmError
 from ..interfaces import DenoiseFn, StepCallback
 from ..schedules import NoiseSchedule
+from .bns import BoostSkipOptions, boost_and_skip
 from .common import predict_eps, reject_unknown_options
 from .noise import GeneratorArg, check_generator, randn_noise
 
@@ -49,12 +50,13 @@ def ddpm_coefficients(schedule: NoiseSchedule, var_type: str) -> dict[str, torch
     return {"coef1": coef1, "coef2": coef2, "log_var": log_var}
 
 
-class DDPMOptions(BaseModel):
+class DDPMOptions(BoostSkipOptions):
     """Options of the ``ddpm`` sampler (``cbdm sample -S KEY=VALUE``).
 
     Args:
         var_type: reverse-step variance: ``fixedlarge`` (beta_t, the reference code's
             sampling choice) or ``fixedsmall`` (the posterior variance).
+        boost_gamma, skip: Boost-and-Skip (:mod:`cbdm_core.sampling.bns`); defaults: off.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -66,7 +68,8 @@ class DDPMOptions(BaseModel):
 def ddpm_sample(denoise_fn: DenoiseFn, schedule: NoiseSchedule, x_T: torch.Tensor, y: torch.Tensor, *,
                 steps: Optional[int] = None, eta: float = 0.0, clip_denoised: Optional[bool] = None,
                 generator: GeneratorArg = None, callback: Optional[StepCallback] = None,
-                var_type: str = "fixedlarge", **options: Any) -> torch.Tensor:
+                var_type: str = "fixedlarge", boost_gamma: float = 1.0, skip: int = 0,
+                **options: Any) -> torch.Tensor:
     """Run the DDPM reverse chain from ``x_T`` down to ``x_0``.
 
     Args:
@@ -80,8 +83,10 @@ def ddpm_sample(denoise_fn: DenoiseFn, schedule: NoiseSchedule, x_T: torch.Tenso
         generator: ``None``, a ``torch.Generator``, or one generator per sample.
         callback: ``callback(step_index, T, x)`` after each step.
         var_type: ``fixedlarge`` (default) or ``fixedsmall``.
+        boost_gamma, skip: Boost-and-Skip: start from ``boost_gamma * x_T`` at timestep
+            ``T - 1 - skip`` (defaults 1 and 0: plain DDPM).
     """
-    reject_unknown_options("ddpm", options, ("var_type",))
+    reject_unknown_options("ddpm", options, ("var_type", "boost_gamma", "skip"))
     T = schedule.num_timesteps
     if steps is not None and int(steps) != T:
         raise CbdmError(f"the ddpm sampler always runs all T={T} steps, got steps={steps}; "
@@ -97,8 +102,9 @@ def ddpm_sample(denoise_fn: DenoiseFn, schedule: NoiseSchedule, x_T: torch.Tenso
     sqrt_recip_ab = (1.0 / schedule.alphas_cumprod).sqrt().tolist()
     sqrt_recipm1_ab = (1.0 / schedule.alphas_cumprod - 1.0).sqrt().tolist()
 
-    x = x_T
-    for i, t in enumerate(range(T - 1, -1, -1)):
+    x, visited = boost_and_skip(x_T, range(T - 1, -1, -1), boost_gamma, skip)
+    n = len(visited)
+    for i, t in enumerate(visited):
         eps = predict_eps(denoise_fn, x, t, y)
         x0 = sqrt_recip_ab[t] * x - sqrt_recipm1_ab[t] * eps
         if clip:
@@ -109,5 +115,5 @@ def ddpm_sample(denoise_fn: DenoiseFn, schedule: NoiseSchedule, x_T: torch.Tenso
         else:
             x = mean
         if callback is not None:
-            callback(i, T, x)
+            callback(i, n, x)
     return x

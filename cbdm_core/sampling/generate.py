@@ -72,13 +72,14 @@ class _NullDenoiser:
 def preflight(run: "LoadedRun", *, sampler: str, steps: int, eta: float, guidance: float,
               clip_denoised: Optional[bool], sampler_options: Mapping[str, Any],
               guidance_method: str = "cfg", guidance_options: Optional[Mapping[str, Any]] = None) -> None:
-    """Run the sampler once on a 1-pixel image with a dummy denoiser.
+    """Run the sampler once on one image with a dummy denoiser.
 
     The sampler itself then rejects bad settings (unknown sampler or option,
     ``steps > T``, ddpm with ``steps != T`` or an eta, ...) before any folder is
     made or any network call is spent.
     """
-    x = torch.zeros(1, 1, 1, 1)
+    # The run's image shape, not one pixel: a guidance with its own network (a classifier) checks it.
+    x = torch.zeros(1, *_image_shape(run))
     sample(_NullDenoiser(run.num_classes), run.schedule, x, torch.zeros(1, dtype=torch.long), sampler=sampler,
            steps=steps, eta=eta, guidance=guidance, guidance_method=guidance_method,
            guidance_options=guidance_options, clip_denoised=clip_denoised,

@@ -6,7 +6,9 @@ is plain conditional sampling.
 
 A guidance is registered either as a plain factory ``(model, scale, null_label) ->
 denoise_fn`` (no options) or as a :class:`~cbdm_core.interfaces.GuidanceSpec` with an
-options model; :func:`resolve_guidance` turns a name and options into a factory.
+options model; :func:`resolve_guidance` turns a name and options into a factory. A spec may
+ask for the sampling schedule (``wants_schedule``) and be applied also at ``w = 0``
+(``active_at_zero``: its strength is one of its own options).
 """
 
 from __future__ import annotations
@@ -80,8 +82,23 @@ def resolve_guidance(name: str, options: Optional[Mapping[str, Any]] = None) -> 
     given = dict(options or {})
     if isinstance(obj, GuidanceSpec):
         opts = validate_options(obj.options_model, given, f"guidance {name!r}")
-        build = obj.build
-        return (lambda model, scale, null_label: build(model, scale, null_label, **opts)), opts
+        return _bind(obj, opts), opts
     if given:
         raise ConfigError(f"guidance {name!r} takes no options; got {', '.join(map(repr, given))}")
     return obj, {}
+
+
+def _bind(spec: GuidanceSpec, opts: dict[str, Any]) -> Callable[..., DenoiseFn]:
+    """``factory(model, scale, null_label, schedule=None)`` calling ``spec.build`` with ``opts``
+    (and the schedule when the spec wants it); ``factory.active_at_zero`` mirrors the spec."""
+    build = spec.build
+
+    def factory(model: Any, scale: float, null_label: Optional[int], schedule: Any = None) -> DenoiseFn:
+        if spec.wants_schedule:
+            if schedule is None:
+                raise CbdmError("this guidance needs the noise schedule (abar_t); pass schedule=")
+            return build(model, scale, null_label, schedule=schedule, **opts)
+        return build(model, scale, null_label, **opts)
+
+    factory.active_at_zero = bool(spec.active_at_zero)  # type: ignore[attr-defined]
+    return factory
