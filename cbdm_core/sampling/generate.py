@@ -79,7 +79,9 @@ def preflight(run: "LoadedRun", *, sampler: str, steps: int, eta: float, guidanc
     made or any network call is spent.
     """
     # The run's image shape, not one pixel: a guidance with its own network (a classifier) checks it.
-    x = torch.zeros(1, *_image_shape(run))
+    # A stand-in without a model or metadata (training's evaluation check) gets one pixel.
+    known = getattr(run, "meta", None) or getattr(run, "model", None) is not None
+    x = torch.zeros(1, *(_image_shape(run) if known else (1, 1, 1)))
     sample(_NullDenoiser(run.num_classes), run.schedule, x, torch.zeros(1, dtype=torch.long), sampler=sampler,
            steps=steps, eta=eta, guidance=guidance, guidance_method=guidance_method,
            guidance_options=guidance_options, clip_denoised=clip_denoised,
