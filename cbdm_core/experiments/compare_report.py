@@ -132,10 +132,15 @@ def _difference(p: Any, value: str, seeds: list[int], by_seed: dict, base_by_see
 
 
 def build_document(plan: "StudyPlan", results: dict[str, dict[str, Any]],
-                   classifier: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+                   classifier: Optional[dict[str, Any]] = None,
+                   heldout: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """The ``compare.json`` document from the finished study (``classifier``: the auto
-    classifier's description and held-out accuracy, when one was trained)."""
+    classifier's description and held-out accuracy, when one was trained; ``heldout``: the
+    held-out-real memorisation document of :mod:`.heldout`)."""
     from ..evaluation.values import direction_of
+    from .curves import curve_document, matched_accuracy
+    from .memorization_evidence import evidence
+    from .provenance import code_version
 
     p = plan.protocol
     base = p.baseline_label
@@ -170,9 +175,12 @@ def build_document(plan: "StudyPlan", results: dict[str, dict[str, Any]],
             "summary": summary,
             "difference_to_baseline": difference,
         }
+    curve = curve_document(results, values)
+    fixed = p.guidance.fixed if not p.selecting() else None
     return {
         "format": FORMAT,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "code_version": code_version(),
         "protocol": protocol_dict(p),
         "baseline": base,
         "primary": [{"value": v, "direction": directions.get(v)} for v in p.primary],
@@ -188,6 +196,9 @@ def build_document(plan: "StudyPlan", results: dict[str, dict[str, Any]],
         "group_rule": first.get("group_rule"),
         "groups": groups,
         "methods": methods,
+        "guidance_curve": curve if p.guidance.curve else None,
+        "matched_tail_accuracy": matched_accuracy(curve, base, fixed, list(p.primary)) if p.guidance.curve else None,
+        "memorization_evidence": evidence(results, _records, heldout, {g: c or [] for g, c in groups.items()}),
     }
 
 
@@ -361,7 +372,8 @@ def markdown(doc: dict[str, Any]) -> str:
                      f"seeds derived from {g['selection_seed']}, never a report seed): "
                      + ", ".join(f"{m} w={r['guidance']['chosen']:g}" for m, r in doc["methods"].items()))
     else:
-        lines.append(f"- fixed guidance w = {g['fixed']:g}")
+        lines.append(f"- guidance: one pre-registered w = {g['fixed']:g} for every method (primary endpoints)"
+                     + (f"; w-curve over {', '.join(f'{w:g}' for w in g['curve'])} (secondary)" if g.get("curve") else ""))
     lines.append(f"- baseline: {doc['baseline']}")
     if doc.get("extractor"):
         lines.append(f"- features: {doc['extractor'].get('name')} ({doc['extractor'].get('cache_key')})")
@@ -372,6 +384,7 @@ def markdown(doc: dict[str, Any]) -> str:
     for row in [r for r in rows if r["primary"]]:
         lines += ["", f"## Primary endpoint: {row['value']} ({row['direction']} is better)", ""]
         lines += _primary_table(doc, row["value"])
+    lines += _secondary(doc)
     ceiling = _accuracy_ceiling(doc)
     if ceiling:
         lines += ["", "## Conditional accuracy next to the classifier's ceiling", ""] + ceiling
@@ -382,6 +395,19 @@ def markdown(doc: dict[str, Any]) -> str:
         lines += ["", "## Appendix: every other value (all samples, then head / medium / tail)", ""]
         lines += _appendix(doc, rest)
     return "\n".join(lines) + "\n"
+
+
+def _secondary(doc: dict[str, Any]) -> list[str]:
+    """The memorisation evidence and, with a curve, the comparison at matched tail accuracy."""
+    from .curves import markdown_lines as curve_lines
+    from .memorization_evidence import markdown_lines as memo_lines
+
+    lines: list[str] = []
+    if doc.get("memorization_evidence"):
+        lines += ["", "## Memorisation: what the rates mean", ""] + memo_lines(doc["memorization_evidence"])
+    if doc.get("matched_tail_accuracy"):
+        lines += ["", "## Secondary: at matched tail accuracy (w-curve)", ""] + curve_lines(doc)
+    return lines
 
 
 def per_class_series(doc: dict[str, Any]) -> dict[str, dict[str, dict[int, list[float]]]]:
@@ -433,10 +459,16 @@ def write_plots(doc: dict[str, Any], folder: Path) -> list[Path]:
 
 
 def write_outputs(plan: "StudyPlan", results: dict[str, dict[str, Any]], out_dir: Path,
-                  classifier: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+                  classifier: Optional[dict[str, Any]] = None,
+                  heldout: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Write compare.json, compare.md and the plots; return the document."""
-    doc = build_document(plan, results, classifier)
-    plots = write_plots(doc, out_dir / PLOTS)
+    from .curves import write_curve_plots
+    from .memorization_evidence import write_ratio_histogram
+
+    doc = build_document(plan, results, classifier, heldout)
+    plots = write_plots(doc, out_dir / PLOTS) + write_curve_plots(doc, out_dir / PLOTS)
+    hist = write_ratio_histogram(results, _records, heldout, out_dir / PLOTS / "memorization-d1-d2.png")
+    plots += [hist] if hist is not None else []
     doc["plots"] = [str(p) for p in plots]
     atomic_write_text(out_dir / COMPARE_JSON, json.dumps(doc, indent=2, allow_nan=False, default=str) + "\n")
     atomic_write_text(out_dir / COMPARE_MD, markdown(doc))
