@@ -76,7 +76,10 @@ def compute_heldout_real(plan: "StudyPlan", reference: Any, sample_folder: Path,
     spaces["features"] = nearest_training(feats.features, training.features, threshold=threshold)
     return {
         "format": FORMAT, "threshold": threshold, "count": len(labels), "per_class_cap": PER_CLASS,
-        "training_set": training.description, "labels": labels.tolist(),
+        # no path: every run of a study (and of its shards) trains on this same set
+        "training_set": f"{len(training.labels)} images of {d.dataset}"
+                        + (f" at imbalance {d.imb_factor:g}" if d.imb_factor is not None else ""),
+        "labels": labels.tolist(),
         "train_labels": training.labels.tolist(),
         "rule": "real images of every split whose content is in no diffusion training set, "
                 f"at most {PER_CLASS} per class",
