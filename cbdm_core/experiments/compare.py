@@ -401,6 +401,32 @@ def choose_guidance(points: dict[float, list[Optional[float]]], select: str) -> 
     return None if best is None else best.value
 
 
+def _select(plan: StudyPlan, label: str, method_parts: list[Part], options: Any, reference: Any,
+            obs: StudyObserver, index: int, runs: dict) -> tuple[float, dict, dict[int, list[dict[str, Any]]]]:
+    """``(w, points, selection)`` of one method: the fixed w, or the grid's best on the
+    selection samples (sampled and evaluated here; parts numbered from ``index``)."""
+    p = plan.protocol
+    selection: dict[int, list[dict[str, Any]]] = {s: [] for s in p.seeds}
+    if not p.selecting():
+        return p.guidance.values[0], {}, selection
+    select = p.guidance.select or ""
+    num = p.guidance.selection_num or p.sampling.num
+    for part in [x for x in method_parts if x.kind == "select"]:
+        doc = _sample_and_evaluate(plan, part, plan.seeds["select"][part.seed], num, options,
+                                   reference, obs, index, runs)
+        index += 1
+        selection[part.seed].append({"w": part.guidance, "samples": str(part.folder),
+                                     "seed": _manifest_seed(part.folder), select: doc["values"].get(select)})
+    points = {w: [next(x[select] for x in selection[s] if x["w"] == w) for s in p.seeds]
+              for w in p.guidance.values}
+    chosen = choose_guidance(points, select)
+    if chosen is None:
+        raise CbdmError(f"no selection sample set of {label} has a value for {select}; cannot choose w")
+    obs.status(f"{label}: w = {chosen:g} chosen by {select} on the selection samples "
+               f"(seeds derived from {p.guidance.selection_seed})")
+    return chosen, points, selection
+
+
 def run_study(protocol: Protocol, out_dir: Path, *, observer: Optional[StudyObserver] = None,
               jobs: int = 1) -> dict[str, Any]:
     """Run (or continue) the study of ``protocol`` in ``out_dir``; returns the ``compare.json``
@@ -432,25 +458,8 @@ def run_study(protocol: Protocol, out_dir: Path, *, observer: Optional[StudyObse
         for part in [x for x in method_parts if x.kind == "train"]:
             _train(plan, part, obs, index)
             index += 1
-        selection: dict[int, list[dict[str, Any]]] = {s: [] for s in p.seeds}
-        if p.selecting():
-            select = p.guidance.select or ""
-            num = p.guidance.selection_num or p.sampling.num
-            for part in [x for x in method_parts if x.kind == "select"]:
-                doc = _sample_and_evaluate(plan, part, plan.seeds["select"][part.seed], num, select_opts,
-                                           reference, obs, index, runs)
-                index += 1
-                selection[part.seed].append({"w": part.guidance, "samples": str(part.folder),
-                                             "seed": _manifest_seed(part.folder), select: doc["values"].get(select)})
-            points = {w: [next(x[select] for x in selection[s] if x["w"] == w) for s in p.seeds]
-                      for w in p.guidance.values}
-            chosen = choose_guidance(points, select)
-            if chosen is None:
-                raise CbdmError(f"no selection sample set of {label} has a value for {select}; cannot choose w")
-            obs.status(f"{label}: w = {chosen:g} chosen by {select} on the selection samples "
-                       f"(seeds derived from {p.guidance.selection_seed})")
-        else:
-            chosen, points = p.guidance.values[0], {}
+        chosen, points, selection = _select(plan, label, method_parts, select_opts, reference, obs, index, runs)
+        index += sum(1 for x in method_parts if x.kind == "select")
         reports = []
         for part in [x for x in method_parts if x.kind == "report"]:
             part.guidance = chosen
