@@ -14,6 +14,7 @@ from rich.table import Table
 
 from cbdm_core.errors import CbdmError
 
+from .default_group import DEFAULT_CMD, DefaultCommand, DefaultGroup
 from .eval_support import LogToReporter, Reporter
 from .overrides import parse_key_values
 
@@ -106,22 +107,42 @@ def _print_plan(plan) -> None:
                    f"({plan.directions[p.guidance.select]} is better) on selection samples; sampling seeds "
                    f"per training seed: selection {_seeds(plan.seeds['select'])}, report {_seeds(plan.seeds['report'])}")
     else:
-        click.echo(f"  fixed w {p.guidance.values[0]:g}; report sampling seeds per training seed "
+        curve = f", curve w {', '.join(f'{w:g}' for w in p.guidance.curve_values)}" if p.guidance.curve else ""
+        click.echo(f"  fixed w {p.guidance.values[0]:g} for every method{curve}; report sampling seeds per training seed "
                    f"{_seeds(plan.seeds['report'])}")
     click.echo(f"  metrics {', '.join(plan.eval_metrics)} ({p.evaluation.extractor} features)")
     for v in p.primary:
         click.echo(f"  primary endpoint {v} ({plan.directions[v]} is better)")
     parts = plan.parts()
-    kinds = {k: sum(1 for x in parts if x.kind == k) for k in ("train", "select", "report")}
+    kinds = {k: sum(1 for x in parts if x.kind == k) for k in ("train", "select", "report", "curve")}
     click.echo(f"  {len(parts)} parts: {kinds['train']} runs, {kinds['select']} selection sets, "
-               f"{kinds['report']} report sets; folder {plan.out_dir}")
+               f"{kinds['report']} report sets, {kinds['curve']} curve sets; folder {plan.out_dir}")
 
 
-@click.command("compare")
+class _CompareGroup(DefaultGroup):
+    default_usage = "PROTOCOL --out DIR [OPTIONS]"
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # `cbdm compare` alone runs the default command, which says what it needs
+        return super().parse_args(ctx, args or [DEFAULT_CMD])
+
+
+@click.group("compare", cls=_CompareGroup)
+def compare() -> None:
+    """Compare training methods under one protocol (a YAML file or a shipped protocol's name):
+    train every method on every seed, sample the report seed at the protocol's w (and the
+    w-curve), evaluate, and write compare.json, compare.md and plots. A re-run continues where
+    an interrupted one stopped. `cbdm compare merge A B --out STUDY` joins shards run with
+    different --seeds on different machines."""
+
+
+@compare.command(DEFAULT_CMD, cls=DefaultCommand, hidden=True)
 @click.argument("protocol", required=False, metavar="PROTOCOL")
 @click.option("--out", "-o", type=click.Path(path_type=Path), help="Study folder (results, runs, samples).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override a protocol field, e.g. training.steps=100 or seeds=[0,1] (values read as YAML).")
+@click.option("--seeds", "seeds", metavar="S,S,...",
+              help="Run only these training seeds (a shard of the study; join shards with `cbdm compare merge`).")
 @click.option("--dry-run", is_flag=True, help="Resolve and check everything, print the plan, train nothing.")
 @click.option("--list", "list_", is_flag=True, help="List the shipped protocols.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
@@ -129,8 +150,8 @@ def _print_plan(plan) -> None:
                    "threads (small CPU protocols train faster as 1-thread runs side by side).")
 @click.option("--progress/--no-progress", default=None,
               help="Live progress view [default: on in a terminal, plain lines otherwise].")
-def compare(protocol: Optional[str], out: Optional[Path], sets: tuple[str, ...], dry_run: bool, list_: bool,
-            progress: Optional[bool], jobs: int) -> None:
+def run_compare(protocol: Optional[str], out: Optional[Path], sets: tuple[str, ...], seeds: Optional[str],
+                dry_run: bool, list_: bool, progress: Optional[bool], jobs: int) -> None:
     """Compare training methods under one protocol (a YAML file or a shipped protocol's name):
     train every method on every seed, choose w per method on a selection seed, sample the report
     seed, evaluate, and write compare.json, compare.md and plots. A re-run continues where an
@@ -145,7 +166,10 @@ def compare(protocol: Optional[str], out: Optional[Path], sets: tuple[str, ...],
         raise CbdmError("give a PROTOCOL file or name (cbdm compare --list shows the shipped ones)")
     from cbdm_core.experiments.protocol import load_protocol
 
-    proto = load_protocol(protocol, parse_key_values(sets, "--set"))
+    overrides = parse_key_values(sets, "--set")
+    if seeds is not None:
+        overrides["seeds"] = _seed_list(seeds)
+    proto = load_protocol(protocol, overrides)
     if dry_run:
         _print_plan(plan_study(proto, out if out is not None else Path("DIR")))
         return
@@ -171,3 +195,27 @@ def compare(protocol: Optional[str], out: Optional[Path], sets: tuple[str, ...],
     click.echo(f"wrote {out / COMPARE_JSON}, {out / COMPARE_MD} and {len(doc['plots'])} plot(s)")
     if sys.stdout.isatty():
         click.echo((out / COMPARE_MD).read_text())
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise CbdmError(f"--seeds takes comma-separated integers (e.g. 0,1), got {text!r}") from None
+
+
+@compare.command("merge")
+@click.argument("shards", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="SHARD...")
+@click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="The merged study folder.")
+def merge(shards: tuple[Path, ...], out: Path) -> None:
+    """Join study shards (the same protocol run with different --seeds, perhaps on other
+    machines) into one study: the report is rebuilt from the shards' per-sample records and
+    metrics (no checkpoints needed). Shards whose protocol, code version or classifier differ
+    are refused."""
+    from cbdm_core.experiments.compare_report import COMPARE_JSON, COMPARE_MD
+    from cbdm_core.experiments.merge import merge_studies
+
+    reporter = Reporter()
+    doc = merge_studies(list(shards), out, status=reporter.status)
+    click.echo(f"merged {len(shards)} shards (seeds {', '.join(map(str, doc['protocol']['seeds']))}); wrote "
+               f"{out / COMPARE_JSON}, {out / COMPARE_MD} and {len(doc['plots'])} plot(s)")

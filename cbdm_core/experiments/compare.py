@@ -33,6 +33,8 @@ from ..config import TrainConfig
 from ..errors import CbdmError
 from ..training.trainer import Trainer
 from .protocol import MethodEntry, Protocol, protocol_dict, train_config
+from .curves import collect_curve
+from .heldout import ensure_heldout_real
 from .sweeps import SweepPoint, best_point, value_label
 
 PROTOCOL_JSON = "protocol.json"
@@ -52,7 +54,7 @@ class StudyInterrupted(Exception):
 class Part:
     """One unit of work: train a run, or sample and evaluate one folder."""
 
-    kind: str  # "train", "select" or "report"
+    kind: str  # "train", "select", "report" or "curve"
     method: str
     seed: int
     folder: Path
@@ -113,7 +115,20 @@ class StudyPlan:
                 w = None if p.selecting() else p.guidance.values[0]
                 folder = self.run_dir(label, s) / ("report" if w is None else f"report-w{value_label(w)}")
                 out.append(Part("report", label, s, folder, w))
+            for s in p.seeds:
+                for w in self.curve_only():
+                    out.append(Part("curve", label, s, self.run_dir(label, s) / f"curve-w{value_label(w)}", w))
         return out
+
+    def curve_only(self) -> list[float]:
+        """The curve's w that need their own samples (the fixed w's are the report's)."""
+        g = self.protocol.guidance
+        return [w for w in g.curve_values if self.protocol.selecting() or w != g.values[0]]
+
+    def curve_folder(self, method: str, seed: int, w: float) -> Path:
+        """Where the curve point ``w`` of one run lives (the report folder at the fixed w)."""
+        kind = "curve" if w in self.curve_only() else "report"
+        return self.run_dir(method, seed) / f"{kind}-w{value_label(w)}"
 
 
 def sampling_seed(base: int, training_seed: int) -> int:
@@ -169,7 +184,7 @@ def plan_study(protocol: Protocol, out_dir: Path) -> StudyPlan:
             if e.init_from is not None:  # set after the check: the source run is trained first
                 cfg = cfg.model_copy(update={"init_from": _run_dir(Path(out_dir), e.init_from, s)})
             configs[(e.name, s)] = cfg
-    if any(w > 0 for w in p.guidance.values):
+    if any(w > 0 for w in p.guidance.values + p.guidance.curve_values):
         nodrop = [k for k, c in configs.items() if c.objective.p_uncond <= 0]
         if nodrop:
             raise CbdmError(f"guidance w > 0 needs label dropout, but {nodrop[0][0]} trains with "
@@ -386,6 +401,32 @@ def choose_guidance(points: dict[float, list[Optional[float]]], select: str) -> 
     return None if best is None else best.value
 
 
+def _select(plan: StudyPlan, label: str, method_parts: list[Part], options: Any, reference: Any,
+            obs: StudyObserver, index: int, runs: dict) -> tuple[float, dict, dict[int, list[dict[str, Any]]]]:
+    """``(w, points, selection)`` of one method: the fixed w, or the grid's best on the
+    selection samples (sampled and evaluated here; parts numbered from ``index``)."""
+    p = plan.protocol
+    selection: dict[int, list[dict[str, Any]]] = {s: [] for s in p.seeds}
+    if not p.selecting():
+        return p.guidance.values[0], {}, selection
+    select = p.guidance.select or ""
+    num = p.guidance.selection_num or p.sampling.num
+    for part in [x for x in method_parts if x.kind == "select"]:
+        doc = _sample_and_evaluate(plan, part, plan.seeds["select"][part.seed], num, options,
+                                   reference, obs, index, runs)
+        index += 1
+        selection[part.seed].append({"w": part.guidance, "samples": str(part.folder),
+                                     "seed": _manifest_seed(part.folder), select: doc["values"].get(select)})
+    points = {w: [next(x[select] for x in selection[s] if x["w"] == w) for s in p.seeds]
+              for w in p.guidance.values}
+    chosen = choose_guidance(points, select)
+    if chosen is None:
+        raise CbdmError(f"no selection sample set of {label} has a value for {select}; cannot choose w")
+    obs.status(f"{label}: w = {chosen:g} chosen by {select} on the selection samples "
+               f"(seeds derived from {p.guidance.selection_seed})")
+    return chosen, points, selection
+
+
 def run_study(protocol: Protocol, out_dir: Path, *, observer: Optional[StudyObserver] = None,
               jobs: int = 1) -> dict[str, Any]:
     """Run (or continue) the study of ``protocol`` in ``out_dir``; returns the ``compare.json``
@@ -417,25 +458,8 @@ def run_study(protocol: Protocol, out_dir: Path, *, observer: Optional[StudyObse
         for part in [x for x in method_parts if x.kind == "train"]:
             _train(plan, part, obs, index)
             index += 1
-        selection: dict[int, list[dict[str, Any]]] = {s: [] for s in p.seeds}
-        if p.selecting():
-            select = p.guidance.select or ""
-            num = p.guidance.selection_num or p.sampling.num
-            for part in [x for x in method_parts if x.kind == "select"]:
-                doc = _sample_and_evaluate(plan, part, plan.seeds["select"][part.seed], num, select_opts,
-                                           reference, obs, index, runs)
-                index += 1
-                selection[part.seed].append({"w": part.guidance, "samples": str(part.folder),
-                                             "seed": _manifest_seed(part.folder), select: doc["values"].get(select)})
-            points = {w: [next(x[select] for x in selection[s] if x["w"] == w) for s in p.seeds]
-                      for w in p.guidance.values}
-            chosen = choose_guidance(points, select)
-            if chosen is None:
-                raise CbdmError(f"no selection sample set of {label} has a value for {select}; cannot choose w")
-            obs.status(f"{label}: w = {chosen:g} chosen by {select} on the selection samples "
-                       f"(seeds derived from {p.guidance.selection_seed})")
-        else:
-            chosen, points = p.guidance.values[0], {}
+        chosen, points, selection = _select(plan, label, method_parts, select_opts, reference, obs, index, runs)
+        index += sum(1 for x in method_parts if x.kind == "select")
         reports = []
         for part in [x for x in method_parts if x.kind == "report"]:
             part.guidance = chosen
@@ -446,9 +470,15 @@ def run_study(protocol: Protocol, out_dir: Path, *, observer: Optional[StudyObse
             reports.append({"seed": part.seed, "run": str(plan.run_dir(label, part.seed)), "doc": doc,
                             "samples": str(part.folder), "sampling_seed": _manifest_seed(part.folder),
                             "guidance": chosen, "selection": selection[part.seed]})
-        results[label] = {"entry": entry, "chosen": chosen, "points": points, "reports": reports}
+        for part in [x for x in method_parts if x.kind == "curve"]:
+            _sample_and_evaluate(plan, part, plan.seeds["report"][part.seed], p.sampling.num, report_opts,
+                                 reference, obs, index, runs)
+            index += 1
+        results[label] = {"entry": entry, "chosen": chosen, "points": points, "reports": reports,
+                          "curve": collect_curve(plan, label)}
     runs.clear()
-    return write_outputs(plan, results, Path(out_dir), classifier=_classifier_summary(classifier))
+    heldout = ensure_heldout_real(plan, reference, Path(reports[0]["samples"]), obs.status)
+    return write_outputs(plan, results, Path(out_dir), classifier=_classifier_summary(classifier), heldout=heldout)
 
 
 def _classifier_summary(path: Optional[Path]) -> Optional[dict[str, Any]]:
@@ -456,7 +486,9 @@ def _classifier_summary(path: Optional[Path]) -> Optional[dict[str, Any]]:
         return None
     from ..features.auto_classifier import classifier_summary
 
-    return classifier_summary(path)
+    from .provenance import file_digest
+
+    return {**classifier_summary(path), "sha256": file_digest(path)}
 
 
 def _manifest_seed(folder: Path) -> Optional[int]:

@@ -5,20 +5,20 @@ other value) and per-class plots against training frequency (one line per method
 Statistics (:mod:`.stats`): per-seed values, mean ± sd, paired differences to the baseline with
 a t-interval over seeds and a paired t-test; for rates, the image-level CMH test stratified by
 seed x class and a two-stage bootstrap, both from the sample folders' ``records.csv``; Holm's
-correction over the primary tests (primary endpoints x methods)."""
+correction over the primary tests (primary endpoints x methods). Plots: :mod:`.compare_plots`,
+:mod:`.curves`, :mod:`.memorization_evidence`."""
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 
-from ..atomic import atomic_path, atomic_write_text, ensure_dir
+from ..atomic import atomic_write_text
 from .protocol import protocol_dict
 from .stats import FEW_SEEDS, cmh_test, holm, paired_difference, summarize, two_stage_bootstrap
 
@@ -30,8 +30,6 @@ COMPARE_JSON = "compare.json"
 COMPARE_MD = "compare.md"
 PLOTS = "plots"
 GROUP_SUFFIXES = ("_head", "_medium", "_tail")
-# per_class entries of metrics.json that are not metric values
-_NOT_VALUES = {"class", "name", "train_count", "samples", "group", "extractor"}
 # Rates over images whose per-image outcome records.csv holds: value stem -> outcome of a row.
 _RATES: dict[str, Callable[[dict[str, list], int], Optional[float]]] = {
     "memorization_pixels": lambda r, i: r["memorized_pixels"][i],
@@ -132,10 +130,15 @@ def _difference(p: Any, value: str, seeds: list[int], by_seed: dict, base_by_see
 
 
 def build_document(plan: "StudyPlan", results: dict[str, dict[str, Any]],
-                   classifier: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+                   classifier: Optional[dict[str, Any]] = None,
+                   heldout: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """The ``compare.json`` document from the finished study (``classifier``: the auto
-    classifier's description and held-out accuracy, when one was trained)."""
+    classifier's description and held-out accuracy, when one was trained; ``heldout``: the
+    held-out-real memorisation document of :mod:`.heldout`)."""
     from ..evaluation.values import direction_of
+    from .curves import curve_document, matched_accuracy
+    from .memorization_evidence import evidence
+    from .provenance import code_version
 
     p = plan.protocol
     base = p.baseline_label
@@ -156,23 +159,13 @@ def build_document(plan: "StudyPlan", results: dict[str, dict[str, Any]],
         if label != base:
             records = {"method": {r["seed"]: _records(r["samples"]) for r in res["reports"]}, "base": base_records}
             difference = {v: _difference(p, v, p.seeds, by_seed, base_by_seed, records, groups) for v in values}
-        methods[label] = {
-            "method": entry.method, "options": entry.options,
-            "guidance": {"chosen": res["chosen"], "select": p.guidance.select,
-                         "selection_seeds": plan.seeds.get("select") or None,
-                         "points": [{"w": w, "mean": _mean(vs), "per_seed": dict(zip(p.seeds, vs))}
-                                    for w, vs in res["points"].items()]},
-            "runs": [{"seed": r["seed"], "run": r["run"], "selection": r["selection"],
-                      "report": {"samples": r["samples"], "sampling_seed": r["sampling_seed"],
-                                 "guidance": r["guidance"], "values": r["doc"].get("values", {}),
-                                 "per_class": r["doc"].get("per_class"), "groups": r["doc"].get("groups")}}
-                     for r in res["reports"]],
-            "summary": summary,
-            "difference_to_baseline": difference,
-        }
+        methods[label] = _method_entry(plan, entry, res, summary, difference)
+    curve = curve_document(results, values)
+    fixed = p.guidance.fixed if not p.selecting() else None
     return {
         "format": FORMAT,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "code_version": code_version(),
         "protocol": protocol_dict(p),
         "baseline": base,
         "primary": [{"value": v, "direction": directions.get(v)} for v in p.primary],
@@ -188,6 +181,29 @@ def build_document(plan: "StudyPlan", results: dict[str, dict[str, Any]],
         "group_rule": first.get("group_rule"),
         "groups": groups,
         "methods": methods,
+        "guidance_curve": curve if p.guidance.curve else None,
+        "matched_tail_accuracy": matched_accuracy(curve, base, fixed, list(p.primary)) if p.guidance.curve else None,
+        "memorization_evidence": evidence(results, _records, heldout, {g: c or [] for g, c in groups.items()}),
+    }
+
+
+def _method_entry(plan: "StudyPlan", entry: Any, res: dict[str, Any], summary: dict[str, Any],
+                  difference: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """One method's part of compare.json."""
+    p = plan.protocol
+    return {
+        "method": entry.method, "options": entry.options,
+        "guidance": {"chosen": res["chosen"], "select": p.guidance.select,
+                     "selection_seeds": plan.seeds.get("select") or None,
+                     "points": [{"w": w, "mean": _mean(vs), "per_seed": dict(zip(p.seeds, vs))}
+                                for w, vs in res["points"].items()]},
+        "runs": [{"seed": r["seed"], "run": r["run"], "selection": r["selection"],
+                  "report": {"samples": r["samples"], "sampling_seed": r["sampling_seed"],
+                             "guidance": r["guidance"], "values": r["doc"].get("values", {}),
+                             "per_class": r["doc"].get("per_class"), "groups": r["doc"].get("groups")}}
+                 for r in res["reports"]],
+        "summary": summary,
+        "difference_to_baseline": difference,
     }
 
 
@@ -361,7 +377,8 @@ def markdown(doc: dict[str, Any]) -> str:
                      f"seeds derived from {g['selection_seed']}, never a report seed): "
                      + ", ".join(f"{m} w={r['guidance']['chosen']:g}" for m, r in doc["methods"].items()))
     else:
-        lines.append(f"- fixed guidance w = {g['fixed']:g}")
+        lines.append(f"- guidance: one pre-registered w = {g['fixed']:g} for every method (primary endpoints)"
+                     + (f"; w-curve over {', '.join(f'{w:g}' for w in g['curve'])} (secondary)" if g.get("curve") else ""))
     lines.append(f"- baseline: {doc['baseline']}")
     if doc.get("extractor"):
         lines.append(f"- features: {doc['extractor'].get('name')} ({doc['extractor'].get('cache_key')})")
@@ -372,6 +389,7 @@ def markdown(doc: dict[str, Any]) -> str:
     for row in [r for r in rows if r["primary"]]:
         lines += ["", f"## Primary endpoint: {row['value']} ({row['direction']} is better)", ""]
         lines += _primary_table(doc, row["value"])
+    lines += _secondary(doc)
     ceiling = _accuracy_ceiling(doc)
     if ceiling:
         lines += ["", "## Conditional accuracy next to the classifier's ceiling", ""] + ceiling
@@ -384,59 +402,31 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def per_class_series(doc: dict[str, Any]) -> dict[str, dict[str, dict[int, list[float]]]]:
-    """``{value: {method: {class: [per-seed values]}}}`` from the per-class report entries."""
-    out: dict[str, dict[str, dict[int, list[float]]]] = {}
-    for label, m in doc["methods"].items():
-        for run in m["runs"]:
-            for row in run["report"].get("per_class") or []:
-                for key, v in row.items():
-                    if key in _NOT_VALUES or not isinstance(v, (int, float)) or v is None:
-                        continue
-                    out.setdefault(key, {}).setdefault(label, {}).setdefault(int(row["class"]), []).append(float(v))
-    return out
+def _secondary(doc: dict[str, Any]) -> list[str]:
+    """The memorisation evidence and, with a curve, the comparison at matched tail accuracy."""
+    from .curves import markdown_lines as curve_lines
+    from .memorization_evidence import markdown_lines as memo_lines
 
-
-def write_plots(doc: dict[str, Any], folder: Path) -> list[Path]:
-    """One PNG per per-class value: mean over seeds against the class's training count (log x),
-    one line per method, with the seeds' range shaded."""
-    from matplotlib.figure import Figure
-
-    counts = doc.get("class_counts")
-    series = per_class_series(doc)
-    if not counts or not series:
-        return []
-    ensure_dir(folder, "plot folder")
-    written = []
-    for value, methods in series.items():
-        fig = Figure(figsize=(6.5, 4.2), dpi=110)
-        ax = fig.add_subplot(1, 1, 1)
-        for label, per_class in methods.items():
-            classes = sorted((c for c in per_class if c < len(counts)), key=lambda c: counts[c])
-            xs = [max(counts[c], 1) for c in classes]
-            means = [sum(per_class[c]) / len(per_class[c]) for c in classes]
-            line, = ax.plot(xs, means, marker="o", markersize=3, linewidth=1.4, label=label)
-            ax.fill_between(xs, [min(per_class[c]) for c in classes], [max(per_class[c]) for c in classes],
-                            color=line.get_color(), alpha=0.15, linewidth=0)
-        ax.set_xscale("log")
-        ax.set_xlabel("training images of the class")
-        ax.set_ylabel(value)
-        ax.set_title(f"{doc['protocol']['name']}: per-class {value} (mean over seeds, range shaded)", fontsize=9)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
-        fig.tight_layout()
-        path = folder / f"per-class-{re.sub(r'[^A-Za-z0-9_.-]', '_', value)}.png"
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png")
-        written.append(path)
-    return written
+    lines: list[str] = []
+    if doc.get("memorization_evidence"):
+        lines += ["", "## Memorisation: what the rates mean", ""] + memo_lines(doc["memorization_evidence"])
+    if doc.get("matched_tail_accuracy"):
+        lines += ["", "## Secondary: at matched tail accuracy (w-curve)", ""] + curve_lines(doc)
+    return lines
 
 
 def write_outputs(plan: "StudyPlan", results: dict[str, dict[str, Any]], out_dir: Path,
-                  classifier: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+                  classifier: Optional[dict[str, Any]] = None,
+                  heldout: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Write compare.json, compare.md and the plots; return the document."""
-    doc = build_document(plan, results, classifier)
-    plots = write_plots(doc, out_dir / PLOTS)
+    from .compare_plots import write_plots
+    from .curves import write_curve_plots
+    from .memorization_evidence import write_ratio_histogram
+
+    doc = build_document(plan, results, classifier, heldout)
+    plots = write_plots(doc, out_dir / PLOTS) + write_curve_plots(doc, out_dir / PLOTS)
+    hist = write_ratio_histogram(results, _records, heldout, out_dir / PLOTS / "memorization-d1-d2.png")
+    plots += [hist] if hist is not None else []
     doc["plots"] = [str(p) for p in plots]
     atomic_write_text(out_dir / COMPARE_JSON, json.dumps(doc, indent=2, allow_nan=False, default=str) + "\n")
     atomic_write_text(out_dir / COMPARE_MD, markdown(doc))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 from importlib import resources
 from pathlib import Path
@@ -83,17 +84,32 @@ class MethodEntry(_Strict):
         return [{"name": n, "options": dict(self.options.get(n) or {})} for n in names]
 
 
-class GuidanceSpec(_Strict):
-    """How w is chosen: a fixed value, or the best of ``grid`` by the declared value ``select``,
-    on samples drawn with ``selection_seed`` (never with the report seed)."""
+# The w a protocol may name (classifier-free guidance): 0 is plain conditional sampling; the
+# papers use 1.0-2.0, and far beyond 10 the samples saturate, so a larger w is a typo.
+W_MIN, W_MAX = 0.0, 20.0
 
-    fixed: Optional[float] = Field(None, ge=0)
+
+def _check_w(w: float, where: str) -> float:
+    if not math.isfinite(w) or not W_MIN <= w <= W_MAX:
+        raise ValueError(f"{where} {w!r} must be a finite w within [{W_MIN:g}, {W_MAX:g}]")
+    return float(w)
+
+
+class GuidanceSpec(_Strict):
+    """How w is chosen. ``fixed: W``: one pre-registered w for every method (as the papers do);
+    ``curve: [w, ...]`` adds every w of the list, evaluated with all metrics (the w-curves,
+    Pareto plots and the comparison at matched tail accuracy). ``grid`` + ``select``: the best
+    of ``grid`` per method by the declared value, on samples drawn with ``selection_seed``
+    (never with the report seed); no shipped protocol uses it any more."""
+
+    fixed: Optional[float] = None
+    curve: Optional[list[float]] = None
     grid: Optional[list[float]] = None
     select: Optional[str] = None
     selection_seed: int = 1
     selection_num: Optional[int] = Field(None, ge=1)
 
-    @field_validator("grid", mode="before")
+    @field_validator("grid", "curve", mode="before")
     @classmethod
     def _grid(cls, v: Any) -> Any:
         if isinstance(v, str):  # "0:2:0.5" or "0,1,2", as `cbdm sweep --grid`
@@ -106,12 +122,21 @@ class GuidanceSpec(_Strict):
     def _one_way(self) -> "GuidanceSpec":
         if (self.fixed is None) == (self.grid is None):
             raise ValueError("give either fixed: W or grid: [...] with select: VALUE")
+        if self.fixed is not None:
+            self.fixed = _check_w(self.fixed, "guidance.fixed")
+        if self.curve is not None:
+            curve = [_check_w(w, "guidance.curve value") for w in self.curve]
+            if len(curve) < 2:
+                raise ValueError("guidance.curve needs at least 2 values of w")
+            if any(b <= a for a, b in zip(curve, curve[1:])):
+                raise ValueError(f"guidance.curve must be sorted and without repeats, got {curve}")
+            self.curve = curve
         if self.grid is not None:
             if not self.grid or any(w < 0 for w in self.grid):
                 raise ValueError("grid needs at least one w >= 0")
             if not self.select:
                 raise ValueError("a grid needs select: the value that picks w (e.g. fid)")
-            self.grid = sorted({round(float(w), 10) for w in self.grid})
+            self.grid = sorted({round(_check_w(float(w), "guidance.grid value"), 10) for w in self.grid})
         elif self.select is not None:
             raise ValueError("select only applies to a grid")
         return self
@@ -119,6 +144,11 @@ class GuidanceSpec(_Strict):
     @property
     def values(self) -> list[float]:
         return list(self.grid) if self.grid is not None else [float(self.fixed or 0.0)]
+
+    @property
+    def curve_values(self) -> list[float]:
+        """The w of the curve (empty without one)."""
+        return list(self.curve or [])
 
 
 class EvaluationSpec(_Strict):
