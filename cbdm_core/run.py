@@ -14,6 +14,7 @@ from .config import TrainConfig, parse_train_config
 from .errors import CheckpointError, UnknownComponentError
 from .run_folder import resolve_checkpoint
 from .schedules import NoiseSchedule
+from .tensor_io import tensors_digest
 
 __all__ = ["LoadedRun", "load_run", "load_denoiser", "resolve_checkpoint"]
 
@@ -31,6 +32,9 @@ class LoadedRun:
     checkpoint: Path
     step: int
     meta: dict[str, Any] = field(default_factory=dict)
+    # Content hash of the weights sampled (EMA or raw): the model's identity in a sample
+    # manifest, since a retrained run (--overwrite) reuses the checkpoint path and step.
+    weights_sha256: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -85,7 +89,8 @@ def load_run(path: Union[str, Path], *, ema: bool = True, device: Union[str, tor
         model.train().requires_grad_(True)
     else:
         model.eval().requires_grad_(False)
-    return LoadedRun(model=model, schedule=schedule, config=cfg, checkpoint=ckpt_path, step=ckpt.step, meta=meta)
+    return LoadedRun(model=model, schedule=schedule, config=cfg, checkpoint=ckpt_path, step=ckpt.step, meta=meta,
+                     weights_sha256=tensors_digest(state))
 
 
 def _class_counts(meta: dict[str, Any], num_classes: int, ckpt_path: Path) -> torch.Tensor:

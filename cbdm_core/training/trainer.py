@@ -31,6 +31,7 @@ from .distributed import DistContext, setup_distributed
 from .evaluation import AUTO_CLASSIFIER, TrainingEvaluator, check_evaluation
 from .monitor import TensorBoardLog, check_loggers, logged_terms, memory_gb
 from ..host_memory import keep_freed_host_memory
+from ..run_folder import remove_outputs_of_run
 from .precision import Precision, describe_device, match_param_layout, resolve_precision
 from .step import build_train_step
 
@@ -159,6 +160,9 @@ class Trainer:
         shutil.rmtree(self.run_dir / "tensorboard", ignore_errors=True)  # its events would mix with the new run's
         for name in ("metrics.jsonl", "config.yaml"):
             (self.run_dir / name).unlink(missing_ok=True)
+        gone = [p.name for p in remove_outputs_of_run(self.run_dir) if p.name.startswith("samples-")]
+        if gone:  # the old model's samples: sampling the new one must not find them
+            log.warning("removed the previous run's sample folders: %s", ", ".join(gone))
         # The old run's evaluation classifier may come from other data; keep it only when named.
         auto = self.run_dir / AUTO_CLASSIFIER
         chosen = self.cfg.evaluate.classifier
