@@ -240,6 +240,13 @@ def dump_config_yaml(cfg: TrainConfig) -> str:
 def validate_component_options(options_model, options: dict[str, Any], where: str):
     """Validate plugin options; a failure names the field."""
     try:
-        return options_model.model_validate(options)
+        validated = options_model.model_validate(options)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, where)) from None
+    from .settings_check import nonfinite_value
+
+    # A plugin's options model may not forbid inf/NaN itself; they would only fail at the first log.
+    bad = nonfinite_value(validated.model_dump(exclude_unset=True))
+    if bad is not None:
+        raise ConfigError(f"{where}: option {bad} must be a finite number")
+    return validated

@@ -16,6 +16,9 @@ import yaml
 
 from .helpers import cli_fails, cli_ok
 from .test_cli_train import TINY
+from .test_compare import tiny_protocol, write_protocol
+from .test_robustness import _config as nan_config
+from .test_robustness import nan_registry  # noqa: F401 - a fixture
 
 
 @pytest.fixture(autouse=True)
@@ -65,3 +68,48 @@ def test_a_sample_folder_of_other_weights_is_refused(tmp_path):
     cli_ok("train", "--config", cfg, "--out", run, "--no-progress", "--steps", "4", "--seed", "5", "--overwrite")
     cli_fails(*sample, match="weights")
     cli_ok(*sample, "--overwrite")
+
+
+# -- item 6: every setting is validated before any work ------------------------------------------------------
+
+
+def _nothing_written(run: Path) -> bool:
+    return not (run / "config.yaml").exists() and not any(run.glob("checkpoints/*"))
+
+
+@pytest.mark.parametrize("args", [
+    ("--set", "preview.sampler_options.foo=1"), ("--set", "preview.steps=500"), ("--set", "preview.eta=.nan"),
+    ("--set", "preview.guidance=.inf"), ("--set", "preview.eta=-1"), ("--T", "1"),
+])
+def test_preview_settings_are_checked_before_training(tmp_path, args):
+    run = tmp_path / "run"
+    cli_fails("train", "--config", _tiny_config(tmp_path), "--out", run, "--no-progress", *args, match="preview")
+    assert _nothing_written(run)
+
+
+@pytest.mark.parametrize("method,option", [("cbdm", "tau"), ("cbdm", "gamma"), ("coral", "weight"), ("cm", "w_con")])
+def test_nonfinite_method_options_are_refused_before_training(tmp_path, method, option):
+    run = tmp_path / "run"
+    cli_fails("train", "--config", _tiny_config(tmp_path), "--out", run, "--no-progress", "--method", method,
+              "-M", f"{method}.{option}=.inf", match=option)
+    assert _nothing_written(run)
+
+
+def test_nonfinite_stop_without_a_checkpoint_does_not_claim_one_is_kept(tmp_path, nan_registry):  # noqa: F811
+    err = cli_fails("train", "--config", nan_config(tmp_path, ckpt_every=100), "--out", tmp_path / "run",
+                    "--no-progress", match="non-finite")
+    assert "is kept" not in err and "no checkpoint" in err
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"sampling": {"sampler": "ddim", "steps": 2, "num": 40, "eta": float("nan")}}, "eta"),
+    ({"sampling": {"sampler": "ddim", "steps": 2, "num": 40, "eta": -1}}, "eta"),
+    ({"sampling": {"sampler": "ddim", "steps": 500, "num": 40}}, "steps"),
+    ({"sampling": {"sampler": "ddim", "steps": 2, "num": 40, "sampler_options": {"foo": 1}}}, "foo"),
+    ({"methods": [{"method": "cbdm", "options": {"tau": float("inf")}}]}, "tau"),
+    ({"guidance": {"fixed": 1e308}}, "guidance"),
+])
+def test_compare_dry_run_checks_the_sampling_of_every_run(tmp_path, change, match):
+    proto = write_protocol(tmp_path / "p.yaml", tiny_protocol(tmp_path, **change))
+    cli_fails("compare", proto, "--out", tmp_path / "study", "--dry-run", match=match)
+    assert not (tmp_path / "study").exists()

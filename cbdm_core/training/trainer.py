@@ -331,9 +331,11 @@ class Trainer:
 
         def check_finite() -> None:
             if bool(ctx.any_device(bad)):
+                kept = list_checkpoints(self.ckpt_dir)  # claim a kept checkpoint only when there is one
+                where = (f"the last good checkpoint, step {kept[-1][0]}, is kept in {self.ckpt_dir}" if kept
+                         else "no checkpoint was written yet")
                 raise CbdmError(f"non-finite loss or gradient before step {step}; stopped without saving "
-                                f"(the last good checkpoint is kept in {self.ckpt_dir}; "
-                                "--set on_nonfinite=skip skips such steps instead)")
+                                f"({where}; --set on_nonfinite=skip skips such steps instead)")
 
         def save(at_step: int) -> Optional[Path]:
             check_finite()
