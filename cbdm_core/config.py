@@ -184,9 +184,9 @@ def load_config_file(path: Path) -> dict[str, Any]:
     suffix = path.suffix.lower()
     try:
         if suffix in (".yaml", ".yml"):
-            import yaml
+            from .safe_yaml import load_yaml
 
-            data = yaml.safe_load(text) or {}
+            data = load_yaml(text, f"config file {path}") or {}
         elif suffix == ".toml":
             import tomllib
 

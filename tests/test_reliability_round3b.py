@@ -113,3 +113,48 @@ def test_compare_dry_run_checks_the_sampling_of_every_run(tmp_path, change, matc
     proto = write_protocol(tmp_path / "p.yaml", tiny_protocol(tmp_path, **change))
     cli_fails("compare", proto, "--out", tmp_path / "study", "--dry-run", match=match)
     assert not (tmp_path / "study").exists()
+
+
+# -- item 7: YAML alias bombs --------------------------------------------------------------------------------
+
+# Six levels of ten aliases: a million values from eight lines (the report's bomb had more levels).
+_BOMB = "\n".join(["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"] + [
+    f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 7)])
+
+
+def _bomb_under(key: str) -> str:
+    """A YAML mapping whose ``key`` (``preview.sampler_options``) holds the bomb."""
+    outer, inner = key.split(".")
+    body = "\n".join("    " + line for line in _BOMB.splitlines())
+    return f"{outer}:\n  {inner}:\n{body}\n"
+
+
+def test_alias_bomb_in_a_config_file_is_refused(tmp_path):
+    cfg = tmp_path / "bomb.yaml"
+    cfg.write_text(yaml.safe_dump(TINY).replace("preview:\n", "preview_unused:\n") + _bomb_under("preview.sampler_options"))
+    run = tmp_path / "run"
+    cli_fails("train", "--config", cfg, "--out", run, "--no-progress", match="aliases")
+    assert not run.exists()
+
+
+def test_alias_bomb_in_a_protocol_is_refused(tmp_path):
+    proto = tiny_protocol(tmp_path)
+    del proto["sampling"]
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(proto) + _bomb_under("sampling.sampler_options"))
+    cli_fails("compare", path, "--out", tmp_path / "study", "--dry-run", match="aliases")
+
+
+def test_alias_bomb_and_recursive_alias_in_set_values_are_refused(tmp_path):
+    flat = _BOMB.replace("\n", ", ").replace(": &", ": &")
+    for value, match in ((f"{{{flat}}}", "aliases"), ("&r [*r]", "recursive")):
+        cli_fails("train", "--config", _tiny_config(tmp_path), "--out", tmp_path / "run", "--no-progress",
+                  "--set", f"preview.sampler_options.bomb={value}", match=match)
+
+
+def test_small_anchors_and_aliases_still_load(tmp_path):
+    from cbdm_core.config import load_config_file
+
+    path = tmp_path / "c.yaml"
+    path.write_text("opts: &o {ch: 8, ch_mult: [1, 2]}\nmodel: {options: *o}\n")
+    assert load_config_file(path)["model"]["options"] == {"ch": 8, "ch_mult": [1, 2]}
