@@ -158,3 +158,64 @@ def test_small_anchors_and_aliases_still_load(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("opts: &o {ch: 8, ch_mult: [1, 2]}\nmodel: {options: *o}\n")
     assert load_config_file(path)["model"]["options"] == {"ch": 8, "ch_mult": [1, 2]}
+
+
+# -- item 8: a broken third-party plugin is left out, not fatal ------------------------------------------------
+
+_PLUGINS = {
+    "import_boom": "raise RuntimeError('boom at import')\n",
+    "register_boom": ("from cbdm_core import hookimpl\n\n@hookimpl\ndef register_components(register):\n"
+                      "    register('sampler', 'half-done', object())\n    raise ValueError('boom in register')\n"),
+    "collides": ("from cbdm_core import hookimpl\nfrom cbdm_core.registry import lookup\n\n@hookimpl\n"
+                 "def register_components(register):\n    register('label_distribution', 'mine', lambda c, a: c)\n"
+                 "    register('sampler', 'ddim', object())\n"),
+}
+
+
+@pytest.fixture
+def broken_plugins(tmp_path, monkeypatch):
+    """Three fake installed distributions, each with a ``cbdm`` entry point: one fails at import,
+    one inside ``register_components``, one registers the built-in sampler name ``ddim``."""
+    import sys
+
+    from cbdm_core import registry
+
+    site = tmp_path / "site"
+    for name, code in _PLUGINS.items():
+        (site / f"fake_{name}.py").parent.mkdir(parents=True, exist_ok=True)
+        (site / f"fake_{name}.py").write_text(code)
+        info = site / f"fake_{name}-0.1.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: fake-{name}\nVersion: 0.1\n")
+        (info / "entry_points.txt").write_text(f"[cbdm]\n{name} = fake_{name}\n")
+    monkeypatch.syspath_prepend(str(site))
+    registry.reset_registry()
+    yield
+    for name in _PLUGINS:
+        sys.modules.pop(f"fake_{name}", None)
+    registry.reset_registry()
+
+
+def test_broken_plugins_are_reported_and_left_out(broken_plugins, tmp_path, caplog):
+    import logging
+
+    from cbdm_core.registry import get_registry, reset_registry
+
+    reg = get_registry()
+    problems = {p.plugin.split(":")[1]: p.error for p in reg.problems}
+    assert set(problems) == set(_PLUGINS)
+    assert "boom at import" in problems["import_boom"] and "boom in register" in problems["register_boom"]
+    assert "ddim" in problems["collides"] and "cbdm:samplers" in problems["collides"]
+    # All or nothing per plugin; the built-in ddim is the one kept.
+    assert "half-done" not in reg.names("sampler") and "mine" not in reg.names("label_distribution")
+    assert reg.get("sampler", "ddim").plugin == "cbdm:samplers"
+    reset_registry()  # `cbdm plugins` builds it afresh: one warning line per plugin left out
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cbdm.plugins"):
+        res = cli_ok("plugins")
+    text = " ".join(res.output.split())
+    assert "left out" in text and "boom at import" in text and "boom in register" in text, res.output
+    warnings = [r.getMessage() for r in caplog.records if r.name == "cbdm.plugins"]
+    assert len(warnings) == 3 and all(len(w.splitlines()) == 1 and "left out" in w for w in warnings)
+    cli_ok("methods")
+    cli_ok("train", "--config", _tiny_config(tmp_path), "--out", tmp_path / "run", "--no-progress", "--steps", "2")
