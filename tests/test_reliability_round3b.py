@@ -219,3 +219,62 @@ def test_broken_plugins_are_reported_and_left_out(broken_plugins, tmp_path, capl
     assert len(warnings) == 3 and all(len(w.splitlines()) == 1 and "left out" in w for w in warnings)
     cli_ok("methods")
     cli_ok("train", "--config", _tiny_config(tmp_path), "--out", tmp_path / "run", "--no-progress", "--steps", "2")
+
+
+# -- item 9: PNG decompression bombs are refused from their header ---------------------------------------------
+
+
+@pytest.fixture
+def decoded(monkeypatch):
+    """The (w, h) of every image PIL decodes (``ImageFile.load``)."""
+    from PIL import ImageFile
+
+    sizes: list[tuple[int, int]] = []
+    original = ImageFile.ImageFile.load
+
+    def load(self):
+        sizes.append(tuple(self.size))
+        return original(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    return sizes
+
+
+def _png(path: Path, side: int) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("L", (side, side)).save(path)  # all zeros: a few KB on disk at any size
+
+
+@pytest.mark.parametrize("side,match", [(6000, "larger than 4096"), (16, "same size")])
+def test_folder_dataset_refuses_images_from_their_header(tmp_path, decoded, side, match):
+    from cbdm_core.data.folder import load_folder
+    from cbdm_core.data.options import DatasetOptions
+    from cbdm_core.errors import CbdmError
+
+    for c in ("a", "b"):
+        for i in range(3):
+            _png(tmp_path / c / f"{i}.png", 8)
+    _png(tmp_path / "b" / "bomb.png", side)
+    with pytest.raises(CbdmError, match=match):
+        load_folder(DatasetOptions(root=tmp_path))
+    assert (side, side) not in decoded  # refused before decoding
+
+
+def test_eval_image_folder_and_png_samples_refuse_other_sizes_undecoded(tmp_path, decoded):
+    from cbdm_core.errors import CbdmError
+    from cbdm_core.evaluation.inputs import read_image_folder
+    from cbdm_core.sampling import shards as sh
+
+    for i in range(3):
+        _png(tmp_path / "imgs" / f"{i}.png", 8)
+    _png(tmp_path / "imgs" / "bomb.png", 6000)
+    with pytest.raises(CbdmError, match="larger than 4096"):
+        read_image_folder(tmp_path / "imgs")
+    manifest = {"settings": {"image_shape": [8, 8, 1]}, "labels": [[0, 2]], "class_dirs": ["0"]}
+    _png(tmp_path / "s" / "0" / "000000.png", 8)
+    _png(tmp_path / "s" / "0" / "000001.png", 6000)
+    with pytest.raises(CbdmError, match="6000x6000, the manifest says 8x8"):
+        sh.read_png_span(tmp_path / "s", manifest, 0, 2)
+    assert (6000, 6000) not in decoded
