@@ -278,3 +278,57 @@ def test_eval_image_folder_and_png_samples_refuse_other_sizes_undecoded(tmp_path
     with pytest.raises(CbdmError, match="6000x6000, the manifest says 8x8"):
         sh.read_png_span(tmp_path / "s", manifest, 0, 2)
     assert (6000, 6000) not in decoded
+
+
+# -- item 5: `cbdm compare --jobs N` workers die with their parent --------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie left to a PID 1 that does not reap counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.slow
+def test_compare_workers_die_with_a_sigkilled_parent(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from cbdm_core import locks
+
+    raw = tiny_protocol(tmp_path, seeds=[0], guidance={"fixed": 0.0})
+    raw["training"]["steps"] = 100000  # still training when the parent is killed
+    proto = write_protocol(tmp_path / "p.yaml", raw)
+    out = tmp_path / "study"
+    parent = subprocess.Popen([sys.executable, "-m", "cbdm_cli", "compare", str(proto), "--out", str(out),
+                               "--jobs", "2", "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    runs = [out / "runs" / m / "seed-0" for m in ("ddpm", "cbdm")]
+    try:
+        deadline = time.monotonic() + 240
+        while not all((r / "metrics.jsonl").exists() for r in runs):  # both workers are training
+            assert parent.poll() is None and time.monotonic() < deadline, "the workers never started training"
+            time.sleep(0.5)
+        workers = [int((r / locks.LOCK_NAME).read_text().split()[0]) for r in runs]
+        assert parent.pid not in workers and all(_alive(pid) for pid in workers)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 60
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(pid) for pid in workers), "workers outlived their parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        for pid in locals().get("workers", []):
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    for r in runs:  # a re-run is not refused: nobody holds the run folders
+        locks.acquire(r, "run folder")
+        locks.release(r)
