@@ -83,3 +83,17 @@ def check_sampling_settings(settings: Any, *, schedule: Any, where: str, guidanc
     except CbdmError as exc:
         raise ConfigError(f"{where}: {exc}") from None
 
+
+
+def sampling_settings(source: str = "sampling options", **values: Any) -> Any:
+    """:class:`~cbdm_core.sampling.settings.SamplingSettings` from command-line values, or a
+    one-line :class:`ConfigError` naming the field (``--seed`` past 2**63 - 1, ``-n`` too large)."""
+    from pydantic import ValidationError
+
+    from .config import format_validation_error
+    from .sampling.settings import SamplingSettings
+
+    try:
+        return SamplingSettings(**values)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None

@@ -332,3 +332,56 @@ def test_compare_workers_die_with_a_sigkilled_parent(tmp_path):
     for r in runs:  # a re-run is not refused: nobody holds the run folders
         locks.acquire(r, "run folder")
         locks.release(r)
+
+
+# -- item 10: huge numbers are one line, never an allocation or a traceback -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("tiny-run")
+    cli_ok("train", "--config", _tiny_config(work), "--out", work / "run", "--no-progress", "--steps", "2")
+    return work / "run"
+
+
+@pytest.mark.parametrize("args,match", [
+    (("--set-size", "1000000000"), "set_size"),
+    (("--seed", "99999999999999999999"), "seed"),
+    (("--set", "data.lt_seed=99999999999999999999"), "lt_seed"),
+])
+def test_huge_training_numbers_are_refused_in_one_line(tmp_path, args, match):
+    run = tmp_path / "run"
+    cli_fails("train", "--config", _tiny_config(tmp_path), "--out", run, "--no-progress", *args, match=match)
+    assert _nothing_written(run)
+
+
+@pytest.mark.parametrize("args,match", [
+    (("--seeds", "0-99999999999"), "--seeds"), (("-n", "1000000000000"), "--num"),
+    (("--seed", "99999999999999999999"), "seed"),
+])
+def test_huge_sampling_numbers_are_refused_in_one_line(tmp_path, tiny_run, args, match):
+    cli_fails("sample", tiny_run, "--steps", "2", "--no-progress", "--out", tmp_path / "s", *args, match=match)
+    assert not (tmp_path / "s").exists()
+
+
+def test_huge_grids_are_refused_in_one_line(tmp_path, tiny_run):
+    cli_fails("sweep", tiny_run, "--grid", "0:1e308:1e-300", "--out", tmp_path / "sw", match="points")
+    proto = write_protocol(tmp_path / "p.yaml", tiny_protocol(
+        tmp_path, guidance={"grid": "0:1e308:1e-300", "select": "fid", "selection_seed": 7}))
+    cli_fails("compare", proto, "--out", tmp_path / "study", "--dry-run", match="points")
+
+
+def test_extreme_power_distribution_exponents_stay_finite(tmp_path):
+    from cbdm_core.label_distributions import pow_distribution
+
+    counts = torch.tensor([50, 10, 0, 3])
+    head = pow_distribution(counts, "1e308")
+    assert torch.equal(head, torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    tail = pow_distribution(torch.tensor([50, 10, 3]), "-1e308")
+    assert torch.equal(tail, torch.tensor([0.0, 0.0, 1.0]))
+    # Ordinary exponents are unchanged: n ** q / sum.
+    q = pow_distribution(counts, "0.5")
+    want = counts.double().pow(0.5)
+    assert torch.allclose(q.double(), want / want.sum(), atol=1e-7)
+    cli_ok("train", "--config", _tiny_config(tmp_path), "--out", tmp_path / "run", "--no-progress",
+           "--steps", "1", "--y-dist", "pow:1e308")
