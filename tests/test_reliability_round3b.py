@@ -385,3 +385,17 @@ def test_extreme_power_distribution_exponents_stay_finite(tmp_path):
     assert torch.allclose(q.double(), want / want.sum(), atol=1e-7)
     cli_ok("train", "--config", _tiny_config(tmp_path), "--out", tmp_path / "run", "--no-progress",
            "--steps", "1", "--y-dist", "pow:1e308")
+
+
+# -- item 12: import-checkpoint validates what it would write ----------------------------------------------------
+
+
+@pytest.mark.parametrize("size", ["0", "1000000", "-8"])
+def test_import_checkpoint_refuses_sizes_nothing_could_load(tmp_path, size):
+    from .test_import_checkpoint import _save_ref
+
+    _save_ref(tmp_path / "ckpt.pt")
+    dest = tmp_path / "run"
+    cli_fails("import-checkpoint", tmp_path / "ckpt.pt", dest, "--image-size", size, "--ch-mult", "1,2",
+              match="image")
+    assert not dest.exists()
