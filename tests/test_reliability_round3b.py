@@ -399,3 +399,39 @@ def test_import_checkpoint_refuses_sizes_nothing_could_load(tmp_path, size):
     cli_fails("import-checkpoint", tmp_path / "ckpt.pt", dest, "--image-size", size, "--ch-mult", "1,2",
               match="image")
     assert not dest.exists()
+
+
+# -- item 16: load_run of a run being written with --keep-last 1 --------------------------------------------------
+
+
+def test_load_run_retries_when_pruning_removes_the_chosen_checkpoint(tmp_path, tiny_run, monkeypatch):
+    import shutil
+
+    from cbdm_core import run as run_mod
+    from cbdm_core.checkpoint import checkpoint_name, list_checkpoints
+
+    folder = tmp_path / "run"
+    shutil.copytree(tiny_run, folder)
+    ((step, only),) = list_checkpoints(folder / "checkpoints")
+    real = run_mod.load_checkpoint
+    calls = []
+
+    def training_meanwhile(path, *args, **kwargs):
+        # The trainer saves a newer checkpoint and prunes the one just chosen (--keep-last 1).
+        if len(calls) < 2:
+            newer = folder / "checkpoints" / checkpoint_name(step + 1 + len(calls))
+            os.replace(path, newer)
+        calls.append(path)
+        return real(path, *args, **kwargs)
+
+    import os
+
+    monkeypatch.setattr(run_mod, "load_checkpoint", training_meanwhile)
+    loaded = run_mod.load_run(folder)
+    assert loaded.checkpoint.name == checkpoint_name(step + 2) and len(calls) == 3
+    # A run whose checkpoints never hold still: one line that says so.
+    calls.clear()
+    monkeypatch.setattr(run_mod, "load_checkpoint", lambda p, *a, **k: (
+        os.replace(p, p.with_name(checkpoint_name(int(p.name[5:13]) + 1))), real(p, *a, **k))[1])
+    with pytest.raises(run_mod.CheckpointError, match="being written"):
+        run_mod.load_run(folder)
