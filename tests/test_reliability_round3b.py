@@ -8,6 +8,7 @@ Each test reproduces the reported failure; it failed before the fix.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -294,7 +295,6 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.slow
 def test_compare_workers_die_with_a_sigkilled_parent(tmp_path):
-    import os
     import signal
     import subprocess
     import sys
@@ -423,8 +423,6 @@ def test_load_run_retries_when_pruning_removes_the_chosen_checkpoint(tmp_path, t
             os.replace(path, newer)
         calls.append(path)
         return real(path, *args, **kwargs)
-
-    import os
 
     monkeypatch.setattr(run_mod, "load_checkpoint", training_meanwhile)
     loaded = run_mod.load_run(folder)
