@@ -34,19 +34,28 @@ def resolve_checkpoint(path: Union[str, Path]) -> Path:
     return path
 
 
+def _sampled_from(manifest: Path, ckpts: Path) -> bool:
+    """Whether the sample manifest ``manifest`` names a checkpoint in the folder ``ckpts``."""
+    try:
+        source = json.loads(manifest.read_text())["settings"]["checkpoint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False  # not a sample folder cbdm wrote: not ours to remove
+    return isinstance(source, str) and Path(source).parent == ckpts
+
+
 def outputs_of_run(run_dir: Path) -> list[Path]:
     """What the run in ``run_dir`` produced besides its checkpoints and logs: the preview grids
-    (``samples/grid-*.png``) and the ``samples-*`` folders `cbdm sample` made from its
-    checkpoints (with any `cbdm eval` report inside). Folders of other runs are not listed."""
+    (``samples/grid-*.png``), the ``samples-*`` folders `cbdm sample` made from its checkpoints
+    (with any `cbdm eval` report inside) and the ``sweep-*`` folders of `cbdm sweep` whose
+    sample sets came from them. Folders of other runs are not listed."""
     run_dir = Path(run_dir)
     out = sorted((run_dir / "samples").glob("grid-*.png"))
     ckpts = (run_dir / "checkpoints").resolve()
     for folder in sorted(run_dir.glob("samples-*")):
-        try:
-            source = json.loads((folder / "manifest.json").read_text())["settings"]["checkpoint"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # not a sample folder cbdm wrote: not ours to remove
-        if isinstance(source, str) and Path(source).parent == ckpts:
+        if _sampled_from(folder / "manifest.json", ckpts):
+            out.append(folder)
+    for folder in sorted(run_dir.glob("sweep-*")):
+        if any(_sampled_from(m, ckpts) for m in folder.glob("*/manifest.json")):
             out.append(folder)
     return out
 

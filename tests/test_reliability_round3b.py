@@ -50,10 +50,16 @@ def test_sampling_after_train_overwrite_uses_the_new_model(tmp_path):
     cli_ok(*sample)
     (folder,) = run.glob("samples-*")
     (folder / "eval.json").write_text("{}")  # what `cbdm eval` leaves in the folder
+    sweep = run / "sweep-guidance" / "w0"  # what `cbdm sweep RUN` leaves: a sample set per point
+    sweep.mkdir(parents=True)
+    (sweep / "manifest.json").write_text((folder / "manifest.json").read_text())
+    mine = run / "samples-mine"  # not a cbdm sample folder: kept
+    mine.mkdir()
     before = _folder_hash(folder)
     cli_ok("train", "--config", cfg, "--out", run, "--no-progress", "--steps", "4", "--seed", "5",
            "--lr", "0.01", "--overwrite")
-    assert not folder.exists()  # the old run's samples (and their evaluation) went with it
+    # The old run's samples (with their evaluation) and sweeps went with it; other folders stay.
+    assert not folder.exists() and not sweep.parent.exists() and mine.is_dir()
     res = cli_ok(*sample)
     assert "kept" not in res.output or "0 kept" in res.output, res.output
     assert _folder_hash(folder) != before

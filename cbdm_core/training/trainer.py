@@ -160,9 +160,9 @@ class Trainer:
         shutil.rmtree(self.run_dir / "tensorboard", ignore_errors=True)  # its events would mix with the new run's
         for name in ("metrics.jsonl", "config.yaml"):
             (self.run_dir / name).unlink(missing_ok=True)
-        gone = [p.name for p in remove_outputs_of_run(self.run_dir) if p.name.startswith("samples-")]
-        if gone:  # the old model's samples: sampling the new one must not find them
-            log.warning("removed the previous run's sample folders: %s", ", ".join(gone))
+        gone = [p.name for p in remove_outputs_of_run(self.run_dir) if p.parent == self.run_dir]  # not grids
+        if gone:  # the old model's samples and sweeps: the new one must not be served them
+            log.warning("removed the previous run's sample and sweep folders: %s", ", ".join(gone))
         # The old run's evaluation classifier may come from other data; keep it only when named.
         auto = self.run_dir / AUTO_CLASSIFIER
         chosen = self.cfg.evaluate.classifier
