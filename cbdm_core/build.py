@@ -13,6 +13,7 @@ from .registry import get_registry
 from .run_folder import resolve_checkpoint
 from .sampling.guidance import resolve_guidance
 from .schedules import NoiseSchedule
+from .settings_check import check_sampling_settings
 
 
 def build_schedule(cfg: TrainConfig) -> NoiseSchedule:
@@ -118,6 +119,8 @@ def check_components(cfg: TrainConfig) -> None:
             spec.check(options)
     reg.get("sampler", cfg.preview.sampler)
     resolve_guidance(cfg.preview.guidance_method, cfg.preview.guidance_options)
+    # The preview runs after training: its settings are checked now, not then.
+    check_sampling_settings(cfg.preview, schedule=build_schedule(cfg), where="preview")
     if cfg.init_from is not None:
         resolve_checkpoint(cfg.init_from)
 

@@ -14,7 +14,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
-from .sampling.settings import SamplingSettings
+from .sampling.settings import MAX_SEED, SamplingSettings
 
 
 class _Strict(BaseModel):
@@ -46,7 +46,7 @@ class DataConfig(_Strict):
     root: Optional[Path] = None
     imb_factor: Optional[float] = Field(None, gt=0, le=1)
     lt_profile: Literal["exp", "step"] = "exp"
-    lt_seed: int = 0
+    lt_seed: int = Field(0, ge=0, le=MAX_SEED)
     max_per_class: Optional[int] = Field(None, gt=0)
     download: bool = False
     strict: bool = False
@@ -145,7 +145,7 @@ class TrainConfig(_Strict):
     preview: SamplingSettings = Field(default_factory=lambda: SamplingSettings(steps=100))
     perf: PerfConfig = Field(default_factory=PerfConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)  # torch.manual_seed takes 64-bit seeds
     init_from: Optional[Path] = None  # pre-trained run folder or checkpoint to start from
     device: str = "auto"
     log_every: int = Field(50, ge=1)
@@ -184,9 +184,9 @@ def load_config_file(path: Path) -> dict[str, Any]:
     suffix = path.suffix.lower()
     try:
         if suffix in (".yaml", ".yml"):
-            import yaml
+            from .safe_yaml import load_yaml
 
-            data = yaml.safe_load(text) or {}
+            data = load_yaml(text, f"config file {path}") or {}
         elif suffix == ".toml":
             import tomllib
 
@@ -240,6 +240,13 @@ def dump_config_yaml(cfg: TrainConfig) -> str:
 def validate_component_options(options_model, options: dict[str, Any], where: str):
     """Validate plugin options; a failure names the field."""
     try:
-        return options_model.model_validate(options)
+        validated = options_model.model_validate(options)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, where)) from None
+    from .settings_check import nonfinite_value
+
+    # A plugin's options model may not forbid inf/NaN itself; they would only fail at the first log.
+    bad = nonfinite_value(validated.model_dump(exclude_unset=True))
+    if bad is not None:
+        raise ConfigError(f"{where}: option {bad} must be a finite number")
+    return validated

@@ -25,11 +25,24 @@ def power_distribution(class_counts: torch.Tensor, q: float) -> torch.Tensor:
     if q == 0:
         weights = torch.ones_like(counts)
     else:
-        weights = counts.pow(q)  # an empty class gets probability 0 for q > 0
+        weights = _power_weights(counts, q)
     total = weights.sum()
     if not bool(total > 0):
         raise CbdmError("label distribution has no mass: every class count is zero")
     return (weights / total).to(torch.float32)
+
+
+def _power_weights(counts: torch.Tensor, q: float) -> torch.Tensor:
+    """``n_c ** q`` scaled so the largest weight is 1, in log space: finite for any finite q
+    (``pow:1e308`` overflowed to inf/inf = NaN and crashed the sampler of y')."""
+    c = counts.to(torch.float64)
+    if q < 0 and bool((c == 0).any()):
+        raise CbdmError(f"label distribution with exponent {q}: an empty class would get infinite weight")
+    if not bool((c > 0).any()):
+        return torch.zeros_like(c)  # no mass: refused by the caller
+    logs = torch.log(c)  # -inf for an empty class: weight 0 for q > 0
+    ref = logs[c > 0].max() if q > 0 else logs.min()
+    return torch.exp(q * (logs - ref))  # q * (<= 0 difference) <= 0: never overflows
 
 
 def train_distribution(class_counts: torch.Tensor, arg: Optional[str] = None) -> torch.Tensor:

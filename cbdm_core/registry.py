@@ -26,13 +26,17 @@ guidance takes named options instead, see :func:`cbdm_core.sampling.guidance.res
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+from importlib import metadata as importlib_metadata
 from typing import Any, Callable, Iterator
 
 import pluggy
 
 from .errors import CbdmError, DuplicateComponentError, UnknownComponentError
 from .hookspecs import PROJECT_NAME, CbdmSpec, hookimpl  # noqa: F401  (hookimpl: also found here)
+
+log = logging.getLogger("cbdm.plugins")
 
 KINDS: tuple[str, ...] = (
     "backbone",
@@ -69,6 +73,7 @@ class Registry:
     """All components, keyed by (kind, name)."""
 
     components: dict[tuple[str, str], Component] = field(default_factory=dict)
+    problems: list["PluginProblem"] = field(default_factory=list)  # plugins left out, see build_registry
 
     def add(self, component: Component) -> None:
         if component.kind not in KINDS:
@@ -117,35 +122,93 @@ def split_name(name: str) -> tuple[str, str | None]:
     return base, (arg if sep else None)
 
 
-def _plugin_versions(pm: pluggy.PluginManager) -> dict[int, tuple[str, str]]:
-    out: dict[int, tuple[str, str]] = {}
-    for plugin, dist in pm.list_plugin_distinfo():
-        out[id(plugin)] = (dist.metadata["name"], dist.version)
-    return out
+@dataclass(frozen=True)
+class PluginProblem:
+    """A plugin left out of the registry: it failed to import or to register, or it
+    registered a name another plugin already holds."""
+
+    plugin: str
+    version: str
+    error: str
+
+
+def _entry_point_plugins(pm: pluggy.PluginManager, registry: Registry) -> dict[int, tuple[str, str]]:
+    """Import and register every ``cbdm`` entry point, each on its own: one that fails to import
+    is recorded in ``registry.problems`` and left out. Built-ins (the ``cbdm`` distribution) come
+    first, so a third-party name collision leaves out the third-party plugin, never a built-in.
+    Returns ``{id(plugin): (distribution, version)}``."""
+    found = []
+    for ep in importlib_metadata.entry_points(group=PROJECT_NAME):
+        dist = getattr(ep, "dist", None)
+        name, version = (dist.metadata["name"], dist.version) if dist is not None else ("(unknown)", "-")
+        found.append((name != PROJECT_NAME, name, ep.name, version, ep))
+    versions: dict[int, tuple[str, str]] = {}
+    for _, dist_name, ep_name, version, ep in sorted(found, key=lambda f: f[:3]):
+        if pm.has_plugin(ep_name) or pm.is_blocked(ep_name):  # as pluggy: the first of a name wins
+            continue
+        try:
+            plugin = ep.load()
+            pm.register(plugin, name=ep_name)
+        except Exception as exc:  # noqa: BLE001 - a broken third-party plugin must not stop cbdm
+            registry.problems.append(PluginProblem(f"{dist_name}:{ep_name}", version,
+                                                   f"import failed: {_one_line(exc)}"))
+            continue
+        versions[id(plugin)] = (dist_name, version)
+    return versions
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _register_plugin(registry: Registry, impl: Any, label: str, version: str, strict: bool) -> None:
+    """Run one plugin's ``register_components`` into a staging list, then add all its
+    components or none: a plugin that raises, registers an unknown kind or a name already
+    taken is recorded in ``registry.problems`` (``strict``: raised, for plugins passed in code)."""
+    staged: list[Component] = []
+
+    def register(kind: str, name: str, obj: Any, description: str = "") -> None:
+        staged.append(Component(kind, name, obj, label, version, description))
+
+    trial = Registry(components=dict(registry.components))
+    try:
+        impl.function(register=register)
+        for component in staged:
+            trial.add(component)
+    except Exception as exc:  # noqa: BLE001 - isolate the plugin, see above
+        if strict:
+            raise
+        what = str(exc) if isinstance(exc, CbdmError) else f"register_components raised {_one_line(exc)}"
+        registry.problems.append(PluginProblem(label, version, what))
+        return
+    registry.components = trial.components
 
 
 def build_registry(extra_plugins: list[Any] | None = None) -> Registry:
     """Discover every plugin in the ``cbdm`` entry-point group and collect its components.
 
+    Each entry-point plugin is loaded on its own: one that fails to import or to register, or
+    that registers a name another plugin holds, is left out with a one-line warning and listed
+    in ``registry.problems`` (``cbdm plugins`` shows it); every other component still works.
+
     Args:
-        extra_plugins: modules or objects to register in addition (tests, notebooks).
+        extra_plugins: modules or objects to register in addition (tests, notebooks); their
+            errors raise, as they come from the caller's own code.
     """
     pm = pluggy.PluginManager(PROJECT_NAME)
     pm.add_hookspecs(CbdmSpec)
-    pm.load_setuptools_entrypoints(PROJECT_NAME)
+    registry = Registry()
+    versions = _entry_point_plugins(pm, registry)
+    extra = {id(p) for p in extra_plugins or []}
     for p in extra_plugins or []:
         pm.register(p, name=getattr(p, "__name__", None) or type(p).__name__)
-    versions = _plugin_versions(pm)
-    registry = Registry()
     for impl in pm.hook.register_components.get_hookimpls():
         dist, version = versions.get(id(impl.plugin), ("(local)", "-"))
-        plugin_label = f"{dist}:{impl.plugin_name}" if dist != "(local)" else impl.plugin_name
-
-        def register(kind: str, name: str, obj: Any, description: str = "",
-                     _plugin: str = plugin_label, _version: str = version) -> None:
-            registry.add(Component(kind, name, obj, _plugin, _version, description))
-
-        impl.function(register=register)
+        label = f"{dist}:{impl.plugin_name}" if dist != "(local)" else impl.plugin_name
+        _register_plugin(registry, impl, label, version, strict=id(impl.plugin) in extra)
+    for problem in registry.problems:
+        log.warning("Warning: plugin %s is left out: %s", problem.plugin, problem.error)
     return registry
 
 

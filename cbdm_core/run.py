@@ -9,11 +9,12 @@ from typing import Any, Union
 import torch
 
 from . import build
-from .checkpoint import load_checkpoint, load_state_checked, nonfinite_tensors
+from .checkpoint import Checkpoint, load_checkpoint, load_state_checked, nonfinite_tensors
 from .config import TrainConfig, parse_train_config
 from .errors import CheckpointError, UnknownComponentError
 from .run_folder import resolve_checkpoint
 from .schedules import NoiseSchedule
+from .tensor_io import tensors_digest
 
 __all__ = ["LoadedRun", "load_run", "load_denoiser", "resolve_checkpoint"]
 
@@ -31,6 +32,9 @@ class LoadedRun:
     checkpoint: Path
     step: int
     meta: dict[str, Any] = field(default_factory=dict)
+    # Content hash of the weights sampled (EMA or raw): the model's identity in a sample
+    # manifest, since a retrained run (--overwrite) reuses the checkpoint path and step.
+    weights_sha256: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -55,8 +59,7 @@ def load_run(path: Union[str, Path], *, ema: bool = True, device: Union[str, tor
         device: where to put the model.
         trainable: train mode with gradients instead of a frozen eval-mode model.
     """
-    ckpt_path = resolve_checkpoint(path)
-    ckpt = load_checkpoint(ckpt_path)
+    ckpt_path, ckpt = _load_newest(path)
     cfg = parse_train_config(ckpt.config, f"config stored in {ckpt_path}")
     meta = ckpt.meta
     sizes = checked_sizes(meta, ckpt_path)
@@ -85,7 +88,25 @@ def load_run(path: Union[str, Path], *, ema: bool = True, device: Union[str, tor
         model.train().requires_grad_(True)
     else:
         model.eval().requires_grad_(False)
-    return LoadedRun(model=model, schedule=schedule, config=cfg, checkpoint=ckpt_path, step=ckpt.step, meta=meta)
+    return LoadedRun(model=model, schedule=schedule, config=cfg, checkpoint=ckpt_path, step=ckpt.step, meta=meta,
+                     weights_sha256=tensors_digest(state))
+
+
+def _load_newest(path: Union[str, Path], tries: int = 5) -> tuple[Path, Checkpoint]:
+    """The newest checkpoint of a run folder (or the file ``path``), loaded.
+
+    A run training with ``--keep-last 1`` removes the checkpoint just chosen once it has saved
+    a newer one; that file is then gone ("not found", or unreadable mid-read): choose again.
+    """
+    for _ in range(tries):
+        ckpt_path = resolve_checkpoint(path)
+        try:
+            return ckpt_path, load_checkpoint(ckpt_path)
+        except CheckpointError:
+            if not Path(path).is_dir() or ckpt_path.exists():
+                raise  # a file given by name, or one that is there and broken: nothing to retry
+    raise CheckpointError(f"{path}: its newest checkpoint was removed {tries} times while being read; the run is "
+                          "being written (training with a small --keep-last?); load a copy, or try again")
 
 
 def _class_counts(meta: dict[str, Any], num_classes: int, ckpt_path: Path) -> torch.Tensor:

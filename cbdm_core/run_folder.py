@@ -1,7 +1,10 @@
-"""Where a run's checkpoint is: a run folder resolves to its latest checkpoint."""
+"""Where a run's checkpoint is: a run folder resolves to its latest checkpoint; what in a run
+folder came from its model (removed with the run by ``cbdm train --overwrite``)."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 from typing import Union
 
@@ -29,3 +32,40 @@ def resolve_checkpoint(path: Union[str, Path]) -> Path:
     if not path.exists():
         raise CheckpointError(f"no such run folder or checkpoint: {path}")
     return path
+
+
+def _sampled_from(manifest: Path, ckpts: Path) -> bool:
+    """Whether the sample manifest ``manifest`` names a checkpoint in the folder ``ckpts``."""
+    try:
+        source = json.loads(manifest.read_text())["settings"]["checkpoint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False  # not a sample folder cbdm wrote: not ours to remove
+    return isinstance(source, str) and Path(source).parent == ckpts
+
+
+def outputs_of_run(run_dir: Path) -> list[Path]:
+    """What the run in ``run_dir`` produced besides its checkpoints and logs: the preview grids
+    (``samples/grid-*.png``), the ``samples-*`` folders `cbdm sample` made from its checkpoints
+    (with any `cbdm eval` report inside) and the ``sweep-*`` folders of `cbdm sweep` whose
+    sample sets came from them. Folders of other runs are not listed."""
+    run_dir = Path(run_dir)
+    out = sorted((run_dir / "samples").glob("grid-*.png"))
+    ckpts = (run_dir / "checkpoints").resolve()
+    for folder in sorted(run_dir.glob("samples-*")):
+        if _sampled_from(folder / "manifest.json", ckpts):
+            out.append(folder)
+    for folder in sorted(run_dir.glob("sweep-*")):
+        if any(_sampled_from(m, ckpts) for m in folder.glob("*/manifest.json")):
+            out.append(folder)
+    return out
+
+
+def remove_outputs_of_run(run_dir: Path) -> list[Path]:
+    """Remove :func:`outputs_of_run` (a retrained model must not be served the old samples)."""
+    found = outputs_of_run(run_dir)
+    for path in found:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return found

@@ -12,6 +12,7 @@ import yaml
 from rich.console import Console
 
 from cbdm_core.errors import CbdmError
+from cbdm_core.safe_yaml import load_yaml
 
 
 def feature_options(f: Callable) -> Callable:
@@ -111,7 +112,7 @@ def parse_metric_options(items: tuple[str, ...]) -> dict[str, dict[str, Any]]:
         if not sep or not dot or not metric or not option:
             raise CbdmError(f"--metric-option expects METRIC.OPTION=VALUE (e.g. kid.subset_size=100), got {item!r}")
         try:
-            value = yaml.safe_load(raw) if raw else ""
+            value = load_yaml(raw, f"--metric-option {key.strip()}") if raw else ""
         except yaml.YAMLError:
             value = raw
         out.setdefault(metric, {})[option] = value

@@ -7,6 +7,7 @@ from typing import Any
 import yaml
 
 from cbdm_core.errors import CbdmError
+from cbdm_core.safe_yaml import load_yaml
 
 
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -35,7 +36,7 @@ def parse_key_values(items: tuple[str, ...], flag: str) -> dict[str, Any]:
         if not sep or not key.strip():
             raise CbdmError(f"{flag} expects KEY=VALUE, got {item!r}")
         try:
-            out[key.strip()] = yaml.safe_load(raw) if raw else ""
+            out[key.strip()] = load_yaml(raw, f"{flag} {key.strip()}") if raw else ""
         except yaml.YAMLError:
             out[key.strip()] = raw
     return out

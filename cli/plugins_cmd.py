@@ -16,7 +16,8 @@ from cbdm_core.registry import KINDS, get_registry
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins(kind, as_json):
     """List registered components: kind, name, providing plugin and version."""
-    rows = [c for c in get_registry() if kind is None or c.kind == kind]
+    registry = get_registry()
+    rows = [c for c in registry if kind is None or c.kind == kind]
     if as_json:
         click.echo(json.dumps([{"kind": c.kind, "name": c.name, "plugin": c.plugin, "version": c.version,
                                 "description": c.description} for c in rows], indent=1))
@@ -33,4 +34,12 @@ def plugins(kind, as_json):
         for c in rows:
             if c.kind == k:
                 table.add_row(c.name, c.description, f"{c.plugin} {c.version}".strip())
+        console.print(table)
+    if registry.problems:  # broken or colliding plugins, left out of the registry
+        table = Table(title="left out (broken plugins)", title_justify="left", title_style="bold red",
+                      show_header=False, box=None, padding=(0, 1), expand=False)
+        table.add_column("plugin", no_wrap=True)
+        table.add_column("error", overflow="fold", ratio=1)
+        for problem in registry.problems:
+            table.add_row(f"{problem.plugin} {problem.version}", problem.error)
         console.print(table)

@@ -144,6 +144,10 @@ def parse_seeds(text: str) -> list[int]:
             raise CbdmError(f"--seeds: {part!r} is not an index or a range A-B (e.g. 0-99 or 5,17)") from None
         if a < 0 or b < a:
             raise CbdmError(f"--seeds: {part!r} is not a range A-B with 0 <= A <= B")
+        from cbdm_core.sampling.settings import MAX_SAMPLES  # here: the package imports torch
+
+        if b >= MAX_SAMPLES or len(out) + b - a >= MAX_SAMPLES:
+            raise CbdmError(f"--seeds: {part!r} reaches past the largest sample set ({MAX_SAMPLES} images)")
         out.extend(range(a, b + 1))
     return out
 
@@ -156,7 +160,8 @@ def _sample(ctx, run_path, sampler, steps, eta, guidance, guidance_method, guida
     from cbdm_core.sampling.generate import estimate_output_bytes, generate_samples, resolve_steps
     from cbdm_core.sampling.guidance import resolve_guidance
     from cbdm_core.sampling.plan import plan_labels
-    from cbdm_core.sampling.settings import SamplingSettings
+    from cbdm_core.sampling.settings import MAX_SAMPLES
+    from cbdm_core.settings_check import sampling_settings
 
     console = Console(stderr=True, quiet=not ctx.is_main)  # under torchrun only rank 0 talks
     progress = progress and ctx.is_main
@@ -166,6 +171,8 @@ def _sample(ctx, run_path, sampler, steps, eta, guidance, guidance_method, guida
 
     if num is not None and num <= 0:
         raise CbdmError(f"--num must be positive, got {num}")
+    if num is not None and num > MAX_SAMPLES:
+        raise CbdmError(f"--num {num} is more than the largest sample set ({MAX_SAMPLES} images)")
     if batch_size <= 0:
         raise CbdmError(f"--batch-size must be positive, got {batch_size}")
     if shard_size <= 0:
@@ -194,7 +201,7 @@ def _sample(ctx, run_path, sampler, steps, eta, guidance, guidance_method, guida
         options["spacing"] = spacing
     out = out if out is not None else default_out_dir(run_path, sampler, steps, guidance, guidance_method,
                                                       guidance_options)
-    settings = SamplingSettings(sampler=sampler, steps=steps, eta=0.0 if eta is None else eta, guidance=guidance,
+    settings = sampling_settings(sampler=sampler, steps=steps, eta=0.0 if eta is None else eta, guidance=guidance,
                                 guidance_method=guidance_method, guidance_options=guidance_options, clip_denoised=clip, sampler_options=options,
                                 seed=seed, num=num, classes=classes, batch_size=batch_size, ema=ema)
 

@@ -130,7 +130,8 @@ def guidance_cmd(run_path: Path, grid: str, dataset: Optional[str], data_root: O
     from cbdm_core.build import resolve_device
     from cbdm_core.run import load_run
     from cbdm_core.sampling.generate import resolve_steps
-    from cbdm_core.experiments.sweeps import SamplingSettings, guidance_sweep, parse_grid
+    from cbdm_core.experiments.sweeps import guidance_sweep, parse_grid
+    from cbdm_core.settings_check import sampling_settings
 
     from .sample_cmd import run_dir_of
 
@@ -142,7 +143,7 @@ def guidance_cmd(run_path: Path, grid: str, dataset: Optional[str], data_root: O
     if data_root is None and dataset == run.config.data.dataset and run.config.data.root:
         data_root = Path(run.config.data.root)
     steps = resolve_steps(sampler, steps, run.schedule.num_timesteps)
-    sampling = SamplingSettings(num=num, classes=classes, sampler=sampler, steps=steps, eta=eta, seed=seed,
+    sampling = sampling_settings(num=num, classes=classes, sampler=sampler, steps=steps, eta=eta, seed=seed,
                                 batch_size=batch_size, ema=ema)
     options = _eval_options(dataset, data_root, metrics, device=device, on_status=reporter.status, **features)
     out = out if out is not None else run_dir_of(run_path) / "sweep-guidance"
@@ -185,12 +186,13 @@ def _run_training_sweep(parameter: str, values: list, config_for, *, data_root: 
                         batch_size: int, metrics: str, select: str, device: str, out: Path, **features: Any) -> None:
     """Train, sample and evaluate one run per value (shared by ``sweep option`` and ``sweep tau``)."""
     from cbdm_core.build import resolve_device
-    from cbdm_core.experiments.sweeps import SamplingSettings, SweepInterrupted, training_sweep
+    from cbdm_core.experiments.sweeps import SweepInterrupted, training_sweep
+    from cbdm_core.settings_check import sampling_settings
 
     reporter = Reporter()
     _check_select(select, metrics)
     base = config_for(values[-1])
-    sampling = SamplingSettings(num=num, classes=classes, sampler=sampler, steps=steps, eta=eta, seed=seed,
+    sampling = sampling_settings(num=num, classes=classes, sampler=sampler, steps=steps, eta=eta, seed=seed,
                                 batch_size=batch_size, guidance=guidance)
     root = data_root if data_root is not None else base.data.root
     options = _eval_options(base.data.dataset, None if root is None else Path(root), metrics, device=device,

@@ -96,16 +96,62 @@ def class_names(options: DatasetOptions) -> list[str]:
 _FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".webp": "WEBP"}
 
 
-def _decode(path: Path) -> np.ndarray | Exception:
-    """``uint8 [H, W]`` (grayscale) or ``[H, W, 3]``, or the exception that made it unreadable."""
+# The largest side a model takes (checkpoint image_size is bounded alike, see cbdm_core/run.py):
+# a larger image is refused from its header, before PIL decodes it.
+MAX_SIDE = 4096
+
+
+class _Refused(CbdmError):
+    """An image refused from its header (too large, not square, another size): never decoded."""
+
+
+def _open(path: Path) -> Image.Image:
+    """The image, lazily: PIL reads only the header until ``load``."""
+    # Trying the extension's format first skips PIL's probing of every plugin.
+    fmt = _FORMATS.get(path.suffix.lower())
     try:
-        # Trying the extension's format first skips PIL's probing of every plugin.
-        fmt = _FORMATS.get(path.suffix.lower())
+        return Image.open(path, formats=[fmt] if fmt else None)
+    except Image.UnidentifiedImageError:
+        return Image.open(path)  # misnamed file: let PIL identify it
+
+
+def _check_header(path: Path, size: tuple[int, int], ref: tuple[Path, tuple[int, int]] | None,
+                  square: bool = True) -> None:
+    """Refuse ``path`` of ``size`` (w, h) before decoding it: a decompression bomb (a few MB of
+    PNG that decode to GBs) must not be decoded just to find it has the wrong size."""
+    w, h = size
+    if max(w, h) > MAX_SIDE:
+        raise _Refused(f"dataset folder: image {path} is {w}x{h}; images larger than {MAX_SIDE}x{MAX_SIDE} "
+                       "are refused (resize them first)")
+    if ref is None:
+        if square and w != h:
+            raise _Refused(f"dataset folder: image {path} is {w}x{h}; the models need square images "
+                           "(crop or pad them first)")
+    elif (w, h) != ref[1]:
+        raise _Refused(f"dataset folder: image {path} is {w}x{h} but {ref[0]} is {ref[1][0]}x{ref[1][1]}; "
+                       "all images must have the same size")
+
+
+def reference_size(paths: list[Path], square: bool = True) -> tuple[Path, tuple[int, int]] | None:
+    """``(path, (w, h))`` of the first image whose header reads, checked (square, at most
+    :data:`MAX_SIDE`); every other image must have its size. None when no header reads."""
+    for path in paths:
         try:
-            im = Image.open(path, formats=[fmt] if fmt else None)
-        except Image.UnidentifiedImageError:
-            im = Image.open(path)  # misnamed file: let PIL identify it
-        with im:
+            with _open(path) as im:
+                size = im.size
+        except Exception:  # noqa: BLE001 - unreadable: counted when its turn to decode comes
+            continue
+        _check_header(path, size, None, square)
+        return path, size
+    return None
+
+
+def _decode(path: Path, ref: tuple[Path, tuple[int, int]] | None = None) -> np.ndarray | Exception:
+    """``uint8 [H, W]`` (grayscale) or ``[H, W, 3]``, or the exception that made it unreadable
+    (a :class:`_Refused` one for an image refused from its header, see :func:`_check_header`)."""
+    try:
+        with _open(path) as im:
+            _check_header(path, im.size, ref)
             im.load()
             if im.mode in WIDE_GRAY_MODES:
                 # 16-bit gray: scale 0..65535 onto 0..255 (PIL's convert("L") would clip at 255).
@@ -119,14 +165,15 @@ def _decode(path: Path) -> np.ndarray | Exception:
         return e
 
 
-def _decode_many(paths: list[Path], workers: int) -> list[np.ndarray | Exception]:
+def _decode_many(paths: list[Path], workers: int,
+                 ref: tuple[Path, tuple[int, int]] | None = None) -> list[np.ndarray | Exception]:
     if len(paths) <= _CHUNK or workers <= 1:
-        return [_decode(p) for p in paths]
+        return [_decode(p, ref) for p in paths]
     chunks = [paths[i:i + _CHUNK] for i in range(0, len(paths), _CHUNK)]
     # PIL releases the GIL inside its C decoders: large images gain most, tiny JPEGs little.
     with ThreadPoolExecutor(max_workers=workers) as pool:
         out: list[np.ndarray | Exception] = []
-        for part in pool.map(lambda ch: [_decode(p) for p in ch], chunks):
+        for part in pool.map(lambda ch: [_decode(p, ref) for p in ch], chunks):
             out.extend(part)
     return out
 
@@ -164,6 +211,7 @@ def load_folder(options: DatasetOptions | None = None, *, workers: int | None = 
         candidates.append([f[i] for i in picked + rest])
         want.append(len(picked))
 
+    ref = reference_size([p for c in candidates for p in c])  # headers only: nothing decoded yet
     got: list[list[tuple[Path, np.ndarray]]] = [[] for _ in files]
     tried = [0] * len(files)
     skipped: list[tuple[Path, Exception]] = []
@@ -175,7 +223,9 @@ def load_folder(options: DatasetOptions | None = None, *, workers: int | None = 
             tried[c] += max(n, 0)
         if not batch:
             break
-        for (c, p), res in zip(batch, _decode_many([p for _, p in batch], workers)):
+        for (c, p), res in zip(batch, _decode_many([p for _, p in batch], workers, ref)):
+            if isinstance(res, _Refused):
+                raise res
             if isinstance(res, Exception):
                 if options.strict:
                     raise CbdmError(f"dataset folder: cannot read image {p}: {type(res).__name__}: {res}")

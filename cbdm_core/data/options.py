@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import ConfigError
 
@@ -36,7 +36,7 @@ class DatasetOptions(BaseModel):
     split: Literal["train", "test"] = "train"
     imb_factor: Optional[float] = None
     lt_profile: Literal["exp", "step"] = "exp"
-    lt_seed: int = 0
+    lt_seed: int = Field(0, ge=0, le=2**63 - 1)
     max_per_class: Optional[int] = None
     download: bool = False
     strict: bool = False

@@ -116,10 +116,15 @@ def _class_index(name: str, class_names: Optional[Sequence[str]], folder: Path) 
 
 
 def _decode_all(files: list[Path]) -> list[np.ndarray]:
-    from ..data.folder import _decode_many
+    from ..data.folder import _decode_many, reference_size
 
-    arrays = _decode_many(files, workers=min(8, os.cpu_count() or 1))
+    # Sizes come from the headers first: an image of another size (or a decompression bomb) is
+    # refused before it is decoded.
+    ref = reference_size(files, square=False)
+    arrays = _decode_many(files, workers=min(8, os.cpu_count() or 1), ref=ref)
     for p, a in zip(files, arrays):
+        if isinstance(a, CbdmError):
+            raise CbdmError(str(a).replace("dataset folder: image", "sample image", 1))
         if isinstance(a, Exception):
             raise CbdmError(f"cannot read sample image {p}: {type(a).__name__}: {a}")
     first = arrays[0]

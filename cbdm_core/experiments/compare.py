@@ -192,6 +192,7 @@ def plan_study(protocol: Protocol, out_dir: Path) -> StudyPlan:
     get_registry().get("sampler", p.sampling.sampler)
     if p.sampling.num < 1 or p.sampling.batch_size < 1:
         raise CbdmError("sampling.num and sampling.batch_size must be positive")
+    _check_study_sampling(p, configs)
     get_registry().get("feature_extractor", p.evaluation.extractor)
     if p.evaluation.extractor == "classifier" and p.evaluation.classifier is None:
         raise CbdmError("evaluation.extractor classifier needs evaluation.classifier: a file, or auto")
@@ -215,6 +216,21 @@ def plan_study(protocol: Protocol, out_dir: Path) -> StudyPlan:
         directions[select] = rankable(select, metrics).value
         select_metrics = [provider]  # selection samples need only the metric that picks w
     return StudyPlan(p, Path(out_dir), configs, entries, metrics, select_metrics, directions, sampling_seeds(p))
+
+
+def _check_study_sampling(p: Protocol, configs: dict[tuple[str, int], TrainConfig]) -> None:
+    """The study's sampling settings, at every w it may use, against every run's schedule:
+    refused now rather than after all the runs are trained."""
+    from ..build import build_schedule
+    from ..settings_check import check_sampling_settings
+
+    seen: set[str] = set()
+    for cfg in configs.values():
+        key = cfg.diffusion.model_dump_json()
+        if key not in seen:
+            seen.add(key)
+            for w in p.guidance.values:
+                check_sampling_settings(p.sampling, schedule=build_schedule(cfg), where="sampling", guidance=w)
 
 
 def _check_folder(plan: StudyPlan) -> None:

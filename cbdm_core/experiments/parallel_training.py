@@ -49,8 +49,52 @@ class JobResult:
     interrupted: bool
 
 
-def _worker(job: TrainJob, threads: int, results) -> None:
+def die_with_parent(parent_pid: int, sig: int = signal.SIGTERM) -> None:
+    """Have ``sig`` sent to this process when its parent ``parent_pid`` dies.
+
+    A worker of a SIGKILLed ``cbdm compare`` otherwise trains on under PID 1, holding its run
+    folder, and the re-run is refused until it finishes. SIGTERM lets the trainer save a
+    checkpoint and stop, so the re-run resumes. Linux: ``prctl(PR_SET_PDEATHSIG)``, then a check
+    that the parent is still the original one (it may have died before the call); elsewhere a
+    thread that polls ``getppid``.
+    """
+    if os.getppid() != parent_pid:  # already orphaned
+        os.kill(os.getpid(), sig)
+        return
+    if _set_pdeathsig(sig):
+        if os.getppid() != parent_pid:  # died between the check above and prctl
+            os.kill(os.getpid(), sig)
+        return
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(POLL_SECONDS)
+        os.kill(os.getpid(), sig)
+
+    threading.Thread(target=watch, name="cbdm-parent-watch", daemon=True).start()
+
+
+def _set_pdeathsig(sig: int) -> bool:
+    """``prctl(PR_SET_PDEATHSIG, sig)`` through libc; False where it is not available."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+        return libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _worker(job: TrainJob, threads: int, results, parent_pid: Optional[int] = None) -> None:
     """Entry point of a worker process: train one run, report the outcome or the error."""
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     import torch
 
     from ..training.trainer import Trainer
@@ -145,7 +189,7 @@ def train_in_parallel(jobs: list[TrainJob], workers: int, *, threads: Optional[i
             try:
                 while waiting and len(running) < workers and not stopping:
                     job = waiting.pop(0)
-                    proc = ctx.Process(target=_worker, args=(job, threads, results_q), daemon=False)
+                    proc = ctx.Process(target=_worker, args=(job, threads, results_q, os.getpid()), daemon=False)
                     proc.start()
                     running[str(job.folder)] = (proc, job)
                 time.sleep(POLL_SECONDS)

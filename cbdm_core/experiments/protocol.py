@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..config import TrainConfig, deep_update, format_validation_error, parse_train_config
 from ..errors import CbdmError
+from ..safe_yaml import load_yaml
 from ..sampling.settings import SamplingSettings
 
 # The name `cbdm train --method` uses for "no method" (plain conditional DDPM).
@@ -244,7 +245,7 @@ def read_protocol_data(source: Union[str, Path]) -> tuple[dict[str, Any], str]:
         raise CbdmError(f"no protocol file {source} and no shipped protocol of that name "
                         f"(shipped: {', '.join(protocol_names())})")
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text, where)  # bounded: aliases cannot expand without limit
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""

@@ -56,11 +56,14 @@ def parse_grid(text: str) -> list[float]:
             if len(parts) != 3:
                 raise ValueError
             start, stop, step = parts
+            if not all(math.isfinite(p) for p in parts):
+                raise CbdmError(f"grid {text!r}: start, stop and step must be finite numbers")
             if step <= 0 or stop < start:
                 raise CbdmError(f"grid {text!r}: need start <= stop and a positive step")
-            n = int(math.floor((stop - start) / step + 1e-9)) + 1
-            if n > MAX_POINTS:
-                raise CbdmError(f"grid {text!r} has {n} points (at most {MAX_POINTS})")
+            span = (stop - start) / step  # may overflow to inf (0:1e308:1e-300): count it as a float
+            if not span < MAX_POINTS:
+                raise CbdmError(f"grid {text!r} has {span + 1:.3g} points (at most {MAX_POINTS})")
+            n = int(math.floor(span + 1e-9)) + 1
             values = [start + i * step for i in range(n)]
         else:
             values = [float(p) for p in text.split(",") if p.strip()]

@@ -296,6 +296,15 @@ def build_config(arch: ReferenceArch, given: ImportOptions) -> TrainConfig:
     return parse_train_config(data, "imported config")
 
 
+def _check_image_size(size: int) -> None:
+    """``--image-size`` within what a run may hold (:data:`cbdm_core.run.SIZE_BOUNDS`)."""
+    from ..run import SIZE_BOUNDS
+
+    lo, hi = SIZE_BOUNDS["image_size"]
+    if isinstance(size, bool) or not isinstance(size, int) or not lo <= size <= hi:
+        raise CbdmError(f"--image-size must be an integer in {lo}..{hi}, got {size!r}")
+
+
 def _check_dest(dest: Path, overwrite: bool) -> None:
     if dest.exists() and not dest.is_dir():
         raise CbdmError(f"{dest} exists and is not a folder")
@@ -311,9 +320,11 @@ def import_reference_checkpoint(src: Union[str, Path], dest: Union[str, Path], o
     import is the run's latest checkpoint; other files in ``dest`` are left alone.
     """
     from ..build import build_model
+    from ..run import checked_sizes
 
     src, dest = Path(src), Path(dest)
     given = options or ImportOptions()
+    _check_image_size(given.image_size)
     _check_dest(dest, overwrite)
     ref = load_reference_checkpoint(src)
     arch = resolve_arch(infer_architecture(ref.net), given)
@@ -331,6 +342,9 @@ def import_reference_checkpoint(src: Union[str, Path], dest: Union[str, Path], o
     meta = {"num_classes": arch.num_classes, "image_size": given.image_size, "channels": arch.channels,
             "class_counts": counts, "class_names": names, "dataset": given.dataset, "cond_dim": arch.cond_dim,
             "imported_from": src.name}
+    # What `load_run` will check, checked before anything is written: never a run nothing loads.
+    checked_sizes(meta, f"import of {src}")
+    parse_train_config(cfg.model_dump(mode="json"), f"import of {src}")
     ckpt_dir = dest / "checkpoints"
     path = ckpt_dir / checkpoint_name(ref.step)
     with locks.folder_lock(dest, "run folder"):

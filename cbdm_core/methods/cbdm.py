@@ -42,7 +42,9 @@ class CBDMOptions(BaseModel):
     tau: float = Field(0.001, ge=0.0)
     gamma: float = Field(0.25, ge=0.0)
     y_dist: str = "train"  # the reference code draws y' from the training frequencies from scratch
-    set_size: int = Field(1, ge=1)
+    # Each element of the set is one more prediction for the whole batch (and b * set_size
+    # labels drawn); beyond this it is an allocation error, not a regulariser.
+    set_size: int = Field(1, ge=1, le=64)
 
 
 @dataclass

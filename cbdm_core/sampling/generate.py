@@ -183,6 +183,8 @@ def generate_samples(run: "LoadedRun", labels: Sequence[int], *, out_dir: Path,
         "sampler_options": options, "seed": int(seed), "num": num,
         "counts_per_class": counts, "labels_sha256": _labels_digest(labels_np), "shard_size": int(shard_size),
         "image_shape": [chw[1], chw[2], chw[0]],
+        # The model itself: a retrained run has the same checkpoint path and step.
+        "weights_sha256": getattr(run, "weights_sha256", "") or None,
     }
     if guidance_method != "cfg":  # only then, so folders sampled before this setting existed still resume
         settings["guidance_method"] = guidance_method
@@ -367,6 +369,9 @@ def _prepare_folder(out_dir: Path, settings: dict[str, Any], overwrite: bool) ->
     old = sh.read_manifest(out_dir)
     if old is not None:
         diff = sh.settings_difference(old.get("settings", {}), settings)
+        if old.get("settings", {}).get("weights_sha256") != settings.get("weights_sha256"):
+            raise CbdmError(f"{out_dir} holds samples of other model weights (the run was retrained, or "
+                            "the folder predates weight hashes); use a new --out or --overwrite")
         if diff:
             raise CbdmError(f"{out_dir} holds samples made with other settings ({'; '.join(diff[:3])}"
                             f"{'; ...' if len(diff) > 3 else ''}); use a new --out or --overwrite")

@@ -7,6 +7,10 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict, Field
 
 
+MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds; larger ones overflow with a traceback
+MAX_SAMPLES = 10_000_000  # images per sample set: 200x an FID-50k set; the labels alone are 80 MB
+
+
 class SamplingSettings(BaseModel):
     """How images are sampled from a trained denoiser.
 
@@ -40,8 +44,8 @@ class SamplingSettings(BaseModel):
     guidance_options: dict[str, Any] = Field(default_factory=dict)
     clip_denoised: Optional[bool] = None
     sampler_options: dict[str, Any] = Field(default_factory=dict)
-    seed: Optional[int] = None
-    num: int = 1000
+    seed: Optional[int] = Field(None, ge=0, le=MAX_SEED)
+    num: int = Field(1000, le=MAX_SAMPLES)
     classes: str = "balanced"
     batch_size: int = 256
     ema: bool = True

@@ -18,7 +18,7 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -114,12 +114,16 @@ def write_png(path: Path, image: np.ndarray) -> None:
         Image.fromarray(np.ascontiguousarray(arr)).save(tmp, format="PNG")
 
 
-def read_png(path: Path) -> np.ndarray:
-    """uint8 HWC image of a sample PNG, or :class:`CbdmError` naming the file."""
+def read_png(path: Path, shape: Optional[Sequence[int]] = None) -> np.ndarray:
+    """uint8 HWC image of a sample PNG, or :class:`CbdmError` naming the file. With ``shape``
+    (``[H, W, ...]``, the manifest's) a PNG of another size is refused from its header, undecoded."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
+            if shape is not None and tuple(im.size) != (int(shape[1]), int(shape[0])):
+                raise CbdmError(f"sample image {path} is {im.size[0]}x{im.size[1]}, the manifest says "
+                                f"{shape[1]}x{shape[0]}; delete it and re-run to regenerate it")
             arr = np.asarray(im)
     except FileNotFoundError:
         raise CbdmError(f"sample image not found: {path}; re-run the same `cbdm sample` command") from None
@@ -147,7 +151,9 @@ def read_png_span(folder: Path, manifest: dict[str, Any], start: int, count: int
     """``(images, labels)`` of samples ``start .. start + count - 1`` of a PNG sample folder."""
     labels = decode_labels(manifest["labels"])[start:start + count]
     dirs = manifest["class_dirs"]
-    images = np.stack([read_png(png_path(folder, dirs[int(y)], start + i)) for i, y in enumerate(labels.tolist())])
+    shape = (manifest.get("settings") or {}).get("image_shape")
+    images = np.stack([read_png(png_path(folder, dirs[int(y)], start + i), shape)
+                       for i, y in enumerate(labels.tolist())])
     return images, labels
 
 

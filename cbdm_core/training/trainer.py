@@ -32,6 +32,7 @@ from .evaluation import AUTO_CLASSIFIER, TrainingEvaluator, check_evaluation
 from .loggers import LoggerGroup, open_loggers
 from .monitor import check_loggers, logged_terms, memory_gb
 from ..host_memory import keep_freed_host_memory
+from ..run_folder import remove_outputs_of_run
 from .precision import Precision, describe_device, match_param_layout, resolve_precision
 from .step import build_train_step
 
@@ -161,6 +162,9 @@ class Trainer:
         shutil.rmtree(self.run_dir / "wandb", ignore_errors=True)  # a new run gets a new W&B run id
         for name in ("metrics.jsonl", "config.yaml"):
             (self.run_dir / name).unlink(missing_ok=True)
+        gone = [p.name for p in remove_outputs_of_run(self.run_dir) if p.parent == self.run_dir]  # not grids
+        if gone:  # the old model's samples and sweeps: the new one must not be served them
+            log.warning("removed the previous run's sample and sweep folders: %s", ", ".join(gone))
         # The old run's evaluation classifier may come from other data; keep it only when named.
         auto = self.run_dir / AUTO_CLASSIFIER
         chosen = self.cfg.evaluate.classifier
@@ -329,9 +333,11 @@ class Trainer:
 
         def check_finite() -> None:
             if bool(ctx.any_device(bad)):
+                kept = list_checkpoints(self.ckpt_dir)  # claim a kept checkpoint only when there is one
+                where = (f"the last good checkpoint, step {kept[-1][0]}, is kept in {self.ckpt_dir}" if kept
+                         else "no checkpoint was written yet")
                 raise CbdmError(f"non-finite loss or gradient before step {step}; stopped without saving "
-                                f"(the last good checkpoint is kept in {self.ckpt_dir}; "
-                                "--set on_nonfinite=skip skips such steps instead)")
+                                f"({where}; --set on_nonfinite=skip skips such steps instead)")
 
         def save(at_step: int) -> Optional[Path]:
             check_finite()

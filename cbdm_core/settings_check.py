@@ -1,0 +1,99 @@
+"""Sampling settings checked before any work: a training preview, a protocol's sampling.
+
+A bad preview setting used to surface only at the final preview, after the whole training
+run; a bad protocol sampling setting only after every run of a study was trained. Here the
+sampler itself runs once on a 1-pixel image with a dummy denoiser, so it rejects what it
+would reject later (unknown option, ``steps > T``, a negative eta, ...), and the numbers the
+sampler takes are bounded (finite; guidance at most :data:`MAX_GUIDANCE`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import torch
+
+from .errors import CbdmError, ConfigError
+
+# Far beyond any useful strength (the CBDM paper's guidance is below 10); larger values only
+# overflow float32 in (1 + w) * eps and come out as NaN images after all the work.
+MAX_GUIDANCE = 1000.0
+
+
+class _NullDenoiser:
+    """Predicts zero noise; stands in for the network so the sampler's own checks run."""
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+
+def nonfinite_value(value: Any, prefix: str = "") -> str | None:
+    """The dotted path of the first NaN/inf float inside ``value`` (dicts, lists), else None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return prefix or "(value)"
+    if isinstance(value, dict):
+        items: Iterable = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = nonfinite_value(item, f"{prefix}.{key}" if prefix else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+def check_guidance_value(w: float, where: str) -> None:
+    """``w`` finite and in ``0..MAX_GUIDANCE``, or a one-line :class:`ConfigError`."""
+    if not math.isfinite(float(w)) or not 0 <= float(w) <= MAX_GUIDANCE:
+        raise ConfigError(f"{where} must be a number in 0..{MAX_GUIDANCE:g}, got {w}")
+
+
+def check_sampling_settings(settings: Any, *, schedule: Any, where: str, guidance: float | None = None) -> None:
+    """Refuse, in one line starting with ``where``, sampling settings that would fail later.
+
+    Args:
+        settings: a :class:`~cbdm_core.sampling.settings.SamplingSettings`.
+        schedule: the noise schedule of the model it will sample (its length is T).
+        where: what to name in the message (``preview``, ``sampling``).
+        guidance: the strength to check instead of ``settings.guidance`` (a study sets it).
+    """
+    from .sampling.api import sample
+    from .sampling.generate import resolve_steps
+    from .sampling.noise import sample_generators
+
+    w = settings.guidance if guidance is None else guidance
+    for name, value in (("eta", settings.eta), ("sampler_options", settings.sampler_options),
+                        ("guidance_options", settings.guidance_options)):
+        bad = nonfinite_value(value)
+        if bad is not None:
+            path = name if bad == "(value)" else f"{name}.{bad}"
+            raise ConfigError(f"{where}.{path} must be a finite number")
+    check_guidance_value(w, f"{where}.guidance")
+    kwargs = settings.model_copy(update={"guidance": float(w)}).sample_kwargs()
+    try:
+        kwargs["steps"] = resolve_steps(settings.sampler, settings.steps, schedule.num_timesteps)
+        sample(_NullDenoiser(1), schedule, torch.zeros(1, 1, 1, 1), torch.zeros(1, dtype=torch.long),
+               generator=sample_generators(0, [0]), **kwargs)
+    except CbdmError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+
+def sampling_settings(source: str = "sampling options", **values: Any) -> Any:
+    """:class:`~cbdm_core.sampling.settings.SamplingSettings` from command-line values, or a
+    one-line :class:`ConfigError` naming the field (``--seed`` past 2**63 - 1, ``-n`` too large)."""
+    from pydantic import ValidationError
+
+    from .config import format_validation_error
+    from .sampling.settings import SamplingSettings
+
+    try:
+        return SamplingSettings(**values)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
