@@ -19,8 +19,9 @@ import errno
 import fcntl
 import os
 import threading
+import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Optional
 
 from .atomic import current_umask, ensure_dir
 from .errors import CbdmError
@@ -32,7 +33,11 @@ _guard = threading.Lock()
 
 
 class FolderBusyError(CbdmError):
-    """Another process is writing the folder."""
+    """Another process is writing the folder (``pid``: its PID as text, or ``"unknown"``)."""
+
+    def __init__(self, message: str, pid: str = "unknown") -> None:
+        super().__init__(message)
+        self.pid = pid
 
 
 def _holder_pid(fd: int) -> str:
@@ -73,7 +78,7 @@ def acquire(folder: Path, what: str = "folder") -> None:
                 os.close(fd)
                 if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise FolderBusyError(f"{what} {folder} is in use by another cbdm process (PID {pid}); "
-                                          "wait for it to finish or use another folder") from None
+                                          "wait for it to finish or use another folder", pid) from None
                 raise CbdmError(f"cannot lock {what} {folder}: {exc.strerror or exc}") from None
             if _still_linked(fd, key / LOCK_NAME):
                 break
@@ -84,6 +89,29 @@ def acquire(folder: Path, what: str = "folder") -> None:
         except OSError:
             pass  # the PID is only informative; the lock itself is held
         _held[key] = [fd, 1, int(not folder_existed)]
+
+
+def acquire_waiting(folder: Path, what: str, timeout_s: float,
+                    on_wait: Optional[Callable[[str], None]] = None, poll_s: float = 0.2) -> bool:
+    """:func:`acquire`, but wait (polling every ``poll_s``) while another process holds the
+    lock: ``True`` once locked, ``False`` after ``timeout_s`` seconds still busy.
+
+    ``on_wait(pid)`` is called once, when the first attempt finds the folder busy, so the
+    caller can say what it is waiting for.
+    """
+    deadline = time.monotonic() + max(0.0, timeout_s)
+    announced = False
+    while True:
+        try:
+            acquire(folder, what)
+            return True
+        except FolderBusyError as exc:
+            if not announced and on_wait is not None:
+                on_wait(exc.pid)
+            announced = True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())) or poll_s)
 
 
 def release(folder: Path, discard: bool = False) -> None:

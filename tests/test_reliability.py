@@ -140,13 +140,17 @@ def test_second_writer_of_a_sample_folder_is_refused(tmp_path):
         {k: v for k, v in before.items() if k != locks.LOCK_NAME}
 
 
-def test_feature_cache_writer_is_refused_while_another_holds_the_folder(tmp_path):
+def test_feature_cache_busy_past_the_wait_is_computed_uncached(tmp_path, monkeypatch):
+    monkeypatch.setenv("CBDM_CACHE_WAIT", "0.4")  # issue 24 #15: wait, then fall back (never fail)
     holder = _Holder(tmp_path)
     try:
-        with pytest.raises(locks.FolderBusyError, match=f"PID {holder.proc.pid}"):
-            cached_features(tmp_path, "k", lambda: FeatureSet(torch.zeros(2, 3), None, None, "x"))
+        t0 = time.monotonic()
+        with pytest.warns(UserWarning, match="still busy after 0.4 s"):
+            fs = cached_features(tmp_path, "k", lambda: FeatureSet(torch.ones(2, 3), None, None, "x"))
+        assert time.monotonic() - t0 >= 0.4
     finally:
         holder.kill()
+    assert torch.equal(fs.features, torch.ones(2, 3))
     assert not cache_path(tmp_path, "k").exists()
 
 

@@ -19,6 +19,8 @@ from ..tensor_io import IntegrityError, load_tensors, save_tensors
 from .base import FeatureSet
 
 log = logging.getLogger("cbdm.features")
+ENV_CACHE_WAIT = "CBDM_CACHE_WAIT"
+DEFAULT_CACHE_WAIT_S = 600.0
 
 
 def reference_key(dataset: str, split: str, extractor_key: str) -> str:
@@ -64,26 +66,32 @@ def cached_features(cache_dir: str | os.PathLike, key: str,
     """The cached feature set for ``key``, or ``compute_fn()`` saved under it.
 
     An unreadable or corrupt cache file is recomputed and overwritten (with a warning)
-    rather than failing the evaluation. Writing holds the cache folder's lock (a second
-    process writing the same folder is refused in one line); a cache folder that cannot
-    be written is a warning, and the features are used uncached.
+    rather than failing the evaluation. Writing holds the cache folder's lock: while another
+    process holds it, wait (one "waiting for the feature cache" line) and then read what it
+    wrote; still busy after :func:`cache_wait_seconds`, compute uncached with a warning. A
+    cache folder that cannot be written is a warning, and the features are used uncached.
     """
     path = cache_path(cache_dir, key)
-    if path.is_file():
-        try:
-            fs = load_feature_set(path, key)
-            log.info("loaded cached features %s from %s", key, path)
-            return fs
-        except CbdmError as e:
-            _warn(f"ignoring bad feature cache file ({e}); recomputing")
+    before = _stamp(path)
+    fs = _load_cached(path, key)
+    if fs is not None:
+        return fs
     try:
-        locks.acquire(Path(cache_dir), "feature cache folder")
-    except locks.FolderBusyError:
-        raise
+        locked = locks.acquire_waiting(Path(cache_dir), "feature cache folder", cache_wait_seconds(),
+                                       on_wait=lambda pid: log.warning(
+                                           "waiting for the feature cache %s (PID %s) ...", cache_dir, pid))
     except CbdmError as e:
         _warn(f"feature cache not written ({e})")
         return compute_fn()
+    if not locked:
+        _warn(f"feature cache {cache_dir} still busy after {cache_wait_seconds():g} s; "
+              "computing the features uncached")
+        return compute_fn()
     try:
+        # the process we waited for may have written it meanwhile
+        fs = _load_cached(path, key) if _stamp(path) not in (None, before) else None
+        if fs is not None:
+            return fs
         remove_stale_temps(Path(cache_dir))  # left by a killed writer; nobody else writes now
         fs = compute_fn()
         try:
@@ -93,6 +101,38 @@ def cached_features(cache_dir: str | os.PathLike, key: str,
         return fs
     finally:
         locks.release(Path(cache_dir))
+
+
+def cache_wait_seconds() -> float:
+    """How long to wait for another process writing the cache folder (``CBDM_CACHE_WAIT``
+    seconds; default 10 minutes) before computing uncached."""
+    raw = os.environ.get(ENV_CACHE_WAIT, "").strip()
+    try:
+        return max(0.0, float(raw)) if raw else DEFAULT_CACHE_WAIT_S
+    except ValueError:
+        raise CbdmError(f"{ENV_CACHE_WAIT} must be a number of seconds, got {raw[:200]!r}") from None
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """Identity of the file at ``path`` (inode, size, mtime), or ``None`` when there is none."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _load_cached(path: Path, key: str) -> FeatureSet | None:
+    """The feature set cached at ``path``, or ``None`` (missing, or bad: warned, recomputed)."""
+    if not path.is_file():
+        return None
+    try:
+        fs = load_feature_set(path, key)
+        log.info("loaded cached features %s from %s", key, path)
+        return fs
+    except CbdmError as e:
+        _warn(f"ignoring bad feature cache file ({e}); recomputing")
+        return None
 
 
 def cache_warning(msg: str) -> None:

@@ -1,0 +1,57 @@
+"""Issue 24 ("reliability round three"), the last Low items: a second evaluation on a cold
+feature cache waits for the first, hostile checkpoint metadata, logged loss windows across a
+resume.
+
+Each test reproduces the reported failure; it failed before the fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import pytest
+import torch
+
+from cbdm_core.features import FeatureSet, cache_path, cached_features
+from cbdm_core.features.cache import save_feature_set
+
+from .test_reliability import _Holder
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(1)
+
+
+# -- 15. two evaluations on one cold cache ---------------------------------------------------------------
+
+
+def test_second_evaluation_on_a_cold_cache_waits_and_reads_the_warm_cache(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("CBDM_CACHE_WAIT", "30")
+    holder = _Holder(tmp_path)  # the first evaluation, computing the reference features
+    computed, result = [], {}
+
+    def compute() -> FeatureSet:
+        computed.append(1)
+        return FeatureSet(torch.zeros(2, 3), None, None, "x")
+
+    def second() -> None:
+        result["fs"] = cached_features(tmp_path, "k", compute)
+
+    with caplog.at_level(logging.WARNING, logger="cbdm"):
+        thread = threading.Thread(target=second)
+        try:
+            thread.start()
+            time.sleep(0.6)
+            assert thread.is_alive()  # waiting, not failed
+            save_feature_set(cache_path(tmp_path, "k"), FeatureSet(torch.full((2, 3), 7.0), None, None, "x"), "k")
+        finally:
+            holder.kill()  # the first evaluation finishes: its lock is gone
+        thread.join(timeout=20)
+    assert not thread.is_alive()
+    assert not computed  # read the cache the first one wrote
+    assert torch.equal(result["fs"].features, torch.full((2, 3), 7.0))
+    waits = [r.getMessage() for r in caplog.records if "waiting for the feature cache" in r.getMessage()]
+    assert len(waits) == 1 and f"PID {holder.proc.pid}" in waits[0]
