@@ -7,16 +7,21 @@ Each test reproduces the reported failure; it failed before the fix.
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import threading
 import time
 
 import pytest
 import torch
+import yaml
 
 from cbdm_core.features import FeatureSet, cache_path, cached_features
 from cbdm_core.features.cache import save_feature_set
 
+from .helpers import assert_same_final_checkpoint, cli_ok
+from .test_cli_train import TINY
 from .test_reliability import _Holder
 
 
@@ -55,3 +60,28 @@ def test_second_evaluation_on_a_cold_cache_waits_and_reads_the_warm_cache(tmp_pa
     assert torch.equal(result["fs"].features, torch.full((2, 3), 7.0))
     waits = [r.getMessage() for r in caplog.records if "waiting for the feature cache" in r.getMessage()]
     assert len(waits) == 1 and f"PID {holder.proc.pid}" in waits[0]
+
+
+# -- 14. logged loss means across a resume inside a logging window -------------------------------------
+
+
+def _loss_records(run) -> dict[int, dict]:
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    drop = ("time", "elapsed", "images_per_sec", "memory_gb")
+    return {r["step"]: {k: v for k, v in r.items() if k not in drop} for r in records}
+
+
+def test_resume_inside_a_logging_window_logs_the_uninterrupted_means(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({**TINY, "log_every": 4, "ckpt_every": 2,
+                                   "optim": {**TINY["optim"], "steps": 8}}))
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    cli_ok("train", "--config", cfg, "--out", straight, "--no-progress")
+    # A run killed just after its step-6 checkpoint, in the middle of the 5..8 logging window.
+    shutil.copytree(straight, split)
+    (split / "checkpoints" / "ckpt-00000008.safetensors").unlink()
+    cli_ok("train", "--out", split, "--no-progress", "--resume", "--steps", "8")
+    assert_same_final_checkpoint(straight, split, 8)
+    want, got = _loss_records(straight), _loss_records(split)
+    assert sorted(got) == sorted(want) == [4, 8]
+    assert "total" in want[8] and got[8] == want[8]

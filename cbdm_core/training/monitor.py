@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import resource
 import sys
 from pathlib import Path
@@ -23,6 +24,33 @@ BOOKKEEPING = ("step", "time", "elapsed", "lr", "images_per_sec", "grad_norm", "
 def logged_terms(terms: dict[str, Any]) -> dict[str, Any]:
     """``terms`` without the duplicates of :data:`SAME_VALUE_AS`."""
     return {k: v for k, v in terms.items() if not (k in SAME_VALUE_AS and SAME_VALUE_AS[k] in terms)}
+
+
+def window_state(sums: dict[str, Any], count: int) -> dict[str, Any]:
+    """The loss sums of a logging window not yet logged, as checkpoint metadata (plain floats,
+    their dtypes, and how many steps they sum), so a resume inside the window logs the same
+    means as the run that was never interrupted. ``{}`` when a sum is not finite."""
+    values = {k: float(v) for k, v in sums.items()}
+    if not all(math.isfinite(v) for v in values.values()):
+        return {}
+    dtypes = {k: str(v.dtype).removeprefix("torch.") for k, v in sums.items() if isinstance(v, torch.Tensor)}
+    return {"count": int(count), "sums": values, "dtypes": dtypes}
+
+
+def restore_window(state: Any, device: torch.device) -> tuple[dict[str, Any], int]:
+    """``(sums, count)`` saved by :func:`window_state`; ``({}, 0)`` for anything else (an older
+    checkpoint, or metadata that does not have that shape)."""
+    try:
+        count, sums, dtypes = int(state["count"]), state["sums"], state.get("dtypes", {})
+        restored = {}
+        for k, v in sums.items():
+            dtype = getattr(torch, str(dtypes.get(k, "float32")), None)
+            if not isinstance(k, str) or not isinstance(dtype, torch.dtype) or not math.isfinite(float(v)):
+                return {}, 0
+            restored[k] = torch.tensor(float(v), dtype=dtype, device=device)
+    except (TypeError, KeyError, ValueError, AttributeError, OverflowError):
+        return {}, 0
+    return (restored, count) if count > 0 else ({}, 0)
 
 
 def memory_gb(device: torch.device) -> float:

@@ -30,7 +30,7 @@ from .batches import BatchIndexer, step_seed
 from .distributed import DistContext, setup_distributed
 from .evaluation import AUTO_CLASSIFIER, TrainingEvaluator, check_evaluation
 from .loggers import LoggerGroup, open_loggers
-from .monitor import check_loggers, logged_terms, memory_gb
+from .monitor import check_loggers, logged_terms, memory_gb, restore_window, window_state
 from ..host_memory import keep_freed_host_memory
 from ..run_folder import remove_outputs_of_run
 from .precision import Precision, describe_device, match_param_layout, resolve_precision
@@ -342,6 +342,9 @@ class Trainer:
         def save(at_step: int) -> Optional[Path]:
             check_finite()
             path = None
+            # The logging window not yet logged (averaged over ranks like a log record):
+            # a resume from this checkpoint logs what an uninterrupted run would.
+            window = window_state(dict(zip(sums, ctx.mean(list(sums.values())))), window_steps + carried)
             if ctx.is_main:
                 weights, averaged = model.state_dict(), ema_model.state_dict()
                 bad_names = nonfinite_tensors(weights) + [f"ema/{k}" for k in nonfinite_tensors(averaged)]
@@ -354,7 +357,8 @@ class Trainer:
                                                    list(weights.values()) + list(averaged.values())) * 2)
                 save_checkpoint(path, Checkpoint(step=at_step, config=cfg.model_dump(mode="json"),
                                                  model=weights, ema=averaged,
-                                                 optim=optimizer.state_dict(), meta=meta))
+                                                 optim=optimizer.state_dict(),
+                                                 meta={**meta, "log_window": window}))
                 for _, old in list_checkpoints(self.ckpt_dir)[:-cfg.keep_last]:
                     old.unlink(missing_ok=True)
             ctx.barrier()
@@ -386,6 +390,9 @@ class Trainer:
         last_ckpt: Optional[Path] = None
         grid: Optional[Path] = None
         sums: dict[str, torch.Tensor] = {}
+        carried = 0  # steps of the current window before this process (resumed mid-window)
+        if start_ckpt is not None:
+            sums, carried = restore_window(start_ckpt.meta.get("log_window"), device)
         skipped = 0
         window_start, window_steps = time.perf_counter(), 0
         self._started = time.perf_counter()
@@ -429,10 +436,10 @@ class Trainer:
                     check_finite()
                     means = dict(zip(sums, ctx.mean(list(sums.values()))))
                     if ctx.is_main:
-                        self._log(log_path, step, means, window_steps, optimizer.param_groups[0]["lr"],
+                        self._log(log_path, step, means, window_steps + carried, optimizer.param_groups[0]["lr"],
                                   window_steps * o.batch_size / max(time.perf_counter() - window_start, 1e-9),
                                   skipped, memory_gb(device))
-                    sums, window_start, window_steps = {}, time.perf_counter(), 0
+                    sums, window_start, window_steps, carried = {}, time.perf_counter(), 0, 0
                 # Before the checkpoint of the same step: one killed while evaluating resumes
                 # from the step before and evaluates again.
                 if evaluator is not None and evaluator.due(step):
