@@ -30,3 +30,10 @@ class CheckpointError(CbdmError):
 
 class ConfigError(CbdmError):
     """A configuration value that failed validation."""
+
+
+def shorten(value: object, limit: int = 200) -> str:
+    """``repr``-free text of ``value`` cut to ``limit`` characters with "…", so a hostile
+    value (a 10000-character name, a 5000-entry list) cannot flood a one-line error."""
+    text = str(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"

@@ -11,7 +11,7 @@ import torch
 from . import build
 from .checkpoint import Checkpoint, load_checkpoint, load_state_checked, nonfinite_tensors
 from .config import TrainConfig, parse_train_config
-from .errors import CheckpointError, UnknownComponentError
+from .errors import CheckpointError, UnknownComponentError, shorten
 from .run_folder import resolve_checkpoint
 from .schedules import NoiseSchedule
 from .tensor_io import tensors_digest
@@ -19,6 +19,7 @@ from .tensor_io import tensors_digest
 __all__ = ["LoadedRun", "load_run", "load_denoiser", "resolve_checkpoint"]
 
 # Sane bounds for sizes read from a checkpoint's metadata: they become allocation sizes.
+MAX_CLASS_NAME = 200
 SIZE_BOUNDS = {"image_size": (1, 4096), "channels": (1, 16), "num_classes": (0, 100_000), "cond_dim": (0, 4096)}
 
 
@@ -63,6 +64,7 @@ def load_run(path: Union[str, Path], *, ema: bool = True, device: Union[str, tor
     cfg = parse_train_config(ckpt.config, f"config stored in {ckpt_path}")
     meta = ckpt.meta
     sizes = checked_sizes(meta, ckpt_path)
+    check_class_names(meta, sizes["num_classes"], ckpt_path)
     state = ckpt.ema if ema else ckpt.model
     what = f"{ckpt_path} ({'EMA' if ema else 'raw'} weights)"
     try:
@@ -126,9 +128,25 @@ def checked_sizes(meta: dict[str, Any], source: Union[str, Path]) -> dict[str, i
     for name, (lo, hi) in SIZE_BOUNDS.items():
         value = meta.get(name, 0 if name == "cond_dim" else None)
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise CheckpointError(f"{source}: metadata {name} = {value!r} is not an integer in {lo}..{hi}")
+            raise CheckpointError(f"{source}: metadata {name} = {shorten(repr(value))} is not an integer in {lo}..{hi}")
         out[name] = value
     return out
+
+
+def check_class_names(meta: dict[str, Any], num_classes: int, source: Union[str, Path]) -> None:
+    """``class_names`` in checkpoint metadata, when present: a list of ``num_classes`` strings
+    of at most :data:`MAX_CLASS_NAME` characters, without path separators or NUL (they
+    become folder names and grid labels), or a one-line :class:`CheckpointError`."""
+    names = meta.get("class_names")
+    if names is None:
+        return
+    if not isinstance(names, list) or (num_classes > 0 and len(names) != num_classes):
+        raise CheckpointError(f"{source}: metadata class_names must list the model's {num_classes} class names, "
+                              f"got {shorten(repr(names))}")
+    for k, name in enumerate(names):
+        if not isinstance(name, str) or len(name) > MAX_CLASS_NAME or any(c in name for c in "/\\\0"):
+            raise CheckpointError(f"{source}: metadata class_names[{k}] = {shorten(repr(name))} is not a class name "
+                                  f"(a string of at most {MAX_CLASS_NAME} characters without / \\ or NUL)")
 
 
 def _check_parameter_count(cfg: TrainConfig, sizes: dict[str, int], state: dict[str, torch.Tensor],

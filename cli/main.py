@@ -15,7 +15,9 @@ from typing import Iterator, NamedTuple, Optional
 
 import click
 
-from cbdm_core.errors import CbdmError
+from cbdm_core.errors import CbdmError, shorten
+
+MAX_ERROR_CHARS = 2000  # an Error: line longer than this is cut (hostile values in user files)
 
 
 class LazyCommand(NamedTuple):
@@ -94,7 +96,8 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except CbdmError as exc:
-            raise click.ClickException(str(exc)) from None
+            # The cap is a backstop: messages quote values read from user files.
+            raise click.ClickException(shorten(str(exc), MAX_ERROR_CHARS)) from None
         except KeyboardInterrupt:
             # Ctrl-C before a command installs its own handling (loading data, building the model).
             click.echo("Error: interrupted; complete files already written are kept", err=True)

@@ -20,9 +20,9 @@ import yaml
 from cbdm_core.features import FeatureSet, cache_path, cached_features
 from cbdm_core.features.cache import save_feature_set
 
-from .helpers import assert_same_final_checkpoint, cli_ok
+from .helpers import assert_same_final_checkpoint, cli_fails, cli_ok
 from .test_cli_train import TINY
-from .test_reliability import _Holder
+from .test_reliability import _Holder, _snapshot, _write_run
 
 
 @pytest.fixture(autouse=True)
@@ -60,6 +60,25 @@ def test_second_evaluation_on_a_cold_cache_waits_and_reads_the_warm_cache(tmp_pa
     assert torch.equal(result["fs"].features, torch.full((2, 3), 7.0))
     waits = [r.getMessage() for r in caplog.records if "waiting for the feature cache" in r.getMessage()]
     assert len(waits) == 1 and f"PID {holder.proc.pid}" in waits[0]
+
+
+# -- 11. hostile checkpoint metadata -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("over,match", [
+    ({"meta_over": {"class_names": ["a"]}}, "class_names must list the model's 3 class names"),
+    ({"meta_over": {"class_names": ["a", "x" * 10_000, "c"]}}, "class_names[1] = 'xxx"),
+    ({"meta_over": {"class_names": ["a", "../b", "c"]}}, "class_names[1] = '../b'"),
+    ({"meta_over": {"class_names": ["a", "b\0", "c"]}}, "class_names[1]"),
+    ({"config_over": {"model.options.ch_mult": [1] * 5000}}, "ch_mult: List should have at most 16 items"),
+])
+def test_hostile_checkpoint_metadata_is_one_short_line(tmp_path, over, match):
+    run = _write_run(tmp_path / "run", **over)
+    before = _snapshot(run)
+    line = cli_fails("sample", run, "--out", tmp_path / "s", "--steps", "2", "--num", "3", "--format", "png",
+                     "--no-progress", match=match)
+    assert len(line) < 600
+    assert _snapshot(run) == before and not (tmp_path / "s").exists()
 
 
 # -- 14. logged loss means across a resume inside a logging window -------------------------------------

@@ -146,6 +146,10 @@ def import_diffusers_unet(src: Union[str, Path], dest: Union[str, Path], *, appe
     load_state_checked(model, net, f"{src} (UNet2DModel)")
     meta = {**sizes, "class_counts": counts, "class_names": names, "dataset": dataset, "cond_dim": 0,
             "imported_from": src.name}
+    from ..run import check_class_names, checked_sizes
+
+    checked_sizes(meta, f"import of {src}")  # what `load_run` will check: never a run nothing loads
+    check_class_names(meta, int(sizes["num_classes"]), f"import of {src}")
     step = extra.get("step", 0)
     step = step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else 0
     path = dest / "checkpoints" / checkpoint_name(step)

@@ -320,7 +320,7 @@ def import_reference_checkpoint(src: Union[str, Path], dest: Union[str, Path], o
     import is the run's latest checkpoint; other files in ``dest`` are left alone.
     """
     from ..build import build_model
-    from ..run import checked_sizes
+    from ..run import check_class_names, checked_sizes
 
     src, dest = Path(src), Path(dest)
     given = options or ImportOptions()
@@ -344,6 +344,7 @@ def import_reference_checkpoint(src: Union[str, Path], dest: Union[str, Path], o
             "imported_from": src.name}
     # What `load_run` will check, checked before anything is written: never a run nothing loads.
     checked_sizes(meta, f"import of {src}")
+    check_class_names(meta, arch.num_classes, f"import of {src}")
     parse_train_config(cfg.model_dump(mode="json"), f"import of {src}")
     ckpt_dir = dest / "checkpoints"
     path = ckpt_dir / checkpoint_name(ref.step)

@@ -32,8 +32,9 @@ class UNetOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     ch: int = Field(128, gt=0)
-    ch_mult: list[int] = Field(default_factory=lambda: [1, 2, 2, 2], min_length=1)
-    attn: list[int] = Field(default_factory=lambda: [1])
+    # At most 16 levels: 2**15 already exceeds the largest image size (4096).
+    ch_mult: list[int] = Field(default_factory=lambda: [1, 2, 2, 2], min_length=1, max_length=16)
+    attn: list[int] = Field(default_factory=lambda: [1], max_length=16)
     num_res_blocks: int = Field(2, ge=1)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     num_groups: int = Field(32, gt=0)
