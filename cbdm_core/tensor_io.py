@@ -137,6 +137,29 @@ def load_tensors(path: PathLike, *, verify: Optional[bool] = None) -> tuple[dict
     return tensors, meta
 
 
+def load_format_file(path: PathLike, fmt: str, *, kind: str, make_hint: str,
+                     foreign: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a project file whose ``format`` metadata must be ``fmt``.
+
+    A missing, unreadable or foreign file is one :class:`CbdmError` line: ``kind`` names the
+    file (``"classifier file"``), ``make_hint`` says how to make one, ``foreign`` what a file
+    of another format is not (``"a cbdm classifier file"``). A failed content hash stays an
+    ``IntegrityError`` (callers treating caches recompute on it).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CbdmError(f"{kind} {path} does not exist ({make_hint})")
+    try:
+        state, metadata = load_tensors(path)
+    except IntegrityError:
+        raise
+    except CbdmError as e:
+        raise CbdmError(f"{kind} {path} is not a readable safetensors file ({e})") from None
+    if metadata.get("format") != fmt:
+        raise CbdmError(f"{path} is not {foreign} (format {metadata.get('format')!r}, expected {fmt!r})")
+    return state, metadata
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

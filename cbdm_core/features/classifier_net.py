@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import CbdmError
-from ..tensor_io import IntegrityError, load_tensors, save_tensors
+from ..tensor_io import load_format_file, save_tensors
 
 FORMAT = "cbdm-classifier-v1"
 MIN_SIZE = 4
@@ -86,17 +86,8 @@ def save_classifier(model: SmallClassifier, path: str | os.PathLike, meta: dict[
 def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu") -> SmallClassifier:
     """Load a classifier saved by :func:`save_classifier` (eval mode; ``model.meta`` holds the meta)."""
     path = Path(path)
-    if not path.is_file():
-        raise CbdmError(f"classifier file {path} does not exist (train one with the classifier training command)")
-    try:
-        state, metadata = load_tensors(path)
-    except IntegrityError:
-        raise
-    except CbdmError as e:
-        raise CbdmError(f"classifier file {path} is not a readable safetensors file ({e})") from None
-    if metadata.get("format") != FORMAT:
-        raise CbdmError(f"{path} is not a cbdm classifier file "
-                        f"(format {metadata.get('format')!r}, expected {FORMAT!r})")
+    state, metadata = load_format_file(path, FORMAT, kind="classifier file", foreign="a cbdm classifier file",
+                                       make_hint="train one with the classifier training command")
     try:
         options = ClassifierOptions(**json.loads(metadata["options"]))
         model = SmallClassifier(options)

@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import CbdmError
 from ..nets.unet import timestep_embedding
 from ..schedules import NoiseSchedule
-from ..tensor_io import IntegrityError, load_tensors, save_tensors
+from ..tensor_io import load_format_file, save_tensors
 
 FORMAT = "cbdm-noisy-classifier-v1"
 BETAS_KEY = "schedule.betas"  # the training schedule, stored with the weights
@@ -99,17 +99,9 @@ def load_noisy_classifier(path: str | os.PathLike) -> tuple[NoisyClassifier, Noi
     """``(classifier in eval mode on the CPU, its training schedule)``; ``classifier.meta``
     holds the metadata. A missing or foreign file is a one-line :class:`CbdmError`."""
     path = Path(path)
-    if not path.is_file():
-        raise CbdmError(f"classifier file {path} does not exist (train one with `cbdm train-classifier --noisy RUN`)")
-    try:
-        state, metadata = load_tensors(path)
-    except IntegrityError:
-        raise
-    except CbdmError as e:
-        raise CbdmError(f"classifier file {path} is not a readable safetensors file ({e})") from None
-    if metadata.get("format") != FORMAT:
-        raise CbdmError(f"{path} is not a noise-aware classifier file (format {metadata.get('format')!r}, "
-                        f"expected {FORMAT!r}; train one with `cbdm train-classifier --noisy RUN`)")
+    hint = "train one with `cbdm train-classifier --noisy RUN`"
+    state, metadata = load_format_file(path, FORMAT, kind="classifier file", make_hint=hint,
+                                       foreign=f"a noise-aware classifier file ({hint})")
     try:
         options = NoisyClassifierOptions.model_validate_json(metadata["options"])
         meta = json.loads(metadata.get("meta", "{}"))
