@@ -28,6 +28,8 @@ from ..config import TrainConfig
 from ..errors import CbdmError
 
 POLL_SECONDS = 1.0
+ORPHAN_GRACE_SECONDS = 30.0  # time an orphaned worker has to save its checkpoint and stop
+ORPHAN_EXIT_CODE = 75
 
 
 @dataclass
@@ -49,30 +51,38 @@ class JobResult:
     interrupted: bool
 
 
-def die_with_parent(parent_pid: int, sig: int = signal.SIGTERM) -> None:
-    """Have ``sig`` sent to this process when its parent ``parent_pid`` dies.
+def die_with_parent(parent_pid: int, sig: int = signal.SIGTERM, grace_seconds: float = ORPHAN_GRACE_SECONDS) -> None:
+    """Have ``sig`` sent to this process when its parent ``parent_pid`` dies, and end it
+    ``grace_seconds`` later if it is still running.
 
     A worker of a SIGKILLed ``cbdm compare`` otherwise trains on under PID 1, holding its run
     folder, and the re-run is refused until it finishes. SIGTERM lets the trainer save a
-    checkpoint and stop, so the re-run resumes. Linux: ``prctl(PR_SET_PDEATHSIG)``, then a check
-    that the parent is still the original one (it may have died before the call); elsewhere a
-    thread that polls ``getppid``.
+    checkpoint and stop, so the re-run resumes. Two mechanisms, because one was seen to fail
+    on a CI machine (a worker still alive 60 s after its parent): ``prctl(PR_SET_PDEATHSIG)``
+    on Linux, and everywhere a daemon thread that polls ``getppid``, sends ``sig`` itself and,
+    should the worker still be running after the grace period (a stop that hangs), exits it
+    with ``os._exit``. Checkpoints are written atomically, so that exit loses at most the
+    steps since the last one.
     """
     if os.getppid() != parent_pid:  # already orphaned
         os.kill(os.getpid(), sig)
-        return
-    if _set_pdeathsig(sig):
-        if os.getppid() != parent_pid:  # died between the check above and prctl
-            os.kill(os.getpid(), sig)
-        return
+    elif _set_pdeathsig(sig) and os.getppid() != parent_pid:  # died between the check and prctl
+        os.kill(os.getpid(), sig)
     import threading
 
     def watch() -> None:
         while os.getppid() == parent_pid:
             time.sleep(POLL_SECONDS)
-        os.kill(os.getpid(), sig)
+        os.kill(os.getpid(), sig)  # a second signal is harmless: the trainer only sets a flag
+        time.sleep(grace_seconds)
+        os._exit(ORPHAN_EXIT_CODE)
 
     threading.Thread(target=watch, name="cbdm-parent-watch", daemon=True).start()
+
+
+def orphaned(parent_pid: Optional[int]) -> bool:
+    """True when this worker's parent ``parent_pid`` is gone (nobody reads its results)."""
+    return parent_pid is not None and os.getppid() != parent_pid
 
 
 def _set_pdeathsig(sig: int) -> bool:
@@ -102,15 +112,20 @@ def _worker(job: TrainJob, threads: int, results, parent_pid: Optional[int] = No
     torch.set_num_threads(threads)
     try:
         outcome = Trainer(job.config, job.folder, resume=job.resume, restart_unsaved=job.restart_unsaved).run()
-        results.put(("done", str(job.folder), outcome.step, bool(outcome.interrupted)))
+        message = ("done", str(job.folder), outcome.step, bool(outcome.interrupted))
     except CbdmError as exc:
-        results.put(("error", str(job.folder), str(exc), ""))
+        message = ("error", str(job.folder), str(exc), "")
     except KeyboardInterrupt:  # stopped before the trainer had installed its handler
-        results.put(("done", str(job.folder), 0, True))
+        message = ("done", str(job.folder), 0, True)
     except BaseException as exc:  # noqa: BLE001 - a bug: carry its traceback to the parent
         import traceback
 
-        results.put(("crash", str(job.folder), f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+        message = ("crash", str(job.folder), f"{type(exc).__name__}: {exc}", traceback.format_exc())
+    if orphaned(parent_pid):
+        # Nobody reads the queue; skip multiprocessing's exit machinery (its queue and
+        # resource-tracker finalizers), which has nothing left to deliver to.
+        os._exit(ORPHAN_EXIT_CODE)
+    results.put(message)
 
 
 def last_logged_step(folder: Path) -> int:
