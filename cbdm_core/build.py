@@ -98,7 +98,7 @@ def dataset_options(cfg: TrainConfig, split: str = "train"):
     d = cfg.data
     return DatasetOptions(root=d.root, split=split, imb_factor=d.imb_factor, lt_profile=d.lt_profile,
                           lt_seed=d.lt_seed, max_per_class=d.max_per_class, download=d.download, strict=d.strict,
-                          classes=d.classes, class_order=d.class_order)
+                          classes=d.classes, class_order=d.class_order, resize=d.resize)
 
 
 def load_training_data(cfg: TrainConfig):

@@ -55,6 +55,7 @@ class DataConfig(_Strict):
     augment: str = "none"
     augment_p: float = Field(0.0, ge=0, le=1)
     resample: Literal["none", "balanced", "sqrt"] = "none"
+    resize: Optional[int] = Field(None, ge=1, le=4096)  # square side; None: the dataset's own size
 
 
 class ObjectiveConfig(_Strict):

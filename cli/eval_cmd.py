@@ -93,7 +93,7 @@ def evaluate_samples(samples: Path, dataset: Optional[str], data_root: Optional[
             metric_options=parse_metric_options(metric_options), reference_split=reference_split,
             cache_dir=cache_dir, batch_size=batch_size, device=device, resize=resize,
             reference_folder=reference_folder, reference_stats=reference_stats,
-            classes=data.get("classes"), class_order=data.get("class_order") or "name")
+            classes=data.get("classes"), class_order=data.get("class_order") or "name", image_size=data.get("resize"))
         with LogToReporter(reporter):
             prepared = prepare_reference(options, on_status=reporter.status, ctx=ctx) if ctx.enabled else None
             if not ctx.is_main:

@@ -8,7 +8,7 @@ from typing import Any, Callable
 from cbdm_core.data.cifar import load_cifar
 from cbdm_core.data.digits import load_digits
 from cbdm_core.data.folder import load_folder
-from cbdm_core.data.mnist import load_mnist
+from cbdm_core.data.mnist import load_mnist, load_mnist_lt_small
 from cbdm_core.hookspecs import hookimpl
 
 DATASETS: dict[str, tuple[Callable[..., Any], str]] = {
@@ -18,6 +18,8 @@ DATASETS: dict[str, tuple[Callable[..., Any], str]] = {
                   "long-tailed digits train split (exp, default imb_factor 0.1)"),
     "mnist": (partial(load_mnist, long_tail=False), "MNIST from the idx files, padded to 1x32x32"),
     "mnist-lt": (partial(load_mnist, long_tail=True), "long-tailed MNIST train split (exp, default imb_factor 0.01)"),
+    "mnist-lt-small": (load_mnist_lt_small,
+                       "MNIST at 16x16 with digits-lt's long tail (147 ... 4 train images per class at 0.03)"),
     "cifar10": (partial(load_cifar, num_classes=10, long_tail=False), "CIFAR-10, official python pickles (3x32x32)"),
     "cifar10-lt": (partial(load_cifar, num_classes=10, long_tail=True),
                    "CIFAR-10-LT train split (exp, default imb_factor 0.01: 12,406 images)"),

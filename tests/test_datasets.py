@@ -42,7 +42,7 @@ def _shared_data() -> Path:
 
 MNIST_DIR = _shared_data() / "mnist"
 CIFAR_JPEG_TRAIN = _shared_data() / "cifar10-jpeg" / "train"
-DATASET_NAMES = ["digits", "digits-lt", "mnist", "mnist-lt", "cifar10", "cifar10-lt",
+DATASET_NAMES = ["digits", "digits-lt", "mnist", "mnist-lt", "mnist-lt-small", "cifar10", "cifar10-lt",
                  "cifar100", "cifar100-lt", "folder"]
 
 

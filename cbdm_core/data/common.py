@@ -100,9 +100,30 @@ def finish(
     keep, sel_info = select_indices(labels, len(class_names), options, lt_default)
     if keep is not None:
         images, labels = images[keep], labels[keep]
+    images = apply_resize(images, options, sel_info)
     full_info = {"split": options.split, **(info or {}), **sel_info}
     ds = LabeledImages(images.contiguous(), labels.contiguous(), list(class_names), name, full_info)
     return check_labeled(ds)
+
+
+def apply_resize(images: torch.Tensor, options: DatasetOptions, info: dict[str, Any]) -> torch.Tensor:
+    """``images`` at ``options.resize`` (noted in ``info``), or as they are without the option."""
+    if options.resize is None or tuple(images.shape[-2:]) == (options.resize, options.resize):
+        return images
+    info.update(resize=options.resize, resized_from=list(images.shape[-2:]))
+    return resize_images(images, options.resize)
+
+
+def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 ``[N, C, H, W]`` resized to ``size x size``: area averaging when shrinking (an exact
+    k x k mean for an integer factor, so no aliasing), bilinear when growing; rounded to uint8."""
+    x = images.float()
+    shrink = size <= min(images.shape[-2:])
+    out = torch.cat([torch.nn.functional.interpolate(x[i:i + 4096], size=(size, size),
+                                                     mode="area" if shrink else "bilinear",
+                                                     **({} if shrink else {"align_corners": False}))
+                     for i in range(0, len(x), 4096)]) if len(x) else x.new_zeros((0, x.shape[1], size, size))
+    return out.round().clamp(0, 255).to(torch.uint8)
 
 
 def split_holdout(ds: LabeledImages, fraction: float, seed: int = 0) -> tuple[LabeledImages, LabeledImages]:

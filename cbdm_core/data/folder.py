@@ -13,7 +13,7 @@ from PIL import Image
 
 from ..errors import CbdmError
 from ..interfaces import LabeledImages
-from .common import check_labeled, require_root, select_indices
+from .common import apply_resize, check_labeled, require_root, select_indices
 from .options import DatasetOptions
 
 log = logging.getLogger(__name__)
@@ -270,7 +270,7 @@ def load_folder(options: DatasetOptions | None = None, *, workers: int | None = 
         **sel_info,
     }
     ds = LabeledImages(
-        torch.from_numpy(np.ascontiguousarray(images)),
+        apply_resize(torch.from_numpy(np.ascontiguousarray(images)), options, info),
         torch.tensor(out_labels, dtype=torch.long),
         names,
         "folder",

@@ -94,7 +94,8 @@ def _download(root: Path) -> None:
 
 
 def load_mnist(
-    options: DatasetOptions | None = None, *, long_tail: bool = False, pad_to_32: bool = True
+    options: DatasetOptions | None = None, *, long_tail: bool = False, pad_to_32: bool = True,
+    name: str | None = None, lt_default: float = MNIST_LT_DEFAULT,
 ) -> LabeledImages:
     """MNIST as uint8 ``[N, 1, 32, 32]`` (or ``28x28`` with ``pad_to_32=False``).
 
@@ -102,7 +103,7 @@ def load_mnist(
     downsample by powers of 2; ``info['pad_to_32']`` records the choice.
     """
     options = options or DatasetOptions()
-    name = "mnist-lt" if long_tail else "mnist"
+    name = name or ("mnist-lt" if long_tail else "mnist")
     root = require_root(options, name, WHAT)
     img_base, lbl_base = FILES[options.split]
     if options.download and (find_idx(root, img_base) is None or find_idx(root, lbl_base) is None):
@@ -129,6 +130,30 @@ def load_mnist(
         [str(c) for c in range(10)],
         name,
         options,
-        MNIST_LT_DEFAULT if long_tail else 1.0,
+        lt_default if long_tail else 1.0,
         {"source": str(paths[0].parent), "pad_to_32": pad_to_32, "original_size": 28},
     )
+
+
+# mnist-lt-small: MNIST with digits-lt's long tail (147, 99, 67, 45, 30, 20, 14, 9, 6, 4 images at
+# imbalance 0.03) at 16x16, a CPU-sized dataset with writer variation that 8x8 digits lacks.
+SMALL_SIZE = 16  # the padded 32x32 averaged over 2x2 blocks
+SMALL_HEAD = 147  # digits-lt's n_max (its class 0 holds only 143 of the 147 it asks for)
+SMALL_LT_DEFAULT = 0.03
+
+
+def load_mnist_lt_small(options: DatasetOptions | None = None) -> LabeledImages:
+    """MNIST at 16x16 (every split); its train split long-tailed like digits-lt: capped at 147
+    images per class, then the exp profile at imbalance 0.03 (147 ... 4). The cap applies only
+    where a long tail does (``imb_factor`` 1 gives all of MNIST at 16x16, as the evaluation's
+    reference and the auto classifier's pool need); ``resize`` and ``max_per_class`` override."""
+    from .common import effective_imb_factor
+
+    options = options or DatasetOptions()
+    update: dict[str, int] = {}
+    if options.resize is None:
+        update["resize"] = SMALL_SIZE
+    if options.max_per_class is None and effective_imb_factor(options, SMALL_LT_DEFAULT) < 1.0:
+        update["max_per_class"] = SMALL_HEAD
+    return load_mnist(options.model_copy(update=update), long_tail=True, name="mnist-lt-small",
+                      lt_default=SMALL_LT_DEFAULT)

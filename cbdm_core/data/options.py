@@ -28,6 +28,9 @@ class DatasetOptions(BaseModel):
         class_order: ``name`` (sorted, or the ``classes`` order) or ``count`` (most images
             first, in the train split, ties by name), so the long tail ranks head to tail by
             the folders' sizes (``folder``).
+        resize: side of the square images every split is resized to (area averaging when
+            shrinking, bilinear when growing), after the cap and long tail; ``None``: as stored
+            (or the dataset's own size, e.g. 16 for ``mnist-lt-small``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -42,6 +45,7 @@ class DatasetOptions(BaseModel):
     strict: bool = False
     classes: Optional[list[str]] = None
     class_order: Literal["name", "count"] = "name"
+    resize: Optional[int] = Field(None, ge=1, le=4096)
 
     @field_validator("imb_factor")
     @classmethod

@@ -42,7 +42,8 @@ class EvalOptions:
     folder's held-out ``test/`` images when it has them, else ``train``), or
     ``reference_folder`` (the user's own, used as given). ``reference_stats``: an FID
     statistics ``.npz`` (``mu``/``sigma``) that FID is computed against instead.
-    ``classes``/``class_order``: the folder dataset's class selection, as in training.
+    ``classes``/``class_order``: the folder dataset's class selection, as in training;
+    ``image_size``: its ``resize``.
     """
 
     dataset: str
@@ -61,6 +62,7 @@ class EvalOptions:
     reference_stats: Optional[Path] = None
     classes: Optional[list[str]] = None
     class_order: str = "name"
+    image_size: Optional[int] = None  # the training data's `resize`: the reference is loaded at it
 
     def __post_init__(self) -> None:
         if isinstance(self.metrics, str):  # "fid,kid" would otherwise iterate as letters

@@ -242,7 +242,7 @@ def prepare_reference(options: Any, *, on_status: Optional[StatusFn] = None, ctx
         path = Path(options.reference_stats).expanduser()
         stats = FidStats(path, *load_fid_stats(path))
     ref = load_reference(options.dataset, options.data_root, split, folder=folder, classes=options.classes,
-                         class_order=options.class_order)
+                         class_order=options.class_order, image_size=options.image_size)
     chw = (ref.channels, int(ref.images.shape[-2]), int(ref.images.shape[-1]))
     extractor, info = build_extractor(options)
     _check_classifier_fits(extractor, chw, options.dataset)

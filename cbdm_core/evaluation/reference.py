@@ -62,7 +62,7 @@ def balance_classes(ds: LabeledImages, seed: int = BALANCE_SEED) -> LabeledImage
 
 def load_reference(dataset: str, root: Optional[Path], split: str, *, folder: Optional[Path] = None,
                    classes: Optional[list[str]] = None, class_order: str = "name",
-                   balance: bool = True) -> LabeledImages:
+                   balance: bool = True, image_size: Optional[int] = None) -> LabeledImages:
     """The class-balanced real set: ``split`` of ``dataset`` with ``imb_factor=1``, subsampled
     to equal class counts (:func:`balance_classes`); for a long-tailed name (``cifar10-lt``)
     that is the full, balanced base split.
@@ -70,13 +70,15 @@ def load_reference(dataset: str, root: Optional[Path], split: str, *, folder: Op
     ``folder``: the user's own reference (``root/<class>/*.png``), used as given (not
     balanced: its counts are reported), with the classes in the training label order.
     ``balance=False``: the whole split (the downstream classifier's test set).
+    ``image_size``: the training data's ``resize`` (the reference must be what the model learnt).
     """
     split = resolve_reference_split(dataset, root, split)
     if folder is not None:
         names = _label_order(dataset, root, classes, class_order)
-        return load_dataset("folder", dataset_options(root=folder, split="train", imb_factor=1.0, classes=names))
+        return load_dataset("folder", dataset_options(root=folder, split="train", imb_factor=1.0, classes=names,
+                                                      resize=image_size))
     extra = {} if dataset != "folder" else {"classes": classes, "class_order": class_order}
-    ds = load_dataset(dataset, dataset_options(root=root, split=split, imb_factor=1.0, **extra))
+    ds = load_dataset(dataset, dataset_options(root=root, split=split, imb_factor=1.0, resize=image_size, **extra))
     return balance_classes(ds) if balance else ds
 
 

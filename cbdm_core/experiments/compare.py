@@ -269,7 +269,7 @@ def _eval_options(plan: StudyPlan, metrics: list[str], classifier: Optional[Path
     return EvalOptions(dataset=d.dataset, data_root=d.root, extractor=e.extractor, classifier=classifier,
                        inception_weights=e.inception_weights, metrics=metrics, metric_options=dict(e.metric_options),
                        reference_split=e.reference_split, cache_dir=e.cache_dir, batch_size=e.batch_size,
-                       device=plan.protocol.training.device)
+                       device=plan.protocol.training.device, image_size=d.resize)
 
 
 def _classifier(plan: StudyPlan, observer: StudyObserver) -> Optional[Path]:

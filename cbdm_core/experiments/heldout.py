@@ -35,7 +35,8 @@ def _threshold(plan: "StudyPlan") -> float:
 
 
 def heldout_images(dataset: str, root: Optional[Path], training_images: torch.Tensor, *,
-                   per_class: int = PER_CLASS, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                   per_class: int = PER_CLASS, seed: int = 0,
+                   resize: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(images, labels)``: real images of ``dataset`` whose content is not among
     ``training_images``, at most ``per_class`` per class (seeded choice)."""
     from ..data import dataset_options
@@ -43,7 +44,7 @@ def heldout_images(dataset: str, root: Optional[Path], training_images: torch.Te
 
     seen = set(_digests(training_images))
     xs, ys = [], []
-    for _split, ds in _real_pool(dataset, root, dataset_options(root=root, split="train")):
+    for _split, ds in _real_pool(dataset, root, dataset_options(root=root, split="train", resize=resize)):
         keep = [i for i, d in enumerate(_digests(ds.images)) if d not in seen]
         xs.append(ds.images[keep])
         ys.append(ds.labels[keep])
@@ -66,7 +67,7 @@ def compute_heldout_real(plan: "StudyPlan", reference: Any, sample_folder: Path,
     manifest = json.loads((sample_folder / "manifest.json").read_text())
     training = reference.training(manifest, status)
     d = plan.protocol.data
-    images, labels = heldout_images(d.dataset, d.root, training.images)
+    images, labels = heldout_images(d.dataset, d.root, training.images, resize=d.resize)
     status(f"memorisation of {len(labels)} held-out real images (not in the diffusion training set)")
     threshold = _threshold(plan)
     # exactly as the memorization metric measures samples (plugins/metrics.py)

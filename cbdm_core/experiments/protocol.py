@@ -39,6 +39,10 @@ class DataSpec(_Strict):
     imb_factor: Optional[float] = Field(None, gt=0, le=1)
     root: Optional[Path] = None
     download: bool = False
+    max_per_class: Optional[int] = Field(None, ge=1)
+    lt_profile: Optional[Literal["exp", "step"]] = None
+    lt_seed: Optional[int] = Field(None, ge=0)
+    resize: Optional[int] = Field(None, ge=1, le=4096)
 
 
 class TrainingSpec(_Strict):
@@ -299,7 +303,7 @@ def train_config(protocol: Protocol, entry: MethodEntry, seed: int) -> TrainConf
     d = protocol.data
     section = data.setdefault("data", {})
     section["dataset"] = d.dataset
-    for key in ("imb_factor", "root"):
+    for key in ("imb_factor", "root", "max_per_class", "lt_profile", "lt_seed", "resize"):
         value = getattr(d, key)
         if value is not None:
             section[key] = str(value) if isinstance(value, Path) else value

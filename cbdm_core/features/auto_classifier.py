@@ -194,7 +194,8 @@ def _usable(path: Path) -> bool:
 # `cbdm sweep` measure them with the dataset's own classifier unless told otherwise. The
 # classifier is small and trains in seconds (digits) to a minute or two (MNIST) on a CPU, and
 # needs no download, so the quickstart works offline.
-CLASSIFIER_DEFAULT: dict[str, int] = {"digits": 30, "digits-lt": 30, "mnist": 5, "mnist-lt": 5}  # name -> epochs
+CLASSIFIER_DEFAULT: dict[str, int] = {"digits": 30, "digits-lt": 30, "mnist": 5, "mnist-lt": 5,
+                                       "mnist-lt-small": 5}  # name -> epochs
 
 
 def default_extractor(dataset: str) -> str:

@@ -115,7 +115,8 @@ class TrainingEvaluator:
             classifier = self.classifier_path()
             self.options = EvalOptions(dataset=d.dataset, data_root=d.root, extractor="classifier",
                                        classifier=classifier, metrics=list(e.metrics), batch_size=e.batch_size,
-                                       device=str(self.device), classes=d.classes, class_order=d.class_order)
+                                       device=str(self.device), classes=d.classes, class_order=d.class_order,
+                                       image_size=d.resize)
             self.reference = prepare_reference(self.options, on_status=lambda m: self.status(f"evaluation: {m}"))
         ref = self.reference.images
         if self.reference.chw != tuple(self.chw) or ref.num_classes != self.num_classes:
