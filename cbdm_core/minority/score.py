@@ -78,9 +78,9 @@ def quantise(scores: torch.Tensor, levels: int = LEVELS) -> tuple[torch.Tensor, 
     lines 94-111), so level L - 1 holds the highest scores (the minority)."""
     if levels < 1:
         raise CbdmError(f"--levels must be >= 1, got {levels}")
-    s = scores.double()
-    q = torch.tensor([(i + 1) / levels for i in range(levels)], dtype=torch.float64)
-    thresholds = torch.quantile(s, q)
+    s = scores if scores.is_floating_point() else scores.double()
+    # In the scores' own precision, as theirs (float32 scores, float32 thresholds).
+    thresholds = torch.stack([torch.quantile(s, (i + 1) / levels) for i in range(levels)])
     return torch.searchsorted(thresholds, s, side="left").clamp(max=levels - 1), thresholds
 
 
