@@ -1,6 +1,7 @@
 """Minority guidance (``minority``, ``cfg+minority``, ``train-classifier --noisy RUN --minority``)
 and self-guided minority generation (``self-minority``), checked against the authors' released
-update rules re-derived by hand (soobin-um/minority-guidance and soobin-um/sg-minority)."""
+update rules re-derived by hand (soobin-um/minority-guidance @ e7e69bd and soobin-um/sg-minority
+@ f239b66; the file and lines are cited in each test)."""
 
 from __future__ import annotations
 
@@ -117,8 +118,8 @@ def test_minority_term_equals_their_cond_fn_with_condition_score(class_cond):
 
 
 def test_self_minority_equals_compute_mg_grad():
-    """sg-minority guided_diffusion/gaussian_diffusion.py lines 454-456 (guided when
-    t % inter_rate == 0) and 477-518 (compute_mg_grad: x0 = pred_xstart(x_t) unclipped, x0_hat =
+    """soobin-um/sg-minority @ f239b66 guided_diffusion/gaussian_diffusion.py lines 454-456 (guided
+    when t % inter_rate == 0) and 474-526 (compute_mg_grad: x0 = pred_xstart(x_t) unclipped, x0_hat =
     pred_xstart(q_sample(x0, t_p)) detached, ms = ||x0 - x0_hat||_2, grad, divided by max |grad|,
     times mg_scale), in the score form eps - sqrt(1 - abar_t) g. The model is eps = a x + b[y] + ct,
     so d x0 / d x_t = (1 - sqrt(1-abar) a) / sqrt(abar) and the gradient is written by hand."""
