@@ -14,6 +14,8 @@ import click
 
 from cbdm_core.errors import CbdmError
 
+from .minority_options import minority_options, save_scores
+
 
 @click.command("train-classifier")
 @click.option("--noisy", "source", required=True, metavar="RUN_OR_DATASET",
@@ -33,10 +35,12 @@ from cbdm_core.errors import CbdmError
 @click.option("--bins", type=int, default=10, show_default=True, help="Noise levels (t ranges) the accuracy is reported for.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@minority_options
 def train_classifier(source: str, out: Path, data_root: Optional[Path], schedule: str, T: int, balanced: bool,
                      epochs: int, batch_size: int, lr: float, width: int, holdout: float, bins: int, seed: int,
-                     device: str) -> None:
-    """Train a noise-aware classifier for classifier guidance; prints its held-out accuracy per t range."""
+                     device: str, minority: bool, **minority_opts) -> None:
+    """Train a noise-aware classifier for classifier guidance (or, with --minority, for minority
+    guidance); prints its held-out accuracy per t range."""
     from cbdm_core.atomic import check_writable
     from cbdm_core.build import resolve_device
     from cbdm_core.data.common import split_holdout
@@ -48,10 +52,17 @@ def train_classifier(source: str, out: Path, data_root: Optional[Path], schedule
         raise CbdmError("--epochs, --batch-size and --bins must be positive and --width at least 4")
     check_writable(out, "classifier file")  # before training, not after
     src = resolve_source(source, data_root=data_root, schedule=schedule, T=T)
+    dev = resolve_device(device)
+    extra: dict = {}
+    if minority:
+        from cbdm_core.minority.labels import minority_dataset
+
+        src.data, extra, scores = minority_dataset(src, device=dev, seed=seed, echo=click.echo, **minority_opts)
+        click.echo(f"wrote {save_scores(out, scores, src.data.labels, extra)} (score per image, levels "
+                   f"{extra['minority']['level_counts'][:3]}... images each)")
     train, test = split_holdout(src.data, holdout, seed)
     if len(test) == 0:
         raise CbdmError("nothing to hold out (every class has one image); the accuracy per t needs held-out images")
-    dev = resolve_device(device)
     counts = train.class_counts.tolist()
     click.echo(f"training on {len(train)} images of {src.record['dataset']}, {train.num_classes} classes "
                f"(counts {min(counts)}..{max(counts)}), {'balanced' if balanced else 'plain'} batches, "
@@ -65,7 +76,8 @@ def train_classifier(source: str, out: Path, data_root: Optional[Path], schedule
         click.echo(f"  t {r['t_lo']:>5}-{r['t_hi']:<5} accuracy {r['accuracy']:.3f}  balanced {r['balanced_accuracy']:.3f}")
     meta = {**model.meta, **src.record, "class_names": list(train.class_names), "class_counts": counts,
             "image_size": train.image_size, "channels": train.channels, "num_classes": train.num_classes,
-            "holdout": holdout, "holdout_size": len(test), "accuracy_by_t": rows}
+            "holdout": holdout, "holdout_size": len(test), "accuracy_by_t": rows, **extra}
     save_noisy_classifier(model.cpu(), src.schedule, out, meta)
     click.echo(f"wrote {out}")
-    click.echo(f"next: cbdm sample RUN --guidance-method classifier -G classifier={out} -G scale=1")
+    method = "minority" if minority else "classifier"
+    click.echo(f"next: cbdm sample RUN --guidance-method {method} -G classifier={out} -G scale=1")

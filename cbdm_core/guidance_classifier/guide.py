@@ -84,6 +84,11 @@ def _check_match(clf: NoisyClassifier, clf_schedule: NoiseSchedule, model: Any, 
     k = getattr(model, "num_classes", None)
     if k is not None and int(k) != clf.options.num_classes:
         raise CbdmError(f"{where} has {clf.options.num_classes} classes, the model {int(k)}")
+    check_same_schedule(where, clf_schedule, schedule)
+
+
+def check_same_schedule(where: str, clf_schedule: NoiseSchedule, schedule: NoiseSchedule) -> None:
+    """Refuse a classifier trained on x_t of another schedule than the model samples with."""
     same = (clf_schedule.num_timesteps == schedule.num_timesteps
             and torch.allclose(clf_schedule.alphas_cumprod, schedule.alphas_cumprod, rtol=1e-6, atol=1e-9))
     if not same:
@@ -171,3 +176,6 @@ def build_cfg_classifier_guidance(model: Any, w: float, null_label: Optional[int
         raise CbdmError("cfg+classifier needs a class-conditional model with a null label")
     clf = _classifier_for(model, schedule, classifier)
     return _checked(classifier_term(cfg_denoiser(model, w, null_label), clf, schedule, scale, null_label), clf)
+
+
+load_cached_classifier = _load_cached  # for other classifier-based guidances (minority guidance)

@@ -19,6 +19,7 @@ class NoisySource:
     data: LabeledImages
     schedule: NoiseSchedule
     record: dict[str, Any]
+    model: Any = None  # the run's frozen denoiser (None for a dataset name): the minority score needs it
 
 
 def resolve_source(source: str, *, data_root: Optional[Path] = None, schedule: str = "linear",
@@ -40,7 +41,7 @@ def resolve_source(source: str, *, data_root: Optional[Path] = None, schedule: s
         data = load_training_data(cfg)
         return NoisySource(data, run.schedule, {"source": str(path), "checkpoint": str(run.checkpoint),
                                                 "dataset": cfg.data.dataset, "schedule": cfg.diffusion.schedule,
-                                                "T": run.schedule.num_timesteps})
+                                                "T": run.schedule.num_timesteps}, run.model)
     reg = get_registry()
     if source not in reg.names("dataset"):
         raise CbdmError(f"--noisy {source!r} is neither a run folder/checkpoint nor a dataset; datasets: "
