@@ -13,7 +13,6 @@ from cbdm_core.data.common import resize_images
 from cbdm_core.data.mnist import load_mnist_lt_small
 from cbdm_core.evaluation.reference import load_reference
 from cbdm_core.experiments.protocol import parse_protocol, train_config
-from tests.test_datasets import _write_idx
 
 
 def test_shrinking_by_an_integer_factor_is_the_block_mean() -> None:
@@ -34,6 +33,12 @@ def test_resize_applies_after_the_long_tail_and_is_recorded() -> None:
     assert small.info["resize"] == 4 and small.info["resized_from"] == [8, 8]
     with pytest.raises(ValueError):
         DatasetOptions(resize=0)
+
+
+def _write_idx(path: Path, arr: np.ndarray, magic: int) -> None:
+    """An uncompressed idx file (big-endian magic and dimensions, then uint8 data)."""
+    header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+    path.write_bytes(header + arr.astype(np.uint8).tobytes())
 
 
 def _fake_mnist(root: Path, per_class: int = 160) -> Path:
