@@ -16,6 +16,7 @@ from rich.console import Console
 from cbdm_core.errors import CbdmError
 
 from .default_group import DEFAULT_CMD, DefaultCommand, DefaultGroup
+from .eval_heldout import describe_row, has_memorization, heldout_row
 from .eval_support import (LogToReporter, Reporter, choose_extractor, feature_options, parse_metric_options,
                            split_metrics)
 
@@ -94,13 +95,15 @@ def evaluate_samples(samples: Path, dataset: Optional[str], data_root: Optional[
             cache_dir=cache_dir, batch_size=batch_size, device=device, resize=resize,
             reference_folder=reference_folder, reference_stats=reference_stats,
             classes=data.get("classes"), class_order=data.get("class_order") or "name", image_size=data.get("resize"))
+        out_dir = out if out is not None else default_out(samples)
         with LogToReporter(reporter):
             prepared = prepare_reference(options, on_status=reporter.status, ctx=ctx) if ctx.enabled else None
             if not ctx.is_main:
                 return
             result = evaluate(samples, options, reference=prepared, on_warning=reporter.warning,
                               on_status=reporter.status)
-        out_dir = out if out is not None else default_out(samples)
+            heldout = (heldout_row(result, options, prepared, samples, out_dir, reporter.status)
+                       if has_memorization(result) else None)
         reporter.say(f"reference: {result.reference['description']}", style="dim")
         if "fid_statistics" in result.reference:
             reporter.say(result.reference["fid_statistics"]["note"], style="dim")
@@ -109,7 +112,10 @@ def evaluate_samples(samples: Path, dataset: Optional[str], data_root: Optional[
         plot = plot_per_class_fid(result, out_dir / PER_CLASS_PLOT)
         if not result.extractor.comparable:
             reporter.warning(f"{result.extractor.note}")
-        click.echo(f"wrote {json_path}" + (f" and {plot}" if plot is not None else ""))
+        if heldout is not None:
+            reporter.say(describe_row(heldout))
+        click.echo(f"wrote {json_path}" + (f" and {plot}" if plot is not None else "")
+                   + (f" and {heldout}" if heldout is not None else ""))
         click.echo(next_command(data.get("checkpoint")))
     finally:
         ctx.close()

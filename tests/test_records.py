@@ -75,3 +75,26 @@ def test_columns_not_computed_are_empty(setup):
     assert rec["index"] == [float(i) for i in range(120)] and None not in rec["requested_class"]
     for name in RECORD_COLUMNS[2:]:
         assert rec[name] == [None] * 120, name
+
+
+def test_eval_reports_the_heldout_real_row_next_to_memorisation(setup):
+    """`cbdm eval` with memorization writes heldout-real.json: the metric on real images that are not
+    in the training set (every flag a false positive), per frequency group, and prints the row."""
+    from cbdm_core.data import DatasetOptions, load_dataset
+
+    out = setup["work"] / "out-heldout"
+    res = cli_ok("eval", setup["npz"], "--dataset", "digits", "--extractor", "classifier", "--classifier",
+                 setup["clf"], "--device", "cpu", "--cache-dir", setup["work"] / "cache", "--metrics",
+                 "per_class,memorization", "--out", out)
+    assert "held-out real images (false positives)" in res.output
+    doc = json.loads((out / "heldout-real.json").read_text())
+    train = load_dataset("digits", DatasetOptions(split="train"))
+    assert doc["train_labels"] == train.labels.tolist()  # against the samples' training set
+    labels = np.array(doc["labels"])
+    assert len(labels) == doc["count"] > 0 and np.bincount(labels, minlength=10).max() <= doc["per_class_cap"]
+    for space in ("pixels", "features"):
+        cols = doc["spaces"][space]
+        flags, d1, d2 = (np.array(cols[k]) for k in ("memorized", "d1", "d2"))
+        assert np.array_equal(flags == 1, (d1 < d2 / 3) | (d1 == 0))  # the samples' rule
+        assert doc["rows"][space]["all"] == pytest.approx(flags.mean())
+    assert doc["spaces"]["pixels"]["d1"] and min(doc["spaces"]["pixels"]["d1"]) > 0  # none is a training image

@@ -58,18 +58,16 @@ def heldout_images(dataset: str, root: Optional[Path], training_images: torch.Te
     return x[order], y[order]
 
 
-def compute_heldout_real(plan: "StudyPlan", reference: Any, sample_folder: Path,
-                         status: Callable[[str], None]) -> dict[str, Any]:
-    """The held-out-real document (see the module docstring), against the training set of the
-    samples in ``sample_folder`` (every run of a study trains on the same set)."""
+def heldout_document(dataset: str, root: Optional[Path], resize: Optional[int], threshold: float,
+                     reference: Any, manifest: Optional[dict[str, Any]], status: Callable[[str], None],
+                     training_set: str) -> dict[str, Any]:
+    """The held-out-real document: the memorisation metric on real images of ``dataset`` outside
+    the training set of the model that ``manifest`` names (``reference``: a prepared reference)."""
     from ..metrics.memorization import nearest_training
 
-    manifest = json.loads((sample_folder / "manifest.json").read_text())
     training = reference.training(manifest, status)
-    d = plan.protocol.data
-    images, labels = heldout_images(d.dataset, d.root, training.images, resize=d.resize)
+    images, labels = heldout_images(dataset, root, training.images, resize=resize)
     status(f"memorisation of {len(labels)} held-out real images (not in the diffusion training set)")
-    threshold = _threshold(plan)
     # exactly as the memorization metric measures samples (plugins/metrics.py)
     spaces = {"pixels": nearest_training(images.flatten(1).float(), training.images.flatten(1).float(),
                                          threshold=threshold)}
@@ -77,9 +75,7 @@ def compute_heldout_real(plan: "StudyPlan", reference: Any, sample_folder: Path,
     spaces["features"] = nearest_training(feats.features, training.features, threshold=threshold)
     return {
         "format": FORMAT, "threshold": threshold, "count": len(labels), "per_class_cap": PER_CLASS,
-        # no path: every run of a study (and of its shards) trains on this same set
-        "training_set": f"{len(training.labels)} images of {d.dataset}"
-                        + (f" at imbalance {d.imb_factor:g}" if d.imb_factor is not None else ""),
+        "training_set": training_set,
         "labels": labels.tolist(),
         "train_labels": training.labels.tolist(),
         "rule": "real images of every split whose content is in no diffusion training set, "
@@ -87,6 +83,19 @@ def compute_heldout_real(plan: "StudyPlan", reference: Any, sample_folder: Path,
         "spaces": {s: {"d1": n.d1.tolist(), "d2": n.d2.tolist(), "memorized": n.memorized.astype(int).tolist()}
                    for s, n in spaces.items()},
     }
+
+
+def compute_heldout_real(plan: "StudyPlan", reference: Any, sample_folder: Path,
+                         status: Callable[[str], None]) -> dict[str, Any]:
+    """The held-out-real document (see the module docstring), against the training set of the
+    samples in ``sample_folder`` (every run of a study trains on the same set)."""
+    manifest = json.loads((sample_folder / "manifest.json").read_text())
+    d = plan.protocol.data
+    # no path: every run of a study (and of its shards) trains on this same set
+    described = f"images of {d.dataset}" + (f" at imbalance {d.imb_factor:g}" if d.imb_factor is not None else "")
+    doc = heldout_document(d.dataset, d.root, d.resize, _threshold(plan), reference, manifest, status, described)
+    doc["training_set"] = f"{len(doc['train_labels'])} {described}"
+    return doc
 
 
 def ensure_heldout_real(plan: "StudyPlan", reference: Any, sample_folder: Path,
