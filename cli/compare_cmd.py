@@ -93,6 +93,10 @@ def _print_plan(plan) -> None:
     p = plan.protocol
     click.echo(f"protocol {p.name}: {p.data.dataset}" + (f" imb {p.data.imb_factor}" if p.data.imb_factor else ""))
     for label, entry in plan.entries.items():
+        if not entry.trains:
+            arm = entry.sampling.model_dump(exclude_unset=True) if entry.sampling else {}
+            click.echo(f"  sampling arm {label}: samples {entry.sample_from}'s runs (trains nothing) with {arm}")
+            continue
         cfg = plan.configs[(label, p.seeds[0])]
         methods = ", ".join(f"{m.name} {m.options}" if m.options else m.name
                             for m in cfg.objective.methods) or "none (DDPM)"
