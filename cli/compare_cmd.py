@@ -90,11 +90,13 @@ def _seeds(by_seed: dict[int, int]) -> str:
 
 def _print_plan(plan) -> None:
     """What the study will do, resolved, without training anything."""
+    from cbdm_core.experiments.arms import arm_summary
+
     p = plan.protocol
     click.echo(f"protocol {p.name}: {p.data.dataset}" + (f" imb {p.data.imb_factor}" if p.data.imb_factor else ""))
     for label, entry in plan.entries.items():
         if not entry.trains:
-            arm = entry.sampling.model_dump(exclude_unset=True) if entry.sampling else {}
+            arm = (arm_summary(entry) or {}).get("sampling")
             click.echo(f"  sampling arm {label}: samples {entry.sample_from}'s runs (trains nothing) with {arm}")
             continue
         cfg = plan.configs[(label, p.seeds[0])]

@@ -100,8 +100,9 @@ def arm_settings(protocol: "Protocol", entry: "MethodEntry", run_dir: Path, seed
     if entry.sampling is None:
         return base
     arm = entry.sampling
-    update: dict[str, Any] = {k: getattr(arm, k) for k in arm.model_fields_set
-                              if k not in ("sampler_options", "guidance_options")}
+    # None: the protocol's (a protocol read back from protocol.json lists every field)
+    update: dict[str, Any] = {k: v for k, v in arm.model_dump().items()
+                              if v is not None and k not in ("sampler_options", "guidance_options")}
     update["sampler_options"] = {**base.sampler_options, **arm.sampler_options}
     if arm.guidance_method is not None and arm.guidance_method != base.guidance_method:
         update["guidance_options"] = dict(arm.guidance_options)  # another guidance: the old options do not apply
@@ -170,4 +171,5 @@ def arm_summary(entry: "MethodEntry") -> Optional[dict[str, Any]]:
     """compare.json's record of what an arm samples and changes (None for a trained method)."""
     if entry.sample_from is None or entry.sampling is None:
         return None
-    return {"sample_from": entry.sample_from, "sampling": entry.sampling.model_dump(exclude_unset=True)}
+    sampling = {k: v for k, v in entry.sampling.model_dump().items() if v not in (None, {})}
+    return {"sample_from": entry.sample_from, "sampling": sampling}
