@@ -90,9 +90,15 @@ def _seeds(by_seed: dict[int, int]) -> str:
 
 def _print_plan(plan) -> None:
     """What the study will do, resolved, without training anything."""
+    from cbdm_core.experiments.arms import arm_summary
+
     p = plan.protocol
     click.echo(f"protocol {p.name}: {p.data.dataset}" + (f" imb {p.data.imb_factor}" if p.data.imb_factor else ""))
     for label, entry in plan.entries.items():
+        if not entry.trains:
+            arm = (arm_summary(entry) or {}).get("sampling")
+            click.echo(f"  sampling arm {label}: samples {entry.sample_from}'s runs (trains nothing) with {arm}")
+            continue
         cfg = plan.configs[(label, p.seeds[0])]
         methods = ", ".join(f"{m.name} {m.options}" if m.options else m.name
                             for m in cfg.objective.methods) or "none (DDPM)"

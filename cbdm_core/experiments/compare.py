@@ -32,7 +32,9 @@ from ..checkpoint import list_checkpoints
 from ..config import TrainConfig
 from ..errors import CbdmError
 from ..training.trainer import Trainer
+from .arms import check_arms, check_files_before_sampling
 from .protocol import MethodEntry, Protocol, protocol_dict, train_config
+from .sampling_cost import timed_sampling
 from .curves import collect_curve
 from .heldout import ensure_heldout_real
 from .sweeps import SweepPoint, best_point, value_label
@@ -101,11 +103,22 @@ class StudyPlan:
     def run_dir(self, method: str, seed: int) -> Path:
         return _run_dir(self.out_dir, method, seed)
 
+    def model_dir(self, method: str, seed: int) -> Path:
+        """The run whose weights ``method`` samples: its own, or a sampling arm's ``sample_from``."""
+        entry = self.entries[method]
+        return self.run_dir(entry.sample_from if entry.sample_from else method, seed)
+
+    def sampling_for(self, method: str, seed: int) -> Any:
+        """The sampling settings of one entry and seed (the protocol's, or a sampling arm's)."""
+        from .arms import arm_settings
+
+        return arm_settings(self.protocol, self.entries[method], self.model_dir(method, seed), seed)
+
     def parts(self) -> list[Part]:
         p = self.protocol
         out: list[Part] = []
-        for label in self.entries:
-            for s in p.seeds:
+        for label, entry in self.entries.items():
+            for s in p.seeds if entry.trains else []:  # a sampling arm trains nothing
                 out.append(Part("train", label, s, self.run_dir(label, s)))
             if p.selecting():
                 for s in p.seeds:
@@ -171,6 +184,9 @@ def plan_study(protocol: Protocol, out_dir: Path) -> StudyPlan:
     entries = {e.name: e for e in p.methods}
     configs: dict[tuple[str, int], TrainConfig] = {}
     for e in p.methods:
+        if not e.trains:  # a sampling arm: its source's config (validated, listed before it)
+            configs.update({(e.name, s): configs[(e.sample_from, s)] for s in p.seeds})
+            continue
         for name in e.names:
             get_registry().get("method", name)  # unknown: one line listing the choices
         if len(e.names) > 1 and set(e.options) - set(e.names):
@@ -193,6 +209,7 @@ def plan_study(protocol: Protocol, out_dir: Path) -> StudyPlan:
     if p.sampling.num < 1 or p.sampling.batch_size < 1:
         raise CbdmError("sampling.num and sampling.batch_size must be positive")
     _check_study_sampling(p, configs)
+    check_arms(p, configs, lambda label, s: _run_dir(Path(out_dir), label, s))
     get_registry().get("feature_extractor", p.evaluation.extractor)
     if p.evaluation.extractor == "classifier" and p.evaluation.classifier is None:
         raise CbdmError("evaluation.extractor classifier needs evaluation.classifier: a file, or auto")
@@ -383,13 +400,15 @@ def _sample_and_evaluate(plan: StudyPlan, part: Part, seed: int, num: int, optio
     observer.start(index, part, doc is not None)
     if doc is not None:
         return doc
+    check_files_before_sampling(plan.entries[part.method], plan.model_dir(part.method, part.seed), part.seed)
     run = _loaded(plan, part, runs)
-    s = plan.protocol.sampling
+    s = plan.sampling_for(part.method, part.seed)
     labels = plan_labels(s.classes, num, run.num_classes, run.meta.get("class_counts"))
     settings = s.model_copy(update={"seed": seed, "guidance": float(part.guidance or 0.0), "num": num})
     observer.status(f"{part.label}: sampling {num} images (seed {seed}) into {part.folder}")
-    generate_samples(run, labels, out_dir=part.folder, settings=settings,
-                     on_progress=lambda d, t: observer.advance(d, t))
+    with timed_sampling(part.folder, num, next(run.model.parameters()).device):  # cost, for compare.json
+        generate_samples(run, labels, out_dir=part.folder, settings=settings,
+                         on_progress=lambda d, t: observer.advance(d, t))
     result = evaluate(part.folder, options, reference=reference, on_status=observer.status)
     write_metrics_json(result, part.folder / "metrics.json")
     return json.loads((part.folder / "metrics.json").read_text())
@@ -399,12 +418,13 @@ def _loaded(plan: StudyPlan, part: Part, runs: dict):
     from ..build import resolve_device
     from ..run import load_run
 
-    key = (part.method, part.seed)
-    if key not in runs:
+    key = plan.model_dir(part.method, part.seed)  # an arm loads the weights of the run it samples
+    ema = plan.sampling_for(part.method, part.seed).ema
+    if (key, ema) not in runs:
         runs.clear()  # one model in memory at a time
         device = resolve_device(plan.protocol.training.device)
-        runs[key] = load_run(plan.run_dir(*key), ema=plan.protocol.sampling.ema, device=device)
-    return runs[key]
+        runs[(key, ema)] = load_run(key, ema=ema, device=device)
+    return runs[(key, ema)]
 
 
 def choose_guidance(points: dict[float, list[Optional[float]]], select: str) -> Optional[float]:
@@ -483,7 +503,7 @@ def run_study(protocol: Protocol, out_dir: Path, *, observer: Optional[StudyObse
             doc = _sample_and_evaluate(plan, part, plan.seeds["report"][part.seed], p.sampling.num, report_opts,
                                        reference, obs, index, runs)
             index += 1
-            reports.append({"seed": part.seed, "run": str(plan.run_dir(label, part.seed)), "doc": doc,
+            reports.append({"seed": part.seed, "run": str(plan.model_dir(label, part.seed)), "doc": doc,
                             "samples": str(part.folder), "sampling_seed": _manifest_seed(part.folder),
                             "guidance": chosen, "selection": selection[part.seed]})
         for part in [x for x in method_parts if x.kind == "curve"]:

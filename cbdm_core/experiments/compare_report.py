@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import numpy as np
 
 from ..atomic import atomic_write_text
+from .arms import arm_summary
 from .protocol import protocol_dict
+from .sampling_cost import cost_lines, cost_summary
 from .stats import FEW_SEEDS, cmh_test, holm, paired_difference, summarize, two_stage_bootstrap
 
 if TYPE_CHECKING:
@@ -193,6 +195,7 @@ def _method_entry(plan: "StudyPlan", entry: Any, res: dict[str, Any], summary: d
     p = plan.protocol
     return {
         "method": entry.method, "options": entry.options,
+        "sampling_arm": arm_summary(entry), "sampling_cost": cost_summary(res["reports"]),
         "guidance": {"chosen": res["chosen"], "select": p.guidance.select,
                      "selection_seeds": plan.seeds.get("select") or None,
                      "points": [{"w": w, "mean": _mean(vs), "per_seed": dict(zip(p.seeds, vs))}
@@ -380,6 +383,10 @@ def markdown(doc: dict[str, Any]) -> str:
         lines.append(f"- guidance: one pre-registered w = {g['fixed']:g} for every method (primary endpoints)"
                      + (f"; w-curve over {', '.join(f'{w:g}' for w in g['curve'])} (secondary)" if g.get("curve") else ""))
     lines.append(f"- baseline: {doc['baseline']}")
+    for label, m in doc["methods"].items():  # sampling arms: same weights, other sampling
+        if m.get("sampling_arm"):
+            arm = m["sampling_arm"]
+            lines.append(f"- {label}: samples {arm['sample_from']}'s runs with {json.dumps(arm['sampling'])}")
     if doc.get("extractor"):
         lines.append(f"- features: {doc['extractor'].get('name')} ({doc['extractor'].get('cache_key')})")
     if doc.get("group_rule"):
@@ -390,6 +397,8 @@ def markdown(doc: dict[str, Any]) -> str:
         lines += ["", f"## Primary endpoint: {row['value']} ({row['direction']} is better)", ""]
         lines += _primary_table(doc, row["value"])
     lines += _secondary(doc)
+    lines += ["", "## Sampling cost (report sets: sampling and writing, not evaluation)", ""]
+    lines += cost_lines(doc["methods"])
     ceiling = _accuracy_ceiling(doc)
     if ceiling:
         lines += ["", "## Conditional accuracy next to the classifier's ceiling", ""] + ceiling

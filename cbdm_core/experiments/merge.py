@@ -23,9 +23,10 @@ from .compare_report import COMPARE_JSON, write_outputs
 from .curves import collect_curve
 from .heldout import HELDOUT_JSON
 from .protocol import parse_protocol
+from .sampling_cost import TIMING_JSON
 
 # What a sample folder keeps that the report reads.
-SAMPLE_FILES = ("metrics.json", "records.csv", "manifest.json")
+SAMPLE_FILES = ("metrics.json", "records.csv", "manifest.json", TIMING_JSON)
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -103,7 +104,7 @@ def _results(plan: Any) -> dict[str, dict[str, Any]]:
             doc = _read_metrics(folder)
             if doc is None:
                 raise CbdmError(f"{folder} has no metrics.json: the shard holding seed {s} is unfinished")
-            reports.append({"seed": s, "run": str(plan.run_dir(label, s)), "doc": doc, "samples": str(folder),
+            reports.append({"seed": s, "run": str(plan.model_dir(label, s)), "doc": doc, "samples": str(folder),
                             "sampling_seed": _manifest_seed(folder), "guidance": w, "selection": []})
         results[label] = {"entry": entry, "chosen": w, "points": {}, "reports": reports,
                           "curve": collect_curve(plan, label)}

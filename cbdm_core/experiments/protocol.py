@@ -22,6 +22,7 @@ from ..config import TrainConfig, deep_update, format_validation_error, parse_tr
 from ..errors import CbdmError
 from ..safe_yaml import load_yaml
 from ..sampling.settings import SamplingSettings
+from .arms import ArmSampling, check_arm_entry
 
 # The name `cbdm train --method` uses for "no method" (plain conditional DDPM).
 NO_METHOD = "ddpm"
@@ -63,22 +64,32 @@ class MethodEntry(_Strict):
     ``init_from`` names an earlier method of the study: each seed's run starts from that
     method's final weights of the same seed (fine-tuning, the paper's Table 2); ``steps`` then
     gives this entry's own budget (default: ``training.steps``).
+    ``sample_from`` (with ``label`` and ``sampling``, no ``method``) makes the entry a sampling
+    arm: it trains nothing and samples that earlier method's runs with its own sampler or
+    guidance (see :mod:`.arms`).
     """
 
-    method: str
+    method: Optional[str] = None
     options: dict[str, Any] = Field(default_factory=dict)
     label: Optional[str] = None
     init_from: Optional[str] = None
     steps: Optional[int] = Field(None, ge=1)
+    sample_from: Optional[str] = None
+    sampling: Optional[ArmSampling] = None
 
     @property
     def name(self) -> str:
-        return self.label or self.method
+        return self.label or self.method or ""
+
+    @property
+    def trains(self) -> bool:
+        """False for a sampling arm."""
+        return self.sample_from is None
 
     @property
     def names(self) -> list[str]:
-        """The composed method names in order (``[]`` for ddpm)."""
-        parts = [p.strip() for p in self.method.split("+") if p.strip()]
+        """The composed method names in order (``[]`` for ddpm and for a sampling arm)."""
+        parts = [p.strip() for p in (self.method or NO_METHOD).split("+") if p.strip()]
         return [] if parts == [NO_METHOD] else parts
 
     def config_methods(self) -> list[dict[str, Any]]:
@@ -190,6 +201,8 @@ class Protocol(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> "Protocol":
+        for i, m in enumerate(self.methods):  # first: an arm without a label has no name yet
+            check_arm_entry(m, [e.name for e in self.methods[:i] if e.trains])
         labels = [m.name for m in self.methods]
         for label in labels:
             if not _LABEL.match(label):
@@ -197,9 +210,10 @@ class Protocol(_Strict):
         if len(set(labels)) != len(labels):
             raise ValueError(f"methods are listed twice: {', '.join(labels)} (give a label: to tell them apart)")
         for i, m in enumerate(self.methods):
-            if m.init_from is not None and m.init_from not in labels[:i]:
-                raise ValueError(f"method {m.name}: init_from {m.init_from!r} must name a method listed "
-                                 f"before it ({', '.join(labels[:i]) or 'none'})")
+            trained = [e.name for e in self.methods[:i] if e.trains]
+            if m.init_from is not None and m.init_from not in trained:
+                raise ValueError(f"method {m.name}: init_from {m.init_from!r} must name a trained method listed "
+                                 f"before it ({', '.join(trained) or 'none'})")
         if self.baseline is not None and self.baseline not in labels:
             raise ValueError(f"baseline {self.baseline!r} is not among the methods ({', '.join(labels)})")
         if len(set(self.seeds)) != len(self.seeds):
