@@ -85,7 +85,7 @@ def test_diffrop_term_matches_the_hinge_on_hand_made_predictions():
     torch.manual_seed(1)  # run_step draws the contrast again: the same labels
     total, terms, _ = run_step(model, [method], ctx)
     assert math.isclose(float(terms["diffrop"]), expected, rel_tol=1e-4)
-    assert math.isclose(float(total), float(terms["diffusion"]) + 0.3 * expected, rel_tol=1e-5)
+    assert math.isclose(float(total.detach()), float(terms["diffusion"]) + 0.3 * expected, rel_tol=1e-5)
 
 
 def test_diffrop_pushes_the_two_predictions_apart_and_stops_past_the_margin():
@@ -138,3 +138,18 @@ def test_dispersive_reads_the_bottleneck_of_the_shared_pass():
     h.remove()
     assert math.isclose(float(terms["dispersive"]), dispersive_reference(seen["z"], 0.5), rel_tol=1e-5)
     assert not list(model.dispersive_tap.parameters())  # no parameters: checkpoints unchanged
+
+
+def test_diffrop_composes_with_cbdm_in_one_shared_pass():
+    from cbdm_core.methods.cbdm import CBDMOptions, build_cbdm_regularizer
+
+    model = randomised_unet()
+    ctx = make_ctx(model)
+    bctx = MethodBuildContext(class_counts=ctx.class_counts, num_classes=3, schedule=ctx.schedule)
+    methods = [build_cbdm_regularizer(CBDMOptions(tau=0.01), bctx), build_diffrop(DiffROPOptions(margin=1e3), bctx)]
+    calls = []
+    h = model.register_forward_hook(lambda m, a, out: calls.append(out.shape[0]))
+    _, terms, _ = run_step(model, methods, ctx)
+    h.remove()
+    assert calls == [3 * len(ctx.y)]  # main rows + CBDM's y' view + DiffROP's contrast view, one pass
+    assert float(terms["regularizer"]) > 0 and float(terms["diffrop"]) > 0
