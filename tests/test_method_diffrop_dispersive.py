@@ -85,7 +85,7 @@ def test_diffrop_term_matches_the_hinge_on_hand_made_predictions():
     torch.manual_seed(1)  # run_step draws the contrast again: the same labels
     total, terms, _ = run_step(model, [method], ctx)
     assert math.isclose(float(terms["diffrop"]), expected, rel_tol=1e-4)
-    assert math.isclose(float(total.detach()), float(terms["diffusion"]) + 0.3 * expected, rel_tol=1e-5)
+    assert math.isclose(float(total.detach()), float(terms["diffusion"].detach()) + 0.3 * expected, rel_tol=1e-5)
 
 
 def test_diffrop_pushes_the_two_predictions_apart_and_stops_past_the_margin():
