@@ -1,5 +1,6 @@
 """Built-in training methods: ``cbdm`` (CVPR 2023), ``t2h`` (OC, ICLR 2024),
-``coral`` (NeurIPS 2025) and ``cm`` (ICLR 2026)."""
+``coral`` (NeurIPS 2025), ``cm`` (ICLR 2026), ``diffrop`` (arXiv 2402.10821, from the paper)
+and ``dispersive`` (Wang & He 2025)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from cbdm_core.methods import cbdm, t2h
 from cbdm_core.methods.base import MethodSpec
 from cbdm_core.methods.cm import CM_SPEC
 from cbdm_core.methods.coral import CORAL_SPEC
+from cbdm_core.methods.diffrop import DIFFROP_SPEC
+from cbdm_core.methods.dispersive import DISPERSIVE_SPEC
 
 
 @hookimpl
@@ -23,3 +26,8 @@ def register_components(register) -> None:
              description="CORAL: supervised contrastive loss on a projection of the bottleneck, weighted to low noise")
     register("method", "cm", CM_SPEC,
              description="CM: low-rank conv adapters; class-weighted consistency/divergence of outputs with/without them")
+    register("method", "diffrop", DIFFROP_SPEC,
+             description="DiffROP: hinge on the KL between the reverse kernels of the true and a contrasting class "
+                         "(from the paper; no released code; reconstructed)")
+    register("method", "dispersive", DISPERSIVE_SPEC,
+             description="Dispersive Loss: InfoNCE-L2 repulsion of the batch's intermediate features, no positives")
