@@ -106,6 +106,14 @@ def _flags(counts: dict[int, tuple[int, int]]) -> np.ndarray:
     return np.concatenate([np.r_[np.ones(k), np.zeros(n - k)] for k, n in counts.values()])
 
 
+def _clopper_pearson(k: int, n: int) -> list[float]:
+    """Exact 95% interval of a pooled rate ``k / n`` (scipy ``binomtest``)."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(0.95, method="exact")
+    return [float(ci.low), float(ci.high)]
+
+
 def _cmh_corrected(tables: list) -> Optional[float]:
     """The same CMH test with the continuity correction (statsmodels ``correction=True``): only a
     cross-check, since the issue's quoted p-values (3e-5, 0.77) were computed that way; the
@@ -154,6 +162,9 @@ def compare_endpoint(ep: Endpoint, method: Arm, base: Arm, *, resamples: int) ->
         "test_label": "Cochran-Mantel-Haenszel (statsmodels StratifiedTable), strata seed x class, no continuity correction",
         "bootstrap_2stage": [low, high],
         "bootstrap_label": f"95% two-stage bootstrap (seeds, then images within seed; {resamples} resamples) of the pooled rate difference",
+        "pooled_ci_baseline": _clopper_pearson(events[1], images[1]),
+        "pooled_ci_method": _clopper_pearson(events[0], images[0]),
+        "pooled_ci_label": "95% Clopper-Pearson interval of each arm's pooled rate (images only; ignores seed variation)",
         "tables": tables, "counts_note": COUNT_NOTE,
     }
     return out
