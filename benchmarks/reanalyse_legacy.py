@@ -55,6 +55,9 @@ ENDPOINTS = [
     Endpoint("coverage_tail", None, TAIL, "primary (higher is better)"),
     Endpoint("accuracy_tail", "accuracy", TAIL, "guard: tail conditional accuracy"),
     Endpoint("memorization_pixels_head", "memorization_pixels", HEAD, "context: head memorisation"),
+    Endpoint("recall_tail", None, TAIL, "context: tail recall"),
+    Endpoint("accuracy", "accuracy", list(range(10)), "context: conditional accuracy, all classes"),
+    Endpoint("fid", None, [], "context: FID in classifier features (report sets only)"),
 ]
 
 
@@ -335,6 +338,8 @@ def render_markdown(res: dict[str, Any]) -> str:
                   f"| p (paired t) | pooled images, {c['baseline']} vs {c['method']} (reconstructed) | p (CMH, seed x class) | 95% two-stage bootstrap |",
                   "| --- | --- | --- | --- | --- | --- | ---: | --- | ---: | --- | ---: | --- |"]
         for e in c["endpoints"]:
+            if e["method_mean"] is None and e["baseline_mean"] is None:
+                continue  # not measured on these sets (FID of re-evaluated selection sets)
             il = e["image_level"]
             lines.append("| " + " | ".join([
                 f"{e['value']} ({e['role'].split(':')[0].split(' (')[0]})",
