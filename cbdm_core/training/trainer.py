@@ -20,17 +20,18 @@ import torch
 
 from .. import build, locks
 from ..atomic import atomic_write_text, remove_stale_temps
-from ..checkpoint import (Checkpoint, checkpoint_name, list_checkpoints, load_checkpoint, load_state_checked,
-                          nonfinite_tensors, read_run_meta, save_checkpoint)
+from ..checkpoint import Checkpoint, list_checkpoints, load_checkpoint, load_state_checked, read_run_meta
 from ..config import TrainConfig, dump_config_yaml, load_config_file, parse_train_config
 from ..errors import CbdmError, UnknownComponentError
-from ..images import class_rows, grid_image, save_png, to_float, to_uint8
+from ..images import class_rows, grid_image, save_png, to_uint8
 from .batch_source import BatchSource
-from .batches import BatchIndexer, step_seed
+from .batches import BatchIndexer
+from .checkpointing import CheckpointKeeper
 from .distributed import DistContext, setup_distributed
 from .evaluation import AUTO_CLASSIFIER, TrainingEvaluator, check_evaluation
 from .loggers import LoggerGroup, open_loggers
-from .monitor import check_loggers, logged_terms, memory_gb, restore_window, window_state
+from .loop import RunParts, TrainLoop
+from .monitor import check_loggers
 from ..host_memory import keep_freed_host_memory
 from ..run_folder import remove_outputs_of_run
 from .precision import Precision, describe_device, match_param_layout, resolve_precision
@@ -248,216 +249,130 @@ class Trainer:
             ctx.close()
 
     def _run(self, ctx: DistContext) -> TrainResult:
-        cfg, o = self.cfg, self.cfg.optim
-        device = ctx.device
-        ctx.shard(o.batch_size)  # a global batch that does not split evenly fails before any work
+        """dataset -> augmentation -> objective(model) -> optimizer/EMA -> checkpoint, stage by stage."""
+        start_ckpt = self._open_run_folder(ctx)
+        data = ctx.main_first(lambda: build.load_training_data(self.cfg))  # rank 0 first: it may download
+        self._resolve_speed(ctx.device)
+        parts = self._build_parts(ctx, data, start_ckpt)
+        evaluator = self._prepare_evaluator(ctx, data)
+        if ctx.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / "config.yaml", dump_config_yaml(self.cfg))
+            self._wrote_config = True
+            if self.on_start:
+                self.on_start(data, parts.model, parts.step)
+        return self._train(ctx, parts, evaluator)
+
+    def _open_run_folder(self, ctx: DistContext) -> Optional[Checkpoint]:
+        """Claim the run folder; the checkpoint to resume from, if any."""
+        ctx.shard(self.cfg.optim.batch_size)  # a global batch that does not split evenly fails before any work
         # Rank 0 alone touches the run folder; its errors are raised on every rank.
         start_ckpt = ctx.main_first(self._prepare_run_dir, others=False)
         if not ctx.is_main and self.resume:
             found = list_checkpoints(self.ckpt_dir)
             start_ckpt = load_checkpoint(found[-1][1], with_optim=True) if found else None
-        data = ctx.main_first(lambda: build.load_training_data(cfg))  # rank 0 first: it may download
-        precision = resolve_precision(cfg.perf, device)
-        self.precision = precision  # the resolved speed choices, for the run header
+        return start_ckpt
+
+    def _resolve_speed(self, device: torch.device) -> None:
+        """Resolve the speed choices (for the run header) and the host-memory policy."""
+        perf = self.cfg.perf
+        self.precision = resolve_precision(perf, device)
         self.device_name = describe_device(device)
-        if cfg.perf.keep_host_memory == "on" or (cfg.perf.keep_host_memory == "auto" and device.type == "cpu"):
+        if perf.keep_host_memory == "on" or (perf.keep_host_memory == "auto" and device.type == "cpu"):
             keep_freed_host_memory()
 
+    def _build_parts(self, ctx: DistContext, data, start_ckpt: Optional[Checkpoint]) -> RunParts:
+        """Augmentation, schedule, model + methods, EMA, batches and the step, in the order that
+        fixes their random draws (a resumed run depends on it)."""
+        cfg, device, precision = self.cfg, ctx.device, self.precision
         augmentation = build.build_augmentation(cfg)
         schedule = build.build_schedule(cfg)
-        counts = data.class_counts
         cond_dim = int(getattr(augmentation, "cond_dim", 0) or 0)
+        model, attached = self._build_model(data, schedule, cond_dim)
+        model = model.to(device)
+        ema_model = copy.deepcopy(model).eval().requires_grad_(False)
+        source = self._batch_source(data, device)
+        step = self._load_weights(model, ema_model, start_ckpt, attached)
+        o = cfg.optim
+        train_step = build_train_step(
+            model, ema_model, build.build_base_loss(cfg, schedule), self.methods, schedule=schedule,
+            num_classes=data.num_classes, class_counts=data.class_counts, p_uncond=cfg.objective.p_uncond,
+            drop_whole_batch=cfg.objective.drop_whole_batch, lr=o.lr, grad_clip=o.grad_clip,
+            ema_decay=o.ema_decay, ema_warmup=o.ema_warmup, precision=precision, ctx=ctx, batch_size=o.batch_size)
+        if start_ckpt is not None and start_ckpt.optim is not None:
+            _load_optimizer(train_step.optimizer, start_ckpt.optim)
+        meta = {"num_classes": data.num_classes, "image_size": data.image_size, "channels": data.channels,
+                "class_counts": data.class_counts.tolist(), "class_names": data.class_names, "dataset": data.name,
+                "cond_dim": cond_dim, "speed": precision.as_dict(), "plugins": build.component_plugins(cfg)}
+        return RunParts(data=data, schedule=schedule, augmentation=augmentation, model=model, ema_model=ema_model,
+                        methods=self.methods, source=source, train_step=train_step, lr_at=_warmup(o.warmup),
+                        precision=precision, meta=meta, step=step, start_ckpt=start_ckpt)
+
+    def _build_model(self, data, schedule, cond_dim: int) -> tuple[torch.nn.Module, list[str]]:
+        """The network with the methods' modules attached (seeded); the attached weight names."""
+        cfg = self.cfg
         torch.manual_seed(cfg.seed)
         model = build.build_model(cfg, image_size=data.image_size, channels=data.channels,
                                   num_classes=data.num_classes, cond_dim=cond_dim)
-        methods = build.build_methods(cfg, class_counts=counts, num_classes=data.num_classes, schedule=schedule)
+        self.methods = build.build_methods(cfg, class_counts=data.class_counts, num_classes=data.num_classes,
+                                           schedule=schedule)
         # Attached modules are part of the model from here on: optimised, averaged, checkpointed.
         plain = set(model.state_dict())
-        build.attach_methods(methods, model)
-        attached = [k for k in model.state_dict() if k not in plain]
-        model = model.to(device)
-        ema_model = copy.deepcopy(model).eval().requires_grad_(False)
-        self.methods = methods
-        lr_at = (lambda s: min(1.0, (s + 1) / o.warmup)) if o.warmup > 0 else (lambda s: 1.0)
+        build.attach_methods(self.methods, model)
+        return model, [k for k in model.state_dict() if k not in plain]
 
+    def _batch_source(self, data, device: torch.device) -> BatchSource:
+        """The batches of every step, resampled by class when ``data.resample`` asks."""
+        cfg = self.cfg
         weights = None
         if cfg.data.resample != "none":
             from ..data.resample import class_sampling_weights
 
             weights = class_sampling_weights(data.labels, cfg.data.resample)
-        source = BatchSource(data.images, data.labels, BatchIndexer(len(data), o.batch_size, cfg.seed, weights),
-                             device)
+        return BatchSource(data.images, data.labels,
+                           BatchIndexer(len(data), cfg.optim.batch_size, cfg.seed, weights), device)
 
-        step = 0
-        if start_ckpt is None and cfg.init_from is not None:
+    def _load_weights(self, model: torch.nn.Module, ema_model: torch.nn.Module,
+                      start_ckpt: Optional[Checkpoint], attached: list[str]) -> int:
+        """Load the resumed (or ``init_from``) weights into model and EMA; the first step."""
+        if start_ckpt is None and self.cfg.init_from is not None:
             from .init_from import init_from_checkpoint
 
-            self.reinitialised = init_from_checkpoint(model, cfg.init_from, fresh_ok=attached)
+            self.reinitialised = init_from_checkpoint(model, self.cfg.init_from, fresh_ok=attached)
             ema_model.load_state_dict(model.state_dict())
-        if start_ckpt is not None:
-            load_state_checked(model, start_ckpt.model, "checkpoint model weights")
-            load_state_checked(ema_model, start_ckpt.ema, "checkpoint EMA weights")
-            step = start_ckpt.step
-        train_step = build_train_step(
-            model, ema_model, build.build_base_loss(cfg, schedule), methods, schedule=schedule,
-            num_classes=data.num_classes, class_counts=counts, p_uncond=cfg.objective.p_uncond,
-            drop_whole_batch=cfg.objective.drop_whole_batch, lr=o.lr, grad_clip=o.grad_clip,
-            ema_decay=o.ema_decay, ema_warmup=o.ema_warmup, precision=precision, ctx=ctx, batch_size=o.batch_size)
-        optimizer = train_step.optimizer
-        if start_ckpt is not None and start_ckpt.optim is not None:
-            try:
-                optimizer.load_state_dict(start_ckpt.optim)
-            except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
-                raise CbdmError(f"--resume: the optimizer state in the checkpoint does not fit this model "
-                                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
-            match_param_layout(optimizer)
-        meta = {"num_classes": data.num_classes, "image_size": data.image_size, "channels": data.channels,
-                "class_counts": counts.tolist(), "class_names": data.class_names, "dataset": data.name,
-                "cond_dim": cond_dim, "speed": precision.as_dict(), "plugins": build.component_plugins(cfg)}
-        evaluator: Optional[TrainingEvaluator] = None
-        if cfg.evaluate.every:
-            # Rank 0 alone evaluates: it prepares the reference once, now, before any training
-            # and before config.yaml, so a refused classifier leaves no run behind.
-            evaluator = TrainingEvaluator(cfg, self.run_dir, num_classes=data.num_classes,
-                                          chw=(data.channels, data.image_size, data.image_size), device=device,
-                                          on_status=self.on_status)
-            ctx.main_first(evaluator.prepare, others=False)
-        if ctx.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.run_dir / "config.yaml", dump_config_yaml(cfg))
-            self._wrote_config = True
-            if self.on_start:
-                self.on_start(data, model, step)
+        if start_ckpt is None:
+            return 0
+        load_state_checked(model, start_ckpt.model, "checkpoint model weights")
+        load_state_checked(ema_model, start_ckpt.ema, "checkpoint EMA weights")
+        return start_ckpt.step
 
-        bad = torch.zeros((), dtype=torch.bool, device=device)  # any non-finite step since start
+    def _prepare_evaluator(self, ctx: DistContext, data) -> Optional[TrainingEvaluator]:
+        """The training-time evaluator, its reference prepared (rank 0), or ``None`` when off."""
+        if not self.cfg.evaluate.every:
+            return None
+        # Rank 0 alone evaluates: it prepares the reference once, now, before any training
+        # and before config.yaml, so a refused classifier leaves no run behind.
+        evaluator = TrainingEvaluator(self.cfg, self.run_dir, num_classes=data.num_classes,
+                                      chw=(data.channels, data.image_size, data.image_size), device=ctx.device,
+                                      on_status=self.on_status)
+        ctx.main_first(evaluator.prepare, others=False)
+        return evaluator
 
-        def check_finite() -> None:
-            if bool(ctx.any_device(bad)):
-                kept = list_checkpoints(self.ckpt_dir)  # claim a kept checkpoint only when there is one
-                where = (f"the last good checkpoint, step {kept[-1][0]}, is kept in {self.ckpt_dir}" if kept
-                         else "no checkpoint was written yet")
-                raise CbdmError(f"non-finite loss or gradient before step {step}; stopped without saving "
-                                f"({where}; --set on_nonfinite=skip skips such steps instead)")
-
-        def save(at_step: int) -> Optional[Path]:
-            check_finite()
-            path = None
-            # The logging window not yet logged (averaged over ranks like a log record):
-            # a resume from this checkpoint logs what an uninterrupted run would.
-            window = window_state(dict(zip(sums, ctx.mean(list(sums.values())))), window_steps + carried)
-            if ctx.is_main:
-                weights, averaged = model.state_dict(), ema_model.state_dict()
-                bad_names = nonfinite_tensors(weights) + [f"ema/{k}" for k in nonfinite_tensors(averaged)]
-                if bad_names:
-                    raise CbdmError(f"the weights hold NaN or inf at step {at_step} ({bad_names[0]}"
-                                    f"{' ...' if len(bad_names) > 1 else ''}); not saved (the last good "
-                                    f"checkpoint is kept in {self.ckpt_dir}); lower --lr or check the data")
-                path = self.ckpt_dir / checkpoint_name(at_step)
-                self._make_room(cfg.keep_last, sum(t.numel() * t.element_size() for t in
-                                                   list(weights.values()) + list(averaged.values())) * 2)
-                save_checkpoint(path, Checkpoint(step=at_step, config=cfg.model_dump(mode="json"),
-                                                 model=weights, ema=averaged,
-                                                 optim=optimizer.state_dict(),
-                                                 meta={**meta, "log_window": window}))
-                for _, old in list_checkpoints(self.ckpt_dir)[:-cfg.keep_last]:
-                    old.unlink(missing_ok=True)
-            ctx.barrier()
-            return path
-
-        def evaluate(at_step: int) -> float:
-            """Evaluate the EMA model on rank 0 (the others wait); the seconds it took."""
-            started = time.perf_counter()
-
-            def on_main() -> None:
-                values = evaluator.run(self._for_sampling(ema_model), schedule, at_step)
-                self._log_eval(log_path, at_step, values)
-
-            ctx.main_first(on_main, others=False)  # its broadcast holds the other ranks back
-            ctx.barrier()
-            model.train()
-            return time.perf_counter() - started
-
-        def preview(at_step: int) -> Optional[Path]:
-            path = (self.preview(ema_model, schedule, data.num_classes, at_step, data.class_names)
-                    if ctx.is_main else None)
-            self._loggers.image(path, at_step)
-            ctx.barrier()
-            return path
-
+    def _train(self, ctx: DistContext, parts: RunParts, evaluator: Optional[TrainingEvaluator]) -> TrainResult:
+        """Run the step loop with loggers open and Ctrl-C/SIGTERM turned into a clean stop."""
+        cfg = self.cfg
+        keeper = CheckpointKeeper(self.run_dir, cfg.keep_last, cfg.model_dump(mode="json"), parts.meta)
+        self._keeper = keeper
         self._loggers = (open_loggers(self.run_dir, cfg.log, cfg.model_dump(mode="json")) if ctx.is_main
                          else LoggerGroup([]))
         restore = self._install_signal_handlers()
-        last_ckpt: Optional[Path] = None
-        grid: Optional[Path] = None
-        sums: dict[str, torch.Tensor] = {}
-        carried = 0  # steps of the current window before this process (resumed mid-window)
-        if start_ckpt is not None:
-            sums, carried = restore_window(start_ckpt.meta.get("log_window"), device)
-        skipped = 0
-        window_start, window_steps = time.perf_counter(), 0
-        self._started = time.perf_counter()
-        ckpt_clock = time.monotonic()
-        ckpt_seconds = cfg.ckpt_every_minutes * 60
-        log_path = self.run_dir / "metrics.jsonl"
-        skip_mode = cfg.on_nonfinite == "skip"
         try:
-            model.train()
-            # Every rank must agree to stop, or one would wait for the others' gradients forever.
-            while step < o.steps:
-                # The clock is rank 0's; every rank must agree to stop or to save together.
-                due = ctx.is_main and ckpt_seconds > 0 and time.monotonic() - ckpt_clock >= ckpt_seconds
-                stop, due = ctx.any_flags(self._stop.is_set(), due)
-                if stop:
-                    break
-                if due and step > 0:
-                    last_ckpt = save(step)
-                    ckpt_clock = time.monotonic()
-                torch.manual_seed(step_seed(cfg.seed, step))
-                images, labels = source.batch(step)
-                x0 = to_float(images)
-                g = torch.Generator(device=device).manual_seed(step_seed(cfg.seed, step, stream=3))
-                x0, cond = augmentation(x0, g)
-                if precision.channels_last:
-                    x0 = x0.contiguous(memory_format=torch.channels_last)
-                out = train_step(step, x0, labels, cond, lr=o.lr * lr_at(step), skip_nonfinite=skip_mode)
-                step += 1
-                if out.applied:
-                    bad = bad | ~out.finite
-                    window_steps += 1
-                    for k, v in logged_terms(out.terms).items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    if out.grad_norm is not None:
-                        sums["grad_norm"] = sums.get("grad_norm", 0.0) + out.grad_norm
-                else:
-                    skipped += 1  # still logs and checkpoints on schedule below
-                if self.on_step is not None:
-                    self.on_step(step)
-                if step % cfg.log_every == 0 or step == o.steps:
-                    check_finite()
-                    means = dict(zip(sums, ctx.mean(list(sums.values()))))
-                    if ctx.is_main:
-                        self._log(log_path, step, means, window_steps + carried, optimizer.param_groups[0]["lr"],
-                                  window_steps * o.batch_size / max(time.perf_counter() - window_start, 1e-9),
-                                  skipped, memory_gb(device))
-                    sums, window_start, window_steps, carried = {}, time.perf_counter(), 0, 0
-                # Before the checkpoint of the same step: one killed while evaluating resumes
-                # from the step before and evaluates again.
-                if evaluator is not None and evaluator.due(step):
-                    window_start += evaluate(step)  # images/s counts training time only
-                if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < o.steps:
-                    last_ckpt = save(step)
-                    ckpt_clock = time.monotonic()
-                if cfg.sample_every and step % cfg.sample_every == 0 and step < o.steps:
-                    grid = preview(step)
-                    model.train()
-            interrupted = self._stop.is_set() or step < o.steps
-            last_ckpt = save(step)
-            if not interrupted:
-                grid = preview(step)
+            loop = TrainLoop(self, ctx, parts, evaluator, keeper)
+            interrupted = loop.run()
         finally:
             restore()
             self._loggers.close()
-        return TrainResult(self.run_dir, step, last_ckpt, grid, interrupted)
+        return TrainResult(self.run_dir, loop.step, loop.last_ckpt, loop.grid, interrupted)
 
     def _log(self, path: Path, step: int, sums: dict[str, torch.Tensor], steps: int, lr: float,
              images_per_sec: float, skipped: int, memory: float) -> None:
@@ -484,25 +399,8 @@ class Trainer:
 
     # -- helpers -------------------------------------------------------------------------
     def _make_room(self, keep_last: int, estimate: int) -> None:
-        """When the disk is short of ``estimate`` bytes, delete now the checkpoints that keep_last
-        would prune after this write anyway. With ``--keep-last 1`` that is the previous
-        checkpoint: the user asked to keep only one."""
-        existing = list_checkpoints(self.ckpt_dir)
-        if existing:  # the previous checkpoint's size is the best guess for the next one
-            estimate = existing[-1][1].stat().st_size
-        prunable = existing[:max(len(existing) - (keep_last - 1), 0)]
-        if not prunable:
-            return
-        try:
-            free = shutil.disk_usage(self.ckpt_dir if self.ckpt_dir.is_dir() else self.run_dir).free
-        except OSError:
-            return
-        if free >= estimate + (1 << 20):
-            return
-        for _, old in prunable:
-            log.warning("disk nearly full (%d bytes free): removing %s before writing the next checkpoint "
-                        "(keep_last %d)", free, old.name, keep_last)
-            old.unlink(missing_ok=True)
+        """Free disk room for the next checkpoint (see :meth:`CheckpointKeeper.make_room`)."""
+        CheckpointKeeper(self.run_dir, keep_last, {}, {}).make_room(keep_last, estimate)
 
     @torch.no_grad()
     def preview(self, ema_model: torch.nn.Module, schedule, num_classes: int, step: int,
@@ -560,6 +458,21 @@ class Trainer:
                 signal.signal(sig, h)
 
         return restore
+
+
+def _warmup(warmup: int) -> Callable[[int], float]:
+    """The learning-rate factor at a step: linear warm-up over ``warmup`` steps, then 1."""
+    return (lambda s: min(1.0, (s + 1) / warmup)) if warmup > 0 else (lambda s: 1.0)
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load a checkpoint's optimizer state, with one clear error when it does not fit."""
+    try:
+        optimizer.load_state_dict(state)
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
+        raise CbdmError(f"--resume: the optimizer state in the checkpoint does not fit this model "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    match_param_layout(optimizer)
 
 
 def _finite_number(value: object) -> bool:
