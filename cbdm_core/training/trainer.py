@@ -6,8 +6,6 @@ import contextlib
 import copy
 import json
 import logging
-import math
-import os
 import shutil
 import signal
 import threading
@@ -34,6 +32,7 @@ from .loop import RunParts, TrainLoop
 from .monitor import check_loggers
 from ..host_memory import keep_freed_host_memory
 from ..run_folder import remove_outputs_of_run
+from .run_dir import append_line, newest_good_checkpoint, truncate_metrics  # append_line: also imported from here
 from .precision import Precision, describe_device, match_param_layout, resolve_precision
 from .step import build_train_step
 
@@ -129,7 +128,7 @@ class Trainer:
         existing = list_checkpoints(self.ckpt_dir)
         if self.resume:
             saved = parse_train_config(load_config_file(cfg_path), str(cfg_path)) if cfg_path.exists() else None
-            ckpt = self._newest_good_checkpoint(existing)
+            ckpt = newest_good_checkpoint(self.ckpt_dir, existing)
             if ckpt is None:
                 # Killed before its first checkpoint: nothing to continue, so start over at step 0.
                 log.warning("--resume: no checkpoint in %s yet; starting the run from step 0", self.ckpt_dir)
@@ -172,56 +171,11 @@ class Trainer:
         if chosen is None or Path(chosen).expanduser().resolve() != auto.resolve():
             auto.unlink(missing_ok=True)
 
-    def _newest_good_checkpoint(self, existing: list[tuple[int, Path]]) -> Optional[Checkpoint]:
-        """The newest checkpoint that loads and verifies; corrupt newer ones are set aside
-        (renamed ``*.corrupt``, never deleted) with a warning."""
-        bad: list[tuple[Path, CbdmError]] = []
-        for _, path in reversed(existing):
-            try:
-                ckpt = load_checkpoint(path, with_optim=True)
-            except CbdmError as exc:
-                bad.append((path, exc))
-                continue
-            for bad_path, exc in bad:  # only once a good one is found: never leave a run with none
-                log.warning("--resume: %s; set aside as %s.corrupt", exc, bad_path.name)
-                os.replace(bad_path, bad_path.with_name(bad_path.name + ".corrupt"))
-            if bad:
-                log.warning("--resume: continuing from the older checkpoint %s (step %d)", path.name, ckpt.step)
-            return ckpt
-        first_error = bad[0][1] if bad else None
-        if first_error is not None:
-            raise CbdmError(f"--resume: no checkpoint in {self.ckpt_dir} is intact ({first_error}); "
-                            "use --overwrite to start over")
-        return None
-
     def _truncate_metrics(self, step: int) -> None:
-        """Drop the metrics lines after ``step``, so a resumed run does not log the same steps
-        twice. Lines that cannot be read (torn, not JSON, no integer step) are moved, never
-        deleted, to ``metrics.jsonl.corrupt``; the readable lines around them are kept."""
-        path = self.run_dir / "metrics.jsonl"
-        if not path.exists():
-            return
-        try:
-            lines = path.read_bytes().decode("utf-8", errors="replace").splitlines(keepends=True)
-        except OSError as exc:
-            raise CbdmError(f"cannot read {path}: {exc.strerror or exc}") from None
-        keep, bad = [], []
-        for line in lines:
-            record_step = _record_step(line)
-            if record_step is None:
-                bad.append(line if line.endswith("\n") else line + "\n")
-            elif record_step <= step:
-                keep.append(line)
-        if bad:
-            log.warning("%s: %d unreadable line(s) moved to %s.corrupt", path, len(bad), path.name)
-            corrupt = path.with_name(path.name + ".corrupt")
-            for line in bad:  # appended: earlier resumes' findings are kept too
-                append_line(corrupt, line)
-        if len(keep) != len(lines):
-            atomic_write_text(path, "".join(keep))
-        if keep:  # elapsed time carries on across a resume
-            elapsed = json.loads(keep[-1]).get("elapsed")
-            self.elapsed_before = float(elapsed) if _finite_number(elapsed) else 0.0
+        """Drop the metrics lines after ``step``; the run's elapsed time carries on from the last kept."""
+        elapsed = truncate_metrics(self.run_dir / "metrics.jsonl", step)
+        if elapsed is not None:
+            self.elapsed_before = elapsed
 
     # -- main loop ----------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -473,49 +427,3 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, state: dict) -> None:
         raise CbdmError(f"--resume: the optimizer state in the checkpoint does not fit this model "
                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
     match_param_layout(optimizer)
-
-
-def _finite_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _record_step(line: str) -> Optional[int]:
-    """The step of a whole metrics line, or ``None`` when the line cannot be read: torn (no
-    newline), not a JSON object, or a step that is not a non-negative integer."""
-    if not line.endswith("\n"):
-        return None
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    value = record.get("step") if isinstance(record, dict) else None
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        return None
-    return value
-
-
-def append_line(path: Path, line: str) -> None:
-    """Append ``line`` and a newline in one write; on failure cut the file back to its old
-    size, so it never holds a partial line, and raise a one-line :class:`CbdmError`."""
-    data = (line.rstrip("\n") + "\n").encode()
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-    except OSError as exc:
-        raise CbdmError(f"cannot write {path}: {exc.strerror or exc}") from None
-    try:
-        size = os.fstat(fd).st_size
-        try:
-            written = os.write(fd, data)
-            if written != len(data):
-                raise OSError(28, "No space left on device (short write)")
-        except OSError as exc:
-            try:
-                os.ftruncate(fd, size)
-            except OSError:
-                pass
-            raise CbdmError(f"cannot append to {path}: {exc.strerror or exc}; training stopped, "
-                            "the checkpoints already written are kept") from None
-    finally:
-        os.close(fd)
