@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import math
-import os
-import time
 from pathlib import Path
 from typing import Any, Optional
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
 from cbdm_core.config import deep_update, load_config_file, parse_train_config
 from cbdm_core.errors import CbdmError
 from cbdm_core.presets_registry import load_preset
-from cbdm_core.training.monitor import BOOKKEEPING, evaluation_line, is_evaluation, progress_line
 
 from .eval_support import LogToReporter, Reporter
 from .method_options import SHORTHANDS, apply_methods
 from .overrides import parse_set_option, set_dotted
+from .train_progress import TrainDisplay, default_out
 
 
 def build_config(config: Optional[Path], preset: Optional[str], opts: dict[str, Any], sets: tuple[str, ...]):
@@ -108,16 +102,6 @@ def _log_options(data: dict[str, Any], opts: dict[str, Any]) -> None:
         set_dotted(data, "log", sorted(set(opts["log"])))
 
 
-def _counts_table(data) -> Table:
-    table = Table(title=f"{data.name}: {len(data)} images, {data.num_classes} classes", show_edge=False)
-    table.add_column("class", justify="right")
-    table.add_column("name")
-    table.add_column("images", justify="right")
-    for i, (name, n) in enumerate(zip(data.class_names, data.class_counts.tolist())):
-        table.add_row(str(i), str(name), str(n))
-    return table
-
-
 @click.command("train")
 @click.option("--out", "-o", "out", type=click.Path(path_type=Path), help="Run folder (default runs/<dataset>-<time>).")
 @click.option("--config", type=click.Path(path_type=Path), help="YAML, TOML or JSON configuration file.")
@@ -175,6 +159,23 @@ def train(out, config, preset, sets, resume, overwrite, progress, **opts):
     """Train a class-conditional diffusion model (method cbdm by default; --method ddpm for none)."""
     from cbdm_core.training.trainer import Trainer
 
+    cfg = _train_config(out, config, preset, sets, resume, opts)
+    out = default_out(cfg) if out is None else out
+    display = TrainDisplay(cfg, out, progress)
+    trainer = Trainer(cfg, out, resume=resume, overwrite=overwrite, on_log=display.on_log,
+                      on_start=display.on_start, on_step=display.on_step, on_status=display.say)
+    display.trainer = trainer
+    try:
+        with LogToReporter(Reporter()):  # warnings (resume fallbacks, pruning) reach the terminal
+            result = trainer.run()
+    finally:
+        display.stop()
+    display.finished(result)
+
+
+def _train_config(out: Optional[Path], config: Optional[Path], preset: Optional[str], sets: tuple[str, ...],
+                  resume: bool, opts: dict[str, Any]):
+    """The run's configuration: the saved one plus the resumable options (--resume), else built."""
     if resume and out is None:
         raise CbdmError("--resume needs --out RUN_DIR")
     for key, value in opts.items():
@@ -184,75 +185,8 @@ def train(out, config, preset, sets, resume, overwrite, progress, **opts):
         if config is not None or preset is not None:
             raise CbdmError("--resume continues the saved run; drop --config/--preset")
         base = load_config_file(out / "config.yaml")
-        cfg = parse_train_config(deep_update(base, build_config_overrides(opts, sets)), "configuration")
-    else:
-        cfg = build_config(config, preset, opts, sets)
-    if out is None:
-        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = Path("runs") / f"{cfg.data.dataset}-{stamp}"
-    # Under torchrun only rank 0 talks.
-    console = Console(stderr=True, quiet=os.environ.get("RANK", "0") != "0")
-    # Without a terminal (nohup, SLURM) a live bar prints nothing until the end: plain lines instead.
-    live = progress and console.is_terminal
-    plain = progress and not console.is_terminal
-    bar = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                   console=console, disable=not live)
-    task = bar.add_task("train", total=cfg.optim.steps, info="")
-    clock = {"start": time.perf_counter(), "step0": 0}
-
-    def say(message: str) -> None:
-        # Paths and commands are never wrapped, so they can be copied.
-        console.print(message, markup=False, highlight=False, soft_wrap=True)
-
-    def on_start(data, model, step):
-        n_params = sum(p.numel() for p in model.parameters())
-        console.print(_counts_table(data))
-        say(f"model {cfg.model.backbone}: {n_params / 1e6:.2f}M parameters; run folder {out}")
-        say(f"step: {trainer.precision.describe()} on {trainer.device_name}")
-        if cfg.init_from is not None and step == 0:
-            fresh = ", ".join(trainer.reinitialised) or "none"
-            say(f"initialised from {cfg.init_from}; re-initialised: {fresh}")
-        if "tensorboard" in cfg.log:
-            say(f"TensorBoard: tensorboard --logdir {out / 'tensorboard'}")
-        clock.update(start=time.perf_counter(), step0=step)
-        bar.update(task, completed=step)
-        bar.start()
-
-    def on_step(step: int) -> None:
-        bar.update(task, completed=step)  # cheap: rich redraws on its own clock
-
-    def on_log(rec):
-        if is_evaluation(rec):
-            say(evaluation_line(rec))
-            return
-        if plain:
-            done = rec["step"] - clock["step0"]
-            rate = (time.perf_counter() - clock["start"]) / max(done, 1)
-            say(progress_line(rec, cfg.optim.steps, rate * (cfg.optim.steps - rec["step"]) if done else None))
-            return
-        if "total" not in rec:  # every step of the window was skipped (on_nonfinite=skip)
-            bar.update(task, completed=rec["step"], info=f"{rec.get('skipped_steps', 0)} steps skipped")
-            return
-        # Every term the methods log, after the total and the base loss.
-        extra = "".join(f" {k} {v:.4g}" for k, v in rec.items()
-                        if k not in BOOKKEEPING and k not in ("total", "diffusion"))
-        info = f"loss {rec['total']:.4f} diff {rec['diffusion']:.4f}{extra} {rec['images_per_sec']:.0f} img/s"
-        bar.update(task, completed=rec["step"], info=info)
-
-    trainer = Trainer(cfg, out, resume=resume, overwrite=overwrite, on_log=on_log, on_start=on_start,
-                      on_step=on_step, on_status=say)
-    try:
-        with LogToReporter(Reporter()):  # warnings (resume fallbacks, pruning) reach the terminal
-            result = trainer.run()
-    finally:
-        bar.stop()
-    if result.interrupted:
-        say(f"interrupted at step {result.step}; checkpoint {result.checkpoint}")
-        say(f"continue with: cbdm train --out {out} --resume")
-        raise SystemExit(130)
-    say(f"done: step {result.step}, checkpoint {result.checkpoint}, grid {result.grid}")
-    say(f"next: cbdm sample {out}")
+        return parse_train_config(deep_update(base, build_config_overrides(opts, sets)), "configuration")
+    return build_config(config, preset, opts, sets)
 
 
 def build_config_overrides(opts: dict[str, Any], sets: tuple[str, ...]) -> dict[str, Any]:

@@ -282,11 +282,52 @@ def evaluate(samples: Union[Path, str, SampleSet], options: EvalOptions, *,
     raised on the way (e.g. a metric with too few samples) is passed to ``on_warning`` and
     kept in the result; metrics that could not be computed have ``None`` values.
     """
-    from ..registry import get_registry
     from .prepared import prepare_reference
 
     status = on_status or (lambda _msg: None)
     explicit = options.metrics is not None
+    specs = _checked_request(options, reference)
+    with _WarningLog(on_warning) as log:
+        prep = reference if reference is not None else prepare_reference(options, on_status=status)
+        sample_set, images, resize_note = _read_sample_set(samples, prep, options)
+        skipped = _skipped_metrics(specs, sample_set, explicit)
+        counts, counts_source, training = _training_inputs(prep, specs, skipped, sample_set, explicit, status)
+        status(f"sample features ({len(images)} images)")
+        fake = prep.extractor.extract(images, batch_size=options.batch_size, device=prep.device)
+        if sample_set.labeled:
+            fake = fake.with_labels(sample_set.labels)
+        context = {"radii_cache": prep.radii, "training": training, "fake_images": images}
+        results = [_metric_result(name, specs[name], skipped, prep, fake, images, counts, context, options, log,
+                                  status) for name in specs]
+    num_classes = prep.images.num_classes
+    sample_counts = (torch.bincount(sample_set.labels, minlength=num_classes).tolist()
+                     if sample_set.labeled else None)
+    cached = prep.cached
+    return EvalResult(
+        dataset=options.dataset,
+        samples={"source": str(sample_set.source), "kind": sample_set.kind, "count": len(sample_set),
+                 "labeled": sample_set.labeled,
+                 "image_shape": [int(s) for s in sample_set.images.shape[1:]],
+                 "resized": resize_note},
+        reference={**prep.describe(), "cache_key": cached.cache_key, "cache_file": str(cached.cache_file),
+                   "cache_hit": cached.cache_hit},
+        extractor=prep.info,
+        metrics=results,
+        class_names=list(prep.images.class_names),
+        class_counts=counts,
+        class_counts_source=counts_source,
+        sample_counts=sample_counts,
+        warnings=log.all,
+        training=None if training is None else {"description": training.description,
+                                                "count": int(len(training.labels))},
+        sample_labels=sample_set.labels.tolist() if sample_set.labeled else None,
+    )
+
+
+def _checked_request(options: EvalOptions, reference: Optional["PreparedReference"]) -> dict[str, Any]:
+    """The chosen metrics' specs, in order, once every option is checked (before any loading)."""
+    from ..registry import get_registry
+
     metrics = resolve_metrics(options.metrics)
     check_metric_options(options.metric_options)
     if options.reference_split not in REFERENCE_SPLITS:
@@ -300,88 +341,75 @@ def evaluate(samples: Union[Path, str, SampleSet], options: EvalOptions, *,
         raise CbdmError(f"the prepared reference is {reference.dataset} {reference.split} with "
                         f"{reference.info.name} features, but the options ask for {options.dataset} "
                         f"{options.reference_split} with {options.extractor}")
-    specs = {m: get_registry().get("metric", m).obj for m in metrics}
+    return {m: get_registry().get("metric", m).obj for m in metrics}
 
-    with _WarningLog(on_warning) as log:
-        prep = reference if reference is not None else prepare_reference(options, on_status=status)
-        ref, device, chw = prep.images, prep.device, prep.chw
-        sample_set = samples if isinstance(samples, SampleSet) else read_samples(Path(samples), ref.class_names)
-        model_classes = (sample_set.manifest or {}).get("num_classes")
-        if sample_set.labeled and isinstance(model_classes, int) and model_classes != ref.num_classes:
-            raise CbdmError(f"the samples in {sample_set.source} come from a model with {model_classes} classes "
-                            f"but {options.dataset} has {ref.num_classes}")
-        check_labels(sample_set.labels, ref.num_classes, str(sample_set.source))
-        images, resize_note = fit_to_reference(sample_set.images, chw, options.dataset, options.resize)
 
-        skipped: dict[str, str] = {}
-        for name, spec in specs.items():
-            reason = _skip_reason(name, spec, sample_set)
-            if reason is None:
-                continue
+def _read_sample_set(samples: Union[Path, str, SampleSet], prep: "PreparedReference",
+                     options: EvalOptions) -> tuple[SampleSet, torch.Tensor, Optional[str]]:
+    """The sample set, checked against the reference's classes; its images fitted to the reference."""
+    ref = prep.images
+    sample_set = samples if isinstance(samples, SampleSet) else read_samples(Path(samples), ref.class_names)
+    model_classes = (sample_set.manifest or {}).get("num_classes")
+    if sample_set.labeled and isinstance(model_classes, int) and model_classes != ref.num_classes:
+        raise CbdmError(f"the samples in {sample_set.source} come from a model with {model_classes} classes "
+                        f"but {options.dataset} has {ref.num_classes}")
+    check_labels(sample_set.labels, ref.num_classes, str(sample_set.source))
+    images, resize_note = fit_to_reference(sample_set.images, prep.chw, options.dataset, options.resize)
+    return sample_set, images, resize_note
+
+
+def _skipped_metrics(specs: dict[str, Any], sample_set: SampleSet, explicit: bool) -> dict[str, str]:
+    """Why each metric that needs labels is skipped for unlabelled samples (an error when asked for)."""
+    skipped: dict[str, str] = {}
+    for name, spec in specs.items():
+        reason = _skip_reason(name, spec, sample_set)
+        if reason is None:
+            continue
+        if explicit:
+            raise CbdmError(f"metric {name!r} needs labelled samples; {reason}")
+        skipped[name] = reason
+        warnings.warn(f"{name} NOT COMPUTED: {reason}", UserWarning, stacklevel=2)
+    return skipped
+
+
+def _training_inputs(prep: "PreparedReference", specs: dict[str, Any], skipped: dict[str, str],
+                     sample_set: SampleSet, explicit: bool, status: Callable[[str], None]) -> tuple:
+    """The training class counts (and where they came from) and the training set, where a
+    metric still to compute needs them; metrics whose training set is missing join ``skipped``."""
+    counts, counts_source = None, None
+    if sample_set.labeled and any(getattr(s, "needs_labels", False) or getattr(s, "needs_training_set", False)
+                                  for n, s in specs.items() if n not in skipped):
+        counts, counts_source = prep.training_counts(sample_set.manifest)
+    training = None
+    wanted = [n for n, s in specs.items() if getattr(s, "needs_training_set", False) and n not in skipped]
+    if wanted:
+        try:
+            training = prep.training(sample_set.manifest, status)
+        except CbdmError as exc:
             if explicit:
-                raise CbdmError(f"metric {name!r} needs labelled samples; {reason}")
-            skipped[name] = reason
-            warnings.warn(f"{name} NOT COMPUTED: {reason}", UserWarning, stacklevel=2)
-        counts, counts_source = None, None
-        if sample_set.labeled and any(getattr(s, "needs_labels", False) or getattr(s, "needs_training_set", False)
-                                      for n, s in specs.items() if n not in skipped):
-            counts, counts_source = prep.training_counts(sample_set.manifest)
-        training = None
-        wanted = [n for n, s in specs.items() if getattr(s, "needs_training_set", False) and n not in skipped]
-        if wanted:
-            try:
-                training = prep.training(sample_set.manifest, status)
-            except CbdmError as exc:
-                if explicit:
-                    raise
-                for n in wanted:
-                    skipped[n] = f"the training set is not available ({exc})"
-                    warnings.warn(f"{n} NOT COMPUTED: {skipped[n]}", UserWarning, stacklevel=2)
+                raise
+            for n in wanted:
+                skipped[n] = f"the training set is not available ({exc})"
+                warnings.warn(f"{n} NOT COMPUTED: {skipped[n]}", UserWarning, stacklevel=2)
+    return counts, counts_source, training
 
-        cached = prep.cached
-        status(f"sample features ({len(images)} images)")
-        fake = prep.extractor.extract(images, batch_size=options.batch_size, device=device)
-        if sample_set.labeled:
-            fake = fake.with_labels(sample_set.labels)
-        context = {"radii_cache": prep.radii, "training": training, "fake_images": images}
 
-        results: list[MetricResult] = []
-        for name in metrics:
-            if name in skipped:
-                results.append(MetricResult(name, {}, [], skipped[name]))
-                continue
-            status(f"metric {name}")
-            log.current = []
-            extra = {k: context[k] for k in getattr(specs[name], "context", ())}
-            if name == "fid" and prep.stats is not None:
-                values = prep.stats.fid(fake)
-            else:
-                user = validate_options(getattr(specs[name], "options_model", None),
-                                        options.metric_options.get(name, {}), f"metric {name!r}")
-                values = specs[name].compute(cached.features, fake, device=device, num_classes=ref.num_classes,
-                                             class_counts=counts, **extra, **user)
-            results.append(MetricResult(name, _finite(values), log.current,
-                                        per_sample=_per_sample(name, values, len(images))))
-            log.current = None
-
-    sample_counts = (torch.bincount(sample_set.labels, minlength=ref.num_classes).tolist()
-                     if sample_set.labeled else None)
-    return EvalResult(
-        dataset=options.dataset,
-        samples={"source": str(sample_set.source), "kind": sample_set.kind, "count": len(sample_set),
-                 "labeled": sample_set.labeled,
-                 "image_shape": [int(s) for s in sample_set.images.shape[1:]],
-                 "resized": resize_note},
-        reference={**prep.describe(), "cache_key": cached.cache_key, "cache_file": str(cached.cache_file),
-                   "cache_hit": cached.cache_hit},
-        extractor=prep.info,
-        metrics=results,
-        class_names=list(ref.class_names),
-        class_counts=counts,
-        class_counts_source=counts_source,
-        sample_counts=sample_counts,
-        warnings=log.all,
-        training=None if training is None else {"description": training.description,
-                                                "count": int(len(training.labels))},
-        sample_labels=sample_set.labels.tolist() if sample_set.labeled else None,
-    )
+def _metric_result(name: str, spec: Any, skipped: dict[str, str], prep: "PreparedReference", fake: Any,
+                   images: torch.Tensor, counts: Any, context: dict[str, Any], options: EvalOptions,
+                   log: _WarningLog, status: Callable[[str], None]) -> MetricResult:
+    """One metric's values against the reference, with the warnings raised while computing it."""
+    if name in skipped:
+        return MetricResult(name, {}, [], skipped[name])
+    status(f"metric {name}")
+    log.current = []
+    extra = {k: context[k] for k in getattr(spec, "context", ())}
+    if name == "fid" and prep.stats is not None:
+        values = prep.stats.fid(fake)
+    else:
+        user = validate_options(getattr(spec, "options_model", None),
+                                options.metric_options.get(name, {}), f"metric {name!r}")
+        values = spec.compute(prep.cached.features, fake, device=prep.device, num_classes=prep.images.num_classes,
+                              class_counts=counts, **extra, **user)
+    result = MetricResult(name, _finite(values), log.current, per_sample=_per_sample(name, values, len(images)))
+    log.current = None
+    return result

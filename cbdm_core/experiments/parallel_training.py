@@ -162,81 +162,111 @@ def train_in_parallel(jobs: list[TrainJob], workers: int, *, threads: Optional[i
     if workers < 1:
         raise CbdmError("--jobs must be at least 1")
     threads = threads or max(1, torch.get_num_threads() // min(workers, max(1, len(jobs))))
-    ctx = mp.get_context("spawn")
-    results_q = ctx.Queue()
-    waiting = list(jobs)
-    running: dict[str, tuple[mp.process.BaseProcess, TrainJob]] = {}
-    results: list[JobResult] = []
-    failure: Optional[tuple[str, str, str]] = None
-    stopping = False
-    total = sum(j.config.optim.steps for j in jobs)
-
-    def stop_all() -> None:
-        nonlocal stopping
-        stopping = True
-        waiting.clear()
-        for proc, _ in running.values():
-            if proc.is_alive():
-                os.kill(proc.pid, signal.SIGINT)
-
-    def drain() -> None:
-        nonlocal failure
-        while True:
-            try:
-                kind, folder, a, b = results_q.get_nowait()
-            except queue.Empty:
-                return
-            if kind == "done":
-                res = JobResult(Path(folder), int(a), bool(b))
-                results.append(res)
-                if on_finished is not None:
-                    on_finished(res)
-            elif failure is None:
-                failure = (folder, a, b)
-                stop_all()
-
+    pool = _WorkerPool(jobs, workers, threads, on_progress, on_finished)
     previous_term = signal.getsignal(signal.SIGTERM)
     in_main = _in_main_thread()
     if in_main:
         signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        while waiting or running:
-            try:
-                while waiting and len(running) < workers and not stopping:
-                    job = waiting.pop(0)
-                    proc = ctx.Process(target=_worker, args=(job, threads, results_q, os.getpid()), daemon=False)
-                    proc.start()
-                    running[str(job.folder)] = (proc, job)
-                time.sleep(POLL_SECONDS)
-                drain()
-                for key, (proc, job) in list(running.items()):
-                    if not proc.is_alive():
-                        proc.join()
-                        drain()
-                        del running[key]
-                        if proc.exitcode not in (0, None) and not any(r.folder == job.folder for r in results) \
-                                and failure is None:
-                            failure = (key, f"the training process exited with code {proc.exitcode}", "")
-                            stop_all()
-                if on_progress is not None:
-                    finished = {r.folder for r in results}
-                    done = sum(r.step for r in results) + sum(last_logged_step(j.folder) for _, j in running.values()
-                                                              if j.folder not in finished)
-                    on_progress(min(done, total), total)
-            except KeyboardInterrupt:
-                stop_all()  # a second Ctrl-C re-sends the request; workers save and stop
+        pool.run()
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous_term)
-        for proc, _ in running.values():  # only after an unexpected error in this loop
-            proc.join()
-        drain()
-    if failure is not None:
-        folder, message, trace = failure
+        pool.join_all()
+    if pool.failure is not None:
+        folder, message, trace = pool.failure
         if trace:
             raise RuntimeError(f"training {folder} failed: {message}\n{trace}")
         raise CbdmError(f"training {folder}: {message}")
-    return results
+    return pool.results
+
+
+class _WorkerPool:
+    """The jobs waiting, the worker processes running, and what the finished ones reported."""
+
+    def __init__(self, jobs: list[TrainJob], workers: int, threads: int,
+                 on_progress: Optional[Callable[[int, int], None]],
+                 on_finished: Optional[Callable[[JobResult], None]]):
+        self.workers, self.threads = workers, threads
+        self.on_progress, self.on_finished = on_progress, on_finished
+        self.ctx = mp.get_context("spawn")
+        self.results_q = self.ctx.Queue()
+        self.waiting = list(jobs)
+        self.running: dict[str, tuple[mp.process.BaseProcess, TrainJob]] = {}
+        self.results: list[JobResult] = []
+        self.failure: Optional[tuple[str, str, str]] = None
+        self.stopping = False
+        self.total = sum(j.config.optim.steps for j in jobs)
+
+    def run(self) -> None:
+        """Start, poll and reap workers until every job is done or the pool was stopped."""
+        while self.waiting or self.running:
+            try:
+                self._start_waiting()
+                time.sleep(POLL_SECONDS)
+                self.drain()
+                self._reap()
+                self._report_progress()
+            except KeyboardInterrupt:
+                self.stop_all()  # a second Ctrl-C re-sends the request; workers save and stop
+
+    def _start_waiting(self) -> None:
+        while self.waiting and len(self.running) < self.workers and not self.stopping:
+            job = self.waiting.pop(0)
+            proc = self.ctx.Process(target=_worker, args=(job, self.threads, self.results_q, os.getpid()),
+                                    daemon=False)
+            proc.start()
+            self.running[str(job.folder)] = (proc, job)
+
+    def _reap(self) -> None:
+        """Join the workers that ended; one that died without reporting is a failure."""
+        for key, (proc, job) in list(self.running.items()):
+            if not proc.is_alive():
+                proc.join()
+                self.drain()
+                del self.running[key]
+                if proc.exitcode not in (0, None) and not any(r.folder == job.folder for r in self.results) \
+                        and self.failure is None:
+                    self.failure = (key, f"the training process exited with code {proc.exitcode}", "")
+                    self.stop_all()
+
+    def _report_progress(self) -> None:
+        if self.on_progress is None:
+            return
+        finished = {r.folder for r in self.results}
+        done = sum(r.step for r in self.results) + sum(last_logged_step(j.folder) for _, j in self.running.values()
+                                                       if j.folder not in finished)
+        self.on_progress(min(done, self.total), self.total)
+
+    def stop_all(self) -> None:
+        """Ask every running worker to save and stop; start no new job."""
+        self.stopping = True
+        self.waiting.clear()
+        for proc, _ in self.running.values():
+            if proc.is_alive():
+                os.kill(proc.pid, signal.SIGINT)
+
+    def drain(self) -> None:
+        """Take the workers' reports off the queue; the first error stops the others."""
+        while True:
+            try:
+                kind, folder, a, b = self.results_q.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "done":
+                res = JobResult(Path(folder), int(a), bool(b))
+                self.results.append(res)
+                if self.on_finished is not None:
+                    self.on_finished(res)
+            elif self.failure is None:
+                self.failure = (folder, a, b)
+                self.stop_all()
+
+    def join_all(self) -> None:
+        """Wait for the workers still running (only after an unexpected error in :meth:`run`)."""
+        for proc, _ in self.running.values():
+            proc.join()
+        self.drain()
 
 
 def _raise_interrupt(signum, frame) -> None:

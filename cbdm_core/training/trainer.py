@@ -6,8 +6,6 @@ import contextlib
 import copy
 import json
 import logging
-import math
-import os
 import shutil
 import signal
 import threading
@@ -20,19 +18,21 @@ import torch
 
 from .. import build, locks
 from ..atomic import atomic_write_text, remove_stale_temps
-from ..checkpoint import (Checkpoint, checkpoint_name, list_checkpoints, load_checkpoint, load_state_checked,
-                          nonfinite_tensors, read_run_meta, save_checkpoint)
+from ..checkpoint import Checkpoint, list_checkpoints, load_checkpoint, load_state_checked, read_run_meta
 from ..config import TrainConfig, dump_config_yaml, load_config_file, parse_train_config
 from ..errors import CbdmError, UnknownComponentError
-from ..images import class_rows, grid_image, save_png, to_float, to_uint8
+from ..images import class_rows, grid_image, save_png, to_uint8
 from .batch_source import BatchSource
-from .batches import BatchIndexer, step_seed
+from .batches import BatchIndexer
+from .checkpointing import CheckpointKeeper
 from .distributed import DistContext, setup_distributed
 from .evaluation import AUTO_CLASSIFIER, TrainingEvaluator, check_evaluation
 from .loggers import LoggerGroup, open_loggers
-from .monitor import check_loggers, logged_terms, memory_gb, restore_window, window_state
+from .loop import RunParts, TrainLoop
+from .monitor import check_loggers
 from ..host_memory import keep_freed_host_memory
 from ..run_folder import remove_outputs_of_run
+from .run_dir import append_line, newest_good_checkpoint, truncate_metrics  # append_line: also imported from here
 from .precision import Precision, describe_device, match_param_layout, resolve_precision
 from .step import build_train_step
 
@@ -128,7 +128,7 @@ class Trainer:
         existing = list_checkpoints(self.ckpt_dir)
         if self.resume:
             saved = parse_train_config(load_config_file(cfg_path), str(cfg_path)) if cfg_path.exists() else None
-            ckpt = self._newest_good_checkpoint(existing)
+            ckpt = newest_good_checkpoint(self.ckpt_dir, existing)
             if ckpt is None:
                 # Killed before its first checkpoint: nothing to continue, so start over at step 0.
                 log.warning("--resume: no checkpoint in %s yet; starting the run from step 0", self.ckpt_dir)
@@ -171,56 +171,11 @@ class Trainer:
         if chosen is None or Path(chosen).expanduser().resolve() != auto.resolve():
             auto.unlink(missing_ok=True)
 
-    def _newest_good_checkpoint(self, existing: list[tuple[int, Path]]) -> Optional[Checkpoint]:
-        """The newest checkpoint that loads and verifies; corrupt newer ones are set aside
-        (renamed ``*.corrupt``, never deleted) with a warning."""
-        bad: list[tuple[Path, CbdmError]] = []
-        for _, path in reversed(existing):
-            try:
-                ckpt = load_checkpoint(path, with_optim=True)
-            except CbdmError as exc:
-                bad.append((path, exc))
-                continue
-            for bad_path, exc in bad:  # only once a good one is found: never leave a run with none
-                log.warning("--resume: %s; set aside as %s.corrupt", exc, bad_path.name)
-                os.replace(bad_path, bad_path.with_name(bad_path.name + ".corrupt"))
-            if bad:
-                log.warning("--resume: continuing from the older checkpoint %s (step %d)", path.name, ckpt.step)
-            return ckpt
-        first_error = bad[0][1] if bad else None
-        if first_error is not None:
-            raise CbdmError(f"--resume: no checkpoint in {self.ckpt_dir} is intact ({first_error}); "
-                            "use --overwrite to start over")
-        return None
-
     def _truncate_metrics(self, step: int) -> None:
-        """Drop the metrics lines after ``step``, so a resumed run does not log the same steps
-        twice. Lines that cannot be read (torn, not JSON, no integer step) are moved, never
-        deleted, to ``metrics.jsonl.corrupt``; the readable lines around them are kept."""
-        path = self.run_dir / "metrics.jsonl"
-        if not path.exists():
-            return
-        try:
-            lines = path.read_bytes().decode("utf-8", errors="replace").splitlines(keepends=True)
-        except OSError as exc:
-            raise CbdmError(f"cannot read {path}: {exc.strerror or exc}") from None
-        keep, bad = [], []
-        for line in lines:
-            record_step = _record_step(line)
-            if record_step is None:
-                bad.append(line if line.endswith("\n") else line + "\n")
-            elif record_step <= step:
-                keep.append(line)
-        if bad:
-            log.warning("%s: %d unreadable line(s) moved to %s.corrupt", path, len(bad), path.name)
-            corrupt = path.with_name(path.name + ".corrupt")
-            for line in bad:  # appended: earlier resumes' findings are kept too
-                append_line(corrupt, line)
-        if len(keep) != len(lines):
-            atomic_write_text(path, "".join(keep))
-        if keep:  # elapsed time carries on across a resume
-            elapsed = json.loads(keep[-1]).get("elapsed")
-            self.elapsed_before = float(elapsed) if _finite_number(elapsed) else 0.0
+        """Drop the metrics lines after ``step``; the run's elapsed time carries on from the last kept."""
+        elapsed = truncate_metrics(self.run_dir / "metrics.jsonl", step)
+        if elapsed is not None:
+            self.elapsed_before = elapsed
 
     # -- main loop ----------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -248,216 +203,130 @@ class Trainer:
             ctx.close()
 
     def _run(self, ctx: DistContext) -> TrainResult:
-        cfg, o = self.cfg, self.cfg.optim
-        device = ctx.device
-        ctx.shard(o.batch_size)  # a global batch that does not split evenly fails before any work
+        """dataset -> augmentation -> objective(model) -> optimizer/EMA -> checkpoint, stage by stage."""
+        start_ckpt = self._open_run_folder(ctx)
+        data = ctx.main_first(lambda: build.load_training_data(self.cfg))  # rank 0 first: it may download
+        self._resolve_speed(ctx.device)
+        parts = self._build_parts(ctx, data, start_ckpt)
+        evaluator = self._prepare_evaluator(ctx, data)
+        if ctx.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / "config.yaml", dump_config_yaml(self.cfg))
+            self._wrote_config = True
+            if self.on_start:
+                self.on_start(data, parts.model, parts.step)
+        return self._train(ctx, parts, evaluator)
+
+    def _open_run_folder(self, ctx: DistContext) -> Optional[Checkpoint]:
+        """Claim the run folder; the checkpoint to resume from, if any."""
+        ctx.shard(self.cfg.optim.batch_size)  # a global batch that does not split evenly fails before any work
         # Rank 0 alone touches the run folder; its errors are raised on every rank.
         start_ckpt = ctx.main_first(self._prepare_run_dir, others=False)
         if not ctx.is_main and self.resume:
             found = list_checkpoints(self.ckpt_dir)
             start_ckpt = load_checkpoint(found[-1][1], with_optim=True) if found else None
-        data = ctx.main_first(lambda: build.load_training_data(cfg))  # rank 0 first: it may download
-        precision = resolve_precision(cfg.perf, device)
-        self.precision = precision  # the resolved speed choices, for the run header
+        return start_ckpt
+
+    def _resolve_speed(self, device: torch.device) -> None:
+        """Resolve the speed choices (for the run header) and the host-memory policy."""
+        perf = self.cfg.perf
+        self.precision = resolve_precision(perf, device)
         self.device_name = describe_device(device)
-        if cfg.perf.keep_host_memory == "on" or (cfg.perf.keep_host_memory == "auto" and device.type == "cpu"):
+        if perf.keep_host_memory == "on" or (perf.keep_host_memory == "auto" and device.type == "cpu"):
             keep_freed_host_memory()
 
+    def _build_parts(self, ctx: DistContext, data, start_ckpt: Optional[Checkpoint]) -> RunParts:
+        """Augmentation, schedule, model + methods, EMA, batches and the step, in the order that
+        fixes their random draws (a resumed run depends on it)."""
+        cfg, device, precision = self.cfg, ctx.device, self.precision
         augmentation = build.build_augmentation(cfg)
         schedule = build.build_schedule(cfg)
-        counts = data.class_counts
         cond_dim = int(getattr(augmentation, "cond_dim", 0) or 0)
+        model, attached = self._build_model(data, schedule, cond_dim)
+        model = model.to(device)
+        ema_model = copy.deepcopy(model).eval().requires_grad_(False)
+        source = self._batch_source(data, device)
+        step = self._load_weights(model, ema_model, start_ckpt, attached)
+        o = cfg.optim
+        train_step = build_train_step(
+            model, ema_model, build.build_base_loss(cfg, schedule), self.methods, schedule=schedule,
+            num_classes=data.num_classes, class_counts=data.class_counts, p_uncond=cfg.objective.p_uncond,
+            drop_whole_batch=cfg.objective.drop_whole_batch, lr=o.lr, grad_clip=o.grad_clip,
+            ema_decay=o.ema_decay, ema_warmup=o.ema_warmup, precision=precision, ctx=ctx, batch_size=o.batch_size)
+        if start_ckpt is not None and start_ckpt.optim is not None:
+            _load_optimizer(train_step.optimizer, start_ckpt.optim)
+        meta = {"num_classes": data.num_classes, "image_size": data.image_size, "channels": data.channels,
+                "class_counts": data.class_counts.tolist(), "class_names": data.class_names, "dataset": data.name,
+                "cond_dim": cond_dim, "speed": precision.as_dict(), "plugins": build.component_plugins(cfg)}
+        return RunParts(data=data, schedule=schedule, augmentation=augmentation, model=model, ema_model=ema_model,
+                        methods=self.methods, source=source, train_step=train_step, lr_at=_warmup(o.warmup),
+                        precision=precision, meta=meta, step=step, start_ckpt=start_ckpt)
+
+    def _build_model(self, data, schedule, cond_dim: int) -> tuple[torch.nn.Module, list[str]]:
+        """The network with the methods' modules attached (seeded); the attached weight names."""
+        cfg = self.cfg
         torch.manual_seed(cfg.seed)
         model = build.build_model(cfg, image_size=data.image_size, channels=data.channels,
                                   num_classes=data.num_classes, cond_dim=cond_dim)
-        methods = build.build_methods(cfg, class_counts=counts, num_classes=data.num_classes, schedule=schedule)
+        self.methods = build.build_methods(cfg, class_counts=data.class_counts, num_classes=data.num_classes,
+                                           schedule=schedule)
         # Attached modules are part of the model from here on: optimised, averaged, checkpointed.
         plain = set(model.state_dict())
-        build.attach_methods(methods, model)
-        attached = [k for k in model.state_dict() if k not in plain]
-        model = model.to(device)
-        ema_model = copy.deepcopy(model).eval().requires_grad_(False)
-        self.methods = methods
-        lr_at = (lambda s: min(1.0, (s + 1) / o.warmup)) if o.warmup > 0 else (lambda s: 1.0)
+        build.attach_methods(self.methods, model)
+        return model, [k for k in model.state_dict() if k not in plain]
 
+    def _batch_source(self, data, device: torch.device) -> BatchSource:
+        """The batches of every step, resampled by class when ``data.resample`` asks."""
+        cfg = self.cfg
         weights = None
         if cfg.data.resample != "none":
             from ..data.resample import class_sampling_weights
 
             weights = class_sampling_weights(data.labels, cfg.data.resample)
-        source = BatchSource(data.images, data.labels, BatchIndexer(len(data), o.batch_size, cfg.seed, weights),
-                             device)
+        return BatchSource(data.images, data.labels,
+                           BatchIndexer(len(data), cfg.optim.batch_size, cfg.seed, weights), device)
 
-        step = 0
-        if start_ckpt is None and cfg.init_from is not None:
+    def _load_weights(self, model: torch.nn.Module, ema_model: torch.nn.Module,
+                      start_ckpt: Optional[Checkpoint], attached: list[str]) -> int:
+        """Load the resumed (or ``init_from``) weights into model and EMA; the first step."""
+        if start_ckpt is None and self.cfg.init_from is not None:
             from .init_from import init_from_checkpoint
 
-            self.reinitialised = init_from_checkpoint(model, cfg.init_from, fresh_ok=attached)
+            self.reinitialised = init_from_checkpoint(model, self.cfg.init_from, fresh_ok=attached)
             ema_model.load_state_dict(model.state_dict())
-        if start_ckpt is not None:
-            load_state_checked(model, start_ckpt.model, "checkpoint model weights")
-            load_state_checked(ema_model, start_ckpt.ema, "checkpoint EMA weights")
-            step = start_ckpt.step
-        train_step = build_train_step(
-            model, ema_model, build.build_base_loss(cfg, schedule), methods, schedule=schedule,
-            num_classes=data.num_classes, class_counts=counts, p_uncond=cfg.objective.p_uncond,
-            drop_whole_batch=cfg.objective.drop_whole_batch, lr=o.lr, grad_clip=o.grad_clip,
-            ema_decay=o.ema_decay, ema_warmup=o.ema_warmup, precision=precision, ctx=ctx, batch_size=o.batch_size)
-        optimizer = train_step.optimizer
-        if start_ckpt is not None and start_ckpt.optim is not None:
-            try:
-                optimizer.load_state_dict(start_ckpt.optim)
-            except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
-                raise CbdmError(f"--resume: the optimizer state in the checkpoint does not fit this model "
-                                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
-            match_param_layout(optimizer)
-        meta = {"num_classes": data.num_classes, "image_size": data.image_size, "channels": data.channels,
-                "class_counts": counts.tolist(), "class_names": data.class_names, "dataset": data.name,
-                "cond_dim": cond_dim, "speed": precision.as_dict(), "plugins": build.component_plugins(cfg)}
-        evaluator: Optional[TrainingEvaluator] = None
-        if cfg.evaluate.every:
-            # Rank 0 alone evaluates: it prepares the reference once, now, before any training
-            # and before config.yaml, so a refused classifier leaves no run behind.
-            evaluator = TrainingEvaluator(cfg, self.run_dir, num_classes=data.num_classes,
-                                          chw=(data.channels, data.image_size, data.image_size), device=device,
-                                          on_status=self.on_status)
-            ctx.main_first(evaluator.prepare, others=False)
-        if ctx.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.run_dir / "config.yaml", dump_config_yaml(cfg))
-            self._wrote_config = True
-            if self.on_start:
-                self.on_start(data, model, step)
+        if start_ckpt is None:
+            return 0
+        load_state_checked(model, start_ckpt.model, "checkpoint model weights")
+        load_state_checked(ema_model, start_ckpt.ema, "checkpoint EMA weights")
+        return start_ckpt.step
 
-        bad = torch.zeros((), dtype=torch.bool, device=device)  # any non-finite step since start
+    def _prepare_evaluator(self, ctx: DistContext, data) -> Optional[TrainingEvaluator]:
+        """The training-time evaluator, its reference prepared (rank 0), or ``None`` when off."""
+        if not self.cfg.evaluate.every:
+            return None
+        # Rank 0 alone evaluates: it prepares the reference once, now, before any training
+        # and before config.yaml, so a refused classifier leaves no run behind.
+        evaluator = TrainingEvaluator(self.cfg, self.run_dir, num_classes=data.num_classes,
+                                      chw=(data.channels, data.image_size, data.image_size), device=ctx.device,
+                                      on_status=self.on_status)
+        ctx.main_first(evaluator.prepare, others=False)
+        return evaluator
 
-        def check_finite() -> None:
-            if bool(ctx.any_device(bad)):
-                kept = list_checkpoints(self.ckpt_dir)  # claim a kept checkpoint only when there is one
-                where = (f"the last good checkpoint, step {kept[-1][0]}, is kept in {self.ckpt_dir}" if kept
-                         else "no checkpoint was written yet")
-                raise CbdmError(f"non-finite loss or gradient before step {step}; stopped without saving "
-                                f"({where}; --set on_nonfinite=skip skips such steps instead)")
-
-        def save(at_step: int) -> Optional[Path]:
-            check_finite()
-            path = None
-            # The logging window not yet logged (averaged over ranks like a log record):
-            # a resume from this checkpoint logs what an uninterrupted run would.
-            window = window_state(dict(zip(sums, ctx.mean(list(sums.values())))), window_steps + carried)
-            if ctx.is_main:
-                weights, averaged = model.state_dict(), ema_model.state_dict()
-                bad_names = nonfinite_tensors(weights) + [f"ema/{k}" for k in nonfinite_tensors(averaged)]
-                if bad_names:
-                    raise CbdmError(f"the weights hold NaN or inf at step {at_step} ({bad_names[0]}"
-                                    f"{' ...' if len(bad_names) > 1 else ''}); not saved (the last good "
-                                    f"checkpoint is kept in {self.ckpt_dir}); lower --lr or check the data")
-                path = self.ckpt_dir / checkpoint_name(at_step)
-                self._make_room(cfg.keep_last, sum(t.numel() * t.element_size() for t in
-                                                   list(weights.values()) + list(averaged.values())) * 2)
-                save_checkpoint(path, Checkpoint(step=at_step, config=cfg.model_dump(mode="json"),
-                                                 model=weights, ema=averaged,
-                                                 optim=optimizer.state_dict(),
-                                                 meta={**meta, "log_window": window}))
-                for _, old in list_checkpoints(self.ckpt_dir)[:-cfg.keep_last]:
-                    old.unlink(missing_ok=True)
-            ctx.barrier()
-            return path
-
-        def evaluate(at_step: int) -> float:
-            """Evaluate the EMA model on rank 0 (the others wait); the seconds it took."""
-            started = time.perf_counter()
-
-            def on_main() -> None:
-                values = evaluator.run(self._for_sampling(ema_model), schedule, at_step)
-                self._log_eval(log_path, at_step, values)
-
-            ctx.main_first(on_main, others=False)  # its broadcast holds the other ranks back
-            ctx.barrier()
-            model.train()
-            return time.perf_counter() - started
-
-        def preview(at_step: int) -> Optional[Path]:
-            path = (self.preview(ema_model, schedule, data.num_classes, at_step, data.class_names)
-                    if ctx.is_main else None)
-            self._loggers.image(path, at_step)
-            ctx.barrier()
-            return path
-
+    def _train(self, ctx: DistContext, parts: RunParts, evaluator: Optional[TrainingEvaluator]) -> TrainResult:
+        """Run the step loop with loggers open and Ctrl-C/SIGTERM turned into a clean stop."""
+        cfg = self.cfg
+        keeper = CheckpointKeeper(self.run_dir, cfg.keep_last, cfg.model_dump(mode="json"), parts.meta)
+        self._keeper = keeper
         self._loggers = (open_loggers(self.run_dir, cfg.log, cfg.model_dump(mode="json")) if ctx.is_main
                          else LoggerGroup([]))
         restore = self._install_signal_handlers()
-        last_ckpt: Optional[Path] = None
-        grid: Optional[Path] = None
-        sums: dict[str, torch.Tensor] = {}
-        carried = 0  # steps of the current window before this process (resumed mid-window)
-        if start_ckpt is not None:
-            sums, carried = restore_window(start_ckpt.meta.get("log_window"), device)
-        skipped = 0
-        window_start, window_steps = time.perf_counter(), 0
-        self._started = time.perf_counter()
-        ckpt_clock = time.monotonic()
-        ckpt_seconds = cfg.ckpt_every_minutes * 60
-        log_path = self.run_dir / "metrics.jsonl"
-        skip_mode = cfg.on_nonfinite == "skip"
         try:
-            model.train()
-            # Every rank must agree to stop, or one would wait for the others' gradients forever.
-            while step < o.steps:
-                # The clock is rank 0's; every rank must agree to stop or to save together.
-                due = ctx.is_main and ckpt_seconds > 0 and time.monotonic() - ckpt_clock >= ckpt_seconds
-                stop, due = ctx.any_flags(self._stop.is_set(), due)
-                if stop:
-                    break
-                if due and step > 0:
-                    last_ckpt = save(step)
-                    ckpt_clock = time.monotonic()
-                torch.manual_seed(step_seed(cfg.seed, step))
-                images, labels = source.batch(step)
-                x0 = to_float(images)
-                g = torch.Generator(device=device).manual_seed(step_seed(cfg.seed, step, stream=3))
-                x0, cond = augmentation(x0, g)
-                if precision.channels_last:
-                    x0 = x0.contiguous(memory_format=torch.channels_last)
-                out = train_step(step, x0, labels, cond, lr=o.lr * lr_at(step), skip_nonfinite=skip_mode)
-                step += 1
-                if out.applied:
-                    bad = bad | ~out.finite
-                    window_steps += 1
-                    for k, v in logged_terms(out.terms).items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    if out.grad_norm is not None:
-                        sums["grad_norm"] = sums.get("grad_norm", 0.0) + out.grad_norm
-                else:
-                    skipped += 1  # still logs and checkpoints on schedule below
-                if self.on_step is not None:
-                    self.on_step(step)
-                if step % cfg.log_every == 0 or step == o.steps:
-                    check_finite()
-                    means = dict(zip(sums, ctx.mean(list(sums.values()))))
-                    if ctx.is_main:
-                        self._log(log_path, step, means, window_steps + carried, optimizer.param_groups[0]["lr"],
-                                  window_steps * o.batch_size / max(time.perf_counter() - window_start, 1e-9),
-                                  skipped, memory_gb(device))
-                    sums, window_start, window_steps, carried = {}, time.perf_counter(), 0, 0
-                # Before the checkpoint of the same step: one killed while evaluating resumes
-                # from the step before and evaluates again.
-                if evaluator is not None and evaluator.due(step):
-                    window_start += evaluate(step)  # images/s counts training time only
-                if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < o.steps:
-                    last_ckpt = save(step)
-                    ckpt_clock = time.monotonic()
-                if cfg.sample_every and step % cfg.sample_every == 0 and step < o.steps:
-                    grid = preview(step)
-                    model.train()
-            interrupted = self._stop.is_set() or step < o.steps
-            last_ckpt = save(step)
-            if not interrupted:
-                grid = preview(step)
+            loop = TrainLoop(self, ctx, parts, evaluator, keeper)
+            interrupted = loop.run()
         finally:
             restore()
             self._loggers.close()
-        return TrainResult(self.run_dir, step, last_ckpt, grid, interrupted)
+        return TrainResult(self.run_dir, loop.step, loop.last_ckpt, loop.grid, interrupted)
 
     def _log(self, path: Path, step: int, sums: dict[str, torch.Tensor], steps: int, lr: float,
              images_per_sec: float, skipped: int, memory: float) -> None:
@@ -484,25 +353,8 @@ class Trainer:
 
     # -- helpers -------------------------------------------------------------------------
     def _make_room(self, keep_last: int, estimate: int) -> None:
-        """When the disk is short of ``estimate`` bytes, delete now the checkpoints that keep_last
-        would prune after this write anyway. With ``--keep-last 1`` that is the previous
-        checkpoint: the user asked to keep only one."""
-        existing = list_checkpoints(self.ckpt_dir)
-        if existing:  # the previous checkpoint's size is the best guess for the next one
-            estimate = existing[-1][1].stat().st_size
-        prunable = existing[:max(len(existing) - (keep_last - 1), 0)]
-        if not prunable:
-            return
-        try:
-            free = shutil.disk_usage(self.ckpt_dir if self.ckpt_dir.is_dir() else self.run_dir).free
-        except OSError:
-            return
-        if free >= estimate + (1 << 20):
-            return
-        for _, old in prunable:
-            log.warning("disk nearly full (%d bytes free): removing %s before writing the next checkpoint "
-                        "(keep_last %d)", free, old.name, keep_last)
-            old.unlink(missing_ok=True)
+        """Free disk room for the next checkpoint (see :meth:`CheckpointKeeper.make_room`)."""
+        CheckpointKeeper(self.run_dir, keep_last, {}, {}).make_room(keep_last, estimate)
 
     @torch.no_grad()
     def preview(self, ema_model: torch.nn.Module, schedule, num_classes: int, step: int,
@@ -562,47 +414,16 @@ class Trainer:
         return restore
 
 
-def _finite_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def _warmup(warmup: int) -> Callable[[int], float]:
+    """The learning-rate factor at a step: linear warm-up over ``warmup`` steps, then 1."""
+    return (lambda s: min(1.0, (s + 1) / warmup)) if warmup > 0 else (lambda s: 1.0)
 
 
-def _record_step(line: str) -> Optional[int]:
-    """The step of a whole metrics line, or ``None`` when the line cannot be read: torn (no
-    newline), not a JSON object, or a step that is not a non-negative integer."""
-    if not line.endswith("\n"):
-        return None
+def _load_optimizer(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load a checkpoint's optimizer state, with one clear error when it does not fit."""
     try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    value = record.get("step") if isinstance(record, dict) else None
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        return None
-    return value
-
-
-def append_line(path: Path, line: str) -> None:
-    """Append ``line`` and a newline in one write; on failure cut the file back to its old
-    size, so it never holds a partial line, and raise a one-line :class:`CbdmError`."""
-    data = (line.rstrip("\n") + "\n").encode()
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-    except OSError as exc:
-        raise CbdmError(f"cannot write {path}: {exc.strerror or exc}") from None
-    try:
-        size = os.fstat(fd).st_size
-        try:
-            written = os.write(fd, data)
-            if written != len(data):
-                raise OSError(28, "No space left on device (short write)")
-        except OSError as exc:
-            try:
-                os.ftruncate(fd, size)
-            except OSError:
-                pass
-            raise CbdmError(f"cannot append to {path}: {exc.strerror or exc}; training stopped, "
-                            "the checkpoints already written are kept") from None
-    finally:
-        os.close(fd)
+        optimizer.load_state_dict(state)
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
+        raise CbdmError(f"--resume: the optimizer state in the checkpoint does not fit this model "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    match_param_layout(optimizer)
