@@ -17,6 +17,7 @@ the smallest class) are held out, the rest (24 ... 165) train with class-balance
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,8 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from ..errors import CbdmError
+
+log = logging.getLogger("cbdm.features")
 
 HELD_OUT_FRACTION = 0.3  # of the smallest class, the same count held out for every class
 
@@ -209,8 +212,26 @@ def shared_classifier(dataset: str, root: Optional[Path], cache_dir: Path, *, de
     ``<cache_dir>/classifiers/classifier-<dataset>.safetensors`` and shared by every run, so
     the numbers of two runs are measured with the same network."""
     path = Path(cache_dir).expanduser() / "classifiers" / f"classifier-{dataset}.safetensors"
-    from ..atomic import ensure_dir
+    from .. import locks
+    from ..atomic import ensure_dir, remove_stale_temps
+    from .cache import cache_wait_seconds
 
-    ensure_dir(path.parent, "classifier folder")
-    return ensure_classifier(path, dataset, root, epochs=CLASSIFIER_DEFAULT.get(dataset, 30), device=device,
-                             on_status=on_status)
+    folder = ensure_dir(path.parent, "classifier folder")
+    # Under the folder's lock, like the feature cache: a second evaluation on a cold cache waits
+    # for the first one's classifier instead of training its own, and the temporary file of a
+    # writer that was killed is removed (nothing else would). Unlockable (read-only): a classifier
+    # already there is still used; still busy after the wait: go on as without the lock.
+    try:
+        locked = locks.acquire_waiting(folder, "classifier folder", cache_wait_seconds(),
+                                       on_wait=lambda pid: log.warning("waiting for the classifier in %s (PID %s) ...",
+                                                                       folder, pid))
+    except CbdmError:
+        locked = False
+    try:
+        if locked:
+            remove_stale_temps(folder)
+        return ensure_classifier(path, dataset, root, epochs=CLASSIFIER_DEFAULT.get(dataset, 30), device=device,
+                                 on_status=on_status)
+    finally:
+        if locked:
+            locks.release(folder)
