@@ -26,6 +26,7 @@ import pytest
 from cbdm_core import locks
 from cbdm_core.experiments.parallel_training import ORPHAN_GRACE_SECONDS
 
+from .kill_harness import HARNESS
 from .test_compare import tiny_protocol, write_protocol
 from .test_reliability_round3b import _alive
 
@@ -33,9 +34,11 @@ pytestmark = pytest.mark.slow
 
 METHODS = ("ddpm", "cbdm")
 STEPS = 20  # about 2 s of training per worker (after ~10 s of start-up): kills land in it
-# A worker (its run has no checkpoint yet: it restarts from step 0), the parent while its workers
-# train (they save and stop; the re-run resumes them), then the parent at any moment of what is left.
-KILLS = ("worker", "parent-training", "parent-anywhere")
+# The parent inside the write of the study's classifier (before any worker), a worker (its run has
+# no checkpoint yet: it restarts from step 0), the parent while its workers train (they save and
+# stop; the re-run resumes them), then the parent at any moment of what is left.
+KILLS = ("parent-classifier-write", "worker", "parent-training", "parent-anywhere")
+CLASSIFIER_WRITE = {"H_TARGET": r"/classifier-[^/]*\.safetensors$", "H_MODE": "torn"}
 
 
 def _study(root: Path) -> Path:
@@ -45,10 +48,12 @@ def _study(root: Path) -> Path:
     return write_protocol(root / "p.yaml", raw)
 
 
-def _start(root: Path, log: Path) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1")  # the same thread count in every process: bitwise equal runs
+def _start(root: Path, log: Path, **harness: str) -> subprocess.Popen:
+    """The study under the kill harness (in the parent only: workers are spawned afresh)."""
+    # The same thread count in every process: bitwise equal runs.
+    env = dict(os.environ, OMP_NUM_THREADS="1", H_LOG=str(log.with_suffix(".writes")), **harness)
     with open(log, "ab") as fh:
-        return subprocess.Popen([sys.executable, "-m", "cbdm_cli", "compare", str(root / "p.yaml"), "--out",
+        return subprocess.Popen([sys.executable, "-c", HARNESS, "compare", str(root / "p.yaml"), "--out",
                                  str(root / "study"), "--jobs", "2", "--no-progress"], stdout=fh,
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
@@ -93,15 +98,15 @@ def _wait_for_workers(root: Path, proc: subprocess.Popen) -> list[int]:
 
 
 def _wait_for_a_step(root: Path, proc: subprocess.Popen, workers: list[int]) -> None:
-    """Until a run logs a new line (its worker is past start-up and training), the study ends, or
-    the workers are gone."""
-    logs = [root / "study" / "runs" / m / "seed-0" / "metrics.jsonl" for m in METHODS]
-
-    def stamps() -> list[int]:
-        return [p.stat().st_mtime_ns if p.exists() else 0 for p in logs]
-
-    before, deadline = stamps(), time.monotonic() + 120
-    while stamps() == before and proc.poll() is None and any(_alive(pid) for pid in workers):
+    """Until a run logs a new step (its worker is past start-up and training; a resume cutting
+    ``metrics.jsonl`` back or a restart clearing it does not count), the study ends, or the
+    workers are gone."""
+    previous, deadline = _steps(root), time.monotonic() + 120
+    while proc.poll() is None and any(_alive(pid) for pid in workers):
+        current = _steps(root)
+        if any(c > p for c, p in zip(current, previous)):
+            return
+        previous = current
         assert time.monotonic() < deadline, "the workers never trained a step"
         time.sleep(0.02)
 
@@ -109,8 +114,12 @@ def _wait_for_a_step(root: Path, proc: subprocess.Popen, workers: list[int]) -> 
 def _kill(target: str, root: Path, rng: random.Random, log: Path) -> str:
     """One attempt: start the study and SIGKILL ``target``; what happened, for the record."""
     started = time.monotonic()
-    proc = _start(root, log)
+    proc = _start(root, log, **(CLASSIFIER_WRITE if target == "parent-classifier-write" else {}))
     try:
+        if target == "parent-classifier-write":  # the harness kills it
+            code = proc.wait(timeout=120)
+            assert code == -signal.SIGKILL, f"{target}: exit {code}:\n{log.read_text()}"
+            return f"{target}: killed parent after {time.monotonic() - started:.1f} s"
         if target == "parent-anywhere":  # anywhere: classifier, reference cache, training, sampling, report
             deadline = time.monotonic() + rng.uniform(1.0, 12.0)
             while proc.poll() is None and time.monotonic() < deadline:
@@ -185,7 +194,9 @@ def test_random_sigkills_of_compare_and_its_workers_then_reruns_give_the_uninter
     assert proc.wait(timeout=400) == 0, log.read_text()
     context = f"seed {seed}; " + "; ".join(record)
     print(context)
-    assert sum("killed worker" in r for r in record) >= 1 and sum("killed parent" in r for r in record) >= 1, context
+    assert sum("killed worker" in r for r in record) >= 1 and sum("killed parent" in r for r in record) >= 2, context
     a, b = _normalized(straight), _normalized(killed)
     assert a["methods"].keys() == set(METHODS), context
     assert _first_difference(a, b) is None, f"{_first_difference(a, b)} ({context})"
+    leftovers = [p for p in killed.rglob("*") if p.name.endswith(".tmp")]
+    assert not leftovers, f"temporary files left behind: {leftovers} ({context})"

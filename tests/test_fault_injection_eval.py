@@ -4,7 +4,7 @@ kill: the final ``metrics.json`` equals an uninterrupted evaluation's, and after
 file in the cache reads back intact through the hashed reader (issue #24, acceptance).
 
 A kill lands inside a write deterministically: the evaluation runs under a small harness
-(``_HARNESS``, test code only) that wraps ``os.replace``, the last step of every atomic write,
+(``tests/kill_harness.py``, test code only) that wraps ``os.replace``, the last step of every atomic write,
 and SIGKILLs its own process at the first replace of a chosen file: with the temporary file
 cut short (a kill while writing it), complete (a kill before the rename), or just after the
 rename (before the directory is synced).
@@ -27,36 +27,10 @@ import pytest
 from cbdm_core.data import dataset_options, load_dataset
 from cbdm_core.tensor_io import HASH_KEY, load_tensors
 
+from .kill_harness import HARNESS
+
 pytestmark = pytest.mark.slow
 
-_HARNESS = r"""
-import os, signal, sys
-log, target, mode, cut = os.environ["H_LOG"], os.environ.get("H_TARGET", ""), os.environ.get("H_MODE", ""), \
-    float(os.environ.get("H_CUT", "0.5"))
-real_replace = os.replace
-
-def replace(src, dst, *args, **kwargs):
-    hit = bool(target) and str(src).endswith(".tmp") and __import__("re").search(target, str(dst)) is not None
-    if hit and mode == "torn":  # killed while writing the temporary file
-        size = os.path.getsize(src)
-        os.truncate(src, int(size * cut))
-    if hit and mode in ("torn", "before"):
-        with open(log, "a") as fh:
-            fh.write(f"killed {mode} {dst}\n")
-        os.kill(os.getpid(), signal.SIGKILL)
-    real_replace(src, dst, *args, **kwargs)
-    if str(src).endswith(".tmp"):
-        with open(log, "a") as fh:
-            fh.write(f"{'killed after' if hit else 'wrote'} {dst}\n")
-    if hit:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-os.replace = replace
-import torch
-torch.set_num_threads(1)
-from cbdm_cli.main import cli
-cli.main(sys.argv[1:], prog_name="cbdm")
-"""
 
 # The files `cbdm eval` writes, in order, by a pattern of their path.
 KINDS = {"classifier": r"/classifiers/[^/]*\.safetensors$", "features": r"/features/(?!.*-radii-)[^/]*\.safetensors$",
@@ -78,7 +52,7 @@ def _start(samples: Path, root: Path, log: Path, **harness: str) -> subprocess.P
     env = dict(os.environ, OMP_NUM_THREADS="1", H_LOG=str(log), **harness)
     args = [samples, "--dataset", "digits", "--device", "cpu", "--cache-dir",
             root / "cache", "--metrics", "fid,precision_recall,density_coverage,per_class", "--out", root / "out"]
-    return subprocess.Popen([sys.executable, "-c", _HARNESS, "eval", *map(str, args)], env=env,
+    return subprocess.Popen([sys.executable, "-c", HARNESS, "eval", *map(str, args)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 

@@ -171,6 +171,24 @@ def test_corrupt_auto_classifier_is_trained_again(tmp_path, auto_classifier):
     assert load_tensors(path)[0].keys() == load_tensors(auto_classifier)[0].keys()
 
 
+def test_a_killed_writers_temporary_classifier_and_radii_files_are_removed(tmp_path, auto_classifier):
+    """Found by tests/test_fault_injection_eval.py: the temporary file of a classifier or radii
+    write cut short by SIGKILL stayed in the cache for good (nothing else removes it there)."""
+    path = tmp_path / "classifier-digits.safetensors"
+    path.write_bytes(auto_classifier.read_bytes())
+    stale = tmp_path / ".classifier-digits.safetensors.k1ll3d.tmp"
+    others = tmp_path / ".ckpt-00000001.safetensors.k1ll3d.tmp"  # not the classifier's: not ours to remove
+    for p in (stale, others):
+        p.write_bytes(b"half a file")
+    assert ensure_classifier(path, "digits", None, epochs=1) == path
+    assert not stale.exists() and others.exists()
+    radii_tmp = tmp_path / "f" / ".ref-radii-k3-x.safetensors.k1ll3d.tmp"
+    radii_tmp.parent.mkdir()
+    radii_tmp.write_bytes(b"half a file")
+    ReferenceRadii(tmp_path / "f", "ref").get("k3", lambda: torch.ones(8))
+    assert not radii_tmp.exists() and [p.name for p in (tmp_path / "f").glob("*.tmp")] == []
+
+
 @pytest.mark.parametrize("command", ["sample", "resume"])
 def test_corrupt_checkpoint_is_a_one_line_refusal(tmp_path, command):
     run = _write_run(tmp_path / "run")
