@@ -11,6 +11,7 @@ values must be equal exactly, not approximately.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -113,7 +114,7 @@ def _wait_for_a_step(root: Path, proc: subprocess.Popen, workers: list[int]) -> 
 
 def _kill(target: str, root: Path, rng: random.Random, log: Path) -> str:
     """One attempt: start the study and SIGKILL ``target``; what happened, for the record."""
-    started = time.monotonic()
+    started, orphans = time.monotonic(), []
     proc = _start(root, log, **(CLASSIFIER_WRITE if target == "parent-classifier-write" else {}))
     try:
         if target == "parent-classifier-write":  # the harness kills it
@@ -134,7 +135,8 @@ def _kill(target: str, root: Path, rng: random.Random, log: Path) -> str:
         if proc.poll() is not None:
             return f"{target}: finished first ({proc.returncode})"
         orphans = _children(proc.pid)
-        os.kill(victim, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # a worker may have finished meanwhile
+            os.kill(victim, signal.SIGKILL)
         code = proc.wait(timeout=120)  # a killed worker fails the study (its partner saves and stops)
         deadline = time.monotonic() + ORPHAN_GRACE_SECONDS + 30
         while any(_alive(pid) for pid in orphans) and time.monotonic() < deadline:
@@ -142,10 +144,13 @@ def _kill(target: str, root: Path, rng: random.Random, log: Path) -> str:
         assert not any(_alive(pid) for pid in orphans), f"workers outlived their parent: {orphans}"
         return (f"{target}: killed {'parent' if victim == proc.pid else 'worker'} {victim} after "
                 f"{time.monotonic() - started:.1f} s (parent exit {code}, steps {_steps(root)})")
-    finally:
+    finally:  # only when an assertion failed: leave nothing of this test running
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        for pid in orphans:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _steps(root: Path) -> list[int]:

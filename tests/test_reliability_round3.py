@@ -189,6 +189,34 @@ def test_a_killed_writers_temporary_classifier_and_radii_files_are_removed(tmp_p
     assert not radii_tmp.exists() and [p.name for p in (tmp_path / "f").glob("*.tmp")] == []
 
 
+def test_second_process_on_a_cold_classifier_waits_for_the_first_ones(tmp_path, auto_classifier, monkeypatch, caplog):
+    import logging
+    import threading
+    import time
+
+    from cbdm_core.features import auto_classifier as auto
+
+    monkeypatch.setenv("CBDM_CACHE_WAIT", "30")
+    trained = []
+    monkeypatch.setattr(auto, "_train_into", lambda path, *a, **k: trained.append(path) or path)
+    path = tmp_path / "classifier-digits.safetensors"
+    holder = _Holder(tmp_path)  # the first evaluation, training the classifier
+    with caplog.at_level(logging.WARNING, logger="cbdm"):
+        thread = threading.Thread(target=lambda: ensure_classifier(path, "digits", None, epochs=1))
+        try:
+            thread.start()
+            time.sleep(0.6)
+            assert thread.is_alive()  # waiting, not training
+            path.write_bytes(auto_classifier.read_bytes())  # what the first one wrote
+        finally:
+            holder.proc.kill()
+            holder.proc.wait(timeout=10)
+        thread.join(timeout=20)
+    assert not thread.is_alive() and not trained  # used the first one's classifier
+    assert any(f"PID {holder.proc.pid}" in r.getMessage() for r in caplog.records if "waiting for the classifier" in
+               r.getMessage())
+
+
 @pytest.mark.parametrize("command", ["sample", "resume"])
 def test_corrupt_checkpoint_is_a_one_line_refusal(tmp_path, command):
     run = _write_run(tmp_path / "run")
