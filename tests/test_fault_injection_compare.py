@@ -37,8 +37,9 @@ METHODS = ("ddpm", "cbdm")
 STEPS = 20  # about 2 s of training per worker (after ~10 s of start-up): kills land in it
 # The parent inside the write of the study's classifier (before any worker), a worker (its run has
 # no checkpoint yet: it restarts from step 0), the parent while its workers train (they save and
-# stop; the re-run resumes them), then the parent at any moment of what is left.
-KILLS = ("parent-classifier-write", "worker", "parent-training", "parent-anywhere")
+# stop; the re-run resumes them), then the parent at a random moment once training is over
+# (sampling, evaluating, writing the reports).
+KILLS = ("parent-classifier-write", "worker", "parent-training", "parent-reporting")
 CLASSIFIER_WRITE = {"H_TARGET": r"/classifier-[^/]*\.safetensors$", "H_MODE": "torn"}
 
 
@@ -75,21 +76,21 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _workers(root: Path, parent: int) -> list[int]:
-    """The training workers of ``parent``: PIDs in the run folders' lock files that are its
-    children (a SIGKILLed worker leaves a stale PID behind in its lock file)."""
-    pids = []
-    for method in METHODS:
+def _workers(root: Path, parent: int) -> dict[int, int]:
+    """The training workers of ``parent``, as {PID: index of its method}: PIDs in the run folders'
+    lock files that are its children (a SIGKILLed worker leaves a stale PID in its lock file)."""
+    pids = {}
+    for i, method in enumerate(METHODS):
         try:
             text = (root / "study" / "runs" / method / "seed-0" / locks.LOCK_NAME).read_text().split()
         except OSError:
             continue
         if text and text[0].isdigit() and _ppid(int(text[0])) == parent and _alive(int(text[0])):
-            pids.append(int(text[0]))
+            pids[int(text[0])] = i
     return pids
 
 
-def _wait_for_workers(root: Path, proc: subprocess.Popen) -> list[int]:
+def _wait_for_workers(root: Path, proc: subprocess.Popen) -> dict[int, int]:
     """The workers once one is training; none when the study ends first (nothing left to train)."""
     deadline = time.monotonic() + 180
     while not (found := _workers(root, proc.pid)) and proc.poll() is None:
@@ -98,18 +99,19 @@ def _wait_for_workers(root: Path, proc: subprocess.Popen) -> list[int]:
     return found
 
 
-def _wait_for_a_step(root: Path, proc: subprocess.Popen, workers: list[int]) -> None:
-    """Until a run logs a new step (its worker is past start-up and training; a resume cutting
-    ``metrics.jsonl`` back or a restart clearing it does not count), the study ends, or the
-    workers are gone."""
-    previous, deadline = _steps(root), time.monotonic() + 120
-    while proc.poll() is None and any(_alive(pid) for pid in workers):
-        current = _steps(root)
-        if any(c > p for c, p in zip(current, previous)):
+def _wait_for_step(root: Path, proc: subprocess.Popen, worker: int, run: int, step: int) -> None:
+    """Until run ``run`` has logged a new step (its worker is past start-up: a resume cutting
+    ``metrics.jsonl`` back or a restart clearing it does not count) and reached ``step``, or
+    its worker or the study has ended."""
+    previous, moved, deadline = _steps(root)[run], False, time.monotonic() + 120
+    while proc.poll() is None and _alive(worker):
+        current = _steps(root)[run]
+        moved = moved or current > previous
+        if moved and current >= step:
             return
         previous = current
-        assert time.monotonic() < deadline, "the workers never trained a step"
-        time.sleep(0.02)
+        assert time.monotonic() < deadline, "the worker never trained a step"
+        time.sleep(0.01)
 
 
 def _kill(target: str, root: Path, rng: random.Random, log: Path) -> str:
@@ -121,20 +123,20 @@ def _kill(target: str, root: Path, rng: random.Random, log: Path) -> str:
             code = proc.wait(timeout=120)
             assert code == -signal.SIGKILL, f"{target}: exit {code}:\n{log.read_text()}"
             return f"{target}: killed parent after {time.monotonic() - started:.1f} s"
-        if target == "parent-anywhere":  # anywhere: classifier, reference cache, training, sampling, report
-            deadline = time.monotonic() + rng.uniform(1.0, 12.0)
-            while proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.02)
+        if target == "parent-reporting":
+            while proc.poll() is None and not _trained(root):
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.0, 4.0))
             victim = proc.pid
-        else:
+        else:  # at a seeded step of a seeded run, whatever the machine's speed
             workers = _wait_for_workers(root, proc)
-            _wait_for_a_step(root, proc, workers)
-            time.sleep(rng.uniform(0.0, 1.0))
-            alive = [pid for pid in workers if _alive(pid)]
-            victim = rng.choice(alive) if target == "worker" and alive else proc.pid
+            worker = rng.choice(sorted(workers))
+            _wait_for_step(root, proc, worker, workers[worker], rng.randint(1, STEPS - 4))
+            victim = worker if target == "worker" and _alive(worker) else proc.pid  # (it may have finished)
         if proc.poll() is not None:
             return f"{target}: finished first ({proc.returncode})"
         orphans = _children(proc.pid)
+        said = (log.read_text().splitlines() or [""])[-1][:60]  # what the study was doing
         with contextlib.suppress(ProcessLookupError):  # a worker may have finished meanwhile
             os.kill(victim, signal.SIGKILL)
         code = proc.wait(timeout=120)  # a killed worker fails the study (its partner saves and stops)
@@ -143,7 +145,7 @@ def _kill(target: str, root: Path, rng: random.Random, log: Path) -> str:
             time.sleep(0.1)
         assert not any(_alive(pid) for pid in orphans), f"workers outlived their parent: {orphans}"
         return (f"{target}: killed {'parent' if victim == proc.pid else 'worker'} {victim} after "
-                f"{time.monotonic() - started:.1f} s (parent exit {code}, steps {_steps(root)})")
+                f"{time.monotonic() - started:.1f} s (parent exit {code}, steps {_steps(root)}, last said {said!r})")
     finally:  # only when an assertion failed: leave nothing of this test running
         if proc.poll() is None:
             proc.kill()
@@ -151,6 +153,14 @@ def _kill(target: str, root: Path, rng: random.Random, log: Path) -> str:
         for pid in orphans:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def _trained(root: Path) -> bool:
+    """Whether every run holds its final checkpoint."""
+    from cbdm_core.checkpoint import list_checkpoints
+
+    saved = [list_checkpoints(root / "study" / "runs" / m / "seed-0" / "checkpoints") for m in METHODS]
+    return all(s and s[-1][0] >= STEPS for s in saved)
 
 
 def _steps(root: Path) -> list[int]:
