@@ -36,6 +36,7 @@ pytestmark = pytest.mark.slow
 KINDS = {"classifier": r"/classifiers/[^/]*\.safetensors$", "features": r"/features/(?!.*-radii-)[^/]*\.safetensors$",
          "radii": r"/features/[^/]*-radii-[^/]*\.safetensors$", "report": r"/metrics\.json$"}
 TIME_KILLS = 2
+SEED = 24
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +53,18 @@ def _start(samples: Path, root: Path, log: Path, **harness: str) -> subprocess.P
     env = dict(os.environ, OMP_NUM_THREADS="1", H_LOG=str(log), **harness)
     args = [samples, "--dataset", "digits", "--device", "cpu", "--cache-dir",
             root / "cache", "--metrics", "fid,precision_recall,density_coverage,per_class", "--out", root / "out"]
-    return subprocess.Popen([sys.executable, "-c", HARNESS, "eval", *map(str, args)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    with open(_output(root), "ab") as fh:  # a file, not a pipe: a full pipe would stall the command
+        return subprocess.Popen([sys.executable, "-c", HARNESS, "eval", *map(str, args)], env=env,
+                                stdout=fh, stderr=subprocess.STDOUT)
+
+
+def _output(root: Path) -> Path:
+    """Where the commands run on ``root`` write their output (the end of it goes into failure messages)."""
+    return root.parent / f"{root.name}-output.txt"
+
+
+def _tail(root: Path) -> str:
+    return "\n".join(_output(root).read_text(errors="replace").splitlines()[-15:])
 
 
 def _check_cache(cache: Path, context: str) -> None:
@@ -92,16 +103,16 @@ def _attempt(samples: Path, root: Path, log: Path, harness: dict[str, str], dela
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGKILL)
         code = proc.wait()
-    note = f"{harness or f'{delay:.2f} s'}: exit {code}"
-    assert code in (0, -signal.SIGKILL), f"{note}: {proc.stderr.read()}"
+    note = f"seed {SEED}: {harness or f'{delay:.2f} s'}: exit {code}"
+    assert code in (0, -signal.SIGKILL), f"{note}:\n{_tail(root)}"
     _check_cache(root / "cache", note)
     return note
 
 
 def _finish(samples: Path, root: Path, log: Path) -> None:
     proc = _start(samples, root, log)
-    assert proc.wait(timeout=300) == 0, proc.stderr.read()
-    _check_cache(root / "cache", "final run")
+    assert proc.wait(timeout=300) == 0, f"seed {SEED}, final run:\n{_tail(root)}"
+    _check_cache(root / "cache", f"seed {SEED}, final run")
     leftovers = [p for p in (root / "cache").rglob("*") if p.name.endswith(".tmp")]
     assert not leftovers, f"temporary files left behind: {leftovers}"
 
@@ -113,14 +124,13 @@ def test_sigkills_inside_cache_writes_then_reruns_give_the_uninterrupted_metrics
     started = time.monotonic()
     _finish(samples, straight, tmp_path / "straight.txt")
     duration = time.monotonic() - started
-    seed = 24
-    rng = random.Random(seed)
+    rng = random.Random(SEED)
     record = [_attempt(samples, inside, log, harness, 300) for harness in _schedule(rng)]
     _finish(samples, inside, log)
     # Kills at random moments of a cold evaluation (their own folder: the kills above left it warm).
     record += [_attempt(samples, timed, log, {}, rng.uniform(0.2, 1.0) * duration) for _ in range(TIME_KILLS)]
     _finish(samples, timed, log)
-    context = f"seed {seed}; " + "; ".join(record) + "\n" + log.read_text()
+    context = "; ".join(record) + "\n" + log.read_text()
     kills = [line.split() for line in log.read_text().splitlines() if line.startswith("killed")]
     for kind in ("classifier", "features", "radii", "report"):  # every kind of write was interrupted
         assert any(re.search(KINDS[kind], k[2]) and k[1] in ("torn", "before") for k in kills), (kind, context)
