@@ -171,6 +171,52 @@ def test_corrupt_auto_classifier_is_trained_again(tmp_path, auto_classifier):
     assert load_tensors(path)[0].keys() == load_tensors(auto_classifier)[0].keys()
 
 
+def test_a_killed_writers_temporary_classifier_and_radii_files_are_removed(tmp_path, auto_classifier):
+    """Found by tests/test_fault_injection_eval.py: the temporary file of a classifier or radii
+    write cut short by SIGKILL stayed in the cache for good (nothing else removes it there)."""
+    path = tmp_path / "classifier-digits.safetensors"
+    path.write_bytes(auto_classifier.read_bytes())
+    stale = tmp_path / ".classifier-digits.safetensors.k1ll3d.tmp"
+    others = tmp_path / ".ckpt-00000001.safetensors.k1ll3d.tmp"  # not the classifier's: not ours to remove
+    for p in (stale, others):
+        p.write_bytes(b"half a file")
+    assert ensure_classifier(path, "digits", None, epochs=1) == path
+    assert not stale.exists() and others.exists()
+    radii_tmp = tmp_path / "f" / ".ref-radii-k3-x.safetensors.k1ll3d.tmp"
+    radii_tmp.parent.mkdir()
+    radii_tmp.write_bytes(b"half a file")
+    ReferenceRadii(tmp_path / "f", "ref").get("k3", lambda: torch.ones(8))
+    assert not radii_tmp.exists() and [p.name for p in (tmp_path / "f").glob("*.tmp")] == []
+
+
+def test_second_process_on_a_cold_classifier_waits_for_the_first_ones(tmp_path, auto_classifier, monkeypatch, caplog):
+    import logging
+    import threading
+    import time
+
+    from cbdm_core.features import auto_classifier as auto
+
+    monkeypatch.setenv("CBDM_CACHE_WAIT", "30")
+    trained = []
+    monkeypatch.setattr(auto, "_train_into", lambda path, *a, **k: trained.append(path) or path)
+    path = tmp_path / "classifier-digits.safetensors"
+    holder = _Holder(tmp_path)  # the first evaluation, training the classifier
+    with caplog.at_level(logging.WARNING, logger="cbdm"):
+        thread = threading.Thread(target=lambda: ensure_classifier(path, "digits", None, epochs=1))
+        try:
+            thread.start()
+            time.sleep(0.6)
+            assert thread.is_alive()  # waiting, not training
+            path.write_bytes(auto_classifier.read_bytes())  # what the first one wrote
+        finally:
+            holder.proc.kill()
+            holder.proc.wait(timeout=10)
+        thread.join(timeout=20)
+    assert not thread.is_alive() and not trained  # used the first one's classifier
+    assert any(f"PID {holder.proc.pid}" in r.getMessage() for r in caplog.records if "waiting for the classifier" in
+               r.getMessage())
+
+
 @pytest.mark.parametrize("command", ["sample", "resume"])
 def test_corrupt_checkpoint_is_a_one_line_refusal(tmp_path, command):
     run = _write_run(tmp_path / "run")

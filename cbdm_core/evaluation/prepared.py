@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from .. import locks
+from ..atomic import remove_stale_temps
 from ..data import dataset_options, load_dataset
 from ..errors import CbdmError
 from ..features import FeatureSet, cache_path, cached_features, reference_key
@@ -55,6 +56,9 @@ class ReferenceRadii:
         folder, another writer) is a warning: the radii are already computed and used."""
         try:
             with locks.folder_lock(self.folder, "feature cache folder"):
+                # A writer killed mid-write leaves its temporary file; with the features already
+                # cached, nothing else would ever remove it (the lock says no write is under way).
+                remove_stale_temps(self.folder)
                 save_tensors(path, {"radii": radii}, {"format": RADII_FORMAT, "key": key})
         except CbdmError as exc:
             cache_warning(f"k-NN radii cache not written ({exc})")

@@ -16,15 +16,20 @@ the smallest class) are held out, the rest (24 ... 165) train with class-balance
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 
 from ..errors import CbdmError
+
+log = logging.getLogger("cbdm.features")
 
 HELD_OUT_FRACTION = 0.3  # of the smallest class, the same count held out for every class
 
@@ -139,8 +144,45 @@ def ensure_classifier(path: Path, dataset: str, root: Optional[Path], *, epochs:
     its random streams.
     """
     path = Path(path)
-    if _usable(path):
-        return path
+    with _classifier_lock(path):
+        if _usable(path):
+            return path
+        return _train_into(path, dataset, root, epochs=epochs, device=device, on_status=on_status,
+                           training_sets=training_sets)
+
+
+@contextlib.contextmanager
+def _classifier_lock(path: Path) -> Iterator[None]:
+    """Hold the lock of ``path``'s folder while the classifier is checked or trained, like the
+    feature cache: a second process on a cold cache waits for the first one's classifier instead
+    of training its own, and the temporary file of a writer that was killed mid-write is removed
+    (nothing else would). Only that file's temporaries: the folder may be a run or study folder.
+    An unlockable (read-only) folder or one still busy after the wait: go on without the lock."""
+    from .. import locks
+    from .cache import cache_wait_seconds
+
+    folder = path.parent
+
+    def waiting(pid: str) -> None:
+        log.warning("waiting for the classifier %s (PID %s) ...", path, pid)
+
+    try:
+        locked = locks.acquire_waiting(folder, "classifier folder", cache_wait_seconds(), on_wait=waiting)
+    except CbdmError:
+        locked = False
+    try:
+        if locked:
+            for temp in folder.glob(f".{glob.escape(path.name)}.*.tmp"):
+                temp.unlink(missing_ok=True)
+        yield
+    finally:
+        if locked:
+            locks.release(folder)
+
+
+def _train_into(path: Path, dataset: str, root: Optional[Path], *, epochs: int, device: torch.device | str,
+                on_status: Optional[Callable[[str], None]], training_sets: Optional[Sequence[Any]]) -> Path:
+    """Train the classifier of :func:`ensure_classifier` and write it to ``path``."""
     from ..data import dataset_options
     from . import save_classifier, train_classifier
 
