@@ -108,7 +108,7 @@ def test_init_from_must_name_an_earlier_method(tmp_path, init_from):
 
     proto = _finetune_protocol(tmp_path)
     proto["methods"][1]["init_from"] = init_from
-    with pytest.raises(CbdmError, match="init_from .* must name a method listed before it"):
+    with pytest.raises(CbdmError, match="init_from .* must name a trained method listed before it"):
         parse_protocol(proto)
 
 
