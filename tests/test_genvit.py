@@ -259,3 +259,18 @@ def test_cli_trains_and_samples_genvit(tmp_path):
                                    "--no-progress", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     assert list(samples.glob("shard-*.npz"))
+
+
+def test_edm_over_genvit():
+    from cbdm_core import LinearSchedule
+    from cbdm_core.nets.edm import EDMOptions, build_edm
+
+    torch.manual_seed(0)
+    inner = {"patch_size": 2, "depth": 2, "width": 16, "heads": 2}
+    model = build_edm(EDMOptions(inner="genvit", inner_options=inner), image_size=8, channels=1, num_classes=3,
+                      schedule=LinearSchedule(T=100))
+    x, sigma = torch.randn(2, 1, 8, 8), torch.tensor([0.3, 5.0])
+    d = model.denoise(x, sigma, torch.tensor([0, 3]))
+    assert d.shape == x.shape and torch.isfinite(d).all()
+    # GenViT's output is not zero-initialised: D differs from the skip term c_skip x.
+    assert not torch.allclose(d, 0.25 / (sigma ** 2 + 0.25).view(-1, 1, 1, 1) * x)
