@@ -14,6 +14,7 @@ from cbdm_core.presets_registry import load_preset, preset_names
 
 TINY_UNET = {"ch": 8, "ch_mult": [1, 2], "attn": [1], "num_res_blocks": 1, "num_groups": 4, "dropout": 0.1}
 TINY_VIT = {"size": "custom", "patch_size": 4, "depth": 1, "width": 16, "heads": 2}
+TINY_GENVIT = {"patch_size": 4, "depth": 1, "width": 16, "heads": 2}
 
 
 def _dump(path, obj):
@@ -49,6 +50,8 @@ def _tiny(name: str, root) -> dict:
         data["model"]["options"]["inner_options"] = dict(TINY_UNET)
     elif backbone == "vit":
         data["model"]["options"] = dict(TINY_VIT)
+    elif backbone == "genvit":
+        data["model"]["options"] = dict(TINY_GENVIT)
     data["data"]["root"] = str(root)
     data["optim"].update(steps=1, batch_size=4, warmup=1)
     preview = data.get("preview", {})
