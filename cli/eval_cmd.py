@@ -8,7 +8,7 @@ a sub-command to a hidden evaluation command, so both forms work.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import click
 from rich.console import Console
@@ -17,8 +17,13 @@ from cbdm_core.errors import CbdmError
 
 from .default_group import DEFAULT_CMD, DefaultCommand, DefaultGroup
 from .eval_heldout import describe_row, has_memorization, heldout_row
+from .eval_paper import PAPER_HELP, finish_paper, paper_callback, start_paper
 from .eval_support import (LogToReporter, Reporter, choose_extractor, feature_options, parse_metric_options,
                            split_metrics)
+
+if TYPE_CHECKING:
+    from cbdm_core.evaluation import EvalResult
+    from cbdm_core.evaluation.paper_settings import PaperSettings
 
 METRIC_HELP = "fid,is,kid,precision_recall,density_coverage,prd,per_class_fid,per_class,memorization"
 
@@ -61,11 +66,12 @@ def eval_group() -> None:
 @click.option("--out", "-o", type=click.Path(path_type=Path),
               help="Report folder [default: SAMPLES, or <name>-eval/ next to an .npz].")
 @click.option("--resize", is_flag=True, help="Resize (and convert channels of) samples to the reference's shape.")
+@click.option("--paper", metavar="NAME", callback=paper_callback, help=PAPER_HELP)
 def evaluate_samples(samples: Path, dataset: Optional[str], data_root: Optional[Path], extractor: Optional[str],
                      classifier: Optional[Path], inception_weights: Optional[Path], metrics: Optional[str],
                      metric_options: tuple[str, ...], reference_split: str, cache_dir: Optional[Path],
-                     reference_folder: Optional[Path], reference_stats: Optional[Path],
-                     batch_size: int, device: str, out: Optional[Path], resize: bool) -> None:
+                     reference_folder: Optional[Path], reference_stats: Optional[Path], batch_size: int,
+                     device: str, out: Optional[Path], resize: bool, paper: Optional["PaperSettings"]) -> None:
     """Evaluate SAMPLES against the class-balanced real set of the run's dataset (or --dataset).
 
     Under torchrun (torchrun --nproc_per_node N -m cli eval ...) the reference features, when
@@ -79,11 +85,13 @@ def evaluate_samples(samples: Path, dataset: Optional[str], data_root: Optional[
     from cbdm_core.training.distributed import setup_distributed
 
     ctx = setup_distributed(resolve_device(device))
-    extractor_flag, classifier_flag = extractor, classifier
     try:
         reporter = Reporter()
         reporter.console.quiet = not ctx.is_main  # under torchrun only rank 0 talks
         data = run_data(samples, dataset, data_root, reporter)
+        run, extractor_flag, reference_split, metrics = start_paper(
+            paper, data["dataset"], extractor, reference_split, metrics, reference_stats, reference_folder, reporter)
+        classifier_flag = classifier
         check_folder_writable(out if out is not None else default_out(samples), "report folder")  # before any work
         # Rank 0 trains a default classifier first; the others then find its file.
         extractor, classifier = ctx.main_first(lambda: choose_extractor(
@@ -102,11 +110,10 @@ def evaluate_samples(samples: Path, dataset: Optional[str], data_root: Optional[
                 return
             result = evaluate(samples, options, reference=prepared, on_warning=reporter.warning,
                               on_status=reporter.status)
+            finish_paper(run, result, reporter)
             heldout = (heldout_row(result, options, prepared, samples, out_dir, reporter.status)
                        if has_memorization(result) else None)
-        reporter.say(f"reference: {result.reference['description']}", style="dim")
-        if "fid_statistics" in result.reference:
-            reporter.say(result.reference["fid_statistics"]["note"], style="dim")
+        say_reference(result, reporter)
         Console().print(metrics_table(result))
         json_path = write_metrics_json(result, out_dir / METRICS_JSON)
         plot = plot_per_class_fid(result, out_dir / PER_CLASS_PLOT)
@@ -119,6 +126,13 @@ def evaluate_samples(samples: Path, dataset: Optional[str], data_root: Optional[
         click.echo(next_command(data.get("checkpoint")))
     finally:
         ctx.close()
+
+
+def say_reference(result: "EvalResult", reporter: Reporter) -> None:
+    """The reference's description and, for an FID statistics file, its note."""
+    reporter.say(f"reference: {result.reference['description']}", style="dim")
+    if "fid_statistics" in result.reference:
+        reporter.say(result.reference["fid_statistics"]["note"], style="dim")
 
 
 def next_command(checkpoint: Optional[str]) -> str:

@@ -119,6 +119,7 @@ class EvalResult:
     warnings: list[str] = field(default_factory=list)
     training: Optional[dict[str, Any]] = None
     sample_labels: Optional[list[int]] = None  # the requested class of each sample
+    paper: Optional[dict[str, Any]] = None  # `--paper`: its settings and the deviations from them
 
     def values(self, per_class: bool = False) -> dict[str, Optional[float]]:
         """All values by name (the per-class ``<name>_class_<c>`` ones only with ``per_class``)."""

@@ -139,6 +139,8 @@ def result_to_dict(result: EvalResult) -> dict[str, Any]:
     }
     if not ext.comparable:
         doc["not_comparable_reason"] = ext.note
+    if result.paper is not None:
+        doc["paper"] = result.paper
     if per_class is not None or result.per_class_values():
         group_of = {c: g for g, cs in (groups or {}).items() for c in cs}
         table = result.per_class_values()
