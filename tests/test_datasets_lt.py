@@ -103,6 +103,16 @@ def test_cache_folder_from_the_environment(tmp_path: Path, monkeypatch: pytest.M
     assert not (data / CACHE_DIRNAME).exists() and len(list((tmp_path / "cache").iterdir())) == 1
 
 
+def test_unwritable_cache_only_warns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     caplog: pytest.LogCaptureFixture) -> None:
+    _imagenet_tree(tmp_path / "data")
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "a-file" / "cache"))
+    with caplog.at_level(logging.WARNING):
+        ds = load_dataset("imagenet-lt", DatasetOptions(root=tmp_path / "data", resize=8))
+    assert len(ds.labels) == 7 and "cannot write the image cache" in caplog.text
+
+
 def test_split_list_errors_name_file_and_line(tmp_path: Path) -> None:
     lines = _imagenet_tree(tmp_path)
     lst = tmp_path / "ImageNet_LT" / "ImageNet_LT_train.txt"
@@ -168,6 +178,7 @@ def test_inat2018_from_json_with_cache(tmp_path: Path) -> None:
     (tmp_path / "val2018.json").write_text(json.dumps(doc))
     assert load_dataset("inat2018", DatasetOptions(root=tmp_path, split="test", resize=4)).info["list"].endswith(
         "val2018.json")
+    assert load_dataset("inat2018", DatasetOptions(root=tmp_path, split="val", resize=4)).info["from_cache"]
     doc["annotations"][3]["category_id"] = "two"
     (tmp_path / "train2018.json").write_text(json.dumps(doc))
     with pytest.raises(CbdmError, match=r"train2018\.json: annotations\[3\] needs"):

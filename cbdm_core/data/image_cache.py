@@ -32,12 +32,12 @@ def cache_folder(root: Path) -> Path:
     return Path(env).expanduser() if env else root / CACHE_DIRNAME
 
 
-def cache_file(root: Path, dataset: str, split: str, size: int, annotation: bytes) -> Path:
-    """The cache file of ``dataset``'s ``split`` at ``size``, keyed by the annotation's bytes."""
+def cache_file(root: Path, dataset: str, tag: str, size: int, annotation: bytes) -> Path:
+    """The cache file of ``dataset``'s split ``tag`` at ``size``, keyed by the annotation's bytes."""
     h = hashlib.sha256()
     h.update(f"{CACHE_FORMAT}/{CACHE_VERSION}/{size}/".encode())
     h.update(annotation)
-    return cache_folder(root) / f"{dataset}-{split}-{size}px-{h.hexdigest()[:16]}.safetensors"
+    return cache_folder(root) / f"{dataset}-{tag}-{size}px-{h.hexdigest()[:16]}.safetensors"
 
 
 def read_cache(path: Path, labels: torch.Tensor, size: int) -> torch.Tensor | None:

@@ -46,7 +46,9 @@ def load_listed(name: str, root: Path, entries: Sequence[ImageEntry], class_name
         raise CbdmError(f"dataset {name}: {info.get('list', 'the annotation file')} lists no images")
     size = options.resize or DEFAULT_SIZE
     labels = torch.tensor([e.label for e in entries], dtype=torch.long)
-    path = cache_file(root, name, options.split, size, annotation)
+    # Named after the annotation file, so splits reading one file (inat test = val) share a cache.
+    tag = Path(str(info.get("list", options.split))).stem
+    path = cache_file(root, name, tag, size, annotation)
     images, hit = cached_images(path, labels, size, lambda: decode_entries(entries, size),
                                 f"{name} {options.split}")
     full = {**info, "size": size, "cache": str(path), "from_cache": hit}

@@ -70,7 +70,7 @@ def parse_split_list(text: str, list_path: Path, root: Path) -> tuple[list[Image
             continue
         where = f"{list_path.name} line {n}"
         fields = line.rsplit(None, 1)
-        if len(fields) != 2 or not fields[1].isdigit():
+        if len(fields) != 2 or not (fields[1].isascii() and fields[1].isdigit()):
             raise CbdmError(f"{list_path} line {n}: expected 'path label' (label a number >= 0), got {line[:80]!r}")
         rel, label = fields[0], int(fields[1])
         entries.append(ImageEntry(_image_path(root, rel, f"{list_path} line {n}"), label, f"{where}: {rel}"))

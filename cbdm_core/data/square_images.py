@@ -70,12 +70,12 @@ def decode_entry(entry: ImageEntry, size: int) -> np.ndarray:
 def decode_entries(entries: Sequence[ImageEntry], size: int, *, workers: int | None = None,
                    progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """``uint8 [N, 3, size, size]`` of every entry, decoded by a thread pool into one array
-    (no per-image list to stack: ImageNet-LT at 64x64 is 1.4 GB)."""
-    out = np.empty((len(entries), size, size, 3), dtype=np.uint8)
+    (no per-image list to stack, no transposed copy: iNaturalist at 64x64 is 5.4 GB)."""
+    out = np.empty((len(entries), 3, size, size), dtype=np.uint8)
 
     def run(start: int) -> int:
         for i in range(start, min(start + _CHUNK, len(entries))):
-            out[i] = decode_entry(entries[i], size)
+            out[i] = decode_entry(entries[i], size).transpose(2, 0, 1)
         return min(_CHUNK, len(entries) - start)
 
     starts = range(0, len(entries), _CHUNK)
@@ -95,4 +95,4 @@ def decode_entries(entries: Sequence[ImageEntry], size: int, *, workers: int | N
     else:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             report(pool.map(run, starts))
-    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+    return torch.from_numpy(out)
