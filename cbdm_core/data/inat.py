@@ -74,7 +74,7 @@ def load_inat(options: DatasetOptions | None = None) -> LabeledImages:
     count is the largest category id + 1 over the categories (or the annotations).
     """
     options = options or DatasetOptions()
-    root = data_root(options, "inat2018", WHAT, INAT_URL)
+    root = data_root(options, "inat2018", WHAT, f"them from {INAT_URL}")
     path = root / SPLIT_FILES[options.split]
     doc, raw = _read_json(path)
     entries = parse_inat(doc, path, root)

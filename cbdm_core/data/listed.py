@@ -19,16 +19,17 @@ DEFAULT_SIZE = 64  # the resolution of the LT diffusion literature's ImageNet-LT
 
 
 def data_root(options: DatasetOptions, name: str, what: str, url: str) -> Path:
-    """``options.root`` as an existing folder, or one line saying where to get the data."""
+    """``options.root`` as an existing folder, or one line saying where to get the data
+    (``url`` reads after "get": "them from https://...")."""
     if options.root is None:
-        raise CbdmError(f"dataset {name} needs --data-root: a folder holding {what} (get it from {url})")
+        raise CbdmError(f"dataset {name} needs --data-root: a folder holding {what}; get {url}")
     root = Path(options.root).expanduser()
     if not root.is_dir():
-        raise CbdmError(f"dataset {name}: data root {root} is not a folder; it must hold {what} "
-                        f"(get it from {url})")
+        raise CbdmError(f"dataset {name}: data root {root} is not a folder; it must hold {what}; "
+                        f"get {url}")
     if options.download:
         # Said plainly rather than ignored: these need an account or a manual step.
-        raise CbdmError(f"dataset {name} cannot be downloaded by cbdm; get it from {url}")
+        raise CbdmError(f"dataset {name} cannot be downloaded by cbdm; get {url}")
     return root
 
 

@@ -87,8 +87,8 @@ def load_split_list(options: DatasetOptions | None = None, *, name: str = "image
     """
     options = options or DatasetOptions()
     layout = LAYOUTS[name]
-    what = f"{layout.prefix}_{{train,val,test}}.txt (from {OLTR_URL}) and {layout.images_what}"
-    root = data_root(options, name, what, f"{OLTR_URL} and {layout.images_url}")
+    what = f"{layout.prefix}_{{train,val,test}}.txt and {layout.images_what}"
+    root = data_root(options, name, what, f"the split lists from {OLTR_URL}, the images from {layout.images_url}")
     list_path = find_list(root, layout, options.split)
     raw = list_path.read_bytes()
     try:
