@@ -103,6 +103,15 @@ def test_cache_folder_from_the_environment(tmp_path: Path, monkeypatch: pytest.M
     assert not (data / CACHE_DIRNAME).exists() and len(list((tmp_path / "cache").iterdir())) == 1
 
 
+def test_read_only_root_uses_the_project_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cbdm_core.data.image_cache as image_cache
+    _imagenet_tree(tmp_path / "data")
+    monkeypatch.setenv("CBDM_CACHE", str(tmp_path / "user"))
+    monkeypatch.setattr(image_cache.os, "access", lambda *a, **k: False)  # root runs tests: fake read-only
+    load_dataset("imagenet-lt", DatasetOptions(root=tmp_path / "data", resize=8))
+    assert len(list((tmp_path / "user" / "data").glob("*.safetensors"))) == 1
+
+
 def test_unwritable_cache_only_warns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                      caplog: pytest.LogCaptureFixture) -> None:
     _imagenet_tree(tmp_path / "data")

@@ -27,9 +27,16 @@ CACHE_VERSION = "1"  # bump when decoding changes (crop, resampling): old caches
 
 
 def cache_folder(root: Path) -> Path:
-    """``$CBDM_DATA_CACHE`` when set, else ``root/.cbdm-cache`` (next to the data)."""
+    """``$CBDM_DATA_CACHE`` when set; else ``root/.cbdm-cache`` (next to the data) when it exists
+    or ``root`` is writable; else ``data/`` in the project cache (``$CBDM_CACHE``, ``~/.cache/cbdm``),
+    so a read-only shared ImageNet still gets a per-user cache."""
     env = os.environ.get(CACHE_ENV, "").strip()
-    return Path(env).expanduser() if env else root / CACHE_DIRNAME
+    if env:
+        return Path(env).expanduser()
+    beside = root / CACHE_DIRNAME
+    if beside.is_dir() or os.access(root, os.W_OK):
+        return beside
+    return Path(os.environ.get("CBDM_CACHE") or "~/.cache/cbdm").expanduser() / "data"
 
 
 def cache_file(root: Path, dataset: str, tag: str, size: int, annotation: bytes) -> Path:
