@@ -7,9 +7,21 @@ from typing import Any, Callable
 
 from cbdm_core.data.cifar import load_cifar
 from cbdm_core.data.digits import load_digits
+from cbdm_core.data.edm_format import load_edm
 from cbdm_core.data.folder import load_folder
+from cbdm_core.data.inat import load_inat
 from cbdm_core.data.mnist import load_mnist, load_mnist_lt_small
+from cbdm_core.data.split_list import load_split_list
 from cbdm_core.hookspecs import hookimpl
+
+WITH_VAL = ("train", "val", "test")
+
+
+def _with_splits(loader: Callable[..., Any], splits: tuple[str, ...]) -> Callable[..., Any]:
+    """``loader`` marked with its splits (``load_dataset`` refuses the others)."""
+    loader.splits = splits  # type: ignore[attr-defined]
+    return loader
+
 
 DATASETS: dict[str, tuple[Callable[..., Any], str]] = {
     "digits": (partial(load_digits, long_tail=False),
@@ -28,6 +40,13 @@ DATASETS: dict[str, tuple[Callable[..., Any], str]] = {
     "cifar100-lt": (partial(load_cifar, num_classes=100, long_tail=True),
                     "CIFAR-100-LT train split (exp, default imb_factor 0.01: 10,847 images)"),
     "folder": (load_folder, "images in root/<class>/*.png|jpg|jpeg|bmp|webp (all the same size)"),
+    "imagenet-lt": (_with_splits(partial(load_split_list, name="imagenet-lt"), WITH_VAL),
+                    "ImageNet-LT (1000 classes) from the OLTR split lists; resize (default 64) cached once"),
+    "places-lt": (_with_splits(partial(load_split_list, name="places-lt"), WITH_VAL),
+                  "Places-LT (365 classes) from the OLTR split lists; resize (default 64) cached once"),
+    "inat2018": (_with_splits(partial(load_inat), WITH_VAL),
+                 "iNaturalist 2018 (8142 classes) from train2018.json / val2018.json; resize (default 64) cached"),
+    "edm": (load_edm, "EDM's dataset format: a folder or zip with dataset.json labels (dataset_tool.py)"),
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..errors import CbdmError
 from ..interfaces import LabeledImages
 from .augment import Augmentation, DiffAugment, NoAugment, NonLeakingAugment, RandomFlip
 from .common import check_labeled
@@ -14,7 +15,13 @@ def load_dataset(name: str, options: DatasetOptions | None = None) -> LabeledIma
     """Load the registered dataset ``name`` (``digits``, ``cifar10-lt``, ``folder``, ...)."""
     from ..registry import lookup  # late: the registry imports plugins, which import us
 
-    return lookup("dataset", name)(options or DatasetOptions())
+    options = options or DatasetOptions()
+    loader = lookup("dataset", name)
+    splits = getattr(loader, "splits", ("train", "test"))
+    if options.split not in splits:
+        # Loaders without a val split would silently read another one.
+        raise CbdmError(f"dataset {name} has no {options.split} split (it has {', '.join(splits)})")
+    return loader(options)
 
 
 __all__ = [

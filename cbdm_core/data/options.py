@@ -15,7 +15,8 @@ class DatasetOptions(BaseModel):
 
     Attributes:
         root: folder holding the data (not needed for the embedded ``digits``).
-        split: ``train`` or ``test``.
+        split: ``train`` or ``test``; ``val`` for the datasets that have one (``imagenet-lt``,
+            ``places-lt``, ``inat2018``).
         imb_factor: smallest/largest class size ratio of the long-tailed version, in
             ``(0, 1]``; ``None`` means the dataset's default (``0.01`` for ``*-lt``
             datasets, ``0.1`` for ``digits-lt``, ``1.0`` = no long tail otherwise).
@@ -36,7 +37,7 @@ class DatasetOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     root: Optional[Path] = None
-    split: Literal["train", "test"] = "train"
+    split: Literal["train", "val", "test"] = "train"
     imb_factor: Optional[float] = None
     lt_profile: Literal["exp", "step"] = "exp"
     lt_seed: int = Field(0, ge=0, le=2**63 - 1)
