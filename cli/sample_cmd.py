@@ -152,22 +152,10 @@ def parse_seeds(text: str) -> list[int]:
     return out
 
 
-def _sample(ctx, run_path, sampler, steps, eta, guidance, guidance_method, guidance_opts, num, classes, batch_size,
-            seed, ema, out, var_type, spacing, sampler_opts, clip, shard_size, image_format, seeds, overwrite, progress) -> None:
-    from cbdm_core.host_memory import keep_freed_host_memory
-    from cbdm_core.registry import get_registry
-    from cbdm_core.run import load_run
-    from cbdm_core.sampling.generate import estimate_output_bytes, generate_samples, resolve_steps
-    from cbdm_core.sampling.guidance import resolve_guidance
-    from cbdm_core.sampling.plan import plan_labels
+def _check_flags(num: Optional[int], batch_size: int, shard_size: int, guidance: float,
+                 eta: Optional[float]) -> None:
+    """Refuse bad numbers before anything is loaded."""
     from cbdm_core.sampling.settings import MAX_SAMPLES
-    from cbdm_core.settings_check import sampling_settings
-
-    console = Console(stderr=True, quiet=not ctx.is_main)  # under torchrun only rank 0 talks
-    progress = progress and ctx.is_main
-
-    def say(message: str) -> None:
-        console.print(message, markup=False, highlight=False, soft_wrap=True)
 
     if num is not None and num <= 0:
         raise CbdmError(f"--num must be positive, got {num}")
@@ -180,6 +168,89 @@ def _sample(ctx, run_path, sampler, steps, eta, guidance, guidance_method, guida
     for flag, value in (("--guidance", guidance), ("--eta", eta)):
         if value is not None and not math.isfinite(value):
             raise CbdmError(f"{flag} must be a finite number, got {value}")
+
+
+def _sampler_options(sampler_opts: tuple[str, ...], var_type: Optional[str],
+                     spacing: Optional[str]) -> dict[str, Any]:
+    """``-S KEY=VALUE`` options, with the ``--var-type`` and ``--spacing`` shortcuts."""
+    options: dict[str, Any] = parse_key_values(sampler_opts, "--sampler-option")
+    if var_type is not None:
+        options["var_type"] = var_type
+    if spacing is not None:
+        options["spacing"] = spacing
+    return options
+
+
+def _warn_disk(say, run, num: int, out: Path) -> None:
+    """Warn (not refuse) when the samples may not fit on the disk of ``out``."""
+    from cbdm_core.sampling.generate import estimate_output_bytes
+
+    image_shape = (int(run.meta["channels"]), int(run.meta["image_size"]), int(run.meta["image_size"]))
+    need, free = estimate_output_bytes(num, image_shape), _free_bytes(out)
+    if free is not None and need > free:
+        say(f"warning: the samples need about {_size(need)} but only {_size(free)} is free "
+            f"on the disk of {out}")
+
+
+def _generate_with_bar(console: Console, say, show: bool, run, labels, num: int, out: Path, **kwargs: Any):
+    """:func:`generate_samples` with a progress bar; Ctrl-C says how to resume and exits 130."""
+    from cbdm_core.sampling.generate import generate_samples
+
+    bar = Progress(TextColumn("[bold]sample"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
+                   _RateColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+                   disable=not show)
+    task = bar.add_task("sample", total=num)
+
+    def on_ready(already: int) -> None:
+        if already:
+            say(f"resuming: {already} of {num} images already in {out}")
+        # Start the rate clock after the skipped shards, so img/s counts new images only.
+        bar.reset(task, total=num, completed=already)
+        bar.start()
+
+    def on_progress(done: float, total: int) -> None:
+        bar.update(task, completed=done)
+
+    try:
+        return generate_samples(run, labels, out_dir=out, on_progress=on_progress, on_ready=on_ready, **kwargs)
+    except KeyboardInterrupt:
+        bar.stop()
+        say(f"interrupted; complete shards are kept in {out} (re-run the same command to resume)")
+        raise SystemExit(130)
+    finally:
+        bar.stop()
+
+
+def _report(result, run, num: int, image_format: str) -> None:
+    """What was made, and the command that evaluates it."""
+    if image_format == "png":
+        what = f"{num} images as PNG class folders in {result.out_dir}"
+    else:
+        what = (f"{num} images in {len(result.shards)} shard(s) in {result.out_dir} "
+                f"({len(result.generated)} written, {len(result.skipped)} kept)")
+    click.echo(f"{what}; grid {result.grid}")
+    # The dataset is spelled out so the command works as printed (it is the run's anyway).
+    data = run.config.data
+    root = f" --data-root {data.root}" if data.root is not None else ""
+    click.echo(f"next: cbdm eval {result.out_dir} --dataset {data.dataset}{root}")
+
+
+def _sample(ctx, run_path, sampler, steps, eta, guidance, guidance_method, guidance_opts, num, classes, batch_size,
+            seed, ema, out, var_type, spacing, sampler_opts, clip, shard_size, image_format, seeds, overwrite, progress) -> None:
+    from cbdm_core.host_memory import keep_freed_host_memory
+    from cbdm_core.registry import get_registry
+    from cbdm_core.run import load_run
+    from cbdm_core.sampling.generate import resolve_steps
+    from cbdm_core.sampling.guidance import resolve_guidance
+    from cbdm_core.sampling.plan import plan_labels
+    from cbdm_core.settings_check import sampling_settings
+
+    console = Console(stderr=True, quiet=not ctx.is_main)  # under torchrun only rank 0 talks
+
+    def say(message: str) -> None:
+        console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+    _check_flags(num, batch_size, shard_size, guidance, eta)
     get_registry().get("sampler", sampler)  # unknown sampler or guidance (option): fail before loading anything
     guidance_options = resolve_guidance(guidance_method, parse_key_values(guidance_opts, "--guidance-option"))[1]
 
@@ -194,57 +265,15 @@ def _sample(ctx, run_path, sampler, steps, eta, guidance, guidance_method, guida
     if guidance > 0 and not run.trained_with_label_dropout:
         say(f"warning: {run.checkpoint} was trained without label dropout (p_uncond = 0), so its "
             "unconditional prediction is untrained; guidance may give poor images")
-    options: dict[str, Any] = parse_key_values(sampler_opts, "--sampler-option")
-    if var_type is not None:
-        options["var_type"] = var_type
-    if spacing is not None:
-        options["spacing"] = spacing
+    options = _sampler_options(sampler_opts, var_type, spacing)
     out = out if out is not None else default_out_dir(run_path, sampler, steps, guidance, guidance_method,
                                                       guidance_options)
     settings = sampling_settings(sampler=sampler, steps=steps, eta=0.0 if eta is None else eta, guidance=guidance,
                                 guidance_method=guidance_method, guidance_options=guidance_options, clip_denoised=clip, sampler_options=options,
                                 seed=seed, num=num, classes=classes, batch_size=batch_size, ema=ema)
-
-    image_shape = (int(run.meta["channels"]), int(run.meta["image_size"]), int(run.meta["image_size"]))
-    need, free = estimate_output_bytes(num, image_shape), _free_bytes(out)
-    if free is not None and need > free:
-        say(f"warning: the samples need about {_size(need)} but only {_size(free)} is free "
-            f"on the disk of {out}")
-
-    bar = Progress(TextColumn("[bold]sample"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
-                   _RateColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
-                   disable=not progress)
-    task = bar.add_task("sample", total=num)
-
-    def on_ready(already: int) -> None:
-        if already:
-            say(f"resuming: {already} of {num} images already in {out}")
-        # Start the rate clock after the skipped shards, so img/s counts new images only.
-        bar.reset(task, total=num, completed=already)
-        bar.start()
-
-    def on_progress(done: float, total: int) -> None:
-        bar.update(task, completed=done)
-
-    try:
-        result = generate_samples(
-            run, labels, out_dir=out, settings=settings, shard_size=shard_size, overwrite=overwrite,
-            on_progress=on_progress, on_ready=on_ready, image_format=image_format, indices=chosen, ctx=ctx)
-    except KeyboardInterrupt:
-        bar.stop()
-        say(f"interrupted; complete shards are kept in {out} (re-run the same command to resume)")
-        raise SystemExit(130)
-    finally:
-        bar.stop()
-    if not ctx.is_main:
-        return
-    if image_format == "png":
-        what = f"{num} images as PNG class folders in {result.out_dir}"
-    else:
-        what = (f"{num} images in {len(result.shards)} shard(s) in {result.out_dir} "
-                f"({len(result.generated)} written, {len(result.skipped)} kept)")
-    click.echo(f"{what}; grid {result.grid}")
-    # The dataset is spelled out so the command works as printed (it is the run's anyway).
-    data = run.config.data
-    root = f" --data-root {data.root}" if data.root is not None else ""
-    click.echo(f"next: cbdm eval {result.out_dir} --dataset {data.dataset}{root}")
+    _warn_disk(say, run, num, out)
+    result = _generate_with_bar(console, say, progress and ctx.is_main, run, labels, num, out, settings=settings,
+                                shard_size=shard_size, overwrite=overwrite, image_format=image_format,
+                                indices=chosen, ctx=ctx)
+    if ctx.is_main:
+        _report(result, run, num, image_format)

@@ -1,10 +1,18 @@
-"""Small models shared by the tests."""
+"""Small models, configs and helpers shared by the tests (test modules import only from here,
+never from each other)."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from cbdm_core.nets.unet import UNet, UNetOptions
@@ -103,3 +111,100 @@ def assert_same_final_checkpoint(run_a, run_b, step: int, *, ema: bool = True):
         if ema:
             assert torch.equal(a.ema[k], b.ema[k]), k
     return a, b
+
+
+# -- shared configs and helpers of the CLI tests (no test module imports another) ---------------------
+
+# The tiny `cbdm train` run of the CLI tests (a few steps on the embedded digits).
+TINY = {
+    "model": {"backbone": "unet", "options": {"ch": 8, "ch_mult": [1, 2], "attn": [1], "num_res_blocks": 1,
+                                              "dropout": 0.1, "num_groups": 4}},
+    "diffusion": {"T": 100},
+    "data": {"dataset": "digits-lt"},
+    "optim": {"batch_size": 16, "steps": 6, "warmup": 2, "ema_decay": 0.9},
+    "preview": {"sampler": "ddim", "steps": 4, "per_class": 2},
+    "log_every": 2,
+}
+
+# The CLI tests' tiny run, shorter: the method tests train, sample and evaluate several methods.
+METHOD_TINY = {**TINY, "diffusion": {"T": 50},
+               "optim": {**TINY["optim"], "batch_size": 8, "steps": 2, "warmup": 1},
+               "preview": {"sampler": "ddim", "steps": 2, "per_class": 1}, "log_every": 1}
+
+# The CLI tests' tiny run with a still smaller net (no attention, one level): only logging is checked.
+MONITOR_TINY = {**TINY, "model": {"backbone": "unet", "options": {**TINY["model"]["options"], "ch_mult": [1],
+                                                               "attn": [], "dropout": 0.0}},
+                "diffusion": {"T": 20}, "optim": {**TINY["optim"], "batch_size": 8, "steps": 4, "warmup": 1},
+                "preview": {"sampler": "ddim", "steps": 2, "per_class": 1}}
+
+
+def train_run(config, out, *args):
+    """``cbdm train --config CONFIG --out OUT --no-progress ARGS...`` (must succeed)."""
+    return cli_ok("train", "--config", config, "--out", out, "--no-progress", *args)
+
+
+def last_checkpoint(run):
+    """The newest checkpoint of a run folder, loaded."""
+    from cbdm_core.checkpoint import list_checkpoints, load_checkpoint
+
+    return load_checkpoint(list_checkpoints(run / "checkpoints")[-1][1])
+
+
+class LinearClassifier(torch.nn.Module):
+    """logits = W flatten(x) + b + c * t: its log-softmax gradient is known in closed form."""
+
+    def __init__(self, num_classes: int = 3, dim: int = 4):
+        super().__init__()
+        g = torch.Generator().manual_seed(3)
+        self.W = torch.nn.Parameter(torch.randn(num_classes, dim, generator=g, dtype=torch.float64))
+        self.b = torch.nn.Parameter(torch.randn(num_classes, generator=g, dtype=torch.float64))
+        self.c = torch.nn.Parameter(torch.randn(num_classes, generator=g, dtype=torch.float64) * 1e-2)
+
+    def forward(self, x, t):
+        return x.flatten(1) @ self.W.T + self.b + t.double()[:, None] * self.c
+
+
+def write_folder(root: Path, counts: dict[str, int], size: int = 8, seed: int = 0) -> Path:
+    """``root/<class>/<i>.png`` with ``counts[class]`` random gray images each."""
+    rng = np.random.default_rng(seed)
+    for name, n in counts.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+def install_copy(example: Path, tmp: Path) -> dict:
+    """pip-install a copy of ``example`` into ``tmp/site`` (the copy keeps build/ and egg-info out
+    of the repository); returns an environment that sees it."""
+    src = tmp / example.name
+    shutil.copytree(example, src)
+    target = tmp / "site"
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                           "--no-index", "--target", str(target), str(src)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.fail(f"pip install of {example.name} failed: {proc.stderr[-2000:]}")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(target), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def cbdm_subprocess(env, *args):
+    """``python -m cbdm_cli ARGS...`` in a subprocess with environment ``env``."""
+    proc = subprocess.run([sys.executable, "-m", "cbdm_cli", *map(str, args)], env=env, capture_output=True,
+                          text=True, timeout=600)
+    return proc
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` with its bytes (to show nothing changed)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie left to a PID 1 that does not reap counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")

@@ -12,8 +12,7 @@ import yaml
 from cbdm_core.sampling import sample, sample_generators
 from cbdm_core.sampling.shards import load_samples
 from cbdm_core.schedules import LinearSchedule
-from tests.helpers import LinearDenoiser, cli_fails, cli_ok
-from tests.test_cli_train import TINY
+from tests.helpers import TINY, LinearDenoiser, cli_fails, cli_ok
 
 
 def _released_bns_ddim(model, schedule, noise, y, *, steps, gamma, delta_t):

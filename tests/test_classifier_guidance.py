@@ -17,22 +17,7 @@ from cbdm_core.sampling import sample
 from cbdm_core.sampling.guidance import cfg_denoiser
 from cbdm_core.sampling.shards import load_samples
 from cbdm_core.schedules import CosineSchedule, LinearSchedule
-from tests.helpers import LinearDenoiser, cli_fails, cli_ok
-from tests.test_cli_train import TINY
-
-
-class LinearClassifier(torch.nn.Module):
-    """logits = W flatten(x) + b + c * t: its log-softmax gradient is known in closed form."""
-
-    def __init__(self, num_classes: int = 3, dim: int = 4):
-        super().__init__()
-        g = torch.Generator().manual_seed(3)
-        self.W = torch.nn.Parameter(torch.randn(num_classes, dim, generator=g, dtype=torch.float64))
-        self.b = torch.nn.Parameter(torch.randn(num_classes, generator=g, dtype=torch.float64))
-        self.c = torch.nn.Parameter(torch.randn(num_classes, generator=g, dtype=torch.float64) * 1e-2)
-
-    def forward(self, x, t):
-        return x.flatten(1) @ self.W.T + self.b + t.double()[:, None] * self.c
+from tests.helpers import TINY, LinearClassifier, LinearDenoiser, cli_fails, cli_ok
 
 
 def _released_update(clf: LinearClassifier, x, t, y, eps, schedule, s):

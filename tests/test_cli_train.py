@@ -10,17 +10,8 @@ from click.testing import CliRunner
 from cbdm_cli.main import cli
 from cbdm_core.checkpoint import list_checkpoints, load_checkpoint
 
-from .helpers import assert_same_final_checkpoint
+from .helpers import TINY, assert_same_final_checkpoint
 
-TINY = {
-    "model": {"backbone": "unet", "options": {"ch": 8, "ch_mult": [1, 2], "attn": [1], "num_res_blocks": 1,
-                                              "dropout": 0.1, "num_groups": 4}},
-    "diffusion": {"T": 100},
-    "data": {"dataset": "digits-lt"},
-    "optim": {"batch_size": 16, "steps": 6, "warmup": 2, "ema_decay": 0.9},
-    "preview": {"sampler": "ddim", "steps": 4, "per_class": 2},
-    "log_every": 2,
-}
 
 
 @pytest.fixture

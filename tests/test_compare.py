@@ -10,69 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
-from cbdm_core.experiments import compare as compare_mod
 from cbdm_core.experiments.compare import choose_guidance, plan_study, sampling_seed
 from cbdm_core.experiments.protocol import load_protocol, parse_protocol, protocol_names
 from cbdm_core.experiments.stats import cmh_test, holm, paired_difference, summarize, t_interval, two_stage_bootstrap
 
 from .helpers import cli_fails, cli_ok, invoke_cli
+from .run_helpers import TrainerSpy, tiny_protocol, write_protocol
 
-TINY_UNET = {"ch": 8, "ch_mult": [1, 2], "attn": [1], "num_res_blocks": 1, "dropout": 0.0, "num_groups": 4}
-
-
-def tiny_protocol(work: Path, **changes) -> dict:
-    """Two methods, two seeds, two training steps, a two-point w grid, a few samples."""
-    proto = {
-        "name": "tiny",
-        "data": {"dataset": "digits-lt", "imb_factor": 0.03},
-        "training": {"preset": "quickstart", "steps": 2, "device": "cpu",
-                     "config": {"model": {"options": TINY_UNET}, "diffusion": {"T": 50},
-                                "optim": {"batch_size": 8, "warmup": 1},
-                                "preview": {"steps": 2, "per_class": 1}, "log_every": 1}},
-        "methods": [{"method": "ddpm"}, {"method": "cbdm", "options": {"tau": 0.002}}],
-        "seeds": [0, 1],
-        "sampling": {"sampler": "ddim", "steps": 2, "num": 40, "batch_size": 40},
-        "guidance": {"grid": [0, 2], "select": "fid", "selection_seed": 7},
-        "report_seed": 3,
-        "evaluation": {"extractor": "classifier", "classifier": "auto", "classifier_epochs": 1,
-                       "metrics": ["fid", "per_class", "memorization"], "cache_dir": str(work / "cache"),
-                       "metric_options": {"per_class": {"k": 2}}},
-        "primary": ["memorization_pixels_tail", "coverage_tail"],
-        "bootstrap": 200,
-    }
-    for key, value in changes.items():
-        proto[key] = value
-    return proto
-
-
-def write_protocol(path: Path, proto: dict) -> Path:
-    path.write_text(yaml.safe_dump(proto))
-    return path
 
 
 @pytest.fixture(autouse=True)
 def _threads():
     torch.set_num_threads(1)
-
-
-class TrainerSpy:
-    """Counts trainer runs; can stop the study (like Ctrl-C) before the n-th run starts."""
-
-    def __init__(self, monkeypatch, stop_before: int | None = None):
-        self.runs: list[Path] = []
-        from cbdm_core.training.trainer import Trainer as original
-        spy = self
-
-        class Spy(original):
-            def run(self):
-                if stop_before is not None and len(spy.runs) + 1 >= stop_before:
-                    raise KeyboardInterrupt
-                spy.runs.append(self.run_dir)
-                return super().run()
-
-        monkeypatch.setattr(compare_mod, "Trainer", Spy)
 
 
 def test_tiny_protocol_end_to_end_and_seeds(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ from cbdm_core.experiments.compare import plan_study
 from cbdm_core.experiments.protocol import parse_protocol
 
 from .helpers import cli_fails, cli_ok
-from .test_compare import TrainerSpy, tiny_protocol, write_protocol
+from .run_helpers import TrainerSpy, tiny_protocol, write_protocol
 
 BNS = {"label": "ddpm-bns", "sample_from": "ddpm", "sampling": {"sampler_options": {"boost_gamma": 2.0, "skip": 1}}}
 

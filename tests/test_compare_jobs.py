@@ -21,8 +21,8 @@ from cbdm_core.experiments.parallel_training import TrainJob, last_logged_step, 
 from cbdm_core.experiments.protocol import parse_protocol
 from cbdm_core.tensor_io import load_tensors
 from cbdm_core.training.trainer import Trainer
+from .run_helpers import tiny_protocol, write_protocol
 
-from .test_compare import tiny_protocol, write_protocol
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ from cbdm_core.experiments.curves import interpolate_at
 from cbdm_core.experiments.protocol import parse_protocol
 
 from .helpers import cli_fails, cli_ok
-from .test_compare import TrainerSpy, tiny_protocol, write_protocol
+from .run_helpers import TrainerSpy, tiny_protocol, write_protocol
 
 GUIDANCE = {"fixed": 1.0, "curve": [0, 1]}
 

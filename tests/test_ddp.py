@@ -21,10 +21,7 @@ from cbdm_core.objectives import DiffusionObjective
 from cbdm_core.schedules import LinearSchedule
 from cbdm_core.training.distributed import DistContext, ShardedObjective, env_world
 
-from .helpers import tiny_unet
-from .test_cli_train import TINY
-
-# Network dropout draws its masks per forward and cannot match across splits; label dropout can.
+from .helpers import TINY, tiny_unet
 DDP_CFG = {**TINY, "model": {**TINY["model"], "options": {**TINY["model"]["options"], "dropout": 0.0}},
            "objective": {"p_uncond": 0.3, "methods": [{"name": "cbdm", "options": {"y_dist": "bal"}}, {"name": "t2h"}]},
            "optim": {**TINY["optim"], "steps": 3, "warmup": 0, "lr": 1e-3}, "log_every": 1,

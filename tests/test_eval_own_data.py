@@ -15,8 +15,7 @@ from cbdm_core.checkpoint import Checkpoint, save_checkpoint
 from cbdm_core.evaluation import EvalOptions
 from cbdm_core.sampling.shards import FORMAT, shard_name, write_manifest, write_shard
 
-from .helpers import cli_fails, cli_ok
-from .test_own_data import write_folder
+from .helpers import cli_fails, cli_ok, write_folder
 
 COUNTS = {"a": 24, "b": 12, "c": 6}  # long-tailed
 FAST = ["-O", "kid.subset_size=6", "-O", "kid.subsets=2"]

@@ -15,8 +15,8 @@ import yaml
 
 from cbdm_core import registry
 from cbdm_core.sampling.shards import load_samples, read_manifest
-from tests.helpers import assert_same_final_checkpoint, cli_fails, cli_ok, make_ctx, run_step, tiny_unet
-from tests.test_example_method import _cbdm, install_copy
+from tests.helpers import (assert_same_final_checkpoint, cbdm_subprocess, cli_fails, cli_ok, install_copy, make_ctx,
+                           run_step, tiny_unet)
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "cbdm-focal"
 TINY = {"model": {"options": {"ch": 8, "ch_mult": [1, 2], "attn": [1], "num_res_blocks": 1, "num_groups": 4}},
@@ -54,7 +54,7 @@ def runs(env, in_process, tmp_path_factory):
     root = tmp_path_factory.mktemp("focal-runs")
     (root / "c.yaml").write_text(yaml.safe_dump(TINY))
     train = ("train", "--config", root / "c.yaml", "--no-progress")
-    proc = _cbdm(env, *train, "--out", root / "focal", "--method", "focal-t", "-M", "gamma=2")
+    proc = cbdm_subprocess(env, *train, "--out", root / "focal", "--method", "focal-t", "-M", "gamma=2")
     assert proc.returncode == 0, proc.stderr
     cli_ok(*train, "--out", root / "ddpm", "--method", "ddpm")
     cli_ok(*train, "--out", root / "ones", "--method", "focal-t", "-M", "gamma=0")
@@ -99,7 +99,7 @@ def test_guidance_option_changes_the_images_and_the_default_folder(env, runs):
     for clip in ("0.001", "1000"):
         args = ("sample", run, *SAMPLE, "--guidance-method", "clipped-cfg", "-G", f"clip={clip}")
         if clip == "0.001":  # the installed plugin through a real `cbdm` process
-            proc = _cbdm(env, *args)
+            proc = cbdm_subprocess(env, *args)
             assert proc.returncode == 0, proc.stderr
         else:  # in process: the same code, one interpreter start less
             cli_ok(*args)
@@ -110,7 +110,7 @@ def test_guidance_option_changes_the_images_and_the_default_folder(env, runs):
         images[clip] = load_samples(folder)[0]
     assert images["0.001"].shape[0] == 6
     assert not np.array_equal(images["0.001"], images["1000"])
-    proc = _cbdm(env, "sample", run, *SAMPLE, "--guidance-method", "clipped-cfg", "-G", "clp=1")
+    proc = cbdm_subprocess(env, "sample", run, *SAMPLE, "--guidance-method", "clipped-cfg", "-G", "clp=1")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == "Error: unknown option 'clp' of guidance 'clipped-cfg'; valid options: clip"
 

@@ -4,42 +4,19 @@ without any cbdm file edited."""
 
 import json
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from .helpers import cbdm_subprocess, install_copy
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "cbdm-tailweight"
 
 
-def install_copy(example: Path, tmp: Path) -> dict:
-    """pip-install a copy of ``example`` into ``tmp/site`` (the copy keeps build/ and egg-info out
-    of the repository); returns an environment that sees it."""
-    src = tmp / example.name
-    shutil.copytree(example, src)
-    target = tmp / "site"
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                           "--no-index", "--target", str(target), str(src)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.fail(f"pip install of {example.name} failed: {proc.stderr[-2000:]}")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(target), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env
-
-
 @pytest.fixture(scope="module")
 def method_env(tmp_path_factory):
     return install_copy(EXAMPLE, tmp_path_factory.mktemp("tailweight"))
-
-
-def _cbdm(env, *args):
-    proc = subprocess.run([sys.executable, "-m", "cbdm_cli", *map(str, args)], env=env, capture_output=True,
-                          text=True, timeout=600)
-    return proc
 
 
 def test_the_example_is_one_module_and_an_entry_point():
@@ -48,7 +25,7 @@ def test_the_example_is_one_module_and_an_entry_point():
 
 
 def test_listed_by_cbdm_methods(method_env):
-    proc = _cbdm(method_env, "methods", "--json")
+    proc = cbdm_subprocess(method_env, "methods", "--json")
     assert proc.returncode == 0, proc.stderr
     mine = [r for r in json.loads(proc.stdout) if r["name"] == "tail-weight"]
     assert mine and mine[0]["plugin"].startswith("cbdm-tailweight")
@@ -62,7 +39,7 @@ def test_train_sample_eval(method_env, tmp_path):
            "log_every": 1}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     run = tmp_path / "run"
-    proc = _cbdm(method_env, "train", "--config", tmp_path / "c.yaml", "--method", "tail-weight",
+    proc = cbdm_subprocess(method_env, "train", "--config", tmp_path / "c.yaml", "--method", "tail-weight",
                  "-M", "power=1", "--out", run, "--no-progress")
     assert proc.returncode == 0, proc.stderr
     saved = yaml.safe_load((run / "config.yaml").read_text())
@@ -71,13 +48,13 @@ def test_train_sample_eval(method_env, tmp_path):
     assert all(r["tail_weighted"] > 0 for r in records)
     assert all(abs(r["total"] - r["diffusion"] - r["tail_weighted"]) < 1e-4 for r in records)
 
-    proc = _cbdm(method_env, "sample", run, "-n", "30", "--steps", "2", "--out", tmp_path / "samples")
+    proc = cbdm_subprocess(method_env, "sample", run, "-n", "30", "--steps", "2", "--out", tmp_path / "samples")
     assert proc.returncode == 0, proc.stderr
     clf = tmp_path / "clf.safetensors"
-    proc = _cbdm(method_env, "eval", "train-classifier", "--dataset", "digits", "--epochs", "1", "--out", clf,
+    proc = cbdm_subprocess(method_env, "eval", "train-classifier", "--dataset", "digits", "--epochs", "1", "--out", clf,
                  "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
-    proc = _cbdm(method_env, "eval", tmp_path / "samples", "--dataset", "digits", "--extractor", "classifier",
+    proc = cbdm_subprocess(method_env, "eval", tmp_path / "samples", "--dataset", "digits", "--extractor", "classifier",
                  "--classifier", clf, "--metrics", "fid", "--device", "cpu", "--out", tmp_path / "eval")
     assert proc.returncode == 0, proc.stderr
     values = json.loads((tmp_path / "eval" / "metrics.json").read_text())["values"]
@@ -87,13 +64,13 @@ def test_train_sample_eval(method_env, tmp_path):
     plain = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     for args in (("sample", run, "-n", "2", "--steps", "2", "--out", tmp_path / "s2"),
                  ("train", "--out", run, "--resume", "--steps", "3", "--no-progress")):
-        proc = _cbdm(plain, *args)
+        proc = cbdm_subprocess(plain, *args)
         assert proc.returncode != 0 and "Traceback" not in proc.stderr
         assert "method 'tail-weight' is not installed" in proc.stderr
         assert "plugin cbdm-tailweight 0.1.0 (pip install cbdm-tailweight)" in proc.stderr
 
 
 def test_bad_option_is_one_line(method_env, tmp_path):
-    proc = _cbdm(method_env, "train", "--method", "tail-weight", "-M", "powr=1", "--out", tmp_path / "r")
+    proc = cbdm_subprocess(method_env, "train", "--method", "tail-weight", "-M", "powr=1", "--out", tmp_path / "r")
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "method 'tail-weight' has no option 'powr'; options: strength, power" in proc.stderr

@@ -15,7 +15,7 @@ EXAMPLE = REPO / "examples" / "cbdm-tailheavy"
 
 @pytest.fixture(scope="module")
 def plugin_env(tmp_path_factory):
-    from .test_example_method import install_copy
+    from .helpers import install_copy
 
     # Installed from a copy into a separate target folder: the repository and the test environment stay as they were.
     return install_copy(EXAMPLE, tmp_path_factory.mktemp("site"))

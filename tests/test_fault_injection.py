@@ -21,8 +21,8 @@ import torch
 import yaml
 
 from cbdm_core.checkpoint import list_checkpoints, load_checkpoint
+from .helpers import TINY
 
-from .test_cli_train import TINY
 
 pytestmark = pytest.mark.slow
 

@@ -27,9 +27,9 @@ import pytest
 from cbdm_core import locks
 from cbdm_core.experiments.parallel_training import ORPHAN_GRACE_SECONDS
 
+from .helpers import alive
 from .kill_harness import HARNESS
-from .test_compare import tiny_protocol, write_protocol
-from .test_reliability_round3b import _alive
+from .run_helpers import tiny_protocol, write_protocol
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +71,7 @@ def _children(pid: int) -> list[int]:
     """Living processes whose parent is ``pid`` (workers, multiprocessing's helpers)."""
     found = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and _ppid(int(entry.name)) == pid and _alive(int(entry.name)):
+        if entry.name.isdigit() and _ppid(int(entry.name)) == pid and alive(int(entry.name)):
             found.append(int(entry.name))
     return found
 
@@ -85,7 +85,7 @@ def _workers(root: Path, parent: int) -> dict[int, int]:
             text = (root / "study" / "runs" / method / "seed-0" / locks.LOCK_NAME).read_text().split()
         except OSError:
             continue
-        if text and text[0].isdigit() and _ppid(int(text[0])) == parent and _alive(int(text[0])):
+        if text and text[0].isdigit() and _ppid(int(text[0])) == parent and alive(int(text[0])):
             pids[int(text[0])] = i
     return pids
 
@@ -104,7 +104,7 @@ def _wait_for_step(root: Path, proc: subprocess.Popen, worker: int, run: int, st
     ``metrics.jsonl`` back or a restart clearing it does not count) and reached ``step``, or
     its worker or the study has ended."""
     previous, moved, deadline = _steps(root)[run], False, time.monotonic() + 120
-    while proc.poll() is None and _alive(worker):
+    while proc.poll() is None and alive(worker):
         current = _steps(root)[run]
         moved = moved or current > previous
         if moved and current >= step:
@@ -132,7 +132,7 @@ def _kill(target: str, root: Path, rng: random.Random, log: Path) -> str:
             workers = _wait_for_workers(root, proc)
             worker = rng.choice(sorted(workers))
             _wait_for_step(root, proc, worker, workers[worker], rng.randint(1, STEPS - 4))
-            victim = worker if target == "worker" and _alive(worker) else proc.pid  # (it may have finished)
+            victim = worker if target == "worker" and alive(worker) else proc.pid  # (it may have finished)
         if proc.poll() is not None:
             return f"{target}: finished first ({proc.returncode})"
         orphans = _children(proc.pid)
@@ -141,9 +141,9 @@ def _kill(target: str, root: Path, rng: random.Random, log: Path) -> str:
             os.kill(victim, signal.SIGKILL)
         code = proc.wait(timeout=120)  # a killed worker fails the study (its partner saves and stops)
         deadline = time.monotonic() + ORPHAN_GRACE_SECONDS + 30
-        while any(_alive(pid) for pid in orphans) and time.monotonic() < deadline:
+        while any(alive(pid) for pid in orphans) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not any(_alive(pid) for pid in orphans), f"workers outlived their parent: {orphans}"
+        assert not any(alive(pid) for pid in orphans), f"workers outlived their parent: {orphans}"
         return (f"{target}: killed {'parent' if victim == proc.pid else 'worker'} {victim} after "
                 f"{time.monotonic() - started:.1f} s (parent exit {code}, steps {_steps(root)}, last said {said!r})")
     finally:  # only when an assertion failed: leave nothing of this test running
@@ -151,7 +151,7 @@ def _kill(target: str, root: Path, rng: random.Random, log: Path) -> str:
             proc.kill()
             proc.wait()
         for pid in orphans:
-            if _alive(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
 

@@ -10,8 +10,7 @@ from cbdm_core.checkpoint import list_checkpoints, load_checkpoint
 from cbdm_core.errors import CheckpointError
 from cbdm_core.training.init_from import init_from_checkpoint
 
-from .helpers import tiny_unet
-from .test_cli_train import TINY
+from .helpers import TINY, tiny_unet
 
 
 @pytest.fixture(scope="module")

@@ -9,14 +9,9 @@ import pytest
 import torch
 import yaml
 
-from cbdm_core.checkpoint import list_checkpoints, load_checkpoint
 
-from .helpers import cli_ok
-from .test_cli_train import TINY as CLI_TINY
+from .helpers import METHOD_TINY, cli_ok, last_checkpoint, train_run
 
-# The CLI tests' tiny run, shorter: these runs train, sample and evaluate three methods.
-TINY = {**CLI_TINY, "diffusion": {"T": 50}, "optim": {**CLI_TINY["optim"], "batch_size": 8, "steps": 2, "warmup": 1},
-        "preview": {"sampler": "ddim", "steps": 2, "per_class": 1}, "log_every": 1}
 TERMS = {"coral": {"supcon", "coral_s", "coral"}, "cm": {"cm", "cm_con", "cm_div"},
          "t2h+cm": {"t2h_moved", "cm", "cm_con", "cm_div"}}
 
@@ -24,7 +19,7 @@ TERMS = {"coral": {"supcon", "coral_s", "coral"}, "cm": {"cm", "cm_con", "cm_div
 @pytest.fixture(scope="module")
 def config(tmp_path_factory):
     path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
-    path.write_text(yaml.safe_dump(TINY))
+    path.write_text(yaml.safe_dump(METHOD_TINY))
     return path
 
 
@@ -33,10 +28,6 @@ def classifier(tmp_path_factory):
     path = tmp_path_factory.mktemp("clf") / "clf.safetensors"
     cli_ok("eval", "train-classifier", "--dataset", "digits", "--epochs", "1", "--out", path, "--device", "cpu")
     return path
-
-
-def _train(config, out, *args):
-    return cli_ok("train", "--config", config, "--out", out, "--no-progress", *args)
 
 
 def _listed(output: str) -> list[str]:
@@ -50,20 +41,16 @@ def _listed(output: str) -> list[str]:
     return names
 
 
-def _last(run):
-    return load_checkpoint(list_checkpoints(run / "checkpoints")[-1][1])
-
-
 @pytest.mark.parametrize("method", ["coral", "cm", "t2h+cm"])
 def test_train_sample_eval(method, config, classifier, tmp_path):
     run = tmp_path / "run"
-    _train(config, run, "--method", method)
+    train_run(config, run, "--method", method)
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert [m["name"] for m in saved["objective"]["methods"]] == method.split("+")
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert TERMS[method] <= set(records[-1]) and all(torch.isfinite(torch.tensor(r["total"])) for r in records)
     prefix = "coral_head." if method == "coral" else "cm_adapters."
-    assert any(k.startswith(prefix) for k in _last(run).ema)  # the added module is saved with the run
+    assert any(k.startswith(prefix) for k in last_checkpoint(run).ema)  # the added module is saved with the run
     assert list((run / "samples").glob("grid-*.png"))  # the training preview ran through for_sampling
 
     cli_ok("sample", run, "-n", "10", "--steps", "2", "--out", tmp_path / "samples")
@@ -77,10 +64,10 @@ def test_resume_is_bit_exact(config, tmp_path):
     # One composition carries every added piece: T2H's random draw, CORAL's head, CM's adapters.
     method = "t2h+coral+cm"
     straight, split = tmp_path / "straight", tmp_path / "split"
-    _train(config, straight, "--method", method, "--steps", "4")
-    _train(config, split, "--method", method, "--steps", "2")
+    train_run(config, straight, "--method", method, "--steps", "4")
+    train_run(config, split, "--method", method, "--steps", "2")
     cli_ok("train", "--out", split, "--resume", "--steps", "4", "--no-progress")
-    a, b = _last(straight), _last(split)
+    a, b = last_checkpoint(straight), last_checkpoint(split)
     assert a.step == b.step == 4 and a.model.keys() == b.model.keys()
     assert {k.split(".")[0] for k in a.model} >= {"coral_head", "cm_adapters"}
     for k in a.model:
@@ -90,15 +77,15 @@ def test_resume_is_bit_exact(config, tmp_path):
 
 def test_init_from_ddpm_reinitialises_only_the_new_modules(config, tmp_path):
     plain = tmp_path / "ddpm"
-    _train(config, plain, "--method", "ddpm", "--steps", "1")
-    source = _last(plain).ema
+    train_run(config, plain, "--method", "ddpm", "--steps", "1")
+    source = last_checkpoint(plain).ema
     run = tmp_path / "ft"
-    res = _train(config, run, "--method", "coral+cm", "--init-from", plain, "--steps", "1")
+    res = train_run(config, run, "--method", "coral+cm", "--init-from", plain, "--steps", "1")
     fresh = _listed(res.output)
-    added = {k for k in _last(run).ema if k.startswith(("coral_head.", "cm_adapters."))}
+    added = {k for k in last_checkpoint(run).ema if k.startswith(("coral_head.", "cm_adapters."))}
     assert set(fresh) == added and any(k.startswith("coral_head.") for k in added), res.output
     assert any(k.startswith("cm_adapters.") for k in added)
-    assert set(source) == set(_last(run).ema) - added
+    assert set(source) == set(last_checkpoint(run).ema) - added
 
 
 def test_cbdm_methods_lists_coral_and_cm_with_multiline_option_docs():

@@ -10,8 +10,7 @@ import pytest
 import torch
 import yaml
 
-from .helpers import assert_same_final_checkpoint, cli_ok
-from .test_method_cli import TINY, _last, _train
+from .helpers import METHOD_TINY, assert_same_final_checkpoint, cli_ok, last_checkpoint, train_run
 
 TERMS = {"diffrop": {"diffrop", "diffrop_kl"}, "dispersive": {"dispersive"}}
 
@@ -19,14 +18,14 @@ TERMS = {"diffrop": {"diffrop", "diffrop_kl"}, "dispersive": {"dispersive"}}
 @pytest.fixture(scope="module")
 def config(tmp_path_factory):
     path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
-    path.write_text(yaml.safe_dump(TINY))
+    path.write_text(yaml.safe_dump(METHOD_TINY))
     return path
 
 
 @pytest.mark.parametrize("method", ["diffrop", "dispersive"])
 def test_train_and_sample(method, config, tmp_path):
     run = tmp_path / "run"
-    _train(config, run, "--method", method)
+    train_run(config, run, "--method", method)
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert [m["name"] for m in saved["objective"]["methods"]] == [method]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -38,18 +37,18 @@ def test_train_and_sample(method, config, tmp_path):
 def test_resume_is_bit_exact(config, tmp_path):
     method = "diffrop+dispersive"  # DiffROP's random contrast labels and the dispersive hook in one run
     straight, split = tmp_path / "straight", tmp_path / "split"
-    _train(config, straight, "--method", method, "--steps", "4")
-    _train(config, split, "--method", method, "--steps", "2")
+    train_run(config, straight, "--method", method, "--steps", "4")
+    train_run(config, split, "--method", method, "--steps", "2")
     cli_ok("train", "--out", split, "--resume", "--steps", "4", "--no-progress")
     assert_same_final_checkpoint(straight, split, 4)
 
 
 def test_init_from_ddpm_adds_no_module(config, tmp_path):
     plain = tmp_path / "ddpm"
-    _train(config, plain, "--method", "ddpm", "--steps", "1")
+    train_run(config, plain, "--method", "ddpm", "--steps", "1")
     run = tmp_path / "ft"
-    _train(config, run, "--method", "diffrop+dispersive", "--init-from", plain, "--steps", "1")
-    assert set(_last(plain).ema) == set(_last(run).ema)  # neither method adds parameters
+    train_run(config, run, "--method", "diffrop+dispersive", "--init-from", plain, "--steps", "1")
+    assert set(last_checkpoint(plain).ema) == set(last_checkpoint(run).ema)  # neither method adds parameters
 
 
 def test_cbdm_methods_lists_both():

@@ -11,9 +11,8 @@ from cbdm_core import registry
 from cbdm_core.checkpoint import list_checkpoints, load_checkpoint
 from cbdm_core.hookspecs import hookimpl
 from cbdm_core.methods.base import MethodSpec, TrainingMethod
-from tests.helpers import cli_fails, cli_ok
+from tests.helpers import TINY, cli_fails, cli_ok
 
-from .test_cli_train import TINY
 
 
 class _GainOptions(BaseModel):

@@ -19,9 +19,7 @@ from cbdm_core.minority.self_guide import SelfMinorityOptions, self_minority_ter
 from cbdm_core.sampling.shards import load_samples
 from cbdm_core.schedules import LinearSchedule
 from cbdm_core.tensor_io import load_tensors
-from tests.helpers import LinearDenoiser, cli_fails, cli_ok
-from tests.test_classifier_guidance import LinearClassifier
-from tests.test_cli_train import TINY
+from tests.helpers import TINY, LinearClassifier, LinearDenoiser, cli_fails, cli_ok
 
 
 def _their_space_timesteps(T, count):

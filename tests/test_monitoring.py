@@ -16,17 +16,12 @@ from cbdm_core.checkpoint import list_checkpoints
 from cbdm_core.config import TrainConfig
 from cbdm_core.presets_registry import load_preset
 from cbdm_core.training.monitor import logged_terms, progress_line
-
-from .test_cli_train import TINY as CLI_TINY
-
-# The CLI tests' tiny run with a still smaller net (no attention, one level): only logging is checked.
-TINY = {**CLI_TINY, "model": {"backbone": "unet", "options": {**CLI_TINY["model"]["options"], "ch_mult": [1],
-                                                              "attn": [], "dropout": 0.0}},
-        "diffusion": {"T": 20}, "optim": {**CLI_TINY["optim"], "batch_size": 8, "steps": 4, "warmup": 1},
-        "preview": {"sampler": "ddim", "steps": 2, "per_class": 1}}
+from .helpers import MONITOR_TINY
 
 
-def _train(tmp_path: Path, *args: str, cfg: dict = TINY):
+
+
+def _train(tmp_path: Path, *args: str, cfg: dict = MONITOR_TINY):
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "run"
@@ -46,7 +41,7 @@ def test_wall_time_checkpoints(tmp_path, monkeypatch):
     # (keep_last bounds how many stay on disk).
     ticks = iter(range(0, 10**6, 1200))
     monkeypatch.setattr("cbdm_core.training.trainer.time.monotonic", lambda: float(next(ticks)))
-    out, res = _train(tmp_path, "--no-progress", "--keep-last", "2", cfg={**TINY, "keep_last": 2})
+    out, res = _train(tmp_path, "--no-progress", "--keep-last", "2", cfg={**MONITOR_TINY, "keep_last": 2})
     assert res.exit_code == 0, res.output
     assert [s for s, _ in list_checkpoints(out / "checkpoints")] == [3, 4]
 

@@ -4,24 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from cbdm_core.build import dataset_options as cfg_dataset_options
 from cbdm_core.config import parse_train_config
 from cbdm_core.data import dataset_options, load_dataset
 from cbdm_core.errors import CbdmError
-
-
-def write_folder(root: Path, counts: dict[str, int], size: int = 8, seed: int = 0) -> Path:
-    """``root/<class>/<i>.png`` with ``counts[class]`` random gray images each."""
-    rng = np.random.default_rng(seed)
-    for name, n in counts.items():
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(root / name / f"{i}.png")
-    return root
+from .helpers import write_folder
 
 
 @pytest.fixture

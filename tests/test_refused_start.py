@@ -7,9 +7,8 @@ import yaml
 
 from cbdm_core import locks
 
-from .helpers import cli_fails, cli_ok
-from .test_cli_train import TINY
-from .test_reliability import _write_run
+from .helpers import TINY, cli_fails, cli_ok
+from .run_helpers import write_toy_run
 
 FAST = ["--no-progress", "--steps", "1"]
 
@@ -44,7 +43,7 @@ def test_refused_train_leaves_no_lock_and_no_folder(tmp_path):
 
 
 def test_refused_sample_leaves_no_lock_or_folder(tmp_path):
-    run = _write_run(tmp_path / "run")
+    run = write_toy_run(tmp_path / "run")
     out = tmp_path / "samples"
     cli_ok("sample", run, "--out", out, "--steps", "2", "--num", "3", "--no-progress")
     assert not (out / locks.LOCK_NAME).exists()

@@ -27,8 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from cbdm_core import locks
-from cbdm_core.build import build_model
-from cbdm_core.checkpoint import Checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from cbdm_core.checkpoint import list_checkpoints, load_checkpoint
 from cbdm_core.config import TrainConfig
 from cbdm_core.data.folder import load_folder
 from cbdm_core.data.mnist import IMAGES_MAGIC, read_idx
@@ -43,38 +42,9 @@ from cbdm_core.run import load_run
 from cbdm_core.tensor_io import IntegrityError, load_tensors, save_tensors
 from cbdm_core.training.trainer import Trainer, append_line
 
-from .helpers import cli_fails, cli_ok, invoke_cli
-from .test_cli_train import TINY
-from .test_robustness import nan_registry  # noqa: F401 - fixture
+from .helpers import TINY, cli_fails, cli_ok, invoke_cli, snapshot
+from .run_helpers import LockHolder, nan_registry, write_toy_run  # noqa: F401 - nan_registry is a fixture
 
-OPTS = {"ch": 8, "ch_mult": [1, 2], "attn": [1], "num_res_blocks": 1, "num_groups": 4, "dropout": 0.0}
-META = {"num_classes": 3, "image_size": 8, "channels": 1, "class_counts": [9, 3, 1], "class_names": ["a", "b", "c"],
-        "dataset": "toy", "cond_dim": 0}
-
-
-def _write_run(root: Path, *, config_over: dict | None = None, meta_over: dict | None = None,
-               ema_fill: float | None = None) -> Path:
-    cfg = TrainConfig.model_validate({"model": {"options": OPTS}, "diffusion": {"T": 50}}).model_dump(mode="json")
-    for dotted, value in (config_over or {}).items():
-        *parents, last = dotted.split(".")
-        node = cfg
-        for p in parents:
-            node = node[p]
-        node[last] = value
-    torch.manual_seed(0)
-    model = build_model(TrainConfig.model_validate({"model": {"options": OPTS}, "diffusion": {"T": 50}}),
-                        image_size=8, channels=1, num_classes=3)
-    sd = model.state_dict()
-    ema = {k: v.clone() for k, v in sd.items()}
-    if ema_fill is not None:
-        next(iter(ema.values())).fill_(ema_fill)
-    save_checkpoint(root / "checkpoints" / "ckpt-00000000.safetensors",
-                    Checkpoint(step=0, config=cfg, model=sd, ema=ema, meta={**META, **(meta_over or {})}))
-    return root
-
-
-def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _temps(folder: Path) -> list[Path]:
@@ -87,32 +57,13 @@ def _flip_last_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-class _Holder:
-    """Another process holding a folder's lock (plain fcntl, as any cbdm command would)."""
-
-    def __init__(self, folder: Path):
-        folder.mkdir(parents=True, exist_ok=True)
-        code = ("import fcntl, os, sys, time\n"
-                f"fd = os.open({str(folder / locks.LOCK_NAME)!r}, os.O_RDWR | os.O_CREAT)\n"
-                "fcntl.flock(fd, fcntl.LOCK_EX)\n"
-                "os.ftruncate(fd, 0); os.write(fd, str(os.getpid()).encode())\n"
-                "print('ready', flush=True)\n"
-                "time.sleep(60)\n")
-        self.proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout.readline().strip() == "ready"
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait(timeout=10)
-
-
 # -- 1. concurrent writers ---------------------------------------------------------------------------------
 
 
 def test_second_writer_of_a_run_folder_is_refused_with_the_holders_pid(tmp_path):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(TINY))
     run = tmp_path / "run"
-    holder = _Holder(run)
+    holder = LockHolder(run)
     try:
         line = cli_fails("train", "--config", tmp_path / "c.yaml", "--out", run, "--no-progress",
                          match=f"PID {holder.proc.pid}")
@@ -125,24 +76,24 @@ def test_second_writer_of_a_run_folder_is_refused_with_the_holders_pid(tmp_path)
 
 
 def test_second_writer_of_a_sample_folder_is_refused(tmp_path):
-    run = _write_run(tmp_path / "run")
+    run = write_toy_run(tmp_path / "run")
     out = tmp_path / "samples"
     cli_ok("sample", run, "--out", out, "--steps", "2", "--num", "3", "--no-progress", "--seed", "3")
-    before = _snapshot(out)
-    holder = _Holder(out)
+    before = snapshot(out)
+    holder = LockHolder(out)
     try:
         cli_fails("sample", run, "--out", out, "--steps", "2", "--num", "3", "--no-progress", "--seed", "4",
                   "--overwrite", match=f"PID {holder.proc.pid}")
     finally:
         holder.kill()
-    after = _snapshot(out)
+    after = snapshot(out)
     assert {k: v for k, v in after.items() if k != locks.LOCK_NAME} == \
         {k: v for k, v in before.items() if k != locks.LOCK_NAME}
 
 
 def test_feature_cache_busy_past_the_wait_is_computed_uncached(tmp_path, monkeypatch):
     monkeypatch.setenv("CBDM_CACHE_WAIT", "0.4")  # issue 24 #15: wait, then fall back (never fail)
-    holder = _Holder(tmp_path)
+    holder = LockHolder(tmp_path)
     try:
         t0 = time.monotonic()
         with pytest.warns(UserWarning, match="still busy after 0.4 s"):
@@ -164,10 +115,10 @@ def test_feature_cache_busy_past_the_wait_is_computed_uncached(tmp_path, monkeyp
     ({"config_over": {"model.options.ch": 4096}}, "wrong shapes"),
 ])
 def test_hostile_checkpoint_sizes_are_refused_before_allocating(tmp_path, over, match):
-    run = _write_run(tmp_path / "run", **over)
-    before = _snapshot(run)
+    run = write_toy_run(tmp_path / "run", **over)
+    before = snapshot(run)
     cli_fails("sample", run, "--out", tmp_path / "s", "--steps", "2", "--no-progress", match=match)
-    assert _snapshot(run) == before and not (tmp_path / "s").exists()
+    assert snapshot(run) == before and not (tmp_path / "s").exists()
 
 
 def test_mnist_gz_bomb_is_refused_without_expanding(tmp_path):
@@ -247,9 +198,9 @@ def test_nan_weights_are_never_checkpointed(tmp_path, monkeypatch):
 
 
 def test_sampling_refuses_nan_weights_and_nonfinite_guidance(tmp_path):
-    cli_fails("sample", _write_run(tmp_path / "nan", ema_fill=float("nan")), "--out", tmp_path / "s1",
+    cli_fails("sample", write_toy_run(tmp_path / "nan", ema_fill=float("nan")), "--out", tmp_path / "s1",
               "--steps", "2", "--no-progress", match="NaN or inf")
-    cli_fails("sample", _write_run(tmp_path / "ok"), "--out", tmp_path / "s2", "--guidance", "inf", "--steps", "2",
+    cli_fails("sample", write_toy_run(tmp_path / "ok"), "--out", tmp_path / "s2", "--guidance", "inf", "--steps", "2",
               "--no-progress", match="--guidance")
     assert not (tmp_path / "s1").exists() and not (tmp_path / "s2").exists()
 
@@ -266,7 +217,7 @@ def test_nonfinite_batch_stops_sampling_and_keeps_complete_shards(tmp_path, monk
 
     monkeypatch.setattr(gen, "sample", second_batch_nan)
     out = tmp_path / "s"
-    cli_fails("sample", _write_run(tmp_path / "run"), "--out", out, "--num", "4", "--shard-size", "2",
+    cli_fails("sample", write_toy_run(tmp_path / "run"), "--out", out, "--num", "4", "--shard-size", "2",
               "--batch-size", "2", "--steps", "2", "--no-progress", match="NaN or inf")
     assert (out / "shard-00000.npz").exists() and not (out / "shard-00001.npz").exists()
     assert json.loads((out / "manifest.json").read_text())["complete"] is False
@@ -366,7 +317,7 @@ def test_short_disk_prunes_before_writing_only_what_keep_last_would_prune(tmp_pa
 
 
 def test_flipped_bit_in_a_checkpoint_is_named(tmp_path, monkeypatch):
-    run = _write_run(tmp_path / "run")
+    run = write_toy_run(tmp_path / "run")
     ckpt = list_checkpoints(run / "checkpoints")[0][1]
     _flip_last_byte(ckpt)
     line = cli_fails("sample", run, "--out", tmp_path / "s", "--steps", "2", "--no-progress", match=str(ckpt))
@@ -376,7 +327,7 @@ def test_flipped_bit_in_a_checkpoint_is_named(tmp_path, monkeypatch):
 
 
 def test_checkpoint_without_a_hash_still_loads(tmp_path):
-    run = _write_run(tmp_path / "run")
+    run = write_toy_run(tmp_path / "run")
     ckpt = list_checkpoints(run / "checkpoints")[0][1]
     tensors, meta = load_tensors(ckpt)
     meta.pop("cbdm_sha256")
@@ -478,7 +429,7 @@ def test_malformed_optimizer_metadata_on_resume(tmp_path):
 
 
 def test_unwritable_sample_and_classifier_outputs(tmp_path):
-    run = _write_run(tmp_path / "run")
+    run = write_toy_run(tmp_path / "run")
     (tmp_path / "file").write_text("x")
     cli_fails("sample", run, "--out", tmp_path / "file" / "s", "--steps", "2", "--no-progress", match="sample folder")
     start = time.perf_counter()

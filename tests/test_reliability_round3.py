@@ -30,10 +30,8 @@ from cbdm_core.features import FeatureSet, cache_path, cached_features
 from cbdm_core.features.auto_classifier import ensure_classifier
 from cbdm_core.tensor_io import IntegrityError, load_tensors
 
-from .helpers import cli_fails, cli_ok, invoke_cli
-from .test_cli_train import TINY
-from .test_compare import tiny_protocol, write_protocol
-from .test_reliability import _Holder, _write_run
+from .helpers import TINY, cli_fails, cli_ok, invoke_cli
+from .run_helpers import LockHolder, tiny_protocol, write_protocol, write_toy_run
 
 
 @pytest.fixture(autouse=True)
@@ -66,7 +64,7 @@ def test_compare_restarts_a_run_that_crashed_before_its_first_checkpoint(tmp_pat
     (run / "tensorboard").mkdir()
     (run / "tensorboard" / "events.out").write_bytes(b"old")
     # A live process holding the folder: never touched, one-line refusal.
-    holder = _Holder(run)
+    holder = LockHolder(run)
     try:
         before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != locks.LOCK_NAME}
         cli_fails("compare", proto, "--out", out, "--no-progress", "--jobs", jobs,
@@ -200,7 +198,7 @@ def test_second_process_on_a_cold_classifier_waits_for_the_first_ones(tmp_path, 
     trained = []
     monkeypatch.setattr(auto, "_train_into", lambda path, *a, **k: trained.append(path) or path)
     path = tmp_path / "classifier-digits.safetensors"
-    holder = _Holder(tmp_path)  # the first evaluation, training the classifier
+    holder = LockHolder(tmp_path)  # the first evaluation, training the classifier
     with caplog.at_level(logging.WARNING, logger="cbdm"):
         thread = threading.Thread(target=lambda: ensure_classifier(path, "digits", None, epochs=1))
         try:
@@ -219,7 +217,7 @@ def test_second_process_on_a_cold_classifier_waits_for_the_first_ones(tmp_path, 
 
 @pytest.mark.parametrize("command", ["sample", "resume"])
 def test_corrupt_checkpoint_is_a_one_line_refusal(tmp_path, command):
-    run = _write_run(tmp_path / "run")
+    run = write_toy_run(tmp_path / "run")
     ckpt = list_checkpoints(run / "checkpoints")[0][1]
     _flip_data_byte(ckpt)
     if command == "sample":

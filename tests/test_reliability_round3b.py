@@ -15,11 +15,8 @@ import pytest
 import torch
 import yaml
 
-from .helpers import cli_fails, cli_ok
-from .test_cli_train import TINY
-from .test_compare import tiny_protocol, write_protocol
-from .test_robustness import _config as nan_config
-from .test_robustness import nan_registry  # noqa: F401 - a fixture
+from .helpers import TINY, alive, cli_fails, cli_ok
+from .run_helpers import nan_config, nan_registry, tiny_protocol, write_protocol  # noqa: F401 - nan_registry is a fixture
 
 
 @pytest.fixture(autouse=True)
@@ -290,15 +287,6 @@ def test_eval_image_folder_and_png_samples_refuse_other_sizes_undecoded(tmp_path
 # -- item 5: `cbdm compare --jobs N` workers die with their parent --------------------------------------------
 
 
-def _alive(pid: int) -> bool:
-    """Running (a zombie left to a PID 1 that does not reap counts as gone)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
 def _describe(pid: int, run: Path) -> str:
     """What a surviving worker was doing, for the failure message."""
     def read(name: str) -> str:
@@ -344,17 +332,17 @@ def test_an_orphaned_worker_that_does_not_stop_is_ended_after_the_grace_period()
                               start_new_session=True)
     try:
         child = int(parent.stdout.readline())
-        assert _alive(child)
+        assert alive(child)
         parent.send_signal(signal.SIGKILL)
         parent.wait(timeout=30)
         deadline = time.monotonic() + 20
-        while _alive(child) and time.monotonic() < deadline:
+        while alive(child) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not _alive(child), "the orphan outlived its grace period"
+        assert not alive(child), "the orphan outlived its grace period"
     finally:
         if parent.poll() is None:
             parent.kill()
-        if "child" in locals() and _alive(child):
+        if "child" in locals() and alive(child):
             os.kill(child, signal.SIGKILL)
 
 
@@ -382,21 +370,21 @@ def test_compare_workers_die_with_a_sigkilled_parent(tmp_path):
             assert parent.poll() is None and time.monotonic() < deadline, "the workers never started training"
             time.sleep(0.5)
         workers = [int((r / locks.LOCK_NAME).read_text().split()[0]) for r in runs]
-        assert parent.pid not in workers and all(_alive(pid) for pid in workers)
+        assert parent.pid not in workers and all(alive(pid) for pid in workers)
         parent.send_signal(signal.SIGKILL)
         parent.wait(timeout=30)
         killed_at = time.monotonic()
         deadline = killed_at + ORPHAN_GRACE_SECONDS + 30
-        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not any(_alive(pid) for pid in workers), (
+        assert not any(alive(pid) for pid in workers), (
             f"workers outlived their parent by {time.monotonic() - killed_at:.0f} s: "
             + "; ".join(_describe(pid, r) for pid, r in zip(workers, runs)))
     finally:
         if parent.poll() is None:
             parent.kill()
         for pid in locals().get("workers", []):
-            if _alive(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)
     for r in runs:  # a re-run is not refused: nobody holds the run folders
         locks.acquire(r, "run folder")
@@ -461,9 +449,9 @@ def test_extreme_power_distribution_exponents_stay_finite(tmp_path):
 
 @pytest.mark.parametrize("size", ["0", "1000000", "-8"])
 def test_import_checkpoint_refuses_sizes_nothing_could_load(tmp_path, size):
-    from .test_import_checkpoint import _save_ref
+    from .reference_unet import save_reference_checkpoint
 
-    _save_ref(tmp_path / "ckpt.pt")
+    save_reference_checkpoint(tmp_path / "ckpt.pt")
     dest = tmp_path / "run"
     cli_fails("import-checkpoint", tmp_path / "ckpt.pt", dest, "--image-size", size, "--ch-mult", "1,2",
               match="image")

@@ -20,9 +20,8 @@ import yaml
 from cbdm_core.features import FeatureSet, cache_path, cached_features
 from cbdm_core.features.cache import save_feature_set
 
-from .helpers import assert_same_final_checkpoint, cli_fails, cli_ok
-from .test_cli_train import TINY
-from .test_reliability import _Holder, _snapshot, _write_run
+from .helpers import TINY, assert_same_final_checkpoint, cli_fails, cli_ok, snapshot
+from .run_helpers import LockHolder, write_toy_run
 
 
 @pytest.fixture(autouse=True)
@@ -35,7 +34,7 @@ def _threads():
 
 def test_second_evaluation_on_a_cold_cache_waits_and_reads_the_warm_cache(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("CBDM_CACHE_WAIT", "30")
-    holder = _Holder(tmp_path)  # the first evaluation, computing the reference features
+    holder = LockHolder(tmp_path)  # the first evaluation, computing the reference features
     computed, result = [], {}
 
     def compute() -> FeatureSet:
@@ -73,12 +72,12 @@ def test_second_evaluation_on_a_cold_cache_waits_and_reads_the_warm_cache(tmp_pa
     ({"config_over": {"model.options.ch_mult": [1] * 5000}}, "ch_mult: List should have at most 16 items"),
 ])
 def test_hostile_checkpoint_metadata_is_one_short_line(tmp_path, over, match):
-    run = _write_run(tmp_path / "run", **over)
-    before = _snapshot(run)
+    run = write_toy_run(tmp_path / "run", **over)
+    before = snapshot(run)
     line = cli_fails("sample", run, "--out", tmp_path / "s", "--steps", "2", "--num", "3", "--format", "png",
                      "--no-progress", match=match)
     assert len(line) < 600
-    assert _snapshot(run) == before and not (tmp_path / "s").exists()
+    assert snapshot(run) == before and not (tmp_path / "s").exists()
 
 
 # -- 14. logged loss means across a resume inside a logging window -------------------------------------

@@ -13,51 +13,14 @@ import yaml
 from click.testing import CliRunner
 
 from cbdm_cli.main import cli
-from cbdm_core import registry
 from cbdm_core.checkpoint import list_checkpoints, load_checkpoint
-from cbdm_core.hookspecs import hookimpl
-from cbdm_core.methods.base import MethodSpec, TrainingMethod
-from cbdm_core.methods.cbdm import CBDMOptions
 
-from .helpers import assert_same_final_checkpoint
-from .test_cli_train import TINY
-
-
-class _NaNOnThirdCall(TrainingMethod):
-    def __init__(self):
-        self.calls = 0
-
-    def extra_labels(self, ctx):
-        return None
-
-    def loss(self, ctx, out):
-        self.calls += 1
-        bad = float("nan") if self.calls == 3 else 0.0
-        return {}, out.pred.new_tensor(bad)
-
-
-class _NaNPlugin:
-    @hookimpl
-    def register_components(self, register):
-        register("method", "nan-third", MethodSpec(options_model=CBDMOptions, build=lambda o, ctx: _NaNOnThirdCall()))
-
-
-@pytest.fixture
-def nan_registry():
-    registry._DEFAULT = registry.build_registry([_NaNPlugin()])
-    yield
-    registry.reset_registry()
-
-
-def _config(tmp_path, **over):
-    cfg = {**TINY, "objective": {"methods": [{"name": "nan-third"}]}, **over}
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+from .helpers import TINY, assert_same_final_checkpoint
+from .run_helpers import nan_config, nan_registry  # noqa: F401 - nan_registry is a fixture
 
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, nan_registry):
-    res = CliRunner().invoke(cli, ["train", "--config", str(_config(tmp_path, ckpt_every=2)), "--out",
+    res = CliRunner().invoke(cli, ["train", "--config", str(nan_config(tmp_path, ckpt_every=2)), "--out",
                                    str(tmp_path / "run"), "--no-progress"])
     assert res.exit_code != 0 and "Traceback" not in res.output
     assert "non-finite" in res.output
@@ -68,7 +31,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, nan_regis
 
 
 def test_nonfinite_skip_mode_counts_skipped_steps(tmp_path, nan_registry):
-    res = CliRunner().invoke(cli, ["train", "--config", str(_config(tmp_path)), "--out", str(tmp_path / "run"),
+    res = CliRunner().invoke(cli, ["train", "--config", str(nan_config(tmp_path)), "--out", str(tmp_path / "run"),
                                    "--no-progress", "--set", "on_nonfinite=skip"])
     assert res.exit_code == 0, res.output
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -7,42 +7,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
 from cbdm_cli.main import cli
-from cbdm_core.build import build_model
-from cbdm_core.checkpoint import Checkpoint, save_checkpoint
-from cbdm_core.config import TrainConfig
 from cbdm_core.errors import CbdmError
 from cbdm_core.sampling.plan import apportion, class_sample_counts, plan_labels
 from cbdm_core.sampling.shards import load_samples, read_shard
+from .run_helpers import write_sample_run
 
-META = {"num_classes": 3, "image_size": 8, "channels": 1, "class_counts": [30, 10, 3],
-        "class_names": ["a", "b", "c"], "dataset": "toy", "cond_dim": 0}
 FAST = ["--steps", "5", "--no-progress", "--device", "cpu"]
-
-
-def _write_run(root: Path, p_uncond: float) -> Path:
-    cfg = TrainConfig.model_validate({
-        "model": {"backbone": "unet", "options": {"ch": 8, "ch_mult": [1, 2], "attn": [1], "num_res_blocks": 1,
-                                                  "dropout": 0.0, "num_groups": 4}},
-        "diffusion": {"T": 50, "beta_T": 0.2},
-        "objective": {"p_uncond": p_uncond},
-    })
-    torch.manual_seed(0)
-    model = build_model(cfg, image_size=8, channels=1, num_classes=3)
-    sd = model.state_dict()
-    ema = {k: v.clone() for k, v in sd.items()}  # safetensors refuses tensors shared between the two
-    path = root / "checkpoints" / "ckpt-00000000.safetensors"
-    save_checkpoint(path, Checkpoint(step=0, config=cfg.model_dump(mode="json"), model=sd, ema=ema, meta=META))
-    return root
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("runs")
-    return {"run": _write_run(base / "run", 0.1), "nodrop": _write_run(base / "nodrop", 0.0)}
+    return {"run": write_sample_run(base / "run", 0.1), "nodrop": write_sample_run(base / "nodrop", 0.0)}
 
 
 def _invoke(*args) -> "object":

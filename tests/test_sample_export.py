@@ -17,16 +17,14 @@ from cbdm_cli.sample_cmd import parse_seeds
 from cbdm_core.errors import CbdmError
 from cbdm_core.evaluation.inputs import read_image_folder, read_samples
 from cbdm_core.sampling.shards import load_samples
+from .run_helpers import write_sample_run
 
-from .test_sample_cli import _write_run
-
-# -n, not --num: torchrun's argument parser takes --num for an abbreviation of its --numa-binding.
 FAST = ["--steps", "3", "--no-progress", "--device", "cpu", "-n", "7", "--batch-size", "2"]
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    return _write_run(tmp_path_factory.mktemp("run") / "run", 0.1)
+    return write_sample_run(tmp_path_factory.mktemp("run") / "run", 0.1)
 
 
 def _sample(run: Path, out: Path, *args: str) -> str:

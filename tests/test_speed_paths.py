@@ -24,8 +24,7 @@ from cbdm_core.training import precision as precision_mod
 from cbdm_core.training.precision import Precision, compile_module, resolve_precision
 from cbdm_core.training.step import PredictModule, RoutedLoss, TrainStep
 
-from .helpers import tiny_unet
-from .test_cli_train import TINY
+from .helpers import TINY, tiny_unet
 
 NUM_CLASSES = 3
 CUDA = torch.cuda.is_available()

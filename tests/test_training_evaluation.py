@@ -15,10 +15,7 @@ import yaml
 from cbdm_core.config import parse_train_config
 from cbdm_core.training.monitor import evaluation_line
 
-from .helpers import assert_same_final_checkpoint, cli_fails, cli_ok
-from .test_monitoring import TINY as MONITOR_TINY
-
-# The monitoring tests' tiny run, with dropout (so a model left in eval mode would train differently)
+from .helpers import MONITOR_TINY, assert_same_final_checkpoint, cli_fails, cli_ok
 # and a cheap evaluation: 20 samples, 2 DDIM steps, a one-epoch classifier.
 TINY = {**MONITOR_TINY,
         "model": {**MONITOR_TINY["model"], "options": {**MONITOR_TINY["model"]["options"], "dropout": 0.1}},

@@ -178,24 +178,11 @@ def _decode_many(paths: list[Path], workers: int,
     return out
 
 
-def load_folder(options: DatasetOptions | None = None, *, workers: int | None = None) -> LabeledImages:
-    """Decode a class-folder dataset into uint8 ``[N, C, H, W]`` (C = 1 if every image is grayscale).
-
-    ``max_per_class`` and the long tail pick files (seeded by ``lt_seed``) before decoding;
-    an unreadable pick is replaced by another file of its class when one is left. Unreadable
-    files are skipped and counted in ``info['skipped']`` unless ``strict``.
-    """
-    options = options or DatasetOptions()
-    root = require_root(options, "folder", WHAT)
-    base = resolve_split_dir(root, options.split)
-    names, files = list_class_files(base, class_names(options))
-    labels = torch.cat([torch.full((len(f),), c, dtype=torch.long) for c, f in enumerate(files)])
-    keep, sel_info = select_indices(labels, len(names), options, 1.0)
-    # Tiny JPEGs decode mostly under the GIL, so more threads than cores only add contention.
-    workers = workers or min(8, os.cpu_count() or 1)
-
-    # Candidate files per class: the chosen ones first, then the rest in seeded order as spares.
-    gen = torch.Generator().manual_seed(options.lt_seed)
+def _candidates(files: list[list[Path]], keep: torch.Tensor | None,
+                lt_seed: int) -> tuple[list[list[Path]], list[int]]:
+    """Candidate files per class (the chosen ones first, then the rest in seeded order as
+    spares) and how many of each class are wanted."""
+    gen = torch.Generator().manual_seed(lt_seed)
     offsets = np.cumsum([0] + [len(f) for f in files]).tolist()
     candidates: list[list[Path]] = []
     want: list[int] = []
@@ -210,14 +197,22 @@ def load_folder(options: DatasetOptions | None = None, *, workers: int | None = 
         rest = [rest[j] for j in torch.randperm(len(rest), generator=gen).tolist()]
         candidates.append([f[i] for i in picked + rest])
         want.append(len(picked))
+    return candidates, want
 
+
+def _decode_wanted(candidates: list[list[Path]], want: list[int], workers: int, strict: bool
+                   ) -> tuple[list[list[tuple[Path, np.ndarray]]], list[tuple[Path, Exception]]]:
+    """Decode ``want[c]`` images per class, replacing an unreadable pick by the next spare.
+
+    Returns the decoded ``(path, array)`` per class and the skipped ``(path, error)``.
+    """
     ref = reference_size([p for c in candidates for p in c])  # headers only: nothing decoded yet
-    got: list[list[tuple[Path, np.ndarray]]] = [[] for _ in files]
-    tried = [0] * len(files)
+    got: list[list[tuple[Path, np.ndarray]]] = [[] for _ in candidates]
+    tried = [0] * len(candidates)
     skipped: list[tuple[Path, Exception]] = []
     while True:
         batch: list[tuple[int, Path]] = []
-        for c in range(len(files)):
+        for c in range(len(candidates)):
             n = min(want[c] - len(got[c]), len(candidates[c]) - tried[c])
             batch += [(c, p) for p in candidates[c][tried[c]:tried[c] + n]]
             tried[c] += max(n, 0)
@@ -227,19 +222,17 @@ def load_folder(options: DatasetOptions | None = None, *, workers: int | None = 
             if isinstance(res, _Refused):
                 raise res
             if isinstance(res, Exception):
-                if options.strict:
+                if strict:
                     raise CbdmError(f"dataset folder: cannot read image {p}: {type(res).__name__}: {res}")
                 skipped.append((p, res))
             else:
                 got[c].append((p, res))
-    if skipped:
-        log.warning("dataset folder: skipped %d unreadable image(s), e.g. %s (%s)",
-                    len(skipped), skipped[0][0], skipped[0][1])
-    for c, g in enumerate(got):
-        if not g:
-            raise CbdmError(f"dataset folder: class folder {base / names[c]} has no readable image")
+    return got, skipped
 
-    # Every image must share one size (no silent resizing); name the first offender.
+
+def _stack_same_size(got: list[list[tuple[Path, np.ndarray]]]) -> tuple[np.ndarray, list[int]]:
+    """uint8 ``[N, C, H, W]`` and the labels; every image must share one square size."""
+    # No silent resizing: name the first offender.
     ref_path, ref = got[0][0]
     ref_hw = ref.shape[:2]
     if ref_hw[0] != ref_hw[1]:
@@ -256,12 +249,38 @@ def load_folder(options: DatasetOptions | None = None, *, workers: int | None = 
                 )
             arrays.append(a)
             out_labels.append(c)
-    all_gray = all(a.ndim == 2 for a in arrays)
-    if all_gray:
+    if all(a.ndim == 2 for a in arrays):
         images = np.stack(arrays)[:, None]
     else:
         images = np.stack([np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a for a in arrays])
         images = images.transpose(0, 3, 1, 2)
+    return images, out_labels
+
+
+def load_folder(options: DatasetOptions | None = None, *, workers: int | None = None) -> LabeledImages:
+    """Decode a class-folder dataset into uint8 ``[N, C, H, W]`` (C = 1 if every image is grayscale).
+
+    ``max_per_class`` and the long tail pick files (seeded by ``lt_seed``) before decoding;
+    an unreadable pick is replaced by another file of its class when one is left. Unreadable
+    files are skipped and counted in ``info['skipped']`` unless ``strict``.
+    """
+    options = options or DatasetOptions()
+    root = require_root(options, "folder", WHAT)
+    base = resolve_split_dir(root, options.split)
+    names, files = list_class_files(base, class_names(options))
+    labels = torch.cat([torch.full((len(f),), c, dtype=torch.long) for c, f in enumerate(files)])
+    keep, sel_info = select_indices(labels, len(names), options, 1.0)
+    # Tiny JPEGs decode mostly under the GIL, so more threads than cores only add contention.
+    workers = workers or min(8, os.cpu_count() or 1)
+    candidates, want = _candidates(files, keep, options.lt_seed)
+    got, skipped = _decode_wanted(candidates, want, workers, options.strict)
+    if skipped:
+        log.warning("dataset folder: skipped %d unreadable image(s), e.g. %s (%s)",
+                    len(skipped), skipped[0][0], skipped[0][1])
+    for c, g in enumerate(got):
+        if not g:
+            raise CbdmError(f"dataset folder: class folder {base / names[c]} has no readable image")
+    images, out_labels = _stack_same_size(got)
     info = {
         "split": options.split,
         "source": str(base),

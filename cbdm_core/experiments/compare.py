@@ -170,18 +170,11 @@ def _run_dir(out_dir: Path, method: str, seed: int) -> Path:
     return out_dir / "runs" / method / f"seed-{seed}"
 
 
-def plan_study(protocol: Protocol, out_dir: Path) -> StudyPlan:
-    """Resolve and check the whole study without reading data: every training config (names
-    and options of all components), the metrics, the selection and primary values, guidance
-    against label dropout. One-line :class:`CbdmError` on the first problem."""
+def _train_configs(p: Protocol, out_dir: Path) -> dict[tuple[str, int], TrainConfig]:
+    """Every run's training config, checked (names and options of all components)."""
     from ..build import check_components
-    from ..evaluation import resolve_metrics
-    from ..evaluation.engine import check_metric_options
-    from ..evaluation.values import provider_of, rankable
     from ..registry import get_registry
 
-    p = protocol
-    entries = {e.name: e for e in p.methods}
     configs: dict[tuple[str, int], TrainConfig] = {}
     for e in p.methods:
         if not e.trains:  # a sampling arm: its source's config (validated, listed before it)
@@ -200,16 +193,15 @@ def plan_study(protocol: Protocol, out_dir: Path) -> StudyPlan:
             if e.init_from is not None:  # set after the check: the source run is trained first
                 cfg = cfg.model_copy(update={"init_from": _run_dir(Path(out_dir), e.init_from, s)})
             configs[(e.name, s)] = cfg
-    if any(w > 0 for w in p.guidance.values + p.guidance.curve_values):
-        nodrop = [k for k, c in configs.items() if c.objective.p_uncond <= 0]
-        if nodrop:
-            raise CbdmError(f"guidance w > 0 needs label dropout, but {nodrop[0][0]} trains with "
-                            "objective.p_uncond = 0")
-    get_registry().get("sampler", p.sampling.sampler)
-    if p.sampling.num < 1 or p.sampling.batch_size < 1:
-        raise CbdmError("sampling.num and sampling.batch_size must be positive")
-    _check_study_sampling(p, configs)
-    check_arms(p, configs, lambda label, s: _run_dir(Path(out_dir), label, s))
+    return configs
+
+
+def _study_metrics(p: Protocol) -> list[str]:
+    """The evaluation's metrics, with their extractor and options checked."""
+    from ..evaluation import resolve_metrics
+    from ..evaluation.engine import check_metric_options
+    from ..registry import get_registry
+
     get_registry().get("feature_extractor", p.evaluation.extractor)
     if p.evaluation.extractor == "classifier" and p.evaluation.classifier is None:
         raise CbdmError("evaluation.extractor classifier needs evaluation.classifier: a file, or auto")
@@ -218,6 +210,14 @@ def plan_study(protocol: Protocol, out_dir: Path) -> StudyPlan:
     unknown = sorted(set(p.evaluation.metric_options) - set(metrics))
     if unknown:
         raise CbdmError(f"evaluation.metric_options names {unknown[0]!r}, which is not among the metrics")
+    return metrics
+
+
+def _directions(p: Protocol, metrics: list[str]) -> tuple[dict[str, str], list[str]]:
+    """The ranking direction of every primary (and selection) value, and the metrics the
+    selection samples need."""
+    from ..evaluation.values import provider_of, rankable
+
     directions: dict[str, str] = {}
     for value in p.primary:
         if provider_of(value, metrics) is None:
@@ -232,6 +232,30 @@ def plan_study(protocol: Protocol, out_dir: Path) -> StudyPlan:
             raise CbdmError(f"guidance.select {select!r} is not a value of the chosen metrics ({', '.join(metrics)})")
         directions[select] = rankable(select, metrics).value
         select_metrics = [provider]  # selection samples need only the metric that picks w
+    return directions, select_metrics
+
+
+def plan_study(protocol: Protocol, out_dir: Path) -> StudyPlan:
+    """Resolve and check the whole study without reading data: every training config (names
+    and options of all components), the metrics, the selection and primary values, guidance
+    against label dropout. One-line :class:`CbdmError` on the first problem."""
+    from ..registry import get_registry
+
+    p = protocol
+    entries = {e.name: e for e in p.methods}
+    configs = _train_configs(p, out_dir)
+    if any(w > 0 for w in p.guidance.values + p.guidance.curve_values):
+        nodrop = [k for k, c in configs.items() if c.objective.p_uncond <= 0]
+        if nodrop:
+            raise CbdmError(f"guidance w > 0 needs label dropout, but {nodrop[0][0]} trains with "
+                            "objective.p_uncond = 0")
+    get_registry().get("sampler", p.sampling.sampler)
+    if p.sampling.num < 1 or p.sampling.batch_size < 1:
+        raise CbdmError("sampling.num and sampling.batch_size must be positive")
+    _check_study_sampling(p, configs)
+    check_arms(p, configs, lambda label, s: _run_dir(Path(out_dir), label, s))
+    metrics = _study_metrics(p)
+    directions, select_metrics = _directions(p, metrics)
     return StudyPlan(p, Path(out_dir), configs, entries, metrics, select_metrics, directions, sampling_seeds(p))
 
 

@@ -36,6 +36,41 @@ def _check_labels(y: torch.Tensor, batch: int, num_classes: Optional[int], null_
                         f"or be the null label {num_classes if null_label is None else null_label}")
 
 
+def _checked_inputs(model: Any, x_T: torch.Tensor, y: torch.Tensor, null_label: Optional[int],
+                    generator: GeneratorArg) -> tuple[torch.Tensor, Optional[int]]:
+    """Check ``x_T``, the labels and the generators; the labels as long on ``x_T``'s device,
+    and the null label (default ``model.num_classes``)."""
+    if not isinstance(x_T, torch.Tensor) or not x_T.is_floating_point():
+        raise CbdmError("x_T must be a floating-point tensor [B, ...]")
+    if x_T.ndim < 2:
+        raise CbdmError(f"x_T must be batched, shape [B, ...], got {tuple(x_T.shape)}")
+    batch = int(x_T.shape[0])
+    y = torch.as_tensor(y)
+    num_classes = getattr(model, "num_classes", None)
+    num_classes = None if num_classes is None else int(num_classes)
+    if null_label is None:
+        null_label = num_classes
+    _check_labels(y, batch, num_classes, null_label)
+    y = y.to(device=x_T.device, dtype=torch.long)
+    check_generator(generator, batch)
+    return y, null_label
+
+
+def _guided(model: Any, schedule: NoiseSchedule, w: float, null_label: Optional[int], guidance_method: str,
+            guidance_options: Optional[Mapping[str, Any]]) -> Any:
+    """The denoiser the sampler calls: ``model`` wrapped by its guidance, or ``model`` itself."""
+    guide, _ = resolve_guidance(guidance_method, guidance_options)  # a bad name or option fails also at w = 0
+    # A GuidanceSpec's factory takes the schedule; a plain registered callable takes 3 arguments.
+    extra = {"schedule": schedule} if hasattr(guide, "active_at_zero") else {}
+    if getattr(guide, "active_at_zero", False):  # its strength is its own option: applied at any w
+        return guide(model, w, None if null_label is None else int(null_label), **extra)
+    if w > 0.0:
+        if null_label is None:
+            raise CbdmError("guidance needs a null label: the model has no num_classes; pass null_label=")
+        return guide(model, w, int(null_label), **extra)
+    return model
+
+
 def sample(model: Any, schedule: NoiseSchedule, x_T: torch.Tensor, y: torch.Tensor, *,
            sampler: str = "ddim", steps: Optional[int] = None, eta: float = 0.0, guidance: float = 0.0,
            guidance_method: str = "cfg", guidance_options: Optional[Mapping[str, Any]] = None,
@@ -67,36 +102,13 @@ def sample(model: Any, schedule: NoiseSchedule, x_T: torch.Tensor, y: torch.Tens
         callback: ``callback(step_index, num_steps, x)`` after each step.
         **sampler_options: sampler specific, e.g. ``var_type`` (ddpm) or ``spacing`` (ddim).
     """
-    if not isinstance(x_T, torch.Tensor) or not x_T.is_floating_point():
-        raise CbdmError("x_T must be a floating-point tensor [B, ...]")
-    if x_T.ndim < 2:
-        raise CbdmError(f"x_T must be batched, shape [B, ...], got {tuple(x_T.shape)}")
-    batch = int(x_T.shape[0])
-    y = torch.as_tensor(y)
-    num_classes = getattr(model, "num_classes", None)
-    num_classes = None if num_classes is None else int(num_classes)
-    if null_label is None:
-        null_label = num_classes
-    _check_labels(y, batch, num_classes, null_label)
-    y = y.to(device=x_T.device, dtype=torch.long)
-    check_generator(generator, batch)
-
+    y, null_label = _checked_inputs(model, x_T, y, null_label, generator)
     w = float(guidance)
     if not w >= 0.0:
         raise CbdmError(f"guidance must be >= 0, got {guidance}")
     spec: SamplerSpec = _lookup("sampler", sampler)
     sampler_options = validate_options(getattr(spec, "options_model", None), sampler_options, f"sampler {sampler!r}")
-    guide, _ = resolve_guidance(guidance_method, guidance_options)  # a bad name or option fails also at w = 0
-    # A GuidanceSpec's factory takes the schedule; a plain registered callable takes 3 arguments.
-    extra = {"schedule": schedule} if hasattr(guide, "active_at_zero") else {}
-    if getattr(guide, "active_at_zero", False):  # its strength is its own option: applied at any w
-        denoise_fn = guide(model, w, None if null_label is None else int(null_label), **extra)
-    elif w > 0.0:
-        if null_label is None:
-            raise CbdmError("guidance needs a null label: the model has no num_classes; pass null_label=")
-        denoise_fn = guide(model, w, int(null_label), **extra)
-    else:
-        denoise_fn = model
+    denoise_fn = _guided(model, schedule, w, null_label, guidance_method, guidance_options)
     if steps is None:
         steps = spec.default_steps
     # no_grad also for third-party samplers that forget it (not inference_mode:

@@ -106,6 +106,91 @@ def _image_shape(run: "LoadedRun") -> tuple[int, int, int]:
         return int(run.model.channels), int(run.model.image_size), int(run.model.image_size)
 
 
+def _check_request(run: "LoadedRun", labels_np: np.ndarray, st: SamplingSettings, shard_size: int,
+                   C: int) -> None:
+    """Refuse a request that cannot be sampled, before anything is run."""
+    if run.num_classes == 0 and float(st.guidance) != 0:
+        raise CbdmError("guidance needs a class-conditional model; this one is unconditional")
+    if int(labels_np.size) <= 0:
+        raise CbdmError("the number of samples must be positive")
+    if st.batch_size <= 0:
+        raise CbdmError(f"batch size must be positive, got {st.batch_size}")
+    if shard_size <= 0:
+        raise CbdmError(f"shard size must be positive, got {shard_size}")
+    bad = (labels_np < 0) | (labels_np >= C)
+    if bad.any():
+        raise CbdmError(f"class index {int(labels_np[bad][0])} is out of range: the model has {C} classes "
+                        f"(0..{C - 1})")
+    for name, value in (("guidance", st.guidance), ("eta", st.eta)):
+        if not math.isfinite(float(value)):
+            raise CbdmError(f"{name} must be a finite number, got {value}")
+
+
+def _chosen_indices(indices: Optional[Sequence[int]], num: int, image_format: str) -> Optional[np.ndarray]:
+    """The sorted unique sample indices to (re)make, or ``None`` for all missing ones."""
+    if image_format not in ("npz", "png"):
+        raise CbdmError(f"unknown image format {image_format!r}; choose npz or png")
+    chosen = None if indices is None else np.unique(np.asarray(list(indices), dtype=np.int64))
+    if chosen is not None and (chosen.size == 0 or chosen[0] < 0 or chosen[-1] >= num):
+        raise CbdmError(f"the chosen sample indices must lie in 0..{num - 1}"
+                        + (f", got {int(chosen[-1])}" if chosen is not None and chosen.size else ""))
+    return chosen
+
+
+def _checked_sampler(run: "LoadedRun", st: SamplingSettings) -> dict[str, Any]:
+    """How to sample, resolved (steps) and checked by the sampler itself on a dummy denoiser."""
+    options = dict(st.sampler_options or {})
+    steps = resolve_steps(st.sampler, st.steps, run.schedule.num_timesteps)
+    eta, guidance = float(st.eta), float(st.guidance)
+    preflight(run, sampler=st.sampler, steps=steps, eta=eta, guidance=guidance, clip_denoised=st.clip_denoised,
+              sampler_options=options, guidance_method=st.guidance_method, guidance_options=st.guidance_options)
+    guidance_options = resolve_guidance(st.guidance_method, st.guidance_options)[1]  # as validated
+    return {"sampler": st.sampler, "steps": steps, "eta": eta, "guidance": guidance,
+            "clip_denoised": st.clip_denoised, "sampler_options": options, "guidance_options": guidance_options}
+
+
+def _manifest_settings(run: "LoadedRun", st: SamplingSettings, how: dict[str, Any], labels_np: np.ndarray,
+                       counts: list[int], chw: tuple[int, int, int], shard_size: int,
+                       image_format: str) -> dict[str, Any]:
+    """The manifest's ``settings``: everything that decides the images (a folder is reused
+    only when they match)."""
+    settings = {
+        "checkpoint": str(Path(run.checkpoint).resolve()), "step": int(run.step), "ema": st.ema,
+        "sampler": how["sampler"], "steps": how["steps"], "eta": how["eta"], "guidance": how["guidance"],
+        "clip_denoised": how["clip_denoised"], "sampler_options": how["sampler_options"],
+        "seed": int(st.seed or 0), "num": int(labels_np.size),
+        "counts_per_class": counts, "labels_sha256": _labels_digest(labels_np), "shard_size": int(shard_size),
+        "image_shape": [chw[1], chw[2], chw[0]],
+        # The model itself: a retrained run has the same checkpoint path and step.
+        "weights_sha256": getattr(run, "weights_sha256", "") or None,
+    }
+    if st.guidance_method != "cfg":  # only then, so folders sampled before this setting existed still resume
+        settings["guidance_method"] = st.guidance_method
+    if how["guidance_options"]:  # likewise; other options are other images, so a folder is not reused for them
+        settings["guidance_options"] = how["guidance_options"]
+    if image_format != "npz":  # likewise
+        settings["format"] = image_format
+    return settings
+
+
+def _lock_folder(out_dir: Path, settings: dict[str, Any], overwrite: bool, ctx: DistContext) -> None:
+    """Take the sample folder's lock and make it ready for ``settings`` (rank 0, for all ranks)."""
+
+    def prepare() -> None:
+        # One writer per sample folder for the whole call (rank 0 holds it for all ranks):
+        # a second `cbdm sample` into it is refused. A refused start leaves no lock file, nor
+        # the folder when it created it (acquire creates it).
+        locks.acquire(out_dir, "sample folder")
+        try:
+            remove_stale_temps(out_dir)
+            _prepare_folder(out_dir, settings, overwrite)
+        except BaseException:
+            locks.release(out_dir, discard=True)
+            raise
+
+    ctx.main_first(prepare, others=False)  # an error on rank 0 is raised on every rank
+
+
 def generate_samples(run: "LoadedRun", labels: Sequence[int], *, out_dir: Path,
                      settings: Optional[SamplingSettings] = None, shard_size: int = 5000, overwrite: bool = False,
                      on_progress: Optional[ProgressFn] = None,
@@ -136,81 +221,26 @@ def generate_samples(run: "LoadedRun", labels: Sequence[int], *, out_dir: Path,
             process makes a contiguous range of the work; the images do not depend on it.
     """
     st = settings if settings is not None else SamplingSettings()
-    sampler, steps, eta, guidance, guidance_method = st.sampler, st.steps, st.eta, st.guidance, st.guidance_method
-    seed, batch_size, clip_denoised, sampler_options = st.seed or 0, st.batch_size, st.clip_denoised, st.sampler_options
-    classes, ema, grid_per_class = st.classes, st.ema, st.per_class
     out_dir = Path(out_dir)
     labels_np = np.asarray(list(labels), dtype=np.int64)
     num = int(labels_np.size)
     # An unconditional model (no classes) samples with the null label, index 0; for
     # bookkeeping (counts, grid rows) it counts as one class.
     C = max(run.num_classes, 1)
-    if run.num_classes == 0 and float(guidance) != 0:
-        raise CbdmError("guidance needs a class-conditional model; this one is unconditional")
-    if num <= 0:
-        raise CbdmError("the number of samples must be positive")
-    if batch_size <= 0:
-        raise CbdmError(f"batch size must be positive, got {batch_size}")
-    if shard_size <= 0:
-        raise CbdmError(f"shard size must be positive, got {shard_size}")
-    bad = (labels_np < 0) | (labels_np >= C)
-    if bad.any():
-        raise CbdmError(f"class index {int(labels_np[bad][0])} is out of range: the model has {C} classes "
-                        f"(0..{C - 1})")
-    for name, value in (("guidance", guidance), ("eta", eta)):
-        if not math.isfinite(float(value)):
-            raise CbdmError(f"{name} must be a finite number, got {value}")
-    options = dict(sampler_options or {})
-    T = run.schedule.num_timesteps
-    steps = resolve_steps(sampler, steps, T)
-    eta, guidance = float(eta), float(guidance)
-    preflight(run, sampler=sampler, steps=steps, eta=eta, guidance=guidance, clip_denoised=clip_denoised,
-              sampler_options=options, guidance_method=guidance_method, guidance_options=st.guidance_options)
-    guidance_options = resolve_guidance(guidance_method, st.guidance_options)[1]  # as validated, for the manifest
-
+    _check_request(run, labels_np, st, shard_size, C)
+    how = _checked_sampler(run, st)  # before any folder is made or any network call is spent
     chw = _image_shape(run)
     counts = np.bincount(labels_np, minlength=C).tolist()
     spans = sh.shard_spans(num, shard_size)
-    if image_format not in ("npz", "png"):
-        raise CbdmError(f"unknown image format {image_format!r}; choose npz or png")
-    chosen = None if indices is None else np.unique(np.asarray(list(indices), dtype=np.int64))
-    if chosen is not None and (chosen.size == 0 or chosen[0] < 0 or chosen[-1] >= num):
-        raise CbdmError(f"the chosen sample indices must lie in 0..{num - 1}"
-                        + (f", got {int(chosen[-1])}" if chosen is not None and chosen.size else ""))
-    settings = {
-        "checkpoint": str(Path(run.checkpoint).resolve()), "step": int(run.step), "ema": ema,
-        "sampler": sampler, "steps": steps, "eta": eta, "guidance": guidance, "clip_denoised": clip_denoised,
-        "sampler_options": options, "seed": int(seed), "num": num,
-        "counts_per_class": counts, "labels_sha256": _labels_digest(labels_np), "shard_size": int(shard_size),
-        "image_shape": [chw[1], chw[2], chw[0]],
-        # The model itself: a retrained run has the same checkpoint path and step.
-        "weights_sha256": getattr(run, "weights_sha256", "") or None,
-    }
-    if guidance_method != "cfg":  # only then, so folders sampled before this setting existed still resume
-        settings["guidance_method"] = guidance_method
-    if guidance_options:  # likewise; other options are other images, so a folder is not reused for them
-        settings["guidance_options"] = guidance_options
-    if image_format != "npz":  # likewise
-        settings["format"] = image_format
+    chosen = _chosen_indices(indices, num, image_format)
+    record = _manifest_settings(run, st, how, labels_np, counts, chw, shard_size, image_format)
     ctx = ctx if ctx is not None else DistContext()
-
-    def prepare() -> None:
-        # One writer per sample folder for the whole call (rank 0 holds it for all ranks):
-        # a second `cbdm sample` into it is refused. A refused start leaves no lock file, nor
-        # the folder when it created it (acquire creates it).
-        locks.acquire(out_dir, "sample folder")
-        try:
-            remove_stale_temps(out_dir)
-            _prepare_folder(out_dir, settings, overwrite)
-        except BaseException:
-            locks.release(out_dir, discard=True)
-            raise
-
-    ctx.main_first(prepare, others=False)  # an error on rank 0 is raised on every rank
+    _lock_folder(out_dir, record, overwrite, ctx)
     try:
-        return _generate_locked(run, labels_np, out_dir=out_dir, settings=settings, spans=spans, counts=counts,
-                                chw=chw, C=C, classes=classes, batch_size=batch_size, grid_per_class=grid_per_class,
-                                on_progress=on_progress, on_ready=on_ready, chosen=chosen, ctx=ctx)
+        return _generate_locked(run, labels_np, out_dir=out_dir, settings=record, spans=spans, counts=counts,
+                                chw=chw, C=C, classes=st.classes, batch_size=st.batch_size,
+                                grid_per_class=st.per_class, on_progress=on_progress, on_ready=on_ready,
+                                chosen=chosen, ctx=ctx)
     finally:
         if ctx.is_main:
             locks.release(out_dir)
@@ -244,6 +274,63 @@ def _plan_work(out_dir: Path, spans: list, labels_np: np.ndarray, settings: dict
     return work
 
 
+def _new_manifest(run: "LoadedRun", labels_np: np.ndarray, settings: dict[str, Any], spans: list,
+                  counts: list[int], C: int, classes: str, batch_size: int) -> dict[str, Any]:
+    """The folder's manifest, not yet complete (png: with its class folders and labels)."""
+    num, shard_size = settings["num"], settings["shard_size"]
+    class_names = list((run.meta or {}).get("class_names") or
+                       (["unconditional"] if run.num_classes == 0 else [str(k) for k in range(C)]))
+    manifest = {
+        "format": sh.FORMAT, "complete": False, "settings": settings, "classes": classes, "num_classes": C,
+        "class_names": class_names, "counts_per_class": counts, "num": num, "shard_size": int(shard_size),
+        "shards": [{"file": s.name, "start": s.start, "count": s.count} for s in spans],
+        "grid": sh.GRID, "batch_size": int(batch_size),
+    }
+    if settings.get("format") == "png":
+        manifest.update(images="png", class_dirs=sh.class_dirs(class_names), labels=sh.encode_labels(labels_np))
+    return manifest
+
+
+def _write_my_part(run: "LoadedRun", labels_np: np.ndarray, work: list[np.ndarray], *, out_dir: Path,
+                   settings: dict[str, Any], spans: list, dirs: Optional[list[str]], chw: tuple[int, int, int],
+                   batch_size: int, done: int, total: int, on_progress: Optional[ProgressFn],
+                   result: SampleResult, ctx: DistContext) -> None:
+    """Sample and write this rank's part of the work (whole shard files, or one PNG per image)."""
+    own = 0
+    for span, idx in _my_part(spans, work, ctx.rank, ctx.world, dirs is not None):
+        images = _sample_indices(run, idx, labels_np, settings=settings, batch_size=batch_size, chw=chw,
+                                 done=done + own * ctx.world, total=total, scale=ctx.world,
+                                 on_progress=on_progress)
+        if dirs is not None:
+            for i, im in zip(idx.tolist(), images):
+                sh.write_png(sh.png_path(out_dir, dirs[labels_np[i]], i), im)
+        else:
+            path = out_dir / span.name
+            if len(idx) == span.count:
+                full = images
+            else:  # the chosen rows of an existing shard
+                full, _ = sh.read_shard(path)
+                full = full.copy()
+                full[idx - span.start] = images
+            sh.write_shard(path, full, labels_np[span.start:span.stop])
+            result.generated.append(path)
+        own += len(idx)
+        if on_progress is not None:
+            on_progress(float(min(done + own * ctx.world, total)), total)
+
+
+def _finish_folder(out_dir: Path, manifest: dict[str, Any], labels_np: np.ndarray, spans: list,
+                   dirs: Optional[list[str]], chw: tuple[int, int, int], C: int, grid_per_class: int,
+                   counts: list[int], grid: Path) -> None:
+    """Rank 0, after every rank wrote: the grid, and the manifest marked complete when it is."""
+    settings = manifest["settings"]
+    complete = all(len(w) == 0 for w in _plan_work(out_dir, spans, labels_np, settings, dirs, None, False))
+    _save_grid(grid, _grid_images(out_dir, manifest, spans, C, grid_per_class, counts), C,
+               max(1, min(int(grid_per_class), max(counts))), chw, _row_names(manifest, C))
+    manifest["complete"] = complete
+    sh.write_manifest(out_dir, manifest)
+
+
 def _generate_locked(run: "LoadedRun", labels_np: np.ndarray, *, out_dir: Path, settings: dict[str, Any],
                      spans: list, counts: list[int], chw: tuple[int, int, int], C: int, classes: str,
                      batch_size: int, grid_per_class: int, on_progress: Optional[ProgressFn],
@@ -256,21 +343,11 @@ def _generate_locked(run: "LoadedRun", labels_np: np.ndarray, *, out_dir: Path, 
     the same for any number of processes.
     """
     ctx = ctx if ctx is not None else DistContext()
-    num, shard_size = settings["num"], settings["shard_size"]
-    png = settings.get("format") == "png"
-    class_names = list((run.meta or {}).get("class_names") or
-                       (["unconditional"] if run.num_classes == 0 else [str(k) for k in range(C)]))
-    dirs = sh.class_dirs(class_names) if png else None
-    manifest = {
-        "format": sh.FORMAT, "complete": False, "settings": settings, "classes": classes, "num_classes": C,
-        "class_names": class_names, "counts_per_class": counts, "num": num, "shard_size": int(shard_size),
-        "shards": [{"file": s.name, "start": s.start, "count": s.count} for s in spans],
-        "grid": sh.GRID, "batch_size": int(batch_size),
-    }
-    if png:
-        manifest.update(images="png", class_dirs=dirs, labels=sh.encode_labels(labels_np))
+    num = settings["num"]
+    manifest = _new_manifest(run, labels_np, settings, spans, counts, C, classes, batch_size)
+    dirs = manifest.get("class_dirs")
     result = SampleResult(out_dir, out_dir / sh.MANIFEST, out_dir / sh.GRID, [out_dir / s.name for s in spans])
-    if png:
+    if dirs is not None:
         result.shards = []
 
     def plan() -> list[np.ndarray]:
@@ -287,27 +364,9 @@ def _generate_locked(run: "LoadedRun", labels_np: np.ndarray, *, out_dir: Path, 
         on_ready(done)
     error: Optional[str] = None
     try:
-        own = 0
-        for span, idx in _my_part(spans, work, ctx.rank, ctx.world, png):
-            images = _sample_indices(run, idx, labels_np, settings=settings, batch_size=batch_size, chw=chw,
-                                     done=done + own * ctx.world, total=total, scale=ctx.world,
-                                     on_progress=on_progress)
-            if png:
-                for i, im in zip(idx.tolist(), images):
-                    sh.write_png(sh.png_path(out_dir, dirs[labels_np[i]], i), im)
-            else:
-                path = out_dir / span.name
-                if len(idx) == span.count:
-                    full = images
-                else:  # the chosen rows of an existing shard
-                    full, _ = sh.read_shard(path)
-                    full = full.copy()
-                    full[idx - span.start] = images
-                sh.write_shard(path, full, labels_np[span.start:span.stop])
-                (result.generated.append(path))
-            own += len(idx)
-            if on_progress is not None:
-                on_progress(float(min(done + own * ctx.world, total)), total)
+        _write_my_part(run, labels_np, work, out_dir=out_dir, settings=settings, spans=spans, dirs=dirs, chw=chw,
+                       batch_size=batch_size, done=done, total=total, on_progress=on_progress, result=result,
+                       ctx=ctx)
     except CbdmError as exc:
         error = str(exc)
     # Every rank learns of a failure on any rank, so none waits at a barrier forever.
@@ -315,14 +374,10 @@ def _generate_locked(run: "LoadedRun", labels_np: np.ndarray, *, out_dir: Path, 
     if failed:
         raise CbdmError(error or "another sampling process failed (see its message); the complete files are kept")
     ctx.barrier()
-    if not png:
+    if dirs is None:
         result.skipped = [p for p in result.shards if p not in result.generated]
     if ctx.is_main:
-        complete = all(len(w) == 0 for w in _plan_work(out_dir, spans, labels_np, settings, dirs, None, False))
-        _save_grid(result.grid, _grid_images(out_dir, manifest, spans, C, grid_per_class, counts), C,
-                   max(1, min(int(grid_per_class), max(counts))), chw, _row_names(manifest, C))
-        manifest["complete"] = complete
-        sh.write_manifest(out_dir, manifest)
+        _finish_folder(out_dir, manifest, labels_np, spans, dirs, chw, C, grid_per_class, counts, result.grid)
     ctx.barrier()
     return result
 

@@ -24,7 +24,7 @@ noise; it is scaled by the (clamped) ``sigma_max`` here.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -81,6 +81,34 @@ class HeunOptions(BaseModel):
     S_noise: float = Field(1.0, ge=0)
 
 
+def _clamped_sigmas(schedule: NoiseSchedule, n: int, sigma_min: float, sigma_max: float,
+                    rho: float) -> tuple[list[float], float]:
+    """EDM's ``n`` noise levels (then 0) within the schedule's sigma range, and its top sigma."""
+    sched = schedule_sigmas(schedule)
+    lo, hi = float(sched[0]), float(sched[-1])
+    s_max = min(sigma_max, hi)
+    s_min = min(max(sigma_min, lo), s_max)
+    if s_min >= s_max and n > 1:
+        s_min = s_max  # a one-level schedule: every step at the same sigma, then to 0
+    return karras_sigmas(n, s_min, s_max, rho), hi
+
+
+def _denoiser(denoise_fn: DenoiseFn, schedule: NoiseSchedule, y: torch.Tensor,
+              clip: bool) -> Callable[[torch.Tensor, float], torch.Tensor]:
+    """``D(x, sigma)``: the denoised image at noise level ``sigma`` from the eps network."""
+
+    def denoised(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        s = torch.full((x.shape[0],), sigma, dtype=torch.float64, device=x.device)
+        t = sigma_to_t(s, schedule).to(torch.float32)
+        eps = denoise_fn(x / math.sqrt(1.0 + sigma * sigma), t, y)
+        if eps.shape != x.shape:
+            raise CbdmError(f"the denoiser returned shape {tuple(eps.shape)} for input {tuple(x.shape)}")
+        d = x - sigma * eps.to(x.dtype)
+        return d.clamp(-1.0, 1.0) if clip else d
+
+    return denoised
+
+
 @torch.no_grad()
 def heun_sample(denoise_fn: DenoiseFn, schedule: NoiseSchedule, x_T: torch.Tensor, y: torch.Tensor, *,
                 steps: Optional[int] = DEFAULT_STEPS, eta: float = 0.0, clip_denoised: Optional[bool] = None,
@@ -111,23 +139,8 @@ def heun_sample(denoise_fn: DenoiseFn, schedule: NoiseSchedule, x_T: torch.Tenso
     clip = bool(clip_denoised) if clip_denoised is not None else False
     check_generator(generator, x_T.shape[0])
     n = DEFAULT_STEPS if steps is None else int(steps)
-    sched = schedule_sigmas(schedule)
-    lo, hi = float(sched[0]), float(sched[-1])
-    s_max = min(float(sigma_max), hi)
-    s_min = min(max(float(sigma_min), lo), s_max)
-    if s_min >= s_max and n > 1:
-        s_min = s_max  # a one-level schedule: every step at the same sigma, then to 0
-    sigmas = karras_sigmas(n, s_min, s_max, rho)
-
-    def denoised(x: torch.Tensor, sigma: float) -> torch.Tensor:
-        s = torch.full((x.shape[0],), sigma, dtype=torch.float64, device=x.device)
-        t = sigma_to_t(s, schedule).to(torch.float32)
-        eps = denoise_fn(x / math.sqrt(1.0 + sigma * sigma), t, y)
-        if eps.shape != x.shape:
-            raise CbdmError(f"the denoiser returned shape {tuple(eps.shape)} for input {tuple(x.shape)}")
-        d = x - sigma * eps.to(x.dtype)
-        return d.clamp(-1.0, 1.0) if clip else d
-
+    sigmas, hi = _clamped_sigmas(schedule, n, float(sigma_min), float(sigma_max), rho)
+    denoised = _denoiser(denoise_fn, schedule, y, clip)
     gamma_max = min(S_churn / n, math.sqrt(2.0) - 1.0) if S_churn > 0 else 0.0
     x = x_T * sigmas[0]
     for i in range(n):
