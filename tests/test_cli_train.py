@@ -107,7 +107,8 @@ def test_corrupt_checkpoint_on_resume(tmp_path, tiny_config):
 @pytest.mark.parametrize("args, needle", [
     (["--y-dist", "nope"], "unknown label distribution 'nope'; available:"),
     (["--backbone", "resnet9000"], "unknown backbone 'resnet9000'"),
-    (["--dataset", "imagenet-lt"], "unknown dataset 'imagenet-lt'"),
+    (["--dataset", "imagenet-2040"], "unknown dataset 'imagenet-2040'"),
+    (["--dataset", "imagenet-lt"], "needs --data-root"),  # a real dataset now: its data are missing
     (["--set", "optim.lr=-1"], "optim.lr"),
     (["--set", "optim.typo=1"], "optim.typo: unknown key"),
     (["--set", "model.options.ch_mult=[1,-2]"], "model.options"),
