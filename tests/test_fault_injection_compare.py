@@ -170,11 +170,15 @@ def _steps(root: Path) -> list[int]:
 
 
 def _normalized(root: Path) -> dict[str, Any]:
-    """``compare.json`` with the study's own folder spelled ``<root>`` and the creation time dropped
-    (the only fields that depend on where and when the study ran)."""
+    """``compare.json`` with the study's own folder spelled ``<root>`` and the creation time and the
+    measured sampling wall times dropped (the only fields that depend on where and when the study
+    ran; a killed set's time is not counted, so they differ by design)."""
     text = (root / "study" / "compare.json").read_text().replace(str(root), "<root>")
     doc = json.loads(text)
     doc.pop("created")
+    for entry in doc.get("methods", {}).values():
+        if isinstance(entry, dict):
+            entry.pop("sampling_cost", None)
     return doc
 
 
