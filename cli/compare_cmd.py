@@ -120,8 +120,9 @@ def _print_plan(plan) -> None:
     for v in p.primary:
         click.echo(f"  primary endpoint {v} ({plan.directions[v]} is better)")
     parts = plan.parts()
-    kinds = {k: sum(1 for x in parts if x.kind == k) for k in ("train", "select", "report", "curve")}
-    click.echo(f"  {len(parts)} parts: {kinds['train']} runs, {kinds['select']} selection sets, "
+    kinds = {k: sum(1 for x in parts if x.kind == k) for k in ("train", "classifier", "select", "report", "curve")}
+    clf = f"{kinds['classifier']} arm classifiers, " if kinds["classifier"] else ""
+    click.echo(f"  {len(parts)} parts: {kinds['train']} runs, {clf}{kinds['select']} selection sets, "
                f"{kinds['report']} report sets, {kinds['curve']} curve sets; folder {plan.out_dir}")
 
 
