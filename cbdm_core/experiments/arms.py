@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, Optional
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import CbdmError
-from .arm_classifier import check_arm_classifier
 
 if TYPE_CHECKING:
     from ..config import TrainConfig
@@ -70,7 +69,6 @@ def check_arm_entry(entry: "MethodEntry", trained_before: list[str]) -> None:
         if unknown:
             raise ValueError(f"sampling arm {entry.name}: {key} names {{{unknown[0]}}}; only "
                              f"{', '.join('{' + n + '}' for n in PLACEHOLDERS)} are filled in")
-    check_arm_classifier(entry)
 
 
 def _strings(data: Any, prefix: str = "") -> list[tuple[str, str]]:

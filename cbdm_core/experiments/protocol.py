@@ -22,7 +22,7 @@ from ..config import TrainConfig, deep_update, format_validation_error, parse_tr
 from ..errors import CbdmError
 from ..safe_yaml import load_yaml
 from ..sampling.settings import SamplingSettings
-from .arm_classifier import ArmClassifier
+from .arm_classifier import ArmClassifier, check_arm_classifier
 from .arms import ArmSampling, check_arm_entry
 
 # The name `cbdm train --method` uses for "no method" (plain conditional DDPM).
@@ -205,6 +205,7 @@ class Protocol(_Strict):
     def _consistent(self) -> "Protocol":
         for i, m in enumerate(self.methods):  # first: an arm without a label has no name yet
             check_arm_entry(m, [e.name for e in self.methods[:i] if e.trains])
+            check_arm_classifier(m)
         labels = [m.name for m in self.methods]
         for label in labels:
             if not _LABEL.match(label):
