@@ -97,7 +97,10 @@ def _print_plan(plan) -> None:
     for label, entry in plan.entries.items():
         if not entry.trains:
             arm = (arm_summary(entry) or {}).get("sampling")
-            click.echo(f"  sampling arm {label}: samples {entry.sample_from}'s runs (trains nothing) with {arm}")
+            tc = entry.train_classifier
+            what = ("trains no weights; trains its classifier per run with "
+                    f"{tc.model_dump(exclude_defaults=True)}" if tc is not None else "trains nothing")
+            click.echo(f"  sampling arm {label}: samples {entry.sample_from}'s runs ({what}) with {arm}")
             continue
         cfg = plan.configs[(label, p.seeds[0])]
         methods = ", ".join(f"{m.name} {m.options}" if m.options else m.name
