@@ -97,7 +97,10 @@ def _print_plan(plan) -> None:
     for label, entry in plan.entries.items():
         if not entry.trains:
             arm = (arm_summary(entry) or {}).get("sampling")
-            click.echo(f"  sampling arm {label}: samples {entry.sample_from}'s runs (trains nothing) with {arm}")
+            tc = entry.train_classifier
+            what = ("trains no weights; trains its classifier per run with "
+                    f"{tc.model_dump(exclude_defaults=True)}" if tc is not None else "trains nothing")
+            click.echo(f"  sampling arm {label}: samples {entry.sample_from}'s runs ({what}) with {arm}")
             continue
         cfg = plan.configs[(label, p.seeds[0])]
         methods = ", ".join(f"{m.name} {m.options}" if m.options else m.name
@@ -120,8 +123,9 @@ def _print_plan(plan) -> None:
     for v in p.primary:
         click.echo(f"  primary endpoint {v} ({plan.directions[v]} is better)")
     parts = plan.parts()
-    kinds = {k: sum(1 for x in parts if x.kind == k) for k in ("train", "select", "report", "curve")}
-    click.echo(f"  {len(parts)} parts: {kinds['train']} runs, {kinds['select']} selection sets, "
+    kinds = {k: sum(1 for x in parts if x.kind == k) for k in ("train", "classifier", "select", "report", "curve")}
+    clf = f"{kinds['classifier']} arm classifiers, " if kinds["classifier"] else ""
+    click.echo(f"  {len(parts)} parts: {kinds['train']} runs, {clf}{kinds['select']} selection sets, "
                f"{kinds['report']} report sets, {kinds['curve']} curve sets; folder {plan.out_dir}")
 
 

@@ -1,9 +1,9 @@
 """The ``--minority`` options of ``cbdm train-classifier --noisy RUN`` (minority guidance's
-classifier over minority-score levels, Um et al. 2024) and the scores file they write."""
+classifier over minority-score levels, Um et al. 2024); cbdm_core.guidance_classifier.make
+writes the scores file."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -40,17 +40,3 @@ def minority_options(f: Callable[..., Any]) -> Callable[..., Any]:
         f = option(f)
     return f
 
-
-def scores_path(out: Path) -> Path:
-    """The per-image scores file beside the classifier file."""
-    return out.with_name(out.stem + ".scores.safetensors")
-
-
-def save_scores(out: Path, scores: Any, labels: Any, record: dict[str, Any]) -> Path:
-    """Per-image minority scores and (joint) labels, in the dataset's order, with the record."""
-    from cbdm_core.tensor_io import save_tensors
-
-    path = scores_path(out)
-    save_tensors(path, {"scores": scores.double(), "labels": labels.long()},
-                 {"format": "cbdm-minority-scores-v1", "minority": json.dumps(record["minority"])})
-    return path

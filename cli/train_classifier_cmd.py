@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Optional
 
 import click
+from pydantic import ValidationError
 
 from cbdm_core.errors import CbdmError
 
-from .minority_options import minority_options, save_scores
+from .minority_options import minority_options
 
 
 @click.command("train-classifier")
@@ -43,41 +44,21 @@ def train_classifier(source: str, out: Path, data_root: Optional[Path], schedule
     guidance); prints its held-out accuracy per t range."""
     from cbdm_core.atomic import check_writable
     from cbdm_core.build import resolve_device
-    from cbdm_core.data.common import split_holdout
-    from cbdm_core.guidance_classifier.net import save_noisy_classifier
+    from cbdm_core.guidance_classifier.make import NoisyClassifierJob, make_noisy_classifier
     from cbdm_core.guidance_classifier.source import resolve_source
-    from cbdm_core.guidance_classifier.train import accuracy_by_t, train_noisy_classifier
 
     if epochs < 1 or batch_size < 1 or bins < 1 or width < 4:
         raise CbdmError("--epochs, --batch-size and --bins must be positive and --width at least 4")
     check_writable(out, "classifier file")  # before training, not after
     src = resolve_source(source, data_root=data_root, schedule=schedule, T=T)
-    dev = resolve_device(device)
-    extra: dict = {}
-    if minority:
-        from cbdm_core.minority.labels import minority_dataset
-
-        src.data, extra, scores = minority_dataset(src, device=dev, seed=seed, echo=click.echo, **minority_opts)
-        click.echo(f"wrote {save_scores(out, scores, src.data.labels, extra)} (score per image, levels "
-                   f"{extra['minority']['level_counts'][:3]}... images each)")
-    train, test = split_holdout(src.data, holdout, seed)
-    if len(test) == 0:
-        raise CbdmError("nothing to hold out (every class has one image); the accuracy per t needs held-out images")
-    counts = train.class_counts.tolist()
-    click.echo(f"training on {len(train)} images of {src.record['dataset']}, {train.num_classes} classes "
-               f"(counts {min(counts)}..{max(counts)}), {'balanced' if balanced else 'plain'} batches, "
-               f"x_t from the {src.schedule.name} schedule (T={src.schedule.num_timesteps}), {epochs} epoch(s) on {dev}")
-    model = train_noisy_classifier(train.images, train.labels, train.num_classes, src.schedule, epochs=epochs,
-                                   batch_size=batch_size, lr=lr, balanced=balanced, seed=seed, device=dev,
-                                   width=width, progress=lambda e, loss: click.echo(f"epoch {e + 1}/{epochs}: loss {loss:.4f}"))
-    rows = accuracy_by_t(model, src.schedule, test.images, test.labels, bins=bins)
-    click.echo(f"held-out accuracy per noise level ({len(test)} images; balanced = mean over classes):")
-    for r in rows:
-        click.echo(f"  t {r['t_lo']:>5}-{r['t_hi']:<5} accuracy {r['accuracy']:.3f}  balanced {r['balanced_accuracy']:.3f}")
-    meta = {**model.meta, **src.record, "class_names": list(train.class_names), "class_counts": counts,
-            "image_size": train.image_size, "channels": train.channels, "num_classes": train.num_classes,
-            "holdout": holdout, "holdout_size": len(test), "accuracy_by_t": rows, **extra}
-    save_noisy_classifier(model.cpu(), src.schedule, out, meta)
-    click.echo(f"wrote {out}")
+    fc = minority_opts.pop("feature_classifier", None)
+    try:
+        job = NoisyClassifierJob(minority=minority, balanced=balanced, epochs=epochs, batch_size=batch_size, lr=lr,
+                                 width=width, holdout=holdout, bins=bins, seed=seed,
+                                 feature_classifier=None if fc is None else str(fc), **minority_opts)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise CbdmError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
+    make_noisy_classifier(src, out, job, device=resolve_device(device), echo=click.echo)
     method = "minority" if minority else "classifier"
     click.echo(f"next: cbdm sample RUN --guidance-method {method} -G classifier={out} -G scale=1")

@@ -165,3 +165,34 @@ def test_float_timesteps_interpolate_abar_and_heun_runs(tmp_path):
                  sampler="heun", steps=3, guidance_method="classifier",
                  guidance_options={"classifier": str(tmp_path / "c.safetensors"), "scale": 2.0})
     assert torch.isfinite(out).all()
+
+
+def test_manifest_records_the_guidance_classifier_by_content(tiny_run):
+    """A retrained classifier file at the same path is other images: its sha256 is in the
+    manifest, and a kept folder guided by the old file is refused (like retrained weights)."""
+    from cbdm_core.experiments.provenance import file_digest
+
+    root, _ = tiny_run
+    clf = root / "clf-digest.safetensors"
+    clf.write_bytes((root / "clf.safetensors").read_bytes())
+    guided = ("sample", root / "run", "--steps", 2, "-n", 4, "--no-progress", "--guidance-method", "classifier",
+              "-G", f"classifier={clf}", "-G", "scale=50", "--out", root / "gd")
+    cli_ok(*guided)
+    settings = json.loads((root / "gd" / "manifest.json").read_text())["settings"]
+    assert settings["guidance_files_sha256"] == {"classifier": file_digest(clf)}
+    assert "0 written, 1 kept" in cli_ok(*guided).output  # same file content: kept
+    model, schedule = load_noisy_classifier(clf)
+    with torch.no_grad():
+        model.head.weight.mul_(-1.0)  # "retrained": same path, other weights
+    save_noisy_classifier(model, schedule, clf, model.meta)
+    cli_fails(*guided, match="guided by another version of classifier")
+    before, _ = load_samples(root / "gd")
+    assert "1 written" in cli_ok(*guided, "--overwrite").output
+    after, _ = load_samples(root / "gd")
+    assert (before != after).any()
+    settings = json.loads((root / "gd" / "manifest.json").read_text())["settings"]
+    assert settings["guidance_files_sha256"] == {"classifier": file_digest(clf)}
+    manifest = json.loads((root / "gd" / "manifest.json").read_text())
+    del manifest["settings"]["guidance_files_sha256"]  # a folder sampled before the hashes
+    (root / "gd" / "manifest.json").write_text(json.dumps(manifest))
+    cli_fails(*guided, match="predates guidance file hashes")

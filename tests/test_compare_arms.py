@@ -113,6 +113,12 @@ def test_per_run_placeholders_resolve_to_the_sampled_run(tmp_path):
      "unknown option 'lvl'"),
     ({"label": "x", "sample_from": "ddpm", "sampling": {"guidance_options": {"classifier": "{runs}/m"}}},
      "names {runs}"),
+    ({"label": "x", "method": "ddpm", "train_classifier": {"minority": True}}, "train_classifier: is only for a sampling arm"),
+    ({"label": "x", "sample_from": "ddpm", "train_classifier": {"epochs": 1},
+      "sampling": {"guidance_method": "cfg+minority", "guidance_options": {"classifier": "m.st"}}},
+     "train_classifier needs sampling.guidance_options.classifier naming a per-run file"),
+    ({"label": "x", "sample_from": "ddpm", "train_classifier": {"epoch": 1},
+      "sampling": {"guidance_options": {"classifier": "{run}/m.st"}}}, "epoch"),
 ])
 def test_bad_arms_give_one_line_errors(tmp_path, arm, match):
     proto = write_protocol(tmp_path / "bad.yaml", _arm_protocol(tmp_path, [0], [{"method": "ddpm"}, arm]))
@@ -126,3 +132,36 @@ def test_missing_per_run_file_stops_the_arm_in_one_line(tmp_path):
     line = cli_fails("compare", proto, "--out", tmp_path / "s", "--no-progress", match="sampling arm clf seed 0:")
     assert "seed-0/clf.st does not exist" in line and "cbdm train-classifier --noisy" in line
     assert (tmp_path / "s" / "runs" / "ddpm" / "seed-0" / "report-w1" / "metrics.json").is_file()  # kept
+
+
+def test_arm_trains_its_per_run_classifier_as_a_part_and_keeps_it(tmp_path):
+    """train_classifier: the study makes the arm's minority classifier from the sampled run (the
+    train-classifier code path), samples with it (recorded by content), and keeps it on resume."""
+    from cbdm_core.experiments.provenance import file_digest
+    from cbdm_core.guidance_classifier.net import load_noisy_classifier
+
+    arm = {"label": "min", "sample_from": "ddpm",
+           "train_classifier": {"minority": True, "levels": 2, "epochs": 1, "n_iter": 1, "distance": "pixel",
+                                "respacing": 10, "perturb_t": 5,
+                                "width": 4, "bins": 2},
+           "sampling": {"guidance_method": "cfg+minority",
+                        "guidance_options": {"classifier": "{run}/m-{seed}.safetensors", "scale": 1.0}}}
+    proto = _arm_protocol(tmp_path, [0], [{"method": "ddpm"}, arm])
+    proto["evaluation"]["metrics"] = ["per_class"]
+    proto["primary"] = ["coverage_tail"]
+    path = write_protocol(tmp_path / "p.yaml", proto)
+    assert "1 arm classifiers" in cli_ok("compare", path, "--out", tmp_path / "s", "--dry-run").output
+    cli_ok("compare", path, "--out", tmp_path / "s", "--no-progress")
+    clf = tmp_path / "s" / "runs" / "ddpm" / "seed-0" / "m-0.safetensors"
+    model, _ = load_noisy_classifier(clf)
+    assert model.meta["minority"]["levels"] == 2 and model.meta["source"] == str(clf.parent)
+    assert len(model.meta["accuracy_by_t"]) == 2
+    doc = json.loads((tmp_path / "s" / "compare.json").read_text())
+    assert doc["methods"]["min"]["sampling_arm"]["train_classifier"]["minority"] is True
+    samples = Path(doc["methods"]["min"]["runs"][0]["report"]["samples"])
+    settings = json.loads((samples / "manifest.json").read_text())["settings"]
+    assert settings["guidance_files_sha256"] == {"classifier": file_digest(clf)}
+    before = (clf.read_bytes(), clf.stat().st_mtime_ns)
+    (samples / "metrics.json").unlink()  # the arm's report is redone; its classifier is not
+    cli_ok("compare", path, "--out", tmp_path / "s", "--no-progress")
+    assert (clf.read_bytes(), clf.stat().st_mtime_ns) == before

@@ -80,12 +80,14 @@ def _strings(data: Any, prefix: str = "") -> list[tuple[str, str]]:
     return []
 
 
-def _fill(value: Any, run_dir: Path, seed: int) -> Any:
+def fill_placeholders(value: Any, run_dir: Path, seed: int) -> Any:
+    """``value`` (a string, or nested dicts of them) with ``{run}`` and ``{seed}`` filled in."""
     if isinstance(value, str):
         return value.replace("{run}", str(run_dir)).replace("{seed}", str(seed))
     if isinstance(value, dict):
-        return {k: _fill(v, run_dir, seed) for k, v in value.items()}
+        return {k: fill_placeholders(v, run_dir, seed) for k, v in value.items()}
     return value
+
 
 
 def templated(entry: "MethodEntry") -> bool:
@@ -108,13 +110,13 @@ def arm_settings(protocol: "Protocol", entry: "MethodEntry", run_dir: Path, seed
         update["guidance_options"] = dict(arm.guidance_options)  # another guidance: the old options do not apply
     else:
         update["guidance_options"] = {**base.guidance_options, **arm.guidance_options}
-    return base.model_copy(update=_fill(update, run_dir, seed))
+    return base.model_copy(update=fill_placeholders(update, run_dir, seed))
 
 
 def check_arms(protocol: "Protocol", configs: dict[tuple[str, int], "TrainConfig"], run_dir) -> None:
     """Every arm's settings at every w the study uses, against its run's schedule; an arm whose
-    options name per-run files not there yet (the runs are trained first) has its sampler and
-    its guidance's option names checked now, the rest when it samples."""
+    options name per-run files has its sampler and its guidance's option names checked now,
+    the rest when it samples (with the run's model)."""
     from ..build import build_schedule
     from ..settings_check import check_sampling_settings
 
@@ -124,7 +126,9 @@ def check_arms(protocol: "Protocol", configs: dict[tuple[str, int], "TrainConfig
         for s in protocol.seeds:
             settings = arm_settings(protocol, e, run_dir(e.sample_from, s), s)
             schedule = build_schedule(configs[(e.name, s)])
-            if missing_files(e, run_dir(e.sample_from, s), s):
+            if per_run_files(e, run_dir(e.sample_from, s), s):
+                # not there yet (the runs are trained first), or there but only checkable against
+                # the run's own model (the dry check's dummy has one class): when it samples
                 _check_option_names(settings, f"sampling arm {e.name}")
                 settings = settings.model_copy(update={"guidance_method": "cfg", "guidance_options": {}})
             for w in protocol.guidance.values + protocol.guidance.curve_values:
@@ -137,7 +141,7 @@ def per_run_files(entry: "MethodEntry", run_dir: Path, seed: int) -> list[str]:
     """The arm's option values that name per-run files (they hold a placeholder), filled in."""
     if entry.sampling is None:
         return []
-    return [_fill(v, run_dir, seed) for _k, v in _strings(entry.sampling.model_dump()) if _PLACEHOLDER.search(v)]
+    return [fill_placeholders(v, run_dir, seed) for _k, v in _strings(entry.sampling.model_dump()) if _PLACEHOLDER.search(v)]
 
 
 def missing_files(entry: "MethodEntry", run_dir: Path, seed: int) -> list[str]:
@@ -161,7 +165,7 @@ def _check_option_names(settings: "SamplingSettings", where: str) -> None:
 def check_files_before_sampling(entry: "MethodEntry", run_dir: Path, seed: int) -> None:
     """A per-run file an arm needs, missing when its samples are due: one line saying how to make it."""
     missing = missing_files(entry, run_dir, seed)
-    if missing:
+    if missing:  # (an arm with train_classifier: made its file in an earlier part)
         raise CbdmError(f"sampling arm {entry.name} seed {seed}: {missing[0]} does not exist; make it (e.g. "
                         f"`cbdm train-classifier --noisy RUN --out {missing[0]}`, --minority for minority "
                         "guidance), then re-run the study")
@@ -172,4 +176,7 @@ def arm_summary(entry: "MethodEntry") -> Optional[dict[str, Any]]:
     if entry.sample_from is None or entry.sampling is None:
         return None
     sampling = {k: v for k, v in entry.sampling.model_dump().items() if v not in (None, {})}
-    return {"sample_from": entry.sample_from, "sampling": sampling}
+    out = {"sample_from": entry.sample_from, "sampling": sampling}
+    if entry.train_classifier is not None:
+        out["train_classifier"] = entry.train_classifier.model_dump()
+    return out

@@ -32,6 +32,7 @@ from ..checkpoint import list_checkpoints
 from ..config import TrainConfig
 from ..errors import CbdmError
 from ..training.trainer import Trainer
+from .arm_classifier import classifier_file
 from .arms import check_arms, check_files_before_sampling
 from .protocol import MethodEntry, Protocol, protocol_dict, train_config
 from .sampling_cost import timed_sampling
@@ -56,7 +57,7 @@ class StudyInterrupted(Exception):
 class Part:
     """One unit of work: train a run, or sample and evaluate one folder."""
 
-    kind: str  # "train", "select", "report" or "curve"
+    kind: str  # "train", "classifier" (a sampling arm's), "select", "report" or "curve"
     method: str
     seed: int
     folder: Path
@@ -120,6 +121,8 @@ class StudyPlan:
         for label, entry in self.entries.items():
             for s in p.seeds if entry.trains else []:  # a sampling arm trains nothing
                 out.append(Part("train", label, s, self.run_dir(label, s)))
+            for s in p.seeds if entry.train_classifier is not None else []:  # ... but may train its classifier
+                out.append(Part("classifier", label, s, classifier_file(entry, self.model_dir(label, s), s)))
             if p.selecting():
                 for s in p.seeds:
                     for w in p.guidance.values:
@@ -358,6 +361,18 @@ def _train(plan: StudyPlan, part: Part, observer: StudyObserver, index: int) -> 
         raise StudyInterrupted(part.folder, outcome.step)
 
 
+def _train_arm_classifier(plan: StudyPlan, part: Part, observer: StudyObserver, index: int) -> None:
+    """A sampling arm's per-run classifier (``train_classifier:``), unless its file is there."""
+    from .arm_classifier import ensure_arm_classifier
+
+    observer.start(index, part, part.folder.is_file())
+    if part.folder.is_file():
+        return
+    observer.status(f"{part.label}: training {part.folder} from {plan.model_dir(part.method, part.seed)}")
+    ensure_arm_classifier(plan.entries[part.method], plan.model_dir(part.method, part.seed), part.seed,
+                          device=plan.protocol.training.device, echo=observer.status)
+
+
 def _train_all_in_parallel(plan: StudyPlan, parts: list[Part], observer: StudyObserver, jobs: int) -> None:
     """Train every unfinished run of the study, ``jobs`` at a time in worker processes; the
     per-method loop then finds them finished. Runs that start from another method's weights
@@ -517,6 +532,9 @@ def run_study(protocol: Protocol, out_dir: Path, *, observer: Optional[StudyObse
         method_parts = [x for x in parts if x.method == label]
         for part in [x for x in method_parts if x.kind == "train"]:
             _train(plan, part, obs, index)
+            index += 1
+        for part in [x for x in method_parts if x.kind == "classifier"]:
+            _train_arm_classifier(plan, part, obs, index)
             index += 1
         chosen, points, selection = _select(plan, label, method_parts, select_opts, reference, obs, index, runs)
         index += sum(1 for x in method_parts if x.kind == "select")

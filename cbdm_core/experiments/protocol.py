@@ -22,6 +22,7 @@ from ..config import TrainConfig, deep_update, format_validation_error, parse_tr
 from ..errors import CbdmError
 from ..safe_yaml import load_yaml
 from ..sampling.settings import SamplingSettings
+from .arm_classifier import ArmClassifier, check_arm_classifier
 from .arms import ArmSampling, check_arm_entry
 
 # The name `cbdm train --method` uses for "no method" (plain conditional DDPM).
@@ -76,6 +77,7 @@ class MethodEntry(_Strict):
     steps: Optional[int] = Field(None, ge=1)
     sample_from: Optional[str] = None
     sampling: Optional[ArmSampling] = None
+    train_classifier: Optional[ArmClassifier] = None  # a sampling arm's per-run classifier (.arm_classifier)
 
     @property
     def name(self) -> str:
@@ -203,6 +205,7 @@ class Protocol(_Strict):
     def _consistent(self) -> "Protocol":
         for i, m in enumerate(self.methods):  # first: an arm without a label has no name yet
             check_arm_entry(m, [e.name for e in self.methods[:i] if e.trains])
+            check_arm_classifier(m)
         labels = [m.name for m in self.methods]
         for label in labels:
             if not _LABEL.match(label):
@@ -303,7 +306,11 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 def protocol_dict(protocol: Protocol) -> dict[str, Any]:
     """The protocol as plain JSON-able data (what the study folder records)."""
-    return json.loads(protocol.model_dump_json())
+    data = json.loads(protocol.model_dump_json())
+    for m in data.get("methods", []):  # unset: as recorded before the field existed (folders still resume)
+        if m.get("train_classifier") is None:
+            m.pop("train_classifier", None)
+    return data
 
 
 def train_config(protocol: Protocol, entry: MethodEntry, seed: int) -> TrainConfig:

@@ -168,6 +168,9 @@ def _manifest_settings(run: "LoadedRun", st: SamplingSettings, how: dict[str, An
         settings["guidance_method"] = st.guidance_method
     if how["guidance_options"]:  # likewise; other options are other images, so a folder is not reused for them
         settings["guidance_options"] = how["guidance_options"]
+        files = guidance_file_digests(how["guidance_options"])
+        if files:  # a guidance classifier by content: a retrained file has the same path
+            settings["guidance_files_sha256"] = files
     if image_format != "npz":  # likewise
         settings["format"] = image_format
     return settings
@@ -416,6 +419,30 @@ def _grid_images(out_dir: Path, manifest: dict[str, Any], spans: list, C: int, g
     return grid
 
 
+def guidance_file_digests(options: dict[str, Any]) -> dict[str, str]:
+    """``{option: sha256}`` of every guidance option whose value names an existing file (a
+    noise-aware or minority classifier): the manifest records the file by content."""
+    from ..experiments.provenance import file_digest
+
+    out = {}
+    for key, value in sorted(options.items()):
+        if isinstance(value, str) and value and Path(value).is_file():
+            out[key] = file_digest(Path(value))
+    return out
+
+
+def _changed_guidance_files(old: dict[str, Any], new: dict[str, Any]) -> Optional[str]:
+    """The first guidance file (``option FILE``) whose recorded digest differs, else ``None``;
+    only for the same options (other options are reported as other settings)."""
+    if old.get("guidance_options") != new.get("guidance_options"):
+        return None
+    was, now = old.get("guidance_files_sha256") or {}, new.get("guidance_files_sha256") or {}
+    for key in sorted(set(was) | set(now)):
+        if was.get(key) != now.get(key):
+            return f"{key} {new.get('guidance_options', {}).get(key)}"
+    return None
+
+
 def _prepare_folder(out_dir: Path, settings: dict[str, Any], overwrite: bool) -> None:
     if overwrite:
         sh.clear_samples(out_dir)
@@ -427,6 +454,10 @@ def _prepare_folder(out_dir: Path, settings: dict[str, Any], overwrite: bool) ->
         if old.get("settings", {}).get("weights_sha256") != settings.get("weights_sha256"):
             raise CbdmError(f"{out_dir} holds samples of other model weights (the run was retrained, or "
                             "the folder predates weight hashes); use a new --out or --overwrite")
+        changed = _changed_guidance_files(old.get("settings", {}), settings)
+        if changed:
+            raise CbdmError(f"{out_dir} holds samples guided by another version of {changed} (the file was "
+                            "retrained, or the folder predates guidance file hashes); use a new --out or --overwrite")
         if diff:
             raise CbdmError(f"{out_dir} holds samples made with other settings ({'; '.join(diff[:3])}"
                             f"{'; ...' if len(diff) > 3 else ''}); use a new --out or --overwrite")
