@@ -38,7 +38,23 @@ def cifar_root(tmp_path_factory):
                            b"fine_labels": [i % 100 for i in range(200)]})
     _dump(d100 / "test", {b"data": rng.integers(0, 256, (100, 3072), dtype=np.uint8), b"fine_labels": list(range(100))})
     _dump(d100 / "meta", {b"fine_label_names": [f"f{i}".encode() for i in range(100)]})
+    _oltr_tree(root, rng)
     return root
+
+
+def _oltr_tree(root, rng) -> None:
+    """A tiny ImageNet-LT: OLTR's train list naming 3 classes of 12x12 images (the lt64 presets)."""
+    from PIL import Image
+
+    lines = []
+    for c, n in enumerate((3, 2, 1)):
+        for i in range(n):
+            rel = f"train/n{c:08d}/n{c:08d}_{i}.png"
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(root / rel)
+            lines.append(f"{rel} {c}")
+    (root / "ImageNet_LT").mkdir()
+    (root / "ImageNet_LT" / "ImageNet_LT_train.txt").write_text("\n".join(lines) + "\n")
 
 
 def _tiny(name: str, root) -> dict:
@@ -53,6 +69,8 @@ def _tiny(name: str, root) -> dict:
     elif backbone == "genvit":
         data["model"]["options"] = dict(TINY_GENVIT)
     data["data"]["root"] = str(root)
+    if data["data"].get("resize"):
+        data["data"]["resize"] = 8  # the 64x64 presets start on 8x8 images: the tiny U-Net's levels fit
     data["optim"].update(steps=1, batch_size=4, warmup=1)
     preview = data.get("preview", {})
     ddpm_preview = preview.get("sampler") == "ddpm"
