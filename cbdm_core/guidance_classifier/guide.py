@@ -140,14 +140,16 @@ def _classifier_for(model: Any, schedule: NoiseSchedule, classifier: str) -> Noi
     return clf
 
 
-def _checked(denoise: DenoiseFn, clf: NoisyClassifier) -> DenoiseFn:
-    """Refuse images of another shape than the classifier was trained on (one line, no traceback)."""
+def checked_shape(denoise: DenoiseFn, clf: NoisyClassifier, what: Optional[str] = None) -> DenoiseFn:
+    """Refuse images of another shape than the classifier was trained on (one line, no
+    traceback); ``what`` names it in the message (default: ``classifier PATH``)."""
     o = clf.options
     want = (o.in_channels, o.image_size, o.image_size)
+    name = what or f"classifier {clf.meta.get('path')}"
 
     def call(x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if tuple(x_t.shape[1:]) != want:
-            raise CbdmError(f"classifier {clf.meta.get('path')} takes images {want[0]}x{want[1]}x{want[2]}, "
+            raise CbdmError(f"{name} takes images {want[0]}x{want[1]}x{want[2]}, "
                             f"got {'x'.join(map(str, x_t.shape[1:]))}")
         return denoise(x_t, t, y)
 
@@ -165,7 +167,7 @@ def build_classifier_guidance(model: Any, w: float, null_label: Optional[int], /
         raise CbdmError(f"guidance 'classifier' takes its strength from -G scale=S, not --guidance {w:g} "
                         "(classifier-free w); use --guidance-method cfg+classifier for both")
     clf = _classifier_for(model, schedule, classifier)
-    return _checked(classifier_term(model, clf, schedule, scale, null_label), clf)
+    return checked_shape(classifier_term(model, clf, schedule, scale, null_label), clf)
 
 
 def build_cfg_classifier_guidance(model: Any, w: float, null_label: Optional[int], /, *,
@@ -175,7 +177,7 @@ def build_cfg_classifier_guidance(model: Any, w: float, null_label: Optional[int
     if null_label is None:
         raise CbdmError("cfg+classifier needs a class-conditional model with a null label")
     clf = _classifier_for(model, schedule, classifier)
-    return _checked(classifier_term(cfg_denoiser(model, w, null_label), clf, schedule, scale, null_label), clf)
+    return checked_shape(classifier_term(cfg_denoiser(model, w, null_label), clf, schedule, scale, null_label), clf)
 
 
 load_cached_classifier = _load_cached  # for other classifier-based guidances (minority guidance)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import CbdmError
-from ..guidance_classifier.guide import check_same_schedule, load_cached_classifier, sqrt_one_minus_abar
+from ..guidance_classifier.guide import check_same_schedule, checked_shape, load_cached_classifier, sqrt_one_minus_abar
 from ..interfaces import DenoiseFn
 from ..sampling.guidance import cfg_denoiser
 from ..schedules import NoiseSchedule
@@ -109,19 +109,6 @@ def _load(model: Any, schedule: NoiseSchedule, path: str, level: Optional[int]) 
     return clf, info, lv
 
 
-def _checked_shape(denoise: DenoiseFn, clf: Any, path: str) -> DenoiseFn:
-    o = clf.options
-    want = (o.in_channels, o.image_size, o.image_size)
-
-    def call(x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if tuple(x_t.shape[1:]) != want:
-            raise CbdmError(f"minority classifier {path} takes images {'x'.join(map(str, want))}, "
-                            f"got {'x'.join(map(str, x_t.shape[1:]))}")
-        return denoise(x_t, t, y)
-
-    return call
-
-
 _DEFAULT_SCALE = MinorityGuidanceOptions.model_fields["scale"].default
 
 
@@ -134,7 +121,7 @@ def build_minority_guidance(model: Any, w: float, null_label: Optional[int], /, 
                         "(classifier-free w); use --guidance-method cfg+minority for both")
     clf, info, lv = _load(model, schedule, classifier, level)
     term = minority_term(model, clf, schedule, scale, lv, int(info["levels"]), bool(info["class_cond"]), null_label)
-    return _checked_shape(term, clf, classifier)
+    return checked_shape(term, clf, f"minority classifier {classifier}")
 
 
 def build_cfg_minority_guidance(model: Any, w: float, null_label: Optional[int], /, *, schedule: NoiseSchedule,
@@ -146,4 +133,4 @@ def build_cfg_minority_guidance(model: Any, w: float, null_label: Optional[int],
     clf, info, lv = _load(model, schedule, classifier, level)
     term = minority_term(cfg_denoiser(model, w, null_label), clf, schedule, scale, lv, int(info["levels"]),
                          bool(info["class_cond"]), null_label)
-    return _checked_shape(term, clf, classifier)
+    return checked_shape(term, clf, f"minority classifier {classifier}")
