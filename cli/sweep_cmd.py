@@ -33,6 +33,15 @@ def _sampling_options(f):
         click.option("--sampler", default="ddim", show_default=True, help="Registered sampler."),
         click.option("--steps", type=int, help="Sampling steps (default: the sampler's, capped at T)."),
         click.option("--eta", type=float, default=0.0, show_default=True, help="DDIM noise."),
+        click.option("--guidance-method", default="cfg", show_default=True,
+                     help="Registered guidance: cfg, classifier, cfg+classifier, minority, self-minority, ... "
+                          "(as cbdm sample)."),
+        click.option("--guidance-option", "-G", "guidance_opts", multiple=True, metavar="KEY=VALUE",
+                     help="An option of the guidance, e.g. -G classifier=clf.safetensors (repeatable)."),
+        click.option("--sampler-option", "-S", "sampler_opts", multiple=True, metavar="KEY=VALUE",
+                     help="An option of the sampler, e.g. -S boost_gamma=2 (repeatable)."),
+        click.option("--clip/--no-clip", "clip", default=None,
+                     help="Clamp predicted x_0 to [-1, 1] (default: the sampler's)."),
         click.option("--seed", type=int, default=0, show_default=True,
                      help="Sampling seed; every point gets the same noise."),
         click.option("--batch-size", type=int, default=256, show_default=True, help="Images per network batch."),
@@ -79,13 +88,15 @@ def _table(result) -> Table:
     keys = summary_values([k for p in result.points for k in p.metrics])
     keys = [k for k in keys if any(p.metrics.get(k) is not None for p in result.points)]
     best = result.best
-    table = Table(title=f"{result.parameter} sweep ({result.extractor})", show_edge=False)
-    table.add_column(result.parameter, justify="right")
+    table = Table(title=f"{result.title} sweep ({result.extractor})", show_edge=False)
+    for name in result.axes:
+        table.add_column(name, justify="right")
     for k in keys:
         table.add_column(k, justify="right")
     for p in result.points:
         mark = " *" if best is not None and p is best else ""
-        table.add_row(f"{p.value:g}{mark}",
+        values = [p.values.get(n, p.value) for n in result.axes]
+        table.add_row(*[f"{v:g}" for v in values[:-1]], f"{values[-1]:g}{mark}",
                       *["-" if p.metrics.get(k) is None else f"{p.metrics[k]:.4g}" for k in keys])
     return table
 
@@ -96,11 +107,12 @@ def _report(result, out: Path, reporter: Reporter) -> None:
     Console().print(_table(result))
     best = result.best
     if best is None:
-        reporter.warning(f"no point has a value for {result.select}; no best {result.parameter}")
+        reporter.warning(f"no point has a value for {result.select}; no best {result.title}")
     else:
         direction = "lowest" if result.lower_is_better else "highest"
-        click.echo(f"best {result.parameter}: {best.value:g} ({direction} {result.select} "
-                   f"{best.metrics[result.select]:.4g})")
+        where = (f"{best.value:g}" if len(result.axes) < 2
+                 else ", ".join(f"{n} = {best.values[n]:g}" for n in result.axes))
+        click.echo(f"best {result.title}: {where} ({direction} {result.select} {best.metrics[result.select]:.4g})")
     if not result.comparable_to_published:
         reporter.warning(f"{result.extractor} features: compare these numbers only with each other")
     click.echo(f"wrote {out / SWEEP_JSON} and {out / SWEEP_PLOT}")
@@ -109,50 +121,106 @@ def _report(result, out: Path, reporter: Reporter) -> None:
 @click.group("sweep", cls=_SweepGroup)
 def sweep_group() -> None:
     """Metric curves over a setting: guidance strength w for one checkpoint (Figure 6 of the
-    paper; `cbdm sweep RUN`), or any numeric option of a training method, training one run per
-    value (`cbdm sweep option cbdm.tau`; `cbdm sweep tau` is its CBDM shorthand, Figure 5). Each point's samples stay in their own folder and a re-run continues
-    an interrupted sweep. Writes sweep.json and sweep.png."""
+    paper; `cbdm sweep RUN`), a sampling-time method's option for one checkpoint (`cbdm sweep
+    RUN --axis classifier.scale=0:4:1`, `--axis ddpm.boost_gamma=1,2,4`; a grid of two with a
+    second --axis or a --grid of w), or any numeric option of a training method, training one
+    run per value (`cbdm sweep option cbdm.tau`; `cbdm sweep tau` is its CBDM shorthand,
+    Figure 5). Each point's samples stay in their own folder and a re-run continues an
+    interrupted sweep. Writes sweep.json and sweep.png."""
 
 
 @sweep_group.command(DEFAULT_CMD, cls=DefaultCommand, hidden=True)
 @click.argument("run_path", metavar="RUN_DIR_OR_CHECKPOINT", type=click.Path(path_type=Path))
-@click.option("--grid", "-w", "grid", default=DEFAULT_GRID, show_default=True,
-              help="Guidance strengths: start:stop:step (stop included) or a list like 0,0.8,1.6.")
+@click.option("--grid", "-w", "grid", help="Guidance strengths w: start:stop:step (stop included) or a list like "
+              f"0,0.8,1.6 [default: {DEFAULT_GRID}; with --axis: 0]. One value with --axis fixes w.")
+@click.option("--axis", "-a", "axes", multiple=True, metavar="NAME=VALUES",
+              help="Sweep another setting instead (or as well; a grid of two at most): NAME is GUIDANCE.OPTION "
+                   "(classifier.scale, minority.scale, self-minority.scale), SAMPLER.OPTION (ddpm.boost_gamma, "
+                   "ddim.skip), steps or eta; VALUES as --grid. Repeatable.")
 @click.option("--dataset", help="Dataset to compare with [default: the run's training dataset].")
 @click.option("--data-root", type=click.Path(path_type=Path), help="Dataset folder [default: the run's].")
 @_sampling_options
 @click.option("--ema/--no-ema", default=True, show_default=True, help="Use the EMA weights.")
-@click.option("--out", "-o", type=click.Path(path_type=Path), help="Sweep folder [default: <run>/sweep-guidance].")
-def guidance_cmd(run_path: Path, grid: str, dataset: Optional[str], data_root: Optional[Path], num: int,
-                 classes: str, sampler: str, steps: Optional[int], eta: float, seed: int, batch_size: int,
-                 metrics: str, select: str, device: str, ema: bool, out: Optional[Path], **features: Any) -> None:
-    """Sample one checkpoint at every guidance strength of --grid and evaluate each."""
+@click.option("--out", "-o", type=click.Path(path_type=Path),
+              help="Sweep folder [default: <run>/sweep-guidance, or <run>/sweep-<axis> with --axis].")
+def guidance_cmd(run_path: Path, grid: Optional[str], axes: tuple[str, ...], dataset: Optional[str],
+                 data_root: Optional[Path], metrics: str, select: str, device: str, ema: bool, out: Optional[Path],
+                 **rest: Any) -> None:
+    """Sample one checkpoint at every guidance strength of --grid, or every value of --axis
+    (a guidance or sampler option), and evaluate each."""
     from cbdm_core.build import resolve_device
+    from cbdm_core.experiments.sweeps import sampling_sweep
     from cbdm_core.run import load_run
-    from cbdm_core.sampling.generate import resolve_steps
-    from cbdm_core.experiments.sweeps import guidance_sweep, parse_grid
-    from cbdm_core.settings_check import sampling_settings
 
     from .sample_cmd import run_dir_of
 
     reporter = Reporter()
-    ws = parse_grid(grid)
+    sampling, specs, given = _sweep_settings(grid, axes, ema, rest)
     _check_select(select, metrics)
     run = load_run(run_path, ema=ema, device=resolve_device(device))
     dataset = dataset or run.config.data.dataset
     if data_root is None and dataset == run.config.data.dataset and run.config.data.root:
         data_root = Path(run.config.data.root)
-    steps = resolve_steps(sampler, steps, run.schedule.num_timesteps)
-    sampling = sampling_settings(num=num, classes=classes, sampler=sampler, steps=steps, eta=eta, seed=seed,
-                                batch_size=batch_size, ema=ema)
-    options = _eval_options(dataset, data_root, metrics, device=device, on_status=reporter.status, **features)
-    out = out if out is not None else run_dir_of(run_path) / "sweep-guidance"
-    reporter.say(f"guidance sweep of {run.checkpoint}: w in {', '.join(f'{w:g}' for w in ws)}; "
-                 f"{num} images per point with {sampler}-{steps}; results in {out}")
+    axes_, sampling = _resolve_axes(specs, sampling, given, run.schedule.num_timesteps)
+    options = _eval_options(dataset, data_root, metrics, device=device, on_status=reporter.status, **rest)
+    default = "sweep-" + ("_".join(a.name for a in axes_) if axes else "guidance")
+    out = out if out is not None else run_dir_of(run_path) / default
+    swept = "; ".join(f"{a.name} in {', '.join(f'{v:g}' for v in a.values)}" for a in axes_)
+    reporter.say(f"sweep of {run.checkpoint}: {swept}; {sampling.num} images per point with "
+                 f"{sampling.sampler}-{sampling.steps} ({sampling.guidance_method} guidance); results in {out}")
     with LogToReporter(reporter):
-        result = guidance_sweep(run, ws, out_dir=out, sampling=sampling, eval_options=options, select=select,
+        result = sampling_sweep(run, axes_, out_dir=out, sampling=sampling, eval_options=options, select=select,
                                 on_status=reporter.status)
     _report(result, out, reporter)
+
+
+def _sweep_settings(grid: Optional[str], axes: tuple[str, ...], ema: bool, rest: dict[str, Any]):
+    """The base sampling settings, the axes as given (``(NAME, values)``, w last) and which
+    settings the user fixed by a flag; pops the sampling flags from ``rest``."""
+    from cbdm_core.experiments.sweep_axes import parse_axis
+    from cbdm_core.experiments.sweeps import parse_grid
+    from cbdm_core.settings_check import sampling_settings
+
+    from .overrides import parse_key_values
+
+    specs = [parse_axis(a) for a in axes]
+    if grid is not None and any(name in ("w", "guidance") for name, _ in specs):
+        raise CbdmError("give the guidance strengths once: --grid or --axis w=...")
+    ws = parse_grid(grid if grid is not None else ("0" if specs else DEFAULT_GRID))
+    if any(w < 0 for w in ws):
+        raise CbdmError("guidance strengths must be >= 0")
+    if not specs or len(ws) > 1:
+        specs.append(("guidance", ws))
+    sampling = _base_sampling(rest, sampling_settings, parse_key_values, guidance=ws[0], ema=ema)
+    ctx = click.get_current_context()
+    flags = {"guidance_method": "guidance_method", "sampler": "sampler", "steps": "steps", "eta": "eta"}
+    given = {k for k, param in flags.items()
+             if ctx.get_parameter_source(param) not in (None, click.core.ParameterSource.DEFAULT)}
+    given |= {f"guidance_option:{k}" for k in sampling.guidance_options}
+    given |= {f"sampler_option:{k}" for k in sampling.sampler_options}
+    return sampling, specs, given
+
+
+def _base_sampling(rest: dict[str, Any], sampling_settings, parse_key_values, **fixed: Any):
+    """SamplingSettings from the shared sampling flags (popped from ``rest``)."""
+    return sampling_settings(
+        num=rest.pop("num"), classes=rest.pop("classes"), sampler=rest.pop("sampler"), steps=rest.pop("steps"),
+        eta=rest.pop("eta"), seed=rest.pop("seed"), batch_size=rest.pop("batch_size"),
+        guidance_method=rest.pop("guidance_method"), clip_denoised=rest.pop("clip"),
+        guidance_options=parse_key_values(rest.pop("guidance_opts"), "--guidance-option"),
+        sampler_options=parse_key_values(rest.pop("sampler_opts"), "--sampler-option"), **fixed)
+
+
+def _resolve_axes(specs, sampling, given: set[str], T: int):
+    """The resolved axes, and the base settings with the guidance or sampler they name and the
+    sampler's steps resolved (after the axes: ``ddpm.boost_gamma`` picks ddpm and its T steps)."""
+    from cbdm_core.experiments.sweep_axes import resolve_axes
+    from cbdm_core.sampling.generate import resolve_steps
+
+    axes, sampling = resolve_axes(specs, sampling, given=sorted(given))
+    if not any(a.kind == "steps" for a in axes):
+        sampling = sampling.model_copy(update={"steps": resolve_steps(sampling.sampler, sampling.steps, T)})
+    return axes, sampling
 
 
 def _training_options(f):
@@ -182,18 +250,20 @@ def _log_line(rec: dict[str, Any]) -> str:
 
 
 def _run_training_sweep(parameter: str, values: list, config_for, *, data_root: Optional[Path], guidance: float,
-                        num: int, classes: str, sampler: str, steps: Optional[int], eta: float, seed: int,
-                        batch_size: int, metrics: str, select: str, device: str, out: Path, **features: Any) -> None:
+                        metrics: str, select: str, device: str, out: Path, **features: Any) -> None:
     """Train, sample and evaluate one run per value (shared by ``sweep option`` and ``sweep tau``)."""
     from cbdm_core.build import resolve_device
     from cbdm_core.experiments.sweeps import SweepInterrupted, training_sweep
+    from cbdm_core.sampling.guidance import resolve_guidance
     from cbdm_core.settings_check import sampling_settings
+
+    from .overrides import parse_key_values
 
     reporter = Reporter()
     _check_select(select, metrics)
+    sampling = _base_sampling(features, sampling_settings, parse_key_values, guidance=guidance)
+    resolve_guidance(sampling.guidance_method, sampling.guidance_options)  # a typo fails before any training
     base = config_for(values[-1])
-    sampling = sampling_settings(num=num, classes=classes, sampler=sampler, steps=steps, eta=eta, seed=seed,
-                                batch_size=batch_size, guidance=guidance)
     root = data_root if data_root is not None else base.data.root
     options = _eval_options(base.data.dataset, None if root is None else Path(root), metrics, device=device,
                             on_status=reporter.status, **features)

@@ -1,6 +1,9 @@
 """Sweeps (paper Figures 5 and 6): one metric curve over a grid of a setting.
 
-* guidance sweep: one checkpoint, sampled at every w of a grid, each sample set evaluated;
+* sampling sweep: one checkpoint, sampled at every value of one setting (or a grid of two) and
+  each sample set evaluated: the guidance strength w (:func:`guidance_sweep`), or any numeric
+  sampling setting, guidance option or sampler option (:func:`sampling_sweep`, axes from
+  :mod:`.sweep_axes`: ``classifier.scale``, ``minority.scale``, ``ddpm.boost_gamma``, ...);
 * training sweep: one run trained per value of a training setting (the CBDM weight tau for
   Figure 5), each sampled and evaluated with the same settings.
 
@@ -22,7 +25,7 @@ from ..atomic import atomic_path, atomic_write_text
 from ..errors import CbdmError
 from ..sampling.settings import SamplingSettings
 
-__all__ = ["SamplingSettings", "guidance_sweep", "training_sweep", "parse_grid", "best_point", "SweepPoint",
+__all__ = ["SamplingSettings", "guidance_sweep", "sampling_sweep", "training_sweep", "parse_grid", "best_point", "SweepPoint",
            "SweepResult", "SweepInterrupted"]
 
 SWEEP_JSON = "sweep.json"
@@ -83,12 +86,14 @@ def value_label(value: float) -> str:
 
 @dataclass
 class SweepPoint:
-    """One grid value: where its samples are and what they scored."""
+    """One grid value: where its samples are and what they scored. ``value`` is the first
+    axis's; ``values`` has every axis's (``{parameter: value}``) in a grid of two."""
 
     value: float
     samples: str
     metrics: dict[str, Optional[float]]
     run: Optional[str] = None
+    values: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -101,6 +106,16 @@ class SweepResult:
     settings: dict[str, Any] = field(default_factory=dict)
     extractor: str = ""
     comparable_to_published: bool = True
+    parameters: list[str] = field(default_factory=list)  # every axis, ``parameter`` first
+
+    @property
+    def axes(self) -> list[str]:
+        return self.parameters or [self.parameter]
+
+    @property
+    def title(self) -> str:
+        """``classifier.scale`` or ``classifier.scale x guidance``: what the sweep varies."""
+        return " x ".join(self.axes)
 
     @property
     def lower_is_better(self) -> bool:
@@ -129,7 +144,7 @@ def best_point(points: Sequence[SweepPoint], metric: str,
         return None
     lower = _lower_is_better(metric) if lower_is_better is None else lower_is_better
     sign = 1.0 if lower else -1.0
-    return min(scored, key=lambda p: (sign * float(p.metrics[metric]), p.value))
+    return min(scored, key=lambda p: (sign * float(p.metrics[metric]), p.value, *p.values.values()))
 
 
 def result_to_dict(result: SweepResult) -> dict[str, Any]:
@@ -137,15 +152,22 @@ def result_to_dict(result: SweepResult) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "parameter": result.parameter,
+        "parameters": result.axes,
         "select": result.select,
         "select_direction": "min" if result.lower_is_better else "max",
-        "best": None if best is None else {"value": best.value, result.select: best.metrics.get(result.select)},
+        "best": None if best is None else {"value": best.value, **_other_values(result, best),
+                                           result.select: best.metrics.get(result.select)},
         "extractor": result.extractor,
         "comparable_to_published": result.comparable_to_published,
         "settings": result.settings,
-        "points": [{"value": p.value, "samples": p.samples, "run": p.run, "metrics": p.metrics}
-                   for p in result.points],
+        "points": [{"value": p.value, **_other_values(result, p), "samples": p.samples, "run": p.run,
+                    "metrics": p.metrics} for p in result.points],
     }
+
+
+def _other_values(result: SweepResult, point: SweepPoint) -> dict[str, Any]:
+    """``{"values": {parameter: value}}``: every axis's value of the point."""
+    return {"values": dict(point.values) or {result.parameter: point.value}}
 
 
 def write_sweep_json(result: SweepResult, path: Path) -> Path:
@@ -172,22 +194,33 @@ def plot_sweep(result: SweepResult, path: Path, metrics: Optional[Sequence[str]]
     fig = Figure(figsize=(4.2 * len(panels), 3.6), dpi=110)
     for i, metric in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
-        pts = [(p.value, p.metrics[metric]) for p in result.points if p.metrics.get(metric) is not None]
-        ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", linewidth=1.5)
+        for label, series in _series(result):  # one line, or one per value of the second axis
+            pts = [(p.value, p.metrics[metric]) for p in series if p.metrics.get(metric) is not None]
+            ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", linewidth=1.5, label=label)
         if best is not None and best.metrics.get(metric) is not None:
+            where = ", ".join(f"{k}={v:g}" for k, v in (best.values or {result.parameter: best.value}).items())
             ax.scatter([best.value], [best.metrics[metric]], s=90, facecolors="none", edgecolors="tab:red",
-                       linewidths=1.8, zorder=3, label=f"best {result.select}: {result.parameter}={best.value:g}")
+                       linewidths=1.8, zorder=3, label=f"best {result.select}: {where}")
             ax.legend(fontsize=7, loc="best")
         ax.set_xlabel(result.parameter)
         ax.set_ylabel(metric.upper() if metric in ("fid", "is", "kid") else metric)
         ax.grid(True, alpha=0.3)
-    title = f"{result.parameter} sweep ({result.extractor} features"
+    title = f"{result.title} sweep ({result.extractor} features"
     title += ")" if result.comparable_to_published else "; not comparable to published numbers)"
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, format="png")
     return Path(path)
+
+
+def _series(result: SweepResult) -> list[tuple[Optional[str], list[SweepPoint]]]:
+    """The points as lines against the first axis: one line, or one per value of the second."""
+    if len(result.axes) < 2:
+        return [(None, list(result.points))]
+    second = result.axes[1]
+    keys = sorted({p.values.get(second) for p in result.points}, key=float)
+    return [(f"{second}={k:g}", [p for p in result.points if p.values.get(second) == k]) for k in keys]
 
 
 def _sample_and_evaluate(run: Any, out_dir: Path, guidance: float, sampling: SamplingSettings,
@@ -237,28 +270,48 @@ def guidance_sweep(run: Any, ws: Sequence[float], *, out_dir: Path, sampling: Sa
     """Sample ``run`` (a :class:`cbdm_core.run.LoadedRun`) at every guidance strength in ``ws``
     into ``out_dir/w<w>/`` and evaluate each set with ``eval_options``
     (:class:`cbdm_core.evaluation.EvalOptions`). Writes ``sweep.json`` and ``sweep.png``."""
-    status = on_status or (lambda _m: None)
-    _check_sampling(sampling)
+    from .sweep_axes import GUIDANCE, Axis
+
     if not ws:
         raise CbdmError("the guidance grid is empty")
     if any(w < 0 for w in ws):
         raise CbdmError("guidance strengths must be >= 0")
-    if any(w > 0 for w in ws) and not run.trained_with_label_dropout:
-        raise CbdmError(f"{run.checkpoint} was trained without label dropout (p_uncond = 0), so guidance "
-                        "w > 0 has no unconditional prediction to use; sweep w = 0 only or train with "
-                        "--p-uncond 0.1")
+    return sampling_sweep(run, [Axis(GUIDANCE, GUIDANCE, tuple(ws))], out_dir=out_dir, sampling=sampling,
+                          eval_options=eval_options, select=select, on_status=on_status, on_point=on_point)
+
+
+def sampling_sweep(run: Any, axes: Sequence[Any], *, out_dir: Path, sampling: SamplingSettings, eval_options: Any,
+                   select: str = "fid", on_status: Optional[StatusFn] = None,
+                   on_point: Optional[Callable[[SweepPoint], None]] = None) -> SweepResult:
+    """Sample ``run`` at every point of ``axes`` (:class:`.sweep_axes.Axis`, one or a grid of
+    two) into ``out_dir/<folder_name>/`` (a resumable ``cbdm sample`` folder whose manifest
+    records the point's settings) and evaluate each. Writes ``sweep.json`` and ``sweep.png``
+    after every point."""
+    from .sweep_axes import check_points, combinations, folder_name, point_label, point_settings
+
+    status = on_status or (lambda _m: None)
+    _check_sampling(sampling)
+    combos = combinations(axes)
+    if not combos:
+        raise CbdmError("the sweep has no points")
+    if len(combos) > MAX_POINTS:
+        raise CbdmError(f"the sweep has {len(combos)} points (at most {MAX_POINTS})")
+    per_point = [point_settings(sampling, axes, c) for c in combos]
+    check_points(run, axes, combos, per_point)
     reference = _preflight_eval(eval_options, select, status)  # after the cheap checks: it reads data
     settings = {"checkpoint": str(run.checkpoint), "step": run.step, **_sampling_dict(sampling),
                 "dataset": eval_options.dataset, "reference_split": eval_options.reference_split}
+    names = [a.name for a in axes]
     points: list[SweepPoint] = []
     extractor = None
-    for w in ws:
-        folder = Path(out_dir) / f"w{value_label(w)}"
-        status(f"guidance w = {w:g}: sampling {sampling.num} images into {folder}")
-        values, extractor = _sample_and_evaluate(run, folder, w, sampling, eval_options, status, reference)
-        point = SweepPoint(value=w, samples=str(folder), metrics=values)
+    for combo, st in zip(combos, per_point):
+        folder = Path(out_dir) / folder_name(axes, combo)
+        status(f"{point_label(axes, combo)}: sampling {sampling.num} images into {folder}")
+        values, extractor = _sample_and_evaluate(run, folder, st.guidance, st, eval_options, status, reference)
+        point = SweepPoint(value=combo[0], samples=str(folder), metrics=values,
+                           values={n: axis.typed(v) for n, axis, v in zip(names, axes, combo)})
         points.append(point)
-        result = _finish(SweepResult("guidance", select, list(points), settings), extractor)
+        result = _finish(SweepResult(names[0], select, list(points), settings, parameters=names), extractor)
         _write(result, Path(out_dir))  # after every point, so a long sweep shows its progress
         if on_point is not None:
             on_point(point)
@@ -272,6 +325,10 @@ def _sampling_dict(sampling: SamplingSettings) -> dict[str, Any]:
         out["guidance_method"] = sampling.guidance_method
     if sampling.guidance_options:
         out["guidance_options"] = dict(sampling.guidance_options)
+    if sampling.sampler_options:
+        out["sampler_options"] = dict(sampling.sampler_options)
+    if sampling.clip_denoised is not None:
+        out["clip_denoised"] = sampling.clip_denoised
     return out
 
 
