@@ -123,6 +123,42 @@ def write_sample_run(root: Path, p_uncond: float) -> Path:
     return root
 
 
+# An untrained digits-lt run (10 classes, T = 50): sweeps sample and evaluate it.
+DIGITS_UNET = {"ch": 8, "ch_mult": [1, 2], "attn": [], "num_res_blocks": 1, "dropout": 0.0, "num_groups": 4}
+
+
+def write_digits_run(root: Path, p_uncond: float) -> Path:
+    """An untrained digits-lt checkpoint: enough to exercise the sweep's plumbing."""
+    cfg = TrainConfig.model_validate({
+        "model": {"backbone": "unet", "options": DIGITS_UNET}, "diffusion": {"T": 50, "beta_T": 0.2},
+        "data": {"dataset": "digits-lt"}, "objective": {"p_uncond": p_uncond}})
+    torch.manual_seed(0)
+    model = build_model(cfg, image_size=8, channels=1, num_classes=10)
+    with torch.no_grad():  # the output layer starts at zero: move every weight so labels and w matter
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    sd = model.state_dict()
+    meta = {"num_classes": 10, "image_size": 8, "channels": 1, "dataset": "digits-lt", "cond_dim": 0,
+            "class_names": [str(i) for i in range(10)], "class_counts": [100, 80, 60, 45, 35, 25, 20, 15, 12, 10]}
+    save_checkpoint(root / "checkpoints" / "ckpt-00000000.safetensors",
+                    Checkpoint(step=0, config=cfg.model_dump(mode="json"), model=sd,
+                               ema={k: v.clone() for k, v in sd.items()}, meta=meta))
+    return root
+
+
+def digits_feature_classifier(path: Path) -> Path:
+    """A quickly trained digits feature classifier for evaluation (its quality does not matter)."""
+    from cbdm_core.data import dataset_options, load_dataset
+    from cbdm_core.features import save_classifier, train_classifier
+
+    torch.set_num_threads(1)
+    ds = load_dataset("digits", dataset_options(split="train"))
+    model = train_classifier(ds.images, ds.labels, ds.num_classes, epochs=1, batch_size=128, lr=2e-3,
+                             balanced=True, seed=0, device=torch.device("cpu"))
+    save_classifier(model, path, {"dataset": "digits", "class_names": ds.class_names})
+    return path
+
+
 class LockHolder:
     """Another process holding a folder's lock (plain fcntl, as any cbdm command would)."""
 

@@ -9,15 +9,11 @@ import pytest
 import torch
 import yaml
 
-from cbdm_core.build import build_model
-from cbdm_core.checkpoint import Checkpoint, save_checkpoint
-from cbdm_core.config import TrainConfig
-from cbdm_core.data import dataset_options, load_dataset
 from cbdm_core.errors import CbdmError
-from cbdm_core.features import save_classifier, train_classifier
 from cbdm_core.experiments.sweeps import SweepPoint, best_point, parse_grid
 
 from .helpers import cli_fails, cli_ok, invoke_cli
+from .run_helpers import digits_feature_classifier, write_digits_run as _write_run
 
 TINY_UNET = {"ch": 8, "ch_mult": [1, 2], "attn": [], "num_res_blocks": 1, "dropout": 0.0, "num_groups": 4}
 
@@ -65,32 +61,7 @@ def work(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def classifier(work: Path) -> Path:
     """A quickly trained digits feature classifier (its quality does not matter here)."""
-    torch.set_num_threads(1)
-    ds = load_dataset("digits", dataset_options(split="train"))
-    model = train_classifier(ds.images, ds.labels, ds.num_classes, epochs=1, batch_size=128, lr=2e-3,
-                             balanced=True, seed=0, device=torch.device("cpu"))
-    path = work / "clf.safetensors"
-    save_classifier(model, path, {"dataset": "digits", "class_names": ds.class_names})
-    return path
-
-
-def _write_run(root: Path, p_uncond: float) -> Path:
-    """An untrained digits-lt checkpoint: enough to exercise the sweep's plumbing."""
-    cfg = TrainConfig.model_validate({
-        "model": {"backbone": "unet", "options": TINY_UNET}, "diffusion": {"T": 50, "beta_T": 0.2},
-        "data": {"dataset": "digits-lt"}, "objective": {"p_uncond": p_uncond}})
-    torch.manual_seed(0)
-    model = build_model(cfg, image_size=8, channels=1, num_classes=10)
-    with torch.no_grad():  # the output layer starts at zero: move every weight so labels and w matter
-        for p in model.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    sd = model.state_dict()
-    meta = {"num_classes": 10, "image_size": 8, "channels": 1, "dataset": "digits-lt", "cond_dim": 0,
-            "class_names": [str(i) for i in range(10)], "class_counts": [100, 80, 60, 45, 35, 25, 20, 15, 12, 10]}
-    save_checkpoint(root / "checkpoints" / "ckpt-00000000.safetensors",
-                    Checkpoint(step=0, config=cfg.model_dump(mode="json"), model=sd,
-                               ema={k: v.clone() for k, v in sd.items()}, meta=meta))
-    return root
+    return digits_feature_classifier(work / "clf.safetensors")
 
 
 def _eval_args(classifier: Path, work: Path) -> list:

@@ -18,6 +18,7 @@ are an ordinary :class:`~cbdm_core.sampling.settings.SamplingSettings`, so each 
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -26,6 +27,7 @@ from ..sampling.settings import SamplingSettings
 
 GUIDANCE = "guidance"  # the name of the w axis (sweep.json's ``parameter`` before axes existed)
 MAX_AXES = 2
+MAX_POINTS = 1000
 _TOP_LEVEL = {"w": GUIDANCE, GUIDANCE: GUIDANCE, "steps": "steps", "eta": "eta"}
 
 
@@ -44,10 +46,43 @@ class Axis:
         return int(value) if self.integer else float(value)
 
 
+def parse_grid(text: str) -> list[float]:
+    """``"0:2:0.2"`` (start:stop:step, stop included) or ``"0,0.5,1"`` -> sorted unique values.
+
+    Grid values are rounded to 10 decimals so 0.1+0.2 style drift does not create
+    near-duplicate points or odd folder names.
+    """
+    text = str(text).strip()
+    if not text:
+        raise CbdmError("empty grid: give start:stop:step (e.g. 0:2:0.2) or a list (e.g. 0,0.8,1.6)")
+    try:
+        if ":" in text:
+            parts = [float(p) for p in text.split(":")]
+            if len(parts) != 3:
+                raise ValueError
+            start, stop, step = parts
+            if not all(math.isfinite(p) for p in parts):
+                raise CbdmError(f"grid {text!r}: start, stop and step must be finite numbers")
+            if step <= 0 or stop < start:
+                raise CbdmError(f"grid {text!r}: need start <= stop and a positive step")
+            span = (stop - start) / step  # may overflow to inf (0:1e308:1e-300): count it as a float
+            if not span < MAX_POINTS:
+                raise CbdmError(f"grid {text!r} has {span + 1:.3g} points (at most {MAX_POINTS})")
+            n = int(math.floor(span + 1e-9)) + 1
+            values = [start + i * step for i in range(n)]
+        else:
+            values = [float(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise CbdmError(f"cannot read grid {text!r}: give start:stop:step (e.g. 0:2:0.2) "
+                        "or comma-separated numbers") from None
+    values = sorted({round(v, 10) for v in values})
+    if not values or not all(math.isfinite(v) for v in values):
+        raise CbdmError(f"grid {text!r} has no finite values")
+    return values
+
+
 def parse_axis(text: str) -> tuple[str, list[float]]:
     """``"classifier.scale=0:4:1"`` -> ``("classifier.scale", [0, 1, 2, 3, 4])``."""
-    from .sweeps import parse_grid
-
     name, sep, values = str(text).partition("=")
     if not sep or not name.strip():
         raise CbdmError(f"--axis takes NAME=VALUES (e.g. classifier.scale=0,1,2 or ddpm.boost_gamma=1:4:1), "

@@ -16,7 +16,6 @@ features, so an interrupted sweep continues where it stopped.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -24,6 +23,7 @@ from typing import Any, Callable, Optional, Sequence
 from ..atomic import atomic_path, atomic_write_text
 from ..errors import CbdmError
 from ..sampling.settings import SamplingSettings
+from .sweep_axes import MAX_POINTS, parse_grid
 
 __all__ = ["SamplingSettings", "guidance_sweep", "sampling_sweep", "training_sweep", "parse_grid", "best_point", "SweepPoint",
            "SweepResult", "SweepInterrupted"]
@@ -31,7 +31,6 @@ __all__ = ["SamplingSettings", "guidance_sweep", "sampling_sweep", "training_swe
 SWEEP_JSON = "sweep.json"
 SWEEP_PLOT = "sweep.png"
 FORMAT = "cbdm-sweep/1"
-MAX_POINTS = 1000
 
 StatusFn = Callable[[str], None]
 
@@ -42,41 +41,6 @@ class SweepInterrupted(Exception):
     def __init__(self, run_dir: Path, step: int):
         super().__init__(f"interrupted while training {run_dir} at step {step}")
         self.run_dir, self.step = run_dir, step
-
-
-def parse_grid(text: str) -> list[float]:
-    """``"0:2:0.2"`` (start:stop:step, stop included) or ``"0,0.5,1"`` -> sorted unique values.
-
-    Grid values are rounded to 10 decimals so 0.1+0.2 style drift does not create
-    near-duplicate points or odd folder names.
-    """
-    text = str(text).strip()
-    if not text:
-        raise CbdmError("empty grid: give start:stop:step (e.g. 0:2:0.2) or a list (e.g. 0,0.8,1.6)")
-    try:
-        if ":" in text:
-            parts = [float(p) for p in text.split(":")]
-            if len(parts) != 3:
-                raise ValueError
-            start, stop, step = parts
-            if not all(math.isfinite(p) for p in parts):
-                raise CbdmError(f"grid {text!r}: start, stop and step must be finite numbers")
-            if step <= 0 or stop < start:
-                raise CbdmError(f"grid {text!r}: need start <= stop and a positive step")
-            span = (stop - start) / step  # may overflow to inf (0:1e308:1e-300): count it as a float
-            if not span < MAX_POINTS:
-                raise CbdmError(f"grid {text!r} has {span + 1:.3g} points (at most {MAX_POINTS})")
-            n = int(math.floor(span + 1e-9)) + 1
-            values = [start + i * step for i in range(n)]
-        else:
-            values = [float(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        raise CbdmError(f"cannot read grid {text!r}: give start:stop:step (e.g. 0:2:0.2) "
-                        "or comma-separated numbers") from None
-    values = sorted({round(v, 10) for v in values})
-    if not values or not all(math.isfinite(v) for v in values):
-        raise CbdmError(f"grid {text!r} has no finite values")
-    return values
 
 
 def value_label(value: float) -> str:
