@@ -158,10 +158,13 @@ def compare() -> None:
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
               help="Train this many runs at once, each in its own process with an equal share of the "
                    "threads (small CPU protocols train faster as 1-thread runs side by side).")
+@click.option("--overwrite", is_flag=True,
+              help="Regenerate kept sample sets whose guidance file (a classifier) changed since they were "
+                   "sampled (without it such a set is refused); everything else is kept.")
 @click.option("--progress/--no-progress", default=None,
               help="Live progress view [default: on in a terminal, plain lines otherwise].")
 def run_compare(protocol: Optional[str], out: Optional[Path], sets: tuple[str, ...], seeds: Optional[str],
-                dry_run: bool, list_: bool, progress: Optional[bool], jobs: int) -> None:
+                dry_run: bool, list_: bool, progress: Optional[bool], jobs: int, overwrite: bool) -> None:
     """Compare training methods under one protocol (a YAML file or a shipped protocol's name):
     train every method on every seed, choose w per method on a selection seed, sample the report
     seed, evaluate, and write compare.json, compare.md and plots. A re-run continues where an
@@ -190,7 +193,7 @@ def run_compare(protocol: Optional[str], out: Optional[Path], sets: tuple[str, .
     observer: Any = _RichObserver(reporter) if live else _PlainObserver(reporter)
     try:
         with LogToReporter(reporter):
-            doc = run_study(proto, out, observer=observer, jobs=jobs)
+            doc = run_study(proto, out, observer=observer, jobs=jobs, overwrite=overwrite)
     except StudyInterrupted as exc:
         reporter.say(f"{exc}; re-run the same command to continue")
         raise SystemExit(130)

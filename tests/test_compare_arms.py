@@ -165,3 +165,55 @@ def test_arm_trains_its_per_run_classifier_as_a_part_and_keeps_it(tmp_path):
     (samples / "metrics.json").unlink()  # the arm's report is redone; its classifier is not
     cli_ok("compare", path, "--out", tmp_path / "s", "--no-progress")
     assert (clf.read_bytes(), clf.stat().st_mtime_ns) == before
+
+
+def _noisy_classifier(run: Path, path: Path, seed: int) -> str:
+    """An untrained noise-aware classifier on the run's schedule (seed: other weights, other file)."""
+    import yaml
+
+    from cbdm_core.build import build_schedule
+    from cbdm_core.config import TrainConfig
+    from cbdm_core.guidance_classifier.net import NoisyClassifier, NoisyClassifierOptions, save_noisy_classifier
+
+    cfg = TrainConfig.model_validate(yaml.safe_load((run / "config.yaml").read_text()))
+    torch.manual_seed(seed)
+    clf = NoisyClassifier(NoisyClassifierOptions(in_channels=1, num_classes=10, image_size=8, width=4, levels=1,
+                                                 emb_dim=8))
+    save_noisy_classifier(clf, build_schedule(cfg), path, {})
+    from cbdm_core.experiments.provenance import file_digest
+
+    return file_digest(path)
+
+
+def test_a_finished_arm_set_whose_classifier_changed_is_refused_then_regenerated(tmp_path):
+    """A finished set is not kept blindly: its manifest's classifier sha256 is checked (as `cbdm
+    sample` checks a kept folder); --overwrite regenerates only that set."""
+    arm = {"label": "clf", "sample_from": "ddpm",
+           "sampling": {"guidance_method": "cfg+classifier",
+                        "guidance_options": {"classifier": "{run}/clf.st", "scale": 50}}}
+    proto = _arm_protocol(tmp_path, [0], [{"method": "ddpm"}, arm])
+    proto["evaluation"]["metrics"] = ["per_class"]
+    proto["primary"] = ["coverage_tail"]
+    path, out = write_protocol(tmp_path / "p.yaml", proto), tmp_path / "s"
+    cli_fails("compare", path, "--out", out, "--no-progress", match="clf.st does not exist")  # ddpm is done
+    run, arm_set = out / "runs" / "ddpm" / "seed-0", out / "runs" / "clf" / "seed-0" / "report-w1"
+    first = _noisy_classifier(run, run / "clf.st", seed=1)
+    cli_ok("compare", path, "--out", out, "--no-progress")
+    assert json.loads((arm_set / "manifest.json").read_text())["settings"]["guidance_files_sha256"] == {"classifier": first}
+    base = run / "report-w1" / "shard-00000.npz"
+    kept = (base.stat().st_mtime_ns, (arm_set / "shard-00000.npz").stat().st_mtime_ns)
+    cli_ok("compare", path, "--out", out, "--no-progress")  # unchanged: everything kept
+    assert (base.stat().st_mtime_ns, (arm_set / "shard-00000.npz").stat().st_mtime_ns) == kept
+    images = _images(arm_set)
+    second = _noisy_classifier(run, run / "clf.st", seed=2)  # "retrained" at the same path
+    line = cli_fails("compare", path, "--out", out, "--no-progress", match=f"sample set {arm_set} was guided by")
+    assert f"classifier {run / 'clf.st'}" in line and "--overwrite" in line
+    cli_ok("compare", path, "--out", out, "--no-progress", "--overwrite")
+    settings = json.loads((arm_set / "manifest.json").read_text())["settings"]
+    assert settings["guidance_files_sha256"] == {"classifier": second} and second != first
+    assert not np.array_equal(_images(arm_set), images)  # regenerated with the new classifier
+    assert base.stat().st_mtime_ns == kept[0]  # the baseline's set (no classifier) is kept
+    manifest = json.loads((arm_set / "manifest.json").read_text())
+    del manifest["settings"]["guidance_files_sha256"]  # a set sampled before the hashes existed
+    (arm_set / "manifest.json").write_text(json.dumps(manifest))
+    cli_fails("compare", path, "--out", out, "--no-progress", match="predates guidance file hashes")

@@ -180,3 +180,40 @@ def arm_summary(entry: "MethodEntry") -> Optional[dict[str, Any]]:
     if entry.train_classifier is not None:
         out["train_classifier"] = entry.train_classifier.model_dump()
     return out
+
+
+def stale_guidance_file(folder: Path) -> Optional[str]:
+    """``"OPTION FILE"`` of the first guidance file (a noise-aware or minority classifier) that a
+    kept sample set was guided by and whose content is no longer what its manifest recorded
+    (retrained, replaced or deleted since), else ``None``; as ``cbdm sample`` checks a kept
+    folder, also a set whose manifest predates the file hashes."""
+    from ..sampling import shards as sh
+    from ..sampling.generate import guidance_file_digests
+
+    manifest = sh.read_manifest(folder)
+    if manifest is None:
+        return None
+    settings = manifest.get("settings", {})
+    options = settings.get("guidance_options") or {}
+    recorded = settings.get("guidance_files_sha256")
+    now = guidance_file_digests(options)
+    if recorded is None:  # sampled before the hashes: only a set guided by a file is in doubt
+        return next((f"{k} {options[k]} (the set predates guidance file hashes)" for k in sorted(now)), None)
+    for key in sorted(recorded):
+        if now.get(key) != recorded[key]:
+            return f"{key} {options.get(key)}"
+    return None
+
+
+def check_kept_set(folder: Path, *, regenerate: bool) -> bool:
+    """A kept sample set (finished or not) whose guidance file changed: a one-line refusal
+    naming the set and the file, or, with ``regenerate``, ``True`` (sample it again) after
+    removing its old ``metrics.json`` (an interrupted regeneration must not report them)."""
+    stale = stale_guidance_file(folder)
+    if stale is None:
+        return False
+    if not regenerate:
+        raise CbdmError(f"sample set {folder} was guided by {stale}, which changed after it was sampled; "
+                        "delete the set or re-run with --overwrite to regenerate it")
+    (Path(folder) / "metrics.json").unlink(missing_ok=True)
+    return True

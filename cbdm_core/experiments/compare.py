@@ -33,7 +33,7 @@ from ..config import TrainConfig
 from ..errors import CbdmError
 from ..training.trainer import Trainer
 from .arm_classifier import classifier_file
-from .arms import check_arms, check_files_before_sampling
+from .arms import check_arms, check_files_before_sampling, check_kept_set
 from .protocol import MethodEntry, Protocol, protocol_dict, train_config
 from .sampling_cost import timed_sampling
 from .curves import collect_curve
@@ -100,6 +100,7 @@ class StudyPlan:
     select_metrics: list[str]
     directions: dict[str, str] = field(default_factory=dict)  # primary and select values: "lower"/"higher"
     seeds: dict[str, dict[int, int]] = field(default_factory=dict)  # sampling seeds, see sampling_seeds()
+    overwrite: bool = False  # regenerate kept sample sets whose guidance file changed (--overwrite)
 
     def run_dir(self, method: str, seed: int) -> Path:
         return _run_dir(self.out_dir, method, seed)
@@ -435,7 +436,8 @@ def _sample_and_evaluate(plan: StudyPlan, part: Part, seed: int, num: int, optio
     if recorded is not None and recorded != seed:
         raise CbdmError(f"{part.folder} was sampled with seed {recorded}, but this study samples it with "
                         f"seed {seed} (one sampling seed per training seed); use another --out")
-    doc = _read_metrics(part.folder)
+    stale = check_kept_set(part.folder, regenerate=plan.overwrite)  # a finished set too: not kept blindly
+    doc = None if stale else _read_metrics(part.folder)
     observer.start(index, part, doc is not None)
     if doc is not None:
         return doc
@@ -446,7 +448,7 @@ def _sample_and_evaluate(plan: StudyPlan, part: Part, seed: int, num: int, optio
     settings = s.model_copy(update={"seed": seed, "guidance": float(part.guidance or 0.0), "num": num})
     observer.status(f"{part.label}: sampling {num} images (seed {seed}) into {part.folder}")
     with timed_sampling(part.folder, num, next(run.model.parameters()).device):  # cost, for compare.json
-        generate_samples(run, labels, out_dir=part.folder, settings=settings,
+        generate_samples(run, labels, out_dir=part.folder, settings=settings, overwrite=stale,
                          on_progress=lambda d, t: observer.advance(d, t))
     result = evaluate(part.folder, options, reference=reference, on_status=observer.status)
     write_metrics_json(result, part.folder / "metrics.json")
@@ -503,18 +505,20 @@ def _select(plan: StudyPlan, label: str, method_parts: list[Part], options: Any,
 
 
 def run_study(protocol: Protocol, out_dir: Path, *, observer: Optional[StudyObserver] = None,
-              jobs: int = 1) -> dict[str, Any]:
+              jobs: int = 1, overwrite: bool = False) -> dict[str, Any]:
     """Run (or continue) the study of ``protocol`` in ``out_dir``; returns the ``compare.json``
     document after writing it with ``compare.md`` and the plots.
 
     ``jobs`` > 1 trains up to that many runs at once in worker processes, each with an equal
     share of this process's torch threads (see :mod:`.parallel_training`); sampling and
-    evaluation stay in this process."""
+    evaluation stay in this process. ``overwrite`` regenerates kept sample sets whose guidance
+    file (a noise-aware or minority classifier) changed since they were sampled."""
     from ..evaluation import prepare_reference
     from .compare_report import write_outputs
 
     obs = observer or StudyObserver()
     plan = plan_study(protocol, out_dir)
+    plan.overwrite = overwrite
     _check_folder(plan)
     parts = plan.parts()
     obs.plan(parts)
