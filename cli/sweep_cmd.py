@@ -166,8 +166,9 @@ def guidance_cmd(run_path: Path, grid: Optional[str], axes: tuple[str, ...], dat
     default = "sweep-" + ("_".join(a.name for a in axes_) if axes else "guidance")
     out = out if out is not None else run_dir_of(run_path) / default
     swept = "; ".join(f"{a.name} in {', '.join(f'{v:g}' for v in a.values)}" for a in axes_)
+    how = sampling.sampler if sampling.steps is None else f"{sampling.sampler}-{sampling.steps}"
     reporter.say(f"sweep of {run.checkpoint}: {swept}; {sampling.num} images per point with "
-                 f"{sampling.sampler}-{sampling.steps} ({sampling.guidance_method} guidance); results in {out}")
+                 f"{how} ({sampling.guidance_method} guidance); results in {out}")
     with LogToReporter(reporter):
         result = sampling_sweep(run, axes_, out_dir=out, sampling=sampling, eval_options=options, select=select,
                                 on_status=reporter.status)
