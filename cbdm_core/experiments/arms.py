@@ -190,7 +190,10 @@ def stale_guidance_file(folder: Path) -> Optional[str]:
     from ..sampling import shards as sh
     from ..sampling.generate import guidance_file_digests
 
-    manifest = sh.read_manifest(folder)
+    try:
+        manifest = sh.read_manifest(folder)
+    except CbdmError:  # a damaged manifest: the sampling code says what to do if the set is redone
+        return None
     if manifest is None:
         return None
     settings = manifest.get("settings", {})
