@@ -102,9 +102,10 @@ def test_boost_gamma_sweep_on_ddpm_and_a_grid_of_two(work):
 
 @pytest.mark.parametrize("args, match", [
     (["--axis", "classifier.scal=1"], "guidance 'classifier' has no option 'scal'; its options: classifier, scale"),
-    (["--guidance-method", "cfg", "--axis", "classifier.scale=1"], "but --guidance-method is 'cfg'"),
+    (["--guidance-method", "cfg", "--axis", "classifier.scale=1"], "but the sweep samples with guidance 'cfg'"),
+    (["--axis", "classifier.scale=0,1", "--axis", "minority.scale=0,1"], "with guidance 'classifier' (--guidance-method"),
     (["--axis", "cfg.scale=1"], "has no options (sweep its strength w with --grid)"),
-    (["--sampler", "ddim", "--axis", "ddpm.boost_gamma=2"], "but --sampler is 'ddim'"),
+    (["--sampler", "ddim", "--axis", "ddpm.boost_gamma=2"], "but the sweep samples with sampler 'ddim'"),
     (["--axis", "ddpm.var_type=1"], "not a number; only numeric options"),
     (["--axis", "nope.scale=1"], "'nope' is neither a guidance"),
     (["--axis", "scale=1"], "--axis scale: name w"),
@@ -122,4 +123,14 @@ def test_axis_errors_are_one_line_before_any_sampling(work, args, match):
     out = work / "never"
     args = [f"classifier={work / 'noisy.safetensors'}" if a == "classifier=NOISY" else a for a in args]
     cli_fails("sweep", work / "run", *args, *_common(work, out), match=match)
+    assert not out.exists()
+
+
+def test_training_sweeps_take_the_sampling_flags_and_check_them_before_training(work):
+    out = work / "never-trained"
+    cli_fails("sweep", "tau", "--values", "0", "--guidance-method", "nope", *_common(work, out),
+              match="unknown guidance 'nope'")
+    cli_fails("sweep", "option", "cbdm.tau", "--values", "0.001", "--guidance-method", "classifier", "-G", "scal=1",
+              "-G", f"classifier={work / 'noisy.safetensors'}",
+              *_common(work, out), match="unknown option 'scal'")
     assert not out.exists()

@@ -109,8 +109,9 @@ def _owner(prefix: str, sampling: SamplingSettings, given: set[str]) -> tuple[st
         if prefix not in registry.names(kind):
             continue
         if prefix != chosen[kind] and token in given:
-            raise CbdmError(f"--axis {prefix}.*: {prefix!r} is a {kind}, but {flag} is {chosen[kind]!r}; "
-                            f"sweep {chosen[kind]}.OPTION or drop {flag}")
+            raise CbdmError(f"--axis {prefix}.*: {prefix!r} is a {kind}, but the sweep samples with {kind} "
+                            f"{chosen[kind]!r} ({flag} or another --axis); sweep {chosen[kind]}.OPTION")
+        given.add(token)  # adopted: a later axis naming another one is refused, not silently switched
         return kind, prefix
     raise CbdmError(f"--axis {prefix}.*: {prefix!r} is neither a guidance ({', '.join(registry.names('guidance'))}) "
                     f"nor a sampler ({', '.join(registry.names('sampler'))})")
