@@ -155,7 +155,7 @@ def plot_sweep(result: SweepResult, path: Path, metrics: Optional[Sequence[str]]
     if not panels:
         return None
     best = result.best
-    fig = Figure(figsize=(4.2 * len(panels), 3.6), dpi=110)
+    fig = Figure(figsize=(max(5.6, 4.2 * len(panels)), 3.8), dpi=110)
     for i, metric in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
         for label, series in _series(result):  # one line, or one per value of the second axis
@@ -169,7 +169,7 @@ def plot_sweep(result: SweepResult, path: Path, metrics: Optional[Sequence[str]]
         ax.set_xlabel(result.parameter)
         ax.set_ylabel(metric.upper() if metric in ("fid", "is", "kid") else metric)
         ax.grid(True, alpha=0.3)
-    title = f"{result.title} sweep ({result.extractor} features"
+    title = f"{result.title} sweep\n({result.extractor} features"  # two lines: fits one panel
     title += ")" if result.comparable_to_published else "; not comparable to published numbers)"
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
