@@ -149,3 +149,45 @@ def test_both_sides_of_the_alignment_get_its_gradient():
     assert not torch.allclose(g["uncond"], g["cond"], atol=1e-6)
     assert not torch.allclose(g["none"], g["uncond"], atol=1e-6)
     assert torch.allclose(g["none"], g["uncond"] + g["cond"] - g_ddpm, atol=1e-5)
+
+
+def test_composes_with_cbdm_and_reads_its_own_rows_of_the_pass():
+    """cbdm+ccua: one pass of 3B rows (main, CBDM's y' view, CCUA's null view); L_ucl reads rows [2B, 3B)."""
+    from cbdm_core.methods.cbdm import CBDMOptions, build_cbdm_regularizer
+
+    model = randomised_unet()
+    ctx = make_ctx(model)
+    bctx = MethodBuildContext(class_counts=ctx.class_counts, num_classes=3, schedule=ctx.schedule)
+    ccua = build(ctx, gamma=0.0)
+    ccua.attach(model)
+    seen = {}
+    h = model.feature_tap().module.register_forward_hook(lambda m, a, out: seen.setdefault("z", out.detach()))
+    _, terms, _ = run_step(model, [build_cbdm_regularizer(CBDMOptions(tau=0.01), bctx), ccua], ctx)
+    h.remove()
+    b, T = len(ctx.y), ctx.schedule.num_timesteps
+    assert seen["z"].shape[0] == 3 * b and float(terms["regularizer"].detach()) > 0
+    per_row = ucl_reference(seen["z"][2 * b:], 0.1)
+    expected = sum(int(ctx.t[i]) / T * per_row[i] for i in range(b)) / b
+    assert math.isclose(float(terms["ccua_ucl"]), expected, rel_tol=1e-5)
+
+
+def test_vit_tokens_are_the_contrastive_feature():
+    from cbdm_core.nets.vit import ViTOptions, build_vit
+
+    torch.manual_seed(0)
+    model = build_vit(ViTOptions(size="custom", depth=2, width=32, heads=2, patch_size=2),
+                      image_size=8, channels=1, num_classes=3)
+    ctx = make_ctx(model)
+    method = build(ctx, gamma=0.0)
+    method.attach(model)
+    seen = {}
+    h = model.feature_tap().module.register_forward_hook(lambda m, a, out: seen.setdefault("z", out.detach()))
+    total, terms, _ = run_step(model, [method], ctx)
+    h.remove()
+    b, T = len(ctx.y), ctx.schedule.num_timesteps
+    assert seen["z"].ndim == 3  # [2B, tokens, width], flattened per row
+    per_row = ucl_reference(seen["z"][b:], 0.1)
+    assert math.isclose(float(terms["ccua_ucl"]), sum(int(ctx.t[i]) / T * per_row[i] for i in range(b)) / b,
+                        rel_tol=1e-5)
+    total.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
