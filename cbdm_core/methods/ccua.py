@@ -3,10 +3,11 @@ arXiv 2507.09052 v2; v1: "Can Contrastive Learning Improve Class-Imbalanced Diff
 
     L = L_diffusion + alpha * L_ucl + gamma * L_al                       (the paper's Eq. 7)
 
-Sources: the paper's abstract, public reviews of its v2 (which quote Eq. 7, ``h_pos = h_anc``,
-the linear ``t/T`` weight of L_al and the appendix note on weighting L_ucl by ``t/T``) and the
-authors' released code (github.com/C-Fun/Contrastive-Conditional-Unconditional-Alignment-for-
-Long-tailed-Diffusion-Model; U-Net pipeline ``CCUA-DDPM/DDPM/diffusion.py`` and ``clr.py``).
+Sources: the paper's abstract, public reviews of its v2 (human ones quote Eq. 7, the linear
+``t/T`` weight of L_al and the appendix note on weighting L_ucl by ``t/T``; automated ones add
+``h_pos = h_anc``) and the authors' released code (github.com/C-Fun/Contrastive-Conditional-
+Unconditional-Alignment-for-Long-tailed-Diffusion-Model; U-Net pipeline
+``CCUA-DDPM/DDPM/diffusion.py`` and ``clr.py``).
 The method section's own text could not be read here; the equations below follow the released
 U-Net code, which the reviews' description matches.
 
