@@ -191,3 +191,34 @@ def test_vit_tokens_are_the_contrastive_feature():
                         rel_tol=1e-5)
     total.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def released_brs_class_probs(n_total: int, num_classes: int, f: float) -> torch.Tensor:
+    """Class probabilities of the released batch resampling (CCUA-DDPM/DDPM/dataset.py, ``brs``):
+    a uniform index in [0, N) falls into class blocks of ``floor(N p_c / sum p)`` indices,
+    ``p_c = f^(c/(C-1))``, the later block winning on a shared boundary and indices past the last
+    block going to class C-1; then one image of that class is drawn."""
+    prob = [f ** (c / (num_classes - 1)) for c in range(num_classes)]
+    blocks = torch.tensor([math.floor(n_total * p / sum(prob)) for p in prob])
+    edges = torch.cat([torch.zeros(1, dtype=torch.long), blocks.cumsum(0)])
+    idx = torch.arange(n_total)
+    cls = torch.full((n_total,), -1)
+    for i in range(num_classes):
+        inside = (edges[i] <= idx) & (idx <= edges[i + 1])
+        cls = torch.where(inside, i, torch.where(idx > edges[i + 1], num_classes - 1, cls))
+    return torch.bincount(cls, minlength=num_classes).double() / n_total
+
+
+def test_released_batch_resampling_is_sqrt_class_sampling_on_cifar_lt():
+    """docs/methods.md: BRS with f = 0.1 on an exponential set of imbalance 0.01 is square-root class
+    sampling (data.resample: sqrt), except that the floors' leftover indices go to the rarest class."""
+    from cbdm_core.data.resample import class_sampling_weights
+
+    for num_classes, n_max in ((10, 5000), (100, 500)):  # CIFAR-10-LT, CIFAR-100-LT at imbalance 0.01
+        counts = torch.tensor([int(n_max * 0.01 ** (c / (num_classes - 1))) for c in range(num_classes)])
+        labels = torch.repeat_interleave(torch.arange(num_classes), counts)
+        w = class_sampling_weights(labels, "sqrt", num_classes)
+        ours = torch.zeros(num_classes, dtype=torch.float64).index_add_(0, labels, w)
+        released = released_brs_class_probs(len(labels), num_classes, 0.1)
+        assert float((ours[:-1] / released[:-1] - 1).abs().max()) < 0.06
+        assert released[-1] >= ours[-1]
