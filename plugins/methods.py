@@ -1,12 +1,13 @@
 """Built-in training methods: ``cbdm`` (CVPR 2023), ``t2h`` (OC, ICLR 2024),
-``coral`` (NeurIPS 2025), ``cm`` (ICLR 2026), ``diffrop`` (arXiv 2402.10821, from the paper)
-and ``dispersive`` (Wang & He 2025)."""
+``coral`` (NeurIPS 2025), ``cm`` (ICLR 2026), ``diffrop`` (arXiv 2402.10821, from the paper),
+``dispersive`` (Wang & He 2025) and ``ccua`` (arXiv 2507.09052, from its released code)."""
 
 from __future__ import annotations
 
 from cbdm_core.hookspecs import hookimpl
 from cbdm_core.methods import cbdm, t2h
 from cbdm_core.methods.base import MethodSpec
+from cbdm_core.methods.ccua import CCUA_SPEC
 from cbdm_core.methods.cm import CM_SPEC
 from cbdm_core.methods.coral import CORAL_SPEC
 from cbdm_core.methods.diffrop import DIFFROP_SPEC
@@ -31,3 +32,7 @@ def register_components(register) -> None:
                          "(from the paper; no released code; reconstructed)")
     register("method", "dispersive", DISPERSIVE_SPEC,
              description="Dispersive Loss: InfoNCE-L2 repulsion of the batch's intermediate features, no positives")
+    register("method", "ccua", CCUA_SPEC,
+             description="CCUA: InfoNCE repulsion of the null-label view's tap features + t/T-weighted MSE "
+                         "between the conditional and unconditional predictions (from the released code; "
+                         "the paper's method text not read)")

@@ -248,6 +248,25 @@ def test_digits_lt_protocol_is_the_memorising_design():
     assert cfg.model.options["ch"] == 32 and cfg.optim.lr == 0.002 and cfg.optim.ema_warmup
 
 
+def test_new_methods_protocol_repeats_digits_lt_methods():
+    """digits-lt-new-methods reuses digits-lt-methods' ddpm and cbdm run folders, so those runs'
+    configurations must be identical, and every other setting the same; the new methods run
+    with their options written out at the registered defaults."""
+    from cbdm_core.registry import get_registry
+
+    old, new = load_protocol("digits-lt-methods"), load_protocol("digits-lt-new-methods")
+    assert [m.name for m in new.methods] == ["ddpm", "cbdm", "diffrop", "dispersive", "ccua"]
+    for field in ("data", "seeds", "sampling", "guidance", "evaluation", "primary", "report_seed"):
+        assert getattr(new, field) == getattr(old, field), field
+    assert new.training.steps == old.training.steps == 6000 and new.baseline_label == old.baseline_label
+    old_plan, new_plan = plan_study(old, Path("x")), plan_study(new, Path("y"))
+    for key in [(m, s) for m in ("ddpm", "cbdm") for s in new.seeds]:
+        assert new_plan.configs[key].model_dump() == old_plan.configs[key].model_dump(), key
+    for m in new.methods[2:]:
+        spec = get_registry().get("method", m.method).obj
+        assert m.options == spec.options_model().model_dump(), m.method
+
+
 def test_list_shows_shipped_protocols():
     res = cli_ok("compare", "--list")
     for name in ("digits-lt", "mnist-lt", "cifar10-lt", "cifar100-lt"):
