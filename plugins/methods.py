@@ -29,7 +29,8 @@ def register_components(register) -> None:
              description="CM: low-rank conv adapters; class-weighted consistency/divergence of outputs with/without them")
     register("method", "diffrop", DIFFROP_SPEC,
              description="DiffROP: hinge on the KL between the reverse kernels of the true and a contrasting class "
-                         "(from the paper; no released code; reconstructed)")
+                         "(from the paper; no released code; reconstructed); form=released: the inverse distance "
+                         "between other-class rows' predictions of the DiffROP baseline in CCUA's released SiT code")
     register("method", "dispersive", DISPERSIVE_SPEC,
              description="Dispersive Loss: InfoNCE-L2 repulsion of the batch's intermediate features, no positives")
     register("method", "ccua", CCUA_SPEC,
