@@ -152,3 +152,31 @@ def test_released_form_trains_and_is_listed(tmp_path):
     options = {o["name"]: o for o in rows["diffrop"]["options"]}
     assert options["form"]["default"] == "kl-hinge" and options["form"]["type"] == "kl-hinge|released"
     assert "baff9def6cfd553d4452d10eab0bac66ec2727aa" in rows["diffrop"]["paper"]
+
+
+def test_each_torchrun_rank_pairs_its_own_rows_with_the_same_global_draws():
+    """Under ``torchrun`` (ShardedObjective, no process group needed): the keys are drawn on the
+    global batch, each rank pairs only its rows (as each released GPU permutes its local batch),
+    and both ranks leave the random stream in the same state."""
+    from cbdm_core.objectives import DiffusionObjective
+    from cbdm_core.schedules import LinearSchedule
+    from cbdm_core.training.distributed import ShardedObjective
+
+    model = randomised_unet()
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randn(6, 1, 8, 8, generator=g)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    states, terms = [], []
+    for lo, hi in ((0, 3), (3, 6)):
+        bctx = MethodBuildContext(class_counts=torch.tensor([10, 20, 30]), num_classes=3,
+                                  schedule=LinearSchedule(T=50))
+        method = build_diffrop(DiffROPOptions(form="released"), bctx)
+        objective = DiffusionObjective(bctx.schedule, 3, [method], class_counts=bctx.class_counts)
+        torch.manual_seed(7)
+        out = ShardedObjective(objective, lo, hi)(model, x0, y)
+        states.append(torch.get_rng_state())
+        assert method.keys.shape == (6,)  # drawn for the global batch, in prepare
+        assert sorted(int(i) for i in method.last_permutation) == [0, 1, 2]  # paired among the rank's rows
+        terms.append(float(out.terms["diffrop"]))
+    assert torch.equal(states[0], states[1])
+    assert all(0 < v <= 1 for v in terms)
