@@ -45,7 +45,7 @@ def test_released_overlap_matches_the_rule_and_its_gradient_on_hand_made_predict
     perm = [2, 4, 0, 1, 3]  # rows 0<->2 share class 0 (masked); 1->4 share class 1 (masked)
     term, d = released_overlap(pred, y, w, torch.tensor(perm))
     ref = released_reference(pred, y, w, perm)
-    assert 0 < float(d) and math.isclose(float(term), float(ref), rel_tol=1e-12, abs_tol=1e-12)
+    assert 0 < float(d.detach()) and math.isclose(float(term.detach()), float(ref.detach()), rel_tol=1e-12, abs_tol=1e-12)
     grad, = torch.autograd.grad(term, pred)
     grad_ref, = torch.autograd.grad(ref, pred)
     assert torch.allclose(grad, grad_ref, rtol=1e-9, atol=1e-12)
