@@ -53,7 +53,7 @@ def test_released_overlap_matches_the_rule_and_its_gradient_on_hand_made_predict
     # Rows 0 and 2 only meet each other (same class, masked): no gradient; rows 1, 3, 4 are pushed apart.
     assert float(grad[[0, 2]].abs().sum()) == 0 and all(float(grad[i].abs().sum()) > 0 for i in (1, 3, 4))
     same = released_overlap(pred, torch.zeros(5, dtype=torch.long), w, torch.tensor(perm))[0]
-    assert float(same) == 1.0  # one class in the batch: every pair masked, d = 0
+    assert float(same.detach()) == 1.0  # one class in the batch: every pair masked, d = 0
 
 
 def randomised_unet():
