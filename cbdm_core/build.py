@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
+from .checkpoint import RunMeta
 from .config import TrainConfig, validate_component_options
 from .errors import CbdmError, UnknownComponentError
 from .methods.base import MethodBuildContext, MethodSpec, TrainingMethod
@@ -140,9 +141,10 @@ def component_plugins(cfg: TrainConfig) -> dict[str, str]:
     return out
 
 
-def explain_missing_plugin(exc: UnknownComponentError, meta: dict[str, Any]) -> CbdmError:
+def explain_missing_plugin(exc: UnknownComponentError, meta: Optional[RunMeta]) -> CbdmError:
     """``exc`` with the plugin distribution the run was made with, when its metadata names it."""
-    made_with = (meta.get("plugins") or {}).get(f"{exc.kind}:{exc.name}") if isinstance(meta, dict) else None
+    plugins = meta.plugins if isinstance(meta, RunMeta) else None  # no metadata: nothing to add
+    made_with = (plugins or {}).get(f"{exc.kind}:{exc.name}")
     if not made_with:
         return exc
     dist = str(made_with).split()[0]
