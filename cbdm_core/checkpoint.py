@@ -25,8 +25,8 @@ FORMAT = "cbdm-checkpoint/1"
 CKPT_RE = re.compile(r"^ckpt-(\d+)\.safetensors$")
 
 
-# What a metadata size must be, for the one-line refusal of a wrong type (the bounds are
-# checked by ``run.checked_sizes``, where the sizes are used).
+# What each typed key must hold, for the one-line refusal of a wrong type (the sizes' bounds
+# are checked by ``run.checked_sizes``, where the sizes are used).
 _WHAT = {"num_classes": "an integer", "image_size": "an integer", "channels": "an integer",
          "cond_dim": "an integer", "class_counts": "a list of integers", "class_names": "a list of strings",
          "dataset": "a string", "speed": "an object", "plugins": "an object of strings"}
@@ -100,6 +100,9 @@ class RunMeta(BaseModel):
 
 @dataclass
 class Checkpoint:
+    """One checkpoint's contents; ``meta`` may be given as a plain dict (validated into a
+    :class:`RunMeta` here, a wrong type being a one-line :class:`CheckpointError`)."""
+
     step: int
     config: dict[str, Any]
     model: dict[str, torch.Tensor]
