@@ -37,6 +37,9 @@ class LoadedRun:
     # manifest, since a retrained run (--overwrite) reuses the checkpoint path and step.
     weights_sha256: str = ""
 
+    def __post_init__(self) -> None:
+        self.meta = RunMeta.parse(self.meta, self.checkpoint)  # a plain dict given by hand is validated
+
     @property
     def num_classes(self) -> int:
         return int(self.model.num_classes)

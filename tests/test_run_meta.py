@@ -1,5 +1,6 @@
 """RunMeta: the typed run metadata of checkpoints (old files load, same JSON written, one-line refusals)."""
 
+import dataclasses
 import json
 
 import pytest
@@ -32,6 +33,8 @@ def test_an_old_meta_without_the_optional_keys_loads_and_is_written_back_as_give
     assert (run.meta.image_size, run.meta.channels, run.meta.num_classes) == (8, 1, 3)
     assert run.meta.cond_dim == 0 and run.meta.class_counts is None and run.meta.plugins is None
     assert run.model(torch.zeros(1, 1, 8, 8), torch.tensor([3]), torch.tensor([0])).shape == (1, 1, 8, 8)
+    by_hand = dataclasses.replace(run, meta=dict(old))  # a LoadedRun made by hand with a plain dict
+    assert isinstance(by_hand.meta, RunMeta) and by_hand.meta.to_dict() == old
 
 
 def test_the_model_round_trips_with_unknown_keys_and_their_order(tmp_path):
