@@ -70,3 +70,16 @@ def test_cbdm_sample_on_a_tampered_meta_is_one_line(tmp_path):
     line = cli_fails("sample", run, "--out", tmp_path / "s", "--steps", "2", "--num", "3", "--format", "png",
                      "--no-progress", match="metadata image_size = '8' is not an integer")
     assert str(path) in line and not (tmp_path / "s").exists()
+
+
+def test_a_missing_plugin_is_named_from_the_stored_plugins(tmp_path):
+    from cbdm_core.build import explain_missing_plugin
+    from cbdm_core.checkpoint import read_run_meta
+    from cbdm_core.errors import UnknownComponentError
+
+    exc = UnknownComponentError("unknown method 'tail'", "method", "tail")
+    path = _save_run(tmp_path / "run", {**TOY_META, "plugins": {"method:tail": "cbdm-tail 0.2"}})
+    assert "(pip install cbdm-tail)" in str(explain_missing_plugin(exc, read_run_meta(path)))
+    assert explain_missing_plugin(exc, None) is exc and explain_missing_plugin(exc, RunMeta()) is exc
+    (tmp_path / "bad.safetensors").write_bytes(b"not a checkpoint")
+    assert read_run_meta(tmp_path / "bad.safetensors") == RunMeta()  # unreadable: nothing to add
