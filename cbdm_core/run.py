@@ -38,7 +38,8 @@ class LoadedRun:
     weights_sha256: str = ""
 
     def __post_init__(self) -> None:
-        self.meta = RunMeta.parse(self.meta, self.checkpoint)  # a plain dict given by hand is validated
+        # A plain dict (or None) given by hand, as before RunMeta, is validated here.
+        self.meta = RunMeta.parse(self.meta if self.meta is not None else {}, self.checkpoint)
 
     @property
     def num_classes(self) -> int:
