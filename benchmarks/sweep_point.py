@@ -88,7 +88,7 @@ def main() -> None:
     reference = prepare_reference(options)
     rows.append(("reference, warm (once per sweep)", time.perf_counter() - t))
 
-    labels = plan_labels("balanced", args.num, run.num_classes, run.meta.get("class_counts"))
+    labels = plan_labels("balanced", args.num, run.num_classes, run.meta.class_counts)
     t = time.perf_counter()
     settings = SamplingSettings(sampler="ddim", steps=args.steps, guidance=args.guidance, seed=0,
                                 batch_size=args.batch_size, classes="balanced", ema=True)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
+from .checkpoint import RunMeta
 from .config import TrainConfig, validate_component_options
 from .errors import CbdmError, UnknownComponentError
+from .interfaces import missing_capabilities
 from .methods.base import MethodBuildContext, MethodSpec, TrainingMethod
 from .registry import get_registry
 from .run_folder import resolve_checkpoint
@@ -33,9 +35,22 @@ def backbone_options(cfg: TrainConfig, cond_dim: int = 0):
 
 def build_model(cfg: TrainConfig, *, image_size: int, channels: int, num_classes: int,
                 cond_dim: int = 0) -> torch.nn.Module:
+    """The configured backbone, refused (one line) if it lacks a capability a configured method needs."""
     spec, options = backbone_options(cfg, cond_dim)
-    return spec.build(options, image_size=image_size, channels=channels, num_classes=num_classes,
-                      schedule=build_schedule(cfg))
+    model = spec.build(options, image_size=image_size, channels=channels, num_classes=num_classes,
+                       schedule=build_schedule(cfg))
+    check_capabilities(cfg, model)
+    return model
+
+
+def check_capabilities(cfg: TrainConfig, model: torch.nn.Module) -> None:
+    """Refuse ``model`` when it lacks a capability (``MethodSpec.requires``) of a configured method:
+    the one place that checks what a method needs of a backbone, before any method attaches."""
+    for mc in cfg.objective.methods:
+        missing = missing_capabilities(model, get_registry().get("method", mc.name).obj.requires)
+        if missing:
+            raise CbdmError(f"method {mc.name!r} needs a backbone with {' and '.join(missing)}; backbone "
+                            f"{cfg.model.backbone!r} ({type(model).__name__}) has none")
 
 
 def loss_name(cfg: TrainConfig) -> str:
@@ -140,9 +155,10 @@ def component_plugins(cfg: TrainConfig) -> dict[str, str]:
     return out
 
 
-def explain_missing_plugin(exc: UnknownComponentError, meta: dict[str, Any]) -> CbdmError:
+def explain_missing_plugin(exc: UnknownComponentError, meta: Optional[RunMeta]) -> CbdmError:
     """``exc`` with the plugin distribution the run was made with, when its metadata names it."""
-    made_with = (meta.get("plugins") or {}).get(f"{exc.kind}:{exc.name}") if isinstance(meta, dict) else None
+    plugins = meta.plugins if isinstance(meta, RunMeta) else None  # no metadata: nothing to add
+    made_with = (plugins or {}).get(f"{exc.kind}:{exc.name}")
     if not made_with:
         return exc
     dist = str(made_with).split()[0]

@@ -2,7 +2,7 @@
 
 One file per checkpoint: ``model/*`` and ``ema/*`` weights, optionally
 ``optim/*`` (optimizer state for exact resume), and JSON metadata (format tag,
-step, resolved config, dataset facts).
+step, resolved config, and the run metadata :class:`RunMeta`: dataset facts).
 """
 
 from __future__ import annotations
@@ -10,27 +10,109 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
+from pydantic import BaseModel, ConfigDict, PrivateAttr, StrictInt, ValidationError
 
-from .errors import CbdmError, CheckpointError
+from .errors import CbdmError, CheckpointError, shorten
 from .tensor_io import IntegrityError, load_tensors, read_tensor_metadata, save_tensors
 
 FORMAT = "cbdm-checkpoint/1"
 CKPT_RE = re.compile(r"^ckpt-(\d+)\.safetensors$")
 
 
+# What each typed key must hold, for the one-line refusal of a wrong type (the sizes' bounds
+# are checked by ``run.checked_sizes``, where the sizes are used).
+_WHAT = {"num_classes": "an integer", "image_size": "an integer", "channels": "an integer",
+         "cond_dim": "an integer", "class_counts": "a list of integers", "class_names": "a list of strings",
+         "dataset": "a string", "speed": "an object", "plugins": "an object of strings"}
+
+
+class RunMeta(BaseModel):
+    """The run metadata stored with every checkpoint (JSON under the ``meta`` key).
+
+    Every field is optional: older checkpoints and imported runs lack some (``load_run``
+    refuses a run without its sizes, with one line). Keys this model does not know
+    (``imported_from``, a plugin's own) are kept and written back. The file holds exactly
+    the keys given, in the order given: :meth:`to_dict` is the dict it was made from.
+    """
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    num_classes: Optional[StrictInt] = None
+    image_size: Optional[StrictInt] = None
+    channels: Optional[StrictInt] = None
+    class_counts: Optional[list[StrictInt]] = None
+    class_names: Optional[list[str]] = None
+    dataset: Optional[str] = None
+    # Extra conditioning channels of the augmentation (EDM's augment labels); 0 when absent.
+    cond_dim: StrictInt = 0
+    speed: Optional[dict[str, Any]] = None  # the resolved precision choices (training/precision.py)
+    plugins: Optional[dict[str, str]] = None  # {"kind:name": "distribution version"}
+    log_window: Any = None  # the logging window at the save (training/monitor.py reads any shape)
+
+    _order: tuple[str, ...] = PrivateAttr(default=())
+
+    @classmethod
+    def parse(cls, data: Union["RunMeta", dict[str, Any]], source: Union[str, Path]) -> "RunMeta":
+        """``data`` validated, or a one-line :class:`CheckpointError` naming ``source`` and the key."""
+        if isinstance(data, RunMeta):
+            return data
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{source}: metadata must be a JSON object, got {type(data).__name__}")
+        try:
+            meta = cls.model_validate(data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            key = ".".join(str(p) for p in err["loc"])
+            top = str(err["loc"][0]) if err["loc"] else ""
+            value = data.get(top, err.get("input"))
+            raise CheckpointError(f"{source}: metadata {top or key} = {shorten(repr(value))} is not "
+                                  f"{_WHAT.get(top, 'valid')} ({key}: {err['msg']})") from None
+        meta._order = tuple(str(k) for k in data)
+        return meta
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-able dict written to the file: the keys given, in their order, then keys set since."""
+        data = self.model_dump(exclude_unset=True)
+        order = [k for k in self._order if k in data] + [k for k in data if k not in self._order]
+        return {k: data[k] for k in order}
+
+    def updated(self, **changes: Any) -> "RunMeta":
+        """A copy with ``changes`` (validated), keeping the key order."""
+        return RunMeta.parse({**self.to_dict(), **changes}, "run metadata")
+
+    # Mapping-style reads of the former plain-dict metadata, kept for plugins written against it.
+    def get(self, key: str, default: Any = None) -> Any:
+        warnings.warn("RunMeta.get(key) is deprecated; read the attribute (meta.image_size)",
+                      DeprecationWarning, stacklevel=2)
+        return self.to_dict().get(key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        warnings.warn("RunMeta[key] is deprecated; read the attribute (meta.image_size)",
+                      DeprecationWarning, stacklevel=2)
+        return self.to_dict()[key]
+
+
 @dataclass
 class Checkpoint:
+    """One checkpoint's contents; ``meta`` may be given as a plain dict (validated into a
+    :class:`RunMeta` here, a wrong type being a one-line :class:`CheckpointError`)."""
+
     step: int
     config: dict[str, Any]
     model: dict[str, torch.Tensor]
     ema: dict[str, torch.Tensor]
     optim: Optional[dict[str, Any]] = None
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: RunMeta = field(default_factory=RunMeta)
+
+    def __post_init__(self) -> None:
+        # Writers (the trainer, the importers) pass a plain dict: validated here, once.
+        self.meta = RunMeta.parse(self.meta, "checkpoint metadata")
 
 
 def _flatten_optim(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -66,7 +148,7 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
         "format": FORMAT,
         "step": str(ckpt.step),
         "config": json.dumps(ckpt.config),
-        "meta": json.dumps(ckpt.meta),
+        "meta": json.dumps(ckpt.meta.to_dict()),
     }
     if ckpt.optim is not None:
         opt_tensors, opt_meta = _flatten_optim(ckpt.optim)
@@ -114,16 +196,16 @@ def load_checkpoint(path: Path, *, with_optim: bool = False, verify: Optional[bo
                                      json.loads(meta["optim"]))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CheckpointError(f"{path}: the optimizer state is malformed ({type(exc).__name__}: {exc})") from None
-    return Checkpoint(step=step, config=config, model=model, ema=ema, optim=optim, meta=extra)
+    return Checkpoint(step=step, config=config, model=model, ema=ema, optim=optim, meta=RunMeta.parse(extra, path))
 
 
-def read_run_meta(path: Path) -> dict[str, Any]:
-    """The run metadata (``meta``) of a checkpoint without loading its tensors; ``{}`` when unreadable."""
+def read_run_meta(path: Path) -> RunMeta:
+    """The run metadata (``meta``) of a checkpoint without loading its tensors; empty when
+    unreadable or malformed (its readers only use it to explain another error)."""
     try:
-        extra = json.loads(read_metadata(path).get("meta", "{}"))
+        return RunMeta.parse(json.loads(read_metadata(path).get("meta", "{}")), path)
     except (CbdmError, OSError, ValueError):
-        return {}
-    return extra if isinstance(extra, dict) else {}
+        return RunMeta()
 
 
 def _parse_step(text: str) -> int:

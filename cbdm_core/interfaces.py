@@ -12,10 +12,13 @@ import fnmatch
 import math
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Callable, Mapping, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Protocol, Sequence, runtime_checkable
 
 import torch
 from pydantic import BaseModel
+
+if TYPE_CHECKING:  # nets import this module; the tap type is only named here
+    from .nets.tap import FeatureTap
 
 # eps = denoise_fn(x_t, t, y): one call of the (possibly guided) network.
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -27,6 +30,49 @@ class Denoiser(Protocol):
     num_classes: int
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
+
+
+# -- capabilities: what a backbone may offer beyond the Denoiser protocol ------------------------
+# A method that needs one declares it in ``MethodSpec.requires``; the run is refused with one line
+# naming the method, the backbone and the capability when the built backbone lacks it (checked
+# once, by ``build.check_capabilities``), so methods never probe with ``hasattr``.
+
+
+@runtime_checkable
+class HasGeometry(Protocol):
+    """The image geometry it denoises and its class count (``num_classes`` is the null label)."""
+
+    num_classes: int
+    channels: int
+    image_size: int
+
+
+@runtime_checkable
+class HasFeatureTap(Protocol):
+    """An internal feature a method may read through a forward hook (:mod:`cbdm_core.nets.tap`)."""
+
+    def feature_tap(self) -> "FeatureTap": ...
+
+
+@runtime_checkable
+class HasConvParts(Protocol):
+    """Its convolutions grouped by part (``{"down": [(name, conv), ...], ...}``, names as in
+    ``named_modules()``), for methods that adapt chosen convolutions (CM's adapters)."""
+
+    def conv_parts(self) -> dict[str, list[tuple[str, torch.nn.Conv2d]]]: ...
+
+
+# How a refusal names each capability (a plugin's own protocol is named by its class name).
+CAPABILITY_TEXT: dict[type, str] = {
+    HasGeometry: "HasGeometry (num_classes, channels, image_size attributes)",
+    HasFeatureTap: "HasFeatureTap (a feature_tap() method)",
+    HasConvParts: "HasConvParts (a conv_parts() method)",
+}
+
+
+def missing_capabilities(model: Any, requires: Sequence[type]) -> list[str]:
+    """How each capability protocol in ``requires`` that ``model`` does not satisfy is named."""
+    return [CAPABILITY_TEXT.get(cap, cap.__name__) for cap in requires if not isinstance(model, cap)]
 
 
 @dataclass(frozen=True)

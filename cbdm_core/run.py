@@ -9,7 +9,7 @@ from typing import Any, Union
 import torch
 
 from . import build
-from .checkpoint import Checkpoint, load_checkpoint, load_state_checked, nonfinite_tensors
+from .checkpoint import Checkpoint, RunMeta, load_checkpoint, load_state_checked, nonfinite_tensors
 from .config import TrainConfig, parse_train_config
 from .errors import CheckpointError, UnknownComponentError, shorten
 from .run_folder import resolve_checkpoint
@@ -32,10 +32,14 @@ class LoadedRun:
     config: TrainConfig
     checkpoint: Path
     step: int
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: RunMeta = field(default_factory=RunMeta)
     # Content hash of the weights sampled (EMA or raw): the model's identity in a sample
     # manifest, since a retrained run (--overwrite) reuses the checkpoint path and step.
     weights_sha256: str = ""
+
+    def __post_init__(self) -> None:
+        # A plain dict (or None) given by hand, as before RunMeta, is validated here.
+        self.meta = RunMeta.parse(self.meta if self.meta is not None else {}, self.checkpoint)
 
     @property
     def num_classes(self) -> int:
@@ -111,8 +115,8 @@ def _load_newest(path: Union[str, Path], tries: int = 5) -> tuple[Path, Checkpoi
                           "being written (training with a small --keep-last?); load a copy, or try again")
 
 
-def _class_counts(meta: dict[str, Any], num_classes: int, ckpt_path: Path) -> torch.Tensor:
-    counts = meta.get("class_counts")
+def _class_counts(meta: RunMeta, num_classes: int, ckpt_path: Path) -> torch.Tensor:
+    counts = meta.class_counts
     if counts is None:  # imported checkpoints may lack them; the methods only need their shape then
         return torch.ones(num_classes, dtype=torch.long)
     counts = torch.as_tensor(counts)
@@ -121,23 +125,24 @@ def _class_counts(meta: dict[str, Any], num_classes: int, ckpt_path: Path) -> to
     return counts
 
 
-def checked_sizes(meta: dict[str, Any], source: Union[str, Path]) -> dict[str, int]:
+def checked_sizes(meta: Union[RunMeta, dict[str, Any]], source: Union[str, Path]) -> dict[str, int]:
     """``image_size``, ``channels``, ``num_classes``, ``cond_dim`` from checkpoint metadata,
     each an integer within :data:`SIZE_BOUNDS`, or a one-line :class:`CheckpointError`."""
+    meta = RunMeta.parse(meta, source)
     out = {}
     for name, (lo, hi) in SIZE_BOUNDS.items():
-        value = meta.get(name, 0 if name == "cond_dim" else None)
+        value = getattr(meta, name)
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
             raise CheckpointError(f"{source}: metadata {name} = {shorten(repr(value))} is not an integer in {lo}..{hi}")
         out[name] = value
     return out
 
 
-def check_class_names(meta: dict[str, Any], num_classes: int, source: Union[str, Path]) -> None:
+def check_class_names(meta: Union[RunMeta, dict[str, Any]], num_classes: int, source: Union[str, Path]) -> None:
     """``class_names`` in checkpoint metadata, when present: a list of ``num_classes`` strings
     of at most :data:`MAX_CLASS_NAME` characters, without path separators or NUL (they
     become folder names and grid labels), or a one-line :class:`CheckpointError`."""
-    names = meta.get("class_names")
+    names = RunMeta.parse(meta, source).class_names
     if names is None:
         return
     if not isinstance(names, list) or (num_classes > 0 and len(names) != num_classes):

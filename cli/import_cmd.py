@@ -86,5 +86,5 @@ def _import_diffusers(src: Path, dest: Path, *, append_null: bool, overwrite: bo
     path, cfg, meta = import_diffusers_unet(src, dest, append_null=append_null, overwrite=overwrite)
     o = cfg.model.options
     click.echo(f"imported {src} (UNet2DModel): ch {o['ch']}, ch_mult {','.join(map(str, o['ch_mult']))}, "
-               f"attn {','.join(map(str, o['attn'])) or 'none'}, {meta['num_classes']} classes, "
+               f"attn {','.join(map(str, o['attn'])) or 'none'}, {meta.num_classes} classes, "
                f"{cfg.diffusion.schedule} T {cfg.diffusion.T} -> {path}")

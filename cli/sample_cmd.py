@@ -185,7 +185,7 @@ def _warn_disk(say, run, num: int, out: Path) -> None:
     """Warn (not refuse) when the samples may not fit on the disk of ``out``."""
     from cbdm_core.sampling.generate import estimate_output_bytes
 
-    image_shape = (int(run.meta["channels"]), int(run.meta["image_size"]), int(run.meta["image_size"]))
+    image_shape = (int(run.meta.channels), int(run.meta.image_size), int(run.meta.image_size))
     need, free = estimate_output_bytes(num, image_shape), _free_bytes(out)
     if free is not None and need > free:
         say(f"warning: the samples need about {_size(need)} but only {_size(free)} is free "
@@ -260,7 +260,7 @@ def _sample(ctx, run_path, sampler, steps, eta, guidance, guidance_method, guida
         keep_freed_host_memory()  # re-use activation buffers instead of page-faulting every step
     C = run.num_classes
     num = DEFAULT_PER_CLASS * C if num is None else num
-    labels = plan_labels(classes, num, C, run.meta.get("class_counts"))
+    labels = plan_labels(classes, num, C, run.meta.class_counts)
     steps = resolve_steps(sampler, steps, run.schedule.num_timesteps)
     if guidance > 0 and not run.trained_with_label_dropout:
         say(f"warning: {run.checkpoint} was trained without label dropout (p_uncond = 0), so its "

@@ -21,6 +21,17 @@ def _few_threads():
     yield
 
 
+@pytest.fixture(scope="session")
+def tiny_config():
+    """The tiny `cbdm train` config of the CLI tests as a factory: ``tiny_config(**overrides)``
+    is a fresh deep copy of ``tests.helpers.TINY`` with dotted (``{"optim.steps": 2}``) or
+    nested (``optim={"steps": 2}``, merged into the section) overrides;
+    ``tiny_config.write(path, ...)`` writes it as YAML. Session-scoped: it holds no state."""
+    from tests.helpers import TinyConfig
+
+    return TinyConfig()
+
+
 @pytest.fixture
 def shared_data() -> Path:
     return SHARED_DATA

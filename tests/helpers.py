@@ -3,15 +3,18 @@ never from each other)."""
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, Mapping, Optional
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from torch import nn
 
@@ -126,16 +129,57 @@ TINY = {
     "log_every": 2,
 }
 
+
+
+def merge_overrides(base: Mapping[str, Any], overrides: Optional[Mapping[str, Any]] = None, /,
+                    **more: Any) -> dict[str, Any]:
+    """A deep copy of ``base`` with ``overrides``, then ``more``, applied in turn. A dotted key
+    (``"optim.steps"``, ``"model.options"``) sets that entry as given (a dict replaces the
+    section); a plain name with a dict value merges into the section (``optim={"steps": 2}``
+    keeps the other optim keys, nested dicts merge too); anything else replaces."""
+    cfg = copy.deepcopy(dict(base))
+    for key, value in [*(overrides or {}).items(), *more.items()]:
+        _override(cfg, key, copy.deepcopy(value))
+    return cfg
+
+
+def _override(node: dict, key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    for name in parents:
+        node = node.setdefault(name, {})
+    if not parents and isinstance(value, dict) and isinstance(node.get(last), dict):
+        for name, item in value.items():
+            _override(node[last], name, item)
+    else:
+        node[last] = value
+
+
+class TinyConfig:
+    """The ``tiny_config`` fixture (tests/conftest.py): fresh copies of :data:`TINY` with overrides."""
+
+    def __call__(self, overrides: Optional[Mapping[str, Any]] = None, /, **more: Any) -> dict[str, Any]:
+        """``TINY`` with ``overrides`` (see :func:`merge_overrides`); a new deep copy every call."""
+        return merge_overrides(TINY, overrides, **more)
+
+    def write(self, path: Path, overrides: Optional[Mapping[str, Any]] = None, /, **more: Any) -> Path:
+        """Write that config as YAML to ``path`` (a ``.yaml`` file, else a folder: ``path/tiny.yaml``);
+        returns the file."""
+        path = Path(path)
+        path = path if path.suffix in (".yaml", ".yml") else path / "tiny.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(self(overrides, **more)))
+        return path
+
+
 # The CLI tests' tiny run, shorter: the method tests train, sample and evaluate several methods.
-METHOD_TINY = {**TINY, "diffusion": {"T": 50},
-               "optim": {**TINY["optim"], "batch_size": 8, "steps": 2, "warmup": 1},
-               "preview": {"sampler": "ddim", "steps": 2, "per_class": 1}, "log_every": 1}
+METHOD_OVERRIDES = {"diffusion.T": 50, "optim": {"batch_size": 8, "steps": 2, "warmup": 1},
+                    "preview": {"steps": 2, "per_class": 1}, "log_every": 1}
+METHOD_TINY = merge_overrides(TINY, METHOD_OVERRIDES)
 
 # The CLI tests' tiny run with a still smaller net (no attention, one level): only logging is checked.
-MONITOR_TINY = {**TINY, "model": {"backbone": "unet", "options": {**TINY["model"]["options"], "ch_mult": [1],
-                                                               "attn": [], "dropout": 0.0}},
-                "diffusion": {"T": 20}, "optim": {**TINY["optim"], "batch_size": 8, "steps": 4, "warmup": 1},
-                "preview": {"sampler": "ddim", "steps": 2, "per_class": 1}}
+MONITOR_OVERRIDES = {"model": {"options": {"ch_mult": [1], "attn": [], "dropout": 0.0}}, "diffusion.T": 20,
+                     "optim": {"batch_size": 8, "steps": 4, "warmup": 1}, "preview": {"steps": 2, "per_class": 1}}
+MONITOR_TINY = merge_overrides(TINY, MONITOR_OVERRIDES)
 
 
 def train_run(config, out, *args):

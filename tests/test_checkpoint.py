@@ -36,7 +36,7 @@ def test_round_trip_with_optimizer_state(tmp_path):
     opt.step()
     _save(tmp_path / "c.safetensors", model, opt.state_dict())
     ck = load_checkpoint(tmp_path / "c.safetensors", with_optim=True)
-    assert ck.step == 7 and ck.meta == META
+    assert ck.step == 7 and ck.meta.to_dict() == META
     for k, v in model.state_dict().items():
         assert torch.equal(ck.model[k], v)
     opt2 = torch.optim.Adam(_model().parameters(), lr=1e-3)

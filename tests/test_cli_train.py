@@ -41,7 +41,7 @@ def test_train_writes_run_folder(tmp_path, tiny_config):
     ckpts = list_checkpoints(out / "checkpoints")
     assert [s for s, _ in ckpts] == [6]
     ck = load_checkpoint(ckpts[-1][1])
-    assert ck.meta["num_classes"] == 10 and ck.meta["image_size"] == 8
+    assert ck.meta.num_classes == 10 and ck.meta.image_size == 8
     assert ck.config["objective"]["methods"][0]["name"] == "cbdm"
     assert (out / "config.yaml").exists()
     assert list((out / "samples").glob("grid-*.png"))
@@ -141,8 +141,8 @@ def test_mnist_lt_from_shared_data(tmp_path, tiny_config, shared_data):
               "--data-root", root, "--steps", "2", "--set", "preview.per_class=1")
     assert res.exit_code == 0, res.output
     ck = load_checkpoint(list_checkpoints(out / "checkpoints")[-1][1])
-    assert ck.meta["image_size"] == 32 and ck.meta["channels"] == 1
-    counts = ck.meta["class_counts"]
+    assert ck.meta.image_size == 32 and ck.meta.channels == 1
+    counts = ck.meta.class_counts
     assert counts[0] > counts[-1] and len(counts) == 10
 
 

@@ -82,7 +82,7 @@ def test_export_sample_equals_cbdm_sample_and_round_trip(run_dir, tmp_path):
     back = load_run(tmp_path / "back")
     a, b = run.model.state_dict(), back.model.state_dict()
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
-    assert back.step == run.step and back.meta["class_names"] == run.meta["class_names"]
+    assert back.step == run.step and back.meta.class_names == run.meta.class_names
     again = sample(back.model, back.schedule, x_T, y, sampler="ddim", steps=10, eta=0.0, guidance=2.0)
     assert torch.equal(again, images[2.0])
 

@@ -67,8 +67,8 @@ def test_import_matches_reference(ref, tmp_path):
     assert (tmp_path / "run" / "config.yaml").is_file()
     run = load_run(tmp_path / "run")  # EMA by default
     assert run.step == 123 and run.num_classes == 3 and run.schedule.num_timesteps == 50
-    assert run.meta["imported_from"] == "ckpt.pt" and run.meta["cond_dim"] == 9
-    assert run.meta["class_counts"] == [1, 1, 1] and run.meta["channels"] == 3
+    assert run.meta.imported_from == "ckpt.pt" and run.meta.cond_dim == 9
+    assert run.meta.class_counts == [1, 1, 1] and run.meta.channels == 3
     x, t, y = _inputs()
     with torch.no_grad():
         assert torch.allclose(run.model(x, t, y), ema(x, t, y), atol=1e-5)
@@ -86,7 +86,7 @@ def test_unconditional_bare_state_dict(tmp_path):
     torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, tmp_path / "bare.pt")  # DataParallel
     import_reference_checkpoint(tmp_path / "bare.pt", tmp_path / "run", ImportOptions(image_size=8))
     run = load_run(tmp_path / "run")
-    assert run.num_classes == 0 and run.step == 0 and run.meta["class_counts"] == []
+    assert run.num_classes == 0 and run.step == 0 and run.meta.class_counts == []
     x, t, _ = _inputs()
     with torch.no_grad():
         assert torch.allclose(run.model(x, t, torch.zeros(4, dtype=torch.long)), model(x, t), atol=1e-5)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 
 from cbdm_core.errors import CbdmError
+from cbdm_core.interfaces import missing_capabilities
 from cbdm_core.methods.base import MethodBuildContext, PassOutputs
 from cbdm_core.methods.cm import CM_SPEC, CMOptions, build_cm, class_weights, cm_terms
 from cbdm_core.nets.edm import EDMPrecond
@@ -95,8 +96,10 @@ def test_parts_select_convs_and_reject_unknown_names():
         CMOptions(parts=["bottom"])
     vit = DiffusionViT(ViTOptions(size="custom", depth=2, width=16, heads=2, patch_size=4),
                        image_size=8, channels=1, num_classes=3)
-    with pytest.raises(CbdmError, match="conv_parts"):
-        build().attach(vit)
+    # cm declares conv parts, which a ViT lacks: the run is refused when the model is built.
+    assert [c.__name__ for c in CM_SPEC.requires] == ["HasConvParts"]
+    assert "conv_parts" in missing_capabilities(vit, CM_SPEC.requires)[0]
+    assert missing_capabilities(model, CM_SPEC.requires) == []
 
 
 def test_zero_b_leaves_the_output_unchanged():

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from cbdm_core.errors import CbdmError
+from cbdm_core.interfaces import missing_capabilities
 from cbdm_core.methods.base import MethodBuildContext, PassOutputs, TrainingMethod
 from cbdm_core.methods.coral import CORAL_SPEC, CoralOptions, build_coral, noise_weight
 from cbdm_core.methods.supcon import supcon_loss
@@ -221,8 +222,9 @@ def test_options_and_spec():
     with pytest.raises(Exception):
         CoralOptions(tau_scc=0.1)
     assert CORAL_SPEC.options_model is CoralOptions and "coral-lt-diffusion" in CORAL_SPEC.code
-    with pytest.raises(CbdmError, match="feature tap"):
-        build().attach(torch.nn.Linear(2, 2))
+    # What coral needs of a backbone is declared, and checked when the model is built (test_capabilities).
+    assert [c.__name__ for c in CORAL_SPEC.requires] == ["HasFeatureTap"]
+    assert "HasFeatureTap" in missing_capabilities(torch.nn.Linear(2, 2), CORAL_SPEC.requires)[0]
 
 
 def test_presets_carry_the_papers_settings():

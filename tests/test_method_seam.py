@@ -4,14 +4,13 @@ import json
 
 import pytest
 import torch
-import yaml
 from pydantic import BaseModel, ConfigDict
 
 from cbdm_core import registry
 from cbdm_core.checkpoint import list_checkpoints, load_checkpoint
 from cbdm_core.hookspecs import hookimpl
 from cbdm_core.methods.base import MethodSpec, TrainingMethod
-from tests.helpers import TINY, cli_fails, cli_ok
+from tests.helpers import cli_fails, cli_ok
 
 
 
@@ -60,19 +59,15 @@ def gain_registry():
     registry.reset_registry()
 
 
-def _config(tmp_path, **objective):
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump({**TINY, "objective": {"p_uncond": 0.1, **objective},
-                                    "optim": {**TINY["optim"], "steps": 2}}))
-    return path
+# What this file's runs change in the tiny config: label dropout on, two steps.
+SEAM = {"objective.p_uncond": 0.1, "optim.steps": 2}
 
 
-def test_attached_module_is_trained_saved_loaded_and_switched_for_sampling(tmp_path, gain_registry):
+def test_attached_module_is_trained_saved_loaded_and_switched_for_sampling(tmp_path, gain_registry, tiny_config):
     from cbdm_core import load_run
 
-    run = tmp_path / "run"
-    cli_ok("train", "--config", _config(tmp_path), "--method", "gain", "-M", "init=0.5", "--out", run,
-           "--no-progress")
+    run, cfg = tmp_path / "run", tiny_config.write(tmp_path / "c.yaml", SEAM)
+    cli_ok("train", "--config", cfg, "--method", "gain", "-M", "init=0.5", "--out", run, "--no-progress")
     ck = load_checkpoint(list_checkpoints(run / "checkpoints")[-1][1])
     assert "method_gain" in ck.model and float(ck.model["method_gain"]) != 0.5  # trained
     rec = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
@@ -84,8 +79,8 @@ def test_attached_module_is_trained_saved_loaded_and_switched_for_sampling(tmp_p
     assert list_checkpoints(run / "checkpoints")[-1][0] == 3
 
     plain = tmp_path / "plain"
-    cli_ok("train", "--config", _config(tmp_path), "--method", "ddpm", "--out", plain, "--no-progress")
-    res = cli_ok("train", "--config", _config(tmp_path), "--method", "gain", "--init-from", plain,
+    cli_ok("train", "--config", cfg, "--method", "ddpm", "--out", plain, "--no-progress")
+    res = cli_ok("train", "--config", cfg, "--method", "gain", "--init-from", plain,
                  "--out", tmp_path / "ft", "--no-progress")
     assert "re-initialised: method_gain" in res.output
 
@@ -109,8 +104,8 @@ def test_pass_rows_follow_method_order(gain_registry):
     assert MethodBuildContext(torch.ones(3), 3, sched).backbone == "unet"
 
 
-def test_method_flag_errors_are_one_line(tmp_path):
-    cfg = _config(tmp_path)
+def test_method_flag_errors_are_one_line(tmp_path, tiny_config):
+    cfg = tiny_config.write(tmp_path / "c.yaml", SEAM)
     cli_fails("train", "--config", cfg, "--method", "nope", match="unknown method 'nope'; available: ddpm, cbdm")
     cli_fails("train", "--config", cfg, "--method", "ddpm+cbdm", match="cannot be combined")
     cli_fails("train", "--config", cfg, "--method", "cbdm+t2h", "-M", "tau=1", match="METHOD.OPTION")
@@ -121,14 +116,14 @@ def test_method_flag_errors_are_one_line(tmp_path):
     cli_fails("train", "--config", cfg, "--y-dist", "nowhere", match="unknown label distribution 'nowhere'")
 
 
-def test_method_selection_writes_the_config(tmp_path):
+def test_method_selection_writes_the_config(tmp_path, tiny_config):
     from cbdm_cli.train_cmd import build_config
 
-    cfg = build_config(_config(tmp_path), None, {"method": ("cbdm+t2h",), "method_opts": ("t2h.cut_time=300",),
-                                                 "tau": 0.002}, ())
+    path = tiny_config.write(tmp_path / "c.yaml", SEAM)
+    cfg = build_config(path, None, {"method": ("cbdm+t2h",), "method_opts": ("t2h.cut_time=300",), "tau": 0.002}, ())
     assert [(m.name, m.options) for m in cfg.objective.methods] == [("cbdm", {"tau": 0.002}),
                                                                      ("t2h", {"cut_time": 300})]
-    assert build_config(_config(tmp_path), None, {"method": ("ddpm",)}, ()).objective.methods == []
+    assert build_config(path, None, {"method": ("ddpm",)}, ()).objective.methods == []
 
 
 def test_cbdm_methods_lists_options():

@@ -24,12 +24,6 @@ def _threads():
     torch.set_num_threads(1)
 
 
-def _tiny_config(tmp_path: Path, **changes) -> Path:
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump({**TINY, **changes}))
-    return path
-
-
 def _folder_hash(folder: Path) -> str:
     h = hashlib.sha256()
     for p in sorted(folder.glob("shard-*.npz")):
@@ -40,8 +34,8 @@ def _folder_hash(folder: Path) -> str:
 # -- item 1: samples of a retrained run come from the new model -----------------------------------------------
 
 
-def test_sampling_after_train_overwrite_uses_the_new_model(tmp_path):
-    cfg, run = _tiny_config(tmp_path), tmp_path / "run"
+def test_sampling_after_train_overwrite_uses_the_new_model(tmp_path, tiny_config):
+    cfg, run = tiny_config.write(tmp_path), tmp_path / "run"
     sample = ("sample", run, "--sampler", "ddim", "--steps", "2", "-n", "4", "--no-progress")
     cli_ok("train", "--config", cfg, "--out", run, "--no-progress", "--steps", "4")
     cli_ok(*sample)
@@ -62,9 +56,9 @@ def test_sampling_after_train_overwrite_uses_the_new_model(tmp_path):
     assert _folder_hash(folder) != before
 
 
-def test_a_sample_folder_of_other_weights_is_refused(tmp_path):
+def test_a_sample_folder_of_other_weights_is_refused(tmp_path, tiny_config):
     """Same checkpoint path and step, other weights (a folder restored from elsewhere)."""
-    cfg, run = _tiny_config(tmp_path), tmp_path / "run"
+    cfg, run = tiny_config.write(tmp_path), tmp_path / "run"
     cli_ok("train", "--config", cfg, "--out", run, "--no-progress", "--steps", "4")
     out = tmp_path / "s"
     sample = ("sample", run, "--sampler", "ddim", "--steps", "2", "-n", "4", "--no-progress", "--out", out)
@@ -85,16 +79,16 @@ def _nothing_written(run: Path) -> bool:
     ("--set", "preview.sampler_options.foo=1"), ("--set", "preview.steps=500"), ("--set", "preview.eta=.nan"),
     ("--set", "preview.guidance=.inf"), ("--set", "preview.eta=-1"), ("--T", "1"),
 ])
-def test_preview_settings_are_checked_before_training(tmp_path, args):
+def test_preview_settings_are_checked_before_training(tmp_path, args, tiny_config):
     run = tmp_path / "run"
-    cli_fails("train", "--config", _tiny_config(tmp_path), "--out", run, "--no-progress", *args, match="preview")
+    cli_fails("train", "--config", tiny_config.write(tmp_path), "--out", run, "--no-progress", *args, match="preview")
     assert _nothing_written(run)
 
 
 @pytest.mark.parametrize("method,option", [("cbdm", "tau"), ("cbdm", "gamma"), ("coral", "weight"), ("cm", "w_con")])
-def test_nonfinite_method_options_are_refused_before_training(tmp_path, method, option):
+def test_nonfinite_method_options_are_refused_before_training(tmp_path, method, option, tiny_config):
     run = tmp_path / "run"
-    cli_fails("train", "--config", _tiny_config(tmp_path), "--out", run, "--no-progress", "--method", method,
+    cli_fails("train", "--config", tiny_config.write(tmp_path), "--out", run, "--no-progress", "--method", method,
               "-M", f"{method}.{option}=.inf", match=option)
     assert _nothing_written(run)
 
@@ -149,10 +143,10 @@ def test_alias_bomb_in_a_protocol_is_refused(tmp_path):
     cli_fails("compare", path, "--out", tmp_path / "study", "--dry-run", match="aliases")
 
 
-def test_alias_bomb_and_recursive_alias_in_set_values_are_refused(tmp_path):
+def test_alias_bomb_and_recursive_alias_in_set_values_are_refused(tmp_path, tiny_config):
     flat = _BOMB.replace("\n", ", ").replace(": &", ": &")
     for value, match in ((f"{{{flat}}}", "aliases"), ("&r [*r]", "recursive")):
-        cli_fails("train", "--config", _tiny_config(tmp_path), "--out", tmp_path / "run", "--no-progress",
+        cli_fails("train", "--config", tiny_config.write(tmp_path), "--out", tmp_path / "run", "--no-progress",
                   "--set", f"preview.sampler_options.bomb={value}", match=match)
 
 
@@ -200,7 +194,7 @@ def broken_plugins(tmp_path, monkeypatch):
     registry.reset_registry()
 
 
-def test_broken_plugins_are_reported_and_left_out(broken_plugins, tmp_path, caplog):
+def test_broken_plugins_are_reported_and_left_out(broken_plugins, tmp_path, caplog, tiny_config):
     import logging
 
     from cbdm_core.registry import get_registry, reset_registry
@@ -222,7 +216,7 @@ def test_broken_plugins_are_reported_and_left_out(broken_plugins, tmp_path, capl
     warnings = [r.getMessage() for r in caplog.records if r.name == "cbdm.plugins"]
     assert len(warnings) == 3 and all(len(w.splitlines()) == 1 and "left out" in w for w in warnings)
     cli_ok("methods")
-    cli_ok("train", "--config", _tiny_config(tmp_path), "--out", tmp_path / "run", "--no-progress", "--steps", "2")
+    cli_ok("train", "--config", tiny_config.write(tmp_path), "--out", tmp_path / "run", "--no-progress", "--steps", "2")
 
 
 # -- item 9: PNG decompression bombs are refused from their header ---------------------------------------------
@@ -395,9 +389,9 @@ def test_compare_workers_die_with_a_sigkilled_parent(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
+def tiny_run(tmp_path_factory, tiny_config) -> Path:
     work = tmp_path_factory.mktemp("tiny-run")
-    cli_ok("train", "--config", _tiny_config(work), "--out", work / "run", "--no-progress", "--steps", "2")
+    cli_ok("train", "--config", tiny_config.write(work), "--out", work / "run", "--no-progress", "--steps", "2")
     return work / "run"
 
 
@@ -406,9 +400,9 @@ def tiny_run(tmp_path_factory) -> Path:
     (("--seed", "99999999999999999999"), "seed"),
     (("--set", "data.lt_seed=99999999999999999999"), "lt_seed"),
 ])
-def test_huge_training_numbers_are_refused_in_one_line(tmp_path, args, match):
+def test_huge_training_numbers_are_refused_in_one_line(tmp_path, args, match, tiny_config):
     run = tmp_path / "run"
-    cli_fails("train", "--config", _tiny_config(tmp_path), "--out", run, "--no-progress", *args, match=match)
+    cli_fails("train", "--config", tiny_config.write(tmp_path), "--out", run, "--no-progress", *args, match=match)
     assert _nothing_written(run)
 
 
@@ -428,7 +422,7 @@ def test_huge_grids_are_refused_in_one_line(tmp_path, tiny_run):
     cli_fails("compare", proto, "--out", tmp_path / "study", "--dry-run", match="points")
 
 
-def test_extreme_power_distribution_exponents_stay_finite(tmp_path):
+def test_extreme_power_distribution_exponents_stay_finite(tmp_path, tiny_config):
     from cbdm_core.label_distributions import pow_distribution
 
     counts = torch.tensor([50, 10, 0, 3])
@@ -440,7 +434,7 @@ def test_extreme_power_distribution_exponents_stay_finite(tmp_path):
     q = pow_distribution(counts, "0.5")
     want = counts.double().pow(0.5)
     assert torch.allclose(q.double(), want / want.sum(), atol=1e-7)
-    cli_ok("train", "--config", _tiny_config(tmp_path), "--out", tmp_path / "run", "--no-progress",
+    cli_ok("train", "--config", tiny_config.write(tmp_path), "--out", tmp_path / "run", "--no-progress",
            "--steps", "1", "--y-dist", "pow:1e308")
 
 

@@ -315,7 +315,7 @@ def test_train_header_and_metadata_show_the_precision(tmp_path, monkeypatch):
                                    "--no-progress", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     assert "step: bf16" in res.output and "native bf16: avx512_bf16" in res.output
-    speed = load_checkpoint(list_checkpoints(tmp_path / "r" / "checkpoints")[-1][1]).meta["speed"]
+    speed = load_checkpoint(list_checkpoints(tmp_path / "r" / "checkpoints")[-1][1]).meta.speed
     assert speed["amp"] == "bf16" and speed["cpu_bf16"] == "avx512_bf16"
     assert speed["pass_layout"] == "joint"
 

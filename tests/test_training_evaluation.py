@@ -10,16 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from cbdm_core.config import parse_train_config
 from cbdm_core.training.monitor import evaluation_line
 
-from .helpers import MONITOR_TINY, assert_same_final_checkpoint, cli_fails, cli_ok
-# and a cheap evaluation: 20 samples, 2 DDIM steps, a one-epoch classifier.
-TINY = {**MONITOR_TINY,
-        "model": {**MONITOR_TINY["model"], "options": {**MONITOR_TINY["model"]["options"], "dropout": 0.1}},
-        "evaluate": {"num": 20, "steps": 2, "classifier_epochs": 1}}
+from .helpers import MONITOR_OVERRIDES, assert_same_final_checkpoint, cli_fails, cli_ok
+
+# The tiny config of this file's runs: the monitoring tests' smaller net (with dropout) and a cheap
+# evaluation: 20 samples, 2 DDIM steps, a one-epoch classifier.
+EVAL = {**MONITOR_OVERRIDES, "model.options.dropout": 0.1, "evaluate": {"num": 20, "steps": 2, "classifier_epochs": 1}}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -39,20 +38,14 @@ def classifier(tmp_path_factory, _own_cache) -> Path:
     return ensure_classifier(tmp_path_factory.mktemp("clf") / "clf.safetensors", "digits-lt", None, epochs=1)
 
 
-def _config(tmp_path: Path, **changes) -> Path:
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump({**TINY, **changes}))
-    return path
-
-
 def _records(run: Path) -> tuple[list[dict], list[dict]]:
     """(training records, evaluation records) of a run's metrics.jsonl."""
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return [r for r in records if "eval_seconds" not in r], [r for r in records if "eval_seconds" in r]
 
 
-def test_evaluation_records_at_their_steps(tmp_path):
-    cfg = _config(tmp_path, optim={**TINY["optim"], "steps": 6})
+def test_evaluation_records_at_their_steps(tmp_path, tiny_config):
+    cfg = tiny_config.write(tmp_path, EVAL, optim={"steps": 6})
     out = tmp_path / "run"
     tb = ["--log", "tensorboard"] if importlib.util.find_spec("tensorboard") else []
     res = cli_ok("train", "--config", cfg, "--out", out, "--no-progress", "--evaluate-every", 3, *tb)
@@ -75,8 +68,8 @@ def test_evaluation_records_at_their_steps(tmp_path):
         assert {"eval/kid", "eval/seconds", "train/total"} <= set(acc.Tags()["scalars"])
 
 
-def test_evaluation_leaves_training_unchanged(tmp_path, classifier):
-    cfg = _config(tmp_path)
+def test_evaluation_leaves_training_unchanged(tmp_path, classifier, tiny_config):
+    cfg = tiny_config.write(tmp_path, EVAL)
     with_eval, without = tmp_path / "with", tmp_path / "without"
     cli_ok("train", "--config", cfg, "--out", with_eval, "--no-progress", "--evaluate-every", 2,
            "--evaluate-classifier", classifier)
@@ -85,13 +78,13 @@ def test_evaluation_leaves_training_unchanged(tmp_path, classifier):
     assert_same_final_checkpoint(with_eval, without, 4)
 
 
-def test_evaluation_keeps_rng(tmp_path, classifier):
+def test_evaluation_keeps_rng(tmp_path, classifier, tiny_config):
     from cbdm_core.schedules import LinearSchedule
     from cbdm_core.training.evaluation import TrainingEvaluator
 
     from .helpers import tiny_unet
 
-    cfg = parse_train_config({**TINY, "evaluate": {**TINY["evaluate"], "every": 1, "classifier": str(classifier)}})
+    cfg = parse_train_config(tiny_config(EVAL, evaluate={"every": 1, "classifier": str(classifier)}))
     evaluator = TrainingEvaluator(cfg, tmp_path, num_classes=10, chw=(1, 8, 8), device=torch.device("cpu"))
     evaluator.prepare()
     net = tiny_unet(num_classes=10).eval()
@@ -104,8 +97,8 @@ def test_evaluation_keeps_rng(tmp_path, classifier):
     assert first["eval_fid"] == second["eval_fid"] and first["eval_kid"] == second["eval_kid"]
 
 
-def test_resume_evaluates_at_the_same_steps(tmp_path, classifier):
-    cfg = _config(tmp_path)  # 4 steps; the split run stops at 3 and resumes
+def test_resume_evaluates_at_the_same_steps(tmp_path, classifier, tiny_config):
+    cfg = tiny_config.write(tmp_path, EVAL)  # 4 steps; the split run stops at 3 and resumes
     straight, split = tmp_path / "straight", tmp_path / "split"
     cli_ok("train", "--config", cfg, "--out", straight, "--no-progress", "--evaluate-every", 2,
            "--evaluate-classifier", classifier)
@@ -132,20 +125,22 @@ def test_resume_evaluates_at_the_same_steps(tmp_path, classifier):
     (["--evaluate-every", "2", "--set", "evaluate.steps=50"], "evaluate: "),
     (["--evaluate-every", "2", "--set", "evaluate.guidance=1", "--p-uncond", "0"], "label dropout"),
 ])
-def test_bad_evaluation_settings_are_one_line(tmp_path, args, needle):
+def test_bad_evaluation_settings_are_one_line(tmp_path, args, needle, tiny_config):
     out = tmp_path / "r"
-    cli_fails("train", "--config", _config(tmp_path), "--out", out, "--no-progress", *args, match=needle)
+    cfg = tiny_config.write(tmp_path, EVAL)
+    cli_fails("train", "--config", cfg, "--out", out, "--no-progress", *args, match=needle)
     assert not out.exists()  # refused before the run folder is made
 
 
-def test_wrong_classifier_is_refused_before_training(tmp_path):
+def test_wrong_classifier_is_refused_before_training(tmp_path, tiny_config):
     from cbdm_core.features import save_classifier, train_classifier
 
     path = tmp_path / "rgb.safetensors"  # a classifier of 3-channel 8x8 images; digits are grayscale
     images = torch.randint(0, 256, (8, 3, 8, 8), dtype=torch.uint8)
     save_classifier(train_classifier(images, torch.arange(8) % 2, 2, epochs=1, batch_size=4), path)
     out = tmp_path / "r"
-    cli_fails("train", "--config", _config(tmp_path), "--out", out, "--no-progress", "--evaluate-every", 2,
+    cfg = tiny_config.write(tmp_path, EVAL)
+    cli_fails("train", "--config", cfg, "--out", out, "--no-progress", "--evaluate-every", 2,
               "--evaluate-classifier", path, match="classifier")
     assert not (out / "config.yaml").exists()  # nothing that looks like a run: a re-run needs no --overwrite
 

@@ -5,7 +5,6 @@ fitting the samples to its image shape."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -166,8 +165,7 @@ def reference_features(extractor: Any, ds: LabeledImages, *, dataset: str, split
     return CachedReference(fs, key, cache_path(folder, key), not computed)
 
 
-def _counts_of(meta: Any, num_classes: int) -> Optional[list[int]]:
-    counts = meta.get("class_counts") if isinstance(meta, dict) else None
+def _counts_of(counts: Any, num_classes: int) -> Optional[list[int]]:
     if isinstance(counts, list) and len(counts) == num_classes and all(isinstance(c, int) for c in counts):
         return [int(c) for c in counts]
     return None
@@ -178,19 +176,16 @@ def manifest_class_counts(manifest: Optional[dict[str, Any]], num_classes: int) 
     metadata (``manifest["model"]``) or the checkpoint the manifest names; ``None`` if unknown."""
     if not manifest:
         return None
-    counts = _counts_of(manifest.get("model"), num_classes)
+    model = manifest.get("model")  # a manifest's copy of the run metadata, a plain dict
+    counts = _counts_of(model.get("class_counts") if isinstance(model, dict) else None, num_classes)
     if counts is not None:
         return counts, "sample manifest (model metadata)"
     ckpt = (manifest.get("settings") or {}).get("checkpoint")
     if not ckpt or not Path(ckpt).is_file():
         return None
-    from ..checkpoint import read_metadata
+    from ..checkpoint import read_run_meta
 
-    try:
-        meta = json.loads(read_metadata(Path(ckpt)).get("meta", "{}"))
-    except (CbdmError, ValueError):
-        return None
-    counts = _counts_of(meta, num_classes)
+    counts = _counts_of(read_run_meta(Path(ckpt)).class_counts, num_classes)
     return (counts, f"checkpoint {ckpt} (model metadata)") if counts is not None else None
 
 

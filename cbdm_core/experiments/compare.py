@@ -444,7 +444,7 @@ def _sample_and_evaluate(plan: StudyPlan, part: Part, seed: int, num: int, optio
     check_files_before_sampling(plan.entries[part.method], plan.model_dir(part.method, part.seed), part.seed)
     run = _loaded(plan, part, runs)
     s = plan.sampling_for(part.method, part.seed)
-    labels = plan_labels(s.classes, num, run.num_classes, run.meta.get("class_counts"))
+    labels = plan_labels(s.classes, num, run.num_classes, run.meta.class_counts)
     settings = s.model_copy(update={"seed": seed, "guidance": float(part.guidance or 0.0), "num": num})
     observer.status(f"{part.label}: sampling {num} images (seed {seed}) into {part.folder}")
     with timed_sampling(part.folder, num, next(run.model.parameters()).device):  # cost, for compare.json

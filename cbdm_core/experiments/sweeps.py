@@ -194,7 +194,7 @@ def _sample_and_evaluate(run: Any, out_dir: Path, guidance: float, sampling: Sam
     from ..sampling.generate import generate_samples, resolve_steps
     from ..sampling.plan import plan_labels
 
-    labels = plan_labels(sampling.classes, sampling.num, run.num_classes, run.meta.get("class_counts"))
+    labels = plan_labels(sampling.classes, sampling.num, run.num_classes, run.meta.class_counts)
     steps = resolve_steps(sampling.sampler, sampling.steps, run.schedule.num_timesteps)
     generate_samples(run, labels, out_dir=out_dir, settings=sampling.model_copy(update={"steps": steps,
                                                                                       "guidance": guidance}))

@@ -105,8 +105,8 @@ def _write_folder(tmp: Path, run: Any, unet: Any, sched: dict[str, Any], weights
     (tmp / "README.md").write_text(model_card(run, weights))
     # What diffusers' configs have no place for; `cbdm import-checkpoint --format diffusers` reads it back.
     facts = {"format": "cbdm-diffusers-export", "step": run.step, "weights": weights,
-             "dataset": run.meta.get("dataset", run.config.data.dataset),
-             "class_names": run.meta.get("class_names"), "class_counts": run.meta.get("class_counts"),
+             "dataset": run.meta.dataset if run.meta.dataset is not None else run.config.data.dataset,
+             "class_names": run.meta.class_names, "class_counts": run.meta.class_counts,
              "guidance": "(1 + w) * eps(x, y) - w * eps(x, null)", "null_label": run.num_classes}
     (tmp / "cbdm.json").write_text(json.dumps(facts, indent=2) + "\n")
 
@@ -139,7 +139,7 @@ def export_diffusers(run_path: Union[str, Path], out: Union[str, Path], *, weigh
     run = load_run(run_path, ema=weights == "ema")
     _check_backbone(run)
     opts = run.model.options
-    check_mappable(opts, int(run.meta.get("cond_dim", 0) or 0))
+    check_mappable(opts, run.meta.cond_dim)
     m = run.model
     unet = UNet2DModel(**diffusers_config(opts, image_size=m.image_size, channels=m.channels,
                                           num_classes=m.num_classes)).eval()

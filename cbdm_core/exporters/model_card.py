@@ -16,8 +16,9 @@ def _class_table(names: list[str], counts: list[Any]) -> str:
 def model_card(run: Any, weights: str) -> str:
     """Markdown model card of the exported run."""
     cfg, meta, n = run.config, run.meta, run.num_classes
-    names = [str(x) for x in meta.get("class_names") or range(n)]
-    counts = list(meta.get("class_counts") or [])
+    names = [str(x) for x in meta.class_names or range(n)]
+    counts = list(meta.class_counts or [])
+    dataset = meta.dataset if meta.dataset is not None else cfg.data.dataset
     methods = ", ".join(m.name for m in cfg.objective.methods) or "ddpm (plain)"
     d = cfg.diffusion
     return f"""---
@@ -27,8 +28,8 @@ tags: [class-conditional, image-generation, cbdm, long-tailed]
 
 # Class-conditional DDPM U-Net exported from cbdm
 
-- dataset: `{meta.get('dataset', cfg.data.dataset)}`, {n} classes, {meta.get('image_size')}x{meta.get('image_size')}, \
-{meta.get('channels')} channel(s)
+- dataset: `{dataset}`, {n} classes, {meta.image_size}x{meta.image_size}, \
+{meta.channels} channel(s)
 - training: methods {methods}, label dropout p_uncond = {cfg.objective.p_uncond}, step {run.step}
 - weights: {'EMA' if weights == 'ema' else 'raw (non-EMA)'}
 - schedule: {d.schedule}, T = {d.T} (scheduler/scheduler_config.json); epsilon prediction

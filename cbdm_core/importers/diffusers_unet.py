@@ -18,7 +18,7 @@ import torch
 
 from .. import locks
 from ..atomic import atomic_write_text
-from ..checkpoint import Checkpoint, checkpoint_name, list_checkpoints, load_state_checked, save_checkpoint
+from ..checkpoint import Checkpoint, RunMeta, checkpoint_name, list_checkpoints, load_state_checked, save_checkpoint
 from ..config import TrainConfig, dump_config_yaml, parse_train_config
 from ..errors import CbdmError, CheckpointError
 from ..exporters.unet_mapping import diffusers_config, from_diffusers
@@ -120,7 +120,7 @@ def _null_row(state: dict[str, torch.Tensor], sizes: dict[str, int], append_null
 
 
 def import_diffusers_unet(src: Union[str, Path], dest: Union[str, Path], *, append_null: bool = False,
-                          dataset: Optional[str] = None, overwrite: bool = False) -> tuple[Path, TrainConfig, dict]:
+                          dataset: Optional[str] = None, overwrite: bool = False) -> tuple[Path, TrainConfig, RunMeta]:
     """Convert the diffusers folder ``src`` into the run folder ``dest``; returns (checkpoint, config, meta)."""
     src, dest = Path(src), Path(dest)
     _check_dest(dest, overwrite)
@@ -144,8 +144,8 @@ def import_diffusers_unet(src: Union[str, Path], dest: Union[str, Path], *, appe
 
     model = build_model(cfg, **sizes)
     load_state_checked(model, net, f"{src} (UNet2DModel)")
-    meta = {**sizes, "class_counts": counts, "class_names": names, "dataset": dataset, "cond_dim": 0,
-            "imported_from": src.name}
+    meta = RunMeta.parse({**sizes, "class_counts": counts, "class_names": names, "dataset": dataset, "cond_dim": 0,
+                          "imported_from": src.name}, f"import of {src}")
     from ..run import check_class_names, checked_sizes
 
     checked_sizes(meta, f"import of {src}")  # what `load_run` will check: never a run nothing loads

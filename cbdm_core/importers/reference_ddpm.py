@@ -24,7 +24,7 @@ import torch
 
 from .. import locks
 from ..atomic import atomic_write_text
-from ..checkpoint import Checkpoint, checkpoint_name, list_checkpoints, load_state_checked, save_checkpoint
+from ..checkpoint import Checkpoint, RunMeta, checkpoint_name, list_checkpoints, load_state_checked, save_checkpoint
 from ..config import TrainConfig, dump_config_yaml, parse_train_config
 from ..errors import CbdmError, CheckpointError
 from ..nets.unet import timestep_embedding
@@ -93,7 +93,7 @@ class ImportResult:
     config: TrainConfig
     arch: ReferenceArch
     step: int
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: RunMeta = field(default_factory=RunMeta)
 
 
 def _torch_load(path: Path) -> Any:
@@ -342,6 +342,7 @@ def import_reference_checkpoint(src: Union[str, Path], dest: Union[str, Path], o
     meta = {"num_classes": arch.num_classes, "image_size": given.image_size, "channels": arch.channels,
             "class_counts": counts, "class_names": names, "dataset": given.dataset, "cond_dim": arch.cond_dim,
             "imported_from": src.name}
+    meta = RunMeta.parse(meta, f"import of {src}")
     # What `load_run` will check, checked before anything is written: never a run nothing loads.
     checked_sizes(meta, f"import of {src}")
     check_class_names(meta, arch.num_classes, f"import of {src}")

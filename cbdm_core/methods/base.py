@@ -189,6 +189,10 @@ class MethodSpec:
         check: ``check(options) -> None`` raising :class:`~cbdm_core.errors.CbdmError` on
             options that validate but cannot work (e.g. an unregistered y' distribution);
             ``cbdm train`` runs it before loading any data. None: validation only.
+        requires: the backbone capabilities it needs, as runtime-checkable protocols of
+            :mod:`cbdm_core.interfaces` (``HasFeatureTap``, ``HasConvParts``, ``HasGeometry``,
+            or a plugin's own); a run whose backbone lacks one is refused with one line when
+            the model is built, before :meth:`TrainingMethod.attach` is called.
     """
 
     options_model: type[BaseModel]
@@ -197,3 +201,4 @@ class MethodSpec:
     code: str = ""
     sweepable: tuple[str, ...] = field(default_factory=tuple)
     check: Optional[Callable[[Any], None]] = None
+    requires: tuple[type, ...] = field(default_factory=tuple)

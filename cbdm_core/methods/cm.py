@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from ..errors import CbdmError
+from ..interfaces import HasConvParts
 from .base import MethodBuildContext, MethodSpec, PassOutputs, StepContext, TrainingMethod
 from .conv_adapters import ConvAdapters, select_convs
 
@@ -181,6 +182,7 @@ CM_SPEC = MethodSpec(
     paper="Capacity manipulation for class-imbalanced diffusion models (CM), ICLR 2026",
     code="https://github.com/Feng-Hong/ImbDiff-CM",
     sweepable=("rho", "w_con", "w_div"),
+    requires=(HasConvParts,),  # checked when the model is built (build.check_capabilities)
 )
 
 __all__ = ["CM", "CMOptions", "CM_SPEC", "build_cm", "class_weights", "cm_terms"]

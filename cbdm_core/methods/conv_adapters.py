@@ -95,9 +95,6 @@ class ConvAdapters(nn.Module):
 
 def select_convs(model: nn.Module, parts: list[str]) -> list[tuple[str, nn.Conv2d]]:
     """The named convs of ``parts`` from the backbone's ``conv_parts()``, in network order."""
-    if not hasattr(model, "conv_parts"):
-        raise CbdmError(f"cm needs a backbone with conv_parts() (unet, or edm over unet); "
-                        f"{type(model).__name__} has none")
     groups = model.conv_parts()
     unknown = [p for p in parts if p not in groups]
     if unknown:

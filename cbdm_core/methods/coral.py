@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from ..errors import CbdmError
+from ..interfaces import HasFeatureTap
 from .base import MethodBuildContext, MethodSpec, PassOutputs, StepContext, TrainingMethod
 from .supcon import supcon_loss
 
@@ -94,8 +95,6 @@ class Coral(TrainingMethod):
     def attach(self, model: nn.Module) -> None:
         head = getattr(model, HEAD_ATTR, None)
         if head is None:
-            if not hasattr(model, "feature_tap"):
-                raise CbdmError(f"coral needs a backbone with a feature tap; {type(model).__name__} has none")
             tap = model.feature_tap()
             head = ProjectionHead(tap.dim, self.options.proj_dim, tap.pool)
             tap.module.register_forward_hook(head.hook)
@@ -150,6 +149,7 @@ CORAL_SPEC = MethodSpec(
     paper="Rodriguez et al., CORAL: Disentangling Latent Representations in Long-Tailed Diffusion, NeurIPS 2025",
     code="https://github.com/SankarLab/coral-lt-diffusion",
     sweepable=("weight", "tau_sc", "tau_r"),
+    requires=(HasFeatureTap,),  # checked when the model is built (build.check_capabilities)
 )
 
 __all__ = ["CORAL_SPEC", "Coral", "CoralOptions", "ProjectionHead", "build_coral", "noise_weight"]

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from ..errors import CbdmError
+from ..interfaces import HasFeatureTap
 from .base import MethodBuildContext, MethodSpec, PassOutputs, StepContext, TrainingMethod
 
 TAP_ATTR = "dispersive_tap"
@@ -83,8 +84,6 @@ class Dispersive(TrainingMethod):
     def attach(self, model: nn.Module) -> None:
         capture = getattr(model, TAP_ATTR, None)
         if capture is None:
-            if not hasattr(model, "feature_tap"):
-                raise CbdmError(f"dispersive needs a backbone with a feature tap; {type(model).__name__} has none")
             capture = FeatureCapture()
             model.feature_tap().module.register_forward_hook(capture.hook)
             model.add_module(TAP_ATTR, capture)
@@ -126,6 +125,7 @@ DISPERSIVE_SPEC = MethodSpec(
     paper="Wang & He, Diffuse and Disperse: Image Generation with Representation Regularization, arXiv 2506.09027",
     code="https://github.com/raywang4/DispLoss",
     sweepable=("weight", "tau"),
+    requires=(HasFeatureTap,),  # checked when the model is built (build.check_capabilities)
 )
 
 __all__ = ["DISPERSIVE_SPEC", "Dispersive", "DispersiveOptions", "build_dispersive", "dispersive_loss"]

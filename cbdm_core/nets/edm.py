@@ -22,6 +22,7 @@ from torch import nn
 
 from ..edm import P_MEAN, P_STD, SIGMA_DATA, edm_coefficients, t_to_sigma
 from ..errors import CbdmError
+from ..interfaces import HasConvParts, HasFeatureTap, HasGeometry, missing_capabilities
 from ..schedules import LinearSchedule, NoiseSchedule
 from .tap import FeatureTap
 
@@ -98,9 +99,9 @@ class EDMPrecond(nn.Module):
                  sigma_min: float = 0.002, sigma_max: float = 80.0, P_mean: float = P_MEAN,
                  P_std: float = P_STD):
         super().__init__()
-        for attr in ("num_classes", "channels", "image_size"):
-            if not hasattr(inner, attr):
-                raise CbdmError(f"the edm inner network {type(inner).__name__} lacks the attribute {attr!r}")
+        if not isinstance(inner, HasGeometry):
+            raise CbdmError(f"the edm inner network {type(inner).__name__} lacks "
+                            f"{missing_capabilities(inner, (HasGeometry,))[0]}")
         self.inner = inner
         self.num_classes = int(inner.num_classes)
         self.channels = int(inner.channels)
@@ -140,14 +141,14 @@ class EDMPrecond(nn.Module):
         return ((x - d) / s).to(x_t.dtype)
 
     def feature_tap(self) -> FeatureTap:
-        """The inner network's feature tap."""
-        if not hasattr(self.inner, "feature_tap"):
+        """The inner network's feature tap (a wrapper always offers the method: the inner may not)."""
+        if not isinstance(self.inner, HasFeatureTap):
             raise CbdmError(f"the edm inner network {type(self.inner).__name__} has no feature_tap()")
         return self.inner.feature_tap()
 
     def conv_parts(self) -> dict[str, list[tuple[str, nn.Conv2d]]]:
         """The inner network's convolutions by part, named from this module (``inner.``)."""
-        if not hasattr(self.inner, "conv_parts"):
+        if not isinstance(self.inner, HasConvParts):
             raise CbdmError(f"the edm inner network {type(self.inner).__name__} has no conv_parts()")
         return {k: [(f"inner.{n}", c) for n, c in v] for k, v in self.inner.conv_parts().items()}
 

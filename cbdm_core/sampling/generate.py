@@ -99,11 +99,10 @@ def _labels_digest(labels: np.ndarray) -> str:
 
 def _image_shape(run: "LoadedRun") -> tuple[int, int, int]:
     """``(C, H, W)`` from the checkpoint metadata (the model as fallback)."""
-    meta = run.meta or {}
-    try:
-        return int(meta["channels"]), int(meta["image_size"]), int(meta["image_size"])
-    except (KeyError, TypeError, ValueError):
-        return int(run.model.channels), int(run.model.image_size), int(run.model.image_size)
+    meta = run.meta
+    if meta.channels is not None and meta.image_size is not None:
+        return meta.channels, meta.image_size, meta.image_size
+    return int(run.model.channels), int(run.model.image_size), int(run.model.image_size)
 
 
 def _check_request(run: "LoadedRun", labels_np: np.ndarray, st: SamplingSettings, shard_size: int,
@@ -281,7 +280,7 @@ def _new_manifest(run: "LoadedRun", labels_np: np.ndarray, settings: dict[str, A
                   counts: list[int], C: int, classes: str, batch_size: int) -> dict[str, Any]:
     """The folder's manifest, not yet complete (png: with its class folders and labels)."""
     num, shard_size = settings["num"], settings["shard_size"]
-    class_names = list((run.meta or {}).get("class_names") or
+    class_names = list(run.meta.class_names or
                        (["unconditional"] if run.num_classes == 0 else [str(k) for k in range(C)]))
     manifest = {
         "format": sh.FORMAT, "complete": False, "settings": settings, "classes": classes, "num_classes": C,

@@ -68,7 +68,7 @@ class TrainLoop:
         self.sums: dict[str, torch.Tensor] = {}
         self.carried = 0  # steps of the current window before this process (resumed mid-window)
         if parts.start_ckpt is not None:
-            self.sums, self.carried = restore_window(parts.start_ckpt.meta.get("log_window"), self.device)
+            self.sums, self.carried = restore_window(parts.start_ckpt.meta.log_window, self.device)
         self.skipped = 0
         self.window_start, self.window_steps = time.perf_counter(), 0
         trainer._started = time.perf_counter()
