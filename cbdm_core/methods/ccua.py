@@ -46,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from ..errors import CbdmError
+from ..interfaces import HasFeatureTap
 from .base import MethodBuildContext, MethodSpec, PassOutputs, StepContext, TrainingMethod
 from .dispersive import FeatureCapture
 
@@ -126,9 +127,7 @@ class CCUA(TrainingMethod):
         if self.options.alpha == 0:  # no contrastive term: no feature to read
             return
         capture = getattr(model, TAP_ATTR, None)
-        if capture is None:
-            if not hasattr(model, "feature_tap"):
-                raise CbdmError(f"ccua needs a backbone with a feature tap; {type(model).__name__} has none")
+        if capture is None:  # the feature tap is a declared capability (CCUA_SPEC.requires)
             capture = FeatureCapture()
             model.feature_tap().module.register_forward_hook(capture.hook)
             model.add_module(TAP_ATTR, capture)
@@ -194,6 +193,7 @@ CCUA_SPEC = MethodSpec(
           "arXiv 2507.09052 v2; from the released code and the paper's abstract and reviews",
     code=CODE,
     sweepable=("alpha", "gamma", "temperature"),
+    requires=(HasFeatureTap,),  # checked when the model is built (build.check_capabilities)
 )
 
 __all__ = ["CCUA", "CCUAOptions", "CCUA_SPEC", "alignment_rows", "build_ccua", "time_weight", "ucl_rows"]
