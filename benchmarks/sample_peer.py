@@ -43,7 +43,7 @@ from cbdm_core.exporters.unet_mapping import diffusers_config, to_diffusers
 from cbdm_core.sampling import sample
 from cbdm_core.schedules import LinearSchedule
 
-from train_step import CONFIGS, T, cpu_model, make_unet, sync
+from train_step import CONFIGS, T, cpu_flags, cpu_model, make_unet, sync
 
 
 @dataclass
@@ -51,7 +51,8 @@ class PeerRow:
     name: str  # "diffusers" or "cbdm"
     amp: bool
     batch: int
-    times: list[float] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)  # wall seconds per batch, one per round
+    cpu_times: list[float] = field(default_factory=list)  # process CPU seconds (robust at 1 thread)
     out: Optional[torch.Tensor] = None
 
     @property
@@ -105,14 +106,15 @@ def make_runs(model: Any, schedule: Any, x_T: torch.Tensor, y: torch.Tensor, ste
             "cbdm": lambda: sample(model, schedule, x_T, y, sampler="ddim", steps=steps, guidance=w)}
 
 
-def _timed(fn: Callable[[], torch.Tensor], amp: bool, device: torch.device) -> tuple[float, torch.Tensor]:
+def _timed(fn: Callable[[], torch.Tensor], amp: bool, device: torch.device) -> tuple[float, float, torch.Tensor]:
+    """Wall seconds, process CPU seconds and the output of one call."""
     ctx = torch.autocast(device.type, torch.bfloat16) if amp else contextlib.nullcontext()
     sync(device)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with ctx:
         out = fn()
     sync(device)
-    return time.perf_counter() - t0, out.float().cpu()
+    return time.perf_counter() - t0, time.process_time() - c0, out.float().cpu()
 
 
 def lively(model: torch.nn.Module) -> torch.nn.Module:
@@ -150,42 +152,45 @@ def measure_batch(model: Any, schedule: Any, batch: int, args: argparse.Namespac
     amps = {"off": [False], "bf16": [True], "both": [False, True]}[args.amp]
     rows = [PeerRow(name, amp, batch) for amp in amps for name in ("diffusers", "cbdm")]
     for row in rows:  # warm-up: allocator, oneDNN primitive caches; also the outputs compared below
-        _, row.out = _timed(runs[row.name], row.amp, device)
+        row.out = _timed(runs[row.name], row.amp, device)[2]
     for r in range(args.rounds):
         order = rows if r % 2 == 0 else rows[::-1]  # alternate the order: neither loop always runs first
         for row in order:
-            row.times.append(_timed(runs[row.name], row.amp, device)[0])
+            wall, cpu, _ = _timed(runs[row.name], row.amp, device)
+            row.times.append(wall)
+            row.cpu_times.append(cpu)
         print(f"batch {batch} round {r + 1}/{args.rounds}: "
               + ", ".join(f"{row.label} {row.times[-1]:.2f} s" for row in rows), file=sys.stderr, flush=True)
     return rows
 
 
-def cpu_flags() -> str:
-    """The speed-relevant CPU flags (bf16 / AMX / AVX-512) from /proc/cpuinfo."""
-    try:
-        for line in open("/proc/cpuinfo").read().splitlines():
-            if line.startswith("flags"):
-                flags = line.split(":", 1)[1].split()
-                return " ".join(f for f in flags if f.startswith(("amx", "avx512_bf16", "avx512f", "avx2")))
-    except OSError:
-        pass
-    return "n/a"
+def _ratio(peer: list[float], ours: list[float]) -> tuple[float, float, float]:
+    """Median, min and max over rounds of peer time / our time (> 1: ours is faster)."""
+    ratios = [p / o for p, o in zip(peer, ours)]
+    return statistics.median(ratios), min(ratios), max(ratios)
+
+
+def pair(rows: list[PeerRow], amp: bool) -> tuple[PeerRow, PeerRow]:
+    """The (diffusers, cbdm) rows of one precision."""
+    peer, ours = [next(r for r in rows if r.amp == amp and r.name == n) for n in ("diffusers", "cbdm")]
+    return peer, ours
 
 
 def report(rows: list[PeerRow], steps: int) -> list[str]:
-    """Table lines for one batch size: img/s, the per-round cbdm/diffusers ratio and max |diff|."""
+    """Table lines for one batch size: wall and CPU time, img/s, the per-round ratios, rel. diff."""
     lines = []
     for amp in sorted({r.amp for r in rows}):
-        peer, ours = [next(r for r in rows if r.amp == amp and r.name == n) for n in ("diffusers", "cbdm")]
-        ratios = [p / o for p, o in zip(peer.times, ours.times)]
+        peer, ours = pair(rows, amp)
         diff = (peer.out - ours.out).abs().max().item() / max(peer.out.abs().max().item(), 1e-12)
         for row in (peer, ours):
-            sec = statistics.median(row.times)
-            ratio = "" if row is peer else (f"{statistics.median(ratios):.2f}x "
-                                             f"({min(ratios):.2f}-{max(ratios):.2f})")
-            lines.append(f"{row.batch:>5} {row.label:<15} {sec:>9.2f} {row.batch / sec:>9.2f} "
-                         f"{sec / steps * 100 / row.batch * 50_000 / 3600:>11.2f} h {ratio:>20} "
-                         f"{'' if row is peer else f'{diff:.2e}':>10}")
+            sec, cpu = statistics.median(row.times), statistics.median(row.cpu_times)
+            wall_r = cpu_r = rel = ""
+            if row is ours:
+                wall_r = "{:.2f}x ({:.2f}-{:.2f})".format(*_ratio(peer.times, ours.times))
+                cpu_r = "{:.2f}x ({:.2f}-{:.2f})".format(*_ratio(peer.cpu_times, ours.cpu_times))
+                rel = f"{diff:.1e}"
+            lines.append(f"{row.batch:>5} {row.label:<15} {sec:>8.2f} {cpu:>8.2f} {row.batch / sec:>8.2f} "
+                         f"{sec / steps * 100 / row.batch * 50_000 / 3600:>9.1f} h {wall_r:>19} {cpu_r:>19} {rel:>9}")
     return lines
 
 
@@ -198,19 +203,20 @@ def run_against_diffusers(args: argparse.Namespace) -> None:
           f"{cpu_model() if device.type == 'cpu' else torch.cuda.get_device_name(device)}, "
           f"{os.cpu_count()} cores, {torch.get_num_threads()} threads, CPU flags: {cpu_flags()}; "
           f"torch {torch.__version__}; median of {args.rounds} interleaved rounds", flush=True)
-    head = (f"{'batch':>5} {'loop':<15} {'s/batch':>9} {'img/s':>9} {'50k DDIM-100':>13} "
-            f"{'cbdm vs diffusers':>20} {'rel. diff':>10}")
+    head = (f"{'batch':>5} {'loop':<15} {'wall s':>8} {'CPU s':>8} {'img/s':>8} {'50k DDIM-100':>11} "
+            f"{'speed-up (wall)':>19} {'speed-up (CPU)':>19} {'rel. diff':>9}")
     lines = [head, "-" * len(head)]
     summary = []
     for batch in args.batches:
         rows = measure_batch(model, schedule, batch, args, device)
         lines += report(rows, args.steps)
         for amp in sorted({r.amp for r in rows}):
-            peer, ours = [next(r for r in rows if r.amp == amp and r.name == n) for n in ("diffusers", "cbdm")]
-            ratio = statistics.median(p / o for p, o in zip(peer.times, ours.times))
-            summary.append(f"batch {batch} {'bf16' if amp else 'fp32'}: {ratio:.2f}x")
+            peer, ours = pair(rows, amp)
+            summary.append(f"batch {batch} {'bf16' if amp else 'fp32'}: {_ratio(peer.times, ours.times)[0]:.2f}x wall, "
+                           f"{_ratio(peer.cpu_times, ours.cpu_times)[0]:.2f}x CPU")
     print("\n".join(lines))
-    print("(ratio = diffusers time / cbdm time per round: > 1 means cbdm is faster; median (min-max) over rounds; "
-          "50k DDIM-100 projects the measured s/batch to 100 steps and 50,000 images; rel. diff = "
-          "max |cbdm - diffusers| / max |diffusers| over the batch's outputs, same precision)")
-    print("cbdm vs diffusers images/s: " + ", ".join(summary))
+    print("(wall s, CPU s: median per batch over the rounds; CPU s is the process CPU time, the robust figure at 1 "
+          "thread on a shared machine; speed-up = diffusers time / cbdm time in each round, median (min-max): > 1 means "
+          "cbdm is faster; img/s and 50k DDIM-100 (projected to 100 steps, 50,000 images) from wall time; rel. diff = "
+          "max |cbdm - diffusers| / max |diffusers| over the outputs, same precision)")
+    print("cbdm speed-up over diffusers: " + "; ".join(summary))
