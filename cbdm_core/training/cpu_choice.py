@@ -45,16 +45,16 @@ class CpuChoice:
 CHOICES: dict[str, CpuChoice] = {
     "amx": CpuChoice(
         amp="bf16", channels_last=False, compile=False, pass_layout="joint",
-        evidence="Xeon (AMX), issue 18: bf16 joint 1.8-2.2x the reference step, fp32 1.04-1.10x; "
-                 "channels_last +5% (noise); compile not faster"),
+        evidence="Xeon with AMX (issue 18): bf16 joint 1.8-2.2x the reference step, fp32 joint 1.04-1.10x; "
+                 "bf16 channels_last +5% (noise)"),
     "avx512-bf16": CpuChoice(
         amp="bf16", channels_last=False, compile=False, pass_layout="joint",
-        evidence="EPYC Zen 4, issue 29: bf16 joint 1.57x the reference step, bf16 split 1.42x, "
-                 "bf16 channels_last 1.22x; compile not faster"),
+        evidence="EPYC Zen 4 (issue 29): bf16 joint 1.49-1.57x the reference step, bf16 split 1.42x, "
+                 "bf16 channels_last 1.22x, bf16 compiled 1.38x"),
     "fp32-only": CpuChoice(
         amp="off", channels_last=False, compile=False, pass_layout="joint",
-        evidence="fp32 paths measured on the EPYC, issue 29: joint, split and channels_last "
-                 "within noise of each other and of the reference step; compile not faster"),
+        evidence="no such CPU at hand; the EPYC's fp32 rows (issue 29): joint 0.95-1.01x, split 0.94-1.04x, "
+                 "compiled 0.86x, channels_last 1.02-1.10x (not shown on an fp32-only CPU: stays off)"),
 }
 
 
