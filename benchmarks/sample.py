@@ -15,6 +15,12 @@ Rows (same network and starting noise, one process):
 Reported: images/s at the measured step count and the projected time for 50,000
 samples with DDIM-100 (network time scales with the step count). The last line is
 ``speedup vs reference: X.XX`` for the ``cbdm`` row.
+
+``--against diffusers`` measures the project's sampler against diffusers' own DDIM loop on
+the same network instead (``benchmarks/sample_peer.py``; ``--quick`` for a 2-3 minute run):
+
+    python benchmarks/sample.py --against diffusers --quick
+    python benchmarks/sample.py --against diffusers --batches 64 250 --steps 100 --amp both
 """
 
 from __future__ import annotations
@@ -142,8 +148,27 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def peer_main(args: argparse.Namespace) -> None:
+    """``--against diffusers``: fill in the peer defaults (``--quick``: small and short) and run it."""
+    from sample_peer import run_against_diffusers
+
+    if args.quick:
+        args.batches = args.batches or [16]
+        args.steps = args.steps or 10
+        args.rounds = min(args.rounds, 3)
+    args.batches = args.batches or [64, 250]
+    args.steps = args.steps or FULL_STEPS
+    args.amp = args.amp or "off"
+    run_against_diffusers(args)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--against", choices=["diffusers"], help="compare with diffusers' DDIM loop (sample_peer.py)")
+    p.add_argument("--quick", action="store_true", help="with --against: batch 16, 10 steps, 3 rounds (about 2 min at 1 thread, quiet)")
+    p.add_argument("--batches", type=int, nargs="+", help="with --against: batch sizes (default 64 250)")
+    p.add_argument("--amp", choices=["off", "bf16", "both"], help="with --against: precision rows (default off)")
+    p.add_argument("--run", help="with --against: a run folder whose EMA U-Net is sampled")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--config", choices=sorted(CONFIGS), default="small")
     p.add_argument("--batch", type=int, help="images per batch (default cuda 256, cpu 16)")
@@ -156,6 +181,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.against:
+        return peer_main(args)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA GPU is available")

@@ -242,6 +242,18 @@ def build_row(cfg: dict, device: torch.device, batch: int, row: Row) -> Callable
     return step
 
 
+def cpu_flags() -> str:
+    """The speed-relevant CPU flags (AVX2 / AVX-512 / bf16 / AMX) of /proc/cpuinfo."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return " ".join(f for f in line.split(":", 1)[1].split()
+                                if f.startswith(("amx", "avx512_bf16", "avx512f", "avx2"))) or "none of avx2/avx512/amx"
+    except OSError:
+        pass
+    return "n/a"
+
+
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo (``platform`` elsewhere)."""
     try:
@@ -351,8 +363,15 @@ def default_variants(device: torch.device, main: Row) -> list[Row]:
                 compile=main.compile, channels_last=main.channels_last, pass_layout=main.pass_layout)]
 
 
+# --variants candidates: every CPU setting the per-capability table (cpu_choice.py) chooses between,
+# compile excepted (a CPU inductor compile takes minutes; add off:on:off:joint,bf16:on:off:joint for it).
+CANDIDATES = "off:off:off:joint,off:off:off:split,off:off:on:joint,bf16:off:off:joint,bf16:off:off:split,bf16:off:on:joint"
+
+
 def parse_variants(spec: str) -> list[Row]:
-    """``amp:compile:channels_last[:pass_layout]`` separated by commas, e.g. ``bf16:off:off,off:on:off:split``."""
+    """``amp:compile:channels_last[:pass_layout]`` separated by commas, e.g. ``bf16:off:off,off:on:off:split``
+    (``candidates``: :data:`CANDIDATES`)."""
+    spec = CANDIDATES if spec == "candidates" else spec
     rows = []
     for item in filter(None, spec.split(",")):
         amp, comp, cl, layout = (item.split(":") + ["auto"] * 4)[:4]
@@ -424,7 +443,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto")
     p.add_argument("--pass-layout", choices=["auto", "joint", "split"], default="auto")
     p.add_argument("--variants", default=None,
-                   help="extra rows as amp:compile:channels_last,...; 'none' for none (default: per device)")
+                   help="extra rows as amp:compile:channels_last[:pass_layout],...; 'none' for none; 'candidates' for "
+                        "every setting the CPU capability table chooses between (default: per device)")
+    p.add_argument("--quick", action="store_true",
+                   help="a 2-3 minute run on a quiet machine: 2 rounds x 1 step, 1 warm-up step, no memory probes")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads")
     p.add_argument("--no-memory", action="store_true", help="skip the CPU memory probes")
     p.add_argument("--keep-host-memory", action=argparse.BooleanOptionalAction, default=None,
@@ -451,6 +473,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA GPU is available")
     cuda = device.type == "cuda"
+    if args.quick:
+        args.steps, args.rounds, args.no_memory = args.steps or 1, min(args.rounds, 2), True
     args.steps = args.steps or (20 if cuda else 3)
     args.warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
     if cuda:
@@ -464,6 +488,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     capability = describe_device(device)
     print(f"{capability}; cbdm row precision: {chosen.describe()} (--amp {args.amp}, --pass-layout "
           f"{args.pass_layout})", flush=True)
+    if not cuda:
+        print(f"CPU capability class: {chosen.as_dict()['cpu_capability']} (cbdm_core/training/cpu_choice.py); "
+              f"CPU flags: {cpu_flags()}", flush=True)
     extra = default_variants(device, main_row) if args.variants is None else (
         [] if args.variants == "none" else parse_variants(args.variants))
     ddpm = Row("ddpm (tau=0)", "project", tau=0.0, amp=args.amp, compile=args.compile,
@@ -471,7 +498,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     rows = [Row("reference", "reference"), main_row, *extra, ddpm]
     measure(rows, cfg, device, args)
 
-    machine = torch.cuda.get_device_name(device) if cuda else f"{cpu_model()}, " \
+    machine = torch.cuda.get_device_name(device) if cuda else f"{cpu_model()} ({cpu_flags()}), " \
         f"{os.cpu_count()} cores, {args.threads} threads, {capability}"
     print(f"train step, config {args.config} (batch {args.batch}, {cfg['size']}x{cfg['size']}x{cfg['channels']}, "
           f"{cfg['classes']} classes), {machine}, torch {torch.__version__}, "

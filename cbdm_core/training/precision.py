@@ -17,6 +17,7 @@ from typing import Any, Callable, ContextManager, Optional
 import torch
 
 from ..errors import CbdmError
+from .cpu_choice import CpuChoice, capability_of, cpu_choice
 
 
 @dataclass(frozen=True)
@@ -50,9 +51,11 @@ class Precision:
 
     def as_dict(self) -> dict[str, Any]:
         """The resolved choices, for run metadata (JSON-friendly)."""
+        cpu = self.device_type == "cpu"
         return {"device": self.device_type, "amp": "bf16" if self.amp_dtype is torch.bfloat16 else "off",
                 "channels_last": self.channels_last, "compile": self.compile, "pass_layout": self.pass_layout,
-                "cpu_bf16": cpu_bf16_support() if self.device_type == "cpu" else None}
+                "cpu_bf16": cpu_bf16_support() if cpu else None,
+                "cpu_capability": capability_of(cpu_bf16_support()) if cpu else None}
 
 
 _BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo names, best first
@@ -95,8 +98,9 @@ def cpu_bf16_support() -> str:
 # Measured (docs/benchmarks.md, benchmarks/pass_layout.py): the 2B pass loses to two B passes only
 # when glibc hands its large activation buffers back to the kernel, so every step page-faults
 # ~1 GB of fresh zeroed pages; with the memory kept the two layouts cost the same (joint a
-# few % ahead, fp32 and bf16 alike). CUDA always runs the joint pass.
-AUTO_CPU_LAYOUT = {"keep": "joint", "release": "split"}
+# few % ahead, fp32 and bf16 alike), and the capability table (cpu_choice.py) decides. CUDA always
+# runs the joint pass.
+RELEASED_MEMORY_LAYOUT = "split"
 
 
 def describe_device(device: torch.device) -> str:
@@ -106,32 +110,41 @@ def describe_device(device: torch.device) -> str:
     return f"{device.type} (native bf16: {cpu_bf16_support() or 'none'})"
 
 
-def resolve_precision(perf: Any, device: torch.device) -> Precision:
-    """``perf`` (a :class:`~cbdm_core.config.PerfConfig` or anything with ``amp``,
-    ``compile`` and ``channels_last``) resolved for ``device``."""
-    cuda = device.type == "cuda"
-    amp = getattr(perf, "amp", "auto")
+def cpu_auto_choice() -> CpuChoice:
+    """The ``auto`` settings of this CPU's capability class (:mod:`.cpu_choice`)."""
+    return cpu_choice(capability_of(cpu_bf16_support()))
+
+
+def _resolve_amp(amp: str, cuda: bool, choice: Optional[CpuChoice]) -> Optional[torch.dtype]:
     if amp == "bf16":
         if cuda and not torch.cuda.is_bf16_supported():
             raise CbdmError("perf.amp=bf16: this GPU has no bfloat16 support; use perf.amp=off")
-        amp_dtype: Optional[torch.dtype] = torch.bfloat16
-    elif amp == "auto":
-        # CPU bf16 autocast only pays on CPUs with bf16 matrix units (docs/benchmarks.md: 1.6x-2.x);
-        # without them oneDNN emulates bf16 and the casts cost more than they save.
-        if cuda:
-            amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-        else:
-            amp_dtype = torch.bfloat16 if cpu_bf16_support() else None
-    else:
-        amp_dtype = None
+        return torch.bfloat16
+    if amp != "auto":
+        return None
+    if cuda:
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    # CPU bf16 autocast only pays on CPUs with bf16 matrix units (docs/benchmarks.md: 1.6x-2.x);
+    # without them oneDNN emulates bf16 and the casts cost more than they save.
+    return torch.bfloat16 if choice is not None and choice.amp == "bf16" else None
+
+
+def resolve_precision(perf: Any, device: torch.device) -> Precision:
+    """``perf`` (a :class:`~cbdm_core.config.PerfConfig` or anything with ``amp``,
+    ``compile`` and ``channels_last``) resolved for ``device``; on the CPU, ``auto`` follows
+    the capability table of :mod:`.cpu_choice`."""
+    cuda = device.type == "cuda"
+    choice = None if cuda else cpu_auto_choice()
+    amp_dtype = _resolve_amp(getattr(perf, "amp", "auto"), cuda, choice)
     compile_opt = getattr(perf, "compile", "auto")
-    compiled = compile_opt == "on" or (compile_opt == "auto" and cuda)
+    compiled = compile_opt == "on" or (compile_opt == "auto" and (cuda or bool(choice and choice.compile)))
     cl = getattr(perf, "channels_last", "auto")
-    channels_last = cl == "on" or (cl == "auto" and cuda)
+    channels_last = cl == "on" or (cl == "auto" and (cuda or bool(choice and choice.channels_last)))
     layout = getattr(perf, "pass_layout", "auto")
     if layout == "auto":
         keeps = getattr(perf, "keep_host_memory", "auto") in ("auto", "on")  # auto: on for CPU training
-        layout = "joint" if cuda else AUTO_CPU_LAYOUT["keep" if keeps else "release"]
+        # Memory handed back to the kernel: two B passes (RELEASED_MEMORY_LAYOUT), whatever the capability.
+        layout = "joint" if cuda else (choice.pass_layout if keeps and choice else RELEASED_MEMORY_LAYOUT)
     return Precision(device_type=device.type, amp_dtype=amp_dtype, channels_last=channels_last, compile=compiled,
                      pass_layout=layout)
 

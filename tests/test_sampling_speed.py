@@ -1,0 +1,78 @@
+"""The U-Net's attention layout (issue 29): bf16 sampling on the CPU takes SDPA's fused kernel;
+fp32 sampling and training keep the strided layout (the math path) the bit-exact fixtures pin;
+both layouts give the same eps and the same DDIM samples to rounding."""
+
+import pytest
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from cbdm_core.nets.unet import SelfAttention
+from cbdm_core.sampling import sample
+from cbdm_core.schedules import LinearSchedule
+
+from .helpers import tiny_unet
+
+
+def _lively(model: torch.nn.Module) -> torch.nn.Module:
+    """Redraw the gain-1e-5 output layers, so attention and eps are O(1) and comparisons have teeth."""
+    torch.manual_seed(3)
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.reset_parameters()
+    return model
+
+
+def _attention_ops(grad: bool, amp: bool) -> set[str]:
+    block = _lively(SelfAttention(32, 4)).eval()
+    x = torch.randn(4, 32, 8, 8, requires_grad=grad)
+    with torch.set_grad_enabled(grad), torch.autocast("cpu", torch.bfloat16, enabled=amp), \
+            profile(activities=[ProfilerActivity.CPU]) as prof:
+        block(x)
+    return {e.key for e in prof.key_averages()}
+
+
+@pytest.mark.parametrize("grad, amp, fused", [(False, True, True), (False, False, False), (True, True, False),
+                                              (True, False, False)])
+def test_only_bf16_cpu_sampling_takes_the_fused_attention_kernel(grad, amp, fused):
+    ops = _attention_ops(grad, amp)
+    assert any("flash" in op for op in ops) is fused, sorted(ops)
+    if not fused:
+        assert "aten::bmm" in ops  # the math path the fp32 training fixtures were recorded with
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_inference_layout_gives_the_training_layouts_eps(amp):
+    model = _lively(tiny_unet(5)).eval()
+    g = torch.Generator().manual_seed(0)
+    x, t, y = torch.randn(6, 1, 8, 8, generator=g), torch.randint(0, 100, (6,), generator=g), torch.arange(6) % 6
+    with torch.autocast("cpu", torch.bfloat16, enabled=amp):
+        with torch.no_grad():
+            fast = model(x, t, y).float()
+        with torch.enable_grad():  # the strided (math-path) layout
+            plain = model(x, t, y).detach().float()
+    assert plain.abs().max() > 0.1  # eps is O(1): the attention's output matters
+    tol = 3e-2 if amp else 1e-5  # bf16: a few bf16 ulps of eps; fp32: summation order only
+    assert torch.allclose(fast, plain, rtol=tol, atol=tol * plain.abs().max().item())
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_guided_ddim_samples_agree_across_the_two_layouts(amp):
+    """fp32: the layout is unchanged, so bit-identical; bf16: the same to bf16 rounding."""
+    model = _lively(tiny_unet(5)).eval()
+    g = torch.Generator().manual_seed(1)
+    x_T, y = torch.randn(6, 1, 8, 8, generator=g), torch.tensor([0, 1, 2, 3, 4, 5])  # 5 = the null label
+    schedule = LinearSchedule(T=100)
+
+    def strided(x, t, labels):
+        with torch.enable_grad():
+            return model(x, t, labels).detach()
+
+    strided.num_classes = model.num_classes
+    with torch.autocast("cpu", torch.bfloat16, enabled=amp):
+        fast = sample(model, schedule, x_T, y, sampler="ddim", steps=10, guidance=1.5)
+        plain = sample(strided, schedule, x_T, y, sampler="ddim", steps=10, guidance=1.5)
+    if not amp:
+        assert torch.equal(fast, plain)
+    else:
+        scale = max(plain.abs().max().item(), 1.0)
+        assert (fast - plain).abs().max().item() <= 3e-2 * scale, (fast - plain).abs().max()
