@@ -204,10 +204,9 @@ def _sample(ctx, run_path: Path, how, job, *, shard_size: int, image_format: str
             overwrite: bool, progress: bool) -> None:
     """Load the run and sample ``job`` with the settings ``how`` (both already validated)."""
     from cbdm_core.host_memory import keep_freed_host_memory
-    from cbdm_core.registry import get_registry
     from cbdm_core.run import load_run
     from cbdm_core.sampling.generate import resolve_steps
-    from cbdm_core.sampling.guidance import resolve_guidance
+    from cbdm_core.sampling.guidance import resolve_names
     from cbdm_core.sampling.plan import plan_labels
     from cbdm_core.sampling.settings import SamplingSettings
 
@@ -216,8 +215,7 @@ def _sample(ctx, run_path: Path, how, job, *, shard_size: int, image_format: str
     def say(message: str) -> None:
         console.print(message, markup=False, highlight=False, soft_wrap=True)
 
-    get_registry().get("sampler", how.sampler)  # unknown sampler or guidance (option): fail before loading anything
-    how.guidance_options = resolve_guidance(how.guidance_method, how.guidance_options)[1]
+    how = resolve_names(how)  # unknown sampler or guidance (option): fail before loading anything; checked once
     chosen = parse_seeds(seeds) if seeds is not None else None
     run = load_run(run_path, ema=job.ema, device=ctx.device)
     if next(run.model.parameters()).device.type == "cpu":
@@ -230,7 +228,7 @@ def _sample(ctx, run_path: Path, how, job, *, shard_size: int, image_format: str
             "unconditional prediction is untrained; guidance may give poor images")
     out = job.out if job.out is not None else default_out_dir(run_path, how.sampler, how.steps, how.guidance,
                                                               how.guidance_method, how.guidance_options)
-    settings = SamplingSettings(**how.model_dump(), **job.model_dump(exclude={"out", "num"}), num=num)
+    settings = SamplingSettings.of(how, job, num=num)
     _warn_disk(say, run, num, out)
     result = _generate_with_bar(console, say, progress and ctx.is_main, run, labels, num, out, settings=settings,
                                 shard_size=shard_size, overwrite=overwrite, image_format=image_format,

@@ -146,4 +146,4 @@ def sampling_settings_from_options(options: dict[str, Any], *,
                                    **fixed: Any) -> SamplingSettings:
     """:func:`settings_from_options` as one flat :class:`SamplingSettings` (sweeps)."""
     how, job = settings_from_options(options, flags=flags, **fixed)
-    return SamplingSettings(**how.model_dump(), **job.model_dump(exclude={"out"}, exclude_none=True))
+    return SamplingSettings.of(how, job)

@@ -240,12 +240,12 @@ def _run_training_sweep(parameter: str, values: list, config_for, *, data_root: 
     """Train, sample and evaluate one run per value (shared by ``sweep option`` and ``sweep tau``)."""
     from cbdm_core.build import resolve_device
     from cbdm_core.experiments.sweeps import SweepInterrupted, training_sweep
-    from cbdm_core.sampling.guidance import resolve_guidance
+    from cbdm_core.sampling.guidance import resolve_names
 
     reporter = Reporter()
     _check_select(select, metrics)
     sampling = sampling_settings_from_options(features, flags={"guidance": ("--guidance",)}, guidance=guidance)
-    resolve_guidance(sampling.guidance_method, sampling.guidance_options)  # a typo fails before any training
+    sampling = resolve_names(sampling)  # a typo fails before any training, and is not checked again
     base = config_for(values[-1])
     root = data_root if data_root is not None else base.data.root
     options = _eval_options(base.data.dataset, None if root is None else Path(root), metrics, device=device,

@@ -23,7 +23,7 @@ from ..errors import CbdmError
 from ..images import as_numpy_nhwc, class_rows, grid_image, save_png, to_uint8
 from . import shards as sh
 from .api import sample
-from .guidance import resolve_guidance
+from .guidance import resolve_names
 from .noise import randn_like_per_sample, sample_generators
 from .settings import SamplerSettings, SamplingSettings
 from ..training.distributed import DistContext
@@ -133,14 +133,13 @@ def _chosen_indices(indices: Optional[Sequence[int]], num: int, image_format: st
 
 
 def _checked_sampler(run: "LoadedRun", st: SamplerSettings) -> SamplerSettings:
-    """How to sample, resolved (steps, the guidance's options as validated) and checked by the
-    sampler itself on a dummy denoiser."""
-    how = st.sampler_settings()
+    """How to sample, resolved (the sampler and guidance against the registry, unless the
+    caller did; steps) and checked by the sampler itself on a dummy denoiser."""
+    how = resolve_names(st).sampler_settings()
     how.steps = resolve_steps(st.sampler, st.steps, run.schedule.num_timesteps)
     preflight(run, sampler=how.sampler, steps=how.steps, eta=how.eta, guidance=how.guidance,
               clip_denoised=how.clip_denoised, sampler_options=how.sampler_options,
               guidance_method=how.guidance_method, guidance_options=how.guidance_options)
-    how.guidance_options = resolve_guidance(st.guidance_method, st.guidance_options)[1]
     return how
 
 

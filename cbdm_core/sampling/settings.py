@@ -16,10 +16,11 @@ so a field's ``description`` is its ``--help`` text.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 
 MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds; larger ones overflow with a traceback
@@ -52,6 +53,18 @@ class SamplerSettings(BaseModel):
                                                             "(default: the sampler's).")
     sampler_options: dict[str, Any] = Field(default_factory=dict, description=(
         "Any option of the sampler, e.g. -S S_churn=10 for heun (repeatable; values read as YAML)."))
+    # names_key() when the names were checked against the registry (guidance.resolve_names):
+    # a copy whose sampler or guidance changed since has another key, and is checked again.
+    _resolved: Optional[str] = PrivateAttr(None)
+
+    def names_key(self) -> str:
+        """The sampler, the guidance and their options, as one string."""
+        return json.dumps([self.sampler, self.sampler_options, self.guidance_method, self.guidance_options],
+                          sort_keys=True, default=str)
+
+    def names_resolved(self) -> bool:
+        """Whether the sampler and guidance (with these options) were checked against the registry."""
+        return self._resolved == self.names_key()
 
     def sample_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of :func:`cbdm_core.sampling.sample` these settings give."""
@@ -118,6 +131,16 @@ class SamplingSettings(_JobFields, SamplerSettings):
     first) is that of the model before the split, so dumps are unchanged too."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @classmethod
+    def of(cls, how: SamplerSettings, job: SampleJob, **changes: Any) -> "SamplingSettings":
+        """``how`` and ``job`` (without ``out``) as one model, ``changes`` applied; names that
+        were checked stay checked."""
+        values = {**how.model_dump(include=set(SamplerSettings.model_fields)),
+                  **job.model_dump(exclude={"out"}, exclude_none=True), **changes}
+        out = cls(**values)
+        out._resolved = how._resolved
+        return out
 
     def job(self) -> SampleJob:
         """The job part (no ``out``: these settings have no folder)."""
