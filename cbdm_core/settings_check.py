@@ -15,9 +15,9 @@ import math
 from typing import Any, Iterable
 
 import torch
+from pydantic import ValidationError
 
 from .errors import CbdmError, ConfigError
-from .sampling.settings import MAX_GUIDANCE  # noqa: F401  (re-exported: its old home)
 
 
 class _NullDenoiser:
@@ -70,23 +70,12 @@ def check_sampling_settings(settings: Any, *, schedule: Any, where: str, guidanc
             raise ConfigError(f"{where}.{name}.{bad} must be a finite number")
     try:
         kwargs = (settings if guidance is None else settings.with_guidance(guidance)).sample_kwargs()
+    except ValidationError as exc:  # a study's w outside the settings' bounds
+        raise ConfigError(f"{where}.guidance: {exc.errors()[0]['msg']}") from None
+    try:
         kwargs["steps"] = resolve_steps(settings.sampler, settings.steps, schedule.num_timesteps)
         sample(_NullDenoiser(1), schedule, torch.zeros(1, 1, 1, 1), torch.zeros(1, dtype=torch.long),
                generator=sample_generators(0, [0]), **kwargs)
     except CbdmError as exc:
         raise ConfigError(f"{where}: {exc}") from None
 
-
-
-def sampling_settings(source: str = "sampling options", **values: Any) -> Any:
-    """:class:`~cbdm_core.sampling.settings.SamplingSettings` from command-line values, or a
-    one-line :class:`ConfigError` naming the field (``--seed`` past 2**63 - 1, ``-n`` too large)."""
-    from pydantic import ValidationError
-
-    from .config import format_validation_error
-    from .sampling.settings import SamplingSettings
-
-    try:
-        return SamplingSettings(**values)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source)) from None

@@ -118,15 +118,15 @@ def _values(options: dict[str, Any], fields: Sequence[str], flags: Mapping[str, 
     return values
 
 
+# Fields whose None is a value of its own (not "the model's default").
+_NONE_OK = frozenset({"steps", "clip_denoised", "seed", "num", "out"})
+
+
 def _build(model: type[BaseModel], values: dict[str, Any], flags: Mapping[str, Sequence[str]]) -> Any:
     try:
         return model(**{k: v for k, v in values.items() if v is not None or k in _NONE_OK})
     except ValidationError as exc:
         raise CbdmError(flag_error(exc, flags)) from None
-
-
-# Fields whose None is a value of its own (not "the model's default").
-_NONE_OK = frozenset({"steps", "clip_denoised", "seed", "num", "out"})
 
 
 def settings_from_options(options: dict[str, Any], *, flags: Optional[Mapping[str, Sequence[str]]] = None,
