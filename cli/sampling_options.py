@@ -12,6 +12,7 @@ the model, once, in one line naming the flag (:func:`flag_error`).
 from __future__ import annotations
 
 import typing
+from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import click
@@ -64,7 +65,7 @@ def _option(name: str, *, flags: Sequence[str], default: Any, help: Optional[str
         return click.option(*flags, name, multiple=True, metavar="KEY=VALUE", help=help)
     if kind is bool and "/" in flags[0]:
         return click.option(*flags, name, default=default, show_default=default is not None, help=help)
-    click_type = {int: int, float: float, str: str}.get(kind, click.Path(path_type=kind) if kind else None)
+    click_type = click.Path(path_type=Path) if kind is Path else {int: int, float: float, str: str}.get(kind)
     return click.option(*flags, name, type=click_type, default=default, show_default=default is not None,
                         help=help)
 
