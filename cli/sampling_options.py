@@ -106,6 +106,16 @@ def flag_error(exc: ValidationError, flags: Optional[Mapping[str, Sequence[str]]
     return f"{flag}: {err['msg']}"
 
 
+def checked_value(settings: BaseModel, name: str, value: Any,
+                  flags: Optional[Mapping[str, Sequence[str]]] = None) -> None:
+    """``value`` checked as field ``name`` of ``settings`` (another point of a sweep), or one
+    ``Error:`` line naming the flag."""
+    try:
+        setattr(settings.model_copy(), name, value)  # validate_assignment: the field's bounds apply
+    except ValidationError as exc:
+        raise CbdmError(flag_error(exc, flags)) from None
+
+
 def _values(options: dict[str, Any], fields: Sequence[str], flags: Mapping[str, Sequence[str]]) -> dict[str, Any]:
     """Pop ``fields`` from the click ``options``; KEY=VALUE lists parsed into dicts."""
     values = {}

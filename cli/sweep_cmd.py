@@ -12,7 +12,7 @@ from rich.table import Table
 
 from cbdm_core.errors import CbdmError
 
-from .sampling_options import sampling_options, sampling_settings_from_options
+from .sampling_options import checked_value, sampling_options, sampling_settings_from_options
 from .default_group import DEFAULT_CMD, DefaultCommand, DefaultGroup
 from .eval_support import (LogToReporter, Reporter, choose_extractor, feature_options, parse_metric_options,
                            split_metrics)
@@ -187,6 +187,8 @@ def _sweep_settings(grid: Optional[str], axes: tuple[str, ...], ema: bool, rest:
     if not specs or len(ws) > 1:
         specs.append(("guidance", ws))
     sampling = sampling_settings_from_options(rest, flags={"guidance": ("--grid",)}, guidance=ws[0], ema=ema)
+    for w in ws[1:]:  # every strength within the settings' bounds, as cbdm sample's -w
+        checked_value(sampling, "guidance", w, flags={"guidance": ("--grid",)})
     ctx = click.get_current_context()
     flags = {"guidance_method": "guidance_method", "sampler": "sampler", "steps": "steps", "eta": "eta"}
     given = {k for k, param in flags.items()

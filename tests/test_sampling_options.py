@@ -128,3 +128,9 @@ def test_a_manifest_written_before_the_change_still_resumes(toy_run, tmp_path):
     assert "1 written, 1 kept" in res.output
     assert json.loads((out / "manifest.json").read_text())["complete"] is True
     assert SamplerSettings.from_manifest(settings).steps == 2
+
+
+def test_every_guidance_strength_is_bounded_by_the_model(toy_run, tmp_path):
+    cli_fails("sample", toy_run, "--out", tmp_path / "s", "-w", "5000", match="--guidance must be <= 1000")
+    cli_fails("sweep", toy_run, "--grid", "0,5000", "--out", tmp_path / "w", match="--grid must be <= 1000")
+    assert not (tmp_path / "s").exists() and not (tmp_path / "w").exists()
