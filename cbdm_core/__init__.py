@@ -15,7 +15,7 @@ from .errors import CbdmError
 
 __all__ = ["cbdm_loss", "CBDMRegularizer", "t2h_targets", "CbdmError", "LinearSchedule", "CosineSchedule",
            "NoiseSchedule", "long_tail_counts", "sample", "load_denoiser", "load_run", "SamplingSettings",
-           "hookimpl"]
+           "SamplerSettings", "SampleJob", "hookimpl"]
 
 # Every public name is imported on first use: importing the package (as `cbdm --help` does for
 # CbdmError) must not load torch, which takes a second or more.
@@ -29,6 +29,8 @@ _LAZY: dict[str, str] = {
     "long_tail_counts": ".data.long_tail",
     "sample": ".sampling",
     "SamplingSettings": ".sampling.settings",
+    "SamplerSettings": ".sampling.settings",
+    "SampleJob": ".sampling.settings",
     "load_denoiser": ".run",
     "load_run": ".run",
     "hookimpl": ".hookspecs",  # pluggy: loaded only by plugin modules

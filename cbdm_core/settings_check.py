@@ -4,7 +4,9 @@ A bad preview setting used to surface only at the final preview, after the whole
 run; a bad protocol sampling setting only after every run of a study was trained. Here the
 sampler itself runs once on a 1-pixel image with a dummy denoiser, so it rejects what it
 would reject later (unknown option, ``steps > T``, a negative eta, ...), and the numbers the
-sampler takes are bounded (finite; guidance at most :data:`MAX_GUIDANCE`).
+sampler takes are bounded by the settings model itself
+(:class:`~cbdm_core.sampling.settings.SamplerSettings`: finite, guidance at most
+``MAX_GUIDANCE``), so they are not re-checked here.
 """
 
 from __future__ import annotations
@@ -13,12 +15,9 @@ import math
 from typing import Any, Iterable
 
 import torch
+from pydantic import ValidationError
 
 from .errors import CbdmError, ConfigError
-
-# Far beyond any useful strength (the CBDM paper's guidance is below 10); larger values only
-# overflow float32 in (1 + w) * eps and come out as NaN images after all the work.
-MAX_GUIDANCE = 1000.0
 
 
 class _NullDenoiser:
@@ -48,12 +47,6 @@ def nonfinite_value(value: Any, prefix: str = "") -> str | None:
     return None
 
 
-def check_guidance_value(w: float, where: str) -> None:
-    """``w`` finite and in ``0..MAX_GUIDANCE``, or a one-line :class:`ConfigError`."""
-    if not math.isfinite(float(w)) or not 0 <= float(w) <= MAX_GUIDANCE:
-        raise ConfigError(f"{where} must be a number in 0..{MAX_GUIDANCE:g}, got {w}")
-
-
 def check_sampling_settings(settings: Any, *, schedule: Any, where: str, guidance: float | None = None) -> None:
     """Refuse, in one line starting with ``where``, sampling settings that would fail later.
 
@@ -61,21 +54,24 @@ def check_sampling_settings(settings: Any, *, schedule: Any, where: str, guidanc
         settings: a :class:`~cbdm_core.sampling.settings.SamplingSettings`.
         schedule: the noise schedule of the model it will sample (its length is T).
         where: what to name in the message (``preview``, ``sampling``).
-        guidance: the strength to check instead of ``settings.guidance`` (a study sets it).
+        guidance: the strength to check instead of ``settings.guidance`` (a study sets it;
+            validated by the settings model, like every number of ``settings``).
     """
     from .sampling.api import sample
     from .sampling.generate import resolve_steps
     from .sampling.noise import sample_generators
 
-    w = settings.guidance if guidance is None else guidance
-    for name, value in (("eta", settings.eta), ("sampler_options", settings.sampler_options),
+    # Free-form options are checked by the sampler's / guidance's options models; NaN and inf
+    # in them are refused here (the settings model checks its own numbers).
+    for name, value in (("sampler_options", settings.sampler_options),
                         ("guidance_options", settings.guidance_options)):
         bad = nonfinite_value(value)
         if bad is not None:
-            path = name if bad == "(value)" else f"{name}.{bad}"
-            raise ConfigError(f"{where}.{path} must be a finite number")
-    check_guidance_value(w, f"{where}.guidance")
-    kwargs = settings.model_copy(update={"guidance": float(w)}).sample_kwargs()
+            raise ConfigError(f"{where}.{name}.{bad} must be a finite number")
+    try:
+        kwargs = (settings if guidance is None else settings.with_guidance(guidance)).sample_kwargs()
+    except ValidationError as exc:  # a study's w outside the settings' bounds
+        raise ConfigError(f"{where}.guidance: {exc.errors()[0]['msg']}") from None
     try:
         kwargs["steps"] = resolve_steps(settings.sampler, settings.steps, schedule.num_timesteps)
         sample(_NullDenoiser(1), schedule, torch.zeros(1, 1, 1, 1), torch.zeros(1, dtype=torch.long),
@@ -83,17 +79,3 @@ def check_sampling_settings(settings: Any, *, schedule: Any, where: str, guidanc
     except CbdmError as exc:
         raise ConfigError(f"{where}: {exc}") from None
 
-
-
-def sampling_settings(source: str = "sampling options", **values: Any) -> Any:
-    """:class:`~cbdm_core.sampling.settings.SamplingSettings` from command-line values, or a
-    one-line :class:`ConfigError` naming the field (``--seed`` past 2**63 - 1, ``-n`` too large)."""
-    from pydantic import ValidationError
-
-    from .config import format_validation_error
-    from .sampling.settings import SamplingSettings
-
-    try:
-        return SamplingSettings(**values)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source)) from None

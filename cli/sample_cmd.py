@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 import shutil
 from pathlib import Path
@@ -15,10 +14,17 @@ from rich.text import Text
 
 from cbdm_core.errors import CbdmError
 
-from .overrides import parse_key_values
+from .sampling_options import sampling_options, settings_from_options
 
 DEFAULT_PER_CLASS = 10
 DEFAULT_SHARD_SIZE = 5000
+
+# `cbdm sample`'s own wording where it says more than the model's field descriptions.
+SAMPLE_HELP = {
+    "num": f"Number of images (default {DEFAULT_PER_CLASS} per class).",
+    "out": "Sample folder (default <run_dir>/samples-<sampler>-<steps>-w<w>, then -<guidance>[-KEY=VALUE] "
+           "for a guidance other than plain cfg).",
+}
 
 
 class _RateColumn(ProgressColumn):
@@ -79,43 +85,21 @@ def _size(n: float) -> str:
 
 @click.command("sample")
 @click.argument("run_path", metavar="RUN_DIR_OR_CHECKPOINT", type=click.Path(path_type=Path))
-@click.option("--sampler", default="ddim", show_default=True, help="Registered sampler (ddim, ddpm, ...).")
-@click.option("--steps", type=int, help="Sampling steps (default: the sampler's, capped at T; ddim 100, ddpm T).")
-@click.option("--eta", type=float, help="DDIM noise, 0 = deterministic (default 0; ddpm takes none).")
-@click.option("--guidance", "-w", type=float, default=0.0, show_default=True,
-              help="Guidance strength w (0 = plain conditional).")
-@click.option("--guidance-method", default="cfg", show_default=True,
-              help="Registered guidance used when w > 0: cfg (classifier-free), none, or a plugin's.")
-@click.option("--guidance-option", "-G", "guidance_opts", multiple=True, metavar="KEY=VALUE",
-              help="An option of the guidance method, e.g. -G clip=0.5 (repeatable; values read as YAML).")
-@click.option("--num", "--num-samples", "-n", "num", type=int,
-              help=f"Number of images (default {DEFAULT_PER_CLASS} per class).")
-@click.option("--classes", default="balanced", show_default=True,
-              help="balanced (equal per class), train (training frequencies), or class indices like 0,3,7.")
-@click.option("--batch-size", type=int, default=256, show_default=True, help="Images per network batch.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--ema/--no-ema", default=True, show_default=True, help="Use the EMA weights.")
-@click.option("--out", "-o", "out", type=click.Path(path_type=Path),
-              help="Sample folder (default <run_dir>/samples-<sampler>-<steps>-w<w>, then -<guidance>[-KEY=VALUE] "
-                   "for a guidance other than plain cfg).")
+@sampling_options(("sampler", "steps", "eta", "guidance", "guidance_method", "guidance_options", "num", "classes",
+                   "batch_size", "seed", "ema", "out"),
+                  defaults={"seed": 0}, helps=SAMPLE_HELP)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--var-type", help="ddpm variance: fixedlarge or fixedsmall.")
 @click.option("--spacing", help="ddim timestep spacing: uniform, linspace or trailing.")
-@click.option("--sampler-option", "-S", "sampler_opts", multiple=True, metavar="KEY=VALUE",
-              help="Any option of the sampler, e.g. -S S_churn=10 for heun (repeatable; values read as YAML).")
-@click.option("--clip/--no-clip", "clip", default=None, help="Clamp predicted x_0 to [-1, 1] (default: the sampler's).")
+@sampling_options(("sampler_options", "clip_denoised"))
 @click.option("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, show_default=True, help="Images per shard file.")
 @click.option("--format", "image_format", type=click.Choice(["npz", "png"]), default="npz", show_default=True,
               help="npz shards, or one PNG per image in class folders (<out>/<class>/000042.png).")
 @click.option("--seeds", metavar="A-B[,C-D]", help="(Re)generate only these sample indices, e.g. 0-99 or 5,17.")
 @click.option("--overwrite", is_flag=True, help="Replace samples made with other settings in --out.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def sample(run_path: Path, sampler: str, steps: Optional[int], eta: Optional[float], guidance: float,
-           guidance_method: str, guidance_opts: tuple[str, ...],
-           num: Optional[int], classes: str, batch_size: int, seed: int, ema: bool, out: Optional[Path],
-           device: str, var_type: Optional[str], spacing: Optional[str], sampler_opts: tuple[str, ...],
-           clip: Optional[bool], shard_size: int, image_format: str, seeds: Optional[str],
-           overwrite: bool, progress: bool) -> None:
+def sample(run_path: Path, device: str, var_type: Optional[str], spacing: Optional[str], shard_size: int,
+           image_format: str, seeds: Optional[str], overwrite: bool, progress: bool, **options: Any) -> None:
     """Sample images from a trained run into resumable shards (re-run the same command to resume).
 
     Under torchrun (torchrun --nproc_per_node N -m cbdm_cli sample ...) every process makes a
@@ -124,10 +108,15 @@ def sample(run_path: Path, sampler: str, steps: Optional[int], eta: Optional[flo
     from cbdm_core.build import resolve_device
     from cbdm_core.training.distributed import setup_distributed
 
+    # Every sampling value is checked here, once, by the settings models (one line per error).
+    how, job = settings_from_options(options)
+    how.sampler_options = {**how.sampler_options, **_shortcuts(var_type, spacing)}
+    if shard_size <= 0:
+        raise CbdmError(f"--shard-size must be positive, got {shard_size}")
     ctx = setup_distributed(resolve_device(device))
     try:
-        _sample(ctx, run_path, sampler, steps, eta, guidance, guidance_method, guidance_opts, num, classes,
-                batch_size, seed, ema, out, var_type, spacing, sampler_opts, clip, shard_size, image_format, seeds, overwrite, progress)
+        _sample(ctx, run_path, how, job, shard_size=shard_size, image_format=image_format, seeds=seeds,
+                overwrite=overwrite, progress=progress)
     finally:
         ctx.close()
 
@@ -152,33 +141,9 @@ def parse_seeds(text: str) -> list[int]:
     return out
 
 
-def _check_flags(num: Optional[int], batch_size: int, shard_size: int, guidance: float,
-                 eta: Optional[float]) -> None:
-    """Refuse bad numbers before anything is loaded."""
-    from cbdm_core.sampling.settings import MAX_SAMPLES
-
-    if num is not None and num <= 0:
-        raise CbdmError(f"--num must be positive, got {num}")
-    if num is not None and num > MAX_SAMPLES:
-        raise CbdmError(f"--num {num} is more than the largest sample set ({MAX_SAMPLES} images)")
-    if batch_size <= 0:
-        raise CbdmError(f"--batch-size must be positive, got {batch_size}")
-    if shard_size <= 0:
-        raise CbdmError(f"--shard-size must be positive, got {shard_size}")
-    for flag, value in (("--guidance", guidance), ("--eta", eta)):
-        if value is not None and not math.isfinite(value):
-            raise CbdmError(f"{flag} must be a finite number, got {value}")
-
-
-def _sampler_options(sampler_opts: tuple[str, ...], var_type: Optional[str],
-                     spacing: Optional[str]) -> dict[str, Any]:
-    """``-S KEY=VALUE`` options, with the ``--var-type`` and ``--spacing`` shortcuts."""
-    options: dict[str, Any] = parse_key_values(sampler_opts, "--sampler-option")
-    if var_type is not None:
-        options["var_type"] = var_type
-    if spacing is not None:
-        options["spacing"] = spacing
-    return options
+def _shortcuts(var_type: Optional[str], spacing: Optional[str]) -> dict[str, Any]:
+    """The ``--var-type`` and ``--spacing`` shortcuts of ``-S var_type=...`` / ``-S spacing=...``."""
+    return {k: v for k, v in (("var_type", var_type), ("spacing", spacing)) if v is not None}
 
 
 def _warn_disk(say, run, num: int, out: Path) -> None:
@@ -235,42 +200,35 @@ def _report(result, run, num: int, image_format: str) -> None:
     click.echo(f"next: cbdm eval {result.out_dir} --dataset {data.dataset}{root}")
 
 
-def _sample(ctx, run_path, sampler, steps, eta, guidance, guidance_method, guidance_opts, num, classes, batch_size,
-            seed, ema, out, var_type, spacing, sampler_opts, clip, shard_size, image_format, seeds, overwrite, progress) -> None:
+def _sample(ctx, run_path: Path, how, job, *, shard_size: int, image_format: str, seeds: Optional[str],
+            overwrite: bool, progress: bool) -> None:
+    """Load the run and sample ``job`` with the settings ``how`` (both already validated)."""
     from cbdm_core.host_memory import keep_freed_host_memory
-    from cbdm_core.registry import get_registry
     from cbdm_core.run import load_run
     from cbdm_core.sampling.generate import resolve_steps
-    from cbdm_core.sampling.guidance import resolve_guidance
+    from cbdm_core.sampling.guidance import resolve_names
     from cbdm_core.sampling.plan import plan_labels
-    from cbdm_core.settings_check import sampling_settings
+    from cbdm_core.sampling.settings import SamplingSettings
 
     console = Console(stderr=True, quiet=not ctx.is_main)  # under torchrun only rank 0 talks
 
     def say(message: str) -> None:
         console.print(message, markup=False, highlight=False, soft_wrap=True)
 
-    _check_flags(num, batch_size, shard_size, guidance, eta)
-    get_registry().get("sampler", sampler)  # unknown sampler or guidance (option): fail before loading anything
-    guidance_options = resolve_guidance(guidance_method, parse_key_values(guidance_opts, "--guidance-option"))[1]
-
+    how = resolve_names(how)  # unknown sampler or guidance (option): fail before loading anything; checked once
     chosen = parse_seeds(seeds) if seeds is not None else None
-    run = load_run(run_path, ema=ema, device=ctx.device)
+    run = load_run(run_path, ema=job.ema, device=ctx.device)
     if next(run.model.parameters()).device.type == "cpu":
         keep_freed_host_memory()  # re-use activation buffers instead of page-faulting every step
-    C = run.num_classes
-    num = DEFAULT_PER_CLASS * C if num is None else num
-    labels = plan_labels(classes, num, C, run.meta.class_counts)
-    steps = resolve_steps(sampler, steps, run.schedule.num_timesteps)
-    if guidance > 0 and not run.trained_with_label_dropout:
+    num = DEFAULT_PER_CLASS * run.num_classes if job.num is None else job.num
+    labels = plan_labels(job.classes, num, run.num_classes, run.meta.class_counts)
+    how.steps = resolve_steps(how.sampler, how.steps, run.schedule.num_timesteps)
+    if how.guidance > 0 and not run.trained_with_label_dropout:
         say(f"warning: {run.checkpoint} was trained without label dropout (p_uncond = 0), so its "
             "unconditional prediction is untrained; guidance may give poor images")
-    options = _sampler_options(sampler_opts, var_type, spacing)
-    out = out if out is not None else default_out_dir(run_path, sampler, steps, guidance, guidance_method,
-                                                      guidance_options)
-    settings = sampling_settings(sampler=sampler, steps=steps, eta=0.0 if eta is None else eta, guidance=guidance,
-                                guidance_method=guidance_method, guidance_options=guidance_options, clip_denoised=clip, sampler_options=options,
-                                seed=seed, num=num, classes=classes, batch_size=batch_size, ema=ema)
+    out = job.out if job.out is not None else default_out_dir(run_path, how.sampler, how.steps, how.guidance,
+                                                              how.guidance_method, how.guidance_options)
+    settings = SamplingSettings.of(how, job, num=num)
     _warn_disk(say, run, num, out)
     result = _generate_with_bar(console, say, progress and ctx.is_main, run, labels, num, out, settings=settings,
                                 shard_size=shard_size, overwrite=overwrite, image_format=image_format,

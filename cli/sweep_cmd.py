@@ -12,6 +12,7 @@ from rich.table import Table
 
 from cbdm_core.errors import CbdmError
 
+from .sampling_options import checked_value, sampling_options, sampling_settings_from_options
 from .default_group import DEFAULT_CMD, DefaultCommand, DefaultGroup
 from .eval_support import (LogToReporter, Reporter, choose_extractor, feature_options, parse_metric_options,
                            split_metrics)
@@ -24,27 +25,23 @@ class _SweepGroup(DefaultGroup):
     default_usage = "RUN_DIR_OR_CHECKPOINT [OPTIONS]"
 
 
+# Sweep wording where it says more than the models' field descriptions.
+SWEEP_HELP = {
+    "num": "Images per point (the paper uses 10,000 for its curves).",
+    "guidance_method": "Registered guidance: cfg, classifier, cfg+classifier, minority, self-minority, ... "
+                       "(as cbdm sample).",
+    "guidance_options": "An option of the guidance, e.g. -G classifier=clf.safetensors (repeatable).",
+    "sampler_options": "An option of the sampler, e.g. -S boost_gamma=2 (repeatable).",
+    "seed": "Sampling seed; every point gets the same noise.",
+}
+
+
 def _sampling_options(f):
+    """The sampling flags every sweep takes (generated from the settings models), then its own."""
     decorators = [
-        click.option("--num", "--num-samples", "-n", "num", type=int, default=1000, show_default=True,
-                     help="Images per point (the paper uses 10,000 for its curves)."),
-        click.option("--classes", default="balanced", show_default=True,
-                     help="balanced, train, or class indices like 0,3,7."),
-        click.option("--sampler", default="ddim", show_default=True, help="Registered sampler."),
-        click.option("--steps", type=int, help="Sampling steps (default: the sampler's, capped at T)."),
-        click.option("--eta", type=float, default=0.0, show_default=True, help="DDIM noise."),
-        click.option("--guidance-method", default="cfg", show_default=True,
-                     help="Registered guidance: cfg, classifier, cfg+classifier, minority, self-minority, ... "
-                          "(as cbdm sample)."),
-        click.option("--guidance-option", "-G", "guidance_opts", multiple=True, metavar="KEY=VALUE",
-                     help="An option of the guidance, e.g. -G classifier=clf.safetensors (repeatable)."),
-        click.option("--sampler-option", "-S", "sampler_opts", multiple=True, metavar="KEY=VALUE",
-                     help="An option of the sampler, e.g. -S boost_gamma=2 (repeatable)."),
-        click.option("--clip/--no-clip", "clip", default=None,
-                     help="Clamp predicted x_0 to [-1, 1] (default: the sampler's)."),
-        click.option("--seed", type=int, default=0, show_default=True,
-                     help="Sampling seed; every point gets the same noise."),
-        click.option("--batch-size", type=int, default=256, show_default=True, help="Images per network batch."),
+        sampling_options(("num", "classes", "sampler", "steps", "eta", "guidance_method", "guidance_options",
+                          "sampler_options", "clip_denoised", "seed", "batch_size"),
+                         defaults={"num": 1000, "seed": 0}, helps=SWEEP_HELP),
         click.option("--metrics", default=DEFAULT_METRICS, show_default=True, help="Comma-separated metrics."),
         click.option("--select", default="fid", show_default=True,
                      help="Value that picks the best point (lowest or highest, as its metric declares)."),
@@ -180,9 +177,6 @@ def _sweep_settings(grid: Optional[str], axes: tuple[str, ...], ema: bool, rest:
     settings the user fixed by a flag; pops the sampling flags from ``rest``."""
     from cbdm_core.experiments.sweep_axes import parse_axis
     from cbdm_core.experiments.sweeps import parse_grid
-    from cbdm_core.settings_check import sampling_settings
-
-    from .overrides import parse_key_values
 
     specs = [parse_axis(a) for a in axes]
     if grid is not None and any(name in ("w", "guidance") for name, _ in specs):
@@ -192,7 +186,9 @@ def _sweep_settings(grid: Optional[str], axes: tuple[str, ...], ema: bool, rest:
         raise CbdmError("guidance strengths must be >= 0")
     if not specs or len(ws) > 1:
         specs.append(("guidance", ws))
-    sampling = _base_sampling(rest, sampling_settings, parse_key_values, guidance=ws[0], ema=ema)
+    sampling = sampling_settings_from_options(rest, flags={"guidance": ("--grid",)}, guidance=ws[0], ema=ema)
+    for w in ws[1:]:  # every strength within the settings' bounds, as cbdm sample's -w
+        checked_value(sampling, "guidance", w, flags={"guidance": ("--grid",)})
     ctx = click.get_current_context()
     flags = {"guidance_method": "guidance_method", "sampler": "sampler", "steps": "steps", "eta": "eta"}
     given = {k for k, param in flags.items()
@@ -200,16 +196,6 @@ def _sweep_settings(grid: Optional[str], axes: tuple[str, ...], ema: bool, rest:
     given |= {f"guidance_option:{k}" for k in sampling.guidance_options}
     given |= {f"sampler_option:{k}" for k in sampling.sampler_options}
     return sampling, specs, given
-
-
-def _base_sampling(rest: dict[str, Any], sampling_settings, parse_key_values, **fixed: Any):
-    """SamplingSettings from the shared sampling flags (popped from ``rest``)."""
-    return sampling_settings(
-        num=rest.pop("num"), classes=rest.pop("classes"), sampler=rest.pop("sampler"), steps=rest.pop("steps"),
-        eta=rest.pop("eta"), seed=rest.pop("seed"), batch_size=rest.pop("batch_size"),
-        guidance_method=rest.pop("guidance_method"), clip_denoised=rest.pop("clip"),
-        guidance_options=parse_key_values(rest.pop("guidance_opts"), "--guidance-option"),
-        sampler_options=parse_key_values(rest.pop("sampler_opts"), "--sampler-option"), **fixed)
 
 
 def _resolve_axes(specs, sampling, given: set[str], T: int):
@@ -233,7 +219,8 @@ def _training_options(f):
         click.option("--train-seed", type=int, help="Training seed of every run."),
         click.option("--dataset", help="Training (and evaluation) dataset."),
         click.option("--data-root", type=click.Path(path_type=Path), help="Dataset folder."),
-        click.option("--guidance", type=float, default=0.0, show_default=True, help="Sampling guidance w of every run."),
+        sampling_options(("guidance",), flags={"guidance": ("--guidance",)},
+                         helps={"guidance": "Sampling guidance w of every run."}),
     ]
     for decorate in reversed(decorators):
         f = decorate(f)
@@ -255,15 +242,12 @@ def _run_training_sweep(parameter: str, values: list, config_for, *, data_root: 
     """Train, sample and evaluate one run per value (shared by ``sweep option`` and ``sweep tau``)."""
     from cbdm_core.build import resolve_device
     from cbdm_core.experiments.sweeps import SweepInterrupted, training_sweep
-    from cbdm_core.sampling.guidance import resolve_guidance
-    from cbdm_core.settings_check import sampling_settings
-
-    from .overrides import parse_key_values
+    from cbdm_core.sampling.guidance import resolve_names
 
     reporter = Reporter()
     _check_select(select, metrics)
-    sampling = _base_sampling(features, sampling_settings, parse_key_values, guidance=guidance)
-    resolve_guidance(sampling.guidance_method, sampling.guidance_options)  # a typo fails before any training
+    sampling = sampling_settings_from_options(features, flags={"guidance": ("--guidance",)}, guidance=guidance)
+    sampling = resolve_names(sampling)  # a typo fails before any training, and is not checked again
     base = config_for(values[-1])
     root = data_root if data_root is not None else base.data.root
     options = _eval_options(base.data.dataset, None if root is None else Path(root), metrics, device=device,

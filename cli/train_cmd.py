@@ -13,6 +13,7 @@ from cbdm_core.errors import CbdmError
 from cbdm_core.presets_registry import load_preset
 
 from .eval_support import LogToReporter, Reporter
+from .config_options import RESUMABLE, config_options, config_values
 from .method_options import SHORTHANDS, apply_methods
 from .overrides import parse_set_option, set_dotted
 from .train_progress import TrainDisplay, default_out
@@ -27,20 +28,7 @@ def build_config(config: Optional[Path], preset: Optional[str], opts: dict[str, 
         data = deep_update(data, load_config_file(config))
     if opts.get("backbone") is not None:
         _switch_backbone(data, opts["backbone"])
-    simple = {
-        "dataset": "data.dataset", "data_root": "data.root", "imb_factor": "data.imb_factor",
-        "augment": "data.augment", "augment_p": "data.augment_p", "resample": "data.resample",
-        "backbone": "model.backbone", "schedule": "diffusion.schedule", "T": "diffusion.T",
-        "p_uncond": "objective.p_uncond", "steps": "optim.steps", "batch_size": "optim.batch_size",
-        "lr": "optim.lr", "warmup": "optim.warmup", "ema_decay": "optim.ema_decay",
-        "seed": "seed", "device": "device", "log_every": "log_every", "sample_every": "sample_every",
-        "ckpt_every": "ckpt_every", "keep_last": "keep_last", "init_from": "init_from",
-        "ckpt_every_minutes": "ckpt_every_minutes", **EVALUATE_OPTIONS,
-    }
-    for key, dotted in simple.items():
-        if opts.get(key) is not None:
-            value = opts[key]
-            set_dotted(data, dotted, str(value) if isinstance(value, Path) else value)
+    config_values(data, opts)  # every option that sets one config field (cli/config_options.py)
     apply_methods(data, tuple(opts.get("method") or ()), tuple(opts.get("method_opts") or ()),
                   {k: opts.get(k) for k in SHORTHANDS})
     if opts.get("whole_batch_dropout"):
@@ -52,10 +40,6 @@ def build_config(config: Optional[Path], preset: Optional[str], opts: dict[str, 
         set_dotted(data, key, value)
     return parse_train_config(data, "configuration")
 
-
-# --evaluate-* options and their config fields (also allowed with --resume).
-EVALUATE_OPTIONS = {"evaluate_every": "evaluate.every", "evaluate_num": "evaluate.num",
-                    "evaluate_classifier": "evaluate.classifier"}
 
 LR_ADVICE_RATIO = 3.0  # how far a configured lr may be from the backbone's advice without a change
 
@@ -106,12 +90,7 @@ def _log_options(data: dict[str, Any], opts: dict[str, Any]) -> None:
 @click.option("--out", "-o", "out", type=click.Path(path_type=Path), help="Run folder (default runs/<dataset>-<time>).")
 @click.option("--config", type=click.Path(path_type=Path), help="YAML, TOML or JSON configuration file.")
 @click.option("--preset", help="A named preset (default: quickstart when no --config is given).")
-@click.option("--dataset", help="Dataset name (see `cbdm plugins`).")
-@click.option("--data-root", type=click.Path(path_type=Path), help="Folder holding the dataset files.")
-@click.option("--imb-factor", type=float, help="Long-tail imbalance factor in (0, 1].")
-@click.option("--backbone", help="Denoiser backbone name.")
-@click.option("--schedule", help="Noise schedule name.")
-@click.option("--T", "T", type=int, help="Number of diffusion steps.")
+@config_options(("dataset", "data_root", "imb_factor", "backbone", "schedule", "T"))
 @click.option("--method", "method", multiple=True, metavar="NAME",
               help="Training method(s), repeatable or a+b (see `cbdm methods`); ddpm: none.")
 @click.option("--method-option", "-M", "method_opts", multiple=True, metavar="KEY=VALUE",
@@ -120,38 +99,19 @@ def _log_options(data: dict[str, Any], opts: dict[str, Any]) -> None:
 @click.option("--tau", type=float, help="CBDM shorthand (-M cbdm.tau): weight per timestep (0.001).")
 @click.option("--gamma", type=float, help="CBDM shorthand (-M cbdm.gamma): commitment weight (0.25).")
 @click.option("--set-size", type=int, help="CBDM shorthand (-M cbdm.set_size): Monte-Carlo set size of y'.")
-@click.option("--p-uncond", type=float, help="Label-dropout probability for guidance.")
+@config_options(("p_uncond",))
 @click.option("--whole-batch-dropout", is_flag=True, help="Drop labels for the whole batch (reference code).")
-@click.option("--augment", help="Augmentation name.")
-@click.option("--augment-p", type=float, help="Augmentation probability.")
-@click.option("--resample", type=click.Choice(["none", "balanced", "sqrt"]), help="Class re-sampling baseline.")
-@click.option("--steps", type=int, help="Total training steps.")
-@click.option("--batch-size", type=int)
-@click.option("--lr", type=float)
-@click.option("--warmup", type=int, help="Linear learning-rate warm-up steps.")
-@click.option("--ema-decay", type=float)
-@click.option("--seed", type=int)
-@click.option("--device", help="auto, cpu, cuda or cuda:N.")
-@click.option("--log-every", type=int)
-@click.option("--sample-every", type=int, help="Steps between sample grids (0: only at the end).")
-@click.option("--ckpt-every", type=int, help="Steps between checkpoints (0: by time only).")
-@click.option("--ckpt-every-minutes", type=float,
-              help="Wall-clock minutes between checkpoints (default 15; 0: off).")
+@config_options(("augment", "augment_p", "resample", "steps", "batch_size", "lr", "warmup", "ema_decay", "seed",
+                 "device", "log_every", "sample_every", "ckpt_every", "ckpt_every_minutes"))
 @click.option("--log", "log", multiple=True, type=click.Choice(["tensorboard", "wandb"]),
               help="Also log to TensorBoard (<run>/tensorboard) or Weights & Biases (<run>/wandb); "
                    "repeatable; needs pip install 'cbdm[tensorboard]' / 'cbdm[wandb]'.")
-@click.option("--keep-last", type=int, help="Checkpoints to keep.")
-@click.option("--evaluate-every", type=int,
-              help="Steps between FID/KID of a small sample set in classifier features (0: off).")
-@click.option("--evaluate-num", type=int, help="Samples per evaluation (default 500).")
-@click.option("--evaluate-classifier", type=click.Path(path_type=Path),
-              help="Feature classifier file for --evaluate-every (default: trained once into the run folder).")
+@config_options(("keep_last", "evaluate_every", "evaluate_num", "evaluate_classifier"))
 @click.option("--amp", type=click.Choice(["auto", "bf16", "off"]),
               help="bf16 autocast (auto: on CUDA and on CPUs with AMX or AVX512-BF16).")
 @click.option("--compile/--no-compile", "compile", default=None, help="torch.compile the model (default: on CUDA).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config field, e.g. model.options.ch=64.")
-@click.option("--init-from", type=click.Path(path_type=Path),
-              help="Start from a pre-trained run or checkpoint (fine-tuning; EMA weights).")
+@config_options(("init_from",))
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace a different run already in --out.")
 @click.option("--progress/--no-progress", default=True)
@@ -194,14 +154,9 @@ def build_config_overrides(opts: dict[str, Any], sets: tuple[str, ...]) -> dict[
     data: dict[str, Any] = {}
     _perf_options(data, opts)
     _log_options(data, opts)
-    resumable = {"steps": "optim.steps", "log_every": "log_every", "sample_every": "sample_every",
-                 "ckpt_every": "ckpt_every", "ckpt_every_minutes": "ckpt_every_minutes", "keep_last": "keep_last",
-                 "device": "device", **EVALUATE_OPTIONS}
-    for key, dotted in resumable.items():
-        if opts.get(key) is not None:
-            set_dotted(data, dotted, opts[key])
+    config_values(data, opts, resumable_only=True)
     others = [k for k, v in opts.items() if v not in (None, False, ()) and k not in
-              (*resumable, "amp", "compile", "log")]
+              (*RESUMABLE, "amp", "compile", "log")]
     if others or sets:
         raise CbdmError(f"--resume continues the saved run; it cannot change --{others[0].replace('_', '-') if others else 'set'}")
     return data

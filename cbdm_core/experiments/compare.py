@@ -253,9 +253,7 @@ def plan_study(protocol: Protocol, out_dir: Path) -> StudyPlan:
         if nodrop:
             raise CbdmError(f"guidance w > 0 needs label dropout, but {nodrop[0][0]} trains with "
                             "objective.p_uncond = 0")
-    get_registry().get("sampler", p.sampling.sampler)
-    if p.sampling.num < 1 or p.sampling.batch_size < 1:
-        raise CbdmError("sampling.num and sampling.batch_size must be positive")
+    get_registry().get("sampler", p.sampling.sampler)  # sampling's numbers: checked by its model (SamplingSettings)
     _check_study_sampling(p, configs)
     check_arms(p, configs, lambda label, s: _run_dir(Path(out_dir), label, s))
     metrics = _study_metrics(p)

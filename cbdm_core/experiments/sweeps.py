@@ -219,12 +219,9 @@ def _preflight_eval(eval_options: Any, select: str, status: StatusFn) -> Any:
 
 
 def _check_sampling(sampling: SamplingSettings) -> None:
+    """An unknown sampler fails before any work (the numbers were checked by the settings model)."""
     from ..registry import get_registry
 
-    if sampling.num < 1:
-        raise CbdmError(f"--num must be positive, got {sampling.num}")
-    if sampling.batch_size < 1:
-        raise CbdmError(f"--batch-size must be positive, got {sampling.batch_size}")
     get_registry().get("sampler", sampling.sampler)
 
 

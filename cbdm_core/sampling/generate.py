@@ -10,7 +10,6 @@ images as an uninterrupted one.
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
@@ -24,9 +23,9 @@ from ..errors import CbdmError
 from ..images import as_numpy_nhwc, class_rows, grid_image, save_png, to_uint8
 from . import shards as sh
 from .api import sample
-from .guidance import resolve_guidance
+from .guidance import resolve_names
 from .noise import randn_like_per_sample, sample_generators
-from .settings import SamplingSettings
+from .settings import SamplerSettings, SamplingSettings
 from ..training.distributed import DistContext
 
 if TYPE_CHECKING:
@@ -107,22 +106,18 @@ def _image_shape(run: "LoadedRun") -> tuple[int, int, int]:
 
 def _check_request(run: "LoadedRun", labels_np: np.ndarray, st: SamplingSettings, shard_size: int,
                    C: int) -> None:
-    """Refuse a request that cannot be sampled, before anything is run."""
+    """Refuse a request that cannot be sampled, before anything is run (the settings' own
+    numbers, batch size, eta and guidance included, were checked when they were made)."""
     if run.num_classes == 0 and float(st.guidance) != 0:
         raise CbdmError("guidance needs a class-conditional model; this one is unconditional")
     if int(labels_np.size) <= 0:
         raise CbdmError("the number of samples must be positive")
-    if st.batch_size <= 0:
-        raise CbdmError(f"batch size must be positive, got {st.batch_size}")
     if shard_size <= 0:
         raise CbdmError(f"shard size must be positive, got {shard_size}")
     bad = (labels_np < 0) | (labels_np >= C)
     if bad.any():
         raise CbdmError(f"class index {int(labels_np[bad][0])} is out of range: the model has {C} classes "
                         f"(0..{C - 1})")
-    for name, value in (("guidance", st.guidance), ("eta", st.eta)):
-        if not math.isfinite(float(value)):
-            raise CbdmError(f"{name} must be a finite number, got {value}")
 
 
 def _chosen_indices(indices: Optional[Sequence[int]], num: int, image_format: str) -> Optional[np.ndarray]:
@@ -136,41 +131,40 @@ def _chosen_indices(indices: Optional[Sequence[int]], num: int, image_format: st
     return chosen
 
 
-def _checked_sampler(run: "LoadedRun", st: SamplingSettings) -> dict[str, Any]:
-    """How to sample, resolved (steps) and checked by the sampler itself on a dummy denoiser."""
-    options = dict(st.sampler_options or {})
-    steps = resolve_steps(st.sampler, st.steps, run.schedule.num_timesteps)
-    eta, guidance = float(st.eta), float(st.guidance)
-    preflight(run, sampler=st.sampler, steps=steps, eta=eta, guidance=guidance, clip_denoised=st.clip_denoised,
-              sampler_options=options, guidance_method=st.guidance_method, guidance_options=st.guidance_options)
-    guidance_options = resolve_guidance(st.guidance_method, st.guidance_options)[1]  # as validated
-    return {"sampler": st.sampler, "steps": steps, "eta": eta, "guidance": guidance,
-            "clip_denoised": st.clip_denoised, "sampler_options": options, "guidance_options": guidance_options}
+def _checked_sampler(run: "LoadedRun", st: SamplerSettings) -> SamplerSettings:
+    """How to sample, resolved (the sampler and guidance against the registry, unless the
+    caller did; steps) and checked by the sampler itself on a dummy denoiser."""
+    how = resolve_names(st).sampler_settings()
+    how.steps = resolve_steps(st.sampler, st.steps, run.schedule.num_timesteps)
+    preflight(run, sampler=how.sampler, steps=how.steps, eta=how.eta, guidance=how.guidance,
+              clip_denoised=how.clip_denoised, sampler_options=how.sampler_options,
+              guidance_method=how.guidance_method, guidance_options=how.guidance_options)
+    return how
 
 
-def _manifest_settings(run: "LoadedRun", st: SamplingSettings, how: dict[str, Any], labels_np: np.ndarray,
+def _manifest_settings(run: "LoadedRun", st: SamplingSettings, how: SamplerSettings, labels_np: np.ndarray,
                        counts: list[int], chw: tuple[int, int, int], shard_size: int,
                        image_format: str) -> dict[str, Any]:
     """The manifest's ``settings``: everything that decides the images (a folder is reused
-    only when they match)."""
+    only when they match): ``how``'s dump, and the job's numbers."""
     settings = {
         "checkpoint": str(Path(run.checkpoint).resolve()), "step": int(run.step), "ema": st.ema,
-        "sampler": how["sampler"], "steps": how["steps"], "eta": how["eta"], "guidance": how["guidance"],
-        "clip_denoised": how["clip_denoised"], "sampler_options": how["sampler_options"],
+        **how.manifest_fields(),
         "seed": int(st.seed or 0), "num": int(labels_np.size),
         "counts_per_class": counts, "labels_sha256": _labels_digest(labels_np), "shard_size": int(shard_size),
         "image_shape": [chw[1], chw[2], chw[0]],
         # The model itself: a retrained run has the same checkpoint path and step.
         "weights_sha256": getattr(run, "weights_sha256", "") or None,
     }
-    if st.guidance_method != "cfg":  # only then, so folders sampled before this setting existed still resume
-        settings["guidance_method"] = st.guidance_method
-    if how["guidance_options"]:  # likewise; other options are other images, so a folder is not reused for them
-        settings["guidance_options"] = how["guidance_options"]
-        files = guidance_file_digests(how["guidance_options"])
+    # guidance_method / guidance_options sit after weights_sha256, as they always did
+    for key in ("guidance_method", "guidance_options"):
+        if key in settings:
+            settings[key] = settings.pop(key)
+    if how.guidance_options:  # other options are other images, so a folder is not reused for them
+        files = guidance_file_digests(how.guidance_options)
         if files:  # a guidance classifier by content: a retrained file has the same path
             settings["guidance_files_sha256"] = files
-    if image_format != "npz":  # likewise
+    if image_format != "npz":  # only then, so folders sampled before this setting existed still resume
         settings["format"] = image_format
     return settings
 

@@ -88,6 +88,22 @@ def resolve_guidance(name: str, options: Optional[Mapping[str, Any]] = None) -> 
     return obj, {}
 
 
+def resolve_names(settings: Any) -> Any:
+    """``settings`` (a :class:`~cbdm_core.sampling.settings.SamplerSettings`) with its sampler
+    looked up and its guidance resolved against the registry: the one place they are checked
+    before sampling (one-line :class:`CbdmError`). Returns a copy with the guidance options as
+    validated; settings already resolved (and not changed since) are returned as they are."""
+    from ..registry import lookup  # here: the registry loads every plugin, which import this package
+
+    if settings.names_resolved():
+        return settings
+    lookup("sampler", settings.sampler)
+    _, options = resolve_guidance(settings.guidance_method, settings.guidance_options)
+    out = settings.model_copy(update={"guidance_options": options})
+    out._resolved = out.names_key()
+    return out
+
+
 def _bind(spec: GuidanceSpec, opts: dict[str, Any]) -> Callable[..., DenoiseFn]:
     """``factory(model, scale, null_label, schedule=None)`` calling ``spec.build`` with ``opts``
     (and the schedule when the spec wants it); ``factory.active_at_zero`` mirrors the spec."""
