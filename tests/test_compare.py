@@ -255,7 +255,7 @@ def test_new_methods_protocol_repeats_digits_lt_methods():
     from cbdm_core.registry import get_registry
 
     old, new = load_protocol("digits-lt-methods"), load_protocol("digits-lt-new-methods")
-    assert [m.name for m in new.methods] == ["ddpm", "cbdm", "diffrop", "dispersive", "ccua"]
+    assert [m.name for m in new.methods] == ["ddpm", "cbdm", "diffrop", "diffrop-released", "dispersive", "ccua"]
     for field in ("data", "seeds", "sampling", "guidance", "evaluation", "primary", "report_seed"):
         assert getattr(new, field) == getattr(old, field), field
     assert new.training.steps == old.training.steps == 6000 and new.baseline_label == old.baseline_label
@@ -264,7 +264,13 @@ def test_new_methods_protocol_repeats_digits_lt_methods():
         assert new_plan.configs[key].model_dump() == old_plan.configs[key].model_dump(), key
     for m in new.methods[2:]:
         spec = get_registry().get("method", m.method).obj
-        assert m.options == spec.options_model().model_dump(), m.method
+        if m.name == m.method:  # a method at its defaults, written out in full
+            defaults = spec.options_model().model_dump()
+            if m.method == "diffrop":  # its weight default depends on the form; the study pins it
+                defaults["weight"] = spec.options_model().resolved_weight()
+            assert m.options == defaults, m.method
+        else:  # a variant: only the options it changes
+            assert spec.options_model(**m.options).model_dump() != spec.options_model().model_dump(), m.name
 
 
 def test_list_shows_shipped_protocols():
