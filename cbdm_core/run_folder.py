@@ -132,6 +132,7 @@ class RunFolder:
         """Make the folder if needed, check it is writable and lock it for this process
         (one writer per run folder: another holder gives a one-line :class:`CbdmError`)."""
         self._created = not self.path.exists()
+        self._config_written = False
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / ".write-test"

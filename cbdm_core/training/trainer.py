@@ -61,6 +61,8 @@ class Trainer:
         on_log: called with each metrics record (for progress display).
         on_step: called with the step number after every step (no device sync).
         on_status: called with a line for each slow start-up step (the evaluation's preparation).
+        subscribers: more subscribers of the loop's events (``training/events.py``), called
+            after the built-in ones (metrics log, evaluation, checkpoints, previews).
     """
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, overwrite: bool = False,
