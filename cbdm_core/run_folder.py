@@ -170,8 +170,16 @@ class RunFolder:
              restart_unsaved: bool = False) -> ResumePoint:
         """Claim the folder and decide where the run starts: the newest intact checkpoint with
         ``resume``, else step 0 (an existing run is replaced only with ``overwrite``, or with
-        ``restart_unsaved`` when it was stopped before its first checkpoint)."""
+        ``restart_unsaved`` when it was stopped before its first checkpoint). Returns with the
+        lock held (:meth:`release` it), or raises holding nothing."""
         self.claim()
+        try:
+            return self._start_point(cfg, resume, overwrite, restart_unsaved)
+        except BaseException:
+            self.release()
+            raise
+
+    def _start_point(self, cfg: TrainConfig, resume: bool, overwrite: bool, restart_unsaved: bool) -> ResumePoint:
         existing = self.list_checkpoints()
         if resume:
             return self._resume(cfg, existing)

@@ -63,8 +63,11 @@ def test_a_refused_start_leaves_nothing_and_a_started_one_keeps_its_config(tmp_p
     started.write_config(TrainConfig())
     started.release()
     assert started.config.is_file() and not started.lock_file.exists()
+    again = RunFolder(started.path)
     with pytest.raises(CbdmError, match="already holds a run; use --resume"):
-        RunFolder(started.path).open(TrainConfig())
+        again.open(TrainConfig())
+    assert not again.locked and not locks.is_locked_here(started.path)  # a refused open holds nothing
+    assert sorted(p.name for p in started.path.iterdir()) == ["config.yaml"]
 
 
 def test_resume_point_is_the_newest_intact_checkpoint_and_the_log_is_cut_back_to_it(tmp_path):
@@ -86,7 +89,7 @@ def test_resume_point_is_the_newest_intact_checkpoint_and_the_log_is_cut_back_to
     changed = parse_train_config({**first.config, "seed": first.config["seed"] + 1}, "test")
     with pytest.raises(CbdmError, match="--resume: the options differ .* in: seed"):
         folder.open(changed, resume=True)
-    folder.release()
+    assert not folder.locked and not folder.lock_file.exists()
 
 
 def test_a_subscriber_receives_the_events_of_a_run_in_order(tmp_path):
