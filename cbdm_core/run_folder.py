@@ -28,7 +28,7 @@ from .atomic import atomic_write_text, remove_stale_temps
 from .checkpoint import Checkpoint, checkpoint_name, list_checkpoints, load_checkpoint
 from .config import TrainConfig, dump_config_yaml, load_config_file, parse_train_config
 from .errors import CbdmError, CheckpointError
-from .run_log import append_line, newest_good_checkpoint, truncate_metrics
+from .run_files import append_line, newest_good_checkpoint, truncate_metrics
 
 log = logging.getLogger("cbdm.train")
 
@@ -240,7 +240,7 @@ class RunFolder:
 
     def truncate_metrics(self, step: int) -> Optional[float]:
         """Drop the metrics lines after ``step``; the training seconds of the last line kept
-        (see :func:`~cbdm_core.run_log.truncate_metrics`)."""
+        (see :func:`~cbdm_core.run_files.truncate_metrics`)."""
         return truncate_metrics(self.metrics, step)
 
 

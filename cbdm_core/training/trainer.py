@@ -29,7 +29,7 @@ from .monitor import check_loggers
 from .subscribers import CheckpointWriter, EvaluationRunner, MetricsLogger, PreviewWriter, StepCallback
 from ..host_memory import keep_freed_host_memory
 from ..run_folder import RESUMABLE_CHANGES, ResumePoint, RunFolder  # RESUMABLE_CHANGES: also imported from here
-from ..run_log import append_line  # also imported from here
+from ..run_files import append_line  # also imported from here
 from .precision import Precision, describe_device, match_param_layout, resolve_precision
 from .step import build_train_step
 
