@@ -141,7 +141,9 @@ def next_command(checkpoint: Optional[str]) -> str:
     if checkpoint is None:
         return "next: cbdm compare --list   (protocols that train and evaluate several methods alike)"
     ckpt = Path(checkpoint)
-    run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    from cbdm_core.run_folder import RunFolder  # lazy: `cbdm --help` loads no torch
+
+    run = RunFolder.of(ckpt).path
     return f"next: cbdm sweep {run} --grid 0:2:0.5   (FID and IS over the guidance strength w)"
 
 

@@ -37,10 +37,9 @@ class _RateColumn(ProgressColumn):
 
 def run_dir_of(path: Path) -> Path:
     """The run folder of a run folder or of a checkpoint file (``<run>/checkpoints/ckpt-*.safetensors``)."""
-    if path.is_dir():
-        return path
-    parent = path.parent
-    return parent.parent if parent.name == "checkpoints" else parent
+    from cbdm_core.run_folder import RunFolder  # lazy: `cbdm --help` loads no torch
+
+    return RunFolder.of(path).path
 
 
 def default_out_dir(path: Path, sampler: str, steps: int, guidance: float, guidance_method: str = "cfg",

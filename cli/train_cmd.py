@@ -11,6 +11,7 @@ import click
 from cbdm_core.config import deep_update, load_config_file, parse_train_config
 from cbdm_core.errors import CbdmError
 from cbdm_core.presets_registry import load_preset
+from cbdm_core.run_folder import RunFolder
 
 from .eval_support import LogToReporter, Reporter
 from .config_options import RESUMABLE, config_options, config_values
@@ -141,10 +142,10 @@ def _train_config(out: Optional[Path], config: Optional[Path], preset: Optional[
     for key, value in opts.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise CbdmError(f"--{key.replace('_', '-')} must be a finite number, got {value}")
-    if resume and (out / "config.yaml").exists():
+    if resume and RunFolder(out).config.exists():
         if config is not None or preset is not None:
             raise CbdmError("--resume continues the saved run; drop --config/--preset")
-        base = load_config_file(out / "config.yaml")
+        base = load_config_file(RunFolder(out).config)
         return parse_train_config(deep_update(base, build_config_overrides(opts, sets)), "configuration")
     return build_config(config, preset, opts, sets)
 

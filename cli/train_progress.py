@@ -60,7 +60,7 @@ class TrainDisplay:
             fresh = ", ".join(trainer.reinitialised) or "none"
             self.say(f"initialised from {cfg.init_from}; re-initialised: {fresh}")
         if "tensorboard" in cfg.log:
-            self.say(f"TensorBoard: tensorboard --logdir {out / 'tensorboard'}")
+            self.say(f"TensorBoard: tensorboard --logdir {trainer.folder.tensorboard}")
         self.clock.update(start=time.perf_counter(), step0=step)
         self.bar.update(self.task, completed=step)
         self.bar.start()

@@ -40,7 +40,7 @@ def test_wall_time_checkpoints(tmp_path, monkeypatch):
     # A clock that jumps 20 minutes per reading: every step is past due, so every step saves
     # (keep_last bounds how many stay on disk).
     ticks = iter(range(0, 10**6, 1200))
-    monkeypatch.setattr("cbdm_core.training.trainer.time.monotonic", lambda: float(next(ticks)))
+    monkeypatch.setattr("cbdm_core.training.loop.time.monotonic", lambda: float(next(ticks)))
     out, res = _train(tmp_path, "--no-progress", "--keep-last", "2", cfg={**MONITOR_TINY, "keep_last": 2})
     assert res.exit_code == 0, res.output
     assert [s for s, _ in list_checkpoints(out / "checkpoints")] == [3, 4]
@@ -48,7 +48,7 @@ def test_wall_time_checkpoints(tmp_path, monkeypatch):
 
 def test_no_wall_time_checkpoints_when_off(tmp_path, monkeypatch):
     ticks = iter(range(0, 10**6, 1200))
-    monkeypatch.setattr("cbdm_core.training.trainer.time.monotonic", lambda: float(next(ticks)))
+    monkeypatch.setattr("cbdm_core.training.loop.time.monotonic", lambda: float(next(ticks)))
     out, res = _train(tmp_path, "--no-progress", "--ckpt-every-minutes", "0")
     assert res.exit_code == 0, res.output
     assert [s for s, _ in list_checkpoints(out / "checkpoints")] == [4]

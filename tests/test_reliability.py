@@ -295,7 +295,7 @@ def test_metrics_line_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
 
 
 def test_short_disk_prunes_before_writing_only_what_keep_last_would_prune(tmp_path, monkeypatch):
-    import cbdm_core.training.trainer as trainer_mod
+    import cbdm_core.training.checkpointing as keeper_mod
 
     ckdir = tmp_path / "run" / "checkpoints"
     ckdir.mkdir(parents=True)
@@ -303,7 +303,7 @@ def test_short_disk_prunes_before_writing_only_what_keep_last_would_prune(tmp_pa
         (ckdir / f"ckpt-{s:08d}.safetensors").write_bytes(b"x" * 1000)
     trainer = Trainer(TrainConfig(), tmp_path / "run")
     free = {"bytes": 10 ** 12}
-    monkeypatch.setattr(trainer_mod.shutil, "disk_usage", lambda p: type("U", (), {"free": free["bytes"]})())
+    monkeypatch.setattr(keeper_mod.shutil, "disk_usage", lambda p: type("U", (), {"free": free["bytes"]})())
     trainer._make_room(keep_last=2, estimate=1000)
     assert [s for s, _ in list_checkpoints(ckdir)] == [1, 2, 3]  # room enough: nothing removed early
     free["bytes"] = 10

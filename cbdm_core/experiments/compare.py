@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..atomic import atomic_write_text, ensure_dir
-from ..checkpoint import list_checkpoints
 from ..config import TrainConfig
 from ..errors import CbdmError
+from ..run_folder import RunFolder
 from ..training.trainer import Trainer
 from .arm_classifier import classifier_file
 from .arms import check_arms, check_files_before_sampling, check_kept_set
@@ -347,7 +347,7 @@ def _training_sets(plan: StudyPlan) -> list[Any]:
 
 def _train(plan: StudyPlan, part: Part, observer: StudyObserver, index: int) -> None:
     cfg = plan.configs[(part.method, part.seed)]
-    done = list_checkpoints(part.folder / "checkpoints")
+    done = RunFolder(part.folder).list_checkpoints()
     finished = bool(done) and done[-1][0] >= cfg.optim.steps
     observer.start(index, part, finished)
     if finished:
@@ -389,7 +389,7 @@ def _train_wave(plan: StudyPlan, wave: list[Part], parts: list[Part], observer: 
     todo = []
     for part in wave:
         cfg = plan.configs[(part.method, part.seed)]
-        done = list_checkpoints(part.folder / "checkpoints")
+        done = RunFolder(part.folder).list_checkpoints()
         if not (done and done[-1][0] >= cfg.optim.steps):
             todo.append(TrainJob(cfg, part.folder, resume=bool(done), restart_unsaved=True))
     if not todo:

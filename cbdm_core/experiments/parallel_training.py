@@ -26,6 +26,7 @@ from typing import Callable, Optional
 
 from ..config import TrainConfig
 from ..errors import CbdmError
+from ..run_folder import RunFolder
 
 POLL_SECONDS = 1.0
 ORPHAN_GRACE_SECONDS = 30.0  # time an orphaned worker has to save its checkpoint and stop
@@ -130,7 +131,7 @@ def _worker(job: TrainJob, threads: int, results, parent_pid: Optional[int] = No
 
 def last_logged_step(folder: Path) -> int:
     """The step of the last complete line of ``folder/metrics.jsonl`` (0 when none)."""
-    path = folder / "metrics.jsonl"
+    path = RunFolder(folder).metrics
     try:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)

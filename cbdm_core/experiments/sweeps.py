@@ -318,7 +318,7 @@ def training_sweep(parameter: str, values: Sequence[float], config_for: Callable
     each at ``sampling.guidance`` and evaluate. A finished run is re-used, a partial one is
     resumed, so the sweep can be re-run after an interruption. ``on_log`` gets the trainer's
     log records."""
-    from ..checkpoint import list_checkpoints
+    from ..run_folder import RunFolder
     from ..run import load_run
     from ..training.trainer import Trainer
 
@@ -335,7 +335,7 @@ def training_sweep(parameter: str, values: Sequence[float], config_for: Callable
     for v in values:
         cfg = configs[v]
         run_dir = Path(out_dir) / f"{parameter}-{value_label(v)}"
-        done = list_checkpoints(run_dir / "checkpoints")
+        done = RunFolder(run_dir).list_checkpoints()
         if not done or done[-1][0] < cfg.optim.steps:
             status(f"{parameter} = {v:g}: training {cfg.optim.steps} steps in {run_dir}"
                    + (" (resuming)" if done else ""))

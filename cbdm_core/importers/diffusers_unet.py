@@ -17,12 +17,12 @@ from typing import Any, Optional, Union
 import torch
 
 from .. import locks
-from ..atomic import atomic_write_text
-from ..checkpoint import Checkpoint, RunMeta, checkpoint_name, list_checkpoints, load_state_checked, save_checkpoint
-from ..config import TrainConfig, dump_config_yaml, parse_train_config
+from ..checkpoint import Checkpoint, RunMeta, load_state_checked, save_checkpoint
+from ..config import TrainConfig, parse_train_config
 from ..errors import CbdmError, CheckpointError
 from ..exporters.unet_mapping import diffusers_config, from_diffusers
 from ..nets.unet import UNetOptions
+from ..run_folder import RunFolder
 from .reference_ddpm import _check_dest
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -152,12 +152,13 @@ def import_diffusers_unet(src: Union[str, Path], dest: Union[str, Path], *, appe
     check_class_names(meta, int(sizes["num_classes"]), f"import of {src}")
     step = extra.get("step", 0)
     step = step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else 0
-    path = dest / "checkpoints" / checkpoint_name(step)
+    folder = RunFolder(dest)
+    path = folder.checkpoint(step)
     with locks.folder_lock(dest, "run folder"):
         save_checkpoint(path, Checkpoint(step=step, config=cfg.model_dump(mode="json"),
                                          model=net, ema={k: v.clone() for k, v in net.items()}, meta=meta))
-        atomic_write_text(dest / "config.yaml", dump_config_yaml(cfg))
-        for _, old in list_checkpoints(dest / "checkpoints"):
+        folder.write_config(cfg)
+        for _, old in folder.list_checkpoints():
             if old != path:
                 old.unlink(missing_ok=True)
     return path, cfg, meta

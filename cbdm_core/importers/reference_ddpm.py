@@ -23,11 +23,11 @@ from typing import Any, Optional, Union
 import torch
 
 from .. import locks
-from ..atomic import atomic_write_text
-from ..checkpoint import Checkpoint, RunMeta, checkpoint_name, list_checkpoints, load_state_checked, save_checkpoint
-from ..config import TrainConfig, dump_config_yaml, parse_train_config
+from ..checkpoint import Checkpoint, RunMeta, load_state_checked, save_checkpoint
+from ..config import TrainConfig, parse_train_config
 from ..errors import CbdmError, CheckpointError
 from ..nets.unet import timestep_embedding
+from ..run_folder import RunFolder
 
 _TABLE = "time_embedding.timembedding.0.weight"
 _TIME_MAP = {"time_embedding.timembedding.1.": "time_embedding.0.",
@@ -347,13 +347,13 @@ def import_reference_checkpoint(src: Union[str, Path], dest: Union[str, Path], o
     checked_sizes(meta, f"import of {src}")
     check_class_names(meta, arch.num_classes, f"import of {src}")
     parse_train_config(cfg.model_dump(mode="json"), f"import of {src}")
-    ckpt_dir = dest / "checkpoints"
-    path = ckpt_dir / checkpoint_name(ref.step)
+    folder = RunFolder(dest)
+    path = folder.checkpoint(ref.step)
     with locks.folder_lock(dest, "run folder"):
         save_checkpoint(path, Checkpoint(step=ref.step, config=cfg.model_dump(mode="json"), model=net, ema=ema,
                                          meta=meta))
-        atomic_write_text(dest / "config.yaml", dump_config_yaml(cfg))
-        for _, old in list_checkpoints(ckpt_dir):
+        folder.write_config(cfg)
+        for _, old in folder.list_checkpoints():
             if old != path:
                 old.unlink(missing_ok=True)
     return ImportResult(run_dir=dest, checkpoint=path, config=cfg, arch=arch, step=ref.step, meta=meta)

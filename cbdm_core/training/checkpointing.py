@@ -9,25 +9,26 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import Checkpoint, checkpoint_name, list_checkpoints, nonfinite_tensors, save_checkpoint
+from ..checkpoint import Checkpoint, list_checkpoints, nonfinite_tensors, save_checkpoint
 from ..errors import CbdmError
+from ..run_folder import RunFolder
 
 log = logging.getLogger("cbdm.train")
 
 
 class CheckpointKeeper:
-    """Saves checkpoints into ``run_dir/checkpoints`` and keeps the newest ``keep_last``.
+    """Saves checkpoints into the run folder's checkpoints and keeps the newest ``keep_last``.
 
     Args:
-        run_dir: the run folder (its free space is asked when ``checkpoints`` does not exist yet).
+        folder: the run folder (its free space is asked when ``checkpoints`` does not exist yet).
         keep_last: how many checkpoints stay on disk.
         config: the run's configuration, as stored in every checkpoint.
         meta: the run metadata stored in every checkpoint (the logging window is added per save).
     """
 
-    def __init__(self, run_dir: Path, keep_last: int, config: dict, meta: dict):
-        self.run_dir = Path(run_dir)
-        self.ckpt_dir = self.run_dir / "checkpoints"
+    def __init__(self, folder: RunFolder, keep_last: int, config: dict, meta: dict):
+        self.folder = folder
+        self.ckpt_dir = folder.checkpoints
         self.keep_last = keep_last
         self.config = config
         self.meta = meta
@@ -41,7 +42,7 @@ class CheckpointKeeper:
             raise CbdmError(f"the weights hold NaN or inf at step {step} ({bad_names[0]}"
                             f"{' ...' if len(bad_names) > 1 else ''}); not saved (the last good "
                             f"checkpoint is kept in {self.ckpt_dir}); lower --lr or check the data")
-        path = self.ckpt_dir / checkpoint_name(step)
+        path = self.folder.checkpoint(step)
         self.make_room(self.keep_last, sum(t.numel() * t.element_size() for t in
                                            list(weights.values()) + list(averaged.values())) * 2)
         save_checkpoint(path, Checkpoint(step=step, config=self.config, model=weights, ema=averaged,
@@ -61,7 +62,7 @@ class CheckpointKeeper:
         if not prunable:
             return
         try:
-            free = shutil.disk_usage(self.ckpt_dir if self.ckpt_dir.is_dir() else self.run_dir).free
+            free = shutil.disk_usage(self.ckpt_dir if self.ckpt_dir.is_dir() else self.folder.path).free
         except OSError:
             return
         if free >= estimate + (1 << 20):

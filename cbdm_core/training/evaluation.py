@@ -20,10 +20,10 @@ import torch
 
 from ..config import TrainConfig
 from ..errors import CbdmError
+from ..run_folder import RunFolder
 
 log = logging.getLogger("cbdm.train")
 
-AUTO_CLASSIFIER = "eval-classifier.safetensors"  # in the run folder, when no classifier file is given
 DEFAULT_STEPS = 20  # few DDIM steps: a trend, cheap enough to run often
 PREFIX = "eval_"  # metrics.jsonl keys of an evaluation record
 
@@ -74,15 +74,15 @@ class TrainingEvaluator:
 
     Args:
         cfg: the run's configuration (``evaluate`` and ``data`` are read).
-        run_dir: where the classifier is trained to when no file is given.
+        folder: the run folder (the classifier is trained into it when no file is given).
         num_classes, chw: the model's classes and image shape ``(C, H, W)``.
         device: where sampling and features run.
         on_status: called with a line for each slow preparation step.
     """
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path, *, num_classes: int, chw: tuple[int, int, int],
+    def __init__(self, cfg: TrainConfig, folder: RunFolder, *, num_classes: int, chw: tuple[int, int, int],
                  device: torch.device, on_status: Optional[StatusFn] = None):
-        self.cfg, self.run_dir, self.num_classes, self.chw, self.device = cfg, Path(run_dir), num_classes, chw, device
+        self.cfg, self.folder, self.num_classes, self.chw, self.device = cfg, folder, num_classes, chw, device
         self.status: StatusFn = on_status or (lambda _m: None)
         self.options: Any = None
         self.reference: Any = None
@@ -102,7 +102,7 @@ class TrainingEvaluator:
         from ..build import dataset_options
         from ..features.auto_classifier import ensure_classifier
 
-        return ensure_classifier(self.run_dir / AUTO_CLASSIFIER, d.dataset, d.root, epochs=e.classifier_epochs,
+        return ensure_classifier(self.folder.classifier, d.dataset, d.root, epochs=e.classifier_epochs,
                                  device=self.device, on_status=lambda m: self.status(f"evaluation: {m}"),
                                  training_sets=[dataset_options(self.cfg, "train")])
 

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..atomic import atomic_write_text
+from ..run_folder import RunFolder
 from .monitor import BOOKKEEPING, TensorBoardLog, check_loggers
+
 
 def scalar_name(key: str) -> str:
     """``train/<term>``, ``run/<bookkeeping>`` or ``eval/<metric>``: the names TensorBoard uses too."""
@@ -27,17 +29,17 @@ class WandbLog:
     Offline use: ``WANDB_MODE=offline`` (then ``wandb sync <run>/wandb/wandb/offline-run-*``).
     """
 
-    def __init__(self, run_dir: Path, config: dict[str, Any]):
+    def __init__(self, folder: Path, name: str, config: dict[str, Any]):
         check_loggers(["wandb"])
         import wandb  # lazy: seconds to import, and only --log wandb needs it
 
-        folder = Path(run_dir) / "wandb"
+        folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         id_file = folder / "run-id"
         run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
         atomic_write_text(id_file, run_id + "\n")
         self._wandb = wandb
-        self.run = wandb.init(project="cbdm", name=Path(run_dir).name, id=run_id, resume="allow",
+        self.run = wandb.init(project="cbdm", name=name, id=run_id, resume="allow",
                               dir=str(folder), config=config)
 
     def write(self, record: dict[str, Any]) -> None:
@@ -73,12 +75,12 @@ class LoggerGroup:
             logger.close()
 
 
-def open_loggers(run_dir: Path, names: list[str], config: dict[str, Any]) -> LoggerGroup:
-    """The loggers ``names`` (``tensorboard``, ``wandb``) for the run folder ``run_dir``."""
+def open_loggers(folder: RunFolder, names: list[str], config: dict[str, Any]) -> LoggerGroup:
+    """The loggers ``names`` (``tensorboard``, ``wandb``) for the run folder ``folder``."""
     check_loggers(names)
     made: list[Any] = []
     if "tensorboard" in names:
-        made.append(TensorBoardLog(run_dir))
+        made.append(TensorBoardLog(folder.tensorboard))
     if "wandb" in names:
-        made.append(WandbLog(run_dir, config))
+        made.append(WandbLog(folder.wandb, folder.path.name, config))
     return LoggerGroup(made)

@@ -1,32 +1,32 @@
-"""The step loop of a training run and the work scheduled between steps.
+"""The step loop of a training run and the events it raises between steps.
 
 Each step reads straight through the data path: batch -> augmentation -> objective(model)
 -> optimizer/EMA (one :class:`~cbdm_core.training.step.TrainStep` call). After it, in this
-order: the logging window, the training-time evaluation, the checkpoint and the preview grid.
+order, whichever is due: the logging window, the training-time evaluation, the checkpoint and
+the preview grid, each an event (``training/events.py``) that its subscribers handle.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
-from ..checkpoint import Checkpoint, list_checkpoints
+from ..checkpoint import Checkpoint
+from ..config import TrainConfig
 from ..errors import CbdmError
 from ..images import to_float
+from ..run_folder import RunFolder
 from .batch_source import BatchSource
 from .batches import step_seed
-from .checkpointing import CheckpointKeeper
 from .distributed import DistContext
-from .evaluation import TrainingEvaluator
+from .events import (CheckpointDue, EvaluationDue, LogDue, LoopEvent, PreviewDue, RunFinished, RunStarted,
+                     StepFinished, Subscribers)
 from .monitor import logged_terms, memory_gb, restore_window, window_state
 from .precision import Precision
-
-if TYPE_CHECKING:  # the loop reports through its trainer; no import at run time (no cycle)
-    from .trainer import Trainer
 
 
 @dataclass
@@ -49,55 +49,55 @@ class RunParts:
 
 
 class TrainLoop:
-    """Runs the steps of one run from ``parts.step`` to the configured number of steps.
+    """Runs the steps of one run from ``parts.step`` to the configured number of steps and
+    raises the events of ``training/events.py`` to ``subscribers``.
 
     Its state is what the loop carries between steps: the step, the logging window (loss sums,
     steps, the part carried over from before a resume), the skipped steps and the
-    non-finite flag, the wall-time checkpoint clock, and the last checkpoint and grid written.
+    non-finite flag, and the wall-time checkpoint clock. ``stop``: set to stop at the next step
+    (Ctrl-C, SIGTERM); ``folder``: the run folder, named when a non-finite step stops the run.
     """
 
-    def __init__(self, trainer: "Trainer", ctx: DistContext, parts: RunParts,
-                 evaluator: Optional[TrainingEvaluator], keeper: CheckpointKeeper):
-        self.trainer, self.ctx, self.parts = trainer, ctx, parts
-        self.evaluator, self.keeper = evaluator, keeper
-        self.cfg, self.device = trainer.cfg, ctx.device
+    def __init__(self, cfg: TrainConfig, ctx: DistContext, parts: RunParts, subscribers: Subscribers,
+                 stop: threading.Event, folder: RunFolder):
+        self.cfg, self.ctx, self.parts, self.subscribers = cfg, ctx, parts, subscribers
+        self.stop, self.folder, self.device = stop, folder, ctx.device
         self.step = parts.step
         self.bad = torch.zeros((), dtype=torch.bool, device=self.device)  # any non-finite step since start
-        self.last_ckpt: Optional[Path] = None
-        self.grid: Optional[Path] = None
         self.sums: dict[str, torch.Tensor] = {}
         self.carried = 0  # steps of the current window before this process (resumed mid-window)
         if parts.start_ckpt is not None:
             self.sums, self.carried = restore_window(parts.start_ckpt.meta.log_window, self.device)
         self.skipped = 0
         self.window_start, self.window_steps = time.perf_counter(), 0
-        trainer._started = time.perf_counter()
         self.ckpt_clock = time.monotonic()
         self.ckpt_seconds = self.cfg.ckpt_every_minutes * 60
-        self.log_path = trainer.run_dir / "metrics.jsonl"
         self.skip_mode = self.cfg.on_nonfinite == "skip"
+
+    def emit(self, event: LoopEvent) -> None:
+        self.subscribers.emit(event)
 
     def run(self) -> bool:
         """Train to the last step (or a stop request), save, preview; whether it was interrupted."""
         ctx, steps = self.ctx, self.cfg.optim.steps
+        self.emit(RunStarted(self.step))
         self.parts.model.train()
         # Every rank must agree to stop, or one would wait for the others' gradients forever.
         while self.step < steps:
             # The clock is rank 0's; every rank must agree to stop or to save together.
             due = ctx.is_main and self.ckpt_seconds > 0 and time.monotonic() - self.ckpt_clock >= self.ckpt_seconds
-            stop, due = ctx.any_flags(self.trainer._stop.is_set(), due)
+            stop, due = ctx.any_flags(self.stop.is_set(), due)
             if stop:
                 break
             if due and self.step > 0:
                 self._checkpoint()
             self._train_step()
-            if self.trainer.on_step is not None:
-                self.trainer.on_step(self.step)
             self._scheduled_work()
-        interrupted = self.trainer._stop.is_set() or self.step < steps
-        self.last_ckpt = self.save(self.step)
+        interrupted = self.stop.is_set() or self.step < steps
+        self.save(self.step, final=True)
         if not interrupted:
-            self.grid = self.preview(self.step)
+            self.emit(PreviewDue(self.step, final=True))
+        self.emit(RunFinished(self.step, interrupted))
         return interrupted
 
     def _train_step(self) -> None:
@@ -121,82 +121,62 @@ class TrainLoop:
                 self.sums["grad_norm"] = self.sums.get("grad_norm", 0.0) + out.grad_norm
         else:
             self.skipped += 1  # still logs and checkpoints on schedule
+        self.emit(StepFinished(self.step, out.terms, out.applied))
 
     def _scheduled_work(self) -> None:
-        """After a step: log, evaluate, checkpoint and preview when each is due."""
+        """After a step: raise the logging window, evaluation, checkpoint and preview when each is due."""
         cfg, step, steps = self.cfg, self.step, self.cfg.optim.steps
         if step % cfg.log_every == 0 or step == steps:
             self._log_window()
         # Before the checkpoint of the same step: one killed while evaluating resumes
         # from the step before and evaluates again.
-        if self.evaluator is not None and self.evaluator.due(step):
-            self.window_start += self.evaluate(step)  # images/s counts training time only
+        every = cfg.evaluate.every
+        if every > 0 and step % every == 0:
+            self.window_start += self._evaluate(step)  # images/s counts training time only
         if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < steps:
             self._checkpoint()
         if cfg.sample_every and step % cfg.sample_every == 0 and step < steps:
-            self.grid = self.preview(step)
+            self.emit(PreviewDue(step))
             self.parts.model.train()
 
     def _log_window(self) -> None:
-        """Log the window's mean terms (averaged over ranks) and start a new window."""
+        """Raise the window's terms (averaged over ranks) on rank 0 and start a new window."""
         self.check_finite()
-        means = dict(zip(self.sums, self.ctx.mean(list(self.sums.values()))))
+        sums = dict(zip(self.sums, self.ctx.mean(list(self.sums.values()))))
         if self.ctx.is_main:
             o = self.cfg.optim
             images_per_sec = self.window_steps * o.batch_size / max(time.perf_counter() - self.window_start, 1e-9)
-            self.trainer._log(self.log_path, self.step, means, self.window_steps + self.carried,
-                              self.parts.train_step.optimizer.param_groups[0]["lr"], images_per_sec,
-                              self.skipped, memory_gb(self.device))
+            self.emit(LogDue(self.step, sums, self.window_steps + self.carried,
+                             self.parts.train_step.optimizer.param_groups[0]["lr"], images_per_sec,
+                             self.skipped, memory_gb(self.device)))
         self.sums, self.window_start, self.window_steps, self.carried = {}, time.perf_counter(), 0, 0
 
     def check_finite(self) -> None:
         """Stop (without saving) when any rank saw a non-finite loss or gradient."""
         if bool(self.ctx.any_device(self.bad)):
-            ckpt_dir = self.keeper.ckpt_dir
-            kept = list_checkpoints(ckpt_dir)  # claim a kept checkpoint only when there is one
-            where = (f"the last good checkpoint, step {kept[-1][0]}, is kept in {ckpt_dir}" if kept
+            kept = self.folder.list_checkpoints()  # claim a kept checkpoint only when there is one
+            where = (f"the last good checkpoint, step {kept[-1][0]}, is kept in {self.folder.checkpoints}" if kept
                      else "no checkpoint was written yet")
             raise CbdmError(f"non-finite loss or gradient before step {self.step}; stopped without saving "
                             f"({where}; --set on_nonfinite=skip skips such steps instead)")
 
     def _checkpoint(self) -> None:
         """A scheduled checkpoint; the wall-time clock restarts from it."""
-        self.last_ckpt = self.save(self.step)
+        self.save(self.step)
         self.ckpt_clock = time.monotonic()
 
-    def save(self, at_step: int) -> Optional[Path]:
-        """Save the checkpoint of ``at_step`` on rank 0 (the others wait); its path there."""
+    def save(self, at_step: int, final: bool = False) -> None:
+        """Raise the checkpoint of ``at_step`` (after checking every rank's steps were finite)."""
         self.check_finite()
-        path = None
         # The logging window not yet logged (averaged over ranks like a log record):
         # a resume from this checkpoint logs what an uninterrupted run would.
         window = window_state(dict(zip(self.sums, self.ctx.mean(list(self.sums.values())))),
                               self.window_steps + self.carried)
-        if self.ctx.is_main:
-            p = self.parts
-            path = self.keeper.save(at_step, p.model, p.ema_model, p.train_step.optimizer, window)
-        self.ctx.barrier()
-        return path
+        self.emit(CheckpointDue(at_step, window, final))
 
-    def evaluate(self, at_step: int) -> float:
-        """Evaluate the EMA model on rank 0 (the others wait); the seconds it took."""
+    def _evaluate(self, at_step: int) -> float:
+        """Raise the evaluation of ``at_step``; the seconds it took (not training time)."""
         started = time.perf_counter()
-        p, trainer = self.parts, self.trainer
-
-        def on_main() -> None:
-            values = self.evaluator.run(trainer._for_sampling(p.ema_model), p.schedule, at_step)
-            trainer._log_eval(self.log_path, at_step, values)
-
-        self.ctx.main_first(on_main, others=False)  # its broadcast holds the other ranks back
-        self.ctx.barrier()
-        p.model.train()
+        self.emit(EvaluationDue(at_step))
+        self.parts.model.train()
         return time.perf_counter() - started
-
-    def preview(self, at_step: int) -> Optional[Path]:
-        """The preview grid of ``at_step`` from the EMA model (rank 0); its path there."""
-        p, trainer = self.parts, self.trainer
-        path = (trainer.preview(p.ema_model, p.schedule, p.data.num_classes, at_step, p.data.class_names)
-                if self.ctx.is_main else None)
-        trainer._loggers.image(path, at_step)
-        self.ctx.barrier()
-        return path

@@ -109,11 +109,11 @@ class TensorBoardLog:
     """Writes every numeric field of each metrics record as a scalar under ``<run>/tensorboard``:
     ``train/<term>``, ``run/<bookkeeping>`` and ``eval/<metric>``."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, log_dir: Path):
         check_loggers(["tensorboard"])
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+        self.writer = SummaryWriter(log_dir=str(log_dir))
 
     def write(self, record: dict[str, Any]) -> None:
         step = int(record["step"])

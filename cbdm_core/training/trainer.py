@@ -2,46 +2,40 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import json
 import logging
-import shutil
 import signal
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
 
-from .. import build, locks
-from ..atomic import atomic_write_text, remove_stale_temps
-from ..checkpoint import Checkpoint, list_checkpoints, load_checkpoint, load_state_checked, read_run_meta
-from ..config import TrainConfig, dump_config_yaml, load_config_file, parse_train_config
+from .. import build
+from ..checkpoint import Checkpoint, load_state_checked, read_run_meta
+from ..config import TrainConfig
 from ..errors import CbdmError, UnknownComponentError
 from ..images import class_rows, grid_image, save_png, to_uint8
 from .batch_source import BatchSource
 from .batches import BatchIndexer
 from .checkpointing import CheckpointKeeper
 from .distributed import DistContext, setup_distributed
-from .evaluation import AUTO_CLASSIFIER, TrainingEvaluator, check_evaluation
+from .evaluation import TrainingEvaluator, check_evaluation
+from .events import Subscriber, Subscribers
 from .loggers import LoggerGroup, open_loggers
 from .loop import RunParts, TrainLoop
 from .monitor import check_loggers
+from .subscribers import CheckpointWriter, EvaluationRunner, MetricsLogger, PreviewWriter, StepCallback
 from ..host_memory import keep_freed_host_memory
-from ..run_folder import remove_outputs_of_run
-from .run_dir import append_line, newest_good_checkpoint, truncate_metrics  # append_line: also imported from here
+from ..run_folder import RESUMABLE_CHANGES, ResumePoint, RunFolder  # RESUMABLE_CHANGES: also imported from here
+from ..run_files import append_line  # also imported from here
 from .precision import Precision, describe_device, match_param_layout, resolve_precision
 from .step import build_train_step
 
 log = logging.getLogger("cbdm.train")
 
-# Fields that may change when resuming a run.
-RESUMABLE_CHANGES = {("optim", "steps"), ("log_every",), ("sample_every",), ("ckpt_every",), ("keep_last",),
-                     ("ckpt_every_minutes",), ("log",), ("device",), ("preview",), ("on_nonfinite",), ("perf",),
-                     ("evaluate",)}
+__all__ = ["Trainer", "TrainResult", "RESUMABLE_CHANGES", "append_line"]
 
 
 @dataclass
@@ -51,18 +45,6 @@ class TrainResult:
     checkpoint: Optional[Path]
     grid: Optional[Path]
     interrupted: bool = False
-
-
-def _diff_configs(a: dict, b: dict, prefix: tuple = ()) -> list[tuple]:
-    out = []
-    for key in sorted(set(a) | set(b)):
-        path = prefix + (key,)
-        va, vb = a.get(key), b.get(key)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out.extend(_diff_configs(va, vb, path))
-        elif va != vb:
-            out.append(path)
-    return out
 
 
 class Trainer:
@@ -79,14 +61,17 @@ class Trainer:
         on_log: called with each metrics record (for progress display).
         on_step: called with the step number after every step (no device sync).
         on_status: called with a line for each slow start-up step (the evaluation's preparation).
+        subscribers: more subscribers of the loop's events (``training/events.py``), called
+            after the built-in ones (metrics log, evaluation, checkpoints, previews).
     """
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, *, resume: bool = False, overwrite: bool = False,
                  restart_unsaved: bool = False, on_log: Optional[Callable[[dict], None]] = None, on_start: Optional[Callable] = None,
                  on_step: Optional[Callable[[int], None]] = None,
-                 on_status: Optional[Callable[[str], None]] = None):
+                 on_status: Optional[Callable[[str], None]] = None, subscribers: Sequence[Subscriber] = ()):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
+        self.folder = RunFolder(self.run_dir)
         self.resume = resume
         self.overwrite = overwrite
         self.restart_unsaved = restart_unsaved
@@ -94,88 +79,18 @@ class Trainer:
         self.on_start = on_start
         self.on_step = on_step
         self.on_status = on_status
+        self.subscribers = list(subscribers)  # the loop's events, after the built-in subscribers
         self.elapsed_before = 0.0  # training seconds of the run before this process (resume)
         self._loggers = LoggerGroup([])  # --log tensorboard / wandb (rank 0 only)
-        self._started = time.perf_counter()
         self._stop = threading.Event()
         self.reinitialised: list[str] = []
         self.methods: list = []
         self.precision: Optional[Precision] = None  # resolved at the start of run()
         self.device_name = ""
 
-    # -- run folder -----------------------------------------------------------------
-    @property
-    def ckpt_dir(self) -> Path:
-        return self.run_dir / "checkpoints"
-
-    def _prepare_run_dir(self) -> Optional[Checkpoint]:
-        cfg_path = self.run_dir / "config.yaml"
-        self._created_dir = not self.run_dir.exists()  # a refused start removes it again (run())
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            probe = self.run_dir / ".write-test"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as exc:
-            raise CbdmError(f"run folder {self.run_dir} is not writable: {exc.strerror or exc}") from None
-        # One writer per run folder, for as long as this trainer runs (released in run()).
-        locks.acquire(self.run_dir, "run folder")
-        self._locked = True
-        # Temporary files of a write that was killed midway are never complete files; with the
-        # lock held no other process is writing them.
-        remove_stale_temps(self.run_dir)
-        remove_stale_temps(self.ckpt_dir)
-        existing = list_checkpoints(self.ckpt_dir)
-        if self.resume:
-            saved = parse_train_config(load_config_file(cfg_path), str(cfg_path)) if cfg_path.exists() else None
-            ckpt = newest_good_checkpoint(self.ckpt_dir, existing)
-            if ckpt is None:
-                # Killed before its first checkpoint: nothing to continue, so start over at step 0.
-                log.warning("--resume: no checkpoint in %s yet; starting the run from step 0", self.ckpt_dir)
-                self._truncate_metrics(0)
-                return None
-            saved = saved or parse_train_config(ckpt.config, "checkpoint config")
-            diffs = [d for d in _diff_configs(saved.model_dump(mode="json"), self.cfg.model_dump(mode="json"))
-                     if not any(d[:len(p)] == p for p in RESUMABLE_CHANGES)]
-            if diffs:
-                names = ", ".join(".".join(map(str, d)) for d in diffs[:6])
-                raise CbdmError(f"--resume: the options differ from the run in {self.run_dir} in: {names}")
-            self._truncate_metrics(ckpt.step)
-            return ckpt
-        if cfg_path.exists() or existing:
-            if not existing and self.restart_unsaved:
-                # Killed before its first checkpoint: nothing to continue. The lock is ours, so
-                # no live process writes here; what the dead one left is only logs.
-                log.warning("%s holds a run stopped before its first checkpoint; starting it over from step 0",
-                            self.run_dir)
-                self._clear_run()
-                return None
-            if not self.overwrite:
-                raise CbdmError(f"{self.run_dir} already holds a run; use --resume to continue it or --overwrite")
-            self._clear_run()
-        return None
-
-    def _clear_run(self) -> None:
-        """Remove the previous run's checkpoints, logs and config (``--overwrite``, or a restart)."""
-        shutil.rmtree(self.ckpt_dir, ignore_errors=True)
-        shutil.rmtree(self.run_dir / "tensorboard", ignore_errors=True)  # its events would mix with the new run's
-        shutil.rmtree(self.run_dir / "wandb", ignore_errors=True)  # a new run gets a new W&B run id
-        for name in ("metrics.jsonl", "config.yaml"):
-            (self.run_dir / name).unlink(missing_ok=True)
-        gone = [p.name for p in remove_outputs_of_run(self.run_dir) if p.parent == self.run_dir]  # not grids
-        if gone:  # the old model's samples and sweeps: the new one must not be served them
-            log.warning("removed the previous run's sample and sweep folders: %s", ", ".join(gone))
-        # The old run's evaluation classifier may come from other data; keep it only when named.
-        auto = self.run_dir / AUTO_CLASSIFIER
-        chosen = self.cfg.evaluate.classifier
-        if chosen is None or Path(chosen).expanduser().resolve() != auto.resolve():
-            auto.unlink(missing_ok=True)
-
-    def _truncate_metrics(self, step: int) -> None:
-        """Drop the metrics lines after ``step``; the run's elapsed time carries on from the last kept."""
-        elapsed = truncate_metrics(self.run_dir / "metrics.jsonl", step)
-        if elapsed is not None:
-            self.elapsed_before = elapsed
+    def subscribe(self, subscriber: Subscriber) -> None:
+        """Receive the loop's events (``training/events.py``) after the built-in subscribers."""
+        self.subscribers.append(subscriber)
 
     # -- main loop ----------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -183,49 +98,40 @@ class Trainer:
         try:
             build.check_components(cfg)
         except UnknownComponentError as exc:
-            found = list_checkpoints(self.ckpt_dir) if self.resume else []
+            found = self.folder.list_checkpoints() if self.resume else []
             raise build.explain_missing_plugin(exc, read_run_meta(found[-1][1]) if found else {}) from None
         check_loggers(cfg.log)
         check_evaluation(cfg)
         ctx = setup_distributed(build.resolve_device(cfg.device))
-        self._locked = self._created_dir = self._wrote_config = False
         try:
             return self._run(ctx)
         finally:
-            if self._locked:
-                # Refused before config.yaml (a run folder in use, an existing run without
-                # --resume/--overwrite, bad data...): leave no lock file or empty folder behind.
-                refused = not self._wrote_config
-                locks.release(self.run_dir, discard=refused)
-                if refused and self._created_dir:
-                    with contextlib.suppress(OSError):
-                        self.run_dir.rmdir()  # only when empty
+            self.folder.release()  # a start refused before config.yaml leaves nothing behind
             ctx.close()
 
     def _run(self, ctx: DistContext) -> TrainResult:
         """dataset -> augmentation -> objective(model) -> optimizer/EMA -> checkpoint, stage by stage."""
-        start_ckpt = self._open_run_folder(ctx)
+        start = self._open_run_folder(ctx)
+        self.elapsed_before = start.elapsed
         data = ctx.main_first(lambda: build.load_training_data(self.cfg))  # rank 0 first: it may download
         self._resolve_speed(ctx.device)
-        parts = self._build_parts(ctx, data, start_ckpt)
+        parts = self._build_parts(ctx, data, start.checkpoint)
         evaluator = self._prepare_evaluator(ctx, data)
         if ctx.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.run_dir / "config.yaml", dump_config_yaml(self.cfg))
-            self._wrote_config = True
+            self.folder.write_config(self.cfg)
             if self.on_start:
                 self.on_start(data, parts.model, parts.step)
         return self._train(ctx, parts, evaluator)
 
-    def _open_run_folder(self, ctx: DistContext) -> Optional[Checkpoint]:
-        """Claim the run folder; the checkpoint to resume from, if any."""
+    def _open_run_folder(self, ctx: DistContext) -> ResumePoint:
+        """Claim the run folder; where the run starts."""
         ctx.shard(self.cfg.optim.batch_size)  # a global batch that does not split evenly fails before any work
         # Rank 0 alone touches the run folder; its errors are raised on every rank.
-        start_ckpt = ctx.main_first(self._prepare_run_dir, others=False)
-        if not ctx.is_main and self.resume:
-            found = list_checkpoints(self.ckpt_dir)
-            start_ckpt = load_checkpoint(found[-1][1], with_optim=True) if found else None
-        return start_ckpt
+        start = ctx.main_first(lambda: self.folder.open(self.cfg, resume=self.resume, overwrite=self.overwrite,
+                                                        restart_unsaved=self.restart_unsaved), others=False)
+        if not ctx.is_main:  # rank 0 has checked and repaired the folder: the newest checkpoint is good
+            start = ResumePoint(self.folder.latest_checkpoint() if self.resume else None)
+        return start
 
     def _resolve_speed(self, device: torch.device) -> None:
         """Resolve the speed choices (for the run header) and the host-memory policy."""
@@ -306,7 +212,7 @@ class Trainer:
             return None
         # Rank 0 alone evaluates: it prepares the reference once, now, before any training
         # and before config.yaml, so a refused classifier leaves no run behind.
-        evaluator = TrainingEvaluator(self.cfg, self.run_dir, num_classes=data.num_classes,
+        evaluator = TrainingEvaluator(self.cfg, self.folder, num_classes=data.num_classes,
                                       chw=(data.channels, data.image_size, data.image_size), device=ctx.device,
                                       on_status=self.on_status)
         ctx.main_first(evaluator.prepare, others=False)
@@ -315,46 +221,43 @@ class Trainer:
     def _train(self, ctx: DistContext, parts: RunParts, evaluator: Optional[TrainingEvaluator]) -> TrainResult:
         """Run the step loop with loggers open and Ctrl-C/SIGTERM turned into a clean stop."""
         cfg = self.cfg
-        keeper = CheckpointKeeper(self.run_dir, cfg.keep_last, cfg.model_dump(mode="json"), parts.meta)
-        self._keeper = keeper
-        self._loggers = (open_loggers(self.run_dir, cfg.log, cfg.model_dump(mode="json")) if ctx.is_main
+        self._loggers = (open_loggers(self.folder, cfg.log, cfg.model_dump(mode="json")) if ctx.is_main
                          else LoggerGroup([]))
         restore = self._install_signal_handlers()
         try:
-            loop = TrainLoop(self, ctx, parts, evaluator, keeper)
+            subscribers, checkpoints, previews = self._subscribers(ctx, parts, evaluator)
+            loop = TrainLoop(cfg, ctx, parts, subscribers, self._stop, self.folder)
             interrupted = loop.run()
         finally:
             restore()
             self._loggers.close()
-        return TrainResult(self.run_dir, loop.step, loop.last_ckpt, loop.grid, interrupted)
+        return TrainResult(self.run_dir, loop.step, checkpoints.last, previews.last, interrupted)
 
-    def _log(self, path: Path, step: int, sums: dict[str, torch.Tensor], steps: int, lr: float,
-             images_per_sec: float, skipped: int, memory: float) -> None:
-        # time: wall clock (Unix seconds); elapsed: training seconds since step 0, across resumes.
-        record = {"step": step, "time": round(time.time(), 3),
-                  "elapsed": round(self.elapsed_before + time.perf_counter() - self._started, 3),
-                  **{k: float(v) / max(steps, 1) for k, v in sums.items()}, "lr": lr,
-                  "images_per_sec": images_per_sec, "memory_gb": round(memory, 3)}
-        if skipped:
-            record["skipped_steps"] = skipped
-        append_line(path, json.dumps(record))
-        self._loggers.write(record)
-        if self.on_log:
-            self.on_log(record)
-
-    def _log_eval(self, path: Path, step: int, values: dict) -> None:
-        """An evaluation record (``eval_*`` values) in metrics.jsonl, TensorBoard and ``on_log``."""
-        record = {"step": step, "time": round(time.time(), 3),
-                  "elapsed": round(self.elapsed_before + time.perf_counter() - self._started, 3), **values}
-        append_line(path, json.dumps(record))
-        self._loggers.write(record)
-        if self.on_log:
-            self.on_log(record)
+    def _subscribers(self, ctx: DistContext, parts: RunParts, evaluator: Optional[TrainingEvaluator]
+                     ) -> tuple[Subscribers, CheckpointWriter, PreviewWriter]:
+        """The loop's subscribers: progress, metrics log, evaluation, checkpoints, previews, then
+        those given to the trainer; the checkpoint and preview writers (their last paths)."""
+        cfg, p = self.cfg, parts
+        metrics = MetricsLogger(self.folder, self._loggers, self.on_log, self.elapsed_before)
+        keeper = CheckpointKeeper(self.folder, cfg.keep_last, cfg.model_dump(mode="json"), p.meta)
+        checkpoints = CheckpointWriter(ctx, keeper, p.model, p.ema_model, p.train_step.optimizer)
+        previews = PreviewWriter(ctx, lambda step: self.preview(p.ema_model, p.schedule, p.data.num_classes, step,
+                                                                p.data.class_names), self._loggers)
+        subscribers = Subscribers()
+        if self.on_step is not None:
+            subscribers.subscribe(StepCallback(self.on_step))
+        subscribers.subscribe(metrics)
+        if evaluator is not None:
+            subscribers.subscribe(EvaluationRunner(ctx, evaluator, lambda: self._for_sampling(p.ema_model),
+                                                   p.schedule, metrics.write_evaluation))
+        for subscriber in (checkpoints, previews, *self.subscribers):
+            subscribers.subscribe(subscriber)
+        return subscribers, checkpoints, previews
 
     # -- helpers -------------------------------------------------------------------------
     def _make_room(self, keep_last: int, estimate: int) -> None:
         """Free disk room for the next checkpoint (see :meth:`CheckpointKeeper.make_room`)."""
-        CheckpointKeeper(self.run_dir, keep_last, {}, {}).make_room(keep_last, estimate)
+        CheckpointKeeper(self.folder, keep_last, {}, {}).make_room(keep_last, estimate)
 
     @torch.no_grad()
     def preview(self, ema_model: torch.nn.Module, schedule, num_classes: int, step: int,
@@ -374,7 +277,7 @@ class Trainer:
         x0 = sample(ema_model, schedule, x_T, y, generator=g, **p.model_copy(update={
             "steps": resolve_steps(p.sampler, p.steps, schedule.num_timesteps)}).sample_kwargs())
         imgs = to_uint8(x0).cpu()
-        path = self.run_dir / "samples" / f"grid-{step:08d}.png"
+        path = self.folder.grid(step)
         labels = [str(n) for n in class_names] if class_names else [str(k) for k in range(num_classes)]
         save_png(grid_image(class_rows(imgs, y.cpu(), num_classes, p.per_class), nrow=p.per_class,
                             row_labels=labels), path)

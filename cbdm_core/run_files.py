@@ -1,7 +1,7 @@
-"""A training run's folder on disk: its lock, its checkpoints to resume from, its metrics log.
+"""Reading and repairing a run's files: the newest intact checkpoint, the metrics log cut
+back to a step, a line appended whole or not at all.
 
-The trainer decides what to do with a folder (resume, overwrite, restart); this module knows
-where things are in it and how to read and repair them.
+These helpers take paths; which paths a run folder holds is :class:`~cbdm_core.run_folder.RunFolder`'s.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from ..atomic import atomic_write_text
-from ..checkpoint import Checkpoint, load_checkpoint
-from ..errors import CbdmError
+from .atomic import atomic_write_text
+from .checkpoint import Checkpoint, load_checkpoint
+from .errors import CbdmError
 
 log = logging.getLogger("cbdm.train")
 
