@@ -269,8 +269,9 @@ def _primary_table(doc: dict[str, Any], value: str) -> list[str]:
     with its t-interval, the image-level p-value and the Holm-adjusted one."""
     base = doc["baseline"]
     seeds = doc["protocol"]["seeds"]
+    accuracy = _accuracy_beside(doc, value)
     head = (["method", "w"] + [f"seed {s}" for s in seeds] + ["mean ± sd", f"mean paired diff vs {base}",
-            "95% t-interval (seeds)", "p image (CMH)", "p Holm"])
+            "95% t-interval (seeds)", "p image (CMH)", "p Holm"] + ([accuracy] if accuracy else []))
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, m in doc["methods"].items():
         s = m["summary"][value]
@@ -281,8 +282,32 @@ def _primary_table(doc: dict[str, Any], value: str) -> list[str]:
             cells += ["", "", "", ""]
         else:
             cells += [_signed(d["diff_mean"]), _interval(d["t_interval"]), _p(d.get("p_image")), _p(d.get("p_holm"))]
+        if accuracy:
+            cells.append(_accuracy_cell(m, accuracy, doc["methods"][base]))
         lines.append("| " + " | ".join(cells) + " |")
+    if accuracy:
+        lines += ["", f"`{accuracy}`: the share of this group's samples the feature classifier assigns to the "
+                  "requested class (mean over seeds; in brackets the difference to the baseline). A method "
+                  "whose samples leave their class can copy less or cover more for that reason alone: read "
+                  "each difference above against this column and the protocol's pre-registered guard."]
     return lines
+
+
+def _accuracy_beside(doc: dict[str, Any], value: str) -> Optional[str]:
+    """The conditional-accuracy value of ``value``'s group (``accuracy_tail`` beside a tail
+    endpoint), when the study measured it and ``value`` is not itself an accuracy."""
+    group = _group_of(value)
+    name = "accuracy" if group is None else f"accuracy_{group}"
+    if value == name or not doc["methods"]:
+        return None
+    return name if all(name in m["summary"] for m in doc["methods"].values()) else None
+
+
+def _accuracy_cell(m: dict[str, Any], name: str, base: dict[str, Any]) -> str:
+    mean, ref = m["summary"][name].get("mean"), base["summary"][name].get("mean")
+    if mean is None:
+        return "–"
+    return _fmt(mean) if m is base or ref is None else f"{_fmt(mean)} ({_signed(mean - ref)})"
 
 
 def _appendix(doc: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
