@@ -97,3 +97,25 @@ def test_cbdm_sample_records_the_options_and_resumes(tmp_path):
     assert sorted(labels.tolist()) == list(range(10))  # class-balanced plan, one per class
     cli_fails("sample", tmp_path / "run", "--steps", 4, "-n", 10, "-S", "skip=4", "--out", tmp_path / "x",
               match="skip must lie in 0..3")
+
+
+def test_a_boosted_start_on_deterministic_or_unclipped_ddim_warns():
+    """The authors sample ancestrally with x_0 clipped; eta 0 (or no clipping) with gamma > 1
+    kept the boosted noise to the last step on digits-lt (docs/results.md), so it warns."""
+    import warnings as _w
+
+    from cbdm_core.sampling.ddim import ddim_sample
+
+    schedule = LinearSchedule(T=100)
+    model, noise, y = LinearDenoiser(num_classes=3), torch.randn(2, 1, 2, 2), torch.zeros(2, dtype=torch.long)
+
+    with pytest.warns(UserWarning, match="ancestrally"):
+        ddim_sample(model, schedule, noise, y, steps=5, eta=0.0, clip_denoised=True, boost_gamma=2.0, skip=1)
+    with pytest.warns(UserWarning, match="clip=off"):
+        ddim_sample(model, schedule, noise, y, steps=5, eta=1.0, boost_gamma=2.0, skip=1,
+                    generator=torch.Generator().manual_seed(0))
+    with _w.catch_warnings():
+        _w.simplefilter("error")
+        ddim_sample(model, schedule, noise, y, steps=5, eta=1.0, clip_denoised=True, boost_gamma=2.0, skip=1,
+                    generator=torch.Generator().manual_seed(0))
+        ddim_sample(model, schedule, noise, y, steps=5, eta=0.0, boost_gamma=1.0)

@@ -13,13 +13,13 @@ steps).
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import torch
 from pydantic import BaseModel, Field
 
 from ..errors import CbdmError
-
 
 
 class BoostSkipOptions(BaseModel):
@@ -45,3 +45,18 @@ def boost_and_skip(x_T: torch.Tensor, timesteps_desc: Sequence[int], boost_gamma
     if not 0 <= skip < len(steps):
         raise CbdmError(f"skip must lie in 0..{len(steps) - 1} (it drops visited steps of {len(steps)}), got {skip}")
     return (x_T * gamma if gamma != 1.0 else x_T), steps[skip:]
+
+
+def warn_if_deterministic(boost_gamma: float, eta: float, clip: bool) -> None:
+    """Warn when a boosted start meets deterministic DDIM (eta 0) or unclipped x_0.
+
+    Measured on the digits-lt DDPM (docs/results.md, digits-lt-sampling): gamma 4 with eta 0 gives
+    pure noise (class accuracy at chance), with or without clipping, because the deterministic path
+    carries the boosted noise in its eps term down to the last step; with eta 1 and x_0 clipped
+    (the authors' ancestral, clipped sampling) it gives digits.
+    """
+    if float(boost_gamma) > 1.0 and (float(eta) == 0.0 or not clip):
+        warnings.warn(f"Boost-and-Skip with boost_gamma={boost_gamma:g} on ddim with eta={eta:g} and "
+                      f"clip={'on' if clip else 'off'}: the authors sample ancestrally with x_0 clipped "
+                      "(--eta 1 --clip); a deterministic or unclipped path can keep the boosted noise to "
+                      "the last step (docs/sampling.md)", UserWarning, stacklevel=3)

@@ -20,7 +20,7 @@ from pydantic import ConfigDict
 from ..errors import CbdmError
 from ..interfaces import DenoiseFn, StepCallback
 from ..schedules import NoiseSchedule
-from .bns import BoostSkipOptions, boost_and_skip
+from .bns import BoostSkipOptions, boost_and_skip, warn_if_deterministic
 from .common import check_eta, predict_eps, reject_unknown_options
 from .noise import GeneratorArg, check_generator, randn_noise
 
@@ -103,6 +103,7 @@ def ddim_sample(denoise_fn: DenoiseFn, schedule: NoiseSchedule, x_T: torch.Tenso
     seq = timestep_sequence(schedule.num_timesteps, DEFAULT_STEPS if steps is None else steps, spacing)
     ab_all = schedule.alphas_cumprod.tolist()
     x, visited = boost_and_skip(x_T, seq[::-1], boost_gamma, skip)
+    warn_if_deterministic(boost_gamma, eta, clip)
     n = len(visited)
 
     for i in range(n):
