@@ -1,4 +1,8 @@
-"""Build components from a :class:`TrainConfig`, always through the registry."""
+"""Build a run's components from a :class:`TrainConfig`: the edge where names become objects.
+
+This module (with ``run.py`` and the CLI) is where the registry is read: names are resolved
+here (:func:`resolve_components`) and the layers below receive the objects.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,12 @@ from typing import Any, Optional
 import torch
 
 from .checkpoint import RunMeta
+from .components import Components, ResolvedMethod
 from .config import TrainConfig, validate_component_options
 from .errors import CbdmError, UnknownComponentError
 from .interfaces import missing_capabilities
 from .methods.base import MethodBuildContext, MethodSpec, TrainingMethod
-from .registry import get_registry
+from .registry import Registry, get_registry, split_name
 from .run_folder import resolve_checkpoint
 from .sampling.guidance import resolve_guidance
 from .schedules import NoiseSchedule
@@ -86,7 +91,8 @@ def build_methods(cfg: TrainConfig, *, class_counts: torch.Tensor, num_classes: 
                   schedule: NoiseSchedule) -> list[TrainingMethod]:
     """The configured training methods, built in config order (not yet attached to a model)."""
     ctx = MethodBuildContext(class_counts=torch.as_tensor(class_counts), num_classes=num_classes,
-                             schedule=schedule, backbone=cfg.model.backbone)
+                             schedule=schedule, backbone=cfg.model.backbone,
+                             label_distribution=label_distribution_probs())
     out = []
     for name, spec, options in method_options(cfg):
         method = spec.build(options, ctx)
@@ -121,23 +127,57 @@ def load_training_data(cfg: TrainConfig):
     return factory(dataset_options(cfg, "train"))
 
 
-def check_components(cfg: TrainConfig) -> None:
-    """Fail fast (before loading data) on unknown names and invalid plugin options."""
-    reg = get_registry()
-    reg.get("dataset", cfg.data.dataset)
-    reg.get("augmentation", cfg.data.augment)
-    reg.get("noise_schedule", cfg.diffusion.schedule)
-    backbone_options(cfg)
-    reg.get("diffusion_loss", loss_name(cfg))
-    for _, spec, options in method_options(cfg):
-        if spec.check is not None:  # the method's own fail-fast checks (e.g. CBDM's y' distribution)
-            spec.check(options)
-    reg.get("sampler", cfg.preview.sampler)
-    resolve_guidance(cfg.preview.guidance_method, cfg.preview.guidance_options)
+def label_distribution_lookup(registry: Optional[Registry] = None):
+    """``name -> LabelDistributionFactory`` (``"pow:0.5"`` looks up ``pow``), for method options."""
+    reg = registry or get_registry()
+    return lambda name: reg.get("label_distribution", name).obj
+
+
+def label_distribution_probs(registry: Optional[Registry] = None):
+    """``(name, class_counts) -> probabilities``: what :class:`MethodBuildContext` hands methods."""
+    lookup = label_distribution_lookup(registry)
+    return lambda name, counts: lookup(name)(counts, split_name(name)[1])
+
+
+def check_method(method: ResolvedMethod, registry: Registry) -> None:
+    """A method's fail-fast checks: its label-distribution options are registered names, then
+    its own ``check`` (both before any data is loaded)."""
+    for key in method.spec.label_distribution_options:
+        registry.get("label_distribution", getattr(method.options, key))
+    if method.spec.check is not None:
+        method.spec.check(method.options)
+
+
+def resolve_components(cfg: TrainConfig, registry: Optional[Registry] = None) -> Components:
+    """Every name of ``cfg`` resolved, in this order, with one-line errors listing the choices:
+    dataset, augmentation, schedule, backbone (and its options), loss, methods (options, checks),
+    sampler and guidance of the preview."""
+    reg = registry or get_registry()
+    dataset = reg.get("dataset", cfg.data.dataset).obj
+    augmentation = reg.get("augmentation", cfg.data.augment).obj
+    schedule = reg.get("noise_schedule", cfg.diffusion.schedule).obj
+    backbone, options = backbone_options(cfg)
+    loss = reg.get("diffusion_loss", loss_name(cfg)).obj
+    methods = tuple(ResolvedMethod(name, spec, opts) for name, spec, opts in method_options(cfg))
+    for method in methods:
+        check_method(method, reg)
+    sampler = reg.get("sampler", cfg.preview.sampler).obj
+    guidance = resolve_guidance(cfg.preview.guidance_method, cfg.preview.guidance_options)[0]
+    return Components(dataset=dataset, augmentation=augmentation, schedule=schedule, backbone=backbone,
+                      backbone_options=options, loss_name=loss_name(cfg), loss=loss, methods=methods,
+                      sampler=sampler, guidance=guidance, label_distribution=label_distribution_lookup(reg),
+                      plugins=component_plugins(cfg))
+
+
+def check_components(cfg: TrainConfig) -> Components:
+    """Fail fast (before loading data) on unknown names and invalid plugin options; the resolved
+    components."""
+    components = resolve_components(cfg)
     # The preview runs after training: its settings are checked now, not then.
     check_sampling_settings(cfg.preview, schedule=build_schedule(cfg), where="preview")
     if cfg.init_from is not None:
         resolve_checkpoint(cfg.init_from)
+    return components
 
 
 def component_plugins(cfg: TrainConfig) -> dict[str, str]:
