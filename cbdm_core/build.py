@@ -29,8 +29,9 @@ def build_schedule(cfg: TrainConfig) -> NoiseSchedule:
     return factory(d.T, beta_1=d.beta_1, beta_T=d.beta_T)
 
 
-def backbone_options(cfg: TrainConfig, cond_dim: int = 0):
-    spec = get_registry().get("backbone", cfg.model.backbone).obj
+def backbone_options(cfg: TrainConfig, cond_dim: int = 0, registry: Optional[Registry] = None):
+    """The backbone spec and its validated options (``cond_dim`` added when it takes one)."""
+    spec = (registry or get_registry()).get("backbone", cfg.model.backbone).obj
     options = dict(cfg.model.options)
     fields = getattr(spec.options_model, "model_fields", {})
     if cond_dim and "cond_dim" in fields and "cond_dim" not in options:
@@ -58,10 +59,10 @@ def check_capabilities(cfg: TrainConfig, model: torch.nn.Module) -> None:
                             f"{cfg.model.backbone!r} ({type(model).__name__}) has none")
 
 
-def loss_name(cfg: TrainConfig) -> str:
+def loss_name(cfg: TrainConfig, registry: Optional[Registry] = None) -> str:
     if cfg.objective.loss is not None:
         return cfg.objective.loss
-    return get_registry().get("backbone", cfg.model.backbone).obj.default_loss
+    return (registry or get_registry()).get("backbone", cfg.model.backbone).obj.default_loss
 
 
 def build_base_loss(cfg: TrainConfig, schedule: NoiseSchedule):
@@ -77,11 +78,11 @@ def build_base_loss(cfg: TrainConfig, schedule: NoiseSchedule):
     return factory(schedule)
 
 
-def method_options(cfg: TrainConfig) -> list[tuple[str, MethodSpec, Any]]:
+def method_options(cfg: TrainConfig, registry: Optional[Registry] = None) -> list[tuple[str, MethodSpec, Any]]:
     """``(name, spec, validated options)`` of every configured method, in order."""
     out = []
     for i, mc in enumerate(cfg.objective.methods):
-        spec = get_registry().get("method", mc.name).obj
+        spec = (registry or get_registry()).get("method", mc.name).obj
         options = validate_component_options(spec.options_model, mc.options, f"objective.methods[{i}] ({mc.name})")
         out.append((mc.name, spec, options))
     return out
@@ -156,17 +157,19 @@ def resolve_components(cfg: TrainConfig, registry: Optional[Registry] = None) ->
     dataset = reg.get("dataset", cfg.data.dataset).obj
     augmentation = reg.get("augmentation", cfg.data.augment).obj
     schedule = reg.get("noise_schedule", cfg.diffusion.schedule).obj
-    backbone, options = backbone_options(cfg)
-    loss = reg.get("diffusion_loss", loss_name(cfg)).obj
-    methods = tuple(ResolvedMethod(name, spec, opts) for name, spec, opts in method_options(cfg))
+    backbone, options = backbone_options(cfg, registry=reg)
+    loss = reg.get("diffusion_loss", loss_name(cfg, reg)).obj
+    methods = tuple(ResolvedMethod(name, spec, opts) for name, spec, opts in method_options(cfg, reg))
     for method in methods:
         check_method(method, reg)
     sampler = reg.get("sampler", cfg.preview.sampler).obj
-    guidance = resolve_guidance(cfg.preview.guidance_method, cfg.preview.guidance_options)[0]
+    # The preview's guidance options are validated by the sampling layer's one checker.
+    resolve_guidance(cfg.preview.guidance_method, cfg.preview.guidance_options)
+    guidance = reg.get("guidance", cfg.preview.guidance_method).obj
     return Components(dataset=dataset, augmentation=augmentation, schedule=schedule, backbone=backbone,
-                      backbone_options=options, loss_name=loss_name(cfg), loss=loss, methods=methods,
+                      backbone_options=options, loss_name=loss_name(cfg, reg), loss=loss, methods=methods,
                       sampler=sampler, guidance=guidance, label_distribution=label_distribution_lookup(reg),
-                      plugins=component_plugins(cfg))
+                      plugins=component_plugins(cfg, reg))
 
 
 def check_components(cfg: TrainConfig) -> Components:
@@ -180,13 +183,13 @@ def check_components(cfg: TrainConfig) -> Components:
     return components
 
 
-def component_plugins(cfg: TrainConfig) -> dict[str, str]:
+def component_plugins(cfg: TrainConfig, registry: Optional[Registry] = None) -> dict[str, str]:
     """``{"kind:name": "distribution version"}`` of every component ``cfg`` uses, stored with
     checkpoints so a run whose plugin is no longer installed can name the missing package."""
-    reg = get_registry()
+    reg = registry or get_registry()
     used = [("dataset", cfg.data.dataset), ("augmentation", cfg.data.augment),
             ("noise_schedule", cfg.diffusion.schedule), ("backbone", cfg.model.backbone),
-            ("diffusion_loss", loss_name(cfg)), ("sampler", cfg.preview.sampler),
+            ("diffusion_loss", loss_name(cfg, reg)), ("sampler", cfg.preview.sampler),
             ("guidance", cfg.preview.guidance_method)] + [("method", m.name) for m in cfg.objective.methods]
     out = {}
     for kind, name in used:

@@ -95,7 +95,7 @@ class Components:
 
     Attributes:
         dataset, augmentation, schedule, backbone, loss, sampler, guidance: the registered
-            objects (see :data:`KIND_SPECS`); ``guidance`` is ``None`` for ``none``.
+            objects (see :data:`KIND_SPECS`); ``sampler`` and ``guidance`` are the preview's.
         backbone_options: the backbone's validated options.
         loss_name: the loss actually used (the config's, else the backbone's default).
         methods: the configured methods in config order.
