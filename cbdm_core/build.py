@@ -23,9 +23,10 @@ from .schedules import NoiseSchedule
 from .settings_check import check_sampling_settings
 
 
-def build_schedule(cfg: TrainConfig) -> NoiseSchedule:
+def build_schedule(cfg: TrainConfig, components: Optional[Components] = None) -> NoiseSchedule:
+    """The configured noise schedule (from ``components`` when the names are already resolved)."""
     d = cfg.diffusion
-    factory = get_registry().get("noise_schedule", d.schedule).obj
+    factory = components.schedule if components else get_registry().get("noise_schedule", d.schedule).obj
     return factory(d.T, beta_1=d.beta_1, beta_T=d.beta_T)
 
 
@@ -65,10 +66,11 @@ def loss_name(cfg: TrainConfig, registry: Optional[Registry] = None) -> str:
     return (registry or get_registry()).get("backbone", cfg.model.backbone).obj.default_loss
 
 
-def build_base_loss(cfg: TrainConfig, schedule: NoiseSchedule):
+def build_base_loss(cfg: TrainConfig, schedule: NoiseSchedule, components: Optional[Components] = None):
+    """The run's base loss on ``schedule`` (from ``components`` when the names are already resolved)."""
     import inspect
 
-    factory = get_registry().get("diffusion_loss", loss_name(cfg)).obj
+    factory = components.loss if components else get_registry().get("diffusion_loss", loss_name(cfg)).obj
     try:
         accepts = "backbone_options" in inspect.signature(factory).parameters
     except (TypeError, ValueError):
@@ -109,8 +111,9 @@ def attach_methods(methods: list[TrainingMethod], model: torch.nn.Module) -> Non
         method.attach(model)
 
 
-def build_augmentation(cfg: TrainConfig):
-    factory = get_registry().get("augmentation", cfg.data.augment).obj
+def build_augmentation(cfg: TrainConfig, components: Optional[Components] = None):
+    """The configured augmentation (from ``components`` when the names are already resolved)."""
+    factory = components.augmentation if components else get_registry().get("augmentation", cfg.data.augment).obj
     return factory(cfg.data.augment_p)
 
 
@@ -123,8 +126,9 @@ def dataset_options(cfg: TrainConfig, split: str = "train"):
                           classes=d.classes, class_order=d.class_order, resize=d.resize)
 
 
-def load_training_data(cfg: TrainConfig):
-    factory = get_registry().get("dataset", cfg.data.dataset).obj
+def load_training_data(cfg: TrainConfig, components: Optional[Components] = None):
+    """The configured training split (from ``components`` when the names are already resolved)."""
+    factory = components.dataset if components else get_registry().get("dataset", cfg.data.dataset).obj
     return factory(dataset_options(cfg, "train"))
 
 
