@@ -190,8 +190,10 @@ def registered_methods(spec: str, cfg: dict, schedule: LinearSchedule) -> list:
 
     if spec == "ddpm":
         return []
+    from cbdm_core.build import label_distribution_probs
+
     ctx = MethodBuildContext(class_counts=long_tail_counts(cfg["classes"]), num_classes=cfg["classes"],
-                             schedule=schedule)
+                             schedule=schedule, label_distribution=label_distribution_probs())
     out = []
     for name in spec.split("+"):
         method_spec = lookup("method", name)

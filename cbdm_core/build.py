@@ -1,4 +1,8 @@
-"""Build components from a :class:`TrainConfig`, always through the registry."""
+"""Build a run's components from a :class:`TrainConfig`: the edge where names become objects.
+
+This module (with ``run.py`` and the CLI) is where the registry is read: names are resolved
+here (:func:`resolve_components`) and the layers below receive the objects.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +11,28 @@ from typing import Any, Optional
 import torch
 
 from .checkpoint import RunMeta
+from .components import Components, ResolvedMethod
 from .config import TrainConfig, validate_component_options
 from .errors import CbdmError, UnknownComponentError
 from .interfaces import missing_capabilities
 from .methods.base import MethodBuildContext, MethodSpec, TrainingMethod
-from .registry import get_registry
+from .registry import Registry, get_registry, split_name
 from .run_folder import resolve_checkpoint
 from .sampling.guidance import resolve_guidance
 from .schedules import NoiseSchedule
 from .settings_check import check_sampling_settings
 
 
-def build_schedule(cfg: TrainConfig) -> NoiseSchedule:
+def build_schedule(cfg: TrainConfig, components: Optional[Components] = None) -> NoiseSchedule:
+    """The configured noise schedule (from ``components`` when the names are already resolved)."""
     d = cfg.diffusion
-    factory = get_registry().get("noise_schedule", d.schedule).obj
+    factory = components.schedule if components else get_registry().get("noise_schedule", d.schedule).obj
     return factory(d.T, beta_1=d.beta_1, beta_T=d.beta_T)
 
 
-def backbone_options(cfg: TrainConfig, cond_dim: int = 0):
-    spec = get_registry().get("backbone", cfg.model.backbone).obj
+def backbone_options(cfg: TrainConfig, cond_dim: int = 0, registry: Optional[Registry] = None):
+    """The backbone spec and its validated options (``cond_dim`` added when it takes one)."""
+    spec = (registry or get_registry()).get("backbone", cfg.model.backbone).obj
     options = dict(cfg.model.options)
     fields = getattr(spec.options_model, "model_fields", {})
     if cond_dim and "cond_dim" in fields and "cond_dim" not in options:
@@ -53,16 +60,17 @@ def check_capabilities(cfg: TrainConfig, model: torch.nn.Module) -> None:
                             f"{cfg.model.backbone!r} ({type(model).__name__}) has none")
 
 
-def loss_name(cfg: TrainConfig) -> str:
+def loss_name(cfg: TrainConfig, registry: Optional[Registry] = None) -> str:
     if cfg.objective.loss is not None:
         return cfg.objective.loss
-    return get_registry().get("backbone", cfg.model.backbone).obj.default_loss
+    return (registry or get_registry()).get("backbone", cfg.model.backbone).obj.default_loss
 
 
-def build_base_loss(cfg: TrainConfig, schedule: NoiseSchedule):
+def build_base_loss(cfg: TrainConfig, schedule: NoiseSchedule, components: Optional[Components] = None):
+    """The run's base loss on ``schedule`` (from ``components`` when the names are already resolved)."""
     import inspect
 
-    factory = get_registry().get("diffusion_loss", loss_name(cfg)).obj
+    factory = components.loss if components else get_registry().get("diffusion_loss", loss_name(cfg)).obj
     try:
         accepts = "backbone_options" in inspect.signature(factory).parameters
     except (TypeError, ValueError):
@@ -72,11 +80,11 @@ def build_base_loss(cfg: TrainConfig, schedule: NoiseSchedule):
     return factory(schedule)
 
 
-def method_options(cfg: TrainConfig) -> list[tuple[str, MethodSpec, Any]]:
+def method_options(cfg: TrainConfig, registry: Optional[Registry] = None) -> list[tuple[str, MethodSpec, Any]]:
     """``(name, spec, validated options)`` of every configured method, in order."""
     out = []
     for i, mc in enumerate(cfg.objective.methods):
-        spec = get_registry().get("method", mc.name).obj
+        spec = (registry or get_registry()).get("method", mc.name).obj
         options = validate_component_options(spec.options_model, mc.options, f"objective.methods[{i}] ({mc.name})")
         out.append((mc.name, spec, options))
     return out
@@ -86,7 +94,8 @@ def build_methods(cfg: TrainConfig, *, class_counts: torch.Tensor, num_classes: 
                   schedule: NoiseSchedule) -> list[TrainingMethod]:
     """The configured training methods, built in config order (not yet attached to a model)."""
     ctx = MethodBuildContext(class_counts=torch.as_tensor(class_counts), num_classes=num_classes,
-                             schedule=schedule, backbone=cfg.model.backbone)
+                             schedule=schedule, backbone=cfg.model.backbone,
+                             label_distribution=label_distribution_probs())
     out = []
     for name, spec, options in method_options(cfg):
         method = spec.build(options, ctx)
@@ -102,8 +111,9 @@ def attach_methods(methods: list[TrainingMethod], model: torch.nn.Module) -> Non
         method.attach(model)
 
 
-def build_augmentation(cfg: TrainConfig):
-    factory = get_registry().get("augmentation", cfg.data.augment).obj
+def build_augmentation(cfg: TrainConfig, components: Optional[Components] = None):
+    """The configured augmentation (from ``components`` when the names are already resolved)."""
+    factory = components.augmentation if components else get_registry().get("augmentation", cfg.data.augment).obj
     return factory(cfg.data.augment_p)
 
 
@@ -116,37 +126,74 @@ def dataset_options(cfg: TrainConfig, split: str = "train"):
                           classes=d.classes, class_order=d.class_order, resize=d.resize)
 
 
-def load_training_data(cfg: TrainConfig):
-    factory = get_registry().get("dataset", cfg.data.dataset).obj
+def load_training_data(cfg: TrainConfig, components: Optional[Components] = None):
+    """The configured training split (from ``components`` when the names are already resolved)."""
+    factory = components.dataset if components else get_registry().get("dataset", cfg.data.dataset).obj
     return factory(dataset_options(cfg, "train"))
 
 
-def check_components(cfg: TrainConfig) -> None:
-    """Fail fast (before loading data) on unknown names and invalid plugin options."""
-    reg = get_registry()
-    reg.get("dataset", cfg.data.dataset)
-    reg.get("augmentation", cfg.data.augment)
-    reg.get("noise_schedule", cfg.diffusion.schedule)
-    backbone_options(cfg)
-    reg.get("diffusion_loss", loss_name(cfg))
-    for _, spec, options in method_options(cfg):
-        if spec.check is not None:  # the method's own fail-fast checks (e.g. CBDM's y' distribution)
-            spec.check(options)
-    reg.get("sampler", cfg.preview.sampler)
+def label_distribution_lookup(registry: Optional[Registry] = None):
+    """``name -> LabelDistributionFactory`` (``"pow:0.5"`` looks up ``pow``), for method options."""
+    reg = registry or get_registry()
+    return lambda name: reg.get("label_distribution", name).obj
+
+
+def label_distribution_probs(registry: Optional[Registry] = None):
+    """``(name, class_counts) -> probabilities``: what :class:`MethodBuildContext` hands methods."""
+    lookup = label_distribution_lookup(registry)
+    return lambda name, counts: lookup(name)(counts, split_name(name)[1])
+
+
+def check_method(method: ResolvedMethod, registry: Registry) -> None:
+    """A method's fail-fast checks: its label-distribution options are registered names, then
+    its own ``check`` (both before any data is loaded)."""
+    for key in method.spec.label_distribution_options:
+        registry.get("label_distribution", getattr(method.options, key))
+    if method.spec.check is not None:
+        method.spec.check(method.options)
+
+
+def resolve_components(cfg: TrainConfig, registry: Optional[Registry] = None) -> Components:
+    """Every name of ``cfg`` resolved, in this order, with one-line errors listing the choices:
+    dataset, augmentation, schedule, backbone (and its options), loss, methods (options, checks),
+    sampler and guidance of the preview."""
+    reg = registry or get_registry()
+    dataset = reg.get("dataset", cfg.data.dataset).obj
+    augmentation = reg.get("augmentation", cfg.data.augment).obj
+    schedule = reg.get("noise_schedule", cfg.diffusion.schedule).obj
+    backbone, options = backbone_options(cfg, registry=reg)
+    loss = reg.get("diffusion_loss", loss_name(cfg, reg)).obj
+    methods = tuple(ResolvedMethod(name, spec, opts) for name, spec, opts in method_options(cfg, reg))
+    for method in methods:
+        check_method(method, reg)
+    sampler = reg.get("sampler", cfg.preview.sampler).obj
+    # The preview's guidance options are validated by the sampling layer's one checker.
     resolve_guidance(cfg.preview.guidance_method, cfg.preview.guidance_options)
+    guidance = reg.get("guidance", cfg.preview.guidance_method).obj
+    return Components(dataset=dataset, augmentation=augmentation, schedule=schedule, backbone=backbone,
+                      backbone_options=options, loss_name=loss_name(cfg, reg), loss=loss, methods=methods,
+                      sampler=sampler, guidance=guidance, label_distribution=label_distribution_lookup(reg),
+                      plugins=component_plugins(cfg, reg))
+
+
+def check_components(cfg: TrainConfig) -> Components:
+    """Fail fast (before loading data) on unknown names and invalid plugin options; the resolved
+    components."""
+    components = resolve_components(cfg)
     # The preview runs after training: its settings are checked now, not then.
     check_sampling_settings(cfg.preview, schedule=build_schedule(cfg), where="preview")
     if cfg.init_from is not None:
         resolve_checkpoint(cfg.init_from)
+    return components
 
 
-def component_plugins(cfg: TrainConfig) -> dict[str, str]:
+def component_plugins(cfg: TrainConfig, registry: Optional[Registry] = None) -> dict[str, str]:
     """``{"kind:name": "distribution version"}`` of every component ``cfg`` uses, stored with
     checkpoints so a run whose plugin is no longer installed can name the missing package."""
-    reg = get_registry()
+    reg = registry or get_registry()
     used = [("dataset", cfg.data.dataset), ("augmentation", cfg.data.augment),
             ("noise_schedule", cfg.diffusion.schedule), ("backbone", cfg.model.backbone),
-            ("diffusion_loss", loss_name(cfg)), ("sampler", cfg.preview.sampler),
+            ("diffusion_loss", loss_name(cfg, reg)), ("sampler", cfg.preview.sampler),
             ("guidance", cfg.preview.guidance_method)] + [("method", m.name) for m in cfg.objective.methods]
     out = {}
     for kind, name in used:

@@ -1,23 +1,30 @@
 """Component registry filled by pluggy plugins discovered from entry points.
 
-Kinds and what a registered object must be:
+Kinds (:data:`KINDS`) and what a registered object must be: one contract per kind, all in
+:mod:`cbdm_core.components` (:data:`~cbdm_core.components.KIND_SPECS`):
 
 =====================  ==========================================================
 kind                   object
 =====================  ==========================================================
-backbone               :class:`cbdm_core.interfaces.BackboneSpec`
-noise_schedule         callable ``(num_timesteps: int) -> NoiseSchedule``
-label_distribution     callable ``(class_counts: Tensor, arg: str | None) -> Tensor`` (probs)
-method                 :class:`cbdm_core.methods.base.MethodSpec` (a training method)
-diffusion_loss         callable ``(schedule) -> BaseLoss`` (see :mod:`cbdm_core.objectives`)
-sampler                :class:`cbdm_core.interfaces.SamplerSpec`
-guidance               :class:`cbdm_core.interfaces.GuidanceSpec` or a callable
+backbone               :class:`~cbdm_core.interfaces.BackboneSpec`
+noise_schedule         :class:`~cbdm_core.components.ScheduleFactory`:
+                       ``(num_timesteps, *, beta_1, beta_T) -> NoiseSchedule``
+label_distribution     :class:`~cbdm_core.components.LabelDistributionFactory`:
+                       ``(class_counts [C], arg: str | None) -> probabilities [C]``
+method                 :class:`~cbdm_core.methods.base.MethodSpec` (a training method)
+diffusion_loss         :class:`~cbdm_core.components.LossFactory`: ``(schedule) -> BaseLoss``
+                       (``backbone_options=`` too when its signature names it: EDM)
+sampler                :class:`~cbdm_core.interfaces.SamplerSpec`
+guidance               :class:`~cbdm_core.interfaces.GuidanceSpec` or a callable
                        ``(model, scale: float, null_label: int) -> denoise_fn``
-dataset                callable ``(options: DatasetOptions) -> LabeledImages``
-augmentation           callable ``(p: float) -> Augmentation``
-feature_extractor      callable ``(**options) -> FeatureExtractor``
-metric                 :class:`cbdm_core.interfaces.MetricSpec`
+dataset                :class:`~cbdm_core.components.DatasetFactory`: ``(DatasetOptions) -> LabeledImages``
+augmentation           :class:`~cbdm_core.components.AugmentationFactory`: ``(p: float) -> Augmentation``
+feature_extractor      :class:`~cbdm_core.components.FeatureExtractorFactory`: ``(**options) -> FeatureExtractor``
+metric                 :class:`~cbdm_core.interfaces.MetricSpec`
 =====================  ==========================================================
+
+The registry is read at the edge only (``build.py``, ``run.py``, the CLI, ``plugins/``; see
+``tests/test_structure.py``): names become objects there, the layers below receive objects.
 
 Names may carry an argument after a colon (``pow:0.5``); the registry looks up
 the part before the colon and hands the rest to the component (label distributions;

@@ -45,7 +45,6 @@ def train_classifier(source: str, out: Path, data_root: Optional[Path], schedule
     from cbdm_core.atomic import check_writable
     from cbdm_core.build import resolve_device
     from cbdm_core.guidance_classifier.make import NoisyClassifierJob, make_noisy_classifier
-    from cbdm_core.guidance_classifier.source import resolve_source
 
     if epochs < 1 or batch_size < 1 or bins < 1 or width < 4:
         raise CbdmError("--epochs, --batch-size and --bins must be positive and --width at least 4")
@@ -62,3 +61,27 @@ def train_classifier(source: str, out: Path, data_root: Optional[Path], schedule
     make_noisy_classifier(src, out, job, device=resolve_device(device), echo=click.echo)
     method = "minority" if minority else "classifier"
     click.echo(f"next: cbdm sample RUN --guidance-method {method} -G classifier={out} -G scale=1")
+
+
+def resolve_source(source: str, *, data_root: Optional[Path] = None, schedule: str = "linear", T: int = 1000):
+    """A run folder or checkpoint (its training data, as configured, and its schedule; ``schedule``
+    and ``T`` are ignored), else a registered dataset name (its train split, with the
+    ``schedule`` noise schedule of ``T`` steps): names resolved here, at the edge."""
+    from cbdm_core.config import DiffusionConfig
+    from cbdm_core.data import dataset_options, load_dataset
+    from cbdm_core.guidance_classifier.source import dataset_source, run_source
+    from cbdm_core.registry import get_registry
+
+    path = Path(source)
+    if path.exists():
+        return run_source(path, data_root=data_root)
+    reg = get_registry()
+    if source not in reg.names("dataset"):
+        raise CbdmError(f"--noisy {source!r} is neither a run folder/checkpoint nor a dataset; datasets: "
+                        f"{', '.join(sorted(reg.names('dataset')))}")
+    if T < 1:
+        raise CbdmError(f"--T must be positive, got {T}")
+    d = DiffusionConfig()  # the training defaults' betas
+    sched = reg.get("noise_schedule", schedule).obj(int(T), beta_1=d.beta_1, beta_T=d.beta_T)
+    data = load_dataset(source, dataset_options(root=data_root, split="train"))
+    return dataset_source(source, data, sched, schedule, T)

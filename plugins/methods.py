@@ -18,7 +18,7 @@ from cbdm_core.methods.dispersive import DISPERSIVE_SPEC
 def register_components(register) -> None:
     register("method", "cbdm", MethodSpec(options_model=cbdm.CBDMOptions, build=cbdm.build_cbdm_regularizer,
                                           paper=cbdm.PAPER, code=cbdm.CODE, sweepable=("tau", "gamma"),
-                                          check=cbdm.check_cbdm_options),
+                                          label_distribution_options=("y_dist",)),
              description="CBDM: regularise eps(x_t, y) towards eps(x_t, y') with y' from a target distribution")
     register("method", "t2h", MethodSpec(options_model=t2h.T2HOptions, build=t2h.build_t2h,
                                          paper=t2h.PAPER, code=t2h.CODE, sweepable=("cut_time",)),

@@ -1,5 +1,6 @@
 """Structure rules of issue 28: short functions, test modules that never import each other,
-and no new import cycle inside ``cbdm_core`` (function-level imports included)."""
+no new import cycle inside ``cbdm_core`` (function-level imports included), and the registry
+read only at the edge."""
 
 from __future__ import annotations
 
@@ -144,3 +145,69 @@ def test_no_new_import_cycle_in_cbdm_core():
              for name, (path, is_pkg) in modules.items()}
     new = [sorted(c) for c in _cycles(graph) if c not in KNOWN_CYCLES]
     assert not new, f"import cycles inside cbdm_core (function-level imports count): {new}"
+
+
+# The edge: the only cbdm_core modules that read the registry (names resolved to objects there;
+# the layers below receive objects). cli/ and plugins/ are edges too and are not checked.
+REGISTRY_EDGE: frozenset[str] = frozenset({
+    "cbdm_core.registry",  # the registry itself
+    "cbdm_core.build",  # building a run from its config: resolve_components
+    "cbdm_core.run",  # loading a run
+})
+
+# Modules below the edge that still read the registry, each with why; issue 28 item 1 moves them
+# up one by one. An entry that no longer reads it fails the test too: delete it.
+REGISTRY_ALLOWED: dict[str, str] = {
+    # Public helpers that take a name from a user's own code (no edge above them to resolve it):
+    "cbdm_core.label_distributions": "resolve_label_distribution(name, counts): the name helper of users' own "
+                                     "loops (cbdm_loss, a hand-built MethodBuildContext); runs built by cbdm "
+                                     "get the edge's resolver in MethodBuildContext.label_distribution",
+    "cbdm_core.sampling.api": "sample(model, ..., sampler=NAME): the programmatic sampling entry point",
+    # Sampler settings still carry names (SamplingSettings.sampler/guidance_method), resolved where
+    # they are used; issue 28 item 3 (settings passed whole, checked once) is where they move up.
+    "cbdm_core.sampling.guidance": "resolve_guidance/resolve_names: the one check of a sampling job's names",
+    "cbdm_core.sampling.generate": "resolve_steps: a sampler's default step count, from the settings' name",
+    # Dataset, metric and extractor names given to evaluation commands travel down as names today.
+    "cbdm_core.data": "load_dataset(name): evaluation references, classifiers and auto-classifiers load "
+                      "datasets by the names their commands were given",
+    "cbdm_core.evaluation.engine": "an evaluation's metric and extractor names (EvalOptions holds names); "
+                                   "the engine is being split by another change (issue 28 item 5)",
+    "cbdm_core.evaluation.values": "metric directions, looked up by the metric names of a result file",
+    # EDM's inner backbone is an option of a backbone: validated by name inside a pydantic validator;
+    # EDM's files are being packaged by another change (issue 28 item 5).
+    "cbdm_core.nets.edm": "EDMOptions validates its inner backbone's options by name",
+    # Experiment planners are edges of their own: they check every name a plan holds before hours of work.
+    "cbdm_core.experiments.sweep_axes": "planner: a sweep axis names a sampler or guidance option",
+    "cbdm_core.experiments.sweeps": "planner: a sweep's sampler checked before the first point",
+    "cbdm_core.experiments.compare": "planner: a comparison's methods, sampler and extractor checked first",
+    "cbdm_core.experiments.arms": "planner: an arm's guidance options checked against its spec",
+}
+
+REGISTRY_NAMES = {"get_registry", "lookup", "build_registry"}
+
+
+def _reads_registry(name: str, path: Path, is_pkg: bool) -> bool:
+    """``module`` imports ``get_registry``/``lookup`` (anywhere, functions included) or the
+    registry module itself."""
+    base = name if is_pkg else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import) and any(a.name == "cbdm_core.registry" for a in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom):
+            parts = base.split(".")[:len(base.split(".")) - node.level + 1] if node.level else []
+            mod = ".".join(parts + ([node.module] if node.module else []))
+            if mod == "cbdm_core.registry" and {a.name for a in node.names} & REGISTRY_NAMES:
+                return True
+            if mod == "cbdm_core" and any(a.name == "registry" for a in node.names):
+                return True
+    return False
+
+
+def test_registry_read_only_at_the_edge():
+    readers = {name for name, (path, is_pkg) in _modules("cbdm_core").items() if _reads_registry(name, path, is_pkg)}
+    below = sorted(readers - REGISTRY_EDGE - set(REGISTRY_ALLOWED))
+    assert not below, (f"modules below the edge read the registry (resolve the name at the edge, in build.py, "
+                       f"run.py or the CLI, and pass the object down): {below}")
+    stale = sorted(set(REGISTRY_ALLOWED) - readers)
+    assert not stale, f"no longer read the registry: remove them from REGISTRY_ALLOWED: {stale}"
+    assert "cbdm_core.build" in readers  # the scan sees the edge's own reads

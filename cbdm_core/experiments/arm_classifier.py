@@ -52,7 +52,7 @@ def ensure_arm_classifier(entry: "MethodEntry", run_dir: Path, seed: int, *, dev
     """Train the arm's classifier of one run unless its file exists; whether it was trained."""
     from ..build import resolve_device
     from ..guidance_classifier.make import make_noisy_classifier
-    from ..guidance_classifier.source import resolve_source
+    from ..guidance_classifier.source import run_source
 
     out = classifier_file(entry, run_dir, seed)
     if out.is_file():
@@ -60,6 +60,6 @@ def ensure_arm_classifier(entry: "MethodEntry", run_dir: Path, seed: int, *, dev
     tc = entry.train_classifier
     assert tc is not None
     job = NoisyClassifierJob(**tc.model_dump(exclude={"option", "seed"}), seed=seed if tc.seed is None else tc.seed)
-    src = resolve_source(str(run_dir))
+    src = run_source(run_dir)  # the arm's trained run: a folder, never a dataset name
     make_noisy_classifier(src, out, job, device=resolve_device(device), echo=echo)
     return True

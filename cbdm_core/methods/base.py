@@ -167,12 +167,26 @@ class MethodBuildContext:
         num_classes: number of real classes.
         schedule: the noise schedule.
         backbone: registered backbone name of the run.
+        label_distribution: ``(name, class_counts) -> probabilities [C]`` for a registered
+            label distribution (``"bal"``, ``"pow:0.5"``), resolved by the edge that builds the
+            run (``build.build_methods``), so a method never reads the registry itself.
     """
 
     class_counts: torch.Tensor
     num_classes: int
     schedule: Any
     backbone: str = "unet"
+    label_distribution: Optional[Callable[[str, torch.Tensor], torch.Tensor]] = None
+
+    def probs(self, name: str) -> torch.Tensor:
+        """Probabilities of the label distribution ``name`` over this run's class counts."""
+        if self.label_distribution is None:
+            # A context built by hand (own training loop, tests): the public name helper, which
+            # reads the registry; runs built by cbdm always carry the edge's resolver.
+            from ..label_distributions import resolve_label_distribution
+
+            return resolve_label_distribution(name, self.class_counts)
+        return self.label_distribution(name, self.class_counts)
 
 
 @dataclass(frozen=True)
@@ -193,6 +207,10 @@ class MethodSpec:
             :mod:`cbdm_core.interfaces` (``HasFeatureTap``, ``HasConvParts``, ``HasGeometry``,
             or a plugin's own); a run whose backbone lacks one is refused with one line when
             the model is built, before :meth:`TrainingMethod.attach` is called.
+        label_distribution_options: names of options holding a registered label distribution
+            (CBDM's ``y_dist``); an unregistered one is refused before any data is loaded (one
+            line listing the choices), before ``check`` runs. ``build`` resolves them with
+            ``ctx.probs(name)``.
     """
 
     options_model: type[BaseModel]
@@ -202,3 +220,4 @@ class MethodSpec:
     sweepable: tuple[str, ...] = field(default_factory=tuple)
     check: Optional[Callable[[Any], None]] = None
     requires: tuple[type, ...] = field(default_factory=tuple)
+    label_distribution_options: tuple[str, ...] = field(default_factory=tuple)

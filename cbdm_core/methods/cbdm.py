@@ -93,20 +93,11 @@ class CBDMRegularizer(TrainingMethod):
         return {"regularizer": reg, "commitment": com}, reg + self.gamma * com
 
 
-def check_cbdm_options(options: CBDMOptions) -> None:
-    """Fail fast (before any data is loaded) on a y' distribution nobody registered."""
-    from ..registry import get_registry
-
-    get_registry().get("label_distribution", options.y_dist)
-
-
 def build_cbdm_regularizer(options: CBDMOptions, ctx: MethodBuildContext) -> CBDMRegularizer:
-    """Factory of the ``cbdm`` method."""
-    from ..label_distributions import resolve_label_distribution
-
+    """Factory of the ``cbdm`` method (``options.y_dist`` resolved by the edge: ``ctx.probs``)."""
     if ctx.num_classes == 0:  # an unconditional model has no y' to draw: nothing to regularise
         return CBDMRegularizer(probs=torch.ones(0), tau=0.0, gamma=options.gamma, set_size=options.set_size)
-    probs = resolve_label_distribution(options.y_dist, ctx.class_counts)
+    probs = ctx.probs(options.y_dist)
     if probs.shape[0] != ctx.num_classes:
         raise CbdmError(f"class counts list {probs.shape[0]} classes, the model has {ctx.num_classes}")
     return CBDMRegularizer(probs=probs, tau=options.tau, gamma=options.gamma, set_size=options.set_size)

@@ -174,23 +174,14 @@ class DiffROP(TrainingMethod):
         return {"diffrop": term.detach(), "diffrop_dist": dist.detach()}, self.weight * term
 
 
-def check_diffrop_options(options: DiffROPOptions) -> None:
-    """Fail fast on a contrast distribution nobody registered."""
-    from ..registry import get_registry
-
-    get_registry().get("label_distribution", options.y_dist)
-
-
 def build_diffrop(options: DiffROPOptions, ctx: MethodBuildContext) -> DiffROP:
-    """Factory registered for ``diffrop``."""
-    from ..label_distributions import resolve_label_distribution
-
+    """Factory registered for ``diffrop`` (``options.y_dist`` resolved by the edge: ``ctx.probs``)."""
     T = getattr(ctx.schedule, "num_timesteps", None)
     if not isinstance(T, int) or T <= 0 or not hasattr(ctx.schedule, "betas"):
         raise CbdmError("diffrop needs a discrete noise schedule (betas) for its KL coefficient")
     if ctx.num_classes == 0:  # unconditional: no class to contrast with
         return DiffROP(options, torch.ones(0), T)
-    probs = resolve_label_distribution(options.y_dist, ctx.class_counts)
+    probs = ctx.probs(options.y_dist)
     if probs.shape[0] != ctx.num_classes:
         raise CbdmError(f"class counts list {probs.shape[0]} classes, the model has {ctx.num_classes}")
     return DiffROP(options, probs, T)
@@ -203,7 +194,7 @@ DIFFROP_SPEC = MethodSpec(
           f"arXiv 2402.10821; {NOTE}; form released: the DiffROP baseline of CCUA's SiT code, {RELEASED_SOURCE}",
     code="",
     sweepable=("weight", "margin", "time_power"),
-    check=check_diffrop_options,
+    label_distribution_options=("y_dist",),  # an unregistered one: refused before data is loaded
 )
 
 __all__ = ["DEFAULT_WEIGHT", "DIFFROP_SPEC", "DiffROP", "DiffROPOptions", "build_diffrop", "draw_contrast",

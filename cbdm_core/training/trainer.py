@@ -14,6 +14,7 @@ import torch
 
 from .. import build
 from ..checkpoint import Checkpoint, load_state_checked, read_run_meta
+from ..components import Components
 from ..config import TrainConfig
 from ..errors import CbdmError, UnknownComponentError
 from ..images import class_rows, grid_image, save_png, to_uint8
@@ -85,6 +86,7 @@ class Trainer:
         self._stop = threading.Event()
         self.reinitialised: list[str] = []
         self.methods: list = []
+        self.components: Optional[Components] = None  # the config's names, resolved by run()
         self.precision: Optional[Precision] = None  # resolved at the start of run()
         self.device_name = ""
 
@@ -96,7 +98,7 @@ class Trainer:
     def run(self) -> TrainResult:
         cfg = self.cfg
         try:
-            build.check_components(cfg)
+            self.components = build.check_components(cfg)  # every name resolved once, here
         except UnknownComponentError as exc:
             found = self.folder.list_checkpoints() if self.resume else []
             raise build.explain_missing_plugin(exc, read_run_meta(found[-1][1]) if found else {}) from None
@@ -113,7 +115,7 @@ class Trainer:
         """dataset -> augmentation -> objective(model) -> optimizer/EMA -> checkpoint, stage by stage."""
         start = self._open_run_folder(ctx)
         self.elapsed_before = start.elapsed
-        data = ctx.main_first(lambda: build.load_training_data(self.cfg))  # rank 0 first: it may download
+        data = ctx.main_first(lambda: build.load_training_data(self.cfg, self.components))  # rank 0 first: it may download
         self._resolve_speed(ctx.device)
         parts = self._build_parts(ctx, data, start.checkpoint)
         evaluator = self._prepare_evaluator(ctx, data)
@@ -145,8 +147,8 @@ class Trainer:
         """Augmentation, schedule, model + methods, EMA, batches and the step, in the order that
         fixes their random draws (a resumed run depends on it)."""
         cfg, device, precision = self.cfg, ctx.device, self.precision
-        augmentation = build.build_augmentation(cfg)
-        schedule = build.build_schedule(cfg)
+        augmentation = build.build_augmentation(cfg, self.components)
+        schedule = build.build_schedule(cfg, self.components)
         cond_dim = int(getattr(augmentation, "cond_dim", 0) or 0)
         model, attached = self._build_model(data, schedule, cond_dim)
         model = model.to(device)
@@ -155,7 +157,7 @@ class Trainer:
         step = self._load_weights(model, ema_model, start_ckpt, attached)
         o = cfg.optim
         train_step = build_train_step(
-            model, ema_model, build.build_base_loss(cfg, schedule), self.methods, schedule=schedule,
+            model, ema_model, build.build_base_loss(cfg, schedule, self.components), self.methods, schedule=schedule,
             num_classes=data.num_classes, class_counts=data.class_counts, p_uncond=cfg.objective.p_uncond,
             drop_whole_batch=cfg.objective.drop_whole_batch, lr=o.lr, grad_clip=o.grad_clip,
             ema_decay=o.ema_decay, ema_warmup=o.ema_warmup, precision=precision, ctx=ctx, batch_size=o.batch_size)
@@ -163,10 +165,14 @@ class Trainer:
             _load_optimizer(train_step.optimizer, start_ckpt.optim)
         meta = {"num_classes": data.num_classes, "image_size": data.image_size, "channels": data.channels,
                 "class_counts": data.class_counts.tolist(), "class_names": data.class_names, "dataset": data.name,
-                "cond_dim": cond_dim, "speed": precision.as_dict(), "plugins": build.component_plugins(cfg)}
+                "cond_dim": cond_dim, "speed": precision.as_dict(), "plugins": self._plugins()}
         return RunParts(data=data, schedule=schedule, augmentation=augmentation, model=model, ema_model=ema_model,
                         methods=self.methods, source=source, train_step=train_step, lr_at=_warmup(o.warmup),
                         precision=precision, meta=meta, step=step, start_ckpt=start_ckpt)
+
+    def _plugins(self) -> dict[str, str]:
+        """The plugin of every component the run uses (stored with its checkpoints)."""
+        return self.components.plugins if self.components else build.component_plugins(self.cfg)
 
     def _build_model(self, data, schedule, cond_dim: int) -> tuple[torch.nn.Module, list[str]]:
         """The network with the methods' modules attached (seeded); the attached weight names."""
