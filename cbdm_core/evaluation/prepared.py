@@ -233,7 +233,7 @@ def training_data_of(manifest: Optional[dict[str, Any]], dataset: str, root: Opt
 def prepare_reference(options: Any, *, on_status: Optional[StatusFn] = None, ctx: Optional[Any] = None) -> PreparedReference:
     """Load the reference of ``options`` (:class:`EvalOptions`): images, extractor, features
     (under torchrun, ``ctx``: extracted by all ranks, each an index range)."""
-    from ..build import resolve_device
+    from ..device import resolve_device
 
     status = on_status or (lambda _m: None)
     device = resolve_device(options.device)

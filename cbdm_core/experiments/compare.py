@@ -322,7 +322,7 @@ def _classifier(plan: StudyPlan, observer: StudyObserver) -> Optional[Path]:
         return None
     if e.classifier != "auto":
         return Path(e.classifier)
-    from ..build import resolve_device
+    from ..device import resolve_device
     from ..features.auto_classifier import ensure_classifier
 
     d = plan.protocol.data
@@ -454,7 +454,7 @@ def _sample_and_evaluate(plan: StudyPlan, part: Part, seed: int, num: int, optio
 
 
 def _loaded(plan: StudyPlan, part: Part, runs: dict):
-    from ..build import resolve_device
+    from ..device import resolve_device
     from ..run import load_run
 
     key = plan.model_dir(part.method, part.seed)  # an arm loads the weights of the run it samples
