@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from cbdm_core.edm import build_edm_loss
+from cbdm_core.edm.heun import DEFAULT_STEPS, HeunOptions, heun_sample
+from cbdm_core.edm.loss import build_edm_loss
+from cbdm_core.edm.precond import EDMOptions, build_edm
 from cbdm_core.hookspecs import hookimpl
 from cbdm_core.interfaces import BackboneSpec, SamplerSpec
-from cbdm_core.nets.edm import EDMOptions, build_edm
-from cbdm_core.sampling.heun import DEFAULT_STEPS, HeunOptions, heun_sample
 
 
 @hookimpl
