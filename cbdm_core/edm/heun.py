@@ -38,6 +38,8 @@ from .sigmas import schedule_sigmas, sigma_to_t
 
 DEFAULT_STEPS = 18
 OPTIONS = ("rho", "sigma_min", "sigma_max", "S_churn", "S_min", "S_max", "S_noise")
+# sample(eta=...) with heun: its spec takes no eta, and sample() refuses it with this line.
+NO_ETA = "the heun sampler takes no eta; use its S_churn option for stochastic sampling"
 
 
 def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> list[float]:
@@ -111,7 +113,7 @@ def _denoiser(denoise_fn: DenoiseFn, schedule: NoiseSchedule, y: torch.Tensor,
 
 @torch.no_grad()
 def heun_sample(denoise_fn: DenoiseFn, schedule: NoiseSchedule, x_T: torch.Tensor, y: torch.Tensor, *,
-                steps: Optional[int] = DEFAULT_STEPS, eta: float = 0.0, clip_denoised: Optional[bool] = None,
+                steps: Optional[int] = DEFAULT_STEPS, clip_denoised: Optional[bool] = None,
                 generator: GeneratorArg = None, callback: Optional[StepCallback] = None,
                 rho: float = 7.0, sigma_min: float = 0.002, sigma_max: float = 80.0,
                 S_churn: float = 0.0, S_min: float = 0.0, S_max: float = float("inf"), S_noise: float = 1.0,
@@ -124,7 +126,6 @@ def heun_sample(denoise_fn: DenoiseFn, schedule: NoiseSchedule, x_T: torch.Tenso
         x_T: unit-variance starting noise ``[B, ...]``; its device and dtype are used throughout.
         y: labels ``[B]`` passed through to ``denoise_fn``.
         steps: number of noise levels N (``None``: 18); 2N - 1 network calls.
-        eta: must be 0 (use ``S_churn`` for stochasticity).
         clip_denoised: clamp the denoised image D to [-1, 1]; ``None`` means False.
         generator: ``None``, a ``torch.Generator``, or one per sample (churn noise only).
         callback: ``callback(step_index, N, x)`` after each step.
@@ -132,8 +133,6 @@ def heun_sample(denoise_fn: DenoiseFn, schedule: NoiseSchedule, x_T: torch.Tenso
         S_churn, S_min, S_max, S_noise: EDM's churn; ``S_churn = 0`` is deterministic.
     """
     reject_unknown_options("heun", options, OPTIONS)
-    if float(eta) != 0.0:
-        raise CbdmError("the heun sampler takes no eta; use its S_churn option for stochastic sampling")
     rho, S_churn, S_min, S_max, S_noise = float(rho), float(S_churn), float(S_min), float(S_max), float(S_noise)
     _check_options(rho, float(sigma_min), float(sigma_max), S_churn, S_noise)
     clip = bool(clip_denoised) if clip_denoised is not None else False
