@@ -13,6 +13,7 @@ import torch
 from .checkpoint import RunMeta
 from .components import Components, ResolvedMethod
 from .config import TrainConfig, validate_component_options
+from .device import resolve_device  # noqa: F401  (its old home; importers of cbdm_core.build keep working)
 from .errors import CbdmError, UnknownComponentError
 from .interfaces import missing_capabilities
 from .methods.base import MethodBuildContext, MethodSpec, TrainingMethod
@@ -211,15 +212,3 @@ def explain_missing_plugin(exc: UnknownComponentError, meta: Optional[RunMeta]) 
     dist = str(made_with).split()[0]
     return UnknownComponentError(f"{exc.kind.replace('_', ' ')} {exc.name!r} is not installed: the run was made "
                                  f"with it from plugin {made_with} (pip install {dist})", exc.kind, exc.name)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise CbdmError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CbdmError("device cuda requested but no CUDA GPU is available")
-    return device

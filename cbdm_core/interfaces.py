@@ -99,24 +99,36 @@ class BackboneSpec:
     recommended_lr: Optional[float] = None
 
 
+# Options of ``sample()`` that some samplers take and others do not (``steps``, ``generator`` and
+# ``callback`` go to every sampler), each with the value that means "not set".
+COMMON_SAMPLER_OPTIONS: dict[str, Any] = {"eta": 0.0, "clip_denoised": None}
+
+
 @dataclass(frozen=True)
 class SamplerSpec:
     """A reverse-process sampler.
 
-    ``run(denoise_fn, schedule, x_T, y, *, steps, eta, clip_denoised, generator,
-    callback, **options) -> x_0``. ``generator`` may be a list of per-sample
-    generators (``len == B``) so results do not depend on the batch size.
+    ``run(denoise_fn, schedule, x_T, y, *, steps, generator, callback, <common_options>,
+    **options) -> x_0``. ``generator`` may be a list of per-sample generators
+    (``len == B``) so results do not depend on the batch size.
 
     Attributes:
         options_model: pydantic model (``extra="forbid"``) of the sampler's own options
             (``cbdm sample -S KEY=VALUE``); ``sample()`` validates them against it, so an
             unknown or ill-typed option is one line naming the choices. ``None``: the
             sampler checks its keyword options itself.
+        common_options: which of :data:`COMMON_SAMPLER_OPTIONS` (``eta``, ``clip_denoised``)
+            ``run`` takes; ``sample()`` passes only these, and refuses the others when set
+            (default: all of them, as before this field existed).
+        refusals: the one-line error for a common option the sampler does not take but a
+            caller set (e.g. why ddpm has no ``eta`` and what to use instead).
     """
 
     run: Callable[..., torch.Tensor]
     default_steps: Optional[int] = None
     options_model: Optional[type[BaseModel]] = None
+    common_options: tuple[str, ...] = tuple(COMMON_SAMPLER_OPTIONS)
+    refusals: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

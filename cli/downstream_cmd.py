@@ -61,7 +61,7 @@ def downstream_cmd(samples: tuple[str, ...], dataset: str, data_root: Optional[P
     macro recall). SAMPLES are labelled sample folders or .npz files; with none, only
     the real-data baseline is trained."""
     from cbdm_core.atomic import atomic_write_text
-    from cbdm_core.build import resolve_device
+    from cbdm_core.device import resolve_device
     from cbdm_core.data import dataset_options, load_dataset
     from cbdm_core.experiments.downstream import DownstreamOptions, class_interleaved_subset, downstream_comparison
     from cbdm_core.evaluation import fit_to_reference, load_reference, read_samples

@@ -78,11 +78,10 @@ def evaluate_samples(samples: Path, dataset: Optional[str], data_root: Optional[
     not cached yet, are extracted by all processes, each a contiguous index range; process 0
     then evaluates and writes the report."""
     from cbdm_core.atomic import check_folder_writable
-    from cbdm_core.build import resolve_device
+    from cbdm_core.device import resolve_device, setup_distributed
     from cbdm_core.evaluation import EvalOptions, evaluate, metrics_table, plot_per_class_fid, write_metrics_json
     from cbdm_core.evaluation.prepared import prepare_reference
     from cbdm_core.evaluation.report import METRICS_JSON, PER_CLASS_PLOT
-    from cbdm_core.training.distributed import setup_distributed
 
     ctx = setup_distributed(resolve_device(device))
     try:
@@ -189,7 +188,7 @@ def train_classifier_cmd(dataset: str, data_root: Optional[Path], balanced: bool
                          device: str) -> None:
     """Train the feature classifier on the real training images of --dataset."""
     from cbdm_core.atomic import check_writable
-    from cbdm_core.build import resolve_device
+    from cbdm_core.device import resolve_device
     from cbdm_core.data import dataset_options, load_dataset
     from cbdm_core.data.common import split_holdout
     from cbdm_core.features import classifier_accuracy, save_classifier, train_classifier

@@ -54,7 +54,7 @@ def choose_extractor(extractor: str | None, classifier: Path | None, dataset: st
     chosen = default_extractor(dataset)
     if chosen != "classifier":
         return chosen, None
-    from cbdm_core.build import resolve_device
+    from cbdm_core.device import resolve_device
     from cbdm_core.evaluation.reference import default_cache_dir
 
     path = shared_classifier(dataset, data_root, cache_dir if cache_dir is not None else default_cache_dir(),

@@ -104,8 +104,7 @@ def sample(run_path: Path, device: str, var_type: Optional[str], spacing: Option
     Under torchrun (torchrun --nproc_per_node N -m cbdm_cli sample ...) every process makes a
     contiguous range of the images; the images are the same for any number of processes.
     """
-    from cbdm_core.build import resolve_device
-    from cbdm_core.training.distributed import setup_distributed
+    from cbdm_core.device import resolve_device, setup_distributed
 
     # Every sampling value is checked here, once, by the settings models (one line per error).
     how, job = settings_from_options(options)

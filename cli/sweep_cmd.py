@@ -145,7 +145,7 @@ def guidance_cmd(run_path: Path, grid: Optional[str], axes: tuple[str, ...], dat
                  **rest: Any) -> None:
     """Sample one checkpoint at every guidance strength of --grid, or every value of --axis
     (a guidance or sampler option), and evaluate each."""
-    from cbdm_core.build import resolve_device
+    from cbdm_core.device import resolve_device
     from cbdm_core.experiments.sweeps import sampling_sweep
     from cbdm_core.run import load_run
 
@@ -240,7 +240,7 @@ def _log_line(rec: dict[str, Any]) -> str:
 def _run_training_sweep(parameter: str, values: list, config_for, *, data_root: Optional[Path], guidance: float,
                         metrics: str, select: str, device: str, out: Path, **features: Any) -> None:
     """Train, sample and evaluate one run per value (shared by ``sweep option`` and ``sweep tau``)."""
-    from cbdm_core.build import resolve_device
+    from cbdm_core.device import resolve_device
     from cbdm_core.experiments.sweeps import SweepInterrupted, training_sweep
     from cbdm_core.sampling.guidance import resolve_names
 

@@ -43,7 +43,7 @@ def train_classifier(source: str, out: Path, data_root: Optional[Path], schedule
     """Train a noise-aware classifier for classifier guidance (or, with --minority, for minority
     guidance); prints its held-out accuracy per t range."""
     from cbdm_core.atomic import check_writable
-    from cbdm_core.build import resolve_device
+    from cbdm_core.device import resolve_device
     from cbdm_core.guidance_classifier.make import NoisyClassifierJob, make_noisy_classifier
 
     if epochs < 1 or batch_size < 1 or bins < 1 or width < 4:

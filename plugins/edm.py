@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from cbdm_core.edm import build_edm_loss
+from cbdm_core.edm.heun import DEFAULT_STEPS, NO_ETA, HeunOptions, heun_sample
+from cbdm_core.edm.loss import build_edm_loss
+from cbdm_core.edm.precond import EDMOptions, build_edm
 from cbdm_core.hookspecs import hookimpl
 from cbdm_core.interfaces import BackboneSpec, SamplerSpec
-from cbdm_core.nets.edm import EDMOptions, build_edm
-from cbdm_core.sampling.heun import DEFAULT_STEPS, HeunOptions, heun_sample
 
 
 @hookimpl
@@ -16,5 +16,6 @@ def register_components(register) -> None:
              description="EDM preconditioning (Karras et al. 2022) around another backbone (inner: unet)")
     register("diffusion_loss", "edm", build_edm_loss,
              description="EDM loss: log-normal sigma, lambda(sigma)-weighted denoising error")
-    register("sampler", "heun", SamplerSpec(run=heun_sample, default_steps=DEFAULT_STEPS, options_model=HeunOptions),
+    register("sampler", "heun", SamplerSpec(run=heun_sample, default_steps=DEFAULT_STEPS, options_model=HeunOptions,
+                                            common_options=("clip_denoised",), refusals={"eta": NO_ETA}),
              description="EDM's 2nd-order Heun sampler (rho=7, optional S_churn) for any eps model")

@@ -15,7 +15,7 @@ from cbdm_core import locks, registry
 from cbdm_core.build import build_model
 from cbdm_core.checkpoint import Checkpoint, save_checkpoint
 from cbdm_core.config import TrainConfig
-from cbdm_core.experiments import compare as compare_mod
+from cbdm_core.experiments import compare_training
 from cbdm_core.hookspecs import hookimpl
 from cbdm_core.methods.base import MethodSpec, TrainingMethod
 from cbdm_core.methods.cbdm import CBDMOptions
@@ -72,7 +72,7 @@ class TrainerSpy:
                 spy.runs.append(self.run_dir)
                 return super().run()
 
-        monkeypatch.setattr(compare_mod, "Trainer", Spy)
+        monkeypatch.setattr(compare_training, "Trainer", Spy)  # the module that starts the runs
 
 
 # -- tiny untrained runs written straight to disk ----------------------------------------------------------

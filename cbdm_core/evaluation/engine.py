@@ -14,6 +14,7 @@ from ..errors import CbdmError
 from ..interfaces import METRIC_CONTEXT, validate_options
 from .inputs import SampleSet, read_samples
 from .reference import check_labels, fit_to_reference
+from .extractor import ExtractorInfo, build_extractor
 from .values import is_per_class, split_per_class
 
 if TYPE_CHECKING:
@@ -67,25 +68,6 @@ class EvalOptions:
     def __post_init__(self) -> None:
         if isinstance(self.metrics, str):  # "fid,kid" would otherwise iterate as letters
             self.metrics = [m.strip() for m in self.metrics.split(",") if m.strip()]
-
-
-@dataclass
-class ExtractorInfo:
-    """Which network produced the features, and whether its numbers match published ones."""
-
-    name: str
-    cache_key: str
-    comparable: bool
-    note: str
-    file: Optional[str] = None
-
-    @property
-    def label(self) -> str:
-        if self.name == "inception" and not self.comparable:
-            return "inception (unofficial weights: NOT comparable)"
-        if self.name == "classifier":
-            return f"classifier ({self.cache_key})"
-        return self.name
 
 
 @dataclass
@@ -204,47 +186,6 @@ def check_metric_options(options: dict[str, dict[str, Any]]) -> None:
         if reserved:
             raise CbdmError(f"metric option(s) {', '.join(reserved)} of {metric!r} are set by the evaluation itself")
         validate_options(getattr(spec, "options_model", None), opts, f"metric {metric!r}")
-
-
-def build_extractor(options: EvalOptions) -> tuple[Any, ExtractorInfo]:
-    """The feature extractor named in ``options`` and a description of it."""
-    from ..features.inception import OFFICIAL_SHA256_PREFIX, resolve_weights_path
-    from ..registry import get_registry
-
-    factory = get_registry().get("feature_extractor", options.extractor).obj
-    if options.extractor == "classifier":
-        if options.classifier is None:
-            raise CbdmError("--extractor classifier needs --classifier PATH (train one with "
-                            f"`cbdm eval train-classifier --dataset {options.dataset}`)")
-        extractor = factory(classifier_path=str(options.classifier))
-        info = ExtractorInfo("classifier", extractor.cache_key, False,
-                             f"features of the dataset-specific classifier {options.classifier}: compare only "
-                             f"with numbers from the same classifier ({extractor.cache_key}), never with "
-                             "published Inception FID/IS/KID", str(options.classifier))
-    elif options.extractor == "inception":
-        extractor = factory(weights_path=None if options.inception_weights is None else str(options.inception_weights))
-        path = resolve_weights_path(options.inception_weights)
-        official = extractor.cache_key.endswith(OFFICIAL_SHA256_PREFIX)
-        note = ("standard FID Inception v3 (TensorFlow 2015 weights): comparable to published numbers "
-                "at equal sample counts and reference sets" if official else
-                f"Inception weights {path} are NOT the official FID weights: these numbers are NOT "
-                "comparable to published FID/IS/KID and must not be reported as such")
-        info = ExtractorInfo("inception", extractor.cache_key, official, note, None if path is None else str(path))
-    else:
-        extractor = factory()
-        info = ExtractorInfo(options.extractor, extractor.cache_key, False,
-                             f"plugin feature extractor {options.extractor!r}: not the published protocol")
-    return extractor, info
-
-
-def _check_classifier_fits(extractor: Any, chw: tuple[int, int, int], dataset: str) -> None:
-    opts = getattr(getattr(extractor, "model", None), "options", None)
-    if opts is None:
-        return
-    if (opts.in_channels, opts.image_size, opts.image_size) != chw:
-        raise CbdmError(f"classifier {extractor.path} takes {opts.in_channels}x{opts.image_size}x{opts.image_size} "
-                        f"images but the {dataset} reference images are {chw[0]}x{chw[1]}x{chw[2]} (CxHxW); "
-                        f"train one with `cbdm eval train-classifier --dataset {dataset}`")
 
 
 def _finite(values: dict[str, Any]) -> dict[str, Optional[float]]:

@@ -21,6 +21,7 @@ from ..features.cache import cache_warning
 from ..tensor_io import load_tensors, save_tensors
 from ..interfaces import LabeledImages
 from ..metrics import TrainingReference
+from .extractor import build_extractor, check_classifier_fits
 from .reference import (CachedReference, data_digest, default_cache_dir, load_fid_stats, load_reference,
                         reference_features, resolve_reference_split)
 
@@ -232,8 +233,7 @@ def training_data_of(manifest: Optional[dict[str, Any]], dataset: str, root: Opt
 def prepare_reference(options: Any, *, on_status: Optional[StatusFn] = None, ctx: Optional[Any] = None) -> PreparedReference:
     """Load the reference of ``options`` (:class:`EvalOptions`): images, extractor, features
     (under torchrun, ``ctx``: extracted by all ranks, each an index range)."""
-    from ..build import resolve_device
-    from .engine import _check_classifier_fits, build_extractor
+    from ..device import resolve_device
 
     status = on_status or (lambda _m: None)
     device = resolve_device(options.device)
@@ -249,7 +249,7 @@ def prepare_reference(options: Any, *, on_status: Optional[StatusFn] = None, ctx
                          class_order=options.class_order, image_size=options.image_size)
     chw = (ref.channels, int(ref.images.shape[-2]), int(ref.images.shape[-1]))
     extractor, info = build_extractor(options)
-    _check_classifier_fits(extractor, chw, options.dataset)
+    check_classifier_fits(extractor, chw, options.dataset)
     status(f"reference features ({len(ref)} images, {info.name})")
     cached = reference_features(extractor, ref, dataset=options.dataset if folder is None else "folder",
                                 split=split, cache_dir=cache_dir, batch_size=options.batch_size, device=device,

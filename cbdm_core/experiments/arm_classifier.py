@@ -50,7 +50,7 @@ def classifier_file(entry: "MethodEntry", run_dir: Path, seed: int) -> Path:
 def ensure_arm_classifier(entry: "MethodEntry", run_dir: Path, seed: int, *, device: Any,
                           echo: Callable[[str], None]) -> bool:
     """Train the arm's classifier of one run unless its file exists; whether it was trained."""
-    from ..build import resolve_device
+    from ..device import resolve_device
     from ..guidance_classifier.make import make_noisy_classifier
     from ..guidance_classifier.source import run_source
 

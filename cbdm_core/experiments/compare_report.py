@@ -25,7 +25,7 @@ from .sampling_cost import cost_lines, cost_summary
 from .stats import FEW_SEEDS, cmh_test, holm, paired_difference, summarize, two_stage_bootstrap
 
 if TYPE_CHECKING:
-    from .compare import StudyPlan
+    from .compare_plan import StudyPlan
 
 FORMAT = "cbdm-compare/2"
 COMPARE_JSON = "compare.json"

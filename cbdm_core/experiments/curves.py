@@ -18,7 +18,7 @@ from ..atomic import atomic_path, ensure_dir
 from .stats import summarize
 
 if TYPE_CHECKING:
-    from .compare import StudyPlan
+    from .compare_plan import StudyPlan
 
 # The axes of the Pareto plots and the matched comparison.
 TAIL_MEMORIZATION = "memorization_pixels_tail"

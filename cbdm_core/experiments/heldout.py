@@ -20,7 +20,7 @@ import torch
 from ..atomic import atomic_write_text
 
 if TYPE_CHECKING:
-    from .compare import StudyPlan
+    from .compare_plan import StudyPlan
 
 HELDOUT_JSON = "heldout-real.json"
 PER_CLASS = 100  # enough for a rate per group; the nearest-neighbour search stays cheap

@@ -18,7 +18,8 @@ from typing import Any, Callable, Optional
 
 from ..atomic import atomic_path, ensure_dir
 from ..errors import CbdmError
-from .compare import PROTOCOL_JSON, _check_folder, _first_difference, _manifest_seed, _read_metrics, plan_study
+from .compare_folder import PROTOCOL_JSON, check_folder, first_difference, manifest_seed, read_metrics
+from .compare_plan import plan_study
 from .compare_report import COMPARE_JSON, write_outputs
 from .curves import collect_curve
 from .heldout import HELDOUT_JSON
@@ -53,7 +54,7 @@ def check_shards(shards: list[dict[str, Any]]) -> None:
     seen: dict[int, Path] = {s: first["folder"] for s in first["protocol"]["seeds"]}
     for sh in shards[1:]:
         where = f"shard {sh['folder']} differs from {first['folder']}"
-        diff = _first_difference(ref, dict(sh["protocol"], seeds=None))
+        diff = first_difference(ref, dict(sh["protocol"], seeds=None))
         if diff is not None:
             raise CbdmError(f"{where} in its protocol (at {diff}); only the seeds may differ")
         a, b = first["compare"].get("code_version"), sh["compare"].get("code_version")
@@ -101,11 +102,11 @@ def _results(plan: Any) -> dict[str, dict[str, Any]]:
         reports = []
         for s in plan.protocol.seeds:
             folder = plan.run_dir(label, s) / _report_name(w)
-            doc = _read_metrics(folder)
+            doc = read_metrics(folder)
             if doc is None:
                 raise CbdmError(f"{folder} has no metrics.json: the shard holding seed {s} is unfinished")
             reports.append({"seed": s, "run": str(plan.model_dir(label, s)), "doc": doc, "samples": str(folder),
-                            "sampling_seed": _manifest_seed(folder), "guidance": w, "selection": []})
+                            "sampling_seed": manifest_seed(folder), "guidance": w, "selection": []})
         results[label] = {"entry": entry, "chosen": w, "points": {}, "reports": reports,
                           "curve": collect_curve(plan, label)}
     return results
@@ -129,7 +130,7 @@ def merge_studies(folders: list[Path], out_dir: Path,
     for key in ("seed", "guidance"):  # recorded as defaults; the study sets them (a protocol may not)
         (data.get("sampling") or {}).pop(key, None)
     plan = plan_study(parse_protocol(data, "merged protocol"), Path(out_dir))
-    _check_folder(plan)
+    check_folder(plan)
     for sh in shards:
         status(f"copying the records of seeds {sh['protocol']['seeds']} from {sh['folder']}")
         _copy_samples(sh["folder"], plan.out_dir, sh["protocol"]["seeds"])

@@ -7,7 +7,7 @@ from typing import Any, Mapping, Optional
 import torch
 
 from ..errors import CbdmError
-from ..interfaces import SamplerSpec, StepCallback, validate_options
+from ..interfaces import COMMON_SAMPLER_OPTIONS, SamplerSpec, StepCallback, validate_options
 from ..schedules import NoiseSchedule
 from .guidance import resolve_guidance
 from .noise import GeneratorArg, check_generator
@@ -71,6 +71,19 @@ def _guided(model: Any, schedule: NoiseSchedule, w: float, null_label: Optional[
     return model
 
 
+def _common_options(spec: SamplerSpec, sampler: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The common options (``eta``, ``clip_denoised``) ``spec`` takes; one it does not take
+    but the caller set is refused with the spec's message."""
+    for name, value in given.items():
+        if name in getattr(spec, "common_options", COMMON_SAMPLER_OPTIONS):  # a duck-typed spec: all
+            continue
+        unset = COMMON_SAMPLER_OPTIONS[name]
+        # float(): a NaN eta is "set" (NaN != 0), as the samplers' own checks treated it.
+        if (value is not None) if unset is None else float(value) != unset:
+            raise CbdmError(getattr(spec, "refusals", {}).get(name, f"the {sampler} sampler takes no {name}"))
+    return {k: v for k, v in given.items() if k in getattr(spec, "common_options", COMMON_SAMPLER_OPTIONS)}
+
+
 def sample(model: Any, schedule: NoiseSchedule, x_T: torch.Tensor, y: torch.Tensor, *,
            sampler: str = "ddim", steps: Optional[int] = None, eta: float = 0.0, guidance: float = 0.0,
            guidance_method: str = "cfg", guidance_options: Optional[Mapping[str, Any]] = None,
@@ -111,8 +124,9 @@ def sample(model: Any, schedule: NoiseSchedule, x_T: torch.Tensor, y: torch.Tens
     denoise_fn = _guided(model, schedule, w, null_label, guidance_method, guidance_options)
     if steps is None:
         steps = spec.default_steps
+    common = _common_options(spec, sampler, {"eta": eta, "clip_denoised": clip_denoised})
     # no_grad also for third-party samplers that forget it (not inference_mode:
     # the caller may edit the result in place afterwards).
     with torch.no_grad():
-        return spec.run(denoise_fn, schedule, x_T, y, steps=steps, eta=eta, clip_denoised=clip_denoised,
-                        generator=generator, callback=callback, **sampler_options)
+        return spec.run(denoise_fn, schedule, x_T, y, steps=steps, generator=generator, callback=callback,
+                        **common, **sampler_options)

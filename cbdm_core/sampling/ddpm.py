@@ -27,6 +27,8 @@ from .common import predict_eps, reject_unknown_options
 from .noise import GeneratorArg, check_generator, randn_noise
 
 VAR_TYPES = ("fixedlarge", "fixedsmall")
+# sample(eta=...) with ddpm: its spec takes no eta, and sample() refuses it with this line.
+NO_ETA = "the ddpm sampler takes no eta (its variance is set by var_type); use ddim for eta"
 
 
 def ddpm_coefficients(schedule: NoiseSchedule, var_type: str) -> dict[str, torch.Tensor]:
@@ -66,7 +68,7 @@ class DDPMOptions(BoostSkipOptions):
 
 @torch.no_grad()
 def ddpm_sample(denoise_fn: DenoiseFn, schedule: NoiseSchedule, x_T: torch.Tensor, y: torch.Tensor, *,
-                steps: Optional[int] = None, eta: float = 0.0, clip_denoised: Optional[bool] = None,
+                steps: Optional[int] = None, clip_denoised: Optional[bool] = None,
                 generator: GeneratorArg = None, callback: Optional[StepCallback] = None,
                 var_type: str = "fixedlarge", boost_gamma: float = 1.0, skip: int = 0,
                 **options: Any) -> torch.Tensor:
@@ -78,7 +80,6 @@ def ddpm_sample(denoise_fn: DenoiseFn, schedule: NoiseSchedule, x_T: torch.Tenso
         x_T: starting noise ``[B, ...]``; its device and dtype are used throughout.
         y: labels ``[B]`` passed through to ``denoise_fn``.
         steps: ``None`` or ``T``; DDPM always visits every step.
-        eta: must be 0 (DDPM's variance is chosen by ``var_type``; use ``ddim`` for eta).
         clip_denoised: clamp predicted x_0 to [-1, 1]; ``None`` means True (reference default).
         generator: ``None``, a ``torch.Generator``, or one generator per sample.
         callback: ``callback(step_index, T, x)`` after each step.
@@ -91,8 +92,6 @@ def ddpm_sample(denoise_fn: DenoiseFn, schedule: NoiseSchedule, x_T: torch.Tenso
     if steps is not None and int(steps) != T:
         raise CbdmError(f"the ddpm sampler always runs all T={T} steps, got steps={steps}; "
                         "pass steps=None, or use the ddim sampler for fewer steps")
-    if float(eta) != 0.0:
-        raise CbdmError("the ddpm sampler takes no eta (its variance is set by var_type); use ddim for eta")
     clip = True if clip_denoised is None else bool(clip_denoised)
     check_generator(generator, x_T.shape[0])
     c = ddpm_coefficients(schedule, var_type)

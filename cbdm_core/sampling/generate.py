@@ -19,6 +19,7 @@ import torch
 
 from .. import locks
 from ..atomic import remove_stale_temps
+from ..device import DistContext
 from ..errors import CbdmError
 from ..images import as_numpy_nhwc, class_rows, grid_image, save_png, to_uint8
 from . import shards as sh
@@ -26,7 +27,6 @@ from .api import sample
 from .guidance import resolve_names
 from .noise import randn_like_per_sample, sample_generators
 from .settings import SamplerSettings, SamplingSettings
-from ..training.distributed import DistContext
 
 if TYPE_CHECKING:
     from ..run import LoadedRun

@@ -17,12 +17,12 @@ import torch
 
 from ..checkpoint import Checkpoint
 from ..config import TrainConfig
+from ..device import DistContext
 from ..errors import CbdmError
 from ..images import to_float
 from ..run_folder import RunFolder
 from .batch_source import BatchSource
 from .batches import step_seed
-from .distributed import DistContext
 from .events import (CheckpointDue, EvaluationDue, LogDue, LoopEvent, PreviewDue, RunFinished, RunStarted,
                      StepFinished, Subscribers)
 from .monitor import logged_terms, memory_gb, restore_window, window_state

@@ -13,10 +13,11 @@ from typing import Any, Callable, Optional, TypeVar
 
 import torch
 
+from ..device import DistContext
 from ..errors import CbdmError
 from ..objectives import DiffusionObjective, LossTerms
 from ..schedules import NoiseSchedule
-from .distributed import DistContext, ShardedObjective, wrap_ddp
+from .distributed import ShardedObjective, wrap_ddp
 from .ema import EMA
 from .precision import Precision, compile_module, to_channels_last, warn_eager
 

@@ -13,9 +13,9 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from ..device import DistContext
 from ..run_folder import RunFolder
 from .checkpointing import CheckpointKeeper
-from .distributed import DistContext
 from .evaluation import TrainingEvaluator
 from .events import CheckpointDue, EvaluationDue, LogDue, LoopEvent, PreviewDue, RunStarted, StepFinished
 from .loggers import LoggerGroup

@@ -16,12 +16,12 @@ from .. import build
 from ..checkpoint import Checkpoint, load_state_checked, read_run_meta
 from ..components import Components
 from ..config import TrainConfig
+from ..device import DistContext, setup_distributed
 from ..errors import CbdmError, UnknownComponentError
 from ..images import class_rows, grid_image, save_png, to_uint8
 from .batch_source import BatchSource
 from .batches import BatchIndexer
 from .checkpointing import CheckpointKeeper
-from .distributed import DistContext, setup_distributed
 from .evaluation import TrainingEvaluator, check_evaluation
 from .events import Subscriber, Subscribers
 from .loggers import LoggerGroup, open_loggers
