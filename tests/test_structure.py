@@ -165,16 +165,16 @@ REGISTRY_ALLOWED: dict[str, str] = {
     # Dataset, metric and extractor names given to evaluation commands travel down as names today.
     "cbdm_core.data": "load_dataset(name): evaluation references, classifiers and auto-classifiers load "
                       "datasets by the names their commands were given",
+    "cbdm_core.evaluation.extractor": "build_extractor(name): an evaluation's extractor name (EvalOptions holds names)",
     "cbdm_core.evaluation.engine": "an evaluation's metric and extractor names (EvalOptions holds names); "
                                    "the engine is being split by another change (issue 28 item 5)",
     "cbdm_core.evaluation.values": "metric directions, looked up by the metric names of a result file",
     # EDM's inner backbone is an option of a backbone: validated by name inside a pydantic validator;
-    # EDM's files are being packaged by another change (issue 28 item 5).
-    "cbdm_core.nets.edm": "EDMOptions validates its inner backbone's options by name",
+    "cbdm_core.edm.precond": "EDMOptions validates its inner backbone's options by name",
     # Experiment planners are edges of their own: they check every name a plan holds before hours of work.
     "cbdm_core.experiments.sweep_axes": "planner: a sweep axis names a sampler or guidance option",
     "cbdm_core.experiments.sweeps": "planner: a sweep's sampler checked before the first point",
-    "cbdm_core.experiments.compare": "planner: a comparison's methods, sampler and extractor checked first",
+    "cbdm_core.experiments.compare_plan": "planner: a comparison's methods, sampler and extractor checked first",
     "cbdm_core.experiments.arms": "planner: an arm's guidance options checked against its spec",
 }
 
