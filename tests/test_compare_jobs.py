@@ -72,11 +72,19 @@ def test_ctrl_c_stops_every_worker_with_a_checkpoint(tmp_path):
                              "--jobs", "2", "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=env, cwd=Path(__file__).resolve().parents[1])
     runs = [out / "runs" / m / "seed-0" for m in ("ddpm", "cbdm")]
-    deadline = time.monotonic() + 120
+    # Generous deadlines: on a loaded 2-core machine two spawned workers can take minutes to log
+    # their first step, and the test is about stopping workers that are training.
+    deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not all(last_logged_step(r) > 0 for r in runs):
         time.sleep(0.5)
+    started = [last_logged_step(r) for r in runs]
     proc.send_signal(signal.SIGINT)  # to the parent only, as `kill -INT`: it must stop the workers
-    output, _ = proc.communicate(timeout=120)
+    try:
+        output, _ = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output, _ = proc.communicate()
+        pytest.fail(f"no exit 300 s after Ctrl-C (steps logged when it was sent: {started}); output:\n{output}")
     assert proc.returncode == 130, output
     assert "re-run the same command to continue" in output
     for run in runs:
