@@ -48,7 +48,7 @@ from torch import nn
 from ..errors import CbdmError
 from ..interfaces import HasFeatureTap
 from .base import MethodBuildContext, MethodSpec, PassOutputs, StepContext, TrainingMethod
-from .dispersive import FeatureCapture
+from .dispersive import FeatureCapture, disarm_capture, install_capture, live_captures
 
 TAP_ATTR = "ccua_tap"
 CODE = "https://github.com/C-Fun/Contrastive-Conditional-Unconditional-Alignment-for-Long-tailed-Diffusion-Model"
@@ -120,23 +120,15 @@ class CCUA(TrainingMethod):
         return self.options.alpha > 0 or self.options.gamma > 0
 
     def _live(self) -> list[FeatureCapture]:
-        found = [r() for r in self._captures]
-        return [c for c in found if c is not None]
+        return live_captures(self._captures)
 
     def attach(self, model: nn.Module) -> None:
         if self.options.alpha == 0:  # no contrastive term: no feature to read
             return
-        capture = getattr(model, TAP_ATTR, None)
-        if capture is None:  # the feature tap is a declared capability (CCUA_SPEC.requires)
-            capture = FeatureCapture()
-            model.feature_tap().module.register_forward_hook(capture.hook)
-            model.add_module(TAP_ATTR, capture)
-        self._captures.append(weakref.ref(capture))
+        self._captures.append(weakref.ref(install_capture(model, TAP_ATTR)))
 
     def for_sampling(self, model: nn.Module) -> None:
-        capture = getattr(model, TAP_ATTR, None)
-        if capture is not None:
-            capture.armed, capture.captured = False, None
+        disarm_capture(model, TAP_ATTR)
 
     def extra_labels(self, ctx: StepContext) -> Optional[torch.Tensor]:
         if not self.active:

@@ -68,6 +68,30 @@ class FeatureCapture(nn.Module):
             self.captured = output
 
 
+def install_capture(model: nn.Module, attr: str) -> FeatureCapture:
+    """The model's :class:`FeatureCapture` under ``attr``, hooked on its feature tap once
+    (a method attached twice, or to the EMA copy that already holds one, reuses it)."""
+    capture = getattr(model, attr, None)
+    if capture is None:  # the feature tap is a declared capability (MethodSpec.requires)
+        capture = FeatureCapture()
+        model.feature_tap().module.register_forward_hook(capture.hook)
+        model.add_module(attr, capture)
+    return capture
+
+
+def disarm_capture(model: nn.Module, attr: str) -> None:
+    """Stop the model's capture under ``attr`` (if any) from keeping features while sampling."""
+    capture = getattr(model, attr, None)
+    if capture is not None:
+        capture.armed, capture.captured = False, None
+
+
+def live_captures(refs: list[weakref.ref]) -> list[FeatureCapture]:
+    """The captures still alive among weak references (a dropped model drops its capture)."""
+    found = [r() for r in refs]
+    return [c for c in found if c is not None]
+
+
 class Dispersive(TrainingMethod):
     """The built ``dispersive`` method (see the module docstring)."""
 
@@ -78,21 +102,13 @@ class Dispersive(TrainingMethod):
         self._captures: list[weakref.ref] = []
 
     def _live(self) -> list[FeatureCapture]:
-        found = [r() for r in self._captures]
-        return [c for c in found if c is not None]
+        return live_captures(self._captures)
 
     def attach(self, model: nn.Module) -> None:
-        capture = getattr(model, TAP_ATTR, None)
-        if capture is None:
-            capture = FeatureCapture()
-            model.feature_tap().module.register_forward_hook(capture.hook)
-            model.add_module(TAP_ATTR, capture)
-        self._captures.append(weakref.ref(capture))
+        self._captures.append(weakref.ref(install_capture(model, TAP_ATTR)))
 
     def for_sampling(self, model: nn.Module) -> None:
-        capture = getattr(model, TAP_ATTR, None)
-        if capture is not None:
-            capture.armed, capture.captured = False, None
+        disarm_capture(model, TAP_ATTR)
 
     def begin_pass(self, rows: slice, total: int) -> None:
         for c in self._live():
