@@ -232,3 +232,18 @@ def merge(shards: tuple[Path, ...], out: Path) -> None:
     doc = merge_studies(list(shards), out, status=reporter.status)
     click.echo(f"merged {len(shards)} shards (seeds {', '.join(map(str, doc['protocol']['seeds']))}); wrote "
                f"{out / COMPARE_JSON}, {out / COMPARE_MD} and {len(doc['plots'])} plot(s)")
+
+
+@compare.command("pack")
+@click.argument("study", type=click.Path(path_type=Path))
+@click.option("--out", "-o", type=click.Path(path_type=Path), required=True,
+              help="A new (or empty) folder for the packed outputs.")
+def pack(study: Path, out: Path) -> None:
+    """Copy a finished study shard's small outputs (protocol, reports, records, metrics,
+    manifests, the feature classifier, plots; no checkpoints or sample images) into OUT, to
+    commit them or carry them to the machine that runs `cbdm compare merge`."""
+    from cbdm_core.experiments.pack import pack_study
+
+    files = pack_study(study, out, status=Reporter().status)
+    size = sum((out / f).stat().st_size for f in files)
+    click.echo(f"packed {len(files)} files ({size / 1e6:.1f} MB) of {study} into {out}")

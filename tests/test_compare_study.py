@@ -29,7 +29,7 @@ def _threads():
 def _normalised(path: Path, folders: list[Path]) -> dict:
     """compare.json without its timestamp and with every study folder written as DIR."""
     text = path.read_text()
-    for folder in folders:
+    for folder in sorted(folders, key=lambda f: -len(str(f))):  # a longer path before its prefix
         text = text.replace(str(folder), "DIR")
     doc = json.loads(text)
     doc.pop("created")
@@ -115,6 +115,23 @@ def test_curve_heldout_row_and_merged_shards_equal_the_whole_study(tmp_path, mon
     folders = [whole, merged, a, b]
     assert _normalised(merged / "compare.json", folders) == _normalised(whole / "compare.json", folders)
     assert not list(merged.glob("runs/*/*/checkpoints"))  # built from records and metrics alone
+    # packs (small outputs only) of the shards, moved elsewhere, merge to the same study
+    packs = []
+    for shard in (a, b):
+        res = cli_ok("compare", "pack", shard, "--out", tmp_path / f"pack-{shard.name}")
+        moved = tmp_path / "elsewhere" / shard.name
+        shutil.move(str(tmp_path / f"pack-{shard.name}"), moved)
+        packs.append(moved)
+        assert f"into {tmp_path / f'pack-{shard.name}'}" in res.output
+        assert not list(moved.rglob("checkpoints")) and not list(moved.rglob("*.npz"))
+        assert list(moved.glob("classifier-*.safetensors")) and list(moved.rglob("records.csv"))
+    shutil.rmtree(a), shutil.rmtree(b)
+    cli_ok("compare", "merge", *packs, "--out", tmp_path / "merged-packs")
+    folders += [tmp_path / "merged-packs", *packs]
+    assert (_normalised(tmp_path / "merged-packs" / "compare.json", folders)
+            == _normalised(whole / "compare.json", folders))
+    cli_fails("compare", "pack", packs[0], "--out", packs[1], match="not empty")
+    cli_fails("compare", "pack", tmp_path / "none", "--out", tmp_path / "p3", match="no finished study")
 
 
 def _altered(src: Path, dst: Path, name: str, change) -> Path:

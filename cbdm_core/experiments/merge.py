@@ -26,8 +26,9 @@ from .heldout import HELDOUT_JSON
 from .protocol import parse_protocol
 from .sampling_cost import TIMING_JSON
 
-# What a sample folder keeps that the report reads.
+# What a sample folder keeps that the report reads, and which sample folders a study's report uses.
 SAMPLE_FILES = ("metrics.json", "records.csv", "manifest.json", TIMING_JSON)
+STUDY_SAMPLE_PREFIXES = ("report", "curve", "select")
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -76,6 +77,18 @@ def _classifier_digest(shard: dict[str, Any]) -> Optional[str]:
     return (shard["compare"].get("classifier") or {}).get("sha256")
 
 
+def _classifier_file(shard: dict[str, Any], classifier: Optional[dict[str, Any]]) -> Optional[Path]:
+    """The shard's classifier file: by name in the shard folder (a packed or moved shard keeps
+    it there), else where compare.json says."""
+    if not classifier or not classifier.get("file"):
+        return None
+    recorded = Path(classifier["file"])
+    for path in (shard["folder"] / recorded.name, recorded):
+        if path.is_file():
+            return path
+    return None
+
+
 def _copy_file(src: Path, dst: Path) -> None:
     ensure_dir(dst.parent, "study folder")
     with atomic_path(dst) as tmp:
@@ -88,7 +101,7 @@ def _copy_samples(shard: Path, out_dir: Path, seeds: list[int]) -> None:
         if int(run.name[len("seed-"):]) not in seeds:
             continue
         for folder in sorted(p for p in run.iterdir() if p.is_dir() and p.name.split("-")[0] in
-                             ("report", "curve", "select")):
+                             STUDY_SAMPLE_PREFIXES):
             for name in SAMPLE_FILES:
                 if (folder / name).is_file():
                     _copy_file(folder / name, out_dir / folder.relative_to(shard) / name)
@@ -136,8 +149,9 @@ def merge_studies(folders: list[Path], out_dir: Path,
         _copy_samples(sh["folder"], plan.out_dir, sh["protocol"]["seeds"])
     _copy_file(shards[0]["folder"] / HELDOUT_JSON, plan.out_dir / HELDOUT_JSON)
     classifier = copy.deepcopy(shards[0]["compare"].get("classifier"))
-    if classifier and classifier.get("file") and Path(classifier["file"]).is_file():
-        kept = plan.out_dir / Path(classifier["file"]).name
-        _copy_file(Path(classifier["file"]), kept)
+    found = _classifier_file(shards[0], classifier)
+    if found is not None:
+        kept = plan.out_dir / found.name
+        _copy_file(found, kept)
         classifier["file"] = str(kept)
     return write_outputs(plan, _results(plan), plan.out_dir, classifier=classifier, heldout=shards[0]["heldout"])
