@@ -64,7 +64,7 @@ def reported_values(plan: "StudyPlan", docs: list[dict[str, Any]]) -> list[str]:
     names: list[str] = []
     for d in docs:
         names.extend(k for k in d.get("values", {}) if k not in names)
-    rest = [v for v in summary_values(names, plan.eval_metrics) if v not in plan.protocol.primary]
+    rest = [v for v in summary_values(names, plan.evaluation.metrics) if v not in plan.protocol.primary]
     return list(plan.protocol.primary) + rest
 
 
@@ -148,7 +148,7 @@ def build_document(plan: "StudyPlan", results: dict[str, dict[str, Any]],
     first = docs[0] if docs else {}
     groups = {g: v.get("classes") for g, v in (first.get("groups") or {}).items()}
     values = reported_values(plan, docs)
-    directions = {v: direction_of(v, plan.eval_metrics).value for v in values}
+    directions = {v: direction_of(v, plan.evaluation.metrics).value for v in values}
     base_by_seed = {r["seed"]: r["doc"].get("values", {}) for r in results[base]["reports"]}
     base_records = {r["seed"]: _records(r["samples"]) for r in results[base]["reports"]}
     methods: dict[str, Any] = {}
