@@ -62,6 +62,7 @@ def main() -> None:
     p.add_argument("--workdir", type=Path, help="scratch folder (default: a temporary one)")
     args = p.parse_args()
 
+    from cbdm_core.build_evaluation import resolve_evaluation
     from cbdm_core.evaluation import EvalOptions, evaluate, prepare_reference
     from cbdm_core.features import save_classifier, train_classifier
     from cbdm_core.sampling.generate import generate_samples
@@ -82,10 +83,11 @@ def main() -> None:
     rows: list[tuple[str, float]] = []
 
     t = time.perf_counter()
-    prepare_reference(options)
+    components = resolve_evaluation(options)
+    prepare_reference(options, components)
     rows.append(("reference, cold (once per sweep, then cached on disk)", time.perf_counter() - t))
     t = time.perf_counter()
-    reference = prepare_reference(options)
+    reference = prepare_reference(options, components)
     rows.append(("reference, warm (once per sweep)", time.perf_counter() - t))
 
     labels = plan_labels("balanced", args.num, run.num_classes, run.meta.class_counts)
@@ -98,7 +100,7 @@ def main() -> None:
 
     marks: list[tuple[str, float]] = []
     t0 = time.perf_counter()
-    evaluate(workdir / "samples", options, reference=reference,
+    evaluate(workdir / "samples", options, components=components, reference=reference,
              on_status=lambda msg: marks.append((msg, time.perf_counter())))
     total = time.perf_counter() - t0
     marks.append(("end", t0 + total))
@@ -109,7 +111,7 @@ def main() -> None:
     rows.append(("evaluation of the point, total", total))
     # first point's extra cost: the memorisation training set (features cached on disk)
     t = time.perf_counter()
-    evaluate(workdir / "samples", options, reference=reference)
+    evaluate(workdir / "samples", options, components=components, reference=reference)
     rows.append(("evaluation of a later point (training set already loaded)", time.perf_counter() - t))
 
     print(f"CPU: {cpu_model()}; torch {torch.__version__}, {torch.get_num_threads()} threads")

@@ -78,6 +78,7 @@ def evaluate_samples(samples: Path, dataset: Optional[str], data_root: Optional[
     not cached yet, are extracted by all processes, each a contiguous index range; process 0
     then evaluates and writes the report."""
     from cbdm_core.atomic import check_folder_writable
+    from cbdm_core.build_evaluation import resolve_evaluation
     from cbdm_core.device import resolve_device, setup_distributed
     from cbdm_core.evaluation import EvalOptions, evaluate, metrics_table, plot_per_class_fid, write_metrics_json
     from cbdm_core.evaluation.prepared import prepare_reference
@@ -91,7 +92,8 @@ def evaluate_samples(samples: Path, dataset: Optional[str], data_root: Optional[
         run, extractor_flag, reference_split, metrics = start_paper(
             paper, data["dataset"], extractor, reference_split, metrics, reference_stats, reference_folder, reporter)
         classifier_flag = classifier
-        check_folder_writable(out if out is not None else default_out(samples), "report folder")  # before any work
+        out_dir = out if out is not None else default_out(samples)
+        check_folder_writable(out_dir, "report folder")  # before any work
         # Rank 0 trains a default classifier first; the others then find its file.
         extractor, classifier = ctx.main_first(lambda: choose_extractor(
             extractor_flag, classifier_flag, data["dataset"], data.get("root"), cache_dir, device, reporter.status))
@@ -102,13 +104,13 @@ def evaluate_samples(samples: Path, dataset: Optional[str], data_root: Optional[
             cache_dir=cache_dir, batch_size=batch_size, device=device, resize=resize,
             reference_folder=reference_folder, reference_stats=reference_stats,
             classes=data.get("classes"), class_order=data.get("class_order") or "name", image_size=data.get("resize"))
-        out_dir = out if out is not None else default_out(samples)
         with LogToReporter(reporter):
-            prepared = prepare_reference(options, on_status=reporter.status, ctx=ctx) if ctx.enabled else None
+            components = resolve_evaluation(options)  # every name checked once, before any loading
+            prepared = prepare_reference(options, components, on_status=reporter.status, ctx=ctx) if ctx.enabled else None
             if not ctx.is_main:
                 return
-            result = evaluate(samples, options, reference=prepared, on_warning=reporter.warning,
-                              on_status=reporter.status)
+            result = evaluate(samples, options, components=components, reference=prepared,
+                              on_warning=reporter.warning, on_status=reporter.status)
             finish_paper(run, result, reporter)
             heldout = (heldout_row(result, options, prepared, samples, out_dir, reporter.status)
                        if has_memorization(result) else None)

@@ -30,11 +30,12 @@ def heldout_row(result: Any, options: Any, reference: Any, samples: Path, out_di
     if reference is None:  # evaluate() prepared its own: load it again (features from the cache), quietly,
         import warnings    # since its warnings were already shown and recorded
 
+        from cbdm_core.build_evaluation import resolve_evaluation
         from cbdm_core.evaluation.prepared import prepare_reference
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            reference = prepare_reference(options)
+            reference = prepare_reference(options, resolve_evaluation(options))
     manifest = sh.read_manifest(samples) if Path(samples).is_dir() else None
     threshold = float((options.metric_options.get("memorization") or {}).get("threshold", THRESHOLD))
     doc = heldout_document(options.dataset, options.data_root, options.image_size, threshold, reference, manifest,

@@ -66,23 +66,22 @@ def _eval_options(dataset: str, data_root: Optional[Path], metrics: str, extract
 
 def _check_select(select: str, metrics: str) -> None:
     """``--select`` must be a score declared by one of ``--metrics`` (from the metric specs)."""
+    from cbdm_core.build_evaluation import metric_specs
     from cbdm_core.evaluation.values import provider_of, rankable
-    from cbdm_core.registry import get_registry
 
-    names = split_metrics(metrics) or []
-    for m in names:
-        get_registry().get("metric", m)
-    if provider_of(select, names) is None:
-        needed = provider_of(select)
+    specs = metric_specs(split_metrics(metrics) or [])  # unknown: error listing the choices
+    if provider_of(select, specs) is None:
+        needed = provider_of(select, metric_specs())
         hint = f"the metric {needed!r} in --metrics" if needed else "a metric that returns it"
         raise CbdmError(f"--select {select} needs {hint} (got {metrics})")
-    rankable(select, names)
+    rankable(select, specs)
 
 
 def _table(result) -> Table:
+    from cbdm_core.build_evaluation import metric_specs
     from cbdm_core.evaluation.values import summary_values
 
-    keys = summary_values([k for p in result.points for k in p.metrics])
+    keys = summary_values([k for p in result.points for k in p.metrics], metric_specs())
     keys = [k for k in keys if any(p.metrics.get(k) is not None for p in result.points)]
     best = result.best
     table = Table(title=f"{result.title} sweep ({result.extractor})", show_edge=False)

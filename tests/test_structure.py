@@ -147,6 +147,7 @@ def test_no_new_import_cycle_in_cbdm_core():
 REGISTRY_EDGE: frozenset[str] = frozenset({
     "cbdm_core.registry",  # the registry itself
     "cbdm_core.build",  # building a run from its config: resolve_components
+    "cbdm_core.build_evaluation",  # building an evaluation from its options: resolve_evaluation
     "cbdm_core.run",  # loading a run
 })
 
@@ -162,13 +163,9 @@ REGISTRY_ALLOWED: dict[str, str] = {
     # they are used; issue 28 item 3 (settings passed whole, checked once) is where they move up.
     "cbdm_core.sampling.guidance": "resolve_guidance/resolve_names: the one check of a sampling job's names",
     "cbdm_core.sampling.generate": "resolve_steps: a sampler's default step count, from the settings' name",
-    # Dataset, metric and extractor names given to evaluation commands travel down as names today.
-    "cbdm_core.data": "load_dataset(name): evaluation references, classifiers and auto-classifiers load "
-                      "datasets by the names their commands were given",
-    "cbdm_core.evaluation.extractor": "build_extractor(name): an evaluation's extractor name (EvalOptions holds names)",
-    "cbdm_core.evaluation.engine": "an evaluation's metric and extractor names (EvalOptions holds names); "
-                                   "the engine is being split by another change (issue 28 item 5)",
-    "cbdm_core.evaluation.values": "metric directions, looked up by the metric names of a result file",
+    "cbdm_core.data": "load_dataset(name): the name helper of users' own code, the CLI's data commands and "
+                      "the auto classifier; evaluations open datasets through the edge's resolver "
+                      "(EvalComponents.datasets, data.open_dataset)",
     # EDM's inner backbone is an option of a backbone: validated by name inside a pydantic validator;
     "cbdm_core.edm.precond": "EDMOptions validates its inner backbone's options by name",
     # Experiment planners are edges of their own: they check every name a plan holds before hours of work.

@@ -9,9 +9,9 @@ from .engine import (
     MetricResult,
     build_extractor,
     evaluate,
-    resolve_metrics,
 )
 from .inputs import SampleSet, read_samples
+from .resolved import EvalComponents
 from .prepared import PreparedReference, ReferenceRadii, prepare_reference
 from .reference import default_cache_dir, fit_to_reference, load_reference, training_class_counts
 from .report import (METRICS_JSON, PER_CLASS_PLOT, RECORD_COLUMNS, RECORDS_CSV, metrics_table, plot_per_class_fid,
@@ -20,6 +20,7 @@ from .values import direction_of, is_per_class, provider_of, rankable, summary_v
 
 __all__ = [
     "DEFAULT_METRICS",
+    "EvalComponents",
     "EvalOptions",
     "EvalResult",
     "ExtractorInfo",
@@ -42,7 +43,6 @@ __all__ = [
     "provider_of",
     "rankable",
     "read_samples",
-    "resolve_metrics",
     "result_to_dict",
     "summary_values",
     "training_class_counts",

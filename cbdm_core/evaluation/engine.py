@@ -6,15 +6,16 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence, Union
 
 import torch
 
 from ..errors import CbdmError
-from ..interfaces import METRIC_CONTEXT, validate_options
+from ..interfaces import METRIC_CONTEXT, MetricSpec, validate_options
+from .extractor import ExtractorInfo, build_extractor
 from .inputs import SampleSet, read_samples
 from .reference import check_labels, fit_to_reference
-from .extractor import ExtractorInfo, build_extractor
+from .resolved import EvalComponents
 from .values import is_per_class, split_per_class
 
 if TYPE_CHECKING:
@@ -102,6 +103,8 @@ class EvalResult:
     training: Optional[dict[str, Any]] = None
     sample_labels: Optional[list[int]] = None  # the requested class of each sample
     paper: Optional[dict[str, Any]] = None  # `--paper`: its settings and the deviations from them
+    # The computed metrics' specs (what the report reads directions from); never written to a file.
+    metric_specs: dict[str, MetricSpec] = field(default_factory=dict, repr=False, compare=False)
 
     def values(self, per_class: bool = False) -> dict[str, Optional[float]]:
         """All values by name (the per-class ``<name>_class_<c>`` ones only with ``per_class``)."""
@@ -162,30 +165,30 @@ class _WarningLog:
         self._catcher.__exit__(*exc)
 
 
-def resolve_metrics(names: Optional[Sequence[str]]) -> list[str]:
-    """Validated metric names (registered ``metric`` components), duplicates removed."""
-    from ..registry import get_registry
-
+def chosen_metrics(names: Optional[Sequence[str]]) -> list[str]:
+    """The metric names ``names`` asks for (``None``: :data:`DEFAULT_METRICS`), duplicates
+    removed; validated at the edge (``build_evaluation.resolve_metrics``)."""
     chosen = list(DEFAULT_METRICS) if names is None else [n.strip() for n in names if n.strip()]
-    if not chosen:
-        raise CbdmError("no metric selected; choose from: " + ", ".join(get_registry().names("metric")))
-    out: list[str] = []
-    for name in chosen:
-        get_registry().get("metric", name)  # unknown: error listing the choices
-        if name not in out:
-            out.append(name)
-    return out
+    return list(dict.fromkeys(chosen))
 
 
-def check_metric_options(options: dict[str, dict[str, Any]]) -> None:
-    from ..registry import get_registry
-
+def check_metric_options(options: dict[str, dict[str, Any]], specs: Mapping[str, MetricSpec]) -> None:
+    """Each metric's own options (``specs``: the named metrics' specs) valid, none of them one
+    the evaluation sets itself."""
     for metric, opts in options.items():
-        spec = get_registry().get("metric", metric).obj
+        spec = specs[metric]
         reserved = sorted(set(opts) & set(COMMON_OPTIONS))
         if reserved:
             raise CbdmError(f"metric option(s) {', '.join(reserved)} of {metric!r} are set by the evaluation itself")
         validate_options(getattr(spec, "options_model", None), opts, f"metric {metric!r}")
+
+
+def check_request(options: EvalOptions) -> None:
+    """The options that name no component: reference split and batch size."""
+    if options.reference_split not in REFERENCE_SPLITS:
+        raise CbdmError(f"reference split must be auto, train or test, got {options.reference_split!r}")
+    if options.batch_size < 1:
+        raise CbdmError(f"--batch-size must be positive, got {options.batch_size}")
 
 
 def _finite(values: dict[str, Any]) -> dict[str, Optional[float]]:
@@ -211,13 +214,15 @@ def _skip_reason(name: str, spec: Any, sample_set: SampleSet) -> Optional[str]:
     return None
 
 
-def evaluate(samples: Union[Path, str, SampleSet], options: EvalOptions, *,
+def evaluate(samples: Union[Path, str, SampleSet], options: EvalOptions, *, components: EvalComponents,
              reference: Optional["PreparedReference"] = None,
              on_warning: Optional[WarningFn] = None,
              on_status: Optional[Callable[[str], None]] = None) -> EvalResult:
     """Compare ``samples`` (a path :func:`read_samples` accepts, or a :class:`SampleSet`)
     with the class-balanced ``options.reference_split`` of ``options.dataset``.
 
+    ``components``: the names of ``options`` resolved at the edge
+    (:func:`cbdm_core.build_evaluation.resolve_evaluation`); the engine reads no registry.
     ``reference``: an already loaded reference (:func:`prepare_reference` with the same
     dataset, split and extractor), so a sweep loads the real set, its features and k-NN radii
     once. Reference features are cached under ``cache_dir/features``. Every ``UserWarning``
@@ -228,9 +233,9 @@ def evaluate(samples: Union[Path, str, SampleSet], options: EvalOptions, *,
 
     status = on_status or (lambda _msg: None)
     explicit = options.metrics is not None
-    specs = _checked_request(options, reference)
+    specs = _checked_request(options, components, reference)
     with _WarningLog(on_warning) as log:
-        prep = reference if reference is not None else prepare_reference(options, on_status=status)
+        prep = reference if reference is not None else prepare_reference(options, components, on_status=status)
         sample_set, images, resize_note = _read_sample_set(samples, prep, options)
         skipped = _skipped_metrics(specs, sample_set, explicit)
         counts, counts_source, training = _training_inputs(prep, specs, skipped, sample_set, explicit, status)
@@ -263,27 +268,23 @@ def evaluate(samples: Union[Path, str, SampleSet], options: EvalOptions, *,
         training=None if training is None else {"description": training.description,
                                                 "count": int(len(training.labels))},
         sample_labels=sample_set.labels.tolist() if sample_set.labeled else None,
+        metric_specs=dict(specs),
     )
 
 
-def _checked_request(options: EvalOptions, reference: Optional["PreparedReference"]) -> dict[str, Any]:
-    """The chosen metrics' specs, in order, once every option is checked (before any loading)."""
-    from ..registry import get_registry
-
-    metrics = resolve_metrics(options.metrics)
-    check_metric_options(options.metric_options)
-    if options.reference_split not in REFERENCE_SPLITS:
-        raise CbdmError(f"reference split must be auto, train or test, got {options.reference_split!r}")
-    if options.batch_size < 1:
-        raise CbdmError(f"--batch-size must be positive, got {options.batch_size}")
-    get_registry().get("feature_extractor", options.extractor)  # unknown: error listing the choices
+def _checked_request(options: EvalOptions, components: EvalComponents,
+                     reference: Optional["PreparedReference"]) -> dict[str, Any]:
+    """The chosen metrics' specs, in order, once every option is checked (before any loading);
+    the names were checked where ``components`` were resolved."""
+    specs = components.specs_for(chosen_metrics(options.metrics))
+    check_request(options)
     if options.extractor == "classifier" and options.classifier is None:
-        build_extractor(options)  # the clear error, before any loading
+        build_extractor(options, components.extractor)  # the clear error, before any loading
     if reference is not None and not reference.matches(options):
         raise CbdmError(f"the prepared reference is {reference.dataset} {reference.split} with "
                         f"{reference.info.name} features, but the options ask for {options.dataset} "
                         f"{options.reference_split} with {options.extractor}")
-    return {m: get_registry().get("metric", m).obj for m in metrics}
+    return specs
 
 
 def _read_sample_set(samples: Union[Path, str, SampleSet], prep: "PreparedReference",

@@ -31,12 +31,11 @@ class ExtractorInfo:
         return self.name
 
 
-def build_extractor(options: EvalOptions) -> tuple[Any, ExtractorInfo]:
-    """The feature extractor named in ``options`` and a description of it."""
+def build_extractor(options: EvalOptions, factory: Any) -> tuple[Any, ExtractorInfo]:
+    """The feature extractor of ``options`` made by ``factory`` (the registered factory of
+    ``options.extractor``, resolved at the edge: ``EvalComponents.extractor``) and a description of it."""
     from ..features.inception import OFFICIAL_SHA256_PREFIX, resolve_weights_path
-    from ..registry import get_registry
 
-    factory = get_registry().get("feature_extractor", options.extractor).obj
     if options.extractor == "classifier":
         if options.classifier is None:
             raise CbdmError("--extractor classifier needs --classifier PATH (train one with "

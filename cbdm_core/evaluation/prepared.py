@@ -14,7 +14,7 @@ import torch
 
 from .. import locks
 from ..atomic import remove_stale_temps
-from ..data import dataset_options, load_dataset
+from ..data import dataset_options
 from ..errors import CbdmError
 from ..features import FeatureSet, cache_path, cached_features, reference_key
 from ..features.cache import cache_warning
@@ -23,7 +23,8 @@ from ..interfaces import LabeledImages
 from ..metrics import TrainingReference
 from .extractor import build_extractor, check_classifier_fits
 from .reference import (CachedReference, data_digest, default_cache_dir, load_fid_stats, load_reference,
-                        reference_features, resolve_reference_split)
+                        open_named, reference_features, resolve_reference_split)
+from .resolved import DatasetResolver, EvalComponents
 
 StatusFn = Callable[[str], None]
 RADII_FORMAT = "cbdm-radii-v1"
@@ -129,6 +130,7 @@ class PreparedReference:
     stats: Optional[FidStats] = None
     classes: Optional[list[str]] = None
     class_order: str = "name"
+    datasets: Optional[DatasetResolver] = None  # the edge's resolver, for training sets named by manifests
     _training: dict[str, TrainingReference] = field(default_factory=dict)
     _counts: dict[str, tuple[list[int], str]] = field(default_factory=dict)
 
@@ -183,7 +185,8 @@ class PreparedReference:
         if key not in self._counts:
             self._counts[key] = training_class_counts(self.dataset, self.data_root, self.images.num_classes,
                                                       manifest, fallback=self.images.class_counts,
-                                                      classes=self.classes, class_order=self.class_order)
+                                                      classes=self.classes, class_order=self.class_order,
+                                                      datasets=self.datasets)
         return self._counts[key]
 
     def training(self, manifest: Optional[dict[str, Any]], status: StatusFn) -> TrainingReference:
@@ -192,7 +195,7 @@ class PreparedReference:
         key = json.dumps([name, opts.model_dump(mode="json")], sort_keys=True)
         if key not in self._training:
             status(f"loading the training set for memorisation ({source})")
-            ds = load_dataset(name, opts)
+            ds = open_named(self.datasets, name, opts)
             if tuple(ds.images.shape[1:]) != self.chw or ds.num_classes != self.images.num_classes:
                 raise CbdmError(f"the training set {name} ({source}) does not match the {self.dataset} reference "
                                 "in image shape or classes")
@@ -230,8 +233,10 @@ def training_data_of(manifest: Optional[dict[str, Any]], dataset: str, root: Opt
     return dataset, dataset_options(root=root, split="train"), f"{dataset} training split (default options)"
 
 
-def prepare_reference(options: Any, *, on_status: Optional[StatusFn] = None, ctx: Optional[Any] = None) -> PreparedReference:
-    """Load the reference of ``options`` (:class:`EvalOptions`): images, extractor, features
+def prepare_reference(options: Any, components: EvalComponents, *, on_status: Optional[StatusFn] = None,
+                      ctx: Optional[Any] = None) -> PreparedReference:
+    """Load the reference of ``options`` (:class:`EvalOptions`) with its ``components``
+    (resolved at the edge: ``build_evaluation.resolve_evaluation``): images, extractor, features
     (under torchrun, ``ctx``: extracted by all ranks, each an index range)."""
     from ..device import resolve_device
 
@@ -246,9 +251,10 @@ def prepare_reference(options: Any, *, on_status: Optional[StatusFn] = None, ctx
         path = Path(options.reference_stats).expanduser()
         stats = FidStats(path, *load_fid_stats(path))
     ref = load_reference(options.dataset, options.data_root, split, folder=folder, classes=options.classes,
-                         class_order=options.class_order, image_size=options.image_size)
+                         class_order=options.class_order, image_size=options.image_size,
+                         datasets=components.datasets)
     chw = (ref.channels, int(ref.images.shape[-2]), int(ref.images.shape[-1]))
-    extractor, info = build_extractor(options)
+    extractor, info = build_extractor(options, components.extractor)
     check_classifier_fits(extractor, chw, options.dataset)
     status(f"reference features ({len(ref)} images, {info.name})")
     cached = reference_features(extractor, ref, dataset=options.dataset if folder is None else "folder",
@@ -257,4 +263,5 @@ def prepare_reference(options: Any, *, on_status: Optional[StatusFn] = None, ctx
     return PreparedReference(options.dataset, options.data_root, split, ref, extractor, info,
                              cached, device, cache_dir, options.batch_size,
                              ReferenceRadii(cache_dir / "features", cached.cache_key), folder=folder, stats=stats,
-                             classes=options.classes, class_order=options.class_order)
+                             classes=options.classes, class_order=options.class_order,
+                             datasets=components.datasets)

@@ -9,13 +9,13 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data import dataset_options, load_dataset, long_tail_indices
+from ..data import dataset_options, load_dataset, long_tail_indices, open_dataset
 from ..errors import CbdmError
 from ..features import FeatureSet, cache_path, cached_features, reference_key
 from ..interfaces import LabeledImages
@@ -24,6 +24,14 @@ ENV_CACHE = "CBDM_CACHE"
 DEFAULT_CACHE = "~/.cache/cbdm"
 LT_SUFFIX = "-lt"
 BALANCE_SEED = 0  # which images a balanced subsample keeps: fixed, so reports and caches agree
+
+
+def open_named(datasets: Optional[Callable[[str], Any]], name: str, options: Any) -> LabeledImages:
+    """Dataset ``name`` through ``datasets`` (the edge's resolver, ``EvalComponents.datasets``);
+    without one, through the registry (:func:`~cbdm_core.data.load_dataset`: users' own calls)."""
+    if datasets is None:
+        return load_dataset(name, options)
+    return open_dataset(datasets(name), name, options)
 
 
 def default_cache_dir() -> Path:
@@ -61,7 +69,8 @@ def balance_classes(ds: LabeledImages, seed: int = BALANCE_SEED) -> LabeledImage
 
 def load_reference(dataset: str, root: Optional[Path], split: str, *, folder: Optional[Path] = None,
                    classes: Optional[list[str]] = None, class_order: str = "name",
-                   balance: bool = True, image_size: Optional[int] = None) -> LabeledImages:
+                   balance: bool = True, image_size: Optional[int] = None,
+                   datasets: Optional[Callable[[str], Any]] = None) -> LabeledImages:
     """The class-balanced real set: ``split`` of ``dataset`` with ``imb_factor=1``, subsampled
     to equal class counts (:func:`balance_classes`); for a long-tailed name (``cifar10-lt``)
     that is the full, balanced base split.
@@ -70,25 +79,27 @@ def load_reference(dataset: str, root: Optional[Path], split: str, *, folder: Op
     balanced: its counts are reported), with the classes in the training label order.
     ``balance=False``: the whole split (the downstream classifier's test set).
     ``image_size``: the training data's ``resize`` (the reference must be what the model learnt).
+    ``datasets``: the edge's dataset resolver (see :func:`open_named`).
     """
     split = resolve_reference_split(dataset, root, split)
     if folder is not None:
-        names = _label_order(dataset, root, classes, class_order)
-        return load_dataset("folder", dataset_options(root=folder, split="train", imb_factor=1.0, classes=names,
-                                                      resize=image_size))
+        names = _label_order(dataset, root, classes, class_order, datasets)
+        return open_named(datasets, "folder", dataset_options(root=folder, split="train", imb_factor=1.0,
+                                                              classes=names, resize=image_size))
     extra = {} if dataset != "folder" else {"classes": classes, "class_order": class_order}
-    ds = load_dataset(dataset, dataset_options(root=root, split=split, imb_factor=1.0, resize=image_size, **extra))
+    ds = open_named(datasets, dataset, dataset_options(root=root, split=split, imb_factor=1.0, resize=image_size,
+                                                       **extra))
     return balance_classes(ds) if balance else ds
 
 
 def _label_order(dataset: str, root: Optional[Path], classes: Optional[list[str]],
-                 class_order: str) -> list[str]:
+                 class_order: str, datasets: Optional[Callable[[str], Any]]) -> list[str]:
     """Class names in the training label order (a folder's are listed, not decoded)."""
     if dataset == "folder":
         from ..data.folder import class_names
 
         return class_names(dataset_options(root=root, split="train", classes=classes, class_order=class_order))
-    return list(load_dataset(dataset, dataset_options(root=root, split="train", imb_factor=1.0)).class_names)
+    return list(open_named(datasets, dataset, dataset_options(root=root, split="train", imb_factor=1.0)).class_names)
 
 
 def load_fid_stats(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -192,7 +203,8 @@ def manifest_class_counts(manifest: Optional[dict[str, Any]], num_classes: int) 
 def training_class_counts(dataset: str, root: Optional[Path], num_classes: int,
                           manifest: Optional[dict[str, Any]] = None,
                           fallback: Optional[torch.Tensor] = None, *, classes: Optional[list[str]] = None,
-                          class_order: str = "name") -> tuple[list[int], str]:
+                          class_order: str = "name",
+                          datasets: Optional[Callable[[str], Any]] = None) -> tuple[list[int], str]:
     """Class training frequencies: the model's metadata when the manifest leads to it, else
     the (long-tailed, for ``*-lt`` names) training split of ``dataset`` with default options."""
     found = manifest_class_counts(manifest, num_classes)
@@ -200,7 +212,7 @@ def training_class_counts(dataset: str, root: Optional[Path], num_classes: int,
         return found
     try:
         extra = {} if dataset != "folder" else {"classes": classes, "class_order": class_order}
-        train = load_dataset(dataset, dataset_options(root=root, split="train", **extra))
+        train = open_named(datasets, dataset, dataset_options(root=root, split="train", **extra))
     except CbdmError as exc:
         if fallback is None:
             raise

@@ -41,15 +41,11 @@ def _short(value: Optional[float], digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}g}"
 
 
-def _direction(key: str, metric: str):
-    """The declared direction of ``key``, ``None`` when its metric does not declare it."""
-    from ..errors import CbdmError
-    from .values import metric_specs
-
-    try:
-        return metric_specs([metric])[metric].direction(key)
-    except CbdmError:  # a metric no longer registered: show its values
-        return None
+def _direction(key: str, metric: str, result: EvalResult):
+    """The declared direction of ``key``, ``None`` when its metric does not declare it (or the
+    result carries no spec of it)."""
+    spec = result.metric_specs.get(metric)
+    return None if spec is None else spec.direction(key)
 
 
 def metrics_table(result: EvalResult) -> Table:
@@ -75,7 +71,7 @@ def metrics_table(result: EvalResult) -> Table:
                 if key.endswith(suffix):
                     column, base = name, key[:-len(suffix)]
                     break
-            if column == "value" and _direction(key, m.metric) is Direction.NEITHER:
+            if column == "value" and _direction(key, m.metric, result) is Direction.NEITHER:
                 if key.endswith(STD_SUFFIX) and key[:-len(STD_SUFFIX)] in rows and value is not None:
                     rows[key[:-len(STD_SUFFIX)]]["value"].append(f"±{_short(value, 2)}")
                 continue  # a sample count: metrics.json has it

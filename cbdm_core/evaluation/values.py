@@ -1,5 +1,6 @@
 """What a metric value means, read from the metric specs (never from lists of names):
-which metric returns it, which way it improves, and whether it is a per-class value.
+which metric returns it, which way it improves, and whether it is a per-class value. The specs
+are resolved at the edge (``build_evaluation.metric_specs``) and passed in.
 
 Per-class values are named ``<base>_class_<c>`` (``fid_class_3``); ``<base>_class_mean`` is
 their mean and counts as a summary value.
@@ -7,7 +8,7 @@ their mean and counts as a summary value.
 
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Mapping, Optional
 
 from ..errors import CbdmError
 from ..interfaces import Direction, MetricSpec
@@ -26,18 +27,14 @@ def split_per_class(name: str) -> Optional[tuple[str, int]]:
     return (base, int(tail)) if sep and tail.isdigit() else None
 
 
-def metric_specs(metrics: Optional[Sequence[str]] = None) -> dict[str, MetricSpec]:
-    """The specs of ``metrics`` (all registered ones for ``None``)."""
-    from ..registry import get_registry
-
-    reg = get_registry()
-    names = reg.names("metric") if metrics is None else list(metrics)
-    return {n: reg.get("metric", n).obj for n in names}
+CHOSEN = "the chosen metrics"
+REGISTERED = "any registered metric"  # ``where`` when ``specs`` hold every registered metric
+Specs = Mapping[str, MetricSpec]
 
 
-def provider_of(value: str, metrics: Optional[Sequence[str]] = None) -> Optional[str]:
-    """The metric among ``metrics`` that declares ``value`` (exact names before patterns)."""
-    specs = metric_specs(metrics)
+def provider_of(value: str, specs: Specs) -> Optional[str]:
+    """The metric among ``specs`` (``name -> MetricSpec``, resolved at the edge) that declares
+    ``value`` (exact names before patterns)."""
     for name, spec in specs.items():
         if value in getattr(spec, "values", {}):
             return name
@@ -47,34 +44,33 @@ def provider_of(value: str, metrics: Optional[Sequence[str]] = None) -> Optional
     return None
 
 
-def direction_of(value: str, metrics: Optional[Sequence[str]] = None) -> Direction:
-    """Which way ``value`` improves, as declared by the metric that returns it.
+def direction_of(value: str, specs: Specs, where: str = CHOSEN) -> Direction:
+    """Which way ``value`` improves, as declared by the metric among ``specs`` that returns it.
 
-    ``CbdmError`` when no metric among ``metrics`` declares it (a plugin metric must list its
-    values in ``MetricSpec.values``)."""
-    name = provider_of(value, metrics)
+    ``CbdmError`` when none declares it (a plugin metric must list its values in
+    ``MetricSpec.values``); ``where`` names ``specs`` in that message."""
+    name = provider_of(value, specs)
     if name is None:
-        where = "the chosen metrics" if metrics is not None else "any registered metric"
         raise CbdmError(f"{value!r} is not a value declared by {where}; a metric plugin declares its "
                         "values and whether lower or higher is better in MetricSpec.values")
-    return metric_specs([name])[name].direction(value)  # type: ignore[return-value]
+    return specs[name].direction(value)  # type: ignore[return-value]
 
 
-def rankable(value: str, metrics: Optional[Sequence[str]] = None) -> Direction:
+def rankable(value: str, specs: Specs, where: str = CHOSEN) -> Direction:
     """:func:`direction_of`, refusing values that are not scores (spreads, sample counts)."""
-    direction = direction_of(value, metrics)
+    direction = direction_of(value, specs, where)
     if direction is Direction.NEITHER:
         raise CbdmError(f"{value!r} is not a score (neither lower nor higher is better); choose another value")
     return direction
 
 
-def summary_values(names: Iterable[str], metrics: Optional[Sequence[str]] = None) -> list[str]:
+def summary_values(names: Iterable[str], specs: Specs) -> list[str]:
     """The scores among ``names`` worth a table column: declared, not per class, not NEITHER."""
     out = []
     for n in names:
         if n in out or is_per_class(n):
             continue
-        provider = provider_of(n, metrics)
-        if provider is not None and metric_specs([provider])[provider].direction(n) is not Direction.NEITHER:
+        provider = provider_of(n, specs)
+        if provider is not None and specs[provider].direction(n) is not Direction.NEITHER:
             out.append(n)
     return out

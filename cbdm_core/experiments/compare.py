@@ -61,7 +61,7 @@ def run_study(protocol: Protocol, out_dir: Path, *, observer: Optional[StudyObse
     classifier = study_classifier(plan, obs)
     report_opts = eval_options(plan, plan.eval_metrics, classifier)
     select_opts = eval_options(plan, plan.select_metrics, classifier)
-    reference = prepare_reference(report_opts, on_status=obs.status)  # once for the whole study
+    reference = prepare_reference(report_opts, plan.evaluation, on_status=obs.status)  # once for the whole study
     if jobs > 1:
         train_all_in_parallel(plan, [x for x in parts if x.kind == "train"], obs, jobs)
     runs: dict = {}

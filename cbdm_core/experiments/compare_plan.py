@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from ..config import TrainConfig
 from ..errors import CbdmError
@@ -15,6 +15,9 @@ from .arm_classifier import classifier_file
 from .arms import check_arms
 from .protocol import MethodEntry, Protocol, train_config
 from .sweeps import value_label
+
+if TYPE_CHECKING:
+    from ..evaluation.resolved import EvalComponents
 
 
 @dataclass
@@ -65,6 +68,8 @@ class StudyPlan:
     directions: dict[str, str] = field(default_factory=dict)  # primary and select values: "lower"/"higher"
     seeds: dict[str, dict[int, int]] = field(default_factory=dict)  # sampling seeds, see sampling_seeds()
     overwrite: bool = False  # regenerate kept sample sets whose guidance file changed (--overwrite)
+    # The evaluation's names resolved once (every metric of eval_metrics, the extractor, datasets).
+    evaluation: Optional["EvalComponents"] = None
 
     def run_dir(self, method: str, seed: int) -> Path:
         return _run_dir(self.out_dir, method, seed)
@@ -164,41 +169,42 @@ def _train_configs(p: Protocol, out_dir: Path) -> dict[tuple[str, int], TrainCon
     return configs
 
 
-def _study_metrics(p: Protocol) -> list[str]:
-    """The evaluation's metrics, with their extractor and options checked."""
-    from ..evaluation import resolve_metrics
-    from ..evaluation.engine import check_metric_options
-    from ..registry import get_registry
+def _study_metrics(p: Protocol) -> "EvalComponents":
+    """The evaluation's components: its metrics, extractor and options checked, resolved once."""
+    from ..build_evaluation import (check_extractor, check_metric_option_names, dataset_resolver, metric_specs,
+                                    resolve_metrics)
+    from ..evaluation.resolved import EvalComponents
 
-    get_registry().get("feature_extractor", p.evaluation.extractor)
+    extractor = check_extractor(p.evaluation.extractor)
     if p.evaluation.extractor == "classifier" and p.evaluation.classifier is None:
         raise CbdmError("evaluation.extractor classifier needs evaluation.classifier: a file, or auto")
     metrics = resolve_metrics(p.evaluation.metrics)
-    check_metric_options(p.evaluation.metric_options)
+    check_metric_option_names(p.evaluation.metric_options)
     unknown = sorted(set(p.evaluation.metric_options) - set(metrics))
     if unknown:
         raise CbdmError(f"evaluation.metric_options names {unknown[0]!r}, which is not among the metrics")
-    return metrics
+    return EvalComponents(metrics=metric_specs(metrics), extractor=extractor, datasets=dataset_resolver())
 
 
-def _directions(p: Protocol, metrics: list[str]) -> tuple[dict[str, str], list[str]]:
-    """The ranking direction of every primary (and selection) value, and the metrics the
-    selection samples need."""
+def _directions(p: Protocol, specs: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
+    """The ranking direction of every primary (and selection) value (``specs``: the chosen
+    metrics'), and the metrics the selection samples need."""
     from ..evaluation.values import provider_of, rankable
 
+    metrics = list(specs)
     directions: dict[str, str] = {}
     for value in p.primary:
-        if provider_of(value, metrics) is None:
+        if provider_of(value, specs) is None:
             raise CbdmError(f"primary endpoint {value!r} is not a value of the chosen metrics "
                             f"({', '.join(metrics)}); e.g. memorization_pixels_tail needs memorization")
-        directions[value] = rankable(value, metrics).value
+        directions[value] = rankable(value, specs).value
     select_metrics = metrics
     if p.selecting():
         select = p.guidance.select or ""
-        provider = provider_of(select, metrics)
+        provider = provider_of(select, specs)
         if provider is None:
             raise CbdmError(f"guidance.select {select!r} is not a value of the chosen metrics ({', '.join(metrics)})")
-        directions[select] = rankable(select, metrics).value
+        directions[select] = rankable(select, specs).value
         select_metrics = [provider]  # selection samples need only the metric that picks w
     return directions, select_metrics
 
@@ -220,9 +226,10 @@ def plan_study(protocol: Protocol, out_dir: Path) -> StudyPlan:
     get_registry().get("sampler", p.sampling.sampler)  # sampling's numbers: checked by its model (SamplingSettings)
     _check_study_sampling(p, configs)
     check_arms(p, configs, lambda label, s: _run_dir(Path(out_dir), label, s))
-    metrics = _study_metrics(p)
-    directions, select_metrics = _directions(p, metrics)
-    return StudyPlan(p, Path(out_dir), configs, entries, metrics, select_metrics, directions, sampling_seeds(p))
+    evaluation = _study_metrics(p)
+    directions, select_metrics = _directions(p, dict(evaluation.metrics))
+    return StudyPlan(p, Path(out_dir), configs, entries, list(evaluation.metrics), select_metrics, directions,
+                     sampling_seeds(p), evaluation=evaluation)
 
 
 def _check_study_sampling(p: Protocol, configs: dict[tuple[str, int], TrainConfig]) -> None:

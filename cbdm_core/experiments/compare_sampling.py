@@ -81,7 +81,8 @@ def sample_and_evaluate(plan: StudyPlan, part: Part, seed: int, num: int, option
     with timed_sampling(part.folder, num, next(run.model.parameters()).device):  # cost, for compare.json
         generate_samples(run, labels, out_dir=part.folder, settings=settings, overwrite=stale,
                          on_progress=lambda d, t: observer.advance(d, t))
-    result = evaluate(part.folder, options, reference=reference, on_status=observer.status)
+    result = evaluate(part.folder, options, components=plan.evaluation, reference=reference,
+                      on_status=observer.status)
     write_metrics_json(result, part.folder / "metrics.json")
     return json.loads((part.folder / "metrics.json").read_text())
 

@@ -92,10 +92,11 @@ class SweepResult:
 
 def _lower_is_better(value: str) -> bool:
     """From the declaring metric's spec (``MetricSpec.values``), never from a list of names."""
-    from ..evaluation.values import rankable
+    from ..build_evaluation import metric_specs
+    from ..evaluation.values import REGISTERED, rankable
     from ..interfaces import Direction
 
-    return rankable(value) is Direction.LOWER
+    return rankable(value, metric_specs(), REGISTERED) is Direction.LOWER
 
 
 def best_point(points: Sequence[SweepPoint], metric: str,
@@ -146,11 +147,13 @@ def plot_sweep(result: SweepResult, path: Path, metrics: Optional[Sequence[str]]
     point has any of them."""
     from matplotlib.figure import Figure
 
+    from ..build_evaluation import metric_specs
     from ..evaluation.values import summary_values
 
     if metrics is None:
         names = [k for p in result.points for k in p.metrics]
-        metrics = [result.select] + [m for m in summary_values(names) if m != result.select][:max_panels - 1]
+        metrics = [result.select] + [m for m in summary_values(names, metric_specs())
+                                     if m != result.select][:max_panels - 1]
     panels = [m for m in metrics if any(p.metrics.get(m) is not None for p in result.points)]
     if not panels:
         return None
@@ -189,7 +192,9 @@ def _series(result: SweepResult) -> list[tuple[Optional[str], list[SweepPoint]]]
 
 def _sample_and_evaluate(run: Any, out_dir: Path, guidance: float, sampling: SamplingSettings,
                          eval_options: Any, status: StatusFn,
-                         reference: Any = None) -> tuple[dict[str, Optional[float]], Any]:
+                         evaluation: tuple[Any, Any]) -> tuple[dict[str, Optional[float]], Any]:
+    """Sample one point and evaluate it; ``evaluation``: the resolved components and the
+    prepared reference (:func:`_preflight_eval`)."""
     from ..evaluation import evaluate, write_metrics_json
     from ..sampling.generate import generate_samples, resolve_steps
     from ..sampling.plan import plan_labels
@@ -198,24 +203,27 @@ def _sample_and_evaluate(run: Any, out_dir: Path, guidance: float, sampling: Sam
     steps = resolve_steps(sampling.sampler, sampling.steps, run.schedule.num_timesteps)
     generate_samples(run, labels, out_dir=out_dir, settings=sampling.model_copy(update={"steps": steps,
                                                                                       "guidance": guidance}))
-    result = evaluate(out_dir, eval_options, reference=reference, on_status=status)
+    components, reference = evaluation
+    result = evaluate(out_dir, eval_options, components=components, reference=reference, on_status=status)
     write_metrics_json(result, out_dir / "metrics.json")
     return result.values(), result.extractor
 
 
-def _preflight_eval(eval_options: Any, select: str, status: StatusFn) -> Any:
+def _preflight_eval(eval_options: Any, select: str, status: StatusFn) -> tuple[Any, Any]:
     """Fail on evaluation mistakes (unknown metric, missing classifier or weights, missing
     dataset files, a --select no chosen metric declares) before any sampling or training time
-    is spent; returns the reference, loaded once for every point of the sweep."""
-    from ..evaluation import build_extractor, prepare_reference, resolve_metrics
-    from ..evaluation.engine import check_metric_options
+    is spent; returns the evaluation's components (its names resolved once) and the reference,
+    loaded once for every point of the sweep."""
+    from ..build_evaluation import check_metric_option_names, metric_specs, resolve_evaluation, resolve_metrics
+    from ..evaluation import build_extractor, prepare_reference
     from ..evaluation.values import rankable
 
     metrics = resolve_metrics(eval_options.metrics)
-    check_metric_options(eval_options.metric_options)
-    rankable(select, metrics)
-    build_extractor(eval_options)  # a missing classifier fails before the data is read
-    return prepare_reference(eval_options, on_status=status)
+    check_metric_option_names(eval_options.metric_options)
+    rankable(select, metric_specs(metrics))
+    components = resolve_evaluation(eval_options)
+    build_extractor(eval_options, components.extractor)  # a missing classifier fails before the data is read
+    return components, prepare_reference(eval_options, components, on_status=status)
 
 
 def _check_sampling(sampling: SamplingSettings) -> None:
@@ -259,7 +267,7 @@ def sampling_sweep(run: Any, axes: Sequence[Any], *, out_dir: Path, sampling: Sa
         raise CbdmError(f"the sweep has {len(combos)} points (at most {MAX_POINTS})")
     per_point = [point_settings(sampling, axes, c) for c in combos]
     check_points(run, axes, combos, per_point)
-    reference = _preflight_eval(eval_options, select, status)  # after the cheap checks: it reads data
+    evaluation = _preflight_eval(eval_options, select, status)  # after the cheap checks: it reads data
     settings = {"checkpoint": str(run.checkpoint), "step": run.step, **_sampling_dict(sampling),
                 "dataset": eval_options.dataset, "reference_split": eval_options.reference_split}
     names = [a.name for a in axes]
@@ -268,7 +276,7 @@ def sampling_sweep(run: Any, axes: Sequence[Any], *, out_dir: Path, sampling: Sa
     for combo, st in zip(combos, per_point):
         folder = Path(out_dir) / folder_name(axes, combo)
         status(f"{point_label(axes, combo)}: sampling {sampling.num} images into {folder}")
-        values, extractor = _sample_and_evaluate(run, folder, st.guidance, st, eval_options, status, reference)
+        values, extractor = _sample_and_evaluate(run, folder, st.guidance, st, eval_options, status, evaluation)
         point = SweepPoint(value=combo[0], samples=str(folder), metrics=values,
                            values={n: axis.typed(v) for n, axis, v in zip(names, axes, combo)})
         points.append(point)
@@ -324,7 +332,7 @@ def training_sweep(parameter: str, values: Sequence[float], config_for: Callable
 
     status = on_status or (lambda _m: None)
     _check_sampling(sampling)
-    reference = _preflight_eval(eval_options, select, status)
+    evaluation = _preflight_eval(eval_options, select, status)
     if not values:
         raise CbdmError(f"no {parameter} values to sweep")
     configs = {v: config_for(v) for v in values}  # every config validates before any training
@@ -347,7 +355,7 @@ def training_sweep(parameter: str, values: Sequence[float], config_for: Callable
             raise CbdmError(f"{run_dir} was trained without label dropout; use --guidance 0")
         folder = run_dir / f"samples-w{value_label(sampling.guidance)}"
         values_, extractor = _sample_and_evaluate(run, folder, sampling.guidance, sampling, eval_options, status,
-                                                  reference)
+                                                  evaluation)
         points.append(SweepPoint(value=v, samples=str(folder), metrics=values_, run=str(run_dir)))
         result = _finish(SweepResult(parameter, select, list(points), settings), extractor)
         _write(result, Path(out_dir))  # after every point, so a long sweep shows its progress

@@ -86,6 +86,7 @@ class TrainingEvaluator:
         self.status: StatusFn = on_status or (lambda _m: None)
         self.options: Any = None
         self.reference: Any = None
+        self.components: Any = None  # EvalComponents, resolved in prepare()
         from ..sampling.plan import plan_labels
 
         self.labels = plan_labels("balanced", cfg.evaluate.num, num_classes)
@@ -108,6 +109,7 @@ class TrainingEvaluator:
 
     def prepare(self) -> None:
         """Classifier, real reference set and its features: once per process, before training."""
+        from ..build_evaluation import resolve_evaluation
         from ..evaluation import EvalOptions, prepare_reference
 
         e, d = self.cfg.evaluate, self.cfg.data
@@ -117,7 +119,9 @@ class TrainingEvaluator:
                                        classifier=classifier, metrics=list(e.metrics), batch_size=e.batch_size,
                                        device=str(self.device), classes=d.classes, class_order=d.class_order,
                                        image_size=d.resize)
-            self.reference = prepare_reference(self.options, on_status=lambda m: self.status(f"evaluation: {m}"))
+            self.components = resolve_evaluation(self.options)  # names resolved once, for every evaluation
+            self.reference = prepare_reference(self.options, self.components,
+                                               on_status=lambda m: self.status(f"evaluation: {m}"))
         ref = self.reference.images
         if self.reference.chw != tuple(self.chw) or ref.num_classes != self.num_classes:
             c, h, w = self.reference.chw
@@ -150,7 +154,7 @@ class TrainingEvaluator:
                 samples = SampleSet(images, torch.as_tensor(self.labels, dtype=torch.long),
                                     Path(f"training step {step}"), "training")
                 # The metrics log their warnings (too few samples, ...) themselves.
-                result = evaluate(samples, self.options, reference=self.reference)
+                result = evaluate(samples, self.options, components=self.components, reference=self.reference)
                 values = result.values()
         return {**{PREFIX + m: values.get(m) for m in e.metrics},
                 "eval_seconds": round(time.perf_counter() - started, 3), "eval_num": len(self.labels)}
