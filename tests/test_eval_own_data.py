@@ -193,3 +193,25 @@ def test_eval_options_metrics_string_and_load_run_trainable(tmp_path):
     assert not frozen.training and not any(p.requires_grad for p in frozen.parameters())
     live = load_run(tmp_path / "c.safetensors", trainable=True).model
     assert live.training and all(p.requires_grad for p in live.parameters())
+
+
+def test_python_api_evaluates_by_name_as_the_cli_does(clf, samples, data, work):
+    """``evaluate(samples, options)`` from users' code resolves the names itself; the result
+    equals the one with components resolved at the edge, and the CLI's."""
+    from cbdm_core.build_evaluation import resolve_evaluation
+    from cbdm_core.evaluation import evaluate, prepare_reference
+
+    opts = EvalOptions("folder", data_root=data, extractor="classifier", classifier=clf[0], device="cpu",
+                       cache_dir=work / "cache", metrics=["fid", "precision_recall"])
+
+    def values(result) -> dict:
+        return {k: v for m in result.metrics for k, v in m.values.items()}
+
+    by_name = values(evaluate(samples, opts))
+    reference = prepare_reference(opts)
+    resolved = values(evaluate(samples, opts, components=resolve_evaluation(opts), reference=reference))
+    assert {"fid", "recall"} <= by_name.keys() and by_name == pytest.approx(resolved)
+    out = work / "api-cli"
+    cli_ok("eval", samples, "--dataset", "folder", "--data-root", data,
+           *_args(clf, work, "--metrics", "fid,precision_recall", "--out", out))
+    assert _doc(out)["values"]["fid"] == pytest.approx(by_name["fid"])

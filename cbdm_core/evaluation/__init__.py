@@ -8,11 +8,11 @@ from .engine import (
     ExtractorInfo,
     MetricResult,
     build_extractor,
-    evaluate,
 )
+from .api import evaluate, prepare_reference
 from .inputs import SampleSet, read_samples
 from .resolved import EvalComponents
-from .prepared import PreparedReference, ReferenceRadii, prepare_reference
+from .prepared import PreparedReference, ReferenceRadii
 from .reference import default_cache_dir, fit_to_reference, load_reference, training_class_counts
 from .report import (METRICS_JSON, PER_CLASS_PLOT, RECORD_COLUMNS, RECORDS_CSV, metrics_table, plot_per_class_fid,
                      read_records_csv, records_table, result_to_dict, write_metrics_json, write_records_csv)

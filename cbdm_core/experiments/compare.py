@@ -48,7 +48,7 @@ def run_study(protocol: Protocol, out_dir: Path, *, observer: Optional[StudyObse
     share of this process's torch threads (see :mod:`.parallel_training`); sampling and
     evaluation stay in this process. ``overwrite`` regenerates kept sample sets whose guidance
     file (a noise-aware or minority classifier) changed since they were sampled."""
-    from ..evaluation import prepare_reference
+    from ..evaluation.prepared import prepare_reference
     from .compare_report import write_outputs
 
     obs = observer or StudyObserver()

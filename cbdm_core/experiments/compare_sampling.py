@@ -59,7 +59,8 @@ def _training_sets(plan: StudyPlan) -> list[Any]:
 def sample_and_evaluate(plan: StudyPlan, part: Part, seed: int, num: int, options: Any, reference: Any,
                         observer: StudyObserver, index: int, runs: dict) -> dict[str, Any]:
     """The folder's ``metrics.json`` document, computed unless already there."""
-    from ..evaluation import evaluate, write_metrics_json
+    from ..evaluation import write_metrics_json
+    from ..evaluation.engine import evaluate
     from ..sampling.generate import generate_samples
     from ..sampling.plan import plan_labels
 

@@ -195,7 +195,8 @@ def _sample_and_evaluate(run: Any, out_dir: Path, guidance: float, sampling: Sam
                          evaluation: tuple[Any, Any]) -> tuple[dict[str, Optional[float]], Any]:
     """Sample one point and evaluate it; ``evaluation``: the resolved components and the
     prepared reference (:func:`_preflight_eval`)."""
-    from ..evaluation import evaluate, write_metrics_json
+    from ..evaluation import write_metrics_json
+    from ..evaluation.engine import evaluate
     from ..sampling.generate import generate_samples, resolve_steps
     from ..sampling.plan import plan_labels
 
@@ -215,7 +216,8 @@ def _preflight_eval(eval_options: Any, select: str, status: StatusFn) -> tuple[A
     is spent; returns the evaluation's components (its names resolved once) and the reference,
     loaded once for every point of the sweep."""
     from ..build_evaluation import check_metric_option_names, metric_specs, resolve_evaluation, resolve_metrics
-    from ..evaluation import build_extractor, prepare_reference
+    from ..evaluation import build_extractor
+    from ..evaluation.prepared import prepare_reference
     from ..evaluation.values import rankable
 
     metrics = resolve_metrics(eval_options.metrics)

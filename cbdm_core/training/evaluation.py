@@ -110,7 +110,8 @@ class TrainingEvaluator:
     def prepare(self) -> None:
         """Classifier, real reference set and its features: once per process, before training."""
         from ..build_evaluation import resolve_evaluation
-        from ..evaluation import EvalOptions, prepare_reference
+        from ..evaluation import EvalOptions
+        from ..evaluation.prepared import prepare_reference
 
         e, d = self.cfg.evaluate, self.cfg.data
         with kept_rng(self.device):
@@ -134,7 +135,8 @@ class TrainingEvaluator:
     def run(self, model: torch.nn.Module, schedule: Any, step: int) -> dict[str, Any]:
         """``{"eval_<metric>": value or None, "eval_seconds", "eval_num"}`` for ``model`` (in eval
         mode: the EMA network) at ``step``."""
-        from ..evaluation import SampleSet, evaluate
+        from ..evaluation import SampleSet
+        from ..evaluation.engine import evaluate
         from ..sampling.in_memory import sample_images
 
         if self.reference is None:
