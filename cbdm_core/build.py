@@ -19,7 +19,7 @@ from .interfaces import missing_capabilities
 from .methods.base import MethodBuildContext, MethodSpec, TrainingMethod
 from .registry import Registry, get_registry, split_name
 from .run_folder import resolve_checkpoint
-from .sampling.guidance import resolve_guidance
+from .sampling.api import resolve_guidance
 from .schedules import NoiseSchedule
 from .settings_check import check_sampling_settings
 

@@ -58,7 +58,7 @@ def check_sampling_settings(settings: Any, *, schedule: Any, where: str, guidanc
             validated by the settings model, like every number of ``settings``).
     """
     from .sampling.api import sample
-    from .sampling.generate import resolve_steps
+    from .sampling.api import resolve_steps
     from .sampling.noise import sample_generators
 
     # Free-form options are checked by the sampler's / guidance's options models; NaN and inf

@@ -187,17 +187,20 @@ def _series(result: SweepResult) -> list[tuple[Optional[str], list[SweepPoint]]]
     return [(f"{second}={k:g}", [p for p in result.points if p.values.get(second) == k]) for k in keys]
 
 
-def _sample_and_evaluate(run: Any, out_dir: Path, guidance: float, sampling: SamplingSettings,
+def _sample_and_evaluate(run: Any, out_dir: Path, guidance: float, sampling: Any,
                          eval_options: Any, status: StatusFn,
                          reference: Any = None) -> tuple[dict[str, Optional[float]], Any]:
+    """Sample ``run`` at ``guidance`` with ``sampling`` (a resolved
+    :class:`~cbdm_core.sampling.resolved.ResolvedSampling`) into ``out_dir`` and evaluate it."""
     from ..evaluation import evaluate, write_metrics_json
-    from ..sampling.generate import generate_samples, resolve_steps
+    from ..sampling.generate import generate_samples
     from ..sampling.plan import plan_labels
 
-    labels = plan_labels(sampling.classes, sampling.num, run.num_classes, run.meta.class_counts)
-    steps = resolve_steps(sampling.sampler, sampling.steps, run.schedule.num_timesteps)
-    generate_samples(run, labels, out_dir=out_dir, settings=sampling.model_copy(update={"steps": steps,
-                                                                                      "guidance": guidance}))
+    st = sampling.settings
+    labels = plan_labels(st.classes, st.num, run.num_classes, run.meta.class_counts)
+    how = sampling.with_steps(run.schedule.num_timesteps)
+    generate_samples(run, labels, out_dir=out_dir,
+                     sampling=how.replace(how.settings.model_copy(update={"guidance": guidance})))
     result = evaluate(out_dir, eval_options, reference=reference, on_status=status)
     write_metrics_json(result, out_dir / "metrics.json")
     return result.values(), result.extractor
@@ -257,8 +260,7 @@ def sampling_sweep(run: Any, axes: Sequence[Any], *, out_dir: Path, sampling: Sa
         raise CbdmError("the sweep has no points")
     if len(combos) > MAX_POINTS:
         raise CbdmError(f"the sweep has {len(combos)} points (at most {MAX_POINTS})")
-    per_point = [point_settings(sampling, axes, c) for c in combos]
-    check_points(run, axes, combos, per_point)
+    per_point = check_points(run, axes, combos, [point_settings(sampling, axes, c) for c in combos])
     reference = _preflight_eval(eval_options, select, status)  # after the cheap checks: it reads data
     settings = {"checkpoint": str(run.checkpoint), "step": run.step, **_sampling_dict(sampling),
                 "dataset": eval_options.dataset, "reference_split": eval_options.reference_split}
@@ -268,7 +270,8 @@ def sampling_sweep(run: Any, axes: Sequence[Any], *, out_dir: Path, sampling: Sa
     for combo, st in zip(combos, per_point):
         folder = Path(out_dir) / folder_name(axes, combo)
         status(f"{point_label(axes, combo)}: sampling {sampling.num} images into {folder}")
-        values, extractor = _sample_and_evaluate(run, folder, st.guidance, st, eval_options, status, reference)
+        values, extractor = _sample_and_evaluate(run, folder, st.settings.guidance, st, eval_options, status,
+                                                 reference)
         point = SweepPoint(value=combo[0], samples=str(folder), metrics=values,
                            values={n: axis.typed(v) for n, axis, v in zip(names, axes, combo)})
         points.append(point)
@@ -320,10 +323,12 @@ def training_sweep(parameter: str, values: Sequence[float], config_for: Callable
     log records."""
     from ..run_folder import RunFolder
     from ..run import load_run
+    from ..sampling.api import resolve_sampling
     from ..training.trainer import Trainer
 
     status = on_status or (lambda _m: None)
     _check_sampling(sampling)
+    resolved = resolve_sampling(sampling)  # the names, once for every run
     reference = _preflight_eval(eval_options, select, status)
     if not values:
         raise CbdmError(f"no {parameter} values to sweep")
@@ -346,7 +351,7 @@ def training_sweep(parameter: str, values: Sequence[float], config_for: Callable
         if sampling.guidance > 0 and not run.trained_with_label_dropout:
             raise CbdmError(f"{run_dir} was trained without label dropout; use --guidance 0")
         folder = run_dir / f"samples-w{value_label(sampling.guidance)}"
-        values_, extractor = _sample_and_evaluate(run, folder, sampling.guidance, sampling, eval_options, status,
+        values_, extractor = _sample_and_evaluate(run, folder, sampling.guidance, resolved, eval_options, status,
                                                   reference)
         points.append(SweepPoint(value=v, samples=str(folder), metrics=values_, run=str(run_dir)))
         result = _finish(SweepResult(parameter, select, list(points), settings), extractor)
