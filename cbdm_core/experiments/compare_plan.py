@@ -80,8 +80,8 @@ class StudyPlan:
 
         return arm_settings(self.protocol, self.entries[method], self.model_dir(method, seed), seed)
 
-    def resolved_sampling(self, method: str, seed: int, **changes: Any) -> Any:
-        """:meth:`sampling_for` with ``changes`` (seed, guidance, num), its names resolved: the
+    def resolved_sampling(self, method: str, seed: int, changes: dict[str, Any]) -> Any:
+        """:meth:`sampling_for` with ``changes`` (sampling seed, guidance, num), its names resolved: the
         :class:`~cbdm_core.sampling.resolved.ResolvedSampling` a sample folder is made with."""
         from ..sampling.api import resolve_sampling
 

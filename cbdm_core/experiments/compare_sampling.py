@@ -74,8 +74,8 @@ def sample_and_evaluate(plan: StudyPlan, part: Part, seed: int, num: int, option
         return doc
     check_files_before_sampling(plan.entries[part.method], plan.model_dir(part.method, part.seed), part.seed)
     run = _loaded(plan, part, runs)
-    sampling = plan.resolved_sampling(part.method, part.seed, seed=seed, guidance=float(part.guidance or 0.0),
-                                      num=num)
+    sampling = plan.resolved_sampling(part.method, part.seed,
+                                      {"seed": seed, "guidance": float(part.guidance or 0.0), "num": num})
     labels = plan_labels(sampling.settings.classes, num, run.num_classes, run.meta.class_counts)
     observer.status(f"{part.label}: sampling {num} images (seed {seed}) into {part.folder}")
     with timed_sampling(part.folder, num, next(run.model.parameters()).device):  # cost, for compare.json
