@@ -22,6 +22,7 @@ from .. import locks
 from ..device import DistContext
 from ..errors import CbdmError
 from . import shards as sh
+from .api import resolve_steps  # noqa: F401  (its old home: the name helper lives at the sampling edge)
 from .batches import plan_work, write_my_part
 from .preflight import check_request, checked_sampling, chosen_indices, estimate_output_bytes, image_shape, preflight
 from .resolved import ResolvedSampling
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from ..run import LoadedRun
 
 __all__ = ["generate_samples", "SampleResult", "ProgressFn", "preflight", "estimate_output_bytes",
-           "guidance_file_digests"]
+           "guidance_file_digests", "resolve_steps"]
 
 
 def _job_settings(settings: SamplerSettings) -> SamplingSettings:
@@ -100,9 +101,8 @@ def generate_samples(run: "LoadedRun", labels: Sequence[int], *, out_dir: Path,
 
 
 def _generate_locked(run: "LoadedRun", labels_np: np.ndarray, sampling: ResolvedSampling, *, out_dir: Path,
-                     settings: dict[str, Any],
-                     spans: list, counts: list[int], chw: tuple[int, int, int], C: int, classes: str,
-                     batch_size: int, grid_per_class: int, on_progress: Optional[ProgressFn],
+                     settings: dict[str, Any], spans: list, counts: list[int], chw: tuple[int, int, int], C: int,
+                     classes: str, batch_size: int, grid_per_class: int, on_progress: Optional[ProgressFn],
                      on_ready: Optional[Callable[[int], None]], chosen: Optional[np.ndarray] = None,
                      ctx: Optional[DistContext] = None) -> SampleResult:
     """The part of :func:`generate_samples` that writes, run with the folder locked.
