@@ -65,6 +65,7 @@ def main() -> None:
     from cbdm_core.build_evaluation import resolve_evaluation
     from cbdm_core.evaluation import EvalOptions, evaluate, prepare_reference
     from cbdm_core.features import save_classifier, train_classifier
+    from cbdm_core.sampling.api import resolve_sampling
     from cbdm_core.sampling.generate import generate_samples
     from cbdm_core.sampling.settings import SamplingSettings
     from cbdm_core.sampling.plan import plan_labels
@@ -94,7 +95,7 @@ def main() -> None:
     t = time.perf_counter()
     settings = SamplingSettings(sampler="ddim", steps=args.steps, guidance=args.guidance, seed=0,
                                 batch_size=args.batch_size, classes="balanced", ema=True)
-    generate_samples(run, labels, out_dir=workdir / "samples", settings=settings)
+    generate_samples(run, labels, out_dir=workdir / "samples", sampling=resolve_sampling(settings))
     sampling = time.perf_counter() - t
     rows.append((f"sampling {args.num} images, DDIM-{args.steps}, w={args.guidance:g}", sampling))
 

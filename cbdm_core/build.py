@@ -11,7 +11,7 @@ from typing import Any, Optional
 import torch
 
 from .checkpoint import RunMeta
-from .components import Components, ResolvedMethod
+from .components import Components, ModelComponents, ResolvedMethod
 from .config import TrainConfig, validate_component_options
 from .device import resolve_device  # noqa: F401  (its old home; importers of cbdm_core.build keep working)
 from .errors import CbdmError, UnknownComponentError
@@ -19,12 +19,12 @@ from .interfaces import missing_capabilities
 from .methods.base import MethodBuildContext, MethodSpec, TrainingMethod
 from .registry import Registry, get_registry, split_name
 from .run_folder import resolve_checkpoint
-from .sampling.guidance import resolve_guidance
+from .sampling.api import resolve_guidance
 from .schedules import NoiseSchedule
 from .settings_check import check_sampling_settings
 
 
-def build_schedule(cfg: TrainConfig, components: Optional[Components] = None) -> NoiseSchedule:
+def build_schedule(cfg: TrainConfig, components: Optional[Components | ModelComponents] = None) -> NoiseSchedule:
     """The configured noise schedule (from ``components`` when the names are already resolved)."""
     d = cfg.diffusion
     factory = components.schedule if components else get_registry().get("noise_schedule", d.schedule).obj
@@ -42,20 +42,27 @@ def backbone_options(cfg: TrainConfig, cond_dim: int = 0, registry: Optional[Reg
 
 
 def build_model(cfg: TrainConfig, *, image_size: int, channels: int, num_classes: int,
-                cond_dim: int = 0) -> torch.nn.Module:
-    """The configured backbone, refused (one line) if it lacks a capability a configured method needs."""
-    spec, options = backbone_options(cfg, cond_dim)
+                cond_dim: int = 0, components: Optional[ModelComponents] = None) -> torch.nn.Module:
+    """The configured backbone, refused (one line) if it lacks a capability a configured method needs
+    (from ``components`` when the names are already resolved, ``cond_dim`` included)."""
+    spec, options = ((components.backbone, components.backbone_options) if components
+                     else backbone_options(cfg, cond_dim))
     model = spec.build(options, image_size=image_size, channels=channels, num_classes=num_classes,
-                       schedule=build_schedule(cfg))
-    check_capabilities(cfg, model)
+                       schedule=build_schedule(cfg, components))
+    check_capabilities(cfg, model, components.methods if components else None)
     return model
 
 
-def check_capabilities(cfg: TrainConfig, model: torch.nn.Module) -> None:
-    """Refuse ``model`` when it lacks a capability (``MethodSpec.requires``) of a configured method:
-    the one place that checks what a method needs of a backbone, before any method attaches."""
-    for mc in cfg.objective.methods:
-        missing = missing_capabilities(model, get_registry().get("method", mc.name).obj.requires)
+def check_capabilities(cfg: TrainConfig, model: torch.nn.Module,
+                       methods: Optional[tuple[ResolvedMethod, ...]] = None) -> None:
+    """Refuse ``model`` when it lacks a capability (``MethodSpec.requires``) of a configured method
+    (``methods`` when already resolved): the one place that checks what a method needs of a
+    backbone, before any method attaches."""
+    # Lazily: the first method lacking a capability is reported before later names are looked up.
+    specs = ((m.spec for m in methods) if methods is not None
+             else (get_registry().get("method", mc.name).obj for mc in cfg.objective.methods))
+    for mc, spec in zip(cfg.objective.methods, specs):
+        missing = missing_capabilities(model, spec.requires)
         if missing:
             raise CbdmError(f"method {mc.name!r} needs a backbone with {' and '.join(missing)}; backbone "
                             f"{cfg.model.backbone!r} ({type(model).__name__}) has none")
@@ -92,13 +99,15 @@ def method_options(cfg: TrainConfig, registry: Optional[Registry] = None) -> lis
 
 
 def build_methods(cfg: TrainConfig, *, class_counts: torch.Tensor, num_classes: int,
-                  schedule: NoiseSchedule) -> list[TrainingMethod]:
-    """The configured training methods, built in config order (not yet attached to a model)."""
+                  schedule: NoiseSchedule, components: Optional[ModelComponents] = None) -> list[TrainingMethod]:
+    """The configured training methods, built in config order (not yet attached to a model; from
+    ``components`` when the names are already resolved)."""
+    probs = _probs(components.label_distribution) if components else label_distribution_probs()
     ctx = MethodBuildContext(class_counts=torch.as_tensor(class_counts), num_classes=num_classes,
-                             schedule=schedule, backbone=cfg.model.backbone,
-                             label_distribution=label_distribution_probs())
+                             schedule=schedule, backbone=cfg.model.backbone, label_distribution=probs)
+    resolved = [(m.name, m.spec, m.options) for m in components.methods] if components else method_options(cfg)
     out = []
-    for name, spec, options in method_options(cfg):
+    for name, spec, options in resolved:
         method = spec.build(options, ctx)
         if not getattr(method, "name", ""):
             method.name = name
@@ -141,8 +150,24 @@ def label_distribution_lookup(registry: Optional[Registry] = None):
 
 def label_distribution_probs(registry: Optional[Registry] = None):
     """``(name, class_counts) -> probabilities``: what :class:`MethodBuildContext` hands methods."""
-    lookup = label_distribution_lookup(registry)
+    return _probs(label_distribution_lookup(registry))
+
+
+def _probs(lookup):
+    """``(name, class_counts) -> probabilities`` from a ``name -> factory`` lookup."""
     return lambda name, counts: lookup(name)(counts, split_name(name)[1])
+
+
+def resolve_model_components(cfg: TrainConfig, cond_dim: int = 0,
+                             registry: Optional[Registry] = None) -> ModelComponents:
+    """The names a trained run's model needs, resolved once, in this order: schedule, methods
+    (and their options), backbone (and its options, ``cond_dim`` added when it takes one)."""
+    reg = registry or get_registry()
+    schedule = reg.get("noise_schedule", cfg.diffusion.schedule).obj
+    methods = tuple(ResolvedMethod(name, spec, opts) for name, spec, opts in method_options(cfg, reg))
+    backbone, options = backbone_options(cfg, cond_dim, registry=reg)
+    return ModelComponents(schedule=schedule, backbone=backbone, backbone_options=options, methods=methods,
+                           label_distribution=label_distribution_lookup(reg))
 
 
 def check_method(method: ResolvedMethod, registry: Registry) -> None:

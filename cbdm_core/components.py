@@ -90,6 +90,26 @@ class ResolvedMethod:
 
 
 @dataclass(frozen=True)
+class ModelComponents:
+    """What a trained run's model needs, resolved from its config's names once
+    (``build.resolve_model_components``, by ``run.load_run``): no dataset, loss or preview
+    sampler, so a run whose data plugin is gone still loads.
+
+    Attributes:
+        schedule, backbone: the registered objects (see :data:`KIND_SPECS`).
+        backbone_options: the backbone's validated options (``cond_dim`` included when it takes one).
+        methods: the configured methods in config order.
+        label_distribution: ``name -> LabelDistributionFactory`` for names inside method options.
+    """
+
+    schedule: ScheduleFactory
+    backbone: BackboneSpec
+    backbone_options: Any
+    methods: tuple[ResolvedMethod, ...]
+    label_distribution: Callable[[str], LabelDistributionFactory]
+
+
+@dataclass(frozen=True)
 class Components:
     """Every component a training run uses, resolved from its config's names once.
 

@@ -28,7 +28,7 @@ The registry is read at the edge only (``build.py``, ``run.py``, the CLI, ``plug
 
 Names may carry an argument after a colon (``pow:0.5``); the registry looks up
 the part before the colon and hands the rest to the component (label distributions;
-guidance takes named options instead, see :func:`cbdm_core.sampling.guidance.resolve_guidance`).
+guidance takes named options instead, see :func:`cbdm_core.sampling.api.resolve_guidance`).
 """
 
 from __future__ import annotations

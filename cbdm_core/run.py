@@ -10,6 +10,7 @@ import torch
 
 from . import build
 from .checkpoint import Checkpoint, RunMeta, load_checkpoint, load_state_checked, nonfinite_tensors
+from .components import ModelComponents
 from .config import TrainConfig, parse_train_config
 from .errors import CheckpointError, UnknownComponentError, shorten
 from .run_folder import resolve_checkpoint
@@ -72,16 +73,16 @@ def load_run(path: Union[str, Path], *, ema: bool = True, device: Union[str, tor
     state = ckpt.ema if ema else ckpt.model
     what = f"{ckpt_path} ({'EMA' if ema else 'raw'} weights)"
     try:
-        schedule = build.build_schedule(cfg)
+        components = build.resolve_model_components(cfg, sizes["cond_dim"])  # the run's names, once
+        schedule = build.build_schedule(cfg, components)
         # Methods add their modules before the weights load, and may change the net for sampling after.
         counts = _class_counts(meta, sizes["num_classes"], ckpt_path)
-        methods = (build.build_methods(cfg, class_counts=counts, num_classes=sizes["num_classes"], schedule=schedule)
-                   if cfg.objective.methods else [])
-        build.backbone_options(cfg)
+        methods = (build.build_methods(cfg, class_counts=counts, num_classes=sizes["num_classes"], schedule=schedule,
+                                       components=components) if cfg.objective.methods else [])
     except UnknownComponentError as exc:  # e.g. the plugin that trained the run was uninstalled since
         raise build.explain_missing_plugin(exc, meta) from None
-    _check_parameter_count(cfg, sizes, state, what, methods)
-    model = build.build_model(cfg, **sizes)
+    _check_parameter_count(cfg, components, sizes, state, what, methods)
+    model = build.build_model(cfg, **sizes, components=components)
     build.attach_methods(methods, model)
     load_state_checked(model, state, what)
     bad = nonfinite_tensors(state)
@@ -154,12 +155,12 @@ def check_class_names(meta: Union[RunMeta, dict[str, Any]], num_classes: int, so
                                   f"(a string of at most {MAX_CLASS_NAME} characters without / \\ or NUL)")
 
 
-def _check_parameter_count(cfg: TrainConfig, sizes: dict[str, int], state: dict[str, torch.Tensor],
-                           what: str, methods: list[Any] = ()) -> None:
+def _check_parameter_count(cfg: TrainConfig, components: ModelComponents, sizes: dict[str, int],
+                           state: dict[str, torch.Tensor], what: str, methods: list[Any] = ()) -> None:
     """Build the model without memory (meta device) and compare its size with the stored
     tensors, so a config that asks for a far larger model fails before allocating it."""
-    schedule = build.build_schedule(cfg)  # small: T is bounded by the config
-    spec, options = build.backbone_options(cfg, sizes["cond_dim"])
+    schedule = build.build_schedule(cfg, components)  # small: T is bounded by the config
+    spec, options = components.backbone, components.backbone_options
     try:
         with torch.device("meta"):
             probe = spec.build(options, image_size=sizes["image_size"], channels=sizes["channels"],

@@ -57,8 +57,7 @@ def check_sampling_settings(settings: Any, *, schedule: Any, where: str, guidanc
         guidance: the strength to check instead of ``settings.guidance`` (a study sets it;
             validated by the settings model, like every number of ``settings``).
     """
-    from .sampling.api import sample
-    from .sampling.generate import resolve_steps
+    from .sampling.api import resolve_steps, sample
     from .sampling.noise import sample_generators
 
     # Free-form options are checked by the sampler's / guidance's options models; NaN and inf

@@ -203,8 +203,7 @@ def _sample(ctx, run_path: Path, how, job, *, shard_size: int, image_format: str
     """Load the run and sample ``job`` with the settings ``how`` (both already validated)."""
     from cbdm_core.host_memory import keep_freed_host_memory
     from cbdm_core.run import load_run
-    from cbdm_core.sampling.generate import resolve_steps
-    from cbdm_core.sampling.guidance import resolve_names
+    from cbdm_core.sampling.api import resolve_sampling
     from cbdm_core.sampling.plan import plan_labels
     from cbdm_core.sampling.settings import SamplingSettings
 
@@ -213,22 +212,23 @@ def _sample(ctx, run_path: Path, how, job, *, shard_size: int, image_format: str
     def say(message: str) -> None:
         console.print(message, markup=False, highlight=False, soft_wrap=True)
 
-    how = resolve_names(how)  # unknown sampler or guidance (option): fail before loading anything; checked once
+    resolved = resolve_sampling(how)  # unknown sampler or guidance (option): fail before loading anything; once
     chosen = parse_seeds(seeds) if seeds is not None else None
     run = load_run(run_path, ema=job.ema, device=ctx.device)
     if next(run.model.parameters()).device.type == "cpu":
         keep_freed_host_memory()  # re-use activation buffers instead of page-faulting every step
     num = DEFAULT_PER_CLASS * run.num_classes if job.num is None else job.num
     labels = plan_labels(job.classes, num, run.num_classes, run.meta.class_counts)
-    how.steps = resolve_steps(how.sampler, how.steps, run.schedule.num_timesteps)
+    resolved = resolved.with_steps(run.schedule.num_timesteps)
+    how = resolved.settings
     if how.guidance > 0 and not run.trained_with_label_dropout:
         say(f"warning: {run.checkpoint} was trained without label dropout (p_uncond = 0), so its "
             "unconditional prediction is untrained; guidance may give poor images")
     out = job.out if job.out is not None else default_out_dir(run_path, how.sampler, how.steps, how.guidance,
                                                               how.guidance_method, how.guidance_options)
-    settings = SamplingSettings.of(how, job, num=num)
+    sampling = resolved.replace(SamplingSettings.of(how, job, num=num))
     _warn_disk(say, run, num, out)
-    result = _generate_with_bar(console, say, progress and ctx.is_main, run, labels, num, out, settings=settings,
+    result = _generate_with_bar(console, say, progress and ctx.is_main, run, labels, num, out, sampling=sampling,
                                 shard_size=shard_size, overwrite=overwrite, image_format=image_format,
                                 indices=chosen, ctx=ctx)
     if ctx.is_main:

@@ -201,7 +201,7 @@ def _resolve_axes(specs, sampling, given: set[str], T: int):
     """The resolved axes, and the base settings with the guidance or sampler they name and the
     sampler's steps resolved (after the axes: ``ddpm.boost_gamma`` picks ddpm and its T steps)."""
     from cbdm_core.experiments.sweep_axes import resolve_axes
-    from cbdm_core.sampling.generate import resolve_steps
+    from cbdm_core.sampling.api import resolve_steps
 
     axes, sampling = resolve_axes(specs, sampling, given=sorted(given))
     if not any(a.kind == "steps" for a in axes):
@@ -241,12 +241,12 @@ def _run_training_sweep(parameter: str, values: list, config_for, *, data_root: 
     """Train, sample and evaluate one run per value (shared by ``sweep option`` and ``sweep tau``)."""
     from cbdm_core.device import resolve_device
     from cbdm_core.experiments.sweeps import SweepInterrupted, training_sweep
-    from cbdm_core.sampling.guidance import resolve_names
+    from cbdm_core.sampling.api import resolve_sampling
 
     reporter = Reporter()
     _check_select(select, metrics)
     sampling = sampling_settings_from_options(features, flags={"guidance": ("--guidance",)}, guidance=guidance)
-    sampling = resolve_names(sampling)  # a typo fails before any training, and is not checked again
+    sampling = resolve_sampling(sampling).settings  # a typo fails before any training
     base = config_for(values[-1])
     root = data_root if data_root is not None else base.data.root
     options = _eval_options(base.data.dataset, None if root is None else Path(root), metrics, device=device,

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from cbdm_core.images import class_rows, grid_image
-from cbdm_core.sampling.generate import _row_names
+from cbdm_core.sampling.sample_grid import row_names
 
 
 def _grid(labels=None):
@@ -27,5 +27,5 @@ def test_grid_rows_carry_their_labels():
 
 
 def test_row_names_from_the_manifest():
-    assert _row_names({"class_names": ["cat", "dog"]}, 2) == ["cat", "dog"]
-    assert _row_names({}, 3) == ["0", "1", "2"]
+    assert row_names({"class_names": ["cat", "dog"]}, 2) == ["cat", "dog"]
+    assert row_names({}, 3) == ["0", "1", "2"]

@@ -206,16 +206,16 @@ def test_sampling_refuses_nan_weights_and_nonfinite_guidance(tmp_path):
 
 
 def test_nonfinite_batch_stops_sampling_and_keeps_complete_shards(tmp_path, monkeypatch):
-    import cbdm_core.sampling.generate as gen
+    import cbdm_core.sampling.batches as batches
 
-    real, calls = gen.sample, []
+    real, calls = batches.sample_resolved, []
 
     def second_batch_nan(*a, **k):
         calls.append(1)
         x = real(*a, **k)
-        return x * float("nan") if len(calls) == 3 else x  # call 1 is the preflight
+        return x * float("nan") if len(calls) == 2 else x  # the batches' calls only (not the preflight's)
 
-    monkeypatch.setattr(gen, "sample", second_batch_nan)
+    monkeypatch.setattr(batches, "sample_resolved", second_batch_nan)
     out = tmp_path / "s"
     cli_fails("sample", write_toy_run(tmp_path / "run"), "--out", out, "--num", "4", "--shard-size", "2",
               "--batch-size", "2", "--steps", "2", "--no-progress", match="NaN or inf")

@@ -158,11 +158,9 @@ REGISTRY_ALLOWED: dict[str, str] = {
     "cbdm_core.label_distributions": "resolve_label_distribution(name, counts): the name helper of users' own "
                                      "loops (cbdm_loss, a hand-built MethodBuildContext); runs built by cbdm "
                                      "get the edge's resolver in MethodBuildContext.label_distribution",
-    "cbdm_core.sampling.api": "sample(model, ..., sampler=NAME): the programmatic sampling entry point",
-    # Sampler settings still carry names (SamplingSettings.sampler/guidance_method), resolved where
-    # they are used; issue 28 item 3 (settings passed whole, checked once) is where they move up.
-    "cbdm_core.sampling.guidance": "resolve_guidance/resolve_names: the one check of a sampling job's names",
-    "cbdm_core.sampling.generate": "resolve_steps: a sampler's default step count, from the settings' name",
+    "cbdm_core.sampling.api": "sample(model, ..., sampler=NAME): the programmatic sampling entry point; "
+                              "resolve_sampling(settings): the names of sampling settings, resolved once at "
+                              "the edge into the ResolvedSampling that generate and preflight receive",
     "cbdm_core.data": "load_dataset(name): the name helper of users' own code, the CLI's data commands and "
                       "the auto classifier; evaluations open datasets through the edge's resolver "
                       "(EvalComponents.datasets, data.open_dataset)",

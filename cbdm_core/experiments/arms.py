@@ -188,7 +188,7 @@ def stale_guidance_file(folder: Path) -> Optional[str]:
     (retrained, replaced or deleted since), else ``None``; as ``cbdm sample`` checks a kept
     folder, also a set whose manifest predates the file hashes."""
     from ..sampling import shards as sh
-    from ..sampling.generate import guidance_file_digests
+    from ..sampling.sample_folder import guidance_file_digests
 
     try:
         manifest = sh.read_manifest(folder)

@@ -85,6 +85,13 @@ class StudyPlan:
 
         return arm_settings(self.protocol, self.entries[method], self.model_dir(method, seed), seed)
 
+    def resolved_sampling(self, method: str, seed: int, changes: dict[str, Any]) -> Any:
+        """:meth:`sampling_for` with ``changes`` (sampling seed, guidance, num), its names resolved: the
+        :class:`~cbdm_core.sampling.resolved.ResolvedSampling` a sample folder is made with."""
+        from ..sampling.api import resolve_sampling
+
+        return resolve_sampling(self.sampling_for(method, seed).model_copy(update=changes))
+
     def parts(self) -> list[Part]:
         p = self.protocol
         out: list[Part] = []

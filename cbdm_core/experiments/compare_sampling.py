@@ -75,12 +75,12 @@ def sample_and_evaluate(plan: StudyPlan, part: Part, seed: int, num: int, option
         return doc
     check_files_before_sampling(plan.entries[part.method], plan.model_dir(part.method, part.seed), part.seed)
     run = _loaded(plan, part, runs)
-    s = plan.sampling_for(part.method, part.seed)
-    labels = plan_labels(s.classes, num, run.num_classes, run.meta.class_counts)
-    settings = s.model_copy(update={"seed": seed, "guidance": float(part.guidance or 0.0), "num": num})
+    sampling = plan.resolved_sampling(part.method, part.seed,
+                                      {"seed": seed, "guidance": float(part.guidance or 0.0), "num": num})
+    labels = plan_labels(sampling.settings.classes, num, run.num_classes, run.meta.class_counts)
     observer.status(f"{part.label}: sampling {num} images (seed {seed}) into {part.folder}")
     with timed_sampling(part.folder, num, next(run.model.parameters()).device):  # cost, for compare.json
-        generate_samples(run, labels, out_dir=part.folder, settings=settings, overwrite=stale,
+        generate_samples(run, labels, out_dir=part.folder, sampling=sampling, overwrite=stale,
                          on_progress=lambda d, t: observer.advance(d, t))
     result = evaluate(part.folder, options, components=plan.evaluation, reference=reference,
                       on_status=observer.status)

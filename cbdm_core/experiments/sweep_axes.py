@@ -222,10 +222,15 @@ def point_label(axes: Sequence[Axis], combo: Sequence[float]) -> str:
 
 
 def check_points(run: Any, axes: Sequence[Axis], combos: Sequence[tuple[float, ...]],
-                 settings: Sequence[SamplingSettings]) -> None:
-    """Every point's settings, checked by the sampler and guidance themselves on a dummy
-    denoiser (bad option values, a guidance that refuses w > 0, ...) before any sampling."""
-    from ..sampling.generate import preflight, resolve_steps
+                 settings: Sequence[SamplingSettings]) -> list[Any]:
+    """Every point's settings, their names resolved (a
+    :class:`~cbdm_core.sampling.resolved.ResolvedSampling` per point, its steps set) and checked
+    by the sampler and guidance themselves on a dummy denoiser (bad option values, a guidance
+    that refuses w > 0, ...) before any sampling."""
+    from ..sampling.api import resolve_sampling
+    from ..sampling.preflight import preflight
+
+    resolved = []
 
     for combo, st in zip(combos, settings):
         if st.guidance > 0 and not run.trained_with_label_dropout:
@@ -233,9 +238,9 @@ def check_points(run: Any, axes: Sequence[Axis], combos: Sequence[tuple[float, .
                             "w > 0 has no unconditional prediction to use; sweep w = 0 only or train with "
                             "--p-uncond 0.1")
         try:
-            preflight(run, sampler=st.sampler, steps=resolve_steps(st.sampler, st.steps, run.schedule.num_timesteps),
-                      eta=st.eta, guidance=st.guidance, clip_denoised=st.clip_denoised,
-                      sampler_options=st.sampler_options, guidance_method=st.guidance_method,
-                      guidance_options=st.guidance_options)
+            how = resolve_sampling(st).with_steps(run.schedule.num_timesteps)
+            preflight(run, how)
         except CbdmError as exc:
             raise CbdmError(f"sweep point {point_label(axes, combo)}: {exc}") from None
+        resolved.append(how)
+    return resolved

@@ -190,20 +190,22 @@ def _series(result: SweepResult) -> list[tuple[Optional[str], list[SweepPoint]]]
     return [(f"{second}={k:g}", [p for p in result.points if p.values.get(second) == k]) for k in keys]
 
 
-def _sample_and_evaluate(run: Any, out_dir: Path, guidance: float, sampling: SamplingSettings,
+def _sample_and_evaluate(run: Any, out_dir: Path, guidance: float, sampling: Any,
                          eval_options: Any, status: StatusFn,
                          evaluation: tuple[Any, Any]) -> tuple[dict[str, Optional[float]], Any]:
-    """Sample one point and evaluate it; ``evaluation``: the resolved components and the
-    prepared reference (:func:`_preflight_eval`)."""
+    """Sample ``run`` at ``guidance`` with ``sampling`` (a resolved
+    :class:`~cbdm_core.sampling.resolved.ResolvedSampling`) into ``out_dir`` and evaluate it;
+    ``evaluation``: the resolved components and the prepared reference (:func:`_preflight_eval`)."""
     from ..evaluation import write_metrics_json
     from ..evaluation.engine import evaluate
-    from ..sampling.generate import generate_samples, resolve_steps
+    from ..sampling.generate import generate_samples
     from ..sampling.plan import plan_labels
 
-    labels = plan_labels(sampling.classes, sampling.num, run.num_classes, run.meta.class_counts)
-    steps = resolve_steps(sampling.sampler, sampling.steps, run.schedule.num_timesteps)
-    generate_samples(run, labels, out_dir=out_dir, settings=sampling.model_copy(update={"steps": steps,
-                                                                                      "guidance": guidance}))
+    st = sampling.settings
+    labels = plan_labels(st.classes, st.num, run.num_classes, run.meta.class_counts)
+    how = sampling.with_steps(run.schedule.num_timesteps)
+    generate_samples(run, labels, out_dir=out_dir,
+                     sampling=how.replace(how.settings.model_copy(update={"guidance": guidance})))
     components, reference = evaluation
     result = evaluate(out_dir, eval_options, components=components, reference=reference, on_status=status)
     write_metrics_json(result, out_dir / "metrics.json")
@@ -267,8 +269,7 @@ def sampling_sweep(run: Any, axes: Sequence[Any], *, out_dir: Path, sampling: Sa
         raise CbdmError("the sweep has no points")
     if len(combos) > MAX_POINTS:
         raise CbdmError(f"the sweep has {len(combos)} points (at most {MAX_POINTS})")
-    per_point = [point_settings(sampling, axes, c) for c in combos]
-    check_points(run, axes, combos, per_point)
+    per_point = check_points(run, axes, combos, [point_settings(sampling, axes, c) for c in combos])
     evaluation = _preflight_eval(eval_options, select, status)  # after the cheap checks: it reads data
     settings = {"checkpoint": str(run.checkpoint), "step": run.step, **_sampling_dict(sampling),
                 "dataset": eval_options.dataset, "reference_split": eval_options.reference_split}
@@ -278,7 +279,8 @@ def sampling_sweep(run: Any, axes: Sequence[Any], *, out_dir: Path, sampling: Sa
     for combo, st in zip(combos, per_point):
         folder = Path(out_dir) / folder_name(axes, combo)
         status(f"{point_label(axes, combo)}: sampling {sampling.num} images into {folder}")
-        values, extractor = _sample_and_evaluate(run, folder, st.guidance, st, eval_options, status, evaluation)
+        values, extractor = _sample_and_evaluate(run, folder, st.settings.guidance, st, eval_options, status,
+                                                 evaluation)
         point = SweepPoint(value=combo[0], samples=str(folder), metrics=values,
                            values={n: axis.typed(v) for n, axis, v in zip(names, axes, combo)})
         points.append(point)
@@ -330,10 +332,12 @@ def training_sweep(parameter: str, values: Sequence[float], config_for: Callable
     log records."""
     from ..run_folder import RunFolder
     from ..run import load_run
+    from ..sampling.api import resolve_sampling
     from ..training.trainer import Trainer
 
     status = on_status or (lambda _m: None)
     _check_sampling(sampling)
+    resolved = resolve_sampling(sampling)  # the names, once for every run
     evaluation = _preflight_eval(eval_options, select, status)
     if not values:
         raise CbdmError(f"no {parameter} values to sweep")
@@ -356,7 +360,7 @@ def training_sweep(parameter: str, values: Sequence[float], config_for: Callable
         if sampling.guidance > 0 and not run.trained_with_label_dropout:
             raise CbdmError(f"{run_dir} was trained without label dropout; use --guidance 0")
         folder = run_dir / f"samples-w{value_label(sampling.guidance)}"
-        values_, extractor = _sample_and_evaluate(run, folder, sampling.guidance, sampling, eval_options, status,
+        values_, extractor = _sample_and_evaluate(run, folder, sampling.guidance, resolved, eval_options, status,
                                                   evaluation)
         points.append(SweepPoint(value=v, samples=str(folder), metrics=values_, run=str(run_dir)))
         result = _finish(SweepResult(parameter, select, list(points), settings), extractor)

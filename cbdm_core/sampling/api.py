@@ -1,16 +1,23 @@
-"""``sample``: the one entry point from a trained denoiser to images."""
+"""``sample``: the one entry point from a trained denoiser to images, and the edge of the
+sampling layer: the only sampling module that looks sampler and guidance names up
+(:func:`resolve_sampling`, :func:`resolve_guidance`); the layers below receive the objects
+(:class:`~cbdm_core.sampling.resolved.ResolvedSampling`)."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 import torch
 
-from ..errors import CbdmError
-from ..interfaces import COMMON_SAMPLER_OPTIONS, SamplerSpec, StepCallback, validate_options
+from ..interfaces import DenoiseFn, SamplerSpec, StepCallback
 from ..schedules import NoiseSchedule
-from .guidance import resolve_guidance
-from .noise import GeneratorArg, check_generator
+from .core import checked_call, guided, run_spec, sampler_options as checked_options
+from .guidance import check_guidance_name, guidance_factory
+from .noise import GeneratorArg
+from .resolved import ResolvedSampling, steps_or_default
+
+if TYPE_CHECKING:
+    from .settings import SamplerSettings
 
 
 def _lookup(kind: str, name: str) -> Any:
@@ -20,68 +27,34 @@ def _lookup(kind: str, name: str) -> Any:
     return lookup(kind, name)
 
 
-def _check_labels(y: torch.Tensor, batch: int, num_classes: Optional[int], null_label: Optional[int]) -> None:
-    if y.ndim != 1 or y.shape[0] != batch:
-        raise CbdmError(f"labels must have shape [{batch}] to match x_T, got {tuple(y.shape)}")
-    if y.dtype.is_floating_point or y.dtype == torch.bool or y.is_complex():
-        raise CbdmError(f"labels must be integer class indices, got dtype {y.dtype}")
-    if num_classes is None or y.numel() == 0:
-        return
-    bad = (y < 0) | (y > num_classes)
-    if null_label is not None:
-        bad &= y != null_label
-    if bool(bad.any()):
-        first = int(y[bad][0])
-        raise CbdmError(f"label {first} is out of range: labels must lie in 0..{num_classes - 1}, "
-                        f"or be the null label {num_classes if null_label is None else null_label}")
+def resolve_guidance(name: str, options: Optional[Mapping[str, Any]] = None) -> tuple[Callable[..., DenoiseFn],
+                                                                                       dict[str, Any]]:
+    """The factory ``(model, scale, null_label) -> denoise_fn`` registered as ``name`` with
+    ``options`` bound, and the validated options (only those given, coerced to their types).
+
+    Raises a one-line :class:`~cbdm_core.errors.CbdmError` for an unknown name, a ``name:arg``
+    spelling (guidance options are named: ``-G KEY=VALUE``), an unknown or ill-typed option, or
+    any option given to a guidance registered without an options model.
+    """
+    check_guidance_name(name)
+    return guidance_factory(_lookup("guidance", name), name, options)
 
 
-def _checked_inputs(model: Any, x_T: torch.Tensor, y: torch.Tensor, null_label: Optional[int],
-                    generator: GeneratorArg) -> tuple[torch.Tensor, Optional[int]]:
-    """Check ``x_T``, the labels and the generators; the labels as long on ``x_T``'s device,
-    and the null label (default ``model.num_classes``)."""
-    if not isinstance(x_T, torch.Tensor) or not x_T.is_floating_point():
-        raise CbdmError("x_T must be a floating-point tensor [B, ...]")
-    if x_T.ndim < 2:
-        raise CbdmError(f"x_T must be batched, shape [B, ...], got {tuple(x_T.shape)}")
-    batch = int(x_T.shape[0])
-    y = torch.as_tensor(y)
-    num_classes = getattr(model, "num_classes", None)
-    num_classes = None if num_classes is None else int(num_classes)
-    if null_label is None:
-        null_label = num_classes
-    _check_labels(y, batch, num_classes, null_label)
-    y = y.to(device=x_T.device, dtype=torch.long)
-    check_generator(generator, batch)
-    return y, null_label
+def resolve_sampling(settings: "SamplerSettings") -> ResolvedSampling:
+    """``settings``' sampler looked up and its guidance resolved against the registry: the one
+    check of a sampling job's names (one-line :class:`~cbdm_core.errors.CbdmError`), done once
+    at the edge. Its ``settings`` are a copy with the guidance options as validated."""
+    spec = _lookup("sampler", settings.sampler)
+    guide, options = resolve_guidance(settings.guidance_method, settings.guidance_options)
+    return ResolvedSampling(settings.model_copy(update={"guidance_options": options}), spec, guide)
 
 
-def _guided(model: Any, schedule: NoiseSchedule, w: float, null_label: Optional[int], guidance_method: str,
-            guidance_options: Optional[Mapping[str, Any]]) -> Any:
-    """The denoiser the sampler calls: ``model`` wrapped by its guidance, or ``model`` itself."""
-    guide, _ = resolve_guidance(guidance_method, guidance_options)  # a bad name or option fails also at w = 0
-    # A GuidanceSpec's factory takes the schedule; a plain registered callable takes 3 arguments.
-    extra = {"schedule": schedule} if hasattr(guide, "active_at_zero") else {}
-    if getattr(guide, "active_at_zero", False):  # its strength is its own option: applied at any w
-        return guide(model, w, None if null_label is None else int(null_label), **extra)
-    if w > 0.0:
-        if null_label is None:
-            raise CbdmError("guidance needs a null label: the model has no num_classes; pass null_label=")
-        return guide(model, w, int(null_label), **extra)
-    return model
-
-
-def _common_options(spec: SamplerSpec, sampler: str, given: dict[str, Any]) -> dict[str, Any]:
-    """The common options (``eta``, ``clip_denoised``) ``spec`` takes; one it does not take
-    but the caller set is refused with the spec's message."""
-    for name, value in given.items():
-        if name in getattr(spec, "common_options", COMMON_SAMPLER_OPTIONS):  # a duck-typed spec: all
-            continue
-        unset = COMMON_SAMPLER_OPTIONS[name]
-        # float(): a NaN eta is "set" (NaN != 0), as the samplers' own checks treated it.
-        if (value is not None) if unset is None else float(value) != unset:
-            raise CbdmError(getattr(spec, "refusals", {}).get(name, f"the {sampler} sampler takes no {name}"))
-    return {k: v for k, v in given.items() if k in getattr(spec, "common_options", COMMON_SAMPLER_OPTIONS)}
+def resolve_steps(sampler: str, steps: Optional[int], T: int) -> int:
+    """The step count actually used: ``steps``, or the default of the sampler named ``sampler``
+    capped at ``T`` (a sampler whose default is ``None``, ``ddpm``, runs all ``T`` steps)."""
+    if steps is not None:
+        return int(steps)
+    return steps_or_default(_lookup("sampler", sampler), steps, T)
 
 
 def sample(model: Any, schedule: NoiseSchedule, x_T: torch.Tensor, y: torch.Tensor, *,
@@ -115,18 +88,10 @@ def sample(model: Any, schedule: NoiseSchedule, x_T: torch.Tensor, y: torch.Tens
         callback: ``callback(step_index, num_steps, x)`` after each step.
         **sampler_options: sampler specific, e.g. ``var_type`` (ddpm) or ``spacing`` (ddim).
     """
-    y, null_label = _checked_inputs(model, x_T, y, null_label, generator)
-    w = float(guidance)
-    if not w >= 0.0:
-        raise CbdmError(f"guidance must be >= 0, got {guidance}")
+    y, null_label, w = checked_call(model, x_T, y, null_label, generator, guidance)
     spec: SamplerSpec = _lookup("sampler", sampler)
-    sampler_options = validate_options(getattr(spec, "options_model", None), sampler_options, f"sampler {sampler!r}")
-    denoise_fn = _guided(model, schedule, w, null_label, guidance_method, guidance_options)
-    if steps is None:
-        steps = spec.default_steps
-    common = _common_options(spec, sampler, {"eta": eta, "clip_denoised": clip_denoised})
-    # no_grad also for third-party samplers that forget it (not inference_mode:
-    # the caller may edit the result in place afterwards).
-    with torch.no_grad():
-        return spec.run(denoise_fn, schedule, x_T, y, steps=steps, generator=generator, callback=callback,
-                        **common, **sampler_options)
+    options = checked_options(spec, sampler, sampler_options)
+    guide, _ = resolve_guidance(guidance_method, guidance_options)  # a bad name or option fails also at w = 0
+    denoise_fn = guided(model, schedule, w, null_label, guide)
+    return run_spec(spec, sampler, denoise_fn, schedule, x_T, y, steps=steps, eta=eta, clip_denoised=clip_denoised,
+                    generator=generator, callback=callback, options=options)

@@ -6,7 +6,8 @@ is plain conditional sampling.
 
 A guidance is registered either as a plain factory ``(model, scale, null_label) ->
 denoise_fn`` (no options) or as a :class:`~cbdm_core.interfaces.GuidanceSpec` with an
-options model; :func:`resolve_guidance` turns a name and options into a factory. A spec may
+options model; :func:`guidance_factory` turns it and its options into a factory (the name is
+looked up at the edge: :func:`cbdm_core.sampling.api.resolve_guidance`). A spec may
 ask for the sampling schedule (``wants_schedule``) and be applied also at ``w = 0``
 (``active_at_zero``: its strength is one of its own options).
 """
@@ -63,22 +64,16 @@ def unguided_denoiser(model: Any, scale: float = 0.0, null_label: int | None = N
     return denoise
 
 
-def resolve_guidance(name: str, options: Optional[Mapping[str, Any]] = None) -> tuple[Callable[..., DenoiseFn],
-                                                                                       dict[str, Any]]:
-    """The factory ``(model, scale, null_label) -> denoise_fn`` registered as ``name`` with
-    ``options`` bound, and the validated options (only those given, coerced to their types).
+def guidance_factory(obj: Any, name: str, options: Optional[Mapping[str, Any]] = None) -> tuple[
+        Callable[..., DenoiseFn], dict[str, Any]]:
+    """The factory ``(model, scale, null_label) -> denoise_fn`` of the registered guidance ``obj``
+    (named ``name``) with ``options`` bound, and the validated options (only those given,
+    coerced to their types). The name is looked up at the edge
+    (:func:`cbdm_core.sampling.api.resolve_guidance`); this only checks the options.
 
-    Raises a one-line :class:`CbdmError` for an unknown name, a ``name:arg`` spelling
-    (guidance options are named: ``-G KEY=VALUE``), an unknown or ill-typed option, or any
-    option given to a guidance registered without an options model.
+    Raises a one-line :class:`CbdmError` for an unknown or ill-typed option, or any option given
+    to a guidance registered without an options model.
     """
-    from ..registry import lookup  # here: the registry loads every plugin, which import this package
-
-    if ":" in name:
-        base, _, arg = name.partition(":")
-        raise ConfigError(f"guidance {name!r}: a guidance takes named options, not an argument after ':'; "
-                          f"write {base!r} with -G KEY={arg} (guidance_options)")
-    obj = lookup("guidance", name)
     given = dict(options or {})
     if isinstance(obj, GuidanceSpec):
         opts = validate_options(obj.options_model, given, f"guidance {name!r}")
@@ -88,20 +83,12 @@ def resolve_guidance(name: str, options: Optional[Mapping[str, Any]] = None) -> 
     return obj, {}
 
 
-def resolve_names(settings: Any) -> Any:
-    """``settings`` (a :class:`~cbdm_core.sampling.settings.SamplerSettings`) with its sampler
-    looked up and its guidance resolved against the registry: the one place they are checked
-    before sampling (one-line :class:`CbdmError`). Returns a copy with the guidance options as
-    validated; settings already resolved (and not changed since) are returned as they are."""
-    from ..registry import lookup  # here: the registry loads every plugin, which import this package
-
-    if settings.names_resolved():
-        return settings
-    lookup("sampler", settings.sampler)
-    _, options = resolve_guidance(settings.guidance_method, settings.guidance_options)
-    out = settings.model_copy(update={"guidance_options": options})
-    out._resolved = out.names_key()
-    return out
+def check_guidance_name(name: str) -> None:
+    """Refuse the ``name:arg`` spelling (guidance options are named: ``-G KEY=VALUE``)."""
+    if ":" in name:
+        base, _, arg = name.partition(":")
+        raise ConfigError(f"guidance {name!r}: a guidance takes named options, not an argument after ':'; "
+                          f"write {base!r} with -G KEY={arg} (guidance_options)")
 
 
 def _bind(spec: GuidanceSpec, opts: dict[str, Any]) -> Callable[..., DenoiseFn]:

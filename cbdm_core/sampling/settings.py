@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field
 
 
 MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds; larger ones overflow with a traceback
@@ -33,9 +33,10 @@ MAX_GUIDANCE = 1000.0
 class SamplerSettings(BaseModel):
     """How images are sampled from a trained denoiser (the numbers are checked here, once).
 
-    A sampler's or guidance's *name* and *options* are checked against the registry where
-    the settings are used (:func:`cbdm_core.sampling.guidance.resolve_guidance`, the sampler's
-    options model): the registry is read at the edge, never by this model.
+    A sampler's or guidance's *name* and *options* are checked against the registry once, at
+    the edge (:func:`cbdm_core.sampling.api.resolve_sampling`, which gives the
+    :class:`~cbdm_core.sampling.resolved.ResolvedSampling` the layers below receive), never by
+    this model.
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
@@ -53,18 +54,11 @@ class SamplerSettings(BaseModel):
                                                             "(default: the sampler's).")
     sampler_options: dict[str, Any] = Field(default_factory=dict, description=(
         "Any option of the sampler, e.g. -S S_churn=10 for heun (repeatable; values read as YAML)."))
-    # names_key() when the names were checked against the registry (guidance.resolve_names):
-    # a copy whose sampler or guidance changed since has another key, and is checked again.
-    _resolved: Optional[str] = PrivateAttr(None)
-
     def names_key(self) -> str:
-        """The sampler, the guidance and their options, as one string."""
+        """The sampler, the guidance and their options, as one string (a
+        :class:`~cbdm_core.sampling.resolved.ResolvedSampling` holds settings with its names only)."""
         return json.dumps([self.sampler, self.sampler_options, self.guidance_method, self.guidance_options],
                           sort_keys=True, default=str)
-
-    def names_resolved(self) -> bool:
-        """Whether the sampler and guidance (with these options) were checked against the registry."""
-        return self._resolved == self.names_key()
 
     def sample_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of :func:`cbdm_core.sampling.sample` these settings give."""
@@ -134,13 +128,10 @@ class SamplingSettings(_JobFields, SamplerSettings):
 
     @classmethod
     def of(cls, how: SamplerSettings, job: SampleJob, **changes: Any) -> "SamplingSettings":
-        """``how`` and ``job`` (without ``out``) as one model, ``changes`` applied; names that
-        were checked stay checked."""
+        """``how`` and ``job`` (without ``out``) as one model, ``changes`` applied."""
         values = {**how.model_dump(include=set(SamplerSettings.model_fields)),
                   **job.model_dump(exclude={"out"}, exclude_none=True), **changes}
-        out = cls(**values)
-        out._resolved = how._resolved
-        return out
+        return cls(**values)
 
     def job(self) -> SampleJob:
         """The job part (no ``out``: these settings have no folder)."""

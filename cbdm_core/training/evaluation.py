@@ -51,13 +51,18 @@ def check_evaluation(cfg: TrainConfig) -> None:
     if e.guidance > 0 and cfg.objective.p_uncond <= 0:
         raise CbdmError("evaluate.guidance > 0 needs label dropout, but objective.p_uncond is 0")
     from ..build import build_schedule
-    from ..sampling.generate import preflight
+    from ..sampling.api import resolve_sampling
+    from ..sampling.preflight import preflight
+    from ..sampling.settings import SamplerSettings
 
     # The sampler itself judges its settings (unknown name, steps > T, ...), on a dummy denoiser.
     stand_in = SimpleNamespace(num_classes=1, schedule=build_schedule(cfg))
+    # model_construct: evaluate's own model validated these numbers; the sampler judges them.
+    how = SamplerSettings.model_construct(sampler=e.sampler, steps=sampling_steps(cfg), eta=e.eta,
+                                          guidance=e.guidance, clip_denoised=None, sampler_options={},
+                                          guidance_method="cfg", guidance_options={})
     try:
-        preflight(stand_in, sampler=e.sampler, steps=sampling_steps(cfg), eta=e.eta, guidance=e.guidance,
-                  clip_denoised=None, sampler_options={})
+        preflight(stand_in, resolve_sampling(how))
     except CbdmError as exc:
         raise CbdmError(f"evaluate: {exc}") from None
 

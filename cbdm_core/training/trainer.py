@@ -270,7 +270,7 @@ class Trainer:
                 class_names: Optional[Sequence[str]] = None) -> Path:
         """Sample a grid with one row per class, labelled, from the EMA model."""
         from ..sampling import sample
-        from ..sampling.generate import resolve_steps
+        from ..sampling.api import resolve_steps
 
         p = self.cfg.preview
         device = next(ema_model.parameters()).device
