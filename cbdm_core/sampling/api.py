@@ -9,8 +9,13 @@ import torch
 from ..errors import CbdmError
 from ..interfaces import COMMON_SAMPLER_OPTIONS, SamplerSpec, StepCallback, validate_options
 from ..schedules import NoiseSchedule
+from .cpu_choice import sampling_network
 from .guidance import resolve_guidance
 from .noise import GeneratorArg, check_generator
+
+
+# Guidance methods that only call the network: they may get its prepared CPU copy (cpu_choice.py).
+_PLAIN_GUIDANCE = ("cfg", "none")
 
 
 def _lookup(kind: str, name: str) -> Any:
@@ -121,6 +126,8 @@ def sample(model: Any, schedule: NoiseSchedule, x_T: torch.Tensor, y: torch.Tens
         raise CbdmError(f"guidance must be >= 0, got {guidance}")
     spec: SamplerSpec = _lookup("sampler", sampler)
     sampler_options = validate_options(getattr(spec, "options_model", None), sampler_options, f"sampler {sampler!r}")
+    if guidance_method in _PLAIN_GUIDANCE:  # a plugin's guidance may reach into the network itself
+        model = sampling_network(model, x_T)
     denoise_fn = _guided(model, schedule, w, null_label, guidance_method, guidance_options)
     if steps is None:
         steps = spec.default_steps
