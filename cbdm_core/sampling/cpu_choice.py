@@ -140,8 +140,9 @@ class PreparedNetwork:
         return getattr(self._model(), name)
 
 
-# One prepared copy per model, while its weights are unchanged (EMA updates bump the versions).
-_CACHE: "weakref.WeakKeyDictionary[nn.Module, PreparedNetwork]" = weakref.WeakKeyDictionary()
+# One prepared copy per model and mode (fp32, bf16), while its weights are unchanged (EMA updates
+# bump the versions); both modes are kept, so alternating between them does not copy every call.
+_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict[str, PreparedNetwork]]" = weakref.WeakKeyDictionary()
 
 
 def _weights_key(model: nn.Module, mode: str) -> tuple:
@@ -180,8 +181,8 @@ def sampling_network(model: Any, x: torch.Tensor, capability: Optional[str] = No
     if mode is None or not _plain_unet(model):
         return model
     key = _weights_key(model, mode)
-    prepared = _CACHE.get(model)
+    copies = _CACHE.setdefault(model, {})
+    prepared = copies.get(mode)
     if prepared is None or prepared._key != key:
-        prepared = _prepare(model, mode, choice, key)
-        _CACHE[model] = prepared
+        prepared = copies[mode] = _prepare(model, mode, choice, key)
     return prepared
