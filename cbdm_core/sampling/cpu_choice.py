@@ -160,7 +160,8 @@ def _mode(x: torch.Tensor, choice: SamplingChoice) -> Optional[str]:
     return "fp32" if choice.fp32_channels_last or choice.compile else None
 
 
-def _prepare(model: nn.Module, mode: str, choice: SamplingChoice, key: tuple) -> PreparedNetwork:
+def prepare_network(model: nn.Module, mode: str, choice: SamplingChoice, key: tuple = ()) -> PreparedNetwork:
+    """A new prepared copy of ``model`` for ``mode`` (``fp32`` or ``bf16``) as ``choice`` says (uncached)."""
     net = copy.deepcopy(model).requires_grad_(False)
     dtype = torch.bfloat16 if mode == "bf16" else torch.float32
     if mode == "bf16":
@@ -184,5 +185,5 @@ def sampling_network(model: Any, x: torch.Tensor, capability: Optional[str] = No
     copies = _CACHE.setdefault(model, {})
     prepared = copies.get(mode)
     if prepared is None or prepared._key != key:
-        prepared = copies[mode] = _prepare(model, mode, choice, key)
+        prepared = copies[mode] = prepare_network(model, mode, choice, key)
     return prepared
