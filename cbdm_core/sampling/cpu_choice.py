@@ -1,17 +1,20 @@
 """How the sampling network runs on a CPU, per capability class: one measured table.
 
 Sampling has freedoms training does not (no gradients, weights fixed for the whole call), so
-:func:`sampling_network` may hand the sampler a *copy* of the project's U-Net prepared once:
+:func:`sampling_network` may hand the sampler a *copy* of the project's U-Net, prepared once per
+sampling call:
 
 * ``fp32_channels_last``: an NHWC copy for fp32 sampling (oneDNN's native layout: no reorders
   around every convolution, and the attention rows come out contiguous for SDPA's fused
   kernel). Not bit-identical to the NCHW network: the convolutions sum in another order
   (max relative difference on eps about 2e-6, docs/benchmarks.md).
 * ``bf16_weights``: when the caller samples under CPU bf16 autocast, a bf16 copy of the
-  weights made once, run *without* autocast (no per-call weight casts, no fp32 residual
-  stream cast before every convolution); GroupNorm keeps fp32 parameters and computes in fp32.
+  weights made once per call (autocast casts them on every forward), run *without* autocast (no
+  fp32 residual stream cast before every convolution); GroupNorm keeps fp32 parameters and
+  computes in fp32.
 * ``bf16_channels_last``: the same bf16 copy in NHWC.
-* ``compile``: ``torch.compile`` (inductor, with freezing) of the copy.
+* ``compile``: ``torch.compile`` (inductor) of the copy; off everywhere (slower than eager at
+  this size, benchmarks/sampling_forward.py, and a fresh copy per call would recompile).
 
 The capability class is the training table's (:mod:`cbdm_core.training.cpu_choice`). Only the
 project's own :class:`~cbdm_core.nets.unet.UNet` on the CPU, without hooks, takes a prepared
@@ -21,7 +24,6 @@ copy; any other denoiser (a plugin's network, a wrapped callable, CUDA) runs as 
 from __future__ import annotations
 
 import copy
-import weakref
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -120,10 +122,8 @@ class PreparedNetwork:
     """``model``'s prepared copy as a denoiser: ``net(x, t, y, **kw)`` with ``x`` in the caller's dtype
     and layout, eps returned in them. Other attributes are the original model's."""
 
-    def __init__(self, model: nn.Module, net: Any, dtype: torch.dtype, channels_last: bool, key: tuple):
-        # A weak reference: the cache below holds this object, and must not keep the model alive.
-        self._model = weakref.ref(model)
-        self._net, self._dtype, self._channels_last, self._key = net, dtype, channels_last, key
+    def __init__(self, model: nn.Module, net: Any, dtype: torch.dtype, channels_last: bool):
+        self._model, self._net, self._dtype, self._channels_last = model, net, dtype, channels_last
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor] = None, **kw: Any) -> torch.Tensor:
         x_in = x.to(self._dtype)
@@ -138,17 +138,7 @@ class PreparedNetwork:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):  # not set yet (copy, pickle): no recursion through _model
             raise AttributeError(name)
-        return getattr(self._model(), name)
-
-
-# One prepared copy per model and mode (fp32, bf16), while its weights are unchanged (EMA updates
-# bump the versions); both modes are kept, so alternating between them does not copy every call.
-_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict[str, PreparedNetwork]]" = weakref.WeakKeyDictionary()
-
-
-def _weights_key(model: nn.Module, mode: str) -> tuple:
-    tensors = [*model.parameters(), *model.buffers()]
-    return (mode, model.training, tuple((p.data_ptr(), p._version) for p in tensors))
+        return getattr(self._model, name)
 
 
 def _mode(x: torch.Tensor, choice: SamplingChoice) -> Optional[str]:
@@ -161,8 +151,8 @@ def _mode(x: torch.Tensor, choice: SamplingChoice) -> Optional[str]:
     return "fp32" if choice.fp32_channels_last or choice.compile else None
 
 
-def prepare_network(model: nn.Module, mode: str, choice: SamplingChoice, key: tuple = ()) -> PreparedNetwork:
-    """A new prepared copy of ``model`` for ``mode`` (``fp32`` or ``bf16``) as ``choice`` says (uncached)."""
+def prepare_network(model: nn.Module, mode: str, choice: SamplingChoice) -> PreparedNetwork:
+    """A new prepared copy of ``model`` for ``mode`` (``fp32`` or ``bf16``) as ``choice`` says."""
     net = copy.deepcopy(model).requires_grad_(False)
     dtype = torch.bfloat16 if mode == "bf16" else torch.float32
     if mode == "bf16":
@@ -172,19 +162,18 @@ def prepare_network(model: nn.Module, mode: str, choice: SamplingChoice, key: tu
         net = net.to(memory_format=torch.channels_last)
     if choice.compile:
         net = torch.compile(net, dynamic=False)
-    return PreparedNetwork(model, net, dtype, channels_last, key)
+    return PreparedNetwork(model, net, dtype, channels_last)
 
 
 def sampling_network(model: Any, x: torch.Tensor, capability: Optional[str] = None) -> Any:
-    """The denoiser to sample ``model`` with from input like ``x``: a prepared copy (made once per
-    set of weights, see the module docstring) when the capability's row asks for one, else ``model``."""
+    """The denoiser to sample ``model`` with from input like ``x``: a new prepared copy when the
+    capability's row asks for one (see the module docstring), else ``model``.
+
+    A new copy per call, not a cache: it costs 30-50 ms for the small U-Net (a few % of ONE guided
+    forward at batch 16, so well under 1% of a sampling call), and can never serve stale weights
+    (an EMA update, a ``.data`` edit, a loaded state dict)."""
     choice = sampling_choice(capability)
     mode = _mode(x, choice)
     if mode is None or not _plain_unet(model):
         return model
-    key = _weights_key(model, mode)
-    copies = _CACHE.setdefault(model, {})
-    prepared = copies.get(mode)
-    if prepared is None or prepared._key != key:
-        prepared = copies[mode] = prepare_network(model, mode, choice, key)
-    return prepared
+    return prepare_network(model, mode, choice)
