@@ -126,3 +126,16 @@ def test_other_networks_and_guidance_run_as_given(monkeypatch):
 def test_docs_hold_the_current_table():
     docs = (Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md").read_text()
     assert choice_mod.choice_table() in docs, "docs/benchmarks.md: paste sampling.cpu_choice.choice_table() there"
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_bf16_copy_takes_the_fused_attention_kernel(channels_last):
+    """Without autocast, a bf16 copy still gets contiguous attention rows (unet.py), NCHW or NHWC."""
+    from torch.profiler import ProfilerActivity, profile
+
+    row = choice_mod.SamplingChoice(True, True, channels_last, False, "")
+    net, (x, y) = choice_mod.prepare_network(_lively_unet(), "bf16", row), _inputs()
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        net(x, torch.full((6,), 50), y)
+    ops = {e.key for e in prof.key_averages()}
+    assert any("flash" in op for op in ops), sorted(ops)
