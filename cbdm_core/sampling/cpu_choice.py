@@ -55,8 +55,8 @@ CHOICES: dict[str, SamplingChoice] = {
         fp32_channels_last=True, bf16_weights=True, bf16_channels_last=True, compile=False,
         evidence="EPYC Zen 4 (issue 29), forward CPU time vs the network as given: fp32 NHWC 1.21-1.25x; bf16 copy "
                  "NHWC 1.06-1.09x of bf16 autocast (NCHW 0.89-0.95x, NHWC with bf16 GroupNorm 0.89-0.92x); compiled "
-                 "NHWC 0.93x (fp32) and 0.97x (bf16) of eager after 20 s CPU of compile. Guided DDIM: 1.08x fp32, "
-                 "1.09x bf16"),
+                 "NHWC 0.93x (fp32) and 0.97x (bf16) of eager after 20 s CPU of compile. Guided DDIM: 1.08-1.20x fp32, "
+                 "1.03-1.09x bf16"),
     "fp32-only": SamplingChoice(
         fp32_channels_last=True, bf16_weights=False, bf16_channels_last=False, compile=False,
         evidence="no such CPU at hand: fp32 channels_last from the EPYC's fp32 rows (fp32 arithmetic, no bf16 "
