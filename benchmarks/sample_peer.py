@@ -16,7 +16,10 @@ Rows, per batch size (same weights, same starting noise, same labels, one proces
   ``uncond + s * (cond - uncond)`` with ``s = 1 + w`` (the project's ``(1 + w) cond - w uncond``),
   then ``scheduler.step`` on the B latents.
 * ``cbdm``: :func:`cbdm_core.sampling.sample` (``sampler="ddim"``, ``guidance=w``), as ``cbdm sample``
-  calls it (one 2B forward per step through the ``cfg`` guidance).
+  calls it (one 2B forward per step through the ``cfg`` guidance), with the CPU capability's sampling
+  choice (``cbdm_core/sampling/cpu_choice.py``: a prepared copy of the network).
+* ``cbdm as given``: the same call on the network as given (a plain callable around it, which is never
+  prepared): the path before the sampling choice, timed in the same rounds.
 * with ``--amp both|bf16``: the same two loops under CPU/CUDA bf16 autocast.
 
 Timing interleaves the rows in rounds; every round gives a cbdm/diffusers ratio and the
@@ -41,14 +44,20 @@ import torch
 
 from cbdm_core.exporters.unet_mapping import diffusers_config, to_diffusers
 from cbdm_core.sampling import sample
+from cbdm_core.sampling.cpu_choice import sampling_choice
+from cbdm_core.training.cpu_choice import capability_of
+from cbdm_core.training.precision import cpu_bf16_support
 from cbdm_core.schedules import LinearSchedule
 
 from train_step import CONFIGS, T, cpu_flags, cpu_model, make_unet, sync
 
 
+NAMES = ("diffusers", "cbdm", "cbdm as given")
+
+
 @dataclass
 class PeerRow:
-    name: str  # "diffusers" or "cbdm"
+    name: str  # one of NAMES
     amp: bool
     batch: int
     times: list[float] = field(default_factory=list)  # wall seconds per batch, one per round
@@ -103,7 +112,18 @@ def make_runs(model: Any, schedule: Any, x_T: torch.Tensor, y: torch.Tensor, ste
     unet, scheduler = diffusers_unet(model), diffusers_scheduler(schedule)
     null = int(model.num_classes)
     return {"diffusers": lambda: diffusers_ddim(unet, scheduler, x_T, y, null, steps, w),
-            "cbdm": lambda: sample(model, schedule, x_T, y, sampler="ddim", steps=steps, guidance=w)}
+            "cbdm": lambda: sample(model, schedule, x_T, y, sampler="ddim", steps=steps, guidance=w),
+            "cbdm as given": lambda: sample(as_given(model), schedule, x_T, y, sampler="ddim", steps=steps,
+                                            guidance=w)}
+
+
+def as_given(model: Any) -> Callable[..., torch.Tensor]:
+    """``model`` behind a plain callable: ``sample`` runs it as it is (no prepared CPU copy)."""
+    def eps(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return model(x, t, y)
+
+    eps.num_classes = model.num_classes  # type: ignore[attr-defined]
+    return eps
 
 
 def _timed(fn: Callable[[], torch.Tensor], amp: bool, device: torch.device) -> tuple[float, float, torch.Tensor]:
@@ -150,7 +170,7 @@ def measure_batch(model: Any, schedule: Any, batch: int, args: argparse.Namespac
     y = torch.randint(0, model.num_classes, (batch,), generator=g).to(device)
     runs = make_runs(model, schedule, x_T, y, args.steps, args.guidance)
     amps = {"off": [False], "bf16": [True], "both": [False, True]}[args.amp]
-    rows = [PeerRow(name, amp, batch) for amp in amps for name in ("diffusers", "cbdm")]
+    rows = [PeerRow(name, amp, batch) for amp in amps for name in NAMES]
     for row in rows:  # warm-up: allocator, oneDNN primitive caches; also the outputs compared below
         row.out = _timed(runs[row.name], row.amp, device)[2]
     for r in range(args.rounds):
@@ -170,28 +190,44 @@ def _ratio(peer: list[float], ours: list[float]) -> tuple[float, float, float]:
     return statistics.median(ratios), min(ratios), max(ratios)
 
 
-def pair(rows: list[PeerRow], amp: bool) -> tuple[PeerRow, PeerRow]:
-    """The (diffusers, cbdm) rows of one precision."""
-    peer, ours = [next(r for r in rows if r.amp == amp and r.name == n) for n in ("diffusers", "cbdm")]
-    return peer, ours
+def pair(rows: list[PeerRow], amp: bool, ours: str = "cbdm") -> tuple[PeerRow, PeerRow]:
+    """The (diffusers, ``ours``) rows of one precision."""
+    peer, mine = [next(r for r in rows if r.amp == amp and r.name == n) for n in ("diffusers", ours)]
+    return peer, mine
+
+
+def _rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b|."""
+    return (a - b).abs().max().item() / max(b.abs().max().item(), 1e-12)
 
 
 def report(rows: list[PeerRow], steps: int) -> list[str]:
-    """Table lines for one batch size: wall and CPU time, img/s, the per-round ratios, rel. diff."""
+    """Table lines for one batch size: wall and CPU time, img/s, the per-round ratios to diffusers, rel. diff."""
     lines = []
     for amp in sorted({r.amp for r in rows}):
-        peer, ours = pair(rows, amp)
-        diff = (peer.out - ours.out).abs().max().item() / max(peer.out.abs().max().item(), 1e-12)
-        for row in (peer, ours):
+        for name in NAMES:
+            peer, row = pair(rows, amp, name)
             sec, cpu = statistics.median(row.times), statistics.median(row.cpu_times)
             wall_r = cpu_r = rel = ""
-            if row is ours:
-                wall_r = "{:.2f}x ({:.2f}-{:.2f})".format(*_ratio(peer.times, ours.times))
-                cpu_r = "{:.2f}x ({:.2f}-{:.2f})".format(*_ratio(peer.cpu_times, ours.cpu_times))
-                rel = f"{diff:.1e}"
-            lines.append(f"{row.batch:>5} {row.label:<15} {sec:>8.2f} {cpu:>8.2f} {row.batch / sec:>8.2f} "
+            if row is not peer:
+                wall_r = "{:.2f}x ({:.2f}-{:.2f})".format(*_ratio(peer.times, row.times))
+                cpu_r = "{:.2f}x ({:.2f}-{:.2f})".format(*_ratio(peer.cpu_times, row.cpu_times))
+                rel = f"{_rel_diff(row.out, peer.out):.1e}"
+            lines.append(f"{row.batch:>5} {row.label:<19} {sec:>8.2f} {cpu:>8.2f} {row.batch / sec:>8.2f} "
                          f"{sec / steps * 100 / row.batch * 50_000 / 3600:>9.1f} h {wall_r:>19} {cpu_r:>19} {rel:>9}")
     return lines
+
+
+def choice_lines(rows: list[PeerRow]) -> list[str]:
+    """Per precision: the sampling choice's CPU-time speed-up over the network as given, and how far apart
+    their outputs are (the same noise and labels)."""
+    out = []
+    for amp in sorted({r.amp for r in rows}):
+        given, chosen = pair(rows, amp, "cbdm as given")[1], pair(rows, amp)[1]
+        out.append("batch {} {}: cbdm vs cbdm as given {:.2f}x CPU ({:.2f}-{:.2f}), rel. diff {:.1e}".format(
+            chosen.batch, "bf16" if amp else "fp32", *_ratio(given.cpu_times, chosen.cpu_times),
+            _rel_diff(chosen.out, given.out)))
+    return out
 
 
 def run_against_diffusers(args: argparse.Namespace) -> None:
@@ -202,14 +238,20 @@ def run_against_diffusers(args: argparse.Namespace) -> None:
     print(f"guided DDIM (w={args.guidance}, {args.steps} steps), {what}, device {device.type}: "
           f"{cpu_model() if device.type == 'cpu' else torch.cuda.get_device_name(device)}, "
           f"{os.cpu_count()} cores, {torch.get_num_threads()} threads, CPU flags: {cpu_flags()}; "
-          f"torch {torch.__version__}; median of {args.rounds} interleaved rounds", flush=True)
-    head = (f"{'batch':>5} {'loop':<15} {'wall s':>8} {'CPU s':>8} {'img/s':>8} {'50k DDIM-100':>11} "
+          f"torch {torch.__version__}; median of {args.rounds} interleaved rounds; load average "
+          f"{os.getloadavg()[0]:.1f}", flush=True)
+    if device.type == "cpu":
+        cap = capability_of(cpu_bf16_support())
+        print(f"sampling choice for this CPU ({cap}, cbdm_core/sampling/cpu_choice.py): {sampling_choice(cap)}",
+              flush=True)
+    head = (f"{'batch':>5} {'loop':<19} {'wall s':>8} {'CPU s':>8} {'img/s':>8} {'50k DDIM-100':>11} "
             f"{'speed-up (wall)':>19} {'speed-up (CPU)':>19} {'rel. diff':>9}")
     lines = [head, "-" * len(head)]
-    summary = []
+    summary, choice = [], []
     for batch in args.batches:
         rows = measure_batch(model, schedule, batch, args, device)
         lines += report(rows, args.steps)
+        choice += choice_lines(rows)
         for amp in sorted({r.amp for r in rows}):
             peer, ours = pair(rows, amp)
             summary.append(f"batch {batch} {'bf16' if amp else 'fp32'}: {_ratio(peer.times, ours.times)[0]:.2f}x wall, "
@@ -219,4 +261,5 @@ def run_against_diffusers(args: argparse.Namespace) -> None:
           "thread on a shared machine; speed-up = diffusers time / cbdm time in each round, median (min-max): > 1 means "
           "cbdm is faster; img/s and 50k DDIM-100 (projected to 100 steps, 50,000 images) from wall time; rel. diff = "
           "max |cbdm - diffusers| / max |diffusers| over the outputs, same precision)")
+    print("\n".join(choice))
     print("cbdm speed-up over diffusers: " + "; ".join(summary))

@@ -67,9 +67,12 @@ def test_guided_ddim_samples_agree_across_the_two_layouts(amp):
         with torch.enable_grad():
             return model(x, t, labels).detach()
 
-    strided.num_classes = model.num_classes
+    def eager(x, t, labels):  # the network as given, not the prepared CPU copy (test_sampling_choice.py)
+        return model(x, t, labels)
+
+    strided.num_classes = eager.num_classes = model.num_classes
     with torch.autocast("cpu", torch.bfloat16, enabled=amp):
-        fast = sample(model, schedule, x_T, y, sampler="ddim", steps=10, guidance=1.5)
+        fast = sample(eager, schedule, x_T, y, sampler="ddim", steps=10, guidance=1.5)
         plain = sample(strided, schedule, x_T, y, sampler="ddim", steps=10, guidance=1.5)
     if not amp:
         assert torch.equal(fast, plain)

@@ -79,11 +79,14 @@ class SelfAttention(nn.Module):
         n = self.group_norm(x)
         # [B, 1, HW, C] so scaled_dot_product_attention picks a fused kernel.
         q, k, v = (p(n).flatten(2).transpose(1, 2).unsqueeze(1) for p in (self.proj_q, self.proj_k, self.proj_v))
-        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and not torch.is_grad_enabled():
+        if x.device.type == "cpu" and (torch.is_autocast_enabled("cpu") or x.dtype == torch.bfloat16) \
+                and not torch.is_grad_enabled():
             # bf16 sampling on the CPU: SDPA's fused (flash) CPU kernel needs rows with unit stride; the strided
             # view takes the math path (bmm + softmax). Measured 1.11x for the whole bf16 forward, 1.01x (no
             # gain) in fp32, so fp32 keeps the strided layout (docs/benchmarks.md, issue 29); so does training,
-            # whose fp32 step the refactor-reference fixtures pin bit for bit.
+            # whose fp32 step the refactor-reference fixtures pin bit for bit. A bf16 copy of the weights
+            # (sampling/cpu_choice.py) runs without autocast and takes the same path. In NHWC the rows
+            # already are contiguous, and this copies nothing.
             q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         out = F.scaled_dot_product_attention(q, k, v)
         out = out.squeeze(1).transpose(1, 2).reshape(b, c, h, w)

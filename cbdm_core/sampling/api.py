@@ -11,13 +11,14 @@ import torch
 
 from ..interfaces import DenoiseFn, SamplerSpec, StepCallback
 from ..schedules import NoiseSchedule
-from .core import checked_call, guided, run_spec, sampler_options as checked_options
+from .core import checked_call, guided, plain_network, run_spec, sampler_options as checked_options
 from .guidance import check_guidance_name, guidance_factory
 from .noise import GeneratorArg
 from .resolved import ResolvedSampling, steps_or_default
 
 if TYPE_CHECKING:
     from .settings import SamplerSettings
+
 
 
 def _lookup(kind: str, name: str) -> Any:
@@ -92,6 +93,6 @@ def sample(model: Any, schedule: NoiseSchedule, x_T: torch.Tensor, y: torch.Tens
     spec: SamplerSpec = _lookup("sampler", sampler)
     options = checked_options(spec, sampler, sampler_options)
     guide, _ = resolve_guidance(guidance_method, guidance_options)  # a bad name or option fails also at w = 0
-    denoise_fn = guided(model, schedule, w, null_label, guide)
+    denoise_fn = guided(plain_network(model, x_T, guidance_method), schedule, w, null_label, guide)
     return run_spec(spec, sampler, denoise_fn, schedule, x_T, y, steps=steps, eta=eta, clip_denoised=clip_denoised,
                     generator=generator, callback=callback, options=options)

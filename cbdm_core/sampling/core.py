@@ -14,6 +14,7 @@ import torch
 from ..errors import CbdmError
 from ..interfaces import COMMON_SAMPLER_OPTIONS, SamplerSpec, StepCallback, validate_options
 from ..schedules import NoiseSchedule
+from .cpu_choice import sampling_network
 from .noise import GeneratorArg, check_generator
 
 if TYPE_CHECKING:
@@ -62,6 +63,16 @@ def checked_call(model: Any, x_T: torch.Tensor, y: torch.Tensor, null_label: Opt
 def sampler_options(spec: SamplerSpec, sampler: str, options: Mapping[str, Any]) -> dict[str, Any]:
     """``options`` checked against the sampler's options model (one-line error)."""
     return validate_options(getattr(spec, "options_model", None), options, f"sampler {sampler!r}")
+
+
+# Guidance methods that only call the network: they may get its prepared CPU copy (cpu_choice.py);
+# a plugin's guidance may reach into the network itself, so it gets the network as given.
+PLAIN_GUIDANCE = ("cfg", "none")
+
+
+def plain_network(model: Any, x_T: torch.Tensor, guidance_method: str) -> Any:
+    """The network the sampler calls: the per-CPU prepared copy for plain guidance, else ``model``."""
+    return sampling_network(model, x_T) if guidance_method in PLAIN_GUIDANCE else model
 
 
 def guided(model: Any, schedule: NoiseSchedule, w: float, null_label: Optional[int],
@@ -113,6 +124,6 @@ def sample_resolved(model: Any, schedule: NoiseSchedule, x_T: torch.Tensor, y: t
     st = sampling.settings
     y, null_label, w = checked_call(model, x_T, y, null_label, generator, st.guidance)
     options = sampler_options(sampling.sampler, st.sampler, st.sampler_options)
-    denoise_fn = guided(model, schedule, w, null_label, sampling.guidance)
+    denoise_fn = guided(plain_network(model, x_T, st.guidance_method), schedule, w, null_label, sampling.guidance)
     return run_spec(sampling.sampler, st.sampler, denoise_fn, schedule, x_T, y, steps=st.steps, eta=st.eta,
                     clip_denoised=st.clip_denoised, generator=generator, callback=callback, options=options)
