@@ -62,3 +62,11 @@ def test_sampling_from_the_resolved_object_equals_sampling_by_name(sampler, guid
                                generator=sample_generators(1, [0, 1, 2]))
     assert torch.equal(by_name, resolved)
     assert not torch.equal(resolved, x_T)
+
+
+def test_generate_samples_refuses_unresolved_settings_in_one_line(tmp_path):
+    from cbdm_core.sampling.generate import generate_samples
+
+    with pytest.raises(CbdmError, match=r"resolve_sampling\(settings\), got SamplingSettings"):
+        generate_samples(object(), [0], out_dir=tmp_path / "s", sampling=SamplingSettings(sampler="ddim"))
+    assert not (tmp_path / "s").exists()

@@ -74,6 +74,9 @@ def generate_samples(run: "LoadedRun", labels: Sequence[int], *, out_dir: Path,
         ctx: under torchrun (:func:`~cbdm_core.training.distributed.setup_distributed`) each
             process makes a contiguous range of the work; the images do not depend on it.
     """
+    if not isinstance(sampling, ResolvedSampling):  # settings by name: resolved at the edge first
+        raise CbdmError("generate_samples takes sampling=cbdm_core.sampling.api.resolve_sampling(settings), got "
+                        f"{type(sampling).__name__}")
     st = _job_settings(sampling.settings)
     out_dir = Path(out_dir)
     labels_np = np.asarray(list(labels), dtype=np.int64)
