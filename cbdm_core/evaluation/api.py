@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-from ..build_evaluation import resolve_evaluation
 from .engine import EvalOptions, EvalResult
 from .engine import evaluate as _evaluate
 from .inputs import SampleSet
@@ -23,6 +22,8 @@ def evaluate(samples: Union[Path, str, SampleSet], options: EvalOptions, *,
              **kwargs: Any) -> EvalResult:
     """:func:`cbdm_core.evaluation.engine.evaluate`, resolving ``options``' names first when
     ``components`` is not given."""
+    from ..build_evaluation import resolve_evaluation  # here: build_evaluation imports this package
+
     return _evaluate(samples, options, components=components or resolve_evaluation(options),
                      reference=reference, **kwargs)
 
@@ -31,4 +32,6 @@ def prepare_reference(options: EvalOptions, components: Optional[EvalComponents]
                       on_status: Optional[Callable[[str], None]] = None, ctx: Optional[Any] = None) -> PreparedReference:
     """:func:`cbdm_core.evaluation.prepared.prepare_reference`, resolving ``options``' names
     first when ``components`` is not given."""
+    from ..build_evaluation import resolve_evaluation
+
     return _prepare_reference(options, components or resolve_evaluation(options), on_status=on_status, ctx=ctx)
