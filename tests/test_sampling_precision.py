@@ -129,3 +129,17 @@ def test_bf16_where_it_cannot_run_natively(monkeypatch):
         precision_mode.check_precision("bf16", torch.device("cuda"))
     with pytest.raises(CbdmError, match="cpu or cuda, not mps"):
         precision_mode.check_precision("bf16", torch.device("mps"))
+
+
+def test_config_checks_of_bf16_settings_run_in_fp32(monkeypatch):
+    """A preview's or protocol's check runs a CPU stand-in: no emulation warning for a GPU run."""
+    from cbdm_core.sampling.settings import SamplingSettings
+    from cbdm_core.settings_check import check_sampling_settings
+    from cbdm_core.training import precision
+
+    monkeypatch.setattr(precision, "cpu_bf16_support", lambda: "")
+    precision_mode._warn_emulated.cache_clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_sampling_settings(SamplingSettings(precision="bf16", steps=2), schedule=LinearSchedule(T=10),
+                                where="preview")
