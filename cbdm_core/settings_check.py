@@ -73,6 +73,7 @@ def check_sampling_settings(settings: Any, *, schedule: Any, where: str, guidanc
         raise ConfigError(f"{where}.guidance: {exc.errors()[0]['msg']}") from None
     try:
         kwargs["steps"] = resolve_steps(settings.sampler, settings.steps, schedule.num_timesteps)
+        kwargs["precision"] = "fp32"  # this stand-in runs on the CPU; bf16 is checked on the run's device
         sample(_NullDenoiser(1), schedule, torch.zeros(1, 1, 1, 1), torch.zeros(1, dtype=torch.long),
                generator=sample_generators(0, [0]), **kwargs)
     except CbdmError as exc:

@@ -90,7 +90,7 @@ def _size(n: float) -> str:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--var-type", help="ddpm variance: fixedlarge or fixedsmall.")
 @click.option("--spacing", help="ddim timestep spacing: uniform, linspace or trailing.")
-@sampling_options(("sampler_options", "clip_denoised"))
+@sampling_options(("sampler_options", "clip_denoised", "precision"))
 @click.option("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, show_default=True, help="Images per shard file.")
 @click.option("--format", "image_format", type=click.Choice(["npz", "png"]), default="npz", show_default=True,
               help="npz shards, or one PNG per image in class folders (<out>/<class>/000042.png).")

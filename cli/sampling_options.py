@@ -65,6 +65,9 @@ def _option(name: str, *, flags: Sequence[str], default: Any, help: Optional[str
         return click.option(*flags, name, multiple=True, metavar="KEY=VALUE", help=help)
     if kind is bool and "/" in flags[0]:
         return click.option(*flags, name, default=default, show_default=default is not None, help=help)
+    if kind is typing.Literal:  # a closed set of words: click lists them in --help and refuses others
+        return click.option(*flags, name, type=click.Choice(typing.get_args(field.annotation)), default=default,
+                            show_default=default is not None, help=help)
     click_type = click.Path(path_type=Path) if kind is Path else {int: int, float: float, str: str}.get(kind)
     return click.option(*flags, name, type=click_type, default=default, show_default=default is not None,
                         help=help)

@@ -40,7 +40,7 @@ def _sampling_options(f):
     """The sampling flags every sweep takes (generated from the settings models), then its own."""
     decorators = [
         sampling_options(("num", "classes", "sampler", "steps", "eta", "guidance_method", "guidance_options",
-                          "sampler_options", "clip_denoised", "seed", "batch_size"),
+                          "sampler_options", "clip_denoised", "precision", "seed", "batch_size"),
                          defaults={"num": 1000, "seed": 0}, helps=SWEEP_HELP),
         click.option("--metrics", default=DEFAULT_METRICS, show_default=True, help="Comma-separated metrics."),
         click.option("--select", default="fid", show_default=True,

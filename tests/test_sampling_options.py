@@ -77,7 +77,7 @@ def test_the_models_refuse_bad_numbers_once():
         with pytest.raises(ValueError):
             SampleJob(**bad)
     s = SamplingSettings(steps=7, num=5)
-    assert list(s.model_dump())[:8] == list(SamplerSettings.model_fields)  # dumps keep the old key order
+    assert list(s.model_dump())[:len(SamplerSettings.model_fields)] == list(SamplerSettings.model_fields)  # old order
     assert s.sampler_settings().steps == 7 and s.job().num == 5
     with pytest.raises(ValueError):
         s.with_guidance(-0.5)

@@ -175,7 +175,9 @@ def arm_summary(entry: "MethodEntry") -> Optional[dict[str, Any]]:
     """compare.json's record of what an arm samples and changes (None for a trained method)."""
     if entry.sample_from is None or entry.sampling is None:
         return None
-    sampling = {k: v for k, v in entry.sampling.model_dump().items() if v not in (None, {})}
+    # fp32 precision is left out, as in a sample manifest: compare.json of fp32 arms stays as it was
+    sampling = {k: v for k, v in entry.sampling.model_dump().items()
+                if v not in (None, {}) and not (k == "precision" and v == "fp32")}
     out = {"sample_from": entry.sample_from, "sampling": sampling}
     if entry.train_classifier is not None:
         out["train_classifier"] = entry.train_classifier.model_dump()

@@ -14,6 +14,7 @@ from ..schedules import NoiseSchedule
 from .core import checked_call, guided, plain_network, run_spec, sampler_options as checked_options
 from .guidance import check_guidance_name, guidance_factory
 from .noise import GeneratorArg
+from .precision_mode import precision_context
 from .resolved import ResolvedSampling, steps_or_default
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ def sample(model: Any, schedule: NoiseSchedule, x_T: torch.Tensor, y: torch.Tens
            guidance_method: str = "cfg", guidance_options: Optional[Mapping[str, Any]] = None,
            clip_denoised: Optional[bool] = None, generator: GeneratorArg = None,
            null_label: Optional[int] = None, callback: Optional[StepCallback] = None,
-           **sampler_options: Any) -> torch.Tensor:
+           precision: str = "fp32", **sampler_options: Any) -> torch.Tensor:
     """Denoise ``x_T`` into ``x_0`` (float, not quantised) with a registered sampler.
 
     Args:
@@ -87,12 +88,15 @@ def sample(model: Any, schedule: NoiseSchedule, x_T: torch.Tensor, y: torch.Tens
             per sample (see :func:`cbdm_core.sampling.sample_generators`).
         null_label: the unconditional label; default ``model.num_classes``.
         callback: ``callback(step_index, num_steps, x)`` after each step.
+        precision: ``fp32``, or ``bf16``: the network under bf16 autocast on ``x_T``'s device
+            (the x_t updates stay in ``x_T``'s dtype).
         **sampler_options: sampler specific, e.g. ``var_type`` (ddpm) or ``spacing`` (ddim).
     """
     y, null_label, w = checked_call(model, x_T, y, null_label, generator, guidance)
     spec: SamplerSpec = _lookup("sampler", sampler)
     options = checked_options(spec, sampler, sampler_options)
     guide, _ = resolve_guidance(guidance_method, guidance_options)  # a bad name or option fails also at w = 0
-    denoise_fn = guided(plain_network(model, x_T, guidance_method), schedule, w, null_label, guide)
-    return run_spec(spec, sampler, denoise_fn, schedule, x_T, y, steps=steps, eta=eta, clip_denoised=clip_denoised,
-                    generator=generator, callback=callback, options=options)
+    with precision_context(precision, x_T.device):
+        denoise_fn = guided(plain_network(model, x_T, guidance_method, precision), schedule, w, null_label, guide)
+        return run_spec(spec, sampler, denoise_fn, schedule, x_T, y, steps=steps, eta=eta,
+                        clip_denoised=clip_denoised, generator=generator, callback=callback, options=options)

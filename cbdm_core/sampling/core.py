@@ -16,6 +16,7 @@ from ..interfaces import COMMON_SAMPLER_OPTIONS, SamplerSpec, StepCallback, vali
 from ..schedules import NoiseSchedule
 from .cpu_choice import sampling_network
 from .noise import GeneratorArg, check_generator
+from .precision_mode import eps_in_x_dtype, precision_context
 
 if TYPE_CHECKING:
     from .resolved import ResolvedSampling
@@ -70,9 +71,12 @@ def sampler_options(spec: SamplerSpec, sampler: str, options: Mapping[str, Any])
 PLAIN_GUIDANCE = ("cfg", "none")
 
 
-def plain_network(model: Any, x_T: torch.Tensor, guidance_method: str) -> Any:
-    """The network the sampler calls: the per-CPU prepared copy for plain guidance, else ``model``."""
-    return sampling_network(model, x_T) if guidance_method in PLAIN_GUIDANCE else model
+def plain_network(model: Any, x_T: torch.Tensor, guidance_method: str, precision: str = "fp32") -> Any:
+    """The network the sampler calls: the per-CPU prepared copy for plain guidance (its eps in
+    ``x_T``'s dtype under ``precision`` bf16), else ``model``."""
+    if guidance_method not in PLAIN_GUIDANCE:
+        return model
+    return eps_in_x_dtype(sampling_network(model, x_T), precision)
 
 
 def guided(model: Any, schedule: NoiseSchedule, w: float, null_label: Optional[int],
@@ -120,10 +124,13 @@ def sample_resolved(model: Any, schedule: NoiseSchedule, x_T: torch.Tensor, y: t
                     sampling: "ResolvedSampling", *, generator: GeneratorArg = None,
                     null_label: Optional[int] = None, callback: Optional[StepCallback] = None) -> torch.Tensor:
     """:func:`cbdm_core.sampling.sample` with the settings of ``sampling`` (names already resolved):
-    ``x_0`` (float, not quantised) from ``x_T``."""
+    ``x_0`` (float, not quantised) from ``x_T``, the network run in ``settings.precision``."""
     st = sampling.settings
     y, null_label, w = checked_call(model, x_T, y, null_label, generator, st.guidance)
     options = sampler_options(sampling.sampler, st.sampler, st.sampler_options)
-    denoise_fn = guided(plain_network(model, x_T, st.guidance_method), schedule, w, null_label, sampling.guidance)
-    return run_spec(sampling.sampler, st.sampler, denoise_fn, schedule, x_T, y, steps=st.steps, eta=st.eta,
-                    clip_denoised=st.clip_denoised, generator=generator, callback=callback, options=options)
+    # Inside the autocast: cpu_choice picks its bf16 copy by the autocast it is called under.
+    with precision_context(st.precision, x_T.device):
+        network = plain_network(model, x_T, st.guidance_method, st.precision)
+        denoise_fn = guided(network, schedule, w, null_label, sampling.guidance)
+        return run_spec(sampling.sampler, st.sampler, denoise_fn, schedule, x_T, y, steps=st.steps, eta=st.eta,
+                        clip_denoised=st.clip_denoised, generator=generator, callback=callback, options=options)

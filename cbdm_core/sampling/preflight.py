@@ -15,6 +15,7 @@ import torch
 from ..errors import CbdmError
 from .core import sample_resolved
 from .noise import sample_generators
+from .precision_mode import check_precision
 from .resolved import ResolvedSampling
 from .settings import SamplingSettings
 
@@ -42,8 +43,19 @@ def preflight(run: "LoadedRun", sampling: ResolvedSampling) -> None:
     # A stand-in without a model or metadata (training's evaluation check) gets one pixel.
     known = getattr(run, "meta", None) or getattr(run, "model", None) is not None
     x = torch.zeros(1, *(image_shape(run) if known else (1, 1, 1)))
-    sample_resolved(_NullDenoiser(run.num_classes), run.schedule, x, torch.zeros(1, dtype=torch.long), sampling,
+    device = _model_device(run)
+    if device is not None:  # bf16 is checked on the run's device; the stand-in runs on the CPU in fp32
+        check_precision(sampling.settings.precision, device)
+    fp32 = sampling.replace(sampling.settings.model_copy(update={"precision": "fp32"}))
+    sample_resolved(_NullDenoiser(run.num_classes), run.schedule, x, torch.zeros(1, dtype=torch.long), fp32,
                     generator=sample_generators(0, [0]))
+
+
+def _model_device(run: "LoadedRun") -> Optional[torch.device]:
+    """The device of ``run``'s network, or None for a stand-in without one."""
+    params = getattr(getattr(run, "model", None), "parameters", None)
+    first = next(iter(params()), None) if callable(params) else None
+    return None if first is None else first.device
 
 
 def estimate_output_bytes(num: int, image_shape: Sequence[int]) -> int:
