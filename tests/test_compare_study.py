@@ -167,3 +167,20 @@ def test_mismatched_shards_are_refused_in_one_line(tmp_path):
     cli_fails("compare", "merge", a, clf, "--out", tmp_path / "m3", match="in its feature classifier")
     cli_fails("compare", "merge", a, a, "--out", tmp_path / "m4", match="seed 0 is in both")
     cli_fails("compare", "merge", a, tmp_path / "none", "--out", tmp_path / "m5", match="no finished study shard")
+
+
+@pytest.mark.parametrize("recorded", sorted((Path(__file__).resolve().parents[1] / "docs" / "results")
+                                            .glob("*/shard-seed*/protocol.json")), ids=lambda p: p.parent.parent.name
+                         + "/" + p.parent.name)
+def test_study_folders_recorded_by_earlier_versions_still_resume(recorded):
+    """A study folder's protocol.json, written by the version that ran the shard, is what this
+    version records for the same protocol (fields added since, left at their defaults, are
+    left out), so a folder recorded earlier is not refused as "a different protocol"."""
+    from cbdm_core.experiments.compare_folder import first_difference
+    from cbdm_core.experiments.protocol import protocol_dict
+
+    saved = json.loads(recorded.read_text())
+    data = json.loads(recorded.read_text())
+    for key in ("seed", "guidance"):  # recorded as defaults; the study sets them (as merge does)
+        data["sampling"].pop(key, None)
+    assert first_difference(saved, protocol_dict(parse_protocol(data, str(recorded)))) is None

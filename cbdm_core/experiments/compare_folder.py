@@ -43,6 +43,12 @@ def first_difference(a: Any, b: Any, prefix: tuple = ()) -> Optional[str]:
             if found is not None:
                 return found
         return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):  # e.g. methods: entry by entry
+        for i, (x, y) in enumerate(zip(a, b)):
+            found = first_difference(x, y, prefix + (str(i),))
+            if found is not None:
+                return found
+        return None
     return None if a == b else ".".join(prefix) or "(root)"
 
 

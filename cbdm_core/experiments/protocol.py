@@ -310,6 +310,9 @@ def protocol_dict(protocol: Protocol) -> dict[str, Any]:
     for m in data.get("methods", []):  # unset: as recorded before the field existed (folders still resume)
         if m.get("train_classifier") is None:
             m.pop("train_classifier", None)
+    for section in [data.get("sampling")] + [m.get("sampling") for m in data.get("methods", [])]:
+        if isinstance(section, dict) and section.get("precision") == "fp32":  # the default, as before the field
+            section.pop("precision")
     return data
 
 
