@@ -3,11 +3,11 @@ classifier (``cbdm compare merge`` refuses shards that differ in either)."""
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional
+
+from ..digests import file_digest  # noqa: F401  (its old home; the study records it)
 
 
 @lru_cache(maxsize=1)
@@ -29,14 +29,3 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         return version
     return f"{version}+g{commit}" + ("-dirty" if dirty else "")
-
-
-def file_digest(path: Optional[Path]) -> Optional[str]:
-    """SHA-256 of a file (the classifier's weights and metadata), ``None`` without one."""
-    if path is None or not Path(path).is_file():
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

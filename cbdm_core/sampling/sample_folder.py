@@ -107,7 +107,7 @@ def new_manifest(run: "LoadedRun", labels_np: np.ndarray, settings: dict[str, An
 def guidance_file_digests(options: dict[str, Any]) -> dict[str, str]:
     """``{option: sha256}`` of every guidance option whose value names an existing file (a
     noise-aware or minority classifier): the manifest records the file by content."""
-    from ..experiments.provenance import file_digest
+    from ..digests import file_digest
 
     out = {}
     for key, value in sorted(options.items()):
