@@ -1,6 +1,7 @@
-"""The U-Net's attention layout (issue 29): bf16 sampling on the CPU takes SDPA's fused kernel;
-fp32 sampling and training keep the strided layout (the math path) the bit-exact fixtures pin;
-both layouts give the same eps and the same DDIM samples to rounding."""
+"""The U-Net's attention paths (issue 29): bf16 sampling on the CPU takes SDPA's fused kernel; bf16
+training on the CPU runs two bf16 matmuls (SDPA's math path would upcast to fp32); fp32 sampling and
+training keep the strided layout (the math path) the bit-exact fixtures pin; every path gives the
+same eps, gradients and DDIM samples to rounding."""
 
 import pytest
 import torch
@@ -31,13 +32,37 @@ def _attention_ops(grad: bool, amp: bool) -> set[str]:
     return {e.key for e in prof.key_averages()}
 
 
-@pytest.mark.parametrize("grad, amp, fused", [(False, True, True), (False, False, False), (True, True, False),
-                                              (True, False, False)])
-def test_only_bf16_cpu_sampling_takes_the_fused_attention_kernel(grad, amp, fused):
+@pytest.mark.parametrize("grad, amp, path", [(False, True, "flash"), (False, False, "sdpa-math"),
+                                             (True, True, "bf16-bmm"), (True, False, "sdpa-math")])
+def test_each_cpu_attention_path_is_taken_where_it_is_fastest(grad, amp, path):
     ops = _attention_ops(grad, amp)
-    assert any("flash" in op for op in ops) is fused, sorted(ops)
-    if not fused:
-        assert "aten::bmm" in ops  # the math path the fp32 training fixtures were recorded with
+    assert any("flash" in op for op in ops) is (path == "flash"), sorted(ops)
+    # sdpa-math: the path the fp32 training fixtures were recorded with; bf16-bmm: no SDPA at all
+    assert ("aten::_scaled_dot_product_attention_math" in ops) is (path == "sdpa-math"), sorted(ops)
+    if path != "flash":
+        assert "aten::bmm" in ops
+
+
+def test_bf16_training_attention_matches_fp32_in_output_and_gradients():
+    """The bf16 matmul path (grad enabled, CPU autocast) against fp32 SDPA on the same block and input."""
+    block = _lively(SelfAttention(32, 4))
+    x = torch.randn(4, 32, 8, 8, generator=torch.Generator().manual_seed(5)) * 2
+
+    def run(amp: bool):
+        xi = x.clone().requires_grad_(True)
+        block.zero_grad()
+        with torch.autocast("cpu", torch.bfloat16, enabled=amp):
+            out = block(xi)
+        (out.float() * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        return out.detach().float(), xi.grad, block.proj_q.weight.grad.clone()
+
+    (o32, gx32, gq32), (o16, gx16, gq16) = run(False), run(True)
+    d32, d16 = o32 - x, o16 - x  # the attention branch alone (the residual x would hide its errors)
+    assert d32.abs().max() > 0.1
+    assert (d16 - d32).abs().max() <= 3e-2 * d32.abs().max(), (d16 - d32).abs().max() / d32.abs().max()
+    for g16, g32 in ((gx16, gx32), (gq16, gq32)):
+        cos = torch.nn.functional.cosine_similarity(g16.flatten(), g32.flatten(), dim=0)
+        assert cos > 0.995, cos
 
 
 @pytest.mark.parametrize("amp", [False, True])

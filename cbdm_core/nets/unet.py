@@ -62,6 +62,24 @@ def _xavier(module: nn.Module, gain: float = 1.0) -> None:
         init.zeros_(module.bias)
 
 
+def _cpu_low_precision(x: torch.Tensor) -> bool:
+    """Whether this CPU forward runs its matmuls in bf16 (autocast, or a bf16 copy of the weights)."""
+    return x.device.type == "cpu" and (torch.is_autocast_enabled("cpu") or x.dtype == torch.bfloat16)
+
+
+def _matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Softmax attention of ``[B, 1, N, C]`` rows as two low-precision matmuls and an fp32 softmax.
+
+    For bf16 training on the CPU: with gradients, SDPA's math path upcasts bf16 to fp32 and its
+    fused CPU kernel is slower still; two bf16 ``bmm`` run forward and backward 2.1x faster than
+    either at the small config's attention (docs/benchmarks.md, issue 29, "bf16 attention").
+    """
+    q, k, v = q.squeeze(1), k.squeeze(1), v.squeeze(1)
+    scores = torch.bmm(q * q.shape[-1] ** -0.5, k.transpose(1, 2))
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
+    return torch.bmm(weights, v).unsqueeze(1)
+
+
 class SelfAttention(nn.Module):
     def __init__(self, channels: int, groups: int):
         super().__init__()
@@ -79,16 +97,18 @@ class SelfAttention(nn.Module):
         n = self.group_norm(x)
         # [B, 1, HW, C] so scaled_dot_product_attention picks a fused kernel.
         q, k, v = (p(n).flatten(2).transpose(1, 2).unsqueeze(1) for p in (self.proj_q, self.proj_k, self.proj_v))
-        if x.device.type == "cpu" and (torch.is_autocast_enabled("cpu") or x.dtype == torch.bfloat16) \
-                and not torch.is_grad_enabled():
-            # bf16 sampling on the CPU: SDPA's fused (flash) CPU kernel needs rows with unit stride; the strided
-            # view takes the math path (bmm + softmax). Measured 1.11x for the whole bf16 forward, 1.01x (no
-            # gain) in fp32, so fp32 keeps the strided layout (docs/benchmarks.md, issue 29); so does training,
-            # whose fp32 step the refactor-reference fixtures pin bit for bit. A bf16 copy of the weights
-            # (sampling/cpu_choice.py) runs without autocast and takes the same path. In NHWC the rows
-            # already are contiguous, and this copies nothing.
-            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        out = F.scaled_dot_product_attention(q, k, v)
+        if _cpu_low_precision(x) and torch.is_grad_enabled():
+            out = _matmul_attention(q, k, v)
+        else:
+            if _cpu_low_precision(x):
+                # bf16 sampling on the CPU: SDPA's fused (flash) CPU kernel needs rows with unit stride;
+                # the strided view takes the math path (bmm + softmax). Measured 1.11x for the whole bf16
+                # forward, 1.01x (no gain) in fp32, so fp32 keeps the strided layout (docs/benchmarks.md,
+                # issue 29); so does fp32 training, whose step the refactor-reference fixtures pin bit for
+                # bit. A bf16 copy of the weights (sampling/cpu_choice.py) runs without autocast and takes
+                # the same path. In NHWC the rows already are contiguous, and this copies nothing.
+                q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+            out = F.scaled_dot_product_attention(q, k, v)
         out = out.squeeze(1).transpose(1, 2).reshape(b, c, h, w)
         return x + self.proj(out)
 
