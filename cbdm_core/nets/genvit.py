@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from ..errors import CbdmError
+from .attention_path import pick_timm_attention
 from .tap import FeatureTap, token_mean
 
 
@@ -97,6 +98,7 @@ class GenViTBlock(nn.Module):
         scale, shift = self.time(temb)[:, :, None].chunk(2, dim=1)
         b = self.block
         x = x * (1 + scale) + shift
+        pick_timm_attention(b.attn, x)
         x = x + b.drop_path1(b.ls1(b.attn(b.norm1(x))))
         if self.ffn_time:
             x = x * (1 + scale) + shift

@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn import init
 
 from ..errors import CbdmError
+from .attention_path import cpu_low_precision
 from .tap import FeatureTap, spatial_mean
 
 
@@ -62,11 +63,6 @@ def _xavier(module: nn.Module, gain: float = 1.0) -> None:
         init.zeros_(module.bias)
 
 
-def _cpu_low_precision(x: torch.Tensor) -> bool:
-    """Whether this CPU forward runs its matmuls in bf16 (autocast, or a bf16 copy of the weights)."""
-    return x.device.type == "cpu" and (torch.is_autocast_enabled("cpu") or x.dtype == torch.bfloat16)
-
-
 def _matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Softmax attention of ``[B, 1, N, C]`` rows as two low-precision matmuls and an fp32 softmax.
 
@@ -97,10 +93,10 @@ class SelfAttention(nn.Module):
         n = self.group_norm(x)
         # [B, 1, HW, C] so scaled_dot_product_attention picks a fused kernel.
         q, k, v = (p(n).flatten(2).transpose(1, 2).unsqueeze(1) for p in (self.proj_q, self.proj_k, self.proj_v))
-        if _cpu_low_precision(x) and torch.is_grad_enabled():
+        if cpu_low_precision(x) and torch.is_grad_enabled():
             out = _matmul_attention(q, k, v)
         else:
-            if _cpu_low_precision(x):
+            if cpu_low_precision(x):
                 # bf16 sampling on the CPU: SDPA's fused (flash) CPU kernel needs rows with unit stride;
                 # the strided view takes the math path (bmm + softmax). Measured 1.11x for the whole bf16
                 # forward, 1.01x (no gain) in fp32, so fp32 keeps the strided layout (docs/benchmarks.md,

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from ..errors import CbdmError
+from .attention_path import pick_timm_attention
 from .tap import FeatureTap, token_mean
 from .unet import timestep_embedding
 
@@ -110,6 +111,7 @@ class DiTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=1)
+        pick_timm_attention(self.attn, x)
         x = x + gate1[:, None, :] * self.attn(_modulate(self.norm1(x), shift1, scale1))
         return x + gate2[:, None, :] * self.mlp(_modulate(self.norm2(x), shift2, scale2))
 
