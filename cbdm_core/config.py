@@ -99,8 +99,12 @@ class PerfConfig(_Strict):
     pass_layout: Literal["auto", "joint", "split"] = "auto"
     # auto: on for CPU training (see cbdm_core/host_memory.py); it never changes results.
     keep_host_memory: Literal["auto", "on", "off"] = "auto"
+    # Leave out of the pass the extra rows no loss reads (CBDM's y' rows with weight 0: dropped labels,
+    # t = 0); same loss and gradients, but a network with dropout draws its masks for fewer rows.
+    # auto: on for the CPU, off on CUDA (a batch size changing every step re-tunes cuDNN, re-compiles).
+    skip_unread_rows: Literal["auto", "on", "off"] = "auto"
 
-    @field_validator("compile", "channels_last", "keep_host_memory", mode="before")
+    @field_validator("compile", "channels_last", "keep_host_memory", "skip_unread_rows", mode="before")
     @classmethod
     def _yaml_bools(cls, v: Any) -> Any:
         # YAML reads a bare on/off (and true/false) as a boolean.

@@ -117,6 +117,33 @@ def run_views(predict: Predict, x: torch.Tensor, time: torch.Tensor, labels: tor
     return predict(x_rep, time_rep, labels.reshape(-1), cond_rep).float().view(views, *x.shape)
 
 
+def run_read_views(predict: Predict, x: torch.Tensor, time: torch.Tensor, labels: torch.Tensor,
+                   read: torch.Tensor, cond: Optional[torch.Tensor], layout: str = "joint") -> torch.Tensor:
+    """:func:`run_views` over the rows marked in ``read [V, B]`` only (the first view must be whole).
+
+    Every other row gets the first view's prediction, detached: the methods that marked it unread
+    (:meth:`~cbdm_core.methods.base.TrainingMethod.extra_rows_read`) give it no loss and no gradient.
+    """
+    if layout not in PASS_LAYOUTS:
+        raise CbdmError(f"pass layout must be one of {', '.join(PASS_LAYOUTS)}, got {layout!r}")
+    b = x.shape[0]
+
+    def rows(idx: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
+        return predict(x[idx], time[idx], lab, None if cond is None else cond[idx]).float()
+
+    if layout == "split":
+        main = predict(x, time, labels[0], cond).float()
+        filled = [main]
+        for v in range(1, labels.shape[0]):
+            idx = read[v].nonzero().squeeze(1)
+            filled.append(main.detach().index_put((idx,), rows(idx, labels[v, idx])))
+        return torch.stack(filled)
+    view, idx = read.nonzero(as_tuple=True)  # row-major: the B main rows first, in order
+    out = rows(idx, labels[view, idx])
+    full = out[:b].detach().unsqueeze(0).expand(labels.shape[0], *x.shape)
+    return full.index_put((view, idx), out)
+
+
 @dataclass
 class DiffusionObjective:
     """A base diffusion loss plus training methods, with classifier-free label dropout.
@@ -132,6 +159,8 @@ class DiffusionObjective:
         class_counts: training images per class (what methods see as ``ctx.class_counts``);
             ones when omitted.
         pass_layout: how the views reach the network (:func:`run_views`): ``joint`` or ``split``.
+        skip_unread_rows: leave out of the pass the extra rows every method marks unread
+            (:func:`run_read_views`; the CPU trainer's choice: fewer rows, same loss and gradients).
     """
 
     schedule: NoiseSchedule
@@ -142,6 +171,7 @@ class DiffusionObjective:
     base: Optional[BaseLoss] = None
     class_counts: Optional[torch.Tensor] = None
     pass_layout: str = "joint"
+    skip_unread_rows: bool = False
 
     def __post_init__(self) -> None:
         if self.base is None:
@@ -183,27 +213,8 @@ class DiffusionObjective:
     def evaluate(self, model, ctx: StepContext, extras: Sequence[Optional[torch.Tensor]], *,
                  cond: Optional[torch.Tensor] = None) -> LossTerms:
         """The shared forward pass over ``ctx``'s rows and every method's extra views, then the losses."""
-        shape = ctx.x_t.shape
-        b = shape[0]
-        labels = torch.cat([ctx.y_in[None]] + [e for e in extras if e is not None], dim=0)  # [1 + S, B]
-        views = labels.shape[0]
-        spans, offset = [], b
-        for e in extras:
-            n = 0 if e is None else e.shape[0] * b
-            spans.append(slice(offset, offset + n))
-            offset += n
-        # Methods that hook into the pass address rows of ONE concatenated pass, so they get the joint layout.
-        layout = "joint" if any(_hooks_pass(m) for m in self.methods) else self.pass_layout
-        begun = []
-        try:
-            for m, rows in zip(self.methods, spans):
-                m.begin_pass(rows, views * b)
-                begun.append(m)
-            pred_all = run_views(lambda x, time, lab, c: self.base.predict(model, x, time, lab, c),
-                                 ctx.x_t, ctx.time, labels, cond, layout)
-        finally:
-            for m in reversed(begun):
-                m.end_pass()
+        b = ctx.x_t.shape[0]
+        pred_all = self._shared_pass(model, ctx, extras, cond)
         pred = pred_all[0]
 
         per_elem = (pred - ctx.target.float()).pow(2)
@@ -229,6 +240,58 @@ class DiffusionObjective:
             terms.update(method_terms)
             total = total + contribution
         return LossTerms(terms=terms, total=total)
+
+    def _shared_pass(self, model, ctx: StepContext, extras: Sequence[Optional[torch.Tensor]],
+                     cond: Optional[torch.Tensor]) -> torch.Tensor:
+        """Predictions ``[1 + S, B, ...]`` of the main rows and every method's extra views, in one pass."""
+        b = ctx.x_t.shape[0]
+        labels = torch.cat([ctx.y_in[None]] + [e for e in extras if e is not None], dim=0)  # [1 + S, B]
+        views = labels.shape[0]
+        spans, offset = [], b
+        for e in extras:
+            n = 0 if e is None else e.shape[0] * b
+            spans.append(slice(offset, offset + n))
+            offset += n
+        # Methods that hook into the pass address rows of ONE concatenated pass, so they get the joint layout.
+        layout = "joint" if any(_hooks_pass(m) for m in self.methods) else self.pass_layout
+
+        def predict_rows(x: torch.Tensor, time: torch.Tensor, lab: torch.Tensor,
+                         c: Optional[torch.Tensor]) -> torch.Tensor:
+            return self.base.predict(model, x, time, lab, c)
+
+        begun = []
+        try:
+            for m, rows in zip(self.methods, spans):
+                m.begin_pass(rows, views * b)
+                begun.append(m)
+            read = self._rows_read(ctx, extras) if self.skip_unread_rows else None
+            if read is None:
+                return run_views(predict_rows, ctx.x_t, ctx.time, labels, cond, layout)
+            return run_read_views(predict_rows, ctx.x_t, ctx.time, labels, read, cond, layout)
+        finally:
+            for m in reversed(begun):
+                m.end_pass()
+
+    def _rows_read(self, ctx: StepContext, extras: Sequence[Optional[torch.Tensor]]) -> Optional[torch.Tensor]:
+        """Bool ``[1 + S, B]`` of the rows some loss reads, or None when the pass must run every row
+        (nothing to skip, or a method addresses the pass's rows by position)."""
+        if any(_hooks_pass(m) for m in self.methods):
+            return None
+        masks = [torch.ones_like(ctx.keep)[None]]
+        for m, extra in zip(self.methods, extras):
+            if extra is None:
+                continue
+            hook = getattr(m, "extra_rows_read", None)
+            mask = hook(ctx, extra) if hook is not None else None
+            if mask is None:
+                mask = torch.ones_like(extra, dtype=torch.bool)
+            elif not isinstance(mask, torch.Tensor) or mask.shape != extra.shape:
+                got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+                raise CbdmError(f"method {_name(m)!r}: extra_rows_read must return a mask shaped like its "
+                                f"extra labels {tuple(extra.shape)} or None, got {got}")
+            masks.append(mask.to(torch.bool))
+        read = torch.cat(masks)
+        return None if bool(read.all()) else read
 
     def sample_keep_mask(self, b: int, device: torch.device) -> torch.Tensor:
         if self.p_uncond <= 0:

@@ -135,6 +135,15 @@ class TrainingMethod:
         """Labels ``[S, B]`` for extra predictions on the same ``x_t`` in the shared pass, or None."""
         return None
 
+    def extra_rows_read(self, ctx: StepContext, extra: torch.Tensor) -> Optional[torch.Tensor]:
+        """Bool ``[S, B]``: which of the ``extra`` rows (``extra_labels``' output) the loss reads, or None (all).
+
+        A row marked False must leave the loss and its gradients unchanged whatever its prediction
+        (a zero loss weight): the trainer's CPU pass then skips it and hands :meth:`loss` the main
+        row's prediction, detached, in its place.
+        """
+        return None
+
     def begin_pass(self, rows: slice, total: int) -> None:
         """Called before the shared pass: ``rows`` are this method's extra rows of ``total``."""
 

@@ -80,6 +80,10 @@ class CBDMRegularizer(TrainingMethod):
         draws = torch.multinomial(probs, b * self.set_size, replacement=True)
         return draws.view(self.set_size, b)
 
+    def extra_rows_read(self, ctx: StepContext, extra: torch.Tensor) -> Optional[torch.Tensor]:
+        # The weight tau * t * keep is 0 on rows whose label was dropped and at t = 0.
+        return (ctx.keep & (ctx.t > 0)).unsqueeze(0).expand(extra.shape[0], -1)
+
     def loss(self, ctx: StepContext, out: PassOutputs) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         eps, eps_extra = out.pred, out.extra
         if eps_extra is None:

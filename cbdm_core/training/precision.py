@@ -30,6 +30,7 @@ class Precision:
         channels_last: keep conv weights and activations in NHWC.
         compile: wrap the forward in ``torch.compile``.
         pass_layout: ``joint`` (one forward over all views) or ``split`` (one per view).
+        skip_unread_rows: leave the extra rows no loss reads out of the pass (``perf.skip_unread_rows``).
     """
 
     device_type: str = "cpu"
@@ -37,6 +38,7 @@ class Precision:
     channels_last: bool = False
     compile: bool = False
     pass_layout: str = "joint"
+    skip_unread_rows: bool = False
 
     def autocast(self) -> ContextManager:
         """The forward's autocast context (a no-op context without amp)."""
@@ -54,6 +56,7 @@ class Precision:
         cpu = self.device_type == "cpu"
         return {"device": self.device_type, "amp": "bf16" if self.amp_dtype is torch.bfloat16 else "off",
                 "channels_last": self.channels_last, "compile": self.compile, "pass_layout": self.pass_layout,
+                "skip_unread_rows": self.skip_unread_rows,
                 "cpu_bf16": cpu_bf16_support() if cpu else None,
                 "cpu_capability": capability_of(cpu_bf16_support()) if cpu else None}
 
@@ -145,8 +148,9 @@ def resolve_precision(perf: Any, device: torch.device) -> Precision:
         keeps = getattr(perf, "keep_host_memory", "auto") in ("auto", "on")  # auto: on for CPU training
         # Memory handed back to the kernel: two B passes (RELEASED_MEMORY_LAYOUT), whatever the capability.
         layout = "joint" if cuda else (choice.pass_layout if keeps and choice else RELEASED_MEMORY_LAYOUT)
+    skip = getattr(perf, "skip_unread_rows", "auto")
     return Precision(device_type=device.type, amp_dtype=amp_dtype, channels_last=channels_last, compile=compiled,
-                     pass_layout=layout)
+                     pass_layout=layout, skip_unread_rows=skip == "on" or (skip == "auto" and not cuda))
 
 
 def to_channels_last(module: torch.nn.Module) -> torch.nn.Module:

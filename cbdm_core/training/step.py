@@ -212,7 +212,8 @@ def build_train_step(model: torch.nn.Module, ema_model: torch.nn.Module, base: A
     objective = DiffusionObjective(schedule, num_classes, [moved(m) for m in methods],
                                    p_uncond=p_uncond, drop_whole_batch=drop_whole_batch, base=RoutedLoss(base),
                                    class_counts=None if class_counts is None else class_counts.to(device),
-                                   pass_layout=precision.pass_layout)
+                                   pass_layout=precision.pass_layout,
+                                   skip_unread_rows=precision.skip_unread_rows)
     # CUDA: the fused kernel. CPU: the multi-tensor path (torch picks the per-tensor loop there by
     # default, 5-7% of a small CPU step); it gives bit-identical updates.
     fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
