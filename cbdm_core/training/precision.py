@@ -148,9 +148,12 @@ def resolve_precision(perf: Any, device: torch.device) -> Precision:
         keeps = getattr(perf, "keep_host_memory", "auto") in ("auto", "on")  # auto: on for CPU training
         # Memory handed back to the kernel: two B passes (RELEASED_MEMORY_LAYOUT), whatever the capability.
         layout = "joint" if cuda else (choice.pass_layout if keeps and choice else RELEASED_MEMORY_LAYOUT)
-    skip = getattr(perf, "skip_unread_rows", "auto")
+    skip_opt = getattr(perf, "skip_unread_rows", "auto")
+    # auto: the CPU only. Not tied to compile, so that a compile that falls back to eager trains the same
+    # weights as eager (a compiled CPU step re-compiles once for a dynamic batch size).
+    skip = skip_opt == "on" or (skip_opt == "auto" and not cuda)
     return Precision(device_type=device.type, amp_dtype=amp_dtype, channels_last=channels_last, compile=compiled,
-                     pass_layout=layout, skip_unread_rows=skip == "on" or (skip == "auto" and not cuda))
+                     pass_layout=layout, skip_unread_rows=skip)
 
 
 def to_channels_last(module: torch.nn.Module) -> torch.nn.Module:
