@@ -68,9 +68,12 @@ def test_ctrl_c_stops_every_worker_with_a_checkpoint(tmp_path):
     path = write_protocol(tmp_path / "tiny.yaml", proto)
     out = tmp_path / "study"
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    # A shell's background job (`pytest ... &`, nohup) ignores SIGINT, and a child inherits that: Python then
+    # installs no Ctrl-C handler and the study would never see the signal. Give the child the default.
     proc = subprocess.Popen([sys.executable, "-m", "cli", "compare", str(path), "--out", str(out),
                              "--jobs", "2", "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=env, cwd=Path(__file__).resolve().parents[1])
+                            text=True, env=env, cwd=Path(__file__).resolve().parents[1],
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     runs = [out / "runs" / m / "seed-0" for m in ("ddpm", "cbdm")]
     # Generous deadlines: on a loaded 2-core machine two spawned workers can take minutes to log
     # their first step, and the test is about stopping workers that are training.
