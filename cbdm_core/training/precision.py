@@ -150,7 +150,7 @@ def resolve_precision(perf: Any, device: torch.device) -> Precision:
         layout = "joint" if cuda else (choice.pass_layout if keeps and choice else RELEASED_MEMORY_LAYOUT)
     skip_opt = getattr(perf, "skip_unread_rows", "auto")
     # auto: the CPU only. Not tied to compile, so that a compile that falls back to eager trains the same
-    # weights as eager (a compiled CPU step re-compiles once for a dynamic batch size).
+    # weights as eager (a compiled CPU step should re-compile once, for a dynamic batch size; not measured).
     skip = skip_opt == "on" or (skip_opt == "auto" and not cuda)
     return Precision(device_type=device.type, amp_dtype=amp_dtype, channels_last=channels_last, compile=compiled,
                      pass_layout=layout, skip_unread_rows=skip)
