@@ -245,15 +245,23 @@ def build_row(cfg: dict, device: torch.device, batch: int, row: Row) -> Callable
 
 
 def cpu_flags() -> str:
-    """The speed-relevant CPU flags (AVX2 / AVX-512 / bf16 / AMX) of /proc/cpuinfo."""
+    """The speed-relevant CPU flags (AVX2 / AVX-512 / bf16 / AMX) of /proc/cpuinfo, and the kernels'
+    instruction-set caps when the environment sets them (an emulated older CPU: a measurement made so
+    must say so)."""
+    flags = "n/a"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
-                return " ".join(f for f in line.split(":", 1)[1].split()
-                                if f.startswith(("amx", "avx512_bf16", "avx512f", "avx2"))) or "none of avx2/avx512/amx"
+                wanted = ("amx", "avx512_bf16", "avx512f", "avx2")
+                flags = " ".join(f for f in line.split(":", 1)[1].split() if f.startswith(wanted)) \
+                    or "none of avx2/avx512/amx"
+                break
     except OSError:
         pass
-    return "n/a"
+    caps = [f"{var}={os.environ[var]}" for var in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if os.environ.get(var)]
+    if caps:
+        flags += f"; kernels held to {', '.join(caps)} (ATen runs {torch.backends.cpu.get_cpu_capability()})"
+    return flags
 
 
 def cpu_model() -> str:

@@ -93,7 +93,7 @@ class PerfConfig(_Strict):
     # auto: bf16 autocast on CUDA with bf16, and on CPUs with native bf16 matmuls (AMX or AVX512-BF16)
     amp: Literal["auto", "bf16", "off"] = "auto"
     compile: Literal["auto", "on", "off"] = "auto"  # auto: torch.compile on CUDA, eager on the CPU
-    channels_last: Literal["auto", "on", "off"] = "auto"  # auto: on for CUDA
+    channels_last: Literal["auto", "on", "off"] = "auto"  # auto: on for CUDA; CPU: cpu_choice.py (fp32 steps: on)
     # CBDM's views: one forward over [x, x] (joint) or one per view (split); auto: what measured
     # faster for the device and precision (training/precision.py, docs/benchmarks.md).
     pass_layout: Literal["auto", "joint", "split"] = "auto"

@@ -34,7 +34,8 @@ def test_each_capability_gets_its_table_row(monkeypatch, capability):
     want = choice_mod.CHOICES[capability]
     got = resolve_precision(PerfConfig(), CPU)
     assert got.amp_dtype is (torch.bfloat16 if want.amp == "bf16" else None)
-    assert (got.channels_last, got.compile, got.pass_layout) == (want.channels_last, want.compile, want.pass_layout)
+    assert (got.channels_last, got.compile, got.pass_layout) == (want.channels_last(want.amp == "bf16"), want.compile,
+                                                                  want.pass_layout)
     assert got.as_dict()["cpu_capability"] == capability
     # Memory handed back to the kernel: two B passes on every CPU (page faults, precision.py).
     assert resolve_precision(PerfConfig(keep_host_memory="off"), CPU).pass_layout == "split"
@@ -47,6 +48,17 @@ def test_explicit_settings_override_the_table(monkeypatch, capability):
     assert (off.amp_dtype, off.channels_last, off.compile, off.pass_layout) == (None, False, False, "split")
     on = resolve_precision(PerfConfig(amp="bf16", channels_last="on", compile="on", pass_layout="joint"), CPU)
     assert (on.amp_dtype, on.channels_last, on.compile, on.pass_layout) == (torch.bfloat16, True, True, "joint")
+
+
+@pytest.mark.parametrize("capability", choice_mod.CAPABILITIES)
+def test_channels_last_follows_the_precision_the_step_runs_in(monkeypatch, capability):
+    """The table's NHWC choice is per precision: an explicit amp gets that precision's column."""
+    _mock_cpu(monkeypatch, capability)
+    row = choice_mod.CHOICES[capability]
+    assert resolve_precision(PerfConfig(amp="off"), CPU).channels_last is row.fp32_channels_last
+    assert resolve_precision(PerfConfig(amp="bf16"), CPU).channels_last is row.bf16_channels_last
+    # An explicit layout still wins over either column.
+    assert resolve_precision(PerfConfig(amp="off", channels_last="off"), CPU).channels_last is False
 
 
 def test_capability_classes_follow_the_probe():

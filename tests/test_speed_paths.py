@@ -98,7 +98,8 @@ def test_bf16_autocast_step_matches_fp32_on_cpu():
 def test_resolve_precision_defaults(monkeypatch):
     monkeypatch.setattr(precision_mod, "cpu_bf16_support", lambda: "")
     cpu = resolve_precision(None, torch.device("cpu"))
-    assert (cpu.amp_dtype, cpu.compile, cpu.channels_last) == (None, False, False)
+    # fp32-only CPUs: fp32, eager, NHWC (cpu_choice.py's row)
+    assert (cpu.amp_dtype, cpu.compile, cpu.channels_last) == (None, False, True)
 
     class Perf:
         amp, compile, channels_last = "bf16", "on", "on"
@@ -129,6 +130,23 @@ def test_cpu_bf16_support_reads_cpuinfo_flags(monkeypatch, tmp_path, flags, expe
     info.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
     real = precision_mod._cpuinfo_flags
     monkeypatch.setattr(precision_mod, "_cpuinfo_flags", lambda: real(info))
+    precision_mod.cpu_bf16_support.cache_clear()
+    try:
+        assert precision_mod.cpu_bf16_support() == expected
+    finally:
+        precision_mod.cpu_bf16_support.cache_clear()
+
+
+@pytest.mark.parametrize("cap, expected", [("", "amx_bf16"), ("ALL", "amx_bf16"), ("AVX512_CORE_AMX", "amx_bf16"),
+                                          ("avx512_core_bf16", "avx512_bf16"), ("AVX10_1_512", "avx512_bf16"),
+                                          ("AVX512_CORE_VNNI", ""), ("AVX2", "")])
+def test_cpu_bf16_support_honours_the_onednn_isa_cap(monkeypatch, tmp_path, cap, expected):
+    """ONEDNN_MAX_CPU_ISA holds oneDNN's kernels to an older instruction set: bf16 is native only up to the cap."""
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile amx_bf16\n")
+    real = precision_mod._cpuinfo_flags
+    monkeypatch.setattr(precision_mod, "_cpuinfo_flags", lambda: real(info))
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
     precision_mod.cpu_bf16_support.cache_clear()
     try:
         assert precision_mod.cpu_bf16_support() == expected

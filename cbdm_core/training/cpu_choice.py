@@ -27,7 +27,9 @@ class CpuChoice:
 
     Attributes:
         amp: ``bf16`` (autocast) or ``off`` (fp32).
-        channels_last: NHWC weights and activations.
+        fp32_channels_last: NHWC weights and activations when the step runs in fp32 (the
+            class's default or an explicit ``perf.amp=off``).
+        bf16_channels_last: the same when the step runs under bf16 autocast.
         compile: ``torch.compile`` (inductor) of the prediction.
         pass_layout: ``joint`` (one 2B pass over the CBDM views) or ``split`` (one pass per
             view), when freed host memory is kept (the CPU trainer's default).
@@ -35,26 +37,32 @@ class CpuChoice:
     """
 
     amp: str
-    channels_last: bool
+    fp32_channels_last: bool
+    bf16_channels_last: bool
     compile: bool
     pass_layout: str
     evidence: str
+
+    def channels_last(self, bf16: bool) -> bool:
+        """The NHWC choice for a step that runs in bf16 (``True``) or fp32 (``False``)."""
+        return self.bf16_channels_last if bf16 else self.fp32_channels_last
 
 
 # Measured step ratios (process CPU time, 1 thread, small config) are in docs/benchmarks.md.
 CHOICES: dict[str, CpuChoice] = {
     "amx": CpuChoice(
-        amp="bf16", channels_last=False, compile=False, pass_layout="joint",
-        evidence="Xeon with AMX (issue 18): bf16 joint 1.8-2.2x the reference step, fp32 joint 1.04-1.10x; "
-                 "bf16 channels_last +5% (noise)"),
+        amp="bf16", fp32_channels_last=True, bf16_channels_last=False, compile=False, pass_layout="joint",
+        evidence="Xeon with AMX (issue 29, 2026-12-07): bf16 joint 2.19-2.31x the reference step, bf16 channels_last "
+                 "1.82x; fp32 joint 1.04-1.07x, fp32 channels_last 1.14-1.16x (two runs)"),
     "avx512-bf16": CpuChoice(
-        amp="bf16", channels_last=False, compile=False, pass_layout="joint",
+        amp="bf16", fp32_channels_last=True, bf16_channels_last=False, compile=False, pass_layout="joint",
         evidence="EPYC Zen 4 (issue 29): bf16 joint 1.67-1.80x the reference step with bf16 matmul attention "
-                 "(1.49-1.57x before it), bf16 split 1.71x, bf16 channels_last 1.37x, bf16 compiled 1.38x (before)"),
+                 "(1.49-1.57x before it), bf16 split 1.71x, bf16 channels_last 1.37x, bf16 compiled 1.38x (before); "
+                 "fp32 joint 0.95-1.01x, fp32 channels_last 1.02-1.10x (three runs)"),
     "fp32-only": CpuChoice(
-        amp="off", channels_last=False, compile=False, pass_layout="joint",
-        evidence="no such CPU at hand; the EPYC's fp32 rows (issue 29): joint 0.95-1.01x, split 0.94-1.04x, "
-                 "compiled 0.86x, channels_last 1.02-1.10x (not shown on an fp32-only CPU: stays off)"),
+        amp="off", fp32_channels_last=True, bf16_channels_last=False, compile=False, pass_layout="joint",
+        evidence="the Xeon with oneDNN and ATen held to AVX2 (issue 29, emulated): fp32 joint 0.86-1.04x the "
+                 "reference step, fp32 channels_last 0.89-1.08x (two runs; 3% ahead of joint in both)"),
 }
 
 
@@ -70,10 +78,11 @@ def cpu_choice(capability: str) -> CpuChoice:
 
 def choice_table() -> str:
     """The table as Markdown (docs/benchmarks.md holds a copy; a test keeps them equal)."""
-    lines = ["| CPU capability | amp | channels_last | compile | CBDM views | measured |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| CPU capability | amp | fp32: channels_last | bf16: channels_last | compile | CBDM views | measured |",
+             "|---|---|---|---|---|---|---|"]
     for cap in CAPABILITIES:
         c = CHOICES[cap]
-        lines.append(f"| `{cap}` | {c.amp} | {'on' if c.channels_last else 'off'} | "
+        lines.append(f"| `{cap}` | {c.amp} | {'on' if c.fp32_channels_last else 'off'} | "
+                     f"{'on' if c.bf16_channels_last else 'off'} | "
                      f"{'on' if c.compile else 'off'} | {c.pass_layout} | {c.evidence} |")
     return "\n".join(lines)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,17 +85,30 @@ def cpu_bf16_support() -> str:
     (they also say what the hypervisor lets a VM use); elsewhere torch's own CPU probes.
     Without these instructions oneDNN emulates bf16 and autocast only adds casts.
     """
+    allowed = _onednn_bf16_allowed()
     flags = _cpuinfo_flags()
     if flags is not None:
-        return next((f for f in _BF16_FLAGS if f in flags), "")
+        return next((f for f in _BF16_FLAGS if f in flags and f in allowed), "")
     probes = (("amx_bf16", "_is_amx_tile_supported"), ("avx512_bf16", "_is_avx512_bf16_supported"))
     for name, probe in probes:
         try:
-            if getattr(torch.cpu, probe)():
+            if name in allowed and getattr(torch.cpu, probe)():
                 return name
         except (AttributeError, RuntimeError):  # private API: absent or failing on some builds
             continue
     return ""
+
+
+def _onednn_bf16_allowed() -> tuple[str, ...]:
+    """The bf16 flags oneDNN may use under ``ONEDNN_MAX_CPU_ISA`` (its documented cap on the
+    instruction sets its kernels use: set to AVX2 on an AMX Xeon, the convolutions run as on an
+    AVX2 laptop, and bf16 would be emulated there)."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    if not cap or cap == "ALL" or "AMX" in cap:
+        return _BF16_FLAGS
+    if "BF16" in cap or cap.startswith("AVX10"):  # AVX512_CORE_BF16, AVX10_1_512 (bf16 dot products, no tiles)
+        return ("avx512_bf16",)
+    return ()
 
 
 # perf.pass_layout=auto on the CPU, by whether freed host memory is kept (perf.keep_host_memory).
@@ -142,7 +156,9 @@ def resolve_precision(perf: Any, device: torch.device) -> Precision:
     compile_opt = getattr(perf, "compile", "auto")
     compiled = compile_opt == "on" or (compile_opt == "auto" and (cuda or bool(choice and choice.compile)))
     cl = getattr(perf, "channels_last", "auto")
-    channels_last = cl == "on" or (cl == "auto" and (cuda or bool(choice and choice.channels_last)))
+    # auto: the table's column for the precision the step runs in (NHWC pays in fp32, not in bf16).
+    table_cl = bool(choice and choice.channels_last(bf16=amp_dtype is not None))
+    channels_last = cl == "on" or (cl == "auto" and (cuda or table_cl))
     layout = getattr(perf, "pass_layout", "auto")
     if layout == "auto":
         keeps = getattr(perf, "keep_host_memory", "auto") in ("auto", "on")  # auto: on for CPU training
