@@ -157,7 +157,8 @@ def compare() -> None:
 @click.option("--list", "list_", is_flag=True, help="List the shipped protocols.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
               help="Train this many runs at once, each in its own process with an equal share of the "
-                   "threads (small CPU protocols train faster as 1-thread runs side by side).")
+                   "threads (small CPU protocols train faster as 1-thread runs side by side); sampling "
+                   "and evaluation then use the workers' threads together.")
 @click.option("--overwrite", is_flag=True,
               help="Regenerate kept sample sets whose guidance file (a classifier) changed since they were "
                    "sampled (without it such a set is refused); everything else is kept.")

@@ -50,6 +50,42 @@ def test_workers_train_the_same_runs_as_in_process(tmp_path):
             assert torch.equal(ta[key], tb[key]), key
 
 
+def test_pool_threads_gives_this_process_what_the_workers_had():
+    from cbdm_core.experiments.parallel_training import pool_threads
+
+    # Under OMP_NUM_THREADS=1 (1 thread here), --jobs 2 workers had one thread each.
+    with pool_threads(2) as n:
+        assert n == torch.get_num_threads() == 2
+    assert torch.get_num_threads() == 1
+    with pool_threads(1) as n:
+        assert n == torch.get_num_threads() == 1
+    torch.set_num_threads(4)
+    try:
+        for workers, want in ((1, 4), (2, 4), (3, 4), (8, 8)):  # never fewer than this process had
+            with pool_threads(workers) as n:
+                assert n == torch.get_num_threads() == want, workers
+            assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(1)
+
+
+@pytest.mark.slow
+def test_a_study_samples_with_the_threads_its_workers_had(tmp_path, monkeypatch):
+    from cbdm_core.experiments.compare import run_study
+    from cbdm_core.sampling import generate
+
+    seen: list[int] = []
+    real = generate.generate_samples
+
+    def recording(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(generate, "generate_samples", recording)
+    run_study(parse_protocol(tiny_protocol(tmp_path, seeds=[0])), tmp_path / "study", jobs=2)
+    assert seen and set(seen) == {2}  # every sample set, not the one thread this process has
+    assert torch.get_num_threads() == 1
+
 def test_a_worker_error_is_one_line(tmp_path):
     plan = plan_study(parse_protocol(tiny_protocol(tmp_path, seeds=[0])), tmp_path / "study")
     good = plan.configs[("ddpm", 0)]

@@ -32,6 +32,7 @@ from .compare_sampling import choose_guidance, eval_options, sample_and_evaluate
 from .compare_training import StudyInterrupted, train_all_in_parallel, train_arm_classifier, train_run
 from .curves import collect_curve
 from .heldout import ensure_heldout_real
+from .parallel_training import pool_threads
 from .protocol import Protocol
 from .sweeps import value_label
 
@@ -46,7 +47,8 @@ def run_study(protocol: Protocol, out_dir: Path, *, observer: Optional[StudyObse
 
     ``jobs`` > 1 trains up to that many runs at once in worker processes, each with an equal
     share of this process's torch threads (see :mod:`.parallel_training`); sampling and
-    evaluation stay in this process. ``overwrite`` regenerates kept sample sets whose guidance
+    evaluation stay in this process, with as many threads as the workers had together
+    (:func:`.parallel_training.pool_threads`). ``overwrite`` regenerates kept sample sets whose guidance
     file (a noise-aware or minority classifier) changed since they were sampled."""
     from ..evaluation.prepared import prepare_reference
     from .compare_report import write_outputs
@@ -57,13 +59,25 @@ def run_study(protocol: Protocol, out_dir: Path, *, observer: Optional[StudyObse
     check_folder(plan)
     parts = plan.parts()
     obs.plan(parts)
-    p = protocol
     classifier = study_classifier(plan, obs)
     report_opts = eval_options(plan, plan.eval_metrics, classifier)
     select_opts = eval_options(plan, plan.select_metrics, classifier)
     reference = prepare_reference(report_opts, plan.evaluation, on_status=obs.status)  # once for the whole study
     if jobs > 1:
         train_all_in_parallel(plan, [x for x in parts if x.kind == "train"], obs, jobs)
+    # Sampling and evaluation run here, after the workers: give them the threads the workers had
+    # (under OMP_NUM_THREADS=1 this process would otherwise sample on one core of --jobs N).
+    with pool_threads(jobs):
+        results = _each_method(plan, parts, obs, report_opts, select_opts, reference)
+        last_report = Path(list(results.values())[-1]["reports"][0]["samples"])  # the last method's, as before
+        heldout = ensure_heldout_real(plan, reference, last_report, obs.status)
+    return write_outputs(plan, results, Path(out_dir), classifier=_classifier_summary(classifier), heldout=heldout)
+
+
+def _each_method(plan: StudyPlan, parts: list[Part], obs: StudyObserver, report_opts: Any, select_opts: Any,
+                 reference: Any) -> dict[str, dict[str, Any]]:
+    """Train (what is left), choose w, sample and evaluate every method; ``{label: result}``."""
+    p = plan.protocol
     runs: dict = {}
     results: dict[str, dict[str, Any]] = {}
     index = 0
@@ -95,8 +109,7 @@ def run_study(protocol: Protocol, out_dir: Path, *, observer: Optional[StudyObse
         results[label] = {"entry": entry, "chosen": chosen, "points": points, "reports": reports,
                           "curve": collect_curve(plan, label)}
     runs.clear()
-    heldout = ensure_heldout_real(plan, reference, Path(reports[0]["samples"]), obs.status)
-    return write_outputs(plan, results, Path(out_dir), classifier=_classifier_summary(classifier), heldout=heldout)
+    return results
 
 
 def _classifier_summary(path: Optional[Path]) -> Optional[dict[str, Any]]:

@@ -14,6 +14,7 @@ every worker saves its checkpoint and the study can be re-run to continue.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -22,7 +23,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 from ..config import TrainConfig
 from ..errors import CbdmError
@@ -146,6 +147,25 @@ def last_logged_step(folder: Path) -> int:
         except (ValueError, KeyError, TypeError, OverflowError):
             continue
     return 0
+
+
+@contextlib.contextmanager
+def pool_threads(workers: int) -> Iterator[int]:
+    """For the block, this process's torch threads raised to what ``workers`` training workers
+    used together (each gets this process's threads split between them, at least one).
+
+    Why: work done here after a parallel phase (a study's sampling and evaluation) should use the
+    cores the workers used; under ``OMP_NUM_THREADS=1`` this process has one thread while
+    ``--jobs 2`` workers had one each. Never lowers the count; restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    total = max(before, workers * max(1, before // max(1, workers)))
+    torch.set_num_threads(total)
+    try:
+        yield total
+    finally:
+        torch.set_num_threads(before)
 
 
 def train_in_parallel(jobs: list[TrainJob], workers: int, *, threads: Optional[int] = None,
