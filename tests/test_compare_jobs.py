@@ -54,15 +54,17 @@ def test_pool_threads_gives_this_process_what_the_workers_had():
     from cbdm_core.experiments.parallel_training import pool_threads
 
     # Under OMP_NUM_THREADS=1 (1 thread here), --jobs 2 workers had one thread each.
-    with pool_threads(2) as n:
+    with pool_threads(2, cores=2) as n:
         assert n == torch.get_num_threads() == 2
     assert torch.get_num_threads() == 1
-    with pool_threads(1) as n:
+    with pool_threads(1, cores=2) as n:
         assert n == torch.get_num_threads() == 1
+    with pool_threads(4, cores=2) as n:  # no more threads than cores: they would spin
+        assert n == 2
     torch.set_num_threads(4)
-    try:
-        for workers, want in ((1, 4), (2, 4), (3, 4), (8, 8)):  # never fewer than this process had
-            with pool_threads(workers) as n:
+    try:  # never fewer than this process had
+        for workers, cores, want in ((1, 16, 4), (2, 16, 4), (3, 16, 4), (8, 16, 8), (8, 2, 4)):
+            with pool_threads(workers, cores=cores) as n:
                 assert n == torch.get_num_threads() == want, workers
             assert torch.get_num_threads() == 4
     finally:
@@ -83,7 +85,8 @@ def test_a_study_samples_with_the_threads_its_workers_had(tmp_path, monkeypatch)
 
     monkeypatch.setattr(generate, "generate_samples", recording)
     run_study(parse_protocol(tiny_protocol(tmp_path, seeds=[0])), tmp_path / "study", jobs=2)
-    assert seen and set(seen) == {2}  # every sample set, not the one thread this process has
+    want = min(2, len(os.sched_getaffinity(0)))  # the two workers' threads, as far as there are cores
+    assert seen and set(seen) == {want}  # every sample set, not the one thread this process has
     assert torch.get_num_threads() == 1
 
 def test_a_worker_error_is_one_line(tmp_path):

@@ -150,17 +150,21 @@ def last_logged_step(folder: Path) -> int:
 
 
 @contextlib.contextmanager
-def pool_threads(workers: int) -> Iterator[int]:
+def pool_threads(workers: int, cores: Optional[int] = None) -> Iterator[int]:
     """For the block, this process's torch threads raised to what ``workers`` training workers
-    used together (each gets this process's threads split between them, at least one).
+    used together (each gets this process's threads split between them, at least one), but not
+    past the ``cores`` this process may run on (default: its CPU affinity).
 
     Why: work done here after a parallel phase (a study's sampling and evaluation) should use the
     cores the workers used; under ``OMP_NUM_THREADS=1`` this process has one thread while
-    ``--jobs 2`` workers had one each. Never lowers the count; restored afterwards."""
+    ``--jobs 2`` workers had one each. More threads than cores would spin against each other,
+    hence the cap. Never lowers the count; restored afterwards."""
     import torch
 
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     before = torch.get_num_threads()
-    total = max(before, workers * max(1, before // max(1, workers)))
+    total = max(before, min(cores, workers * max(1, before // max(1, workers))))
     torch.set_num_threads(total)
     try:
         yield total
