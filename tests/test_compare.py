@@ -110,8 +110,32 @@ def test_rerun_after_interruption_skips_finished_parts(tmp_path, monkeypatch):
     res = cli_ok("compare", proto, "--out", out, "--no-progress")
     assert spy.runs == [] and lost.is_file() and kept.stat().st_mtime_ns == before
     assert res.output.count("(running)") == 1
+    # every call timed its phases, the interrupted one too
+    calls = json.loads((out / "study-time.json").read_text())["calls"]
+    assert [c["complete"] for c in calls] == [False, True, True]
+    assert all(c["seconds"]["sampling_evaluation"] > 0 for c in calls)  # ddpm was sampled before the Ctrl-C
+    assert calls[2]["seconds"]["training"] < 0.5 * calls[0]["seconds"]["training"]  # the third trained nothing
+    timed = json.loads((out / "compare.json").read_text())["study_time"]
+    assert timed["calls"] == 3
+    for phase in ("training", "sampling_evaluation", "reference"):
+        assert timed["seconds"][phase] == pytest.approx(sum(c["seconds"][phase] for c in calls))
+    assert timed["sampling_evaluation_share"] == pytest.approx(timed["seconds"]["sampling_evaluation"] / timed["total"])
+    assert "## Wall time" in (out / "compare.md").read_text() and "wall time (3 call(s))" in res.output
     # the folder belongs to this protocol: a changed one is refused
     cli_fails("compare", proto, "--out", out, "--set", "training.steps=3", match="different protocol")
+
+
+def test_time_summary_adds_calls_and_shards():
+    from cbdm_core.experiments.study_time import time_lines, time_summary
+
+    assert time_summary([]) is None and time_lines(None) == []
+    calls = [{"seconds": {"reference": 10.0, "training": 600.0, "sampling_evaluation": 0.0}, "jobs": 2, "threads": 1},
+             {"seconds": {"reference": 0.0, "training": 0.0, "sampling_evaluation": 190.0}, "jobs": 2, "threads": 1}]
+    s = time_summary(calls, shards=2)
+    assert s["total"] == 800.0 and s["seconds"]["training"] == 600.0 and s["calls"] == 2
+    assert s["sampling_evaluation_share"] == pytest.approx(190 / 800)
+    text = " ".join(time_lines(s))
+    assert "over 2 shards" in text and "training 10.0 min" in text and "**24%**" in text
 
 
 def test_t_interval_against_scipy_and_a_hand_value():

@@ -27,12 +27,13 @@ def _threads():
 
 
 def _normalised(path: Path, folders: list[Path]) -> dict:
-    """compare.json without its timestamp and with every study folder written as DIR."""
+    """compare.json without its timestamp and wall times, and with every study folder written as DIR."""
     text = path.read_text()
     for folder in sorted(folders, key=lambda f: -len(str(f))):  # a longer path before its prefix
         text = text.replace(str(folder), "DIR")
     doc = json.loads(text)
     doc.pop("created")
+    doc.pop("study_time")
     return doc
 
 
@@ -112,6 +113,11 @@ def test_curve_heldout_row_and_merged_shards_equal_the_whole_study(tmp_path, mon
     merged = tmp_path / "merged"
     res = cli_ok("compare", "merge", a, b, "--out", merged)
     assert "merged 2 shards" in res.output
+    # the merged wall time is the shards' summed
+    shard_times = [json.loads((x / "compare.json").read_text())["study_time"] for x in (a, b)]
+    timed = json.loads((merged / "compare.json").read_text())["study_time"]
+    assert timed["shards"] == 2 and timed["calls"] == 2
+    assert timed["total"] == pytest.approx(sum(t["total"] for t in shard_times))
     folders = [whole, merged, a, b]
     assert _normalised(merged / "compare.json", folders) == _normalised(whole / "compare.json", folders)
     assert not list(merged.glob("runs/*/*/checkpoints"))  # built from records and metrics alone
@@ -125,6 +131,7 @@ def test_curve_heldout_row_and_merged_shards_equal_the_whole_study(tmp_path, mon
         assert f"into {tmp_path / f'pack-{shard.name}'}" in res.output
         assert not list(moved.rglob("checkpoints")) and not list(moved.rglob("*.npz"))
         assert list(moved.glob("classifier-*.safetensors")) and list(moved.rglob("records.csv"))
+        assert (moved / "study-time.json").is_file()
     shutil.rmtree(a), shutil.rmtree(b)
     cli_ok("compare", "merge", *packs, "--out", tmp_path / "merged-packs")
     folders += [tmp_path / "merged-packs", *packs]

@@ -34,6 +34,7 @@ from .curves import collect_curve
 from .heldout import ensure_heldout_real
 from .parallel_training import pool_threads
 from .protocol import Protocol
+from .study_time import StudyClock, read_study_time, time_summary
 from .sweeps import value_label
 
 __all__ = ["PROTOCOL_JSON", "Part", "StudyInterrupted", "StudyObserver", "StudyPlan", "choose_guidance", "plan_study",
@@ -49,7 +50,8 @@ def run_study(protocol: Protocol, out_dir: Path, *, observer: Optional[StudyObse
     share of this process's torch threads (see :mod:`.parallel_training`); sampling and
     evaluation stay in this process, with as many threads as the workers had together
     (:func:`.parallel_training.pool_threads`). ``overwrite`` regenerates kept sample sets whose guidance
-    file (a noise-aware or minority classifier) changed since they were sampled."""
+    file (a noise-aware or minority classifier) changed since they were sampled. The wall time of each
+    phase goes to ``study-time.json`` (:mod:`.study_time`)."""
     from ..evaluation.prepared import prepare_reference
     from .compare_report import write_outputs
 
@@ -59,57 +61,75 @@ def run_study(protocol: Protocol, out_dir: Path, *, observer: Optional[StudyObse
     check_folder(plan)
     parts = plan.parts()
     obs.plan(parts)
-    classifier = study_classifier(plan, obs)
+    clock = StudyClock(Path(out_dir), jobs)
+    with clock.phase("training"):
+        classifier = study_classifier(plan, obs)
     report_opts = eval_options(plan, plan.eval_metrics, classifier)
     select_opts = eval_options(plan, plan.select_metrics, classifier)
-    reference = prepare_reference(report_opts, plan.evaluation, on_status=obs.status)  # once for the whole study
+    with clock.phase("reference"):
+        reference = prepare_reference(report_opts, plan.evaluation, on_status=obs.status)  # once for the whole study
     if jobs > 1:
-        train_all_in_parallel(plan, [x for x in parts if x.kind == "train"], obs, jobs)
+        with clock.phase("training"):
+            train_all_in_parallel(plan, [x for x in parts if x.kind == "train"], obs, jobs)
     # Sampling and evaluation run here, after the workers: give them the threads the workers had
     # (under OMP_NUM_THREADS=1 this process would otherwise sample on one core of --jobs N).
     with pool_threads(jobs):
-        results = _each_method(plan, parts, obs, report_opts, select_opts, reference)
+        results = _each_method(plan, parts, obs, report_opts, select_opts, reference, clock)
         last_report = Path(list(results.values())[-1]["reports"][0]["samples"])  # the last method's, as before
-        heldout = ensure_heldout_real(plan, reference, last_report, obs.status)
-    return write_outputs(plan, results, Path(out_dir), classifier=_classifier_summary(classifier), heldout=heldout)
+        with clock.phase("sampling_evaluation"):
+            heldout = ensure_heldout_real(plan, reference, last_report, obs.status)
+    clock.finish()
+    return write_outputs(plan, results, Path(out_dir), classifier=_classifier_summary(classifier), heldout=heldout,
+                         study_time=time_summary(read_study_time(Path(out_dir))))
 
 
 def _each_method(plan: StudyPlan, parts: list[Part], obs: StudyObserver, report_opts: Any, select_opts: Any,
-                 reference: Any) -> dict[str, dict[str, Any]]:
+                 reference: Any, clock: StudyClock) -> dict[str, dict[str, Any]]:
     """Train (what is left), choose w, sample and evaluate every method; ``{label: result}``."""
-    p = plan.protocol
-    runs: dict = {}
     results: dict[str, dict[str, Any]] = {}
+    runs: dict = {}
     index = 0
     for label, entry in plan.entries.items():
         method_parts = [x for x in parts if x.method == label]
-        for part in [x for x in method_parts if x.kind == "train"]:
-            train_run(plan, part, obs, index)
-            index += 1
-        for part in [x for x in method_parts if x.kind == "classifier"]:
-            train_arm_classifier(plan, part, obs, index)
-            index += 1
-        chosen, points, selection = select_guidance(plan, label, method_parts, select_opts, reference, obs, index,
-                                                    runs)
-        index += sum(1 for x in method_parts if x.kind == "select")
-        reports = []
-        for part in [x for x in method_parts if x.kind == "report"]:
-            part.guidance = chosen
-            part.folder = plan.run_dir(label, part.seed) / f"report-w{value_label(chosen)}"
-            doc = sample_and_evaluate(plan, part, plan.seeds["report"][part.seed], p.sampling.num, report_opts,
-                                      reference, obs, index, runs)
-            index += 1
-            reports.append({"seed": part.seed, "run": str(plan.model_dir(label, part.seed)), "doc": doc,
-                            "samples": str(part.folder), "sampling_seed": manifest_seed(part.folder),
-                            "guidance": chosen, "selection": selection[part.seed]})
-        for part in [x for x in method_parts if x.kind == "curve"]:
-            sample_and_evaluate(plan, part, plan.seeds["report"][part.seed], p.sampling.num, report_opts,
-                                reference, obs, index, runs)
-            index += 1
-        results[label] = {"entry": entry, "chosen": chosen, "points": points, "reports": reports,
-                          "curve": collect_curve(plan, label)}
+        with clock.phase("training"):
+            for part in [x for x in method_parts if x.kind == "train"]:
+                train_run(plan, part, obs, index)
+                index += 1
+            for part in [x for x in method_parts if x.kind == "classifier"]:
+                train_arm_classifier(plan, part, obs, index)
+                index += 1
+        with clock.phase("sampling_evaluation"):
+            results[label], index = _sample_method(plan, label, method_parts, obs, report_opts, select_opts,
+                                                   reference, index, runs)
     runs.clear()
     return results
+
+
+def _sample_method(plan: StudyPlan, label: str, method_parts: list[Part], obs: StudyObserver, report_opts: Any,
+                   select_opts: Any, reference: Any, index: int, runs: dict) -> tuple[dict[str, Any], int]:
+    """Choose w, sample and evaluate one method's report and curve sets; (its result, next part index)."""
+    p = plan.protocol
+    entry = plan.entries[label]
+    chosen, points, selection = select_guidance(plan, label, method_parts, select_opts, reference, obs, index,
+                                                runs)
+    index += sum(1 for x in method_parts if x.kind == "select")
+    reports = []
+    for part in [x for x in method_parts if x.kind == "report"]:
+        part.guidance = chosen
+        part.folder = plan.run_dir(label, part.seed) / f"report-w{value_label(chosen)}"
+        doc = sample_and_evaluate(plan, part, plan.seeds["report"][part.seed], p.sampling.num, report_opts,
+                                  reference, obs, index, runs)
+        index += 1
+        reports.append({"seed": part.seed, "run": str(plan.model_dir(label, part.seed)), "doc": doc,
+                        "samples": str(part.folder), "sampling_seed": manifest_seed(part.folder),
+                        "guidance": chosen, "selection": selection[part.seed]})
+    for part in [x for x in method_parts if x.kind == "curve"]:
+        sample_and_evaluate(plan, part, plan.seeds["report"][part.seed], p.sampling.num, report_opts,
+                            reference, obs, index, runs)
+        index += 1
+    result = {"entry": entry, "chosen": chosen, "points": points, "reports": reports,
+              "curve": collect_curve(plan, label)}
+    return result, index
 
 
 def _classifier_summary(path: Optional[Path]) -> Optional[dict[str, Any]]:

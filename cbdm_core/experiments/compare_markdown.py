@@ -8,6 +8,7 @@ from typing import Any
 
 from .compare_tables import accuracy_ceiling_table, appendix_table, primary_table
 from .sampling_cost import cost_lines
+from .study_time import time_lines
 from .stats import FEW_SEEDS
 
 
@@ -75,6 +76,8 @@ def markdown(doc: dict[str, Any]) -> str:
     lines += _secondary(doc)
     lines += ["", "## Sampling cost (report sets: sampling and writing, not evaluation)", ""]
     lines += cost_lines(doc["methods"])
+    if doc.get("study_time"):
+        lines += ["", "## Wall time: training vs sampling and evaluation", ""] + time_lines(doc["study_time"])
     ceiling = accuracy_ceiling_table(doc)
     if ceiling:
         lines += ["", "## Conditional accuracy next to the classifier's ceiling", ""] + ceiling

@@ -39,13 +39,17 @@ _accuracy_ceiling = accuracy_ceiling_table
 
 def write_outputs(plan: "StudyPlan", results: dict[str, dict[str, Any]], out_dir: Path,
                   classifier: Optional[dict[str, Any]] = None,
-                  heldout: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """Write compare.json, compare.md and the plots; return the document."""
+                  heldout: Optional[dict[str, Any]] = None,
+                  study_time: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Write compare.json, compare.md and the plots; return the document. ``study_time``: where the
+    wall time went (:func:`.study_time.time_summary`), when it was timed."""
     from .compare_plots import write_plots
     from .curves import write_curve_plots
     from .memorization_evidence import write_ratio_histogram
 
     doc = build_document(plan, results, classifier, heldout)
+    if study_time is not None:
+        doc["study_time"] = study_time
     plots = write_plots(doc, out_dir / PLOTS) + write_curve_plots(doc, out_dir / PLOTS)
     hist = write_ratio_histogram(results, read_records, heldout, out_dir / PLOTS / "memorization-d1-d2.png")
     plots += [hist] if hist is not None else []

@@ -25,6 +25,7 @@ from .curves import collect_curve
 from .heldout import HELDOUT_JSON
 from .protocol import parse_protocol
 from .sampling_cost import TIMING_JSON
+from .study_time import read_study_time, time_summary
 
 # What a sample folder keeps that the report reads, and which sample folders a study's report uses.
 SAMPLE_FILES = ("metrics.json", "records.csv", "manifest.json", TIMING_JSON)
@@ -154,4 +155,8 @@ def merge_studies(folders: list[Path], out_dir: Path,
         kept = plan.out_dir / found.name
         _copy_file(found, kept)
         classifier["file"] = str(kept)
-    return write_outputs(plan, _results(plan), plan.out_dir, classifier=classifier, heldout=shards[0]["heldout"])
+    # Wall time summed over the shards that timed themselves (shards run before the clock have none).
+    timed = [read_study_time(sh["folder"]) for sh in shards]
+    study_time = time_summary([c for calls in timed for c in calls], shards=sum(1 for calls in timed if calls))
+    return write_outputs(plan, _results(plan), plan.out_dir, classifier=classifier, heldout=shards[0]["heldout"],
+                         study_time=study_time)

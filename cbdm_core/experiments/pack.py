@@ -3,7 +3,7 @@ or ship to the machine that merges (``cbdm compare merge``).
 
 A shard folder holds checkpoints and sample images (hundreds of MB); the merge reads none of
 them. The pack keeps what the merge and a reader need: the protocol, ``compare.json``/``.md``,
-``heldout-real.json``, the feature classifier file, the plots, every run's ``metrics.jsonl`` and
+``heldout-real.json``, ``study-time.json``, the feature classifier file, the plots, every run's ``metrics.jsonl`` and
 ``config.yaml``, and each report/curve/selection sample folder's records, metrics, manifest,
 timing and grid. Merging packs gives the same report as merging the shards themselves."""
 
@@ -19,8 +19,9 @@ from ..errors import CbdmError
 from .compare_folder import PROTOCOL_JSON
 from .heldout import HELDOUT_JSON
 from .merge import SAMPLE_FILES, STUDY_SAMPLE_PREFIXES
+from .study_time import STUDY_TIME_JSON
 
-STUDY_FILES = (PROTOCOL_JSON, "compare.json", "compare.md", HELDOUT_JSON)
+STUDY_FILES = (PROTOCOL_JSON, "compare.json", "compare.md", HELDOUT_JSON, STUDY_TIME_JSON)
 RUN_FILES = ("metrics.jsonl", "config.yaml")
 GRID = "grid.png"
 
