@@ -171,11 +171,12 @@ def _steps(root: Path) -> list[int]:
 
 def _normalized(root: Path) -> dict[str, Any]:
     """``compare.json`` with the study's own folder spelled ``<root>`` and the creation time and the
-    measured sampling wall times dropped (the only fields that depend on where and when the study
-    ran; a killed set's time is not counted, so they differ by design)."""
+    measured wall times (sampling, the study's phases) dropped (the only fields that depend on where
+    and when the study ran; a killed set's time is not counted, so they differ by design)."""
     text = (root / "study" / "compare.json").read_text().replace(str(root), "<root>")
     doc = json.loads(text)
     doc.pop("created")
+    doc.pop("study_time", None)
     for entry in doc.get("methods", {}).values():
         if isinstance(entry, dict):
             entry.pop("sampling_cost", None)
