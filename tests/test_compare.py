@@ -113,6 +113,7 @@ def test_rerun_after_interruption_skips_finished_parts(tmp_path, monkeypatch):
     # every call timed its phases, the interrupted one too
     calls = json.loads((out / "study-time.json").read_text())["calls"]
     assert [c["complete"] for c in calls] == [False, True, True]
+    assert all(c["sampling_threads"] == 1 for c in calls)  # --jobs 1 under one thread
     assert all(c["seconds"]["sampling_evaluation"] > 0 for c in calls)  # ddpm was sampled before the Ctrl-C
     assert calls[2]["seconds"]["training"] < 0.5 * calls[0]["seconds"]["training"]  # the third trained nothing
     timed = json.loads((out / "compare.json").read_text())["study_time"]

@@ -88,6 +88,8 @@ def test_a_study_samples_with_the_threads_its_workers_had(tmp_path, monkeypatch)
     want = min(2, len(os.sched_getaffinity(0)))  # the two workers' threads, as far as there are cores
     assert seen and set(seen) == {want}  # every sample set, not the one thread this process has
     assert torch.get_num_threads() == 1
+    calls = json.loads((tmp_path / "study" / "study-time.json").read_text())["calls"]
+    assert [(c["jobs"], c["threads"], c["sampling_threads"]) for c in calls] == [(2, 1, want)]
 
 def test_a_worker_error_is_one_line(tmp_path):
     plan = plan_study(parse_protocol(tiny_protocol(tmp_path, seeds=[0])), tmp_path / "study")

@@ -73,7 +73,8 @@ def run_study(protocol: Protocol, out_dir: Path, *, observer: Optional[StudyObse
             train_all_in_parallel(plan, [x for x in parts if x.kind == "train"], obs, jobs)
     # Sampling and evaluation run here, after the workers: give them the threads the workers had
     # (under OMP_NUM_THREADS=1 this process would otherwise sample on one core of --jobs N).
-    with pool_threads(jobs):
+    with pool_threads(jobs) as sampling_threads:
+        clock.note("sampling_threads", sampling_threads)
         results = _each_method(plan, parts, obs, report_opts, select_opts, reference, clock)
         last_report = Path(list(results.values())[-1]["reports"][0]["samples"])  # the last method's, as before
         with clock.phase("sampling_evaluation"):

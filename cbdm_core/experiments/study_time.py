@@ -51,7 +51,7 @@ class StudyClock:
         self._earlier = read_study_time(self.folder)
         self._call: dict[str, Any] = {
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "jobs": int(jobs), "threads": torch.get_num_threads(),
+            "jobs": int(jobs), "threads": torch.get_num_threads(),  # training workers share these
             "machine": platform.processor() or platform.machine(), "complete": False,
             "seconds": {name: 0.0 for name in PHASES}}
 
@@ -65,6 +65,10 @@ class StudyClock:
         finally:
             self._call["seconds"][name] += time.perf_counter() - start
             self.save()
+
+    def note(self, key: str, value: Any) -> None:
+        """Record a fact of this call (e.g. ``sampling_threads``) beside its times."""
+        self._call[key] = value
 
     def finish(self) -> None:
         self._call["complete"] = True
@@ -90,6 +94,7 @@ def time_summary(calls: list[dict[str, Any]], shards: int = 1) -> Optional[dict[
             "sampling_evaluation_share": seconds["sampling_evaluation"] / total if total > 0 else None,
             "jobs": sorted({int(c.get("jobs", 1)) for c in calls}),
             "threads": sorted({int(c.get("threads", 1)) for c in calls}),
+            "sampling_threads": sorted({int(c["sampling_threads"]) for c in calls if "sampling_threads" in c}),
             "machines": sorted({str(c.get("machine", "")) for c in calls})}
 
 
@@ -102,7 +107,8 @@ def time_lines(summary: Optional[dict[str, Any]]) -> list[str]:
     where = (f"{summary['calls']} call(s) of `cbdm compare`" if summary["shards"] <= 1 else
              f"{summary['calls']} call(s) over {summary['shards']} shards, summed")
     return [f"Timed over {where} (`study-time.json`; --jobs {'/'.join(map(str, summary['jobs']))}, "
-            f"{'/'.join(map(str, summary['threads']))} torch thread(s) in the main process): "
+            f"{'/'.join(map(str, summary['threads']))} torch thread(s) in the main process, sampling on "
+            f"{'/'.join(map(str, summary.get('sampling_threads') or summary['threads']))}): "
             f"training {s['training'] / 60:.1f} min, sampling and evaluation {s['sampling_evaluation'] / 60:.1f} min, "
             f"reference {s['reference'] / 60:.1f} min"
             + (f"; sampling and evaluation **{100 * share:.0f}%** of the timed total." if share is not None else "."),
