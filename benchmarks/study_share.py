@@ -16,6 +16,8 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from cbdm_core.experiments.study_time import read_study_time, time_split, time_summary
+
 
 def _records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -41,13 +43,8 @@ def main(folders: list[str]) -> None:
         study = Path(name)
         start, trained, end = stamps(study)
         train, rest = (trained - start) / 60, (end - trained) / 60
-        timed = ""
-        if (study / "study-time.json").is_file():
-            calls = json.loads((study / "study-time.json").read_text())["calls"]
-            sec = {k: sum(c["seconds"][k] for c in calls) for k in calls[0]["seconds"]}
-            total = sum(sec.values())
-            timed = (f"training {sec['training'] / 60:.1f}, sampling+eval {sec['sampling_evaluation'] / 60:.1f} min "
-                     f"({100 * sec['sampling_evaluation'] / total:.0f}%, {len(calls)} call(s))")
+        summary = time_summary(read_study_time(study))
+        timed = f"{time_split(summary)}, {summary['calls']} call(s)" if summary else ""
         print(f"{name[-58:]:58s} {train:12.1f} {rest:17.1f} {100 * rest / (train + rest):5.0f}%   {timed}")
 
 

@@ -207,11 +207,10 @@ def run_compare(protocol: Optional[str], out: Optional[Path], sets: tuple[str, .
     for label, m in doc["methods"].items():
         click.echo(f"{label}: w = {m['guidance']['chosen']:g}")
     timed = doc.get("study_time")
-    if timed and timed.get("sampling_evaluation_share") is not None:
-        sec = timed["seconds"]
-        click.echo(f"wall time ({timed['calls']} call(s)): training {sec['training'] / 60:.1f} min, sampling and "
-                   f"evaluation {sec['sampling_evaluation'] / 60:.1f} min "
-                   f"({100 * timed['sampling_evaluation_share']:.0f}%)")
+    if timed:
+        from cbdm_core.experiments.study_time import time_split
+
+        click.echo(f"wall time ({timed['calls']} call(s)): {time_split(timed)}")
     click.echo(f"wrote {out / COMPARE_JSON}, {out / COMPARE_MD} and {len(doc['plots'])} plot(s)")
     if sys.stdout.isatty():
         click.echo((out / COMPARE_MD).read_text())

@@ -90,7 +90,7 @@ def _each_method(plan: StudyPlan, parts: list[Part], obs: StudyObserver, report_
     results: dict[str, dict[str, Any]] = {}
     runs: dict = {}
     index = 0
-    for label, entry in plan.entries.items():
+    for label in plan.entries:
         method_parts = [x for x in parts if x.method == label]
         with clock.phase("training"):
             for part in [x for x in method_parts if x.kind == "train"]:

@@ -98,19 +98,25 @@ def time_summary(calls: list[dict[str, Any]], shards: int = 1) -> Optional[dict[
             "machines": sorted({str(c.get("machine", "")) for c in calls})}
 
 
+def time_split(summary: dict[str, Any], mark: str = "") -> str:
+    """``training X min, sampling and evaluation Y min (Z%)``: the command's line and compare.md's
+    (``mark`` around the share, e.g. ``**`` in Markdown)."""
+    s, share = summary["seconds"], summary["sampling_evaluation_share"]
+    return (f"training {s['training'] / 60:.1f} min, sampling and evaluation {s['sampling_evaluation'] / 60:.1f} min"
+            + (f" ({mark}{100 * share:.0f}%{mark})" if share is not None else ""))
+
+
 def time_lines(summary: Optional[dict[str, Any]]) -> list[str]:
     """compare.md's lines on where the wall time went (nothing without a record)."""
     if not summary:
         return []
-    s = summary["seconds"]
-    share = summary["sampling_evaluation_share"]
     where = (f"{summary['calls']} call(s) of `cbdm compare`" if summary["shards"] <= 1 else
              f"{summary['calls']} call(s) over {summary['shards']} shards, summed")
     return [f"Timed over {where} (`study-time.json`; --jobs {'/'.join(map(str, summary['jobs']))}, "
-            f"{'/'.join(map(str, summary['threads']))} torch thread(s) in the main process, sampling on "
-            f"{'/'.join(map(str, summary.get('sampling_threads') or summary['threads']))}): "
-            f"training {s['training'] / 60:.1f} min, sampling and evaluation {s['sampling_evaluation'] / 60:.1f} min, "
-            f"reference {s['reference'] / 60:.1f} min"
-            + (f"; sampling and evaluation **{100 * share:.0f}%** of the timed total." if share is not None else "."),
+            f"{'/'.join(map(str, summary['threads']))} torch thread(s) in the main process"
+            + (f", sampling on {'/'.join(map(str, summary['sampling_threads']))}" if summary.get("sampling_threads")
+               else "") + "): "
+            f"{time_split(summary, '**')}, reference {summary['seconds']['reference'] / 60:.1f} min; the percentage is "
+            "sampling and evaluation's share of the timed total.",
             "A resumed study times only what each call did: a share over calls that skipped finished parts is "
             "not a single study's."]
