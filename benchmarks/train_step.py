@@ -85,6 +85,7 @@ class Row:
     compile: str = "auto"
     channels_last: str = "auto"
     pass_layout: str = "auto"
+    dropout_masks: str = "auto"
     method: str = ""  # with --method: registered method names joined by "+" ("ddpm": none)
     settings: str = ""
     ms_per_step: float = float("nan")
@@ -169,12 +170,15 @@ def reference_step(cfg: dict, device: torch.device, batch: int) -> tuple[Callabl
 class _Perf:
     keep_host_memory = "auto"  # process-wide; main() sets it from --keep-host-memory (it steers pass_layout=auto)
 
-    def __init__(self, amp: str, compile: str, channels_last: str, pass_layout: str = "auto"):
+    def __init__(self, amp: str, compile: str, channels_last: str, pass_layout: str = "auto",
+                 dropout_masks: str = "auto"):
         self.amp, self.compile, self.channels_last, self.pass_layout = amp, compile, channels_last, pass_layout
+        self.dropout_masks = dropout_masks
 
 
 def row_precision(row: Row, device: torch.device) -> Precision:
-    return resolve_precision(_Perf(row.amp, row.compile, row.channels_last, row.pass_layout), device)
+    return resolve_precision(_Perf(row.amp, row.compile, row.channels_last, row.pass_layout, row.dropout_masks),
+                             device)
 
 
 def long_tail_counts(classes: int, largest: int = 500) -> torch.Tensor:
@@ -379,14 +383,16 @@ CANDIDATES = "off:off:off:joint,off:off:off:split,off:off:on:joint,bf16:off:off:
 
 
 def parse_variants(spec: str) -> list[Row]:
-    """``amp:compile:channels_last[:pass_layout]`` separated by commas, e.g. ``bf16:off:off,off:on:off:split``
-    (``candidates``: :data:`CANDIDATES`)."""
+    """``amp:compile:channels_last[:pass_layout[:dropout_masks]]`` separated by commas, e.g.
+    ``bf16:off:off,off:on:off:split,bf16:off:off:joint:torch`` (``candidates``: :data:`CANDIDATES`)."""
     spec = CANDIDATES if spec == "candidates" else spec
     rows = []
     for item in filter(None, spec.split(",")):
-        amp, comp, cl, layout = (item.split(":") + ["auto"] * 4)[:4]
-        name = f"cbdm {amp}/{comp}/{cl}" + ("" if layout == "auto" else f"/{layout}")
-        rows.append(Row(name, "project", amp=amp, compile=comp, channels_last=cl, pass_layout=layout))
+        amp, comp, cl, layout, masks = (item.split(":") + ["auto"] * 5)[:5]
+        name = f"cbdm {amp}/{comp}/{cl}" + ("" if layout == "auto" and masks == "auto" else f"/{layout}") + \
+            ("" if masks == "auto" else f"/{masks}")
+        rows.append(Row(name, "project", amp=amp, compile=comp, channels_last=cl, pass_layout=layout,
+                        dropout_masks=masks))
     return rows
 
 
@@ -415,7 +421,7 @@ def measure_methods(args: argparse.Namespace, cfg: dict, device: torch.device) -
         except CbdmError as exc:
             sys.exit(f"--method {spec}: {exc}")
     perf = {"amp": args.amp, "compile": args.compile, "channels_last": args.channels_last,
-            "pass_layout": args.pass_layout}
+            "pass_layout": args.pass_layout, "dropout_masks": args.dropout_masks}
     rows = [Row("ddpm", "project", method="ddpm", **perf)] + [Row(s, "project", method=s, **perf)
                                                              for s in specs if s != "ddpm"]
     measure(rows, cfg, device, args)
@@ -452,8 +458,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--compile", choices=["auto", "on", "off"], default="auto")
     p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto")
     p.add_argument("--pass-layout", choices=["auto", "joint", "split"], default="auto")
+    p.add_argument("--dropout-masks", choices=["auto", "torch", "words"], default="auto",
+                   help="how the U-Net's dropout draws its masks (perf.dropout_masks)")
     p.add_argument("--variants", default=None,
-                   help="extra rows as amp:compile:channels_last[:pass_layout],...; 'none' for none; 'candidates' for "
+                   help="extra rows as amp:compile:channels_last[:pass_layout[:dropout_masks]],...; 'none' for none; 'candidates' for "
                         "every setting the CPU capability table chooses between (default: per device)")
     p.add_argument("--quick", action="store_true",
                    help="a 2-3 minute run on a quiet machine: 2 rounds x 1 step, 1 warm-up step, no memory probes")
@@ -493,7 +501,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     if args.method:
         return measure_methods(args, cfg, device)
     main_row = Row("cbdm", "project", amp=args.amp, compile=args.compile, channels_last=args.channels_last,
-                   pass_layout=args.pass_layout)
+                   pass_layout=args.pass_layout, dropout_masks=args.dropout_masks)
     chosen = row_precision(main_row, device)
     capability = describe_device(device)
     print(f"{capability}; cbdm row precision: {chosen.describe()} (--amp {args.amp}, --pass-layout "
@@ -504,7 +512,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     extra = default_variants(device, main_row) if args.variants is None else (
         [] if args.variants == "none" else parse_variants(args.variants))
     ddpm = Row("ddpm (tau=0)", "project", tau=0.0, amp=args.amp, compile=args.compile,
-               channels_last=args.channels_last, pass_layout=args.pass_layout)
+               channels_last=args.channels_last, pass_layout=args.pass_layout, dropout_masks=args.dropout_masks)
     rows = [Row("reference", "reference"), main_row, *extra, ddpm]
     measure(rows, cfg, device, args)
 

@@ -103,6 +103,10 @@ class PerfConfig(_Strict):
     # t = 0); same loss and gradients, but a network with dropout draws its masks for fewer rows.
     # auto: on for the CPU, off on CUDA (a batch size changing every step re-tunes cuDNN, re-compiles).
     skip_unread_rows: Literal["auto", "on", "off"] = "auto"
+    # How the U-Net's dropout draws its masks in training: torch's bernoulli_ or 16-bit pieces of 64-bit
+    # random words (cbdm_core/nets/dropout.py; 3x cheaper on the CPU, another random stream, p rounded
+    # to 2**-16). auto: words on the CPU, torch on CUDA.
+    dropout_masks: Literal["auto", "torch", "words"] = "auto"
 
     @field_validator("compile", "channels_last", "keep_host_memory", "skip_unread_rows", mode="before")
     @classmethod

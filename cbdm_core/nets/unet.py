@@ -14,6 +14,7 @@ from torch.nn import init
 
 from ..errors import CbdmError
 from .attention_path import cpu_low_precision
+from .dropout import Dropout
 from .tap import FeatureTap, spatial_mean
 
 
@@ -116,7 +117,7 @@ class ResBlock(nn.Module):
         self.block1 = nn.Sequential(nn.GroupNorm(groups, in_ch), nn.SiLU(), nn.Conv2d(in_ch, out_ch, 3, padding=1))
         self.temb_proj = nn.Sequential(nn.SiLU(), nn.Linear(tdim, out_ch))
         self.block2 = nn.Sequential(
-            nn.GroupNorm(groups, out_ch), nn.SiLU(), nn.Dropout(dropout), nn.Conv2d(out_ch, out_ch, 3, padding=1)
+            nn.GroupNorm(groups, out_ch), nn.SiLU(), Dropout(dropout), nn.Conv2d(out_ch, out_ch, 3, padding=1)
         )
         self.shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
         self.attn = SelfAttention(out_ch, groups) if attn else nn.Identity()

@@ -32,6 +32,8 @@ class Precision:
         compile: wrap the forward in ``torch.compile``.
         pass_layout: ``joint`` (one forward over all views) or ``split`` (one per view).
         skip_unread_rows: leave the extra rows no loss reads out of the pass (``perf.skip_unread_rows``).
+        dropout_masks: how the network's dropout draws its masks (``torch`` or ``words``,
+            :mod:`cbdm_core.nets.dropout`).
     """
 
     device_type: str = "cpu"
@@ -40,6 +42,7 @@ class Precision:
     compile: bool = False
     pass_layout: str = "joint"
     skip_unread_rows: bool = False
+    dropout_masks: str = "torch"
 
     def autocast(self) -> ContextManager:
         """The forward's autocast context (a no-op context without amp)."""
@@ -50,14 +53,14 @@ class Precision:
     def describe(self) -> str:
         amp = "bf16" if self.amp_dtype is torch.bfloat16 else "fp32"
         return (f"{amp}{', channels_last' if self.channels_last else ''}{', compiled' if self.compile else ''}"
-                f", {self.pass_layout} views")
+                f"{', word dropout masks' if self.dropout_masks == 'words' else ''}, {self.pass_layout} views")
 
     def as_dict(self) -> dict[str, Any]:
         """The resolved choices, for run metadata (JSON-friendly)."""
         cpu = self.device_type == "cpu"
         return {"device": self.device_type, "amp": "bf16" if self.amp_dtype is torch.bfloat16 else "off",
                 "channels_last": self.channels_last, "compile": self.compile, "pass_layout": self.pass_layout,
-                "skip_unread_rows": self.skip_unread_rows,
+                "skip_unread_rows": self.skip_unread_rows, "dropout_masks": self.dropout_masks,
                 "cpu_bf16": cpu_bf16_support() if cpu else None,
                 "cpu_capability": capability_of(cpu_bf16_support()) if cpu else None}
 
@@ -168,8 +171,12 @@ def resolve_precision(perf: Any, device: torch.device) -> Precision:
     # auto: the CPU only. Not tied to compile, so that a compile that falls back to eager trains the same
     # weights as eager (a compiled CPU step should re-compile once, for a dynamic batch size; not measured).
     skip = skip_opt == "on" or (skip_opt == "auto" and not cuda)
+    masks = getattr(perf, "dropout_masks", "auto")
+    # auto: 64-bit-word masks on the CPU, where bernoulli_ costs ~10x the multiply (every capability class:
+    # it is the generator's scalar loop, not the arithmetic units); CUDA's dropout is one fused kernel.
+    masks = ("torch" if cuda else "words") if masks == "auto" else masks
     return Precision(device_type=device.type, amp_dtype=amp_dtype, channels_last=channels_last, compile=compiled,
-                     pass_layout=layout, skip_unread_rows=skip)
+                     pass_layout=layout, skip_unread_rows=skip, dropout_masks=masks)
 
 
 def to_channels_last(module: torch.nn.Module) -> torch.nn.Module:

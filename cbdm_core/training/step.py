@@ -15,6 +15,7 @@ import torch
 
 from ..device import DistContext
 from ..errors import CbdmError
+from ..nets.dropout import use_dropout_masks
 from ..objectives import DiffusionObjective, LossTerms
 from ..schedules import NoiseSchedule
 from .distributed import ShardedObjective, wrap_ddp
@@ -200,6 +201,7 @@ def build_train_step(model: torch.nn.Module, ema_model: torch.nn.Module, base: A
     if precision.channels_last:
         to_channels_last(model)
         to_channels_last(ema_model)
+    use_dropout_masks(model, precision.dropout_masks)
     schedule = on_device(schedule, device)
 
     def moved(obj: T) -> T:
