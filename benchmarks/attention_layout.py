@@ -1,5 +1,6 @@
 """The U-Net's attention layout on the CPU: contiguous q/k/v (SDPA's fused kernel; what bf16 sampling
-runs) vs the strided views (the math path; training and fp32 sampling), whole-network forward, interleaved.
+ran until the bf16 matmul attention, benchmarks/attention_softmax.py) vs the strided views (the math path;
+fp32 training and sampling), whole-network forward, interleaved.
 
     OMP_NUM_THREADS=1 python benchmarks/attention_layout.py --threads 1 [--rows 128] [--rounds 3]
 
@@ -35,7 +36,7 @@ def strided_forward(self, x: torch.Tensor) -> torch.Tensor:
 
 
 def contiguous_forward(self, x: torch.Tensor) -> torch.Tensor:
-    """The same with contiguous q/k/v (SDPA's fused kernel on the CPU): what bf16 sampling runs."""
+    """The same with contiguous q/k/v (SDPA's fused kernel on the CPU): what bf16 sampling ran before."""
     b, c, h, w = x.shape
     n = self.group_norm(x)
     q, k, v = (p(n).flatten(2).transpose(1, 2).unsqueeze(1).contiguous()

@@ -1,6 +1,6 @@
 """Where a CPU training step's time goes: the reference-style step vs this project's (issue 29).
 
-    OMP_NUM_THREADS=1 python benchmarks/profile_step.py [AMP off|bf16] [CHANNELS_LAST off|on]
+    OMP_NUM_THREADS=1 python benchmarks/profile_step.py [AMP off|bf16] [CHANNELS_LAST off|on] [DROPOUT_MASKS auto|torch|words]
 
 torch.profiler over 4 steps of each (small config, after 2 warm-up steps), self CPU time per step
 and op, the 35 largest ops. Prefix ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 to see an AVX2 CPU.
@@ -16,8 +16,9 @@ torch.set_num_threads(1)
 dev = torch.device("cpu"); cfg = ts.CONFIGS["small"]
 amp = sys.argv[1] if len(sys.argv) > 1 else "off"
 cl = sys.argv[2] if len(sys.argv) > 2 else "off"
+masks = sys.argv[3] if len(sys.argv) > 3 else "auto"
 rows = {"reference": ts.reference_step(cfg, dev, 32)[0],
-        "project": ts.project_step(cfg, dev, 32, ts.Row("p", "project", amp=amp, compile="off", channels_last=cl, pass_layout="joint"))[0]}
+        "project": ts.project_step(cfg, dev, 32, ts.Row("p", "project", amp=amp, compile="off", channels_last=cl, pass_layout="joint", dropout_masks=masks))[0]}
 from torch.profiler import profile, ProfilerActivity
 res = {}
 for name, step in rows.items():

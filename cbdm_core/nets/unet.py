@@ -65,17 +65,21 @@ def _xavier(module: nn.Module, gain: float = 1.0) -> None:
 
 
 def _matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Softmax attention of ``[B, 1, N, C]`` rows as two low-precision matmuls and an fp32 softmax.
+    """Softmax attention of ``[B, 1, N, C]`` rows as two low-precision matmuls and a softmax.
 
-    For bf16 training on the CPU: with gradients, SDPA's math path upcasts bf16 to fp32 and its
-    fused CPU kernel is slower still. At the small config's attention ([64, 256, 128], forward and
-    backward) two bf16 ``bmm`` take 38 ms against SDPA's 97-117 ms (docs/benchmarks.md, issue 29,
-    "bf16 attention"); with its q/k/v projections it trains 2.1x faster (65 vs 138 ms).
+    For bf16 on the CPU (training and sampling): with gradients, SDPA's math path upcasts bf16 to
+    fp32 and its fused CPU kernel is slower still; without, its flash kernel is 1.8x slower than this
+    at the small config's attention (docs/benchmarks.md, issue 29). The softmax takes and returns the
+    scores' dtype: torch's CPU kernel accumulates in fp32 and rounds once, so its output equals an fp32
+    softmax cast down (bit for bit, tests/test_sampling_speed.py) without an fp32 ``[N, N]`` copy and
+    its cast (1.44x on the attention's forward and backward).
     """
     q, k, v = q.squeeze(1), k.squeeze(1), v.squeeze(1)
     scores = torch.bmm(q * q.shape[-1] ** -0.5, k.transpose(1, 2))
-    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
-    return torch.bmm(weights, v).unsqueeze(1)
+    # Autocast would run a bf16 softmax in fp32 (its CPU fp32 list): keep the dtype the matmul gave.
+    with torch.autocast("cpu", enabled=False):
+        weights = torch.softmax(scores, dim=-1)
+    return torch.bmm(weights.to(v.dtype), v).unsqueeze(1)
 
 
 class SelfAttention(nn.Module):
@@ -95,17 +99,11 @@ class SelfAttention(nn.Module):
         n = self.group_norm(x)
         # [B, 1, HW, C] so scaled_dot_product_attention picks a fused kernel.
         q, k, v = (p(n).flatten(2).transpose(1, 2).unsqueeze(1) for p in (self.proj_q, self.proj_k, self.proj_v))
-        if cpu_low_precision(x) and torch.is_grad_enabled():
-            out = _matmul_attention(q, k, v)
+        if cpu_low_precision(x):
+            out = _matmul_attention(q, k, v)  # bf16 on the CPU, with or without gradients
         else:
-            if cpu_low_precision(x):
-                # bf16 sampling on the CPU: SDPA's fused (flash) CPU kernel needs rows with unit stride;
-                # the strided view takes the math path (bmm + softmax). Measured 1.11x for the whole bf16
-                # forward, 1.01x (no gain) in fp32, so fp32 keeps the strided layout (docs/benchmarks.md,
-                # issue 29); so does fp32 training, whose step the refactor-reference fixtures pin bit for
-                # bit. A bf16 copy of the weights (sampling/cpu_choice.py) runs without autocast and takes
-                # the same path. In NHWC the rows already are contiguous, and this copies nothing.
-                q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+            # fp32 keeps SDPA on the strided view (its math path), which the refactor-reference fixtures
+            # pin bit for bit; an NHWC sampling copy (sampling/cpu_choice.py) gives it contiguous rows.
             out = F.scaled_dot_product_attention(q, k, v)
         out = out.squeeze(1).transpose(1, 2).reshape(b, c, h, w)
         return x + self.proj(out)
