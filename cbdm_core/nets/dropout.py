@@ -15,13 +15,10 @@ above 0.9923), the layer uses torch's mask. CUDA always uses torch's (a fused ke
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-DropoutMasks = Literal["torch", "words"]
 MASK_KINDS: tuple[str, ...] = ("torch", "words")
 
 _UNITS = 1 << 16  # one 16-bit piece of a random word
