@@ -59,8 +59,8 @@ CHOICES: dict[str, CpuChoice] = {
         evidence="EPYC Zen 4 (issue 29): bf16 joint 1.67-1.80x the reference step with bf16 matmul attention "
                  "(1.49-1.57x before it), bf16 split 1.71x, bf16 channels_last 1.37x, bf16 compiled 1.38x (before); "
                  "fp32 joint 0.95-1.01x, fp32 channels_last 1.02-1.10x (three runs); with word dropout masks "
-                 "(perf.dropout_masks, every CPU) bf16 joint 1.93x at 1 thread, 2.06-2.10x at 2 threads, fp32 "
-                 "channels_last 1.02-1.08x (three runs, fourth session)"),
+                 "(perf.dropout_masks, every CPU) bf16 joint 1.93x at 1 thread, 2.06-2.10x at 2 threads (three "
+                 "runs), fp32 channels_last 1.02-1.08x (two runs; fourth session)"),
     "fp32-only": CpuChoice(
         amp="off", fp32_channels_last=True, bf16_channels_last=False, compile=False, pass_layout="joint",
         evidence="the Xeon with oneDNN and ATen held to AVX2 (issue 29, emulated): fp32 joint 0.86-1.04x the "
