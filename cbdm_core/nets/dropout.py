@@ -42,7 +42,7 @@ def _dense_layout(x: torch.Tensor) -> bool:
     return x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
 
 
-def word_keep_mask(x: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def word_keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
     """A dropout mask for ``x`` from 64-bit random words: 0 where dropped, ``1 / keep`` where kept.
 
     Same shape, dtype, device and memory layout (NCHW or NHWC) as ``x``. ``keep`` is the
@@ -51,8 +51,7 @@ def word_keep_mask(x: torch.Tensor, p: float, generator: torch.Generator | None 
     n = x.numel()
     keep = kept_units(p)
     # The full 64-bit range: random_() without bounds leaves an int64's sign bit 0.
-    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(
-        _MOST_NEGATIVE_INT64, None, generator=generator)
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(_MOST_NEGATIVE_INT64, None)
     pieces = words.view(torch.int16)[:n]
     layout = x if _dense_layout(x) else x.contiguous()
     pieces = pieces.as_strided(layout.shape, layout.stride())

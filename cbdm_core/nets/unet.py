@@ -97,7 +97,7 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         n = self.group_norm(x)
-        # [B, 1, HW, C] so scaled_dot_product_attention picks a fused kernel.
+        # [B, 1, HW, C]: the rows SDPA (fp32) and the bf16 matmuls (_matmul_attention) take.
         q, k, v = (p(n).flatten(2).transpose(1, 2).unsqueeze(1) for p in (self.proj_q, self.proj_k, self.proj_v))
         if cpu_low_precision(x):
             out = _matmul_attention(q, k, v)  # bf16 on the CPU, with or without gradients
