@@ -1,10 +1,11 @@
 """How fast one CPU core runs the small U-Net's 3x3 convolutions: GFLOP/s per dtype and layout (issue 29).
 
-    OMP_NUM_THREADS=1 python benchmarks/conv_peak.py [--threads 1] [--rounds 7]
+    OMP_NUM_THREADS=1 python benchmarks/conv_peak.py [--threads 1] [--rounds 7] [--config small|digits] [--rows N]
 
 The two largest convolutions of the ``small`` config's CBDM 2B pass (batch 32 -> 64 rows): 64 -> 64
 channels at 32x32 and 128 -> 128 at 16x16, fp32 and bf16, NCHW and NHWC; forward alone and forward +
-backward (input and weight gradients: 3x the forward's FLOPs). Process CPU time, median of the rounds.
+backward (input and weight gradients: 3x the forward's FLOPs). ``--config digits``: the studies' network
+(32 channels at 8x8 and 64 at 4x4; a guided sampling batch of 250 images is 500 rows). Process CPU time, median of the rounds.
 Compare the GFLOP/s with the core's peak (fp32 FMA or bf16 dot-product throughput x clock) to see how
 much of a step's convolution time any other choice could still win.
 """
@@ -24,6 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_step import cpu_flags, cpu_model  # noqa: E402
 
 
+# (channels, height = width) of each config's two largest 3x3 convolutions (in = out channels)
+SHAPES = {"small": ((64, 32), (128, 16)), "digits": ((32, 8), (64, 4))}
+
+
 def timed(fn, rounds: int) -> float:
     fn()
     times = []
@@ -39,13 +44,14 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--rows", type=int, default=64)
+    p.add_argument("--config", choices=sorted(SHAPES), default="small")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"3x3 convolutions, {args.rows} rows, {cpu_model()} ({cpu_flags()}), {args.threads} thread(s), "
           f"torch {torch.__version__}, process CPU time, median of {args.rounds}")
     print(f"{'shape':<16} {'dtype':<6} {'layout':<6} {'fwd ms':>8} {'fwd GFLOP/s':>12} {'fwd+bwd ms':>11} "
           f"{'fwd+bwd GFLOP/s':>16}")
-    for c, hw in ((64, 32), (128, 16)):
+    for c, hw in SHAPES[args.config]:
         flops = 2 * args.rows * hw * hw * c * c * 9
         for dtype in (torch.float32, torch.bfloat16):
             for nhwc in (False, True):

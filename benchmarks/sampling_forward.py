@@ -1,8 +1,9 @@
 """The sampling network's forward on the CPU, per candidate of the sampling choice (issue 29).
 
     OMP_NUM_THREADS=1 python benchmarks/sampling_forward.py --threads 1 [--rows 32] [--rounds 5] [--compile]
+        [--config small|digits|paper]
 
-One forward of the ``small`` U-Net (weights redrawn so eps is O(1)) over ``--rows`` rows (a guided
+One forward of the ``small`` U-Net (``--config digits``: the studies' network on 8x8 digits) (weights redrawn so eps is O(1)) over ``--rows`` rows (a guided
 batch of B images is 2B rows), no autograd, in one process; the variants are interleaved in rounds
 (order alternating) and timed in process CPU time, the robust figure at one thread on a shared
 machine. Rows:
@@ -84,13 +85,16 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--config", choices=sorted(CONFIGS), default="small")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    model = lively(make_unet(CONFIGS["small"], torch.device("cpu"))).eval().requires_grad_(False)
+    cfg = CONFIGS[args.config]
+    model = lively(make_unet(cfg, torch.device("cpu"))).eval().requires_grad_(False)
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(args.rows, 3, 32, 32, generator=g)
-    t, y = torch.randint(0, 1000, (args.rows,), generator=g), torch.randint(0, 101, (args.rows,), generator=g)
-    print(f"small U-Net forward, {args.rows} rows, {cpu_model()} ({cpu_flags()}), {os.cpu_count()} cores, "
+    x = torch.randn(args.rows, cfg["channels"], cfg["size"], cfg["size"], generator=g)
+    t = torch.randint(0, 1000, (args.rows,), generator=g)
+    y = torch.randint(0, cfg["classes"] + 1, (args.rows,), generator=g)
+    print(f"{args.config} U-Net forward, {args.rows} rows, {cpu_model()} ({cpu_flags()}), {os.cpu_count()} cores, "
           f"{args.threads} threads, torch {torch.__version__}, load average {os.getloadavg()[0]:.1f}, "
           f"median of {args.rounds} interleaved rounds", flush=True)
     rows = variants(model, args, x, t, y)

@@ -67,6 +67,10 @@ CONFIGS = {
     # A CPU-sized U-Net (6.5M parameters) at the same resolution.
     "small": {"unet": {"ch": 64, "ch_mult": [1, 2, 2], "attn": [1], "num_res_blocks": 2, "dropout": 0.1},
               "classes": 100, "size": 32, "channels": 3, "batch": 32},
+    # The studies' network (the quickstart preset's U-Net, 0.7M parameters) on 8x8 digits, 10 classes.
+    "digits": {"unet": {"ch": 32, "ch_mult": [1, 2], "attn": [1], "num_res_blocks": 1, "dropout": 0.0,
+                        "num_groups": 8},
+               "classes": 10, "size": 8, "channels": 1, "batch": 64},
 }
 T = 1000
 TAU_REF = 1.0  # the reference code's tau (weight tau * t / T), = tau 0.001 here
