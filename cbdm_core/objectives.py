@@ -179,15 +179,17 @@ class DiffusionObjective:
 
     def __call__(self, model, x0: torch.Tensor, y: torch.Tensor, *, t: Optional[torch.Tensor] = None,
                  noise: Optional[torch.Tensor] = None, cond: Optional[torch.Tensor] = None,
-                 keep: Optional[torch.Tensor] = None) -> LossTerms:
-        ctx, extras = self.prepare(x0, y, t=t, noise=noise, keep=keep)
+                 keep: Optional[torch.Tensor] = None, step: Optional[int] = None) -> LossTerms:
+        ctx, extras = self.prepare(x0, y, t=t, noise=noise, keep=keep, step=step)
         return self.evaluate(model, ctx, extras, cond=cond)
 
     def prepare(self, x0: torch.Tensor, y: torch.Tensor, *, t: Optional[torch.Tensor] = None,
                 noise: Optional[torch.Tensor] = None,
-                keep: Optional[torch.Tensor] = None) -> tuple[StepContext, list[Optional[torch.Tensor]]]:
+                keep: Optional[torch.Tensor] = None,
+                step: Optional[int] = None) -> tuple[StepContext, list[Optional[torch.Tensor]]]:
         """Every random draw of a step, in a fixed order: keep mask, the base loss's t and noise,
-        each method's target, each method's extra labels. Returns the context and the extras."""
+        each method's target, each method's extra labels. Returns the context and the extras.
+        ``step``: the training step (:attr:`StepContext.step`), None outside a training loop."""
         b = x0.shape[0]
         if keep is None:
             keep = self.sample_keep_mask(b, x0.device)
@@ -197,7 +199,7 @@ class DiffusionObjective:
         ctx = StepContext(x0=x0, y=y, y_in=y_in, keep=keep, x_t=batch.x, time=batch.time, t=batch.t,
                           noise=batch.noise if batch.noise is not None else batch.target, target=batch.target,
                           schedule=self.schedule, num_classes=self.num_classes, class_counts=counts,
-                          weight=batch.weight, prediction=batch.prediction)
+                          weight=batch.weight, prediction=batch.prediction, step=step)
         replaced_by = None
         for m in self.methods:
             new = m.target(ctx)

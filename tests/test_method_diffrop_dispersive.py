@@ -153,3 +153,36 @@ def test_diffrop_composes_with_cbdm_in_one_shared_pass():
     h.remove()
     assert calls == [3 * len(ctx.y)]  # main rows + CBDM's y' view + DiffROP's contrast view, one pass
     assert float(terms["regularizer"]) > 0 and float(terms["diffrop"]) > 0
+
+
+def test_dispersive_until_step_switches_the_term_off_but_still_logs_it():
+    from cbdm_core.objectives import DiffusionObjective
+
+    def step_at(step, until):
+        model = tiny_unet()
+        ctx = make_ctx(model)
+        ctx.step = step
+        method = build_dispersive(DispersiveOptions(weight=0.5, tau=0.5, until_step=until), MethodBuildContext(
+            class_counts=ctx.class_counts, num_classes=3, schedule=ctx.schedule))
+        method.attach(model)
+        objective = DiffusionObjective(ctx.schedule, ctx.num_classes, [method], class_counts=ctx.class_counts)
+        out = objective.evaluate(model, ctx, [None])
+        out.total.backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        return out, grads
+
+    on, g_on = step_at(199, 200)
+    off, g_off = step_at(200, 200)
+    loop_free, g_free = step_at(None, 200)  # no step known (cbdm_loss, custom loops): the term applies
+    # The same batch and network, so the same feature and term value in all three.
+    assert math.isclose(float(on.terms["dispersive"]), float(off.terms["dispersive"]), rel_tol=1e-6)
+    assert float(off.terms["dispersive"]) < 0  # logged after the switch, not zeroed
+    d = float(on.terms["diffusion"])
+    assert math.isclose(float(on.total), d + 0.5 * float(on.terms["dispersive"]), rel_tol=1e-5)
+    assert float(off.total) == float(off.terms["diffusion"])  # contributes nothing, no gradient
+    assert torch.equal(g_on, g_free) and not torch.allclose(g_on, g_off)
+    plain_model = tiny_unet()
+    ctx = make_ctx(plain_model)
+    DiffusionObjective(ctx.schedule, 3, [], class_counts=ctx.class_counts).evaluate(plain_model, ctx, []).total.backward()
+    g_plain = torch.cat([p.grad.flatten() for p in plain_model.parameters() if p.grad is not None])
+    assert torch.equal(g_off, g_plain)  # after until_step the step is plain DDPM's

@@ -133,3 +133,47 @@ def test_cbdm_methods_lists_options():
     t2h = {o["name"]: o for o in rows["t2h"]["options"]}
     assert t2h["mode"]["default"] == "t2h" and t2h["cut_time"]["numeric"] and "OC_LT" in rows["t2h"]["code"]
     assert {o["name"] for o in rows["cbdm"]["options"]} == {"tau", "gamma", "y_dist", "set_size"}
+
+
+class _StepRecorder(TrainingMethod):
+    """Keeps the training step of every batch it sees (module-level, the trainer builds the method)."""
+
+    seen: list = []
+
+    def loss(self, ctx, out):
+        _StepRecorder.seen.append(ctx.step)
+        return {}, out.pred.new_zeros(())
+
+
+class _StepPlugin:
+    @hookimpl
+    def register_components(self, register):
+        register("method", "steprec", MethodSpec(options_model=_GainOptions, build=lambda o, ctx: _StepRecorder()))
+
+
+def test_methods_see_the_trainers_step_also_after_resume(tmp_path, tiny_config):
+    registry._DEFAULT = registry.build_registry([_StepPlugin()])
+    _StepRecorder.seen = []
+    try:
+        run, cfg = tmp_path / "run", tiny_config.write(tmp_path / "c.yaml", {"optim.steps": 3})
+        cli_ok("train", "--config", cfg, "--method", "steprec", "--out", run, "--no-progress")
+        assert _StepRecorder.seen == [0, 1, 2]
+        cli_ok("train", "--out", run, "--resume", "--steps", "5", "--no-progress")
+        assert _StepRecorder.seen == [0, 1, 2, 3, 4]
+    finally:
+        registry.reset_registry()
+
+
+def test_the_step_reaches_methods_under_every_objective_entry():
+    from cbdm_core.objectives import DiffusionObjective
+    from cbdm_core.schedules import LinearSchedule
+    from cbdm_core.training.distributed import ShardedObjective
+    from tests.helpers import LinearDenoiser
+
+    _StepRecorder.seen = []
+    objective = DiffusionObjective(LinearSchedule(T=50), 3, [_StepRecorder()], p_uncond=0.0)
+    x0, y = torch.zeros(4, 1, 2, 2), torch.arange(4) % 3
+    objective(LinearDenoiser(3), x0, y)  # outside a training loop: no step
+    objective(LinearDenoiser(3), x0, y, step=7)
+    ShardedObjective(objective, 0, 2)(LinearDenoiser(3), x0, y, step=9)  # a DDP rank's rows
+    assert _StepRecorder.seen == [None, 7, 9]

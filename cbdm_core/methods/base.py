@@ -62,6 +62,9 @@ class StepContext:
             lambda(sigma)), or None (``ddpm``: unweighted). Read-only for methods: a method
             reweights the base loss with :meth:`TrainingMethod.sample_weight`.
         prediction: what the base loss regresses on: ``eps`` (the noise, ddpm) or ``x0`` (edm).
+        step: the 0-based training step this batch trains (the trainer's, so a resumed run sees
+            the same steps), or None outside a training loop (``cbdm_loss``, custom loops). For
+            methods whose weight follows the training schedule.
 
     Under ``torchrun`` the objective builds this context (and calls ``target`` and
     ``extra_labels``) on the GLOBAL batch, then hands each rank its rows
@@ -82,6 +85,7 @@ class StepContext:
     class_counts: torch.Tensor
     weight: Optional[torch.Tensor] = None
     prediction: str = "eps"
+    step: Optional[int] = None
 
     def rows(self, lo: int, hi: int) -> "StepContext":
         """The same context restricted to rows ``[lo, hi)``."""
@@ -92,7 +96,7 @@ class StepContext:
                            x_t=self.x_t[lo:hi], time=self.time[lo:hi], t=self.t[lo:hi], noise=self.noise[lo:hi],
                            target=self.target[lo:hi], schedule=self.schedule, num_classes=self.num_classes,
                            class_counts=self.class_counts, weight=cut(self.weight),
-                           prediction=self.prediction)
+                           prediction=self.prediction, step=self.step)
 
 
 @dataclass

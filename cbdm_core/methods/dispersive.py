@@ -36,12 +36,16 @@ class DispersiveOptions(BaseModel):
     Args:
         weight: lambda, the weight of the dispersive term.
         tau: temperature of the InfoNCE-L2 variant.
+        until_step: apply the term only on training steps ``< until_step`` (0-based) and log its
+            value, unweighted and without gradient, after that; None: on every step. An ablation
+            switch, not the paper's: outside a training loop (no step known) the term applies.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     weight: float = Field(0.5, ge=0)
     tau: float = Field(0.5, gt=0)
+    until_step: Optional[int] = Field(None, ge=0)
 
 
 def dispersive_loss(z: torch.Tensor, tau: float) -> torch.Tensor:
@@ -125,8 +129,13 @@ class Dispersive(TrainingMethod):
                             "(the objective must call begin_pass before it and end_pass after)")
         feature, captured[0].captured = captured[0].captured, None
         b = ctx.y.shape[0]
-        with torch.autocast(device_type=feature.device.type, enabled=False):
+        until = self.options.until_step
+        active = until is None or ctx.step is None or ctx.step < until
+        with torch.autocast(device_type=feature.device.type, enabled=False), torch.set_grad_enabled(
+                active and torch.is_grad_enabled()):
             term = dispersive_loss(feature[:b], self.options.tau)
+        if not active:  # still logged: does the feature stay dispersed once the term is off?
+            return {"dispersive": term.detach()}, term.new_zeros(())
         return {"dispersive": term.detach()}, self.options.weight * term
 
 

@@ -58,8 +58,8 @@ class ShardedObjective:
     hi: int
 
     def __call__(self, model, x0: torch.Tensor, y: torch.Tensor, *,
-                 cond: Optional[torch.Tensor] = None) -> LossTerms:
+                 cond: Optional[torch.Tensor] = None, step: Optional[int] = None) -> LossTerms:
         lo, hi = self.lo, self.hi
-        ctx, extras = self.objective.prepare(x0, y)
+        ctx, extras = self.objective.prepare(x0, y, step=step)
         local = [None if e is None else e[..., lo:hi] for e in extras]
         return self.objective.evaluate(model, ctx.rows(lo, hi), local, cond=None if cond is None else cond[lo:hi])

@@ -130,22 +130,24 @@ class TrainStep:
         # Until a compiled step has run once, a failure falls back to eager.
         self._unverified = self.forward is not self.eager_forward
 
-    def loss(self, x0: torch.Tensor, y: torch.Tensor, cond: Optional[torch.Tensor] = None) -> LossTerms:
-        """Forward and loss (under autocast); the loss terms are fp32."""
+    def loss(self, x0: torch.Tensor, y: torch.Tensor, cond: Optional[torch.Tensor] = None,
+             step: Optional[int] = None) -> LossTerms:
+        """Forward and loss (under autocast); the loss terms are fp32. ``step``: the training step,
+        for methods that follow the schedule (:attr:`~cbdm_core.methods.base.StepContext.step`)."""
         with self.precision.autocast():
-            return self.objective(self.forward, x0, y, cond=cond)
+            return self.objective(self.forward, x0, y, cond=cond, step=step)
 
-    def _forward_backward(self, x0, y, cond) -> LossTerms:
-        terms = self.loss(x0, y, cond)
+    def _forward_backward(self, x0, y, cond, step: Optional[int] = None) -> LossTerms:
+        terms = self.loss(x0, y, cond, step)
         self.optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
         return terms
 
-    def _first_compiled(self, x0, y, cond) -> LossTerms:
+    def _first_compiled(self, x0, y, cond, step: Optional[int] = None) -> LossTerms:
         cpu_rng = torch.get_rng_state()
         cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
         try:
-            terms = self._forward_backward(x0, y, cond)
+            terms = self._forward_backward(x0, y, cond, step)
         except CbdmError:  # a user error, not the compiler's
             raise
         except Exception as exc:  # compiler failures surface at the first forward or backward
@@ -155,20 +157,21 @@ class TrainStep:
             if cuda_rng is not None:
                 torch.cuda.set_rng_state_all(cuda_rng)
             self.forward = self.eager_forward
-            terms = self._forward_backward(x0, y, cond)
+            terms = self._forward_backward(x0, y, cond, step)
         self._unverified = False
         return terms
 
     def __call__(self, step: int, x0: torch.Tensor, y: torch.Tensor, cond: Optional[torch.Tensor] = None, *,
                  lr: Optional[float] = None, skip_nonfinite: bool = False) -> StepResult:
-        """One step on the (global) batch ``x0, y``; ``step`` is the EMA's update count."""
+        """One step on the (global) batch ``x0, y``; ``step`` is the EMA's update count and what methods
+        see as :attr:`~cbdm_core.methods.base.StepContext.step`."""
         if lr is not None:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
         if self._unverified:
-            terms = self._first_compiled(x0, y, cond)
+            terms = self._first_compiled(x0, y, cond, step)
         else:
-            terms = self._forward_backward(x0, y, cond)
+            terms = self._forward_backward(x0, y, cond, step)
         norm = torch.nn.utils.clip_grad_norm_(self._params, self.max_norm)
         finite = torch.isfinite(terms.total) & torch.isfinite(norm)
         detached = {k: v.detach() for k, v in terms.as_dict().items()}
