@@ -304,3 +304,25 @@ def test_list_shows_shipped_protocols():
     res = cli_ok("compare", "--list")
     for name in ("digits-lt", "mnist-lt", "cifar10-lt", "cifar100-lt"):
         assert name in res.output
+
+
+def test_dispersive_ablation_protocol_repeats_the_new_methods_dispersive_arm():
+    """digits-lt-dispersive-ablation repeats digits-lt-new-methods' ddpm and dispersive runs exactly
+    (same configurations) and changes only the switch-off step or the temperature in its two arms."""
+    old, new = load_protocol("digits-lt-new-methods"), load_protocol("digits-lt-dispersive-ablation")
+    assert [m.name for m in new.methods] == ["ddpm", "dispersive", "dispersive-200", "dispersive-tau5"]
+    for field in ("data", "seeds", "sampling", "evaluation", "report_seed", "training"):
+        assert getattr(new, field) == getattr(old, field), field
+    assert new.guidance.fixed == old.guidance.fixed == 1.0 and not new.guidance.curve_values
+    assert new.primary == ["memorization_pixels_tail"] and new.baseline_label == "ddpm"
+    old_plan, new_plan = plan_study(old, Path("x")), plan_study(new, Path("y"))
+    for s in new.seeds:
+        for m in ("ddpm", "dispersive"):
+            assert new_plan.configs[(m, s)].model_dump() == old_plan.configs[(m, s)].model_dump(), (m, s)
+        base = new_plan.configs[("dispersive", s)].model_dump()
+        for arm, changed in (("dispersive-200", {"until_step": 200}), ("dispersive-tau5", {"tau": 5.0})):
+            cfg = new_plan.configs[(arm, s)].model_dump()
+            assert cfg["objective"]["methods"][0]["options"] == {**base["objective"]["methods"][0]["options"],
+                                                                  **changed}, arm
+            cfg["objective"]["methods"] = base["objective"]["methods"]
+            assert cfg == base, arm
