@@ -5,8 +5,8 @@
 For each run folder (training weights, not EMA): one batch of 64 noisy inputs (seeded random x_t,
 t and labels), the raw output of ``feature_tap().module`` flattened per row, and printed: its
 per-element RMS, the mean and least pairwise D = ||z_i - z_j||^2 / dim over i != j, and the mean of
-exp(-D / 0.5) (Dispersive's default tau): near 0 means every off-diagonal pair is out of the loss's
-reach, i.e. the term sits at its floor -log B.
+exp(-D / tau) at the run's own Dispersive tau (0.5, the default, for a run without the method): near 0
+means every off-diagonal pair is out of the loss's reach, i.e. the term sits at its floor -log B.
 """
 
 from __future__ import annotations
@@ -18,8 +18,17 @@ import torch
 from cbdm_core.run import load_run
 
 
-def scale(folder: str, rows: int = 64, tau: float = 0.5) -> str:
+def run_tau(run, default: float = 0.5) -> float:
+    """The tau of the run's ``dispersive`` method (its options as stored), else ``default``."""
+    for m in run.config.objective.methods:
+        if m.name == "dispersive":
+            return float(m.options.get("tau", default))
+    return default
+
+
+def scale(folder: str, rows: int = 64) -> str:
     run = load_run(folder, ema=False, device=torch.device("cpu"))
+    tau = run_tau(run)
     model = run.model
     feats: list[torch.Tensor] = []
     hook = model.feature_tap().module.register_forward_hook(lambda mod, args, out: feats.append(out.detach()))
