@@ -4,7 +4,8 @@
 
 torch.profiler over 4 steps of each (small config, after 2 warm-up steps), self CPU time per step
 and op, the 35 largest ops. BASELINE ``ddpm``: the project's own step with tau = 0 (one view) instead
-of the reference-style step, same settings, with each op's CBDM/DDPM ratio: what a second view costs. Prefix ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 to see an AVX2 CPU.
+of the reference-style step, same settings, with each op's CBDM/DDPM ratio: what a second view costs.
+Prefix ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 to see an AVX2 CPU.
 """
 from pathlib import Path
 
@@ -19,6 +20,8 @@ amp = sys.argv[1] if len(sys.argv) > 1 else "off"
 cl = sys.argv[2] if len(sys.argv) > 2 else "off"
 masks = sys.argv[3] if len(sys.argv) > 3 else "auto"
 baseline = sys.argv[4] if len(sys.argv) > 4 else "reference"
+if baseline not in ("reference", "ddpm"):
+    sys.exit(f"BASELINE must be reference or ddpm, got {baseline!r}")
 settings = dict(amp=amp, compile="off", channels_last=cl, pass_layout="joint", dropout_masks=masks)
 base_step = (ts.reference_step(cfg, dev, 32)[0] if baseline == "reference"
              else ts.project_step(cfg, dev, 32, ts.Row("d", "project", tau=0.0, **settings))[0])

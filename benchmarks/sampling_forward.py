@@ -3,9 +3,9 @@
     OMP_NUM_THREADS=1 python benchmarks/sampling_forward.py --threads 1 [--rows 32] [--rounds 5] [--compile]
         [--config small|digits|paper]
 
-One forward of the ``small`` U-Net (``--config digits``: the studies' network on 8x8 digits) (weights redrawn so eps is O(1)) over ``--rows`` rows (a guided
-batch of B images is 2B rows), no autograd, in one process; the variants are interleaved in rounds
-(order alternating) and timed in process CPU time, the robust figure at one thread on a shared
+One forward of the ``small`` U-Net (``--config digits``: the studies' network on 8x8 digits; weights
+redrawn so eps is O(1)) over ``--rows`` rows (a guided batch of B images is 2B rows), no autograd, in
+one process; the variants are interleaved in rounds (order alternating) and timed in process CPU time, the robust figure at one thread on a shared
 machine. Rows:
 
 * ``fp32 as given`` / ``bf16 autocast as given``: the network as the sampler ran it before
