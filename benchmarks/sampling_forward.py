@@ -5,8 +5,8 @@
 
 One forward of the ``small`` U-Net (``--config digits``: the studies' network on 8x8 digits; weights
 redrawn so eps is O(1)) over ``--rows`` rows (a guided batch of B images is 2B rows), no autograd, in
-one process; the variants are interleaved in rounds (order alternating) and timed in process CPU time, the robust figure at one thread on a shared
-machine. Rows:
+one process; the variants are interleaved in rounds (order alternating) and timed in process CPU time,
+the robust figure at one thread on a shared machine. Rows:
 
 * ``fp32 as given`` / ``bf16 autocast as given``: the network as the sampler ran it before
   ``cbdm_core/sampling/cpu_choice.py`` (fp32; and under CPU bf16 autocast);
