@@ -13,13 +13,14 @@ into the pass.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional, Protocol, Sequence
 
 import torch
 
 from .errors import CbdmError, ConfigError
 from .methods.base import PassOutputs, StepContext, TrainingMethod
+from .nets.row_behaviour import has_active_random_layer, has_active_row_coupling
 from .schedules import NoiseSchedule
 
 PASS_LAYOUTS = ("joint", "split")
@@ -161,6 +162,7 @@ class DiffusionObjective:
         pass_layout: how the views reach the network (:func:`run_views`): ``joint`` or ``split``.
         skip_unread_rows: leave out of the pass the extra rows every method marks unread
             (:func:`run_read_views`; the CPU trainer's choice: fewer rows, same loss and gradients).
+            Not while a batch norm layer trains (leaving rows out would change its statistics).
     """
 
     schedule: NoiseSchedule
@@ -216,7 +218,10 @@ class DiffusionObjective:
                  cond: Optional[torch.Tensor] = None) -> LossTerms:
         """The shared forward pass over ``ctx``'s rows and every method's extra views, then the losses."""
         b = ctx.x_t.shape[0]
-        pred_all = self._shared_pass(model, ctx, extras, cond)
+        coupled = has_active_row_coupling(model)
+        ctx = replace(ctx, repeatable=not coupled and not has_active_random_layer(model))
+        # Leaving rows out would change the other rows' batch statistics under batch norm: then run them all.
+        pred_all = self._shared_pass(model, ctx, extras, cond, skip_unread=self.skip_unread_rows and not coupled)
         pred = pred_all[0]
 
         per_elem = (pred - ctx.target.float()).pow(2)
@@ -244,7 +249,7 @@ class DiffusionObjective:
         return LossTerms(terms=terms, total=total)
 
     def _shared_pass(self, model, ctx: StepContext, extras: Sequence[Optional[torch.Tensor]],
-                     cond: Optional[torch.Tensor]) -> torch.Tensor:
+                     cond: Optional[torch.Tensor], *, skip_unread: bool) -> torch.Tensor:
         """Predictions ``[1 + S, B, ...]`` of the main rows and every method's extra views, in one pass."""
         b = ctx.x_t.shape[0]
         labels = torch.cat([ctx.y_in[None]] + [e for e in extras if e is not None], dim=0)  # [1 + S, B]
@@ -266,7 +271,7 @@ class DiffusionObjective:
             for m, rows in zip(self.methods, spans):
                 m.begin_pass(rows, views * b)
                 begun.append(m)
-            read = self._rows_read(ctx, extras) if self.skip_unread_rows else None
+            read = self._rows_read(ctx, extras) if skip_unread else None
             if read is None:
                 return run_views(predict_rows, ctx.x_t, ctx.time, labels, cond, layout)
             return run_read_views(predict_rows, ctx.x_t, ctx.time, labels, read, cond, layout)

@@ -1,6 +1,7 @@
 """Extra rows no loss reads are left out of the pass (objectives.run_read_views, issue 29): CBDM's y' rows
-whose label was dropped or whose t is 0 carry loss weight 0, so the CPU trainer skips them; the loss
-terms and every gradient stay those of the full pass."""
+whose label was dropped or whose t is 0 carry loss weight 0, and with no random layer a y' row with
+y' = y repeats the main row (both terms 0), so the CPU trainer skips them; the loss terms and every
+gradient stay those of the full pass."""
 
 import pytest
 import torch
@@ -29,8 +30,8 @@ class RowCounter(torch.nn.Module):
         return self.net(x, t, y, *args)
 
 
-def _lively():
-    net = tiny_unet(C)
+def _lively(dropout: float = 0.0):
+    net = tiny_unet(C, dropout=dropout)
     torch.manual_seed(3)
     for m in net.modules():  # redraw the gain-1e-5 output layers, so eps (and the regulariser) is O(1)
         if isinstance(m, torch.nn.Conv2d):
@@ -44,8 +45,8 @@ def _batch(keep=(True, False, True, True, False, True), t=(500, 900, 0, 300, 100
                 t=torch.tensor(t), noise=torch.randn(B, 1, 8, 8, generator=g), keep=torch.tensor(keep))
 
 
-def _run(skip: bool, layout: str, y_prime, batch=None):
-    model = _lively()
+def _run(skip: bool, layout: str, y_prime, batch=None, dropout: float = 0.0):
+    model = _lively(dropout)
     reg = CBDMRegularizer(probs=torch.ones(C) / C, tau=0.001, gamma=0.25, y_prime=y_prime)
     objective = DiffusionObjective(LinearSchedule(T=1000), C, [reg], pass_layout=layout, skip_unread_rows=skip)
     b = dict(batch or _batch())
@@ -62,7 +63,8 @@ def test_skipping_unread_rows_keeps_loss_and_gradients(layout, y_prime):
     full, g_full, rows_full = _run(False, layout, y_prime)
     fast, g_fast, rows_fast = _run(True, layout, y_prime)
     s = y_prime.shape[0] if y_prime.ndim == 2 else 1
-    read = 3 * s  # keep and t > 0: rows 0, 3, 5
+    # keep and t > 0: rows 0, 3, 5; of those, y' = y (row 3 of the first draw) repeats the main row.
+    read = 2 if s == 1 else 5
     assert sum(rows_full) == B * (1 + s) and sum(rows_fast) == B + read
     assert full["regularizer"] > 1e-4  # the regulariser is alive: the comparison has teeth
     for k in full:
@@ -74,11 +76,45 @@ def test_skipping_unread_rows_keeps_loss_and_gradients(layout, y_prime):
 
 def test_nothing_to_skip_runs_the_plain_pass_bit_for_bit():
     batch = _batch(keep=(True,) * B, t=(500, 900, 10, 300, 100, 999))
-    full, g_full, rows_full = _run(False, "joint", torch.tensor([1, 2, 0, 0, 0, 1]), batch)
-    fast, g_fast, rows_fast = _run(True, "joint", torch.tensor([1, 2, 0, 0, 0, 1]), batch)
+    y_prime = torch.tensor([1, 2, 0, 1, 0, 1])  # no y' = y
+    full, g_full, rows_full = _run(False, "joint", y_prime, batch)
+    fast, g_fast, rows_fast = _run(True, "joint", y_prime, batch)
     assert rows_fast == rows_full == [2 * B]
     assert all(torch.equal(fast[k], full[k]) for k in full)
     assert all(torch.equal(g_fast[n], g_full[n]) for n in g_full)
+
+
+def test_under_dropout_a_row_with_the_main_label_still_runs():
+    """Two dropout masks give two predictions: the y' = y term is not 0, so that row stays in the pass."""
+    y_prime = torch.tensor([1, 2, 0, 0, 0, 1])  # row 3: y' = y
+    batch = _batch()
+    torch.manual_seed(11)
+    _, _, rows = _run(True, "joint", y_prime, batch, dropout=0.1)
+    assert rows == [B + 3]  # keep and t > 0: rows 0, 3, 5, the repeated label included
+
+
+def test_with_batch_norm_no_row_is_left_out():
+    """Batch norm normalises with the pass's rows, so leaving any out would change the others' output."""
+    class WithBatchNorm(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net, self.norm, self.rows, self.num_classes = tiny_unet(C), torch.nn.BatchNorm2d(1), [], C
+
+        def forward(self, x, t, y, *args):
+            self.rows.append(x.shape[0])
+            return self.net(self.norm(x), t, y, *args)
+
+    model = WithBatchNorm()
+    reg = CBDMRegularizer(probs=torch.ones(C) / C, y_prime=torch.tensor([1, 2, 0, 0, 0, 1]))
+    objective = DiffusionObjective(LinearSchedule(T=1000), C, [reg], skip_unread_rows=True)
+    b = _batch()
+    objective(model, b.pop("x0"), b.pop("y"), **b)
+    assert model.rows == [2 * B]
+    model.rows.clear()
+    model.norm.eval()  # running statistics: rows are independent again
+    b = _batch()
+    objective(model, b.pop("x0"), b.pop("y"), **b)
+    assert model.rows == [B + 2]
 
 
 def test_a_method_that_reads_every_row_keeps_every_row():

@@ -65,6 +65,10 @@ class StepContext:
         step: the 0-based training step this batch trains (the trainer's, so a resumed run sees
             the same steps), or None outside a training loop (``cbdm_loss``, custom loops). For
             methods whose weight follows the training schedule.
+        repeatable: True when the shared pass gives two rows with the same ``x_t``, time and
+            label the same prediction (no active dropout or other random layer, no batch norm
+            in training mode; :mod:`cbdm_core.nets.row_behaviour`), set by the objective before
+            the pass. Then an extra row under the main row's label repeats the main row.
 
     Under ``torchrun`` the objective builds this context (and calls ``target`` and
     ``extra_labels``) on the GLOBAL batch, then hands each rank its rows
@@ -86,6 +90,7 @@ class StepContext:
     weight: Optional[torch.Tensor] = None
     prediction: str = "eps"
     step: Optional[int] = None
+    repeatable: bool = False
 
     def rows(self, lo: int, hi: int) -> "StepContext":
         """The same context restricted to rows ``[lo, hi)``."""
@@ -96,7 +101,7 @@ class StepContext:
                            x_t=self.x_t[lo:hi], time=self.time[lo:hi], t=self.t[lo:hi], noise=self.noise[lo:hi],
                            target=self.target[lo:hi], schedule=self.schedule, num_classes=self.num_classes,
                            class_counts=self.class_counts, weight=cut(self.weight),
-                           prediction=self.prediction, step=self.step)
+                           prediction=self.prediction, step=self.step, repeatable=self.repeatable)
 
 
 @dataclass
@@ -143,8 +148,9 @@ class TrainingMethod:
         """Bool ``[S, B]``: which of the ``extra`` rows (``extra_labels``' output) the loss reads, or None (all).
 
         A row marked False must leave the loss and its gradients unchanged whatever its prediction
-        (a zero loss weight): the trainer's CPU pass then skips it and hands :meth:`loss` the main
-        row's prediction, detached, in its place.
+        (a zero loss weight), or, when ``ctx.repeatable``, unchanged if its prediction is the main
+        row's (an extra label equal to ``ctx.y_in``): the trainer's CPU pass then skips it and hands
+        :meth:`loss` the main row's prediction, detached, in its place.
         """
         return None
 

@@ -82,7 +82,12 @@ class CBDMRegularizer(TrainingMethod):
 
     def extra_rows_read(self, ctx: StepContext, extra: torch.Tensor) -> Optional[torch.Tensor]:
         # The weight tau * t * keep is 0 on rows whose label was dropped and at t = 0.
-        return (ctx.keep & (ctx.t > 0)).unsqueeze(0).expand(extra.shape[0], -1)
+        read = (ctx.keep & (ctx.t > 0)).unsqueeze(0).expand(extra.shape[0], -1)
+        if ctx.repeatable:
+            # y' = y with no random layer: eps(x_t, y') is the main row's prediction and both terms
+            # are 0 with 0 gradient. Under dropout the two passes differ, and the term stays.
+            read = read & (extra != ctx.y_in.unsqueeze(0))
+        return read
 
     def loss(self, ctx: StepContext, out: PassOutputs) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         eps, eps_extra = out.pred, out.extra
