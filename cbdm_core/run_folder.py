@@ -43,10 +43,14 @@ RESUMABLE_CHANGES = {("optim", "steps"), ("log_every",), ("sample_every",), ("ck
 @dataclass
 class ResumePoint:
     """Where a training run starts: the checkpoint to continue (``None``: step 0) and the
-    training seconds of the run before this process (carried on in ``elapsed``)."""
+    training seconds of the run before this process (carried on in ``elapsed``).
+    ``replaces``: the folder holds a previous run that the new one replaces; the trainer
+    removes it (:meth:`RunFolder.clear`) only once the new run's data, network and methods
+    are built, so a new run refused for its config leaves the previous one whole."""
 
     checkpoint: Optional[Checkpoint] = None
     elapsed: float = 0.0
+    replaces: bool = False
 
 
 class RunFolder:
@@ -170,8 +174,9 @@ class RunFolder:
              restart_unsaved: bool = False) -> ResumePoint:
         """Claim the folder and decide where the run starts: the newest intact checkpoint with
         ``resume``, else step 0 (an existing run is replaced only with ``overwrite``, or with
-        ``restart_unsaved`` when it was stopped before its first checkpoint). Returns with the
-        lock held (:meth:`release` it), or raises holding nothing."""
+        ``restart_unsaved`` when it was stopped before its first checkpoint: ``replaces`` says so,
+        and nothing is removed yet). Returns with the lock held (:meth:`release` it), or raises
+        holding nothing."""
         self.claim()
         try:
             return self._start_point(cfg, resume, overwrite, restart_unsaved)
@@ -189,11 +194,10 @@ class RunFolder:
                 # no live process writes here; what the dead one left is only logs.
                 log.warning("%s holds a run stopped before its first checkpoint; starting it over from step 0",
                             self.path)
-                self.clear(cfg.evaluate.classifier)
-                return ResumePoint()
+                return ResumePoint(replaces=True)
             if not overwrite:
                 raise CbdmError(f"{self.path} already holds a run; use --resume to continue it or --overwrite")
-            self.clear(cfg.evaluate.classifier)
+            return ResumePoint(replaces=True)
         return ResumePoint()
 
     def _resume(self, cfg: TrainConfig, existing: list[tuple[int, Path]]) -> ResumePoint:

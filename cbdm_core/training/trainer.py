@@ -118,6 +118,10 @@ class Trainer:
         data = ctx.main_first(lambda: build.load_training_data(self.cfg, self.components))  # rank 0 first: it may download
         self._resolve_speed(ctx.device)
         parts = self._build_parts(ctx, data, start.checkpoint)
+        if start.replaces and ctx.is_main:
+            # Only now: a new run refused for its data, network or methods leaves the previous run whole.
+            # Before the evaluator, which may train its classifier into the folder.
+            self.folder.clear(self.cfg.evaluate.classifier)
         evaluator = self._prepare_evaluator(ctx, data)
         if ctx.is_main:
             self.folder.write_config(self.cfg)
