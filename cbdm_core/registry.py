@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterator
 
 import pluggy
 
+from .components import contract_problem
 from .errors import CbdmError, DuplicateComponentError, UnknownComponentError
 from .hookspecs import PROJECT_NAME, CbdmSpec, hookimpl  # noqa: F401  (hookimpl: also found here)
 
@@ -88,6 +89,9 @@ class Registry:
                 f"plugin {component.plugin} registered unknown kind {component.kind!r}; "
                 f"kinds are: {', '.join(KINDS)}"
             )
+        problem = contract_problem(component.kind, component.name, component.obj)
+        if problem is not None:
+            raise CbdmError(f"plugin {component.plugin}: {problem}")
         key = (component.kind, component.name)
         if key in self.components:
             other = self.components[key]

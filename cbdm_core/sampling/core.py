@@ -116,8 +116,14 @@ def run_spec(spec: SamplerSpec, sampler: str, denoise_fn: Any, schedule: NoiseSc
     # no_grad also for third-party samplers that forget it (not inference_mode:
     # the caller may edit the result in place afterwards).
     with torch.no_grad():
-        return spec.run(denoise_fn, schedule, x_T, y, steps=steps, generator=generator, callback=callback,
-                        **common, **options)
+        x0 = spec.run(denoise_fn, schedule, x_T, y, steps=steps, generator=generator, callback=callback,
+                      **common, **options)
+    # A plugin sampler's slip (one image for the batch) would otherwise be broadcast into every image.
+    if not isinstance(x0, torch.Tensor) or x0.shape != x_T.shape or not x0.is_floating_point():
+        got = f"shape {tuple(x0.shape)}, {x0.dtype}" if isinstance(x0, torch.Tensor) else type(x0).__name__
+        raise CbdmError(f"the {sampler} sampler returned {got} for noise of shape {tuple(x_T.shape)}: a sampler "
+                        "must return float images shaped like its x_T")
+    return x0
 
 
 def sample_resolved(model: Any, schedule: NoiseSchedule, x_T: torch.Tensor, y: torch.Tensor,
