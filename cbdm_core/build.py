@@ -16,6 +16,7 @@ from .config import TrainConfig, validate_component_options
 from .device import resolve_device  # noqa: F401  (its old home; importers of cbdm_core.build keep working)
 from .errors import CbdmError, UnknownComponentError
 from .interfaces import missing_capabilities
+from .label_distributions import checked_distribution
 from .methods.base import MethodBuildContext, MethodSpec, TrainingMethod
 from .registry import Registry, get_registry, split_name
 from .run_folder import resolve_checkpoint
@@ -155,7 +156,7 @@ def label_distribution_probs(registry: Optional[Registry] = None):
 
 def _probs(lookup):
     """``(name, class_counts) -> probabilities`` from a ``name -> factory`` lookup."""
-    return lambda name, counts: lookup(name)(counts, split_name(name)[1])
+    return lambda name, counts: checked_distribution(name, lookup(name)(counts, split_name(name)[1]), len(counts))
 
 
 def resolve_model_components(cfg: TrainConfig, cond_dim: int = 0,

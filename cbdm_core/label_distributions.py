@@ -78,4 +78,20 @@ def resolve_label_distribution(name: str, class_counts: torch.Tensor) -> torch.T
     from .registry import get_registry, split_name
 
     factory = get_registry().get("label_distribution", name).obj
-    return factory(class_counts, split_name(name)[1])
+    return checked_distribution(name, factory(class_counts, split_name(name)[1]), len(class_counts))
+
+
+def checked_distribution(name: str, probs, num_classes: int) -> torch.Tensor:
+    """A label distribution's output as float32 ``[C]``, or one line naming ``name`` when it is not
+    ``num_classes`` finite, non-negative weights with a positive sum (a plugin's slip surfaced as
+    another component's error, or as torch's "invalid multinomial distribution" after the data loaded)."""
+    try:
+        p = torch.as_tensor(probs, dtype=torch.float32).detach().cpu()
+    except (TypeError, ValueError, RuntimeError):
+        raise CbdmError(f"label distribution {name!r} returned a {type(probs).__name__}, not probabilities") from None
+    if p.shape != (num_classes,):
+        raise CbdmError(f"label distribution {name!r} returned shape {tuple(p.shape)} for {num_classes} classes")
+    if not bool(torch.isfinite(p).all()) or bool((p < 0).any()) or not bool(p.sum() > 0):
+        raise CbdmError(f"label distribution {name!r} returned weights that are not finite, non-negative and of "
+                        "positive sum")
+    return p

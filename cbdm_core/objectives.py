@@ -207,12 +207,16 @@ class DiffusionObjective:
             new = m.target(ctx)
             if new is None:
                 continue
+            if not isinstance(new, torch.Tensor) or new.shape != ctx.target.shape:
+                got = tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__
+                raise CbdmError(f"method {_name(m)!r}: target must return a tensor shaped like ctx.target "
+                                f"{tuple(ctx.target.shape)} or None, got {got}")
             if replaced_by is not None:
                 raise ConfigError(f"methods {replaced_by!r} and {_name(m)!r} both replace the regression "
                                   "target; a run may use at most one such method")
             replaced_by = _name(m)
             ctx.target = new.detach()
-        return ctx, [m.extra_labels(ctx) for m in self.methods]
+        return ctx, [_checked_extra_labels(m, ctx) for m in self.methods]
 
     def evaluate(self, model, ctx: StepContext, extras: Sequence[Optional[torch.Tensor]], *,
                  cond: Optional[torch.Tensor] = None) -> LossTerms:
@@ -244,8 +248,15 @@ class DiffusionObjective:
             out = PassOutputs(pred=pred, extra=pred_all[offset:offset + n] if n else None, predict=predict)
             offset += n
             method_terms, contribution = m.loss(ctx, out)
+            if not isinstance(contribution, torch.Tensor) or contribution.numel() != 1:
+                got = tuple(contribution.shape) if isinstance(contribution, torch.Tensor) else type(contribution).__name__
+                raise CbdmError(f"method {_name(m)!r}: loss must return a scalar tensor as its contribution, got {got}")
+            clash = sorted(set(method_terms) & (set(terms) | {"total"}))
+            if clash:  # a term of the same name would replace the logged one
+                raise CbdmError(f"method {_name(m)!r}: loss term name(s) {', '.join(clash)} already used "
+                                "(diffusion, total, or another method's term); rename them")
             terms.update(method_terms)
-            total = total + contribution
+            total = total + contribution.reshape(())
         return LossTerms(terms=terms, total=total)
 
     def _shared_pass(self, model, ctx: StepContext, extras: Sequence[Optional[torch.Tensor]],
@@ -264,7 +275,11 @@ class DiffusionObjective:
 
         def predict_rows(x: torch.Tensor, time: torch.Tensor, lab: torch.Tensor,
                          c: Optional[torch.Tensor]) -> torch.Tensor:
-            return self.base.predict(model, x, time, lab, c)
+            out = self.base.predict(model, x, time, lab, c)
+            if out.shape != x.shape[:1] + ctx.target.shape[1:]:  # else broadcast into the squared error
+                raise CbdmError(f"the network returned {tuple(out.shape)} for input {tuple(x.shape)}; a backbone "
+                                "must return a prediction shaped like its input")
+            return out
 
         begun = []
         try:
@@ -307,6 +322,20 @@ class DiffusionObjective:
             drop = torch.rand((), device=device) < self.p_uncond
             return (~drop).expand(b).clone()
         return torch.rand(b, device=device) >= self.p_uncond
+
+
+def _checked_extra_labels(method: Any, ctx: StepContext) -> Optional[torch.Tensor]:
+    """``method.extra_labels(ctx)``: None or an integer tensor ``[S, B]`` (one-line error otherwise)."""
+    extra = method.extra_labels(ctx)
+    if extra is None:
+        return None
+    b = ctx.y_in.shape[0]
+    if (not isinstance(extra, torch.Tensor) or extra.ndim != 2 or extra.shape[1] != b or extra.shape[0] < 1
+            or extra.is_floating_point() or extra.is_complex() or extra.dtype == torch.bool):
+        got = f"{tuple(extra.shape)} {extra.dtype}" if isinstance(extra, torch.Tensor) else type(extra).__name__
+        raise CbdmError(f"method {_name(method)!r}: extra_labels must return integer labels shaped [S, {b}] "
+                        f"or None, got {got}")
+    return extra
 
 
 def method_weights(methods: Sequence[Any], ctx: StepContext) -> Optional[torch.Tensor]:

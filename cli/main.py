@@ -102,6 +102,13 @@ class _Group(click.Group):
             # Ctrl-C before a command installs its own handling (loading data, building the model).
             click.echo("Error: interrupted; complete files already written are kept", err=True)
             raise SystemExit(130) from None
+        except Exception as exc:
+            from .plugin_errors import plugin_error_line
+
+            line = plugin_error_line(exc)
+            if line is None:  # cbdm's own bug: its traceback is what a report needs
+                raise
+            raise click.ClickException(line) from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -10,16 +10,18 @@ import re
 import pytest
 import torch
 
-from cbdm_core import registry
+from cbdm_cli import plugin_errors
+from cbdm_core import build, registry
 from cbdm_core.errors import CbdmError
 from cbdm_core.hookspecs import hookimpl
 from cbdm_core.interfaces import SamplerSpec
-from cbdm_core.methods.base import MethodSpec
-from cbdm_core.methods.cbdm import CBDMOptions
+from cbdm_core.methods.base import MethodSpec, TrainingMethod
+from cbdm_core.methods.cbdm import CBDMOptions, CBDMRegularizer
+from cbdm_core.objectives import DiffusionObjective
 from cbdm_core.sampling import sample
 from cbdm_core.schedules import LinearSchedule
 
-from .helpers import cli_fails, cli_ok, tiny_unet
+from .helpers import cli_fails, cli_ok, invoke_cli, tiny_unet
 
 
 @pytest.fixture(autouse=True)
@@ -110,3 +112,114 @@ def test_an_entry_point_plugin_that_breaks_a_contract_is_left_out_and_methods_st
     assert [p.plugin for p in reg.problems] == ["brokenpkg:broken"]
     assert "register a MethodSpec" in reg.problems[0].error
     assert "plain-function" not in reg.names("method")
+
+
+# -- a method's or a network's output of the wrong shape -----------------------------------------------------
+
+class _Slip(TrainingMethod):
+    """A method plugin with one slip at a time."""
+
+    def __init__(self, slip: str):
+        super().__init__()
+        self.slip, self.name = slip, "slip"
+
+    def target(self, ctx):
+        return ctx.target[:, :, :1] if self.slip == "target" else None
+
+    def extra_labels(self, ctx):
+        if self.slip == "extra":
+            return ctx.y_in[None, :3].clone()
+        if self.slip == "float-extra":
+            return ctx.y_in[None].float()
+        return None
+
+    def loss(self, ctx, out):
+        if self.slip == "vector":
+            return {"slip": out.pred.mean()}, out.pred.mean((1, 2, 3))
+        if self.slip == "clash":
+            return {"diffusion": out.pred.mean() * 0}, out.pred.mean() * 0
+        return {}, out.pred.sum() * 0
+
+
+@pytest.mark.parametrize("slip, match", [
+    ("target", "target must return a tensor shaped like ctx.target (6, 1, 8, 8) or None, got (6, 1, 1, 8)"),
+    ("extra", "extra_labels must return integer labels shaped [S, 6] or None, got (1, 3)"),
+    ("float-extra", "extra_labels must return integer labels shaped [S, 6]"),
+    ("vector", "loss must return a scalar tensor as its contribution, got (6,)"),
+    ("clash", "loss term name(s) diffusion already used"),
+])
+def test_a_method_output_of_the_wrong_shape_is_one_line_naming_it(slip, match):
+    """A wrong target was broadcast into the loss and trained on; a term named `diffusion` replaced the logged
+    one; the others failed inside torch (`torch.cat`, `backward`) without naming the method."""
+    objective = DiffusionObjective(LinearSchedule(T=100), 3, [_Slip(slip)])
+    x0, y = torch.randn(6, 1, 8, 8), torch.arange(6) % 3
+    with pytest.raises(CbdmError, match=re.escape(f"method 'slip': {match}")):
+        objective(tiny_unet(3), x0, y)
+
+
+def test_a_network_output_of_the_wrong_shape_is_one_line():
+    class Cropped(torch.nn.Module):
+        num_classes = 3
+
+        def __init__(self):
+            super().__init__()
+            self.net = tiny_unet(3)
+
+        def forward(self, x, t, y, *args):
+            return self.net(x, t, y)[:, :, :4]
+
+    objective = DiffusionObjective(LinearSchedule(T=100), 3, [CBDMRegularizer(probs=torch.ones(3) / 3)])
+    with pytest.raises(CbdmError, match=re.escape("the network returned (12, 1, 4, 8) for input (12, 1, 8, 8)")):
+        objective(Cropped(), torch.randn(6, 1, 8, 8), torch.arange(6) % 3)
+
+
+@pytest.mark.parametrize("probs, match", [
+    (torch.ones(2), "returned shape (2,) for 3 classes"),
+    (torch.tensor([0.5, -0.1, 0.6]), "returned weights that are not finite, non-negative and of positive sum"),
+    (torch.zeros(3), "returned weights that are not finite, non-negative and of positive sum"),
+    ("uniform", "returned a str, not probabilities"),
+])
+def test_a_label_distribution_output_is_checked_where_it_is_resolved(probs, match):
+    """A wrong length was blamed on the class counts; a negative weight failed in torch.multinomial after the
+    data had loaded."""
+    lookup = build._probs(lambda name: (lambda counts, arg: probs))
+    with pytest.raises(CbdmError, match=re.escape(f"label distribution 'mine' {match}")):
+        lookup("mine", torch.tensor([10, 5, 1]))
+
+
+# -- an exception inside a plugin's own code ------------------------------------------------------------------
+
+class _RaisingDistribution:
+    @hookimpl
+    def register_components(self, register):
+        def tail_pow(counts, arg):
+            return torch.as_tensor(counts, dtype=torch.float32) ** float(arg)  # float("abc"): a ValueError
+        register("label_distribution", "tailpow", tail_pow)
+
+
+@pytest.fixture
+def raising_registry(monkeypatch):
+    registry._DEFAULT = registry.build_registry([_RaisingDistribution()])
+    # As if this test module were the installed plugin package "testplug".
+    monkeypatch.setattr(plugin_errors, "third_party_packages", lambda: {"tests": "testplug 0.1"})
+    yield
+    registry.reset_registry()
+
+
+def test_a_plugin_exception_is_one_line_naming_the_plugin(tmp_path, tiny_config, raising_registry, monkeypatch):
+    """It was a 60-line traceback through cbdm's internals, naming no plugin."""
+    cfg = tiny_config.write(tmp_path)
+    args = ("train", "--config", cfg, "--out", tmp_path / "run", "--no-progress", "--steps", "2",
+            "--y-dist", "tailpow:abc")
+    line = cli_fails(*args, match="plugin testplug 0.1 raised ValueError: could not convert string to float")
+    assert "tail_pow" in line and "CBDM_TRACEBACK=1" in line
+    monkeypatch.setenv("CBDM_TRACEBACK", "1")
+    res = invoke_cli(*args)
+    assert res.exit_code == 1 and isinstance(res.exception, ValueError)
+
+
+def test_cbdm_s_own_exceptions_keep_their_traceback():
+    try:
+        raise RuntimeError("a bug in cbdm")
+    except RuntimeError as exc:
+        assert plugin_errors.plugin_error_line(exc, {"somepkg": "somepkg 1.0"}) is None
