@@ -43,6 +43,7 @@ def methods(as_json: bool) -> None:
         for col in ("option", "type", "default", "description"):
             table.add_column(col)
         for o in r["options"]:
-            table.add_row(o["name"], o["type"], json.dumps(o["default"]), o["description"])
+            table.add_row(o["name"], o["type"], "(required)" if o["required"] else json.dumps(o["default"]),
+                          o["description"])
         console.print(table)
     console.print("ddpm  no method: plain class-conditional DDPM training")

@@ -8,19 +8,32 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from cbdm_core.methods.options import describe_options
 from cbdm_core.registry import KINDS, get_registry
+
+
+def component_options(obj) -> list[dict]:
+    """The options a component takes (its ``options_model``'s fields), ``[]`` when it has none."""
+    model = getattr(obj, "options_model", None)
+    return describe_options(model) if model is not None else []
+
+
+def _options_text(options: list[dict]) -> str:
+    return ", ".join(f"{o['name']}=(required)" if o["required"] else f"{o['name']}={json.dumps(o['default'], default=str)}"
+                     for o in options)
 
 
 @click.command("plugins")
 @click.option("--kind", type=click.Choice(KINDS), help="Only this kind.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins(kind, as_json):
-    """List registered components: kind, name, providing plugin and version."""
+    """List registered components: kind, name, options (with defaults), providing plugin and version."""
     registry = get_registry()
     rows = [c for c in registry if kind is None or c.kind == kind]
     if as_json:
         click.echo(json.dumps([{"kind": c.kind, "name": c.name, "plugin": c.plugin, "version": c.version,
-                                "description": c.description} for c in rows], indent=1))
+                                "description": c.description, "options": component_options(c.obj)}
+                               for c in rows], indent=1, default=str))
         return
     # One small table per kind, name and plugin never wrapped, the description folded:
     # readable at 80 columns, where one wide five-column table was not.
@@ -33,7 +46,9 @@ def plugins(kind, as_json):
         table.add_column("plugin", no_wrap=True, style="dim")
         for c in rows:
             if c.kind == k:
-                table.add_row(c.name, c.description, f"{c.plugin} {c.version}".strip())
+                options = _options_text(component_options(c.obj))
+                text = f"{c.description}\noptions: {options}".strip() if options else c.description
+                table.add_row(c.name, text, f"{c.plugin} {c.version}".strip())
         console.print(table)
     if registry.problems:  # broken or colliding plugins, left out of the registry
         table = Table(title="left out (broken plugins)", title_justify="left", title_style="bold red",

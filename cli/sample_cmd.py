@@ -22,8 +22,9 @@ DEFAULT_SHARD_SIZE = 5000
 # `cbdm sample`'s own wording where it says more than the model's field descriptions.
 SAMPLE_HELP = {
     "num": f"Number of images (default {DEFAULT_PER_CLASS} per class).",
-    "out": "Sample folder (default <run_dir>/samples-<sampler>-<steps>-w<w>, then -<guidance>[-KEY=VALUE] "
-           "for a guidance other than plain cfg).",
+    "out": "Sample folder (default <run_dir>/samples-<sampler>-<steps>-w<w>, then -KEY=VALUE for each -S option, "
+           "--eta, --clip/--no-clip or --precision given, then -<guidance>[-KEY=VALUE] for a guidance other than "
+           "plain cfg).",
 }
 
 
@@ -43,14 +44,31 @@ def run_dir_of(path: Path) -> Path:
 
 
 def default_out_dir(path: Path, sampler: str, steps: int, guidance: float, guidance_method: str = "cfg",
-                    guidance_options: Optional[dict[str, Any]] = None) -> Path:
-    """``<run>/samples-<sampler>-<steps>-w<w>``, plus ``-<guidance>[-<key>=<value>...]`` for any
-    guidance but the default ``cfg`` without options (so other guidance never lands in cfg's folder)."""
+                    guidance_options: Optional[dict[str, Any]] = None, *,
+                    sampler_settings: Optional[dict[str, Any]] = None) -> Path:
+    """``<run>/samples-<sampler>-<steps>-w<w>``, then ``-<key>=<value>`` for each sampler setting given
+    (``sampler_settings``: ``-S`` options, a non-zero ``eta``, ``clip``, ``precision`` other than fp32),
+    then ``-<guidance>[-<key>=<value>...]`` for any guidance but the default ``cfg`` without options:
+    images made otherwise never land in (and are never refused by) the plain command's folder."""
     name = f"samples-{sampler}-{steps}-w{guidance:g}"
+    name += "".join(f"-{_safe(k)}={_safe(_text(v))}" for k, v in sorted((sampler_settings or {}).items()))
     if guidance_method != "cfg" or guidance_options:
         name += "-" + _safe(guidance_method)
         name += "".join(f"-{_safe(k)}={_safe(_text(v))}" for k, v in sorted((guidance_options or {}).items()))
     return run_dir_of(path) / name
+
+
+def _given_sampler_settings(how: Any) -> dict[str, Any]:
+    """What of ``how`` besides sampler, steps and guidance changes the images and was set: the ``-S``
+    options, a non-zero ``eta``, ``clip`` (on/off), a precision other than fp32."""
+    given = dict(how.sampler_options)
+    if how.eta:
+        given["eta"] = how.eta
+    if how.clip_denoised is not None:
+        given["clip"] = "on" if how.clip_denoised else "off"
+    if how.precision != "fp32":
+        given["precision"] = how.precision
+    return given
 
 
 def _text(value: Any) -> str:
@@ -225,7 +243,8 @@ def _sample(ctx, run_path: Path, how, job, *, shard_size: int, image_format: str
         say(f"warning: {run.checkpoint} was trained without label dropout (p_uncond = 0), so its "
             "unconditional prediction is untrained; guidance may give poor images")
     out = job.out if job.out is not None else default_out_dir(run_path, how.sampler, how.steps, how.guidance,
-                                                              how.guidance_method, how.guidance_options)
+                                                              how.guidance_method, how.guidance_options,
+                                                              sampler_settings=_given_sampler_settings(how))
     sampling = resolved.replace(SamplingSettings.of(how, job, num=num))
     _warn_disk(say, run, num, out)
     result = _generate_with_bar(console, say, progress and ctx.is_main, run, labels, num, out, sampling=sampling,

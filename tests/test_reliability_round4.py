@@ -223,3 +223,26 @@ def test_cbdm_s_own_exceptions_keep_their_traceback():
         raise RuntimeError("a bug in cbdm")
     except RuntimeError as exc:
         assert plugin_errors.plugin_error_line(exc, {"somepkg": "somepkg 1.0"}) is None
+
+
+# -- the CLI around sampler options ---------------------------------------------------------------------------
+
+def test_sampler_settings_get_their_own_default_folder(tmp_path, tiny_config):
+    """An `-S` run took the plain command's folder, and the plain command was then refused there."""
+    cfg, run = tiny_config.write(tmp_path), tmp_path / "run"
+    cli_ok("train", "--config", cfg, "--out", run, "--no-progress", "--steps", "2")
+    base = ("sample", run, "--sampler", "ddim", "--steps", "2", "-n", "3", "--no-progress")
+    cli_ok(*base, "-S", "skip=1", "--eta", "1")
+    cli_ok(*base)
+    assert sorted(p.name for p in run.glob("samples-*")) == ["samples-ddim-2-w0", "samples-ddim-2-w0-eta=1-skip=1"]
+
+
+def test_plugins_lists_each_component_s_options():
+    """`a sampler takes no argument after ':' ... (cbdm plugins lists them)`: it listed no options."""
+    import json
+
+    rows = json.loads(cli_ok("plugins", "--kind", "sampler", "--json").output)
+    ddim = next(r for r in rows if r["name"] == "ddim")
+    assert {o["name"] for o in ddim["options"]} >= {"spacing", "skip", "boost_gamma"}
+    text = cli_ok("plugins", "--kind", "guidance").output
+    assert "classifier=(required)" in text and "PydanticUndefined" not in text

@@ -38,12 +38,14 @@ def _docstring_args(model: type[BaseModel]) -> dict[str, str]:
 
 
 def describe_options(model: type[BaseModel]) -> list[dict[str, Any]]:
-    """``[{"name", "type", "default", "description", "numeric"}]`` for every field of ``model``."""
+    """``[{"name", "type", "default", "required", "description", "numeric"}]`` for every field of
+    ``model`` (``default`` None for a required field)."""
     docs = _docstring_args(model)
     rows = []
     for name, f in model.model_fields.items():
-        default = f.get_default(call_default_factory=True)
-        rows.append({"name": name, "type": _type_name(f.annotation), "default": default,
+        required = f.is_required()
+        default = None if required else f.get_default(call_default_factory=True)
+        rows.append({"name": name, "type": _type_name(f.annotation), "default": default, "required": required,
                      "description": f.description or docs.get(name, ""), "numeric": is_numeric(f.annotation)})
     return rows
 
