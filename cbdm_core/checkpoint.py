@@ -88,12 +88,12 @@ class RunMeta(BaseModel):
 
     # Mapping-style reads of the former plain-dict metadata, kept for plugins written against it.
     def get(self, key: str, default: Any = None) -> Any:
-        warnings.warn("RunMeta.get(key) is deprecated; read the attribute (meta.image_size)",
+        warnings.warn(f"RunMeta.get({key!r}) is deprecated; read the attribute (meta.{key})",
                       DeprecationWarning, stacklevel=2)
         return self.to_dict().get(key, default)
 
     def __getitem__(self, key: str) -> Any:
-        warnings.warn("RunMeta[key] is deprecated; read the attribute (meta.image_size)",
+        warnings.warn(f"RunMeta[{key!r}] is deprecated; read the attribute (meta.{key})",
                       DeprecationWarning, stacklevel=2)
         return self.to_dict()[key]
 

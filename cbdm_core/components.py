@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Protocol, Union
 
 import torch
-from pydantic import BaseModel
 
 from .interfaces import BackboneSpec, DenoiseFn, GuidanceSpec, LabeledImages, MetricSpec, SamplerSpec
 from .methods.base import MethodSpec
@@ -79,45 +78,6 @@ KIND_SPECS: dict[str, Any] = {
     "feature_extractor": FeatureExtractorFactory,
     "metric": MetricSpec,
 }
-
-# Members a registered object must have, per kind with a spec class: (name, must be callable).
-_SPEC_MEMBERS: dict[str, tuple[tuple[str, bool], ...]] = {
-    "backbone": (("options_model", False), ("build", True)),
-    "method": (("options_model", False), ("build", True)),
-    "sampler": (("run", True), ("default_steps", False)),
-    "metric": (("compute", True), ("values", False)),
-}
-RESERVED_METHOD_NAMES = ("ddpm",)  # `--method ddpm` means plain DDPM: no method at all
-
-
-def contract_problem(kind: str, name: Any, obj: Any) -> Optional[str]:
-    """Why ``obj`` registered as ``kind`` ``name`` breaks its kind's contract (:data:`KIND_SPECS`), or None.
-
-    Checked at registration, so a plugin that registers a plain function as a method, or a name
-    no command can select (``a:b``; ``a+b`` or ``ddpm`` for a method), is left out whole with one
-    line instead of breaking ``cbdm methods`` or a run for everyone.
-    """
-    if not isinstance(name, str) or not name or any(ch.isspace() for ch in name) or ":" in name:
-        return f"{kind} name {name!r} cannot be selected: a name is non-empty, without spaces or ':'"
-    if kind == "method" and ("+" in name or name in RESERVED_METHOD_NAMES):
-        return (f"method name {name!r} cannot be selected: '+' combines methods and 'ddpm' means no method")
-    if kind == "guidance" and not callable(obj) and not callable(getattr(obj, "build", None)):
-        return f"guidance {name!r} is a {type(obj).__name__}, not a GuidanceSpec or a callable"
-    members = _SPEC_MEMBERS.get(kind)
-    if members is None:
-        if kind != "guidance" and not callable(obj):
-            return f"{kind} {name!r} is a {type(obj).__name__}, not a callable factory"
-    else:
-        spec = getattr(KIND_SPECS[kind], "__name__", kind)
-        for member, is_callable in members:
-            if not hasattr(obj, member) or (is_callable and not callable(getattr(obj, member))):
-                return f"{kind} {name!r} is a {type(obj).__name__} without {member!r}; register a {spec}"
-    options = getattr(obj, "options_model", None)
-    required = kind in ("backbone", "method")  # their options are validated and stored with every run
-    if (options is not None or required) and not (isinstance(options, type) and issubclass(options, BaseModel)):
-        return f"{kind} {name!r}: options_model must be a pydantic model class, got {type(options).__name__}"
-    return None
-
 
 @dataclass(frozen=True)
 class ResolvedMethod:

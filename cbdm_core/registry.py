@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterator
 
 import pluggy
 
-from .components import contract_problem
+from .component_contracts import contract_problem
 from .errors import CbdmError, DuplicateComponentError, UnknownComponentError
 from .hookspecs import PROJECT_NAME, CbdmSpec, hookimpl  # noqa: F401  (hookimpl: also found here)
 

@@ -65,6 +65,8 @@ def load_run(path: Union[str, Path], *, ema: bool = True, device: Union[str, tor
         device: where to put the model.
         trainable: train mode with gradients instead of a frozen eval-mode model.
     """
+    if not isinstance(device, torch.device):
+        device = build.resolve_device(str(device))  # "cuda" without a GPU: one line, before any reading
     ckpt_path, ckpt = _load_newest(path)
     cfg = parse_train_config(ckpt.config, f"config stored in {ckpt_path}")
     meta = ckpt.meta

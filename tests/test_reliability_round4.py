@@ -246,3 +246,49 @@ def test_plugins_lists_each_component_s_options():
     assert {o["name"] for o in ddim["options"]} >= {"spacing", "skip", "boost_gamma"}
     text = cli_ok("plugins", "--kind", "guidance").output
     assert "classifier=(required)" in text and "PydanticUndefined" not in text
+
+
+def test_the_registration_check_names_the_contracts_of_components_py():
+    from cbdm_core.component_contracts import _SPEC_MEMBERS
+    from cbdm_core.components import KIND_SPECS
+
+    for kind, (spec, members) in _SPEC_MEMBERS.items():
+        assert KIND_SPECS[kind].__name__ == spec
+        fields = getattr(KIND_SPECS[kind], "__dataclass_fields__", {})
+        assert all(m in fields for m, _ in members), (kind, members)
+
+
+# -- the Python API ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(tau=-1.0), "tau must be a finite number >= 0"),
+    (dict(gamma=float("nan")), "gamma must be a finite number >= 0"),
+    (dict(p_uncond=2.0), "p_uncond must be in [0, 1]"),
+    (dict(set_size=0), "set_size must be an integer >= 1"),
+    (dict(y=torch.tensor([0, 1, 2, 7])), "y holds labels outside 0..3"),
+    (dict(y=torch.tensor([0.0, 1.0, 2.0, 0.0])), "y must be integer labels of shape [4]"),
+    (dict(t=torch.tensor([0, 1, 2, 100])), "t holds timesteps outside 0..99"),
+    (dict(t=torch.tensor([0.5, 1.0, 2.0, 3.0])), "t must be integer timesteps of shape [4]"),
+    (dict(noise=torch.randn(4, 1, 4, 4)), "noise must have x0's shape (4, 1, 8, 8)"),
+    (dict(y_prime=torch.tensor([0, 1, 2, 0, 1])), "y_prime has shape (5,), expected [4] or [S, 4]"),
+])
+def test_cbdm_loss_refuses_bad_arguments_in_one_line(kwargs, match):
+    """They gave a negative total (tau -1), torch's IndexError from the user's embedding, or a view error."""
+    from cbdm_core.methods.cbdm import cbdm_loss
+
+    args = {"y": torch.tensor([0, 1, 2, 0]), "t": None, "noise": None}
+    args.update({k: v for k, v in kwargs.items() if k in args})
+    rest = {k: v for k, v in kwargs.items() if k not in ("y", "t", "noise")}
+    with pytest.raises(CbdmError, match=re.escape(match)):
+        cbdm_loss(tiny_unet(3), torch.randn(4, 1, 8, 8), args["y"], LinearSchedule(T=100), t=args["t"],
+                  noise=args["noise"], **rest)
+
+
+def test_load_run_on_a_missing_gpu_is_one_line(tmp_path, tiny_config, monkeypatch):
+    from cbdm_core.run import load_run
+
+    cfg, run = tiny_config.write(tmp_path), tmp_path / "run"
+    cli_ok("train", "--config", cfg, "--out", run, "--no-progress", "--steps", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(CbdmError, match="device cuda requested but no CUDA GPU is available"):
+        load_run(run, device="cuda")

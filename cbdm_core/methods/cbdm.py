@@ -14,6 +14,7 @@ timestep the network receives (0..T-1). The reference code writes the weight as
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -68,9 +69,9 @@ class CBDMRegularizer(TrainingMethod):
         b = ctx.t.shape[0]
         if self.y_prime is not None:
             yp = self.y_prime.to(ctx.t.device).long()
-            yp = yp.view(1, b) if yp.ndim == 1 else yp
-            if yp.shape[-1] != b:
+            if yp.ndim not in (1, 2) or yp.shape[-1] != b or yp.numel() == 0:
                 raise CbdmError(f"y_prime has shape {tuple(self.y_prime.shape)}, expected [{b}] or [S, {b}]")
+            yp = yp.view(1, b) if yp.ndim == 1 else yp
             if bool(((yp < 0) | (yp >= ctx.num_classes)).any()):
                 raise CbdmError(f"y_prime holds labels outside 0..{ctx.num_classes - 1}")
             return yp
@@ -143,6 +144,8 @@ def cbdm_loss(model, x0: torch.Tensor, y: torch.Tensor, schedule, *, tau: float 
         num_classes = getattr(model, "num_classes", None)
         if num_classes is None:
             raise CbdmError("cbdm_loss needs num_classes (the model has no num_classes attribute)")
+    _check_loss_arguments(x0, y, num_classes, schedule, tau=tau, gamma=gamma, p_uncond=p_uncond,
+                          set_size=set_size, t=t, noise=noise)
     if y_dist is None or (isinstance(y_dist, str) and y_dist in ("bal", "uniform")):
         probs = torch.full((num_classes,), 1.0 / num_classes)
     elif isinstance(y_dist, str):
@@ -163,3 +166,31 @@ def cbdm_loss(model, x0: torch.Tensor, y: torch.Tensor, schedule, *, tau: float 
     out.setdefault("regularizer", out["diffusion"].new_zeros(()))
     out.setdefault("commitment", out["diffusion"].new_zeros(()))
     return out
+
+
+def _check_loss_arguments(x0: torch.Tensor, y: torch.Tensor, num_classes: int, schedule, *, tau: float,
+                          gamma: float, p_uncond: float, set_size: int, t: Optional[torch.Tensor],
+                          noise: Optional[torch.Tensor]) -> None:
+    """:func:`cbdm_loss`'s arguments, each refused in one line (they surfaced as a negative total, an
+    ``IndexError`` in the user's embedding, or torch's own shape errors)."""
+    for name, value in (("tau", tau), ("gamma", gamma)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise CbdmError(f"{name} must be a finite number >= 0, got {value!r}")
+    if not (isinstance(p_uncond, (int, float)) and 0.0 <= p_uncond <= 1.0):
+        raise CbdmError(f"p_uncond must be in [0, 1], got {p_uncond!r}")
+    if isinstance(set_size, bool) or not isinstance(set_size, int) or set_size < 1:
+        raise CbdmError(f"set_size must be an integer >= 1, got {set_size!r}")
+    if not isinstance(x0, torch.Tensor) or x0.ndim < 2 or not x0.is_floating_point():
+        raise CbdmError("x0 must be a float tensor [B, C, ...]")
+    b = x0.shape[0]
+    if not isinstance(y, torch.Tensor) or y.shape != (b,) or y.is_floating_point() or y.dtype == torch.bool:
+        raise CbdmError(f"y must be integer labels of shape [{b}]")
+    if b and (int(y.min()) < 0 or int(y.max()) > num_classes):
+        raise CbdmError(f"y holds labels outside 0..{num_classes} ({num_classes} = the null label)")
+    if t is not None:
+        if not isinstance(t, torch.Tensor) or t.shape != (b,) or t.is_floating_point() or t.dtype == torch.bool:
+            raise CbdmError(f"t must be integer timesteps of shape [{b}]")
+        if b and (int(t.min()) < 0 or int(t.max()) >= schedule.num_timesteps):
+            raise CbdmError(f"t holds timesteps outside 0..{schedule.num_timesteps - 1}")
+    if noise is not None and (not isinstance(noise, torch.Tensor) or noise.shape != x0.shape):
+        raise CbdmError(f"noise must have x0's shape {tuple(x0.shape)}")
