@@ -56,7 +56,7 @@ def test_a_spec_without_a_declaration_gets_every_common_option(monkeypatch):
 
 def test_a_set_option_the_sampler_lacks_is_refused_with_its_line(monkeypatch):
     _recording(monkeypatch, common_options=("eta",), refusals={"eta": "unused"})
-    with pytest.raises(CbdmError, match="^the mine sampler takes no clip_denoised$"):
+    with pytest.raises(CbdmError, match=r"^the mine sampler takes no clip_denoised \(--clip/--no-clip\)$"):
         api.sample(_Zero(), SCHEDULE, *_inputs(), sampler="mine", steps=3, clip_denoised=False)
     _recording(monkeypatch, common_options=(), refusals={"eta": "why not, and what instead"})
     with pytest.raises(CbdmError, match="^why not, and what instead$"):

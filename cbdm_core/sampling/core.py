@@ -102,7 +102,8 @@ def _common_options(spec: SamplerSpec, sampler: str, given: dict[str, Any]) -> d
         unset = COMMON_SAMPLER_OPTIONS[name]
         # float(): a NaN eta is "set" (NaN != 0), as the samplers' own checks treated it.
         if (value is not None) if unset is None else float(value) != unset:
-            raise CbdmError(getattr(spec, "refusals", {}).get(name, f"the {sampler} sampler takes no {name}"))
+            flag = {"eta": "--eta", "clip_denoised": "--clip/--no-clip"}[name]
+            raise CbdmError(getattr(spec, "refusals", {}).get(name, f"the {sampler} sampler takes no {name} ({flag})"))
     return {k: v for k, v in given.items() if k in getattr(spec, "common_options", COMMON_SAMPLER_OPTIONS)}
 
 
