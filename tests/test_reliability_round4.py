@@ -33,14 +33,23 @@ def _listing(folder):
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
 
-def test_overwrite_refused_for_its_config_keeps_the_previous_run(tmp_path, tiny_config):
-    """`--overwrite` removed the old run before the new config was built: a refused new run left neither."""
+@pytest.mark.parametrize("change, match", [
+    (("--set", "model.options.ch=6"), "divisible"),  # the network refuses its options
+    (("--dataset", "mnist-lt"), "needs --data-root"),  # the data cannot load
+    (("--init-from", "EMPTY"), "EMPTY"),  # the weights to start from cannot load
+    (("--evaluate-every", "1", "--evaluate-classifier", "EMPTY"), "EMPTY"),  # nor the evaluation's classifier
+])
+def test_overwrite_refused_for_its_config_keeps_the_previous_run(tmp_path, tiny_config, change, match):
+    """`--overwrite` removed the old run before the new one was built: a refused new run left neither."""
     cfg, run = tiny_config.write(tmp_path), tmp_path / "run"
+    empty = tmp_path / "empty.safetensors"
+    empty.write_bytes(b"")
+    change = tuple(str(empty) if c == "EMPTY" else c for c in change)
     cli_ok("train", "--config", cfg, "--out", run, "--no-progress", "--steps", "2")
     before = {p: (run / p).read_bytes() for p in _listing(run)}
     assert any(p.startswith("checkpoints/") for p in before)
-    cli_fails("train", "--config", cfg, "--out", run, "--no-progress", "--steps", "2", "--overwrite",
-              "--set", "model.options.ch=6", match="divisible")
+    cli_fails("train", "--config", cfg, "--out", run, "--no-progress", "--steps", "2", "--overwrite", *change,
+              match=str(empty) if match == "EMPTY" else match)
     assert {p: (run / p).read_bytes() for p in _listing(run)} == before
     cli_ok("sample", run, "--sampler", "ddim", "--steps", "2", "-n", "3", "--no-progress")
 

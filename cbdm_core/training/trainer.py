@@ -118,11 +118,15 @@ class Trainer:
         data = ctx.main_first(lambda: build.load_training_data(self.cfg, self.components))  # rank 0 first: it may download
         self._resolve_speed(ctx.device)
         parts = self._build_parts(ctx, data, start.checkpoint)
-        if start.replaces and ctx.is_main:
-            # Only now: a new run refused for its data, network or methods leaves the previous run whole.
-            # Before the evaluator, which may train its classifier into the folder.
+        # The previous run goes only now: a new run refused for its data, network, methods or --init-from
+        # leaves it whole. A classifier trained into the folder must not be the previous run's (other data,
+        # perhaps): then before the evaluator; a named classifier file is checked first.
+        trains_classifier = self.cfg.evaluate.every and self.cfg.evaluate.classifier is None
+        if start.replaces and ctx.is_main and trains_classifier:
             self.folder.clear(self.cfg.evaluate.classifier)
         evaluator = self._prepare_evaluator(ctx, data)
+        if start.replaces and ctx.is_main and not trains_classifier:
+            self.folder.clear(self.cfg.evaluate.classifier)
         if ctx.is_main:
             self.folder.write_config(self.cfg)
             if self.on_start:
