@@ -301,3 +301,32 @@ def test_load_run_on_a_missing_gpu_is_one_line(tmp_path, tiny_config, monkeypatc
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(CbdmError, match="device cuda requested but no CUDA GPU is available"):
         load_run(run, device="cuda")
+
+
+# -- cbdm export and cbdm eval, from the first-user audit -----------------------------------------------------
+
+def test_export_refusals_are_one_line(tmp_path, tiny_config):
+    """A parent of --out that is a file was a FileExistsError traceback; a file as --out was told to use
+    --overwrite (which cannot help); a CORAL run failed with the mapping's 'unexpected coral_head...'."""
+    pytest.importorskip("diffusers")
+    cfg, run = tiny_config.write(tmp_path), tmp_path / "run"
+    cli_ok("train", "--config", cfg, "--out", run, "--no-progress", "--steps", "2")
+    afile = tmp_path / "afile"
+    afile.write_text("hi")
+    cli_fails("export", run, "--format", "diffusers", "--out", afile / "ex", match=f"cannot create {afile / 'ex'}")
+    cli_fails("export", run, "--format", "diffusers", "--out", afile, "--overwrite", match="is a file")
+    coral = tmp_path / "coral"
+    cli_ok("train", "--config", cfg, "--out", coral, "--no-progress", "--steps", "2", "--method", "coral")
+    cli_fails("export", coral, "--format", "diffusers", "--out", tmp_path / "ex2",
+              match="weights its training methods added (coral_head.")
+
+
+def test_an_empty_reference_stats_file_is_one_line(tmp_path, tiny_config):
+    """np.load of an empty file raises EOFError, which click turned into a bare 'Aborted!'."""
+    cfg, run = tiny_config.write(tmp_path), tmp_path / "run"
+    cli_ok("train", "--config", cfg, "--out", run, "--no-progress", "--steps", "2")
+    cli_ok("sample", run, "--sampler", "ddim", "--steps", "2", "-n", "6", "--no-progress")
+    empty = tmp_path / "empty.npz"
+    empty.write_bytes(b"")
+    cli_fails("eval", run / "samples-ddim-2-w0", "--reference-stats", empty, "--metrics", "fid",
+              match=f"cannot read reference statistics {empty}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -115,8 +116,8 @@ def load_fid_stats(path: Path) -> tuple[np.ndarray, np.ndarray]:
                 raise CbdmError(f"reference statistics {path} hold {', '.join(keys) or 'nothing'}; expected "
                                 "'mu' [D] and 'sigma' [D, D] (the pytorch-ddpm / EDM FID stats layout)")
             mu, sigma = np.asarray(f["mu"], dtype=np.float64), np.asarray(f["sigma"], dtype=np.float64)
-    except (OSError, ValueError) as exc:
-        raise CbdmError(f"cannot read reference statistics {path}: {exc}") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # EOFError: an empty file
+        raise CbdmError(f"cannot read reference statistics {path}: {exc or type(exc).__name__}") from None
     d = mu.reshape(-1).shape[0]
     if mu.ndim != 1 or sigma.shape != (d, d):
         raise CbdmError(f"reference statistics {path}: mu is {mu.shape} and sigma {sigma.shape}; "

@@ -53,6 +53,16 @@ def _check_backbone(run: Any) -> None:
 
     if loss_name(cfg) != "ddpm":
         raise CbdmError(f"only epsilon-prediction runs (loss 'ddpm') can be exported; this run uses {loss_name(cfg)!r}")
+    # A method's modules (CORAL's head, CM's adapters) are part of the network: UNet2DModel has no place for them.
+    m = run.model
+    with torch.device("meta"):  # the plain U-Net's names, without allocating its weights
+        plain = UNet(m.options, image_size=m.image_size, channels=m.channels, num_classes=m.num_classes)
+    extra = sorted(set(m.state_dict()) - set(plain.state_dict()))
+    if extra:
+        methods = ", ".join(x.name for x in cfg.objective.methods) or "its methods"
+        raise CbdmError(f"this run's network carries weights its training methods added ({extra[0]}, ... "
+                        f"{len(extra)} in all; methods: {methods}); only a plain U-Net maps onto diffusers' "
+                        "UNet2DModel")
 
 
 def scheduler_config(schedule: Any, cfg: Any) -> dict[str, Any]:
@@ -134,7 +144,9 @@ def export_diffusers(run_path: Union[str, Path], out: Union[str, Path], *, weigh
     if weights not in ("ema", "model"):
         raise CbdmError(f"--weights must be 'ema' or 'model', got {weights!r}")
     out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
+    if out.exists() and not out.is_dir():
+        raise CbdmError(f"{out} is a file; --out must name a folder")
+    if out.exists() and any(out.iterdir()) and not overwrite:
         raise CbdmError(f"{out} exists and is not an empty folder; pass --overwrite to replace it")
     run = load_run(run_path, ema=weights == "ema")
     _check_backbone(run)
@@ -146,8 +158,11 @@ def export_diffusers(run_path: Union[str, Path], out: Union[str, Path], *, weigh
     unet.load_state_dict(to_diffusers(m.state_dict(), opts), strict=True)
     diff = _self_check(run, unet)
     sched = scheduler_config(run.schedule, run.config)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as exc:  # a parent that is a file, a read-only disk
+        raise CbdmError(f"cannot create {out}: {exc.strerror or exc}") from None
     try:
         _write_folder(tmp, run, unet, sched, weights)
         _move_into_place(tmp, out, overwrite)
