@@ -89,9 +89,6 @@ class Registry:
                 f"plugin {component.plugin} registered unknown kind {component.kind!r}; "
                 f"kinds are: {', '.join(KINDS)}"
             )
-        problem = contract_problem(component.kind, component.name, component.obj)
-        if problem is not None:
-            raise CbdmError(f"plugin {component.plugin}: {problem}")
         key = (component.kind, component.name)
         if key in self.components:
             other = self.components[key]
@@ -99,6 +96,9 @@ class Registry:
                 f"{component.kind} {component.name!r} is registered twice: by plugin "
                 f"{other.plugin} ({other.version}) and by plugin {component.plugin} ({component.version})"
             )
+        problem = contract_problem(component.kind, component.name, component.obj)
+        if problem is not None:
+            raise CbdmError(f"plugin {component.plugin}: {problem}")
         self.components[key] = component
 
     def names(self, kind: str) -> list[str]:

@@ -177,6 +177,8 @@ class RunFolder:
         ``restart_unsaved`` when it was stopped before its first checkpoint: ``replaces`` says so,
         and nothing is removed yet). Returns with the lock held (:meth:`release` it), or raises
         holding nothing."""
+        if resume and overwrite:
+            raise CbdmError("--resume continues the run in the folder and --overwrite replaces it: give one of them")
         self.claim()
         try:
             return self._start_point(cfg, resume, overwrite, restart_unsaved)
@@ -209,6 +211,10 @@ class RunFolder:
             # Killed before its first checkpoint: nothing to continue, so start over at step 0.
             log.warning("--resume: no checkpoint in %s yet; starting the run from step 0", self.checkpoints)
             return ResumePoint(None, self.truncate_metrics(0) or 0.0)
+        if ckpt.step > cfg.optim.steps:
+            # Training to fewer steps would only rewrite its config and last checkpoint: nothing to continue.
+            raise CbdmError(f"--resume: the run in {self.path} is at step {ckpt.step}, past --steps "
+                            f"{cfg.optim.steps}; give --steps {ckpt.step} or more")
         saved = saved or parse_train_config(ckpt.config, "checkpoint config")
         diffs = [d for d in _diff_configs(saved.model_dump(mode="json"), cfg.model_dump(mode="json"))
                  if not any(d[:len(p)] == p for p in RESUMABLE_CHANGES)]

@@ -330,3 +330,16 @@ def test_an_empty_reference_stats_file_is_one_line(tmp_path, tiny_config):
     empty.write_bytes(b"")
     cli_fails("eval", run / "samples-ddim-2-w0", "--reference-stats", empty, "--metrics", "fid",
               match=f"cannot read reference statistics {empty}")
+
+
+def test_resume_refuses_overwrite_and_steps_below_its_checkpoint(tmp_path, tiny_config):
+    """Both went through: `done: step 4`, with config.yaml rewritten to the smaller steps and the last
+    checkpoint and grid rewritten."""
+    cfg, run = tiny_config.write(tmp_path), tmp_path / "run"
+    cli_ok("train", "--config", cfg, "--out", run, "--no-progress", "--steps", "4")
+    before = {p: (run / p).read_bytes() for p in _listing(run)}
+    cli_fails("train", "--out", run, "--no-progress", "--steps", "4", "--resume", "--overwrite",
+              match="give one of them")
+    cli_fails("train", "--out", run, "--no-progress", "--steps", "2", "--resume", match="is at step 4, past --steps 2")
+    assert {p: (run / p).read_bytes() for p in _listing(run)} == before
+    cli_ok("train", "--out", run, "--no-progress", "--steps", "4", "--resume")  # a finished run: nothing to do
