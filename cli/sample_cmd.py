@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import click
 from rich.console import Console
@@ -202,18 +203,31 @@ def _generate_with_bar(console: Console, say, show: bool, run, labels, num: int,
         bar.stop()
 
 
-def _report(result, run, num: int, image_format: str) -> None:
-    """What was made, and the command that evaluates it."""
-    if image_format == "png":
+def _report(result, run, num: int, image_format: str, chosen: Optional[Sequence[int]] = None) -> None:
+    """What was made, and the command that evaluates it (only for a complete folder)."""
+    if chosen is not None:
+        what = f"{len(chosen)} chosen image(s) of the {num} (--seeds) in {result.out_dir}"
+    elif image_format == "png":
         what = f"{num} images as PNG class folders in {result.out_dir}"
     else:
         what = (f"{num} images in {len(result.shards)} shard(s) in {result.out_dir} "
                 f"({len(result.generated)} written, {len(result.skipped)} kept)")
     click.echo(f"{what}; grid {result.grid}")
+    if not _complete(result.manifest):
+        click.echo(f"the folder holds part of the {num} images; the same command without --seeds completes it "
+                   "(then cbdm eval)")
+        return
     # The dataset is spelled out so the command works as printed (it is the run's anyway).
     data = run.config.data
     root = f" --data-root {data.root}" if data.root is not None else ""
     click.echo(f"next: cbdm eval {result.out_dir} --dataset {data.dataset}{root}")
+
+
+def _complete(manifest: Path) -> bool:
+    try:
+        return bool(json.loads(Path(manifest).read_text()).get("complete"))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _sample(ctx, run_path: Path, how, job, *, shard_size: int, image_format: str, seeds: Optional[str],
@@ -251,4 +265,4 @@ def _sample(ctx, run_path: Path, how, job, *, shard_size: int, image_format: str
                                 shard_size=shard_size, overwrite=overwrite, image_format=image_format,
                                 indices=chosen, ctx=ctx)
     if ctx.is_main:
-        _report(result, run, num, image_format)
+        _report(result, run, num, image_format, chosen)

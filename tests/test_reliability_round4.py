@@ -343,3 +343,16 @@ def test_resume_refuses_overwrite_and_steps_below_its_checkpoint(tmp_path, tiny_
     cli_fails("train", "--out", run, "--no-progress", "--steps", "2", "--resume", match="is at step 4, past --steps 2")
     assert {p: (run / p).read_bytes() for p in _listing(run)} == before
     cli_ok("train", "--out", run, "--no-progress", "--steps", "4", "--resume")  # a finished run: nothing to do
+
+
+def test_sampling_chosen_seeds_reports_what_it_wrote_and_no_eval_of_a_partial_folder(tmp_path, tiny_config):
+    """It said '12 images as PNG class folders' for 3 written, and printed a `cbdm eval` that then failed."""
+    cfg, run = tiny_config.write(tmp_path), tmp_path / "run"
+    cli_ok("train", "--config", cfg, "--out", run, "--no-progress", "--steps", "2")
+    out = tmp_path / "png"
+    res = cli_ok("sample", run, "--steps", "2", "-n", "12", "--format", "png", "--seeds", "0-2", "--out", out,
+                 "--no-progress")
+    assert "3 chosen image(s) of the 12" in res.output and "next: cbdm eval" not in res.output, res.output
+    assert len(list(out.rglob("*.png"))) == 3 + 1  # the three images and the grid
+    res = cli_ok("sample", run, "--steps", "2", "-n", "12", "--format", "png", "--out", out, "--no-progress")
+    assert "12 images" in res.output and "next: cbdm eval" in res.output, res.output
