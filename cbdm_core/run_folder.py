@@ -205,7 +205,9 @@ class RunFolder:
     def _resume(self, cfg: TrainConfig, existing: list[tuple[int, Path]]) -> ResumePoint:
         """The resume point of ``--resume``: the newest intact checkpoint, its config checked
         against ``cfg``; the metrics log cut back to its step."""
-        saved = parse_train_config(load_config_file(self.config), str(self.config)) if self.config.exists() else None
+        raw = load_config_file(self.config) if self.config.exists() else {}
+        # An emptied config.yaml is no configuration: the checkpoint's (below) is the run's.
+        saved = parse_train_config(raw, str(self.config)) if raw else None
         ckpt = newest_good_checkpoint(self.checkpoints, existing)
         if ckpt is None:
             # Killed before its first checkpoint: nothing to continue, so start over at step 0.

@@ -154,7 +154,7 @@ def load_format_file(path: PathLike, fmt: str, *, kind: str, make_hint: str,
     except IntegrityError:
         raise
     except CbdmError as e:
-        raise CbdmError(f"{kind} {path} is not a readable safetensors file ({e})") from None
+        raise CbdmError(f"{kind} {e}") from None  # e names the file already
     if metadata.get("format") != fmt:
         raise CbdmError(f"{path} is not {foreign} (format {metadata.get('format')!r}, expected {fmt!r})")
     return state, metadata

@@ -153,6 +153,8 @@ def run_data(samples: Path, dataset: Optional[str], data_root: Optional[Path], r
     whose checkpoint the samples' manifest names (a flag overrides that run's value)."""
     from cbdm_core.evaluation.inputs import run_data_of
 
+    if not Path(samples).exists():
+        raise CbdmError(f"{samples} does not exist")
     found = run_data_of(samples) or {}
     if dataset is None and not found:
         raise CbdmError(f"--dataset is needed: {samples} is not a `cbdm sample` folder whose manifest names a "

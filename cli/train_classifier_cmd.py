@@ -60,7 +60,8 @@ def train_classifier(source: str, out: Path, data_root: Optional[Path], schedule
         raise CbdmError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
     make_noisy_classifier(src, out, job, device=resolve_device(device), echo=click.echo)
     method = "minority" if minority else "classifier"
-    click.echo(f"next: cbdm sample RUN --guidance-method {method} -G classifier={out} -G scale=1")
+    run = source if Path(source).exists() else "RUN"  # a classifier from a dataset fits any run of that data
+    click.echo(f"next: cbdm sample {run} --guidance-method {method} -G classifier={out} -G scale=1")
 
 
 def resolve_source(source: str, *, data_root: Optional[Path] = None, schedule: str = "linear", T: int = 1000):

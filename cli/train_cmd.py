@@ -145,9 +145,29 @@ def _train_config(out: Optional[Path], config: Optional[Path], preset: Optional[
     if resume and RunFolder(out).config.exists():
         if config is not None or preset is not None:
             raise CbdmError("--resume continues the saved run; drop --config/--preset")
-        base = load_config_file(RunFolder(out).config)
+        base = load_config_file(RunFolder(out).config) or _config_of_newest_checkpoint(RunFolder(out))
         return parse_train_config(deep_update(base, build_config_overrides(opts, sets)), "configuration")
     return build_config(config, preset, opts, sets)
+
+
+def _config_of_newest_checkpoint(folder: RunFolder) -> dict[str, Any]:
+    """An empty ``config.yaml`` (cbdm writes it whole, so it was emptied since): every checkpoint
+    stores the configuration, so the newest one's is used, with a warning."""
+    import json
+
+    from cbdm_core.checkpoint import read_metadata
+
+    for _, path in reversed(folder.list_checkpoints()):
+        try:
+            config = json.loads(read_metadata(path)["config"])
+        except (CbdmError, KeyError, ValueError):
+            continue
+        if isinstance(config, dict) and config:
+            click.echo(f"warning: {folder.config} is empty; resuming with the configuration stored in {path}",
+                       err=True)
+            return config
+    raise CbdmError(f"{folder.config} is empty and no checkpoint of the run stores a configuration; "
+                    "start the run again with --overwrite")
 
 
 def build_config_overrides(opts: dict[str, Any], sets: tuple[str, ...]) -> dict[str, Any]:

@@ -356,3 +356,31 @@ def test_sampling_chosen_seeds_reports_what_it_wrote_and_no_eval_of_a_partial_fo
     assert len(list(out.rglob("*.png"))) == 3 + 1  # the three images and the grid
     res = cli_ok("sample", run, "--steps", "2", "-n", "12", "--format", "png", "--out", out, "--no-progress")
     assert "12 images" in res.output and "next: cbdm eval" in res.output, res.output
+
+
+def test_resume_with_an_emptied_config_uses_the_checkpoint_s(tmp_path, tiny_config):
+    """It resumed with the paper defaults and failed on a 600-character weights mismatch."""
+    cfg, run = tiny_config.write(tmp_path), tmp_path / "run"
+    cli_ok("train", "--config", cfg, "--out", run, "--no-progress", "--steps", "2")
+    (run / "config.yaml").write_text("")
+    res = cli_ok("train", "--out", run, "--no-progress", "--steps", "4", "--resume")
+    assert "is empty; resuming with the configuration stored in" in res.output
+    assert (run / "checkpoints" / "ckpt-00000004.safetensors").is_file()
+    assert "ch: 8" in (run / "config.yaml").read_text()  # the run's own network, written back whole
+
+
+def test_messages_from_the_first_user_audit(tmp_path, tiny_config):
+    cfg, run = tiny_config.write(tmp_path), tmp_path / "run"
+    cli_ok("train", "--config", cfg, "--out", run, "--no-progress", "--steps", "2")
+    cli_fails("eval", tmp_path / "nonexistent", match="does not exist")
+    cli_fails("sample", run, "--sampler", "ddpm", "--steps", "5", "-n", "3", "--no-progress",
+              match="leave the steps out (no --steps)")
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "manifest.json").write_text("{bad")
+    line = cli_fails("eval", tmp_path / "s", "--dataset", "digits-lt", match="is not a readable manifest")
+    assert "--overwrite`" in line and "new --out" not in line
+    empty = tmp_path / "e.safetensors"
+    empty.write_bytes(b"")
+    line = cli_fails("sample", run, "--guidance-method", "classifier", "-G", f"classifier={empty}", "-n", "3",
+                     "--steps", "2", "--no-progress", match="is not a readable safetensors file")
+    assert line.count(str(empty)) == 1, line

@@ -91,7 +91,7 @@ def ddpm_sample(denoise_fn: DenoiseFn, schedule: NoiseSchedule, x_T: torch.Tenso
     T = schedule.num_timesteps
     if steps is not None and int(steps) != T:
         raise CbdmError(f"the ddpm sampler always runs all T={T} steps, got steps={steps}; "
-                        "pass steps=None, or use the ddim sampler for fewer steps")
+                        "leave the steps out (no --steps), or use the ddim sampler for fewer steps")
     clip = True if clip_denoised is None else bool(clip_denoised)
     check_generator(generator, x_T.shape[0])
     c = ddpm_coefficients(schedule, var_type)

@@ -133,7 +133,7 @@ def _prepare_folder(out_dir: Path, settings: dict[str, Any], overwrite: bool) ->
         sh.clear_samples(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise CbdmError(f"--out {out_dir} is a file, not a folder")
-    old = sh.read_manifest(out_dir)
+    old = sh.read_manifest(out_dir, sh.WRITE_HINT)
     if old is not None:
         diff = sh.settings_difference(old.get("settings", {}), settings)
         if old.get("settings", {}).get("weights_sha256") != settings.get("weights_sha256"):

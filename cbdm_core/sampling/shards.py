@@ -157,17 +157,23 @@ def read_png_span(folder: Path, manifest: dict[str, Any], start: int, count: int
     return images, labels
 
 
-def read_manifest(folder: Path) -> Optional[dict[str, Any]]:
-    """The manifest of a sample folder, ``None`` when there is none."""
+READ_HINT = "make the samples again with `cbdm sample ... --overwrite`"
+WRITE_HINT = "use a new --out or --overwrite"
+
+
+def read_manifest(folder: Path, hint: str = READ_HINT) -> Optional[dict[str, Any]]:
+    """The manifest of a sample folder, ``None`` when there is none. ``hint``: what the one-line
+    error of an unreadable one suggests (the reader's: make them again; ``cbdm sample``'s:
+    :data:`WRITE_HINT`)."""
     path = Path(folder) / MANIFEST
     if not path.exists():
         return None
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise CbdmError(f"{path} is not a readable manifest ({exc}); use a new --out or --overwrite") from None
+        raise CbdmError(f"{path} is not a readable manifest ({exc}); {hint}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CbdmError(f"{path} is not a cbdm sample manifest; use a new --out or --overwrite")
+        raise CbdmError(f"{path} is not a cbdm sample manifest; {hint}")
     return data
 
 
