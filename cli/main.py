@@ -117,7 +117,15 @@ def cli() -> None:
     """Class-balancing diffusion models for long-tailed data."""
 
 
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one ``warning: ...`` line on stderr, not Python's two lines with a file path."""
+    click.echo(f"warning: {message}", err=True)
+
+
 def main() -> None:
+    import warnings
+
+    warnings.showwarning = _warning_line  # the command line's own: a library user keeps Python's
     cli(prog_name="cbdm")
 
 

@@ -384,3 +384,20 @@ def test_messages_from_the_first_user_audit(tmp_path, tiny_config):
     line = cli_fails("sample", run, "--guidance-method", "classifier", "-G", f"classifier={empty}", "-n", "3",
                      "--steps", "2", "--no-progress", match="is not a readable safetensors file")
     assert line.count(str(empty)) == 1, line
+
+
+def test_import_of_a_cbdm_checkpoint_says_what_it_is(tmp_path, tiny_config):
+    cfg, run = tiny_config.write(tmp_path), tmp_path / "run"
+    cli_ok("train", "--config", cfg, "--out", run, "--no-progress", "--steps", "2")
+    (ckpt,) = (run / "checkpoints").glob("ckpt-*.safetensors")
+    cli_fails("import-checkpoint", ckpt, tmp_path / "imported", match="is a cbdm checkpoint already")
+
+
+def test_the_command_line_shows_a_warning_as_one_line():
+    import subprocess
+    import sys
+
+    code = ("import sys, warnings; from cbdm_cli.main import _warning_line; warnings.showwarning = _warning_line; "
+            "warnings.warn('Boost-and-Skip with boost_gamma=4')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stderr == "warning: Boost-and-Skip with boost_gamma=4\n"

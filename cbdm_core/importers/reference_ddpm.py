@@ -23,7 +23,7 @@ from typing import Any, Optional, Union
 import torch
 
 from .. import locks
-from ..checkpoint import Checkpoint, RunMeta, load_state_checked, save_checkpoint
+from ..checkpoint import FORMAT, Checkpoint, RunMeta, load_state_checked, read_metadata, save_checkpoint
 from ..config import TrainConfig, parse_train_config
 from ..errors import CbdmError, CheckpointError
 from ..nets.unet import timestep_embedding
@@ -96,6 +96,13 @@ class ImportResult:
     meta: RunMeta = field(default_factory=RunMeta)
 
 
+def _is_cbdm_checkpoint(path: Path) -> bool:
+    try:
+        return read_metadata(path).get("format") == FORMAT
+    except (CbdmError, OSError):
+        return False  # not a safetensors file: a torch checkpoint, as expected
+
+
 def _torch_load(path: Path) -> Any:
     """``torch.load(weights_only=True)``; anything it refuses is refused here too."""
     try:
@@ -149,6 +156,9 @@ def load_reference_checkpoint(path: Union[str, Path]) -> ReferenceCheckpoint:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if _is_cbdm_checkpoint(path):
+        raise CheckpointError(f"{path} is a cbdm checkpoint already: sample it directly (cbdm sample {path}) or "
+                              f"start a run from it (cbdm train --init-from {path})")
     obj = _torch_load(path)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")

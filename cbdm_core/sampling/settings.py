@@ -49,7 +49,7 @@ class SamplerSettings(BaseModel):
     guidance_method: str = Field("cfg", description="Registered guidance used when w > 0: cfg (classifier-free), "
                                                     "none, or a plugin's.")
     guidance_options: dict[str, Any] = Field(default_factory=dict, description=(
-        "An option of the guidance method, e.g. -G clip=0.5 (repeatable; values read as YAML)."))
+        "An option of the guidance method, e.g. -G scale=2 (repeatable; values read as YAML)."))
     clip_denoised: Optional[bool] = Field(None, description="Clamp predicted x_0 to [-1, 1] "
                                                             "(default: the sampler's).")
     sampler_options: dict[str, Any] = Field(default_factory=dict, description=(
