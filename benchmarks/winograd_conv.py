@@ -77,7 +77,8 @@ def main() -> None:
     torch.manual_seed(0)
     print(f"Winograd F(2x2,3x3) in torch ops vs F.conv2d, {cpu_model()} ({cpu_flags()}), {args.threads} thread(s), "
           f"torch {torch.__version__}, fp32, forward, {args.rounds} rounds, wall ms, median")
-    print(f"{'shape':<16} {'NCHW ms':>8} {'NHWC ms':>8} {'GFLOP/s':>8} {'winograd ms':>12} {'vs best':>8} {'max dev':>8}")
+    print(f"{'shape':<16} {'NCHW ms':>8} {'NHWC ms':>8} {'GFLOP/s':>8} {'winograd ms':>12} {'vs best':>8} "
+          f"{'max dev':>8}")
     for c, hw in ((64, 32), (128, 16), (128, 8)):
         x = torch.randn(args.rows, c, hw, hw)
         w = torch.randn(c, c, 3, 3) * (2.0 / (9 * c)) ** 0.5

@@ -79,6 +79,7 @@ KIND_SPECS: dict[str, Any] = {
     "metric": MetricSpec,
 }
 
+
 @dataclass(frozen=True)
 class ResolvedMethod:
     """One configured training method: its name, spec and validated options."""

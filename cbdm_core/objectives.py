@@ -249,7 +249,8 @@ class DiffusionObjective:
             offset += n
             method_terms, contribution = m.loss(ctx, out)
             if not isinstance(contribution, torch.Tensor) or contribution.numel() != 1:
-                got = tuple(contribution.shape) if isinstance(contribution, torch.Tensor) else type(contribution).__name__
+                got = (tuple(contribution.shape) if isinstance(contribution, torch.Tensor)
+                       else type(contribution).__name__)
                 raise CbdmError(f"method {_name(m)!r}: loss must return a scalar tensor as its contribution, got {got}")
             clash = sorted(set(method_terms) & (set(terms) | {"total"}))
             if clash:  # a term of the same name would replace the logged one

@@ -19,8 +19,10 @@ def component_options(obj) -> list[dict]:
 
 
 def _options_text(options: list[dict]) -> str:
-    return ", ".join(f"{o['name']}=(required)" if o["required"] else f"{o['name']}={json.dumps(o['default'], default=str)}"
-                     for o in options)
+    def value(o: dict) -> str:
+        return "(required)" if o["required"] else json.dumps(o["default"], default=str)
+
+    return ", ".join(f"{o['name']}={value(o)}" for o in options)
 
 
 @click.command("plugins")
