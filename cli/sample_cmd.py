@@ -24,8 +24,8 @@ DEFAULT_SHARD_SIZE = 5000
 SAMPLE_HELP = {
     "num": f"Number of images (default {DEFAULT_PER_CLASS} per class).",
     "out": "Sample folder (default <run_dir>/samples-<sampler>-<steps>-w<w>, then -KEY=VALUE for each -S option, "
-           "--eta, --clip/--no-clip or --precision given, then -<guidance>[-KEY=VALUE] for a guidance other than "
-           "plain cfg).",
+           "--eta, --clip/--no-clip, --precision or --format png given, then -<guidance>[-KEY=VALUE] for a "
+           "guidance other than plain cfg).",
 }
 
 
@@ -59,10 +59,12 @@ def default_out_dir(path: Path, sampler: str, steps: int, guidance: float, guida
     return run_dir_of(path) / name
 
 
-def _given_sampler_settings(how: Any) -> dict[str, Any]:
-    """What of ``how`` besides sampler, steps and guidance changes the images and was set: the ``-S``
-    options, a non-zero ``eta``, ``clip`` (on/off), a precision other than fp32."""
+def _given_sampler_settings(how: Any, image_format: str = "npz") -> dict[str, Any]:
+    """What of ``how`` besides sampler, steps and guidance changes the images or their files and was set:
+    the ``-S`` options, a non-zero ``eta``, ``clip`` (on/off), a precision other than fp32, ``--format png``."""
     given = dict(how.sampler_options)
+    if image_format != "npz":
+        given["format"] = image_format
     if how.eta:
         given["eta"] = how.eta
     if how.clip_denoised is not None:
@@ -256,9 +258,10 @@ def _sample(ctx, run_path: Path, how, job, *, shard_size: int, image_format: str
     if how.guidance > 0 and not run.trained_with_label_dropout:
         say(f"warning: {run.checkpoint} was trained without label dropout (p_uncond = 0), so its "
             "unconditional prediction is untrained; guidance may give poor images")
+    given = _given_sampler_settings(how, image_format)
     out = job.out if job.out is not None else default_out_dir(run_path, how.sampler, how.steps, how.guidance,
                                                               how.guidance_method, how.guidance_options,
-                                                              sampler_settings=_given_sampler_settings(how))
+                                                              sampler_settings=given)
     sampling = resolved.replace(SamplingSettings.of(how, job, num=num))
     _warn_disk(say, run, num, out)
     result = _generate_with_bar(console, say, progress and ctx.is_main, run, labels, num, out, sampling=sampling,
