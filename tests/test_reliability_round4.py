@@ -401,3 +401,46 @@ def test_the_command_line_shows_a_warning_as_one_line():
             "warnings.warn('Boost-and-Skip with boost_gamma=4')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stderr == "warning: Boost-and-Skip with boost_gamma=4\n"
+
+
+# -- studies: the image-level records behind the tests -------------------------------------------------------
+
+@pytest.fixture
+def two_shards(tmp_path):
+    from .run_helpers import tiny_protocol, write_protocol
+
+    shards = []
+    for seed in (0, 1):
+        proto = write_protocol(tmp_path / f"p{seed}.yaml", tiny_protocol(tmp_path, seeds=[seed],
+                                                                          guidance={"fixed": 1.0}))
+        cli_ok("compare", proto, "--out", tmp_path / f"s{seed}", "--no-progress")
+        shards.append((proto, tmp_path / f"s{seed}"))
+    return shards
+
+
+@pytest.mark.parametrize("damage, match", [
+    ("delete", "records.csv is missing while other reports"),
+    ("header", "has 0 rows for the 40 images evaluated"),
+    ("cut", "rows for the 40 images evaluated"),
+    ("text", "is unreadable (could not convert string to float"),
+])
+def test_damaged_records_are_refused_by_merge_and_evaluated_again_by_the_study(tmp_path, two_shards, damage, match):
+    """A missing or cut records.csv silently left a seed's images out of the image-level tests (CMH strata,
+    bootstrap); a non-number in it was a traceback."""
+    (proto0, s0), (proto1, s1) = two_shards
+    records = s1 / "runs" / "cbdm" / "seed-1" / "report-w1" / "records.csv"
+    text = records.read_text()
+    lines = text.splitlines(keepends=True)
+    if damage == "delete":
+        records.unlink()
+    elif damage == "header":
+        records.write_text(lines[0])
+    elif damage == "cut":
+        records.write_text("".join(lines[:11]))
+    else:
+        cells = lines[1].split(",")
+        records.write_text(lines[0] + ",".join([cells[0], "abc", *cells[2:]]) + "".join(lines[2:]))
+    cli_fails("compare", "merge", s0, s1, "--out", tmp_path / "merged", match=match)
+    cli_ok("compare", proto1, "--out", s1, "--no-progress")  # the study evaluates that report again
+    assert records.read_text() == text
+    cli_ok("compare", "merge", s0, s1, "--out", tmp_path / "merged2")

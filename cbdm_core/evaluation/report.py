@@ -156,10 +156,11 @@ def result_to_dict(result: EvalResult) -> dict[str, Any]:
 
 
 def write_metrics_json(result: EvalResult, path: Path) -> Path:
-    """Write ``metrics.json`` atomically (non-finite numbers are already ``None``), and
-    ``records.csv`` (one row per sample, :func:`write_records_csv`) next to it."""
-    atomic_write_text(Path(path), json.dumps(result_to_dict(result), indent=2, allow_nan=False) + "\n")
+    """Write ``records.csv`` (one row per sample, :func:`write_records_csv`), then ``metrics.json``
+    next to it, each atomically (non-finite numbers are already ``None``): ``metrics.json`` marks a
+    finished evaluation, so a kill between the two writes never leaves metrics without records."""
     write_records_csv(result, Path(path).parent / RECORDS_CSV)
+    atomic_write_text(Path(path), json.dumps(result_to_dict(result), indent=2, allow_nan=False) + "\n")
     return Path(path)
 
 

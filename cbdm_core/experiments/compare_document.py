@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Optional
 
 from .arms import arm_summary
-from .compare_rates import group_of, image_level, rate_of, read_records
+from .compare_rates import check_records_complete, group_of, image_level, rate_of, read_records
 from .protocol import protocol_dict
 from .sampling_cost import cost_summary
 from .stats import holm, paired_difference, summarize
@@ -66,6 +66,8 @@ def build_document(plan: "StudyPlan", results: dict[str, dict[str, Any]],
     values = reported_values(plan, docs)
     directions = {v: direction_of(v, plan.evaluation.metrics).value for v in values}
     base_by_seed = {r["seed"]: r["doc"].get("values", {}) for r in results[base]["reports"]}
+    every = {(label, r["seed"]): r["samples"] for label, res in results.items() for r in res["reports"]}
+    check_records_complete({k: read_records(f) for k, f in every.items()}, every)
     base_records = {r["seed"]: read_records(r["samples"]) for r in results[base]["reports"]}
     methods: dict[str, Any] = {}
     for label, res in results.items():

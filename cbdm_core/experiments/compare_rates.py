@@ -5,11 +5,14 @@ test stratified by seed x class and the two-stage bootstrap of :mod:`.stats`).""
 
 from __future__ import annotations
 
+import csv
+import json
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
+from ..errors import CbdmError
 from .stats import cmh_test, two_stage_bootstrap
 
 GROUP_SUFFIXES = ("_head", "_medium", "_tail")
@@ -38,12 +41,51 @@ def rate_of(value: str) -> Optional[tuple[str, Optional[str]]]:
     return (stem, group) if stem in _RATES else None
 
 
-def read_records(folder: str) -> Optional[dict[str, list]]:
-    """A sample folder's ``records.csv`` as columns, ``None`` when missing (an older study)."""
+def records_problem(folder: Union[str, Path]) -> Optional[str]:
+    """Why the report folder's ``records.csv`` cannot stand for its evaluated images, or None: it is
+    missing, unreadable, holds a cell that is not a number, or has another row count than the images
+    its ``metrics.json`` counted (a missing or cut file silently left images out of the tests)."""
     from ..evaluation import RECORDS_CSV, read_records_csv
 
     path = Path(folder) / RECORDS_CSV
-    return read_records_csv(path) if path.is_file() else None
+    if not path.is_file():
+        return f"{path} is missing"
+    try:
+        records = read_records_csv(path)
+    except (OSError, ValueError, csv.Error) as exc:
+        return f"{path} is unreadable ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+    try:
+        count = int(json.loads((Path(folder) / "metrics.json").read_text())["samples"]["count"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # no count to check against: the metrics' own reader decides about that file
+    rows = len(records["requested_class"])
+    return None if rows == count else f"{path} has {rows} rows for the {count} images evaluated"
+
+
+def read_records(folder: str) -> Optional[dict[str, list]]:
+    """A report folder's ``records.csv`` as columns; ``None`` when the folder has none and never had
+    (a study from before records.csv, whose image-level tests are then left out). A damaged or
+    partial file is one line naming it (:func:`records_problem`)."""
+    from ..evaluation import RECORDS_CSV, read_records_csv
+
+    path = Path(folder) / RECORDS_CSV
+    if not path.is_file():
+        return None
+    problem = records_problem(folder)
+    if problem is not None:
+        raise CbdmError(f"{problem}; evaluate that folder again (delete its metrics.json and re-run the study "
+                        "that made it)")
+    return read_records_csv(path)
+
+
+def check_records_complete(records: dict[Any, Optional[dict]], folders: dict[Any, str]) -> None:
+    """Every report of a comparison has its records, or none has (an older study): a seed without
+    records would silently leave its images out of the image-level tests."""
+    missing = [folders[k] for k, r in records.items() if r is None]
+    if missing and len(missing) < len(records):
+        raise CbdmError(f"{Path(missing[0]) / 'records.csv'} is missing while other reports of the study have "
+                        "theirs; evaluate that folder again (delete its metrics.json and re-run the study that "
+                        "made it)")
 
 
 def _outcomes(records: Optional[dict[str, list]], stem: str, classes: Optional[list[int]]) -> dict[int, np.ndarray]:

@@ -10,6 +10,7 @@ from typing import Any, Optional
 from ..errors import CbdmError
 from .arms import check_files_before_sampling, check_kept_set
 from .compare_folder import manifest_seed, read_metrics
+from .compare_rates import records_problem
 from .compare_plan import Part, StudyObserver, StudyPlan
 from .sampling_cost import timed_sampling
 from .sweeps import SweepPoint, best_point
@@ -69,7 +70,8 @@ def sample_and_evaluate(plan: StudyPlan, part: Part, seed: int, num: int, option
         raise CbdmError(f"{part.folder} was sampled with seed {recorded}, but this study samples it with "
                         f"seed {seed} (one sampling seed per training seed); use another --out")
     stale = check_kept_set(part.folder, regenerate=plan.overwrite)  # a finished set too: not kept blindly
-    doc = None if stale else read_metrics(part.folder)
+    # A report whose records.csv is missing or cut is evaluated again (its samples are kept).
+    doc = None if stale or records_problem(part.folder) else read_metrics(part.folder)
     observer.start(index, part, doc is not None)
     if doc is not None:
         return doc
