@@ -25,7 +25,7 @@ from typing import Any, Optional, Union
 
 from . import locks
 from .atomic import atomic_write_text, remove_stale_temps
-from .checkpoint import Checkpoint, checkpoint_name, list_checkpoints, load_checkpoint
+from .checkpoint import Checkpoint, checkpoint_name, list_checkpoints, load_checkpoint, read_metadata
 from .config import TrainConfig, dump_config_yaml, load_config_file, parse_train_config
 from .errors import CbdmError, CheckpointError
 from .run_files import append_line, newest_good_checkpoint, truncate_metrics
@@ -224,6 +224,23 @@ class RunFolder:
             names = ", ".join(".".join(map(str, d)) for d in diffs[:6])
             raise CbdmError(f"--resume: the options differ from the run in {self.path} in: {names}")
         return ResumePoint(ckpt, self.truncate_metrics(ckpt.step) or 0.0)
+
+    def differences_from(self, cfg: TrainConfig) -> list[str]:
+        """The dotted keys in which the run in this folder (its ``config.yaml``, else its newest
+        checkpoint's) differs from ``cfg``, besides what a resume may change (steps, logging);
+        ``[]`` when the folder holds no run."""
+        raw = load_config_file(self.config) if self.config.exists() else {}
+        if not raw:
+            found = self.list_checkpoints()
+            if not found:
+                return []
+            try:  # the config alone, without the tensors
+                raw = json.loads(read_metadata(found[-1][1])["config"])
+            except (CbdmError, KeyError, ValueError):
+                return []  # an unreadable checkpoint: the trainer's resume sets it aside
+        saved = parse_train_config(raw, str(self.config))
+        diffs = _diff_configs(saved.model_dump(mode="json"), cfg.model_dump(mode="json"))
+        return [".".join(map(str, d)) for d in diffs if not any(d[:len(p)] == p for p in RESUMABLE_CHANGES)]
 
     def latest_checkpoint(self) -> Optional[Checkpoint]:
         """The newest checkpoint, loaded with its optimizer state (the other ranks of a resumed

@@ -444,3 +444,24 @@ def test_damaged_records_are_refused_by_merge_and_evaluated_again_by_the_study(t
     cli_ok("compare", proto1, "--out", s1, "--no-progress")  # the study evaluates that report again
     assert records.read_text() == text
     cli_ok("compare", "merge", s0, s1, "--out", tmp_path / "merged2")
+
+
+# -- sweeps ------------------------------------------------------------------------------------------------------
+
+def test_a_training_sweep_reuses_only_runs_of_its_own_config(tmp_path, tiny_config):
+    """Runs of another lr/seed were re-used and labelled as this command's; a run trained past --train-steps was
+    reported as trained for fewer; p_uncond 0 with guidance was refused only after the first run trained."""
+    cfg, out = tiny_config.write(tmp_path), tmp_path / "sweep"
+    base = ("sweep", "tau", "--values", "0,0.001", "--config", cfg, "--num", "6", "--steps", "2", "--out", out)
+    cli_ok(*base, "--train-steps", "3", "--guidance", "0")
+    before = sorted(_listing(out / "tau-0"))
+    cli_fails(*base, "--train-steps", "3", "--guidance", "0", "--set", "optim.lr=0.01",
+              match="holds a run trained with other settings (differs in optim.lr)")
+    cli_fails(*base, "--train-steps", "2", "--guidance", "0", match="trained for 3 steps, more than the 2 asked")
+    line = cli_fails(*base, "--train-steps", "3", "--guidance", "0", "--steps", "3", match="other settings")
+    assert "--overwrite" not in line  # cbdm sweep has none
+    assert sorted(_listing(out / "tau-0")) == before
+    cli_fails("sweep", "tau", "--values", "0,0.001", "--config", cfg, "--num", "6", "--steps", "2",
+              "--out", tmp_path / "nd", "--train-steps", "2", "--guidance", "1", "--set", "objective.p_uncond=0",
+              match="without label dropout")
+    assert not (tmp_path / "nd" / "tau-0").exists()

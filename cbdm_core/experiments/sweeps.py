@@ -205,7 +205,8 @@ def _sample_and_evaluate(run: Any, out_dir: Path, guidance: float, sampling: Any
     labels = plan_labels(st.classes, st.num, run.num_classes, run.meta.class_counts)
     how = sampling.with_steps(run.schedule.num_timesteps)
     generate_samples(run, labels, out_dir=out_dir,
-                     sampling=how.replace(how.settings.model_copy(update={"guidance": guidance})))
+                     sampling=how.replace(how.settings.model_copy(update={"guidance": guidance})),
+                     remedy="use a new --out")  # cbdm sweep has no --overwrite
     components, reference = evaluation
     result = evaluate(out_dir, eval_options, components=components, reference=reference, on_status=status)
     write_metrics_json(result, out_dir / "metrics.json")
@@ -342,6 +343,19 @@ def training_sweep(parameter: str, values: Sequence[float], config_for: Callable
     if not values:
         raise CbdmError(f"no {parameter} values to sweep")
     configs = {v: config_for(v) for v in values}  # every config validates before any training
+    if sampling.guidance > 0 and any(c.objective.p_uncond <= 0 for c in configs.values()):
+        raise CbdmError("the runs would be trained without label dropout (objective.p_uncond = 0): guidance has no "
+                        "unconditional prediction to use; use --guidance 0")
+    for v, cfg in configs.items():  # a folder of an earlier sweep is re-used only when it trained this config
+        run_dir = Path(out_dir) / f"{parameter}-{value_label(v)}"
+        diffs = RunFolder(run_dir).differences_from(cfg)
+        if diffs:
+            raise CbdmError(f"{run_dir} holds a run trained with other settings (differs in {', '.join(diffs[:4])}); "
+                            "use a new --out")
+        done = RunFolder(run_dir).list_checkpoints()
+        if done and done[-1][0] > cfg.optim.steps:
+            raise CbdmError(f"{run_dir} holds a run trained for {done[-1][0]} steps, more than the {cfg.optim.steps} "
+                            "asked; use a new --out, or ask for that many steps")
     settings = {**_sampling_dict(sampling), "guidance": sampling.guidance, "dataset": eval_options.dataset,
                 "reference_split": eval_options.reference_split}
     points: list[SweepPoint] = []

@@ -47,7 +47,8 @@ def generate_samples(run: "LoadedRun", labels: Sequence[int], *, out_dir: Path,
                      sampling: ResolvedSampling, shard_size: int = 5000, overwrite: bool = False,
                      on_progress: Optional[ProgressFn] = None,
                      on_ready: Optional[Callable[[int], None]] = None, image_format: str = "npz",
-                     indices: Optional[Sequence[int]] = None, ctx: Optional[DistContext] = None) -> SampleResult:
+                     indices: Optional[Sequence[int]] = None, ctx: Optional[DistContext] = None,
+                     remedy: Optional[str] = None) -> SampleResult:
     """Sample ``len(labels)`` images from ``run`` into shards under ``out_dir``.
 
     Args:
@@ -73,6 +74,8 @@ def generate_samples(run: "LoadedRun", labels: Sequence[int], *, out_dir: Path,
         indices: (re)generate only these sample indices (``--seeds A-B``), even if present.
         ctx: under torchrun (:func:`~cbdm_core.training.distributed.setup_distributed`) each
             process makes a contiguous range of the work; the images do not depend on it.
+        remedy: what a refused folder's one-line error suggests (default: a new ``--out`` or
+            ``--overwrite``, `cbdm sample`'s options; a command without ``--overwrite`` says its own).
     """
     if not isinstance(sampling, ResolvedSampling):  # settings by name: resolved at the edge first
         raise CbdmError("generate_samples takes sampling=cbdm_core.sampling.api.resolve_sampling(settings), got "
@@ -92,7 +95,7 @@ def generate_samples(run: "LoadedRun", labels: Sequence[int], *, out_dir: Path,
     chosen = chosen_indices(indices, num, image_format)
     record = manifest_settings(run, st, how.settings, labels_np, counts, chw, shard_size, image_format)
     ctx = ctx if ctx is not None else DistContext()
-    lock_folder(out_dir, record, overwrite, ctx)
+    lock_folder(out_dir, record, overwrite, ctx, *([remedy] if remedy else []))
     try:
         return _generate_locked(run, labels_np, how, out_dir=out_dir, settings=record, spans=spans, counts=counts,
                                 chw=chw, C=C, classes=st.classes, batch_size=st.batch_size,

@@ -69,8 +69,10 @@ def manifest_settings(run: "LoadedRun", st: SamplingSettings, how: SamplerSettin
     return settings
 
 
-def lock_folder(out_dir: Path, settings: dict[str, Any], overwrite: bool, ctx: DistContext) -> None:
-    """Take the sample folder's lock and make it ready for ``settings`` (rank 0, for all ranks)."""
+def lock_folder(out_dir: Path, settings: dict[str, Any], overwrite: bool, ctx: DistContext,
+                remedy: str = sh.WRITE_HINT) -> None:
+    """Take the sample folder's lock and make it ready for ``settings`` (rank 0, for all ranks);
+    ``remedy``: what a refusal suggests (the caller's options)."""
 
     def prepare() -> None:
         # One writer per sample folder for the whole call (rank 0 holds it for all ranks):
@@ -79,7 +81,7 @@ def lock_folder(out_dir: Path, settings: dict[str, Any], overwrite: bool, ctx: D
         locks.acquire(out_dir, "sample folder")
         try:
             remove_stale_temps(out_dir)
-            _prepare_folder(out_dir, settings, overwrite)
+            _prepare_folder(out_dir, settings, overwrite, remedy)
         except BaseException:
             locks.release(out_dir, discard=True)
             raise
@@ -128,24 +130,24 @@ def _changed_guidance_files(old: dict[str, Any], new: dict[str, Any]) -> Optiona
     return None
 
 
-def _prepare_folder(out_dir: Path, settings: dict[str, Any], overwrite: bool) -> None:
+def _prepare_folder(out_dir: Path, settings: dict[str, Any], overwrite: bool, remedy: str = sh.WRITE_HINT) -> None:
     if overwrite:
         sh.clear_samples(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise CbdmError(f"--out {out_dir} is a file, not a folder")
-    old = sh.read_manifest(out_dir, sh.WRITE_HINT)
+    old = sh.read_manifest(out_dir, remedy)
     if old is not None:
         diff = sh.settings_difference(old.get("settings", {}), settings)
         if old.get("settings", {}).get("weights_sha256") != settings.get("weights_sha256"):
             raise CbdmError(f"{out_dir} holds samples of other model weights (the run was retrained, or "
-                            "the folder predates weight hashes); use a new --out or --overwrite")
+                            "the folder predates weight hashes); " + remedy)
         changed = _changed_guidance_files(old.get("settings", {}), settings)
         if changed:
             raise CbdmError(f"{out_dir} holds samples guided by another version of {changed} (the file was "
-                            "retrained, or the folder predates guidance file hashes); use a new --out or --overwrite")
+                            "retrained, or the folder predates guidance file hashes); " + remedy)
         if diff:
             raise CbdmError(f"{out_dir} holds samples made with other settings ({'; '.join(diff[:3])}"
-                            f"{'; ...' if len(diff) > 3 else ''}); use a new --out or --overwrite")
+                            f"{'; ...' if len(diff) > 3 else ''}); {remedy}")
     elif out_dir.is_dir() and any(out_dir.glob(sh.SHARD_GLOB)):
-        raise CbdmError(f"{out_dir} holds sample shards but no {sh.MANIFEST}; use a new --out or --overwrite")
+        raise CbdmError(f"{out_dir} holds sample shards but no {sh.MANIFEST}; {remedy}")
     out_dir.mkdir(parents=True, exist_ok=True)
