@@ -465,3 +465,19 @@ def test_a_training_sweep_reuses_only_runs_of_its_own_config(tmp_path, tiny_conf
               "--out", tmp_path / "nd", "--train-steps", "2", "--guidance", "1", "--set", "objective.p_uncond=0",
               match="without label dropout")
     assert not (tmp_path / "nd" / "tau-0").exists()
+
+
+def test_a_curve_without_the_fixed_w_gets_the_report_as_its_point(tmp_path):
+    """`fixed: 1, curve: [0, 2]` (digits-lt-sampling-ancestral's) left w = 1 out of the curve, its plots and the
+    comparison at matched tail accuracy, with no message."""
+    import json
+
+    from .run_helpers import tiny_protocol, write_protocol
+
+    proto = write_protocol(tmp_path / "p.yaml", tiny_protocol(tmp_path, seeds=[0], guidance={"fixed": 1.0,
+                                                                                         "curve": [0, 2]}))
+    out = tmp_path / "study"
+    cli_ok("compare", proto, "--out", out, "--no-progress")
+    doc = json.loads((out / "compare.json").read_text())
+    assert [p["w"] for p in doc["guidance_curve"]["cbdm"]] == [0.0, 1.0, 2.0]
+    assert not (out / "runs" / "cbdm" / "seed-0" / "curve-w1").exists()  # the report folder is that point

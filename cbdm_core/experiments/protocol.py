@@ -165,8 +165,12 @@ class GuidanceSpec(_Strict):
 
     @property
     def curve_values(self) -> list[float]:
-        """The w of the curve (empty without one)."""
-        return list(self.curve or [])
+        """The w of the curve (empty without one), the fixed w among them: the report at the fixed w is
+        the curve's point there (a curve `[0, 2]` with `fixed: 1` is the curve 0, 1, 2; without it the
+        plots and the comparison at matched tail accuracy left the report's w out)."""
+        if not self.curve:
+            return []
+        return sorted(set(self.curve) | ({float(self.fixed)} if self.fixed is not None else set()))
 
 
 class EvaluationSpec(_Strict):
