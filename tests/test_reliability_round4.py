@@ -481,3 +481,11 @@ def test_a_curve_without_the_fixed_w_gets_the_report_as_its_point(tmp_path):
     doc = json.loads((out / "compare.json").read_text())
     assert [p["w"] for p in doc["guidance_curve"]["cbdm"]] == [0.0, 1.0, 2.0]
     assert not (out / "runs" / "cbdm" / "seed-0" / "curve-w1").exists()  # the report folder is that point
+    # Which test each Holm p came from is recorded and shown (a rate's CMH may fall back to the seed t-test).
+    md = (out / "compare.md").read_text()
+    for t in doc["primary_tests"]:
+        assert doc["methods"][t["method"]]["difference_to_baseline"][t["value"]]["holm_test"] == t["test"]
+    fallback = [t for t in doc["primary_tests"] if t["test"].startswith("paired t") and t["p_holm"] is not None]
+    assert ("`p Holm` marked (t)" in md) == bool(fallback)
+    if any(t["p"] is None for t in doc["primary_tests"]):
+        assert "the Holm family has" in md

@@ -143,7 +143,8 @@ def _primary_tests(primary: list[str], methods: dict[str, Any], base: str) -> li
                           else "paired t (seeds)", "p": d["p_image"] if image else d["p_seed"]})
     for t, adjusted in zip(tests, holm([t["p"] for t in tests])):
         t["p_holm"] = adjusted
-        methods[t["method"]]["difference_to_baseline"][t["value"]]["p_holm"] = adjusted
+        entry = methods[t["method"]]["difference_to_baseline"][t["value"]]
+        entry["p_holm"], entry["holm_test"] = adjusted, t["test"]  # which test the adjusted p came from
     return tests
 
 

@@ -26,6 +26,12 @@ def _statistics_notes(doc: dict[str, Any]) -> list[str]:
         "- Holm correction over the pre-registered primary tests (every primary endpoint x every method "
         "against the baseline; CMH for rates, else the paired t-test over seeds): `p Holm`",
     ]
+    tests = doc.get("primary_tests") or []
+    known = [t for t in tests if t.get("p") is not None]
+    if len(known) < len(tests):  # a test without a p-value is not counted: the family is smaller than planned
+        missing = ", ".join(f"{t['value']} ({t['method']})" for t in tests if t.get("p") is None)
+        lines.append(f"- **the Holm family has {len(known)} of the {len(tests)} pre-registered tests**: no p-value "
+                     f"for {missing} (a value missing in some seed, or no variation), so it is not counted")
     if n < FEW_SEEDS:
         lines.append(f"- **only {n} training seed(s): seed-level intervals are weak** (df = {max(n - 1, 0)}; "
                      f"below {FEW_SEEDS} seeds an interval over seeds is wide or, with one seed, absent); "

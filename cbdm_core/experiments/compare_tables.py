@@ -57,10 +57,17 @@ def primary_table(doc: dict[str, Any], value: str) -> list[str]:
         if d is None:
             cells += ["", "", "", ""]
         else:
-            cells += [_signed(d["diff_mean"]), _interval(d["t_interval"]), _p(d.get("p_image")), _p(d.get("p_holm"))]
+            holm_p = _p(d.get("p_holm"))
+            if d.get("p_holm") is not None and d.get("holm_test", "").startswith("paired t"):
+                holm_p += " (t)"  # the rate's CMH had no informative strata: the seed t-test stands in
+            cells += [_signed(d["diff_mean"]), _interval(d["t_interval"]), _p(d.get("p_image")), holm_p]
         if accuracy:
             cells.append(_accuracy_cell(m, accuracy, doc["methods"][base]))
         lines.append("| " + " | ".join(cells) + " |")
+    if any(d.get("p_holm") is not None and d.get("holm_test", "").startswith("paired t")
+           for d in ((m["difference_to_baseline"] or {}).get(value, {}) for m in doc["methods"].values())):
+        lines += ["", "`p Holm` marked (t): adjusted from the paired t-test over seeds (for a rate: its image-level "
+                  "CMH test had no informative stratum, e.g. no event in any stratum)."]
     if accuracy:
         lines += ["", f"`{accuracy}`: the share of this group's samples the feature classifier assigns to the "
                   "requested class (mean over seeds; in brackets the difference to the baseline). A method "
