@@ -16,7 +16,7 @@ from rich.console import Console
 from cbdm_core.errors import CbdmError
 
 from .default_group import DEFAULT_CMD, DefaultCommand, DefaultGroup
-from .eval_heldout import describe_row, has_memorization, heldout_row
+from .eval_heldout import HELDOUT_FILE, describe_row, has_memorization, heldout_row
 from .eval_paper import PAPER_HELP, finish_paper, paper_callback, start_paper
 from .eval_support import (LogToReporter, Reporter, choose_extractor, feature_options, parse_metric_options,
                            split_metrics)
@@ -112,12 +112,22 @@ def evaluate_samples(samples: Path, dataset: Optional[str], data_root: Optional[
             result = evaluate(samples, options, components=components, reference=prepared,
                               on_warning=reporter.warning, on_status=reporter.status)
             finish_paper(run, result, reporter)
-            heldout = (heldout_row(result, options, prepared, samples, out_dir, reporter.status)
-                       if has_memorization(result) else None)
+            heldout = None
+            if has_memorization(result):
+                from cbdm_core.experiments.heldout import NoHeldOutImages
+
+                try:
+                    heldout = heldout_row(result, options, prepared, samples, out_dir, reporter.status)
+                except NoHeldOutImages as exc:  # the metrics stand; only their false-positive check is missing
+                    reporter.warning(str(exc))
         say_reference(result, reporter)
         Console().print(metrics_table(result))
         json_path = write_metrics_json(result, out_dir / METRICS_JSON)
         plot = plot_per_class_fid(result, out_dir / PER_CLASS_PLOT)
+        # What an earlier evaluation into this folder wrote and this one does not must not stay beside it.
+        for name, written in ((PER_CLASS_PLOT, plot), (HELDOUT_FILE, heldout)):
+            if written is None:
+                (out_dir / name).unlink(missing_ok=True)
         if not result.extractor.comparable:
             reporter.warning(f"{result.extractor.note}")
         if heldout is not None:

@@ -489,3 +489,41 @@ def test_a_curve_without_the_fixed_w_gets_the_report_as_its_point(tmp_path):
     assert ("`p Holm` marked (t)" in md) == bool(fallback)
     if any(t["p"] is None for t in doc["primary_tests"]):
         assert "the Holm family has" in md
+
+
+# -- cbdm eval, from the data and evaluation audit -----------------------------------------------------------
+
+def _folder_dataset(root, classes=("a", "b"), per_class=6, size=8):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+def test_eval_of_a_run_whose_dataset_has_no_held_out_image_keeps_its_metrics(tmp_path, tiny_config):
+    """memorization's held-out check had an empty pool (a folder without test/): a torch.cat traceback, no report."""
+    data = _folder_dataset(tmp_path / "data")
+    cfg, run = tiny_config.write(tmp_path, data={"dataset": "folder", "root": str(data)}), tmp_path / "run"
+    cli_ok("train", "--config", cfg, "--out", run, "--no-progress", "--steps", "2")
+    cli_ok("sample", run, "--steps", "2", "-n", "8", "--no-progress")
+    clf = tmp_path / "clf.safetensors"
+    cli_ok("eval", "train-classifier", "--dataset", "folder", "--data-root", data, "--epochs", "1", "--out", clf)
+    res = cli_ok("eval", run / "samples-ddim-2-w0", "--classifier", clf, "--metrics", "fid,memorization")
+    assert "no real image outside the diffusion training set" in res.output
+    assert (run / "samples-ddim-2-w0" / "metrics.json").is_file()
+
+
+def test_a_second_eval_into_a_folder_leaves_none_of_the_first_one_s_files(tmp_path, tiny_config):
+    cfg, run = tiny_config.write(tmp_path), tmp_path / "run"
+    cli_ok("train", "--config", cfg, "--out", run, "--no-progress", "--steps", "2")
+    cli_ok("sample", run, "--steps", "2", "-n", "30", "--no-progress")
+    folder = run / "samples-ddim-2-w0"
+    cli_ok("eval", folder)
+    assert (folder / "per_class_fid.png").is_file() and (folder / "heldout-real.json").is_file()
+    cli_ok("eval", folder, "--metrics", "fid")
+    assert not (folder / "per_class_fid.png").exists() and not (folder / "heldout-real.json").exists()

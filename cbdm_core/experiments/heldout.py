@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import torch
 
 from ..atomic import atomic_write_text
+from ..errors import CbdmError
 
 if TYPE_CHECKING:
     from .compare_plan import StudyPlan
@@ -34,6 +35,10 @@ def _threshold(plan: "StudyPlan") -> float:
     return float(options.get("threshold", THRESHOLD))
 
 
+class NoHeldOutImages(CbdmError):
+    """The dataset has no real image outside the diffusion training set."""
+
+
 def heldout_images(dataset: str, root: Optional[Path], training_images: torch.Tensor, *,
                    per_class: int = PER_CLASS, seed: int = 0,
                    resize: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,6 +53,10 @@ def heldout_images(dataset: str, root: Optional[Path], training_images: torch.Te
         keep = [i for i, d in enumerate(_digests(ds.images)) if d not in seen]
         xs.append(ds.images[keep])
         ys.append(ds.labels[keep])
+    if not xs or sum(len(y) for y in ys) == 0:  # e.g. a folder dataset without test/: every image trained on
+        raise NoHeldOutImages(f"{dataset} has no real image outside the diffusion training set, so the "
+                              "memorisation rate of held-out real images (the metric's false positives) is not "
+                              "measured")
     x, y = torch.cat(xs), torch.cat(ys)
     gen = torch.Generator().manual_seed(seed)
     chosen = []
