@@ -527,3 +527,41 @@ def test_a_second_eval_into_a_folder_leaves_none_of_the_first_one_s_files(tmp_pa
     assert (folder / "per_class_fid.png").is_file() and (folder / "heldout-real.json").is_file()
     cli_ok("eval", folder, "--metrics", "fid")
     assert not (folder / "per_class_fid.png").exists() and not (folder / "heldout-real.json").exists()
+
+
+def _split_folder(root, train_counts, test_classes, size=8):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for split, classes in (("train", train_counts), ("test", {c: 2 for c in test_classes})):
+        for c, n in classes.items():
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
+    return root
+
+
+def test_a_classifier_in_another_class_order_is_refused(tmp_path, tiny_config):
+    """A run with data.class_order count scored by a name-order classifier: accuracy 0 for perfect images."""
+    data = _split_folder(tmp_path / "data", {"a": 3, "b": 12, "c": 6}, "abc")
+    cfg = tiny_config.write(tmp_path, data={"dataset": "folder", "root": str(data), "class_order": "count"})
+    run = tmp_path / "run"
+    cli_ok("train", "--config", cfg, "--out", run, "--no-progress", "--steps", "2")
+    cli_ok("sample", run, "--steps", "2", "-n", "6", "--no-progress")
+    by_name, by_count = tmp_path / "name.safetensors", tmp_path / "count.safetensors"
+    cli_ok("eval", "train-classifier", "--dataset", "folder", "--data-root", data, "--epochs", "1", "--out", by_name)
+    cli_fails("eval", run / "samples-ddim-2-w0", "--classifier", by_name, "--metrics", "fid",
+              match="orders its classes a, b, c, the reference b, c, a")
+    cli_ok("eval", "train-classifier", "--dataset", "folder", "--data-root", data, "--epochs", "1",
+           "--class-order", "count", "--out", by_count)
+    cli_ok("eval", run / "samples-ddim-2-w0", "--classifier", by_count, "--metrics", "fid")
+
+
+def test_a_folder_split_with_other_classes_is_refused(tmp_path):
+    """test/ with a, b, d beside train/ with a, b, c: class c's samples were scored against d's images."""
+    from cbdm_core.data import dataset_options, load_dataset
+
+    data = _split_folder(tmp_path / "data", {"a": 2, "b": 2, "c": 2}, "abd")
+    with pytest.raises(CbdmError, match=re.escape("test/ and train/ hold other classes (c, d in one only)")):
+        load_dataset("folder", dataset_options(root=data, split="test"))

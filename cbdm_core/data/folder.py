@@ -86,6 +86,14 @@ def class_names(options: DatasetOptions) -> list[str]:
     """
     root = require_root(options, "folder", WHAT)
     names, _ = list_class_files(resolve_split_dir(root, options.split), options.classes)
+    if options.split != "train" and options.classes is None:
+        # A label is an index into the names: another split with other classes would score class c's
+        # samples against another class's images.
+        train = _subdirs(resolve_split_dir(root, "train"))
+        if names != train:
+            only = sorted(set(names) ^ set(train))
+            raise CbdmError(f"dataset folder: {options.split}/ and train/ hold other classes ({', '.join(only[:4])} "
+                            f"in one only); the splits must have the same class folders")
     if options.class_order == "count":
         _, train_files = list_class_files(resolve_split_dir(root, "train"), names)
         sizes = {n: len(f) for n, f in zip(names, train_files)}

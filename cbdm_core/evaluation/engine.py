@@ -236,6 +236,7 @@ def evaluate(samples: Union[Path, str, SampleSet], options: EvalOptions, *, comp
     specs = _checked_request(options, components, reference)
     with _WarningLog(on_warning) as log:
         prep = reference if reference is not None else prepare_reference(options, components, on_status=status)
+        _check_classifier_classes(prep)
         sample_set, images, resize_note = _read_sample_set(samples, prep, options)
         skipped = _skipped_metrics(specs, sample_set, explicit)
         counts, counts_source, training = _training_inputs(prep, specs, skipped, sample_set, explicit, status)
@@ -270,6 +271,30 @@ def evaluate(samples: Union[Path, str, SampleSet], options: EvalOptions, *, comp
         sample_labels=sample_set.labels.tolist() if sample_set.labeled else None,
         metric_specs=dict(specs),
     )
+
+
+def _check_classifier_classes(prep: "PreparedReference") -> None:
+    """A feature classifier's classes against the reference's: another count, or the same names in another
+    order (a folder dataset with ``class_order: count``), made every accuracy and per-class value silently
+    wrong. Names that differ altogether (a classifier of another dataset) only warn."""
+    model = getattr(prep.extractor, "model", None)
+    names = (getattr(model, "meta", None) or {}).get("class_names")
+    count = getattr(getattr(model, "options", None), "num_classes", None)
+    if count is None:  # not a cbdm classifier (Inception, a plugin's extractor)
+        return
+    ref = [str(n) for n in prep.images.class_names]
+    path = getattr(prep.extractor, "path", "the classifier")
+    if count != len(ref):
+        raise CbdmError(f"classifier {path} has {count} classes but the reference has {len(ref)}; train one for "
+                        "this dataset (cbdm eval train-classifier)")
+    if not isinstance(names, list) or [str(n) for n in names] == ref:
+        return
+    if sorted(map(str, names)) == sorted(ref):
+        raise CbdmError(f"classifier {path} orders its classes {', '.join(map(str, names[:6]))}, the reference "
+                        f"{', '.join(ref[:6])} (data.class_order?); its class index would name another class: "
+                        "train one in the reference's order (cbdm eval train-classifier --class-order)")
+    warnings.warn(f"classifier {path} was trained on classes {', '.join(map(str, names[:6]))}, the reference has "
+                  f"{', '.join(ref[:6])}: accuracy compares class indices", stacklevel=2)
 
 
 def _checked_request(options: EvalOptions, components: EvalComponents,
