@@ -565,3 +565,22 @@ def test_a_folder_split_with_other_classes_is_refused(tmp_path):
     data = _split_folder(tmp_path / "data", {"a": 2, "b": 2, "c": 2}, "abd")
     with pytest.raises(CbdmError, match=re.escape("test/ and train/ hold other classes (c, d in one only)")):
         load_dataset("folder", dataset_options(root=data, split="test"))
+
+
+@pytest.mark.parametrize("mu, sigma, match", [
+    ([0.0, float("nan")], [[1.0, 0.0], [0.0, 1.0]], "holds NaN or inf"),
+    ([0.0, 0.0], [[1.0, 1.0], [0.0, 1.0]], "not symmetric"),
+    ([0.0, 0.0], [[-1.0, 0.0], [0.0, -1.0]], "negative eigenvalues"),
+])
+def test_reference_statistics_must_be_a_mean_and_a_covariance(tmp_path, mu, sigma, match):
+    """sigma = -I gave 'fid 50.3', a non-symmetric sigma 'fid 259.8'; a NaN was blamed on the sample features."""
+    import numpy as np
+
+    from cbdm_core.evaluation.reference import load_fid_stats
+
+    path = tmp_path / "stats.npz"
+    np.savez(path, mu=np.asarray(mu), sigma=np.asarray(sigma))
+    with pytest.raises(CbdmError, match=match):
+        load_fid_stats(path)
+    np.savez(path, mu=np.zeros(2), sigma=np.eye(2))
+    assert load_fid_stats(path)[1].shape == (2, 2)

@@ -122,6 +122,15 @@ def load_fid_stats(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if mu.ndim != 1 or sigma.shape != (d, d):
         raise CbdmError(f"reference statistics {path}: mu is {mu.shape} and sigma {sigma.shape}; "
                         "expected [D] and [D, D]")
+    # A covariance is finite, symmetric and positive semi-definite; anything else gave an FID that
+    # looked like a number (or an error blaming the sample features, after extracting them).
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise CbdmError(f"reference statistics {path}: mu or sigma holds NaN or inf")
+    scale = max(float(np.abs(sigma).max()), 1e-12)
+    if float(np.abs(sigma - sigma.T).max()) > 1e-6 * scale:
+        raise CbdmError(f"reference statistics {path}: sigma is not symmetric, so not a covariance")
+    if float(np.linalg.eigvalsh(sigma).min()) < -1e-6 * scale * d:
+        raise CbdmError(f"reference statistics {path}: sigma has negative eigenvalues, so not a covariance")
     return mu, sigma
 
 
