@@ -70,7 +70,9 @@ def ensure_dir(folder: Path, what: str = "folder") -> Path:
 
 def check_writable(path: Path, what: str = "output") -> None:
     """Fail early, in one line, when the file ``path`` could not be written later
-    (its folder cannot be created or written to)."""
+    (its folder cannot be created or written to, or it is a folder itself)."""
+    if Path(path).is_dir():
+        raise CbdmError(f"the {what} {path} is a folder; give a file name")
     folder = ensure_dir(Path(path).parent, f"folder of the {what}")
     try:
         fd, tmp = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=folder)

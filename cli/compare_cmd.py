@@ -185,7 +185,12 @@ def run_compare(protocol: Optional[str], out: Optional[Path], sets: tuple[str, .
         overrides["seeds"] = _seed_list(seeds)
     proto = load_protocol(protocol, overrides)
     if dry_run:
-        _print_plan(plan_study(proto, out if out is not None else Path("DIR")))
+        plan = plan_study(proto, out if out is not None else Path("DIR"))
+        if out is not None:  # what the real run would refuse about the folder, without writing to it
+            from cbdm_core.experiments.compare_folder import check_folder_readonly
+
+            check_folder_readonly(plan)
+        _print_plan(plan)
         return
     if out is None:
         raise CbdmError("--out DIR is needed: the study folder")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -73,6 +74,12 @@ def downstream_cmd(samples: tuple[str, ...], dataset: str, data_root: Optional[P
                         blocks_per_stage), ("--width", width)):
         if value < 1:
             raise CbdmError(f"{flag} must be positive, got {value}")
+    for flag, value in (("--lr", lr), ("--weight-decay", weight_decay)):  # NaN trained a NaN network
+        if not math.isfinite(value) or value < 0 or (flag == "--lr" and value == 0):
+            raise CbdmError(f"{flag} must be a finite number {'> 0' if flag == '--lr' else '>= 0'}, got {value}")
+    from cbdm_core.atomic import check_writable
+
+    check_writable(out, "result file")  # before any classifier trains
     named = _named(samples)
     train = load_dataset(dataset, dataset_options(root=data_root, split="train"))
     test = load_reference(dataset, data_root, "test", balance=False)  # the whole test split, as before

@@ -584,3 +584,32 @@ def test_reference_statistics_must_be_a_mean_and_a_covariance(tmp_path, mu, sigm
         load_fid_stats(path)
     np.savez(path, mu=np.zeros(2), sigma=np.eye(2))
     assert load_fid_stats(path)[1].shape == (2, 2)
+
+
+def test_compare_dry_run_checks_the_study_folder(tmp_path):
+    """--dry-run printed a plan the real run then refused (a folder of another protocol, a file)."""
+    from .run_helpers import tiny_protocol, write_protocol
+
+    proto = write_protocol(tmp_path / "p.yaml", tiny_protocol(tmp_path, seeds=[0], guidance={"fixed": 1.0}))
+    out = tmp_path / "study"
+    out.mkdir()
+    (out / "protocol.json").write_text('{"name": "other"}')
+    cli_fails("compare", proto, "--out", out, "--dry-run", match="holds a study of a different protocol")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    cli_fails("compare", proto, "--out", afile, "--dry-run", match="is a file, not a folder")
+
+
+@pytest.mark.parametrize("flag, value, match", [("--lr", "-1", "--lr must be a finite number > 0"),
+                                                ("--lr", "nan", "--lr must be a finite number > 0"),
+                                                ("--weight-decay", "-1", "--weight-decay must be a finite number")])
+def test_downstream_refuses_bad_optimiser_values_before_training(tmp_path, flag, value, match):
+    cli_fails("eval", "downstream", "--dataset", "digits-lt", "--epochs", "1", flag, value,
+              "--out", tmp_path / "d.json", match=match)
+
+
+def test_a_folder_as_an_output_file_is_refused_before_the_work(tmp_path):
+    cli_fails("eval", "downstream", "--dataset", "digits-lt", "--epochs", "1", "--out", tmp_path,
+              match="is a folder; give a file name")
+    cli_fails("eval", "train-classifier", "--dataset", "digits", "--epochs", "1", "--out", tmp_path,
+              match="is a folder; give a file name")

@@ -19,6 +19,16 @@ _FREE = {("description",), ("training", "device"), ("evaluation", "cache_dir"), 
 
 def check_folder(plan: StudyPlan) -> None:
     """A study folder holds one protocol: refuse to mix results of a different one."""
+    check_folder_readonly(plan)
+    ensure_dir(plan.out_dir, "study folder")
+    atomic_write_text(plan.out_dir / PROTOCOL_JSON, json.dumps(protocol_dict(plan.protocol), indent=2) + "\n")
+
+
+def check_folder_readonly(plan: StudyPlan) -> None:
+    """:func:`check_folder` without writing anything (``--dry-run``): a file as the folder, a study of
+    a different protocol in it."""
+    if plan.out_dir.exists() and not plan.out_dir.is_dir():
+        raise CbdmError(f"study folder {plan.out_dir} is a file, not a folder")
     path = plan.out_dir / PROTOCOL_JSON
     current = protocol_dict(plan.protocol)
     if path.is_file():
@@ -30,8 +40,6 @@ def check_folder(plan: StudyPlan) -> None:
         if diff is not None:
             raise CbdmError(f"{plan.out_dir} holds a study of a different protocol (differs at {diff}); "
                             "use another --out")
-    ensure_dir(plan.out_dir, "study folder")
-    atomic_write_text(path, json.dumps(current, indent=2) + "\n")
 
 
 def first_difference(a: Any, b: Any, prefix: tuple = ()) -> Optional[str]:
