@@ -199,9 +199,11 @@ def run_data(samples: Path, dataset: Optional[str], data_root: Optional[Path], r
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--class-order", type=click.Choice(["name", "count"]), default="name", show_default=True,
               help="A folder dataset's class order, as the run's data.class_order (the class index must match).")
+@click.option("--image-size", type=int, default=None,
+              help="Resize the images to this side first, as a run's data.resize (the classifier takes that size).")
 def train_classifier_cmd(dataset: str, data_root: Optional[Path], balanced: bool, epochs: int, batch_size: int,
                          lr: float, random_shift: bool, hflip: bool, out: Optional[Path], holdout: float, seed: int,
-                         device: str, class_order: str) -> None:
+                         device: str, class_order: str, image_size: Optional[int]) -> None:
     """Train the feature classifier on the real training images of --dataset."""
     from cbdm_core.atomic import check_writable
     from cbdm_core.device import resolve_device
@@ -215,9 +217,11 @@ def train_classifier_cmd(dataset: str, data_root: Optional[Path], balanced: bool
     path = out if out is not None else default_classifier_path(dataset, data_root)
     check_writable(path, "classifier file")  # before training, not after
     dev = resolve_device(device)
-    train = load_dataset(dataset, dataset_options(root=data_root, split="train", class_order=class_order))
+    train = load_dataset(dataset, dataset_options(root=data_root, split="train", class_order=class_order,
+                                                  resize=image_size))
     try:
-        test = load_dataset(dataset, dataset_options(root=data_root, split="test", class_order=class_order))
+        test = load_dataset(dataset, dataset_options(root=data_root, split="test", class_order=class_order,
+                                                     resize=image_size))
         test_what = f"{dataset} test images"
     except CbdmError as exc:
         train, test = split_holdout(train, holdout, seed)

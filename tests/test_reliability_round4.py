@@ -613,3 +613,20 @@ def test_a_folder_as_an_output_file_is_refused_before_the_work(tmp_path):
               match="is a folder; give a file name")
     cli_fails("eval", "train-classifier", "--dataset", "digits", "--epochs", "1", "--out", tmp_path,
               match="is a folder; give a file name")
+
+
+def test_the_classifier_the_size_error_asks_for_can_be_trained(tmp_path, tiny_config):
+    """A run on resized images: the error said `train one with cbdm eval train-classifier --dataset X`, which
+    made another classifier of the native size, and the CLI had no way to make the one asked for."""
+    cfg = tiny_config.write(tmp_path, data={"dataset": "digits-lt", "resize": 16})
+    run = tmp_path / "run"
+    cli_ok("train", "--config", cfg, "--out", run, "--no-progress", "--steps", "2")
+    cli_ok("sample", run, "--steps", "2", "-n", "10", "--no-progress")
+    native = tmp_path / "native.safetensors"
+    cli_ok("eval", "train-classifier", "--dataset", "digits-lt", "--epochs", "1", "--out", native)
+    line = cli_fails("eval", run / "samples-ddim-2-w0", "--classifier", native, "--metrics", "fid",
+                     match="--image-size 16")
+    assert "takes 1x8x8 images" in line
+    sized = tmp_path / "sized.safetensors"
+    cli_ok("eval", "train-classifier", "--dataset", "digits-lt", "--epochs", "1", "--image-size", "16", "--out", sized)
+    cli_ok("eval", run / "samples-ddim-2-w0", "--classifier", sized, "--metrics", "fid")

@@ -69,4 +69,5 @@ def check_classifier_fits(extractor: Any, chw: tuple[int, int, int], dataset: st
     if (opts.in_channels, opts.image_size, opts.image_size) != chw:
         raise CbdmError(f"classifier {extractor.path} takes {opts.in_channels}x{opts.image_size}x{opts.image_size} "
                         f"images but the {dataset} reference images are {chw[0]}x{chw[1]}x{chw[2]} (CxHxW); "
-                        f"train one with `cbdm eval train-classifier --dataset {dataset}`")
+                        f"train one with `cbdm eval train-classifier --dataset {dataset}"
+                        + (f" --image-size {chw[1]}`" if chw[1] == chw[2] else "`"))
