@@ -630,3 +630,9 @@ def test_the_classifier_the_size_error_asks_for_can_be_trained(tmp_path, tiny_co
     sized = tmp_path / "sized.safetensors"
     cli_ok("eval", "train-classifier", "--dataset", "digits-lt", "--epochs", "1", "--image-size", "16", "--out", sized)
     cli_ok("eval", run / "samples-ddim-2-w0", "--classifier", sized, "--metrics", "fid")
+
+
+def test_a_single_class_classifier_is_refused_saying_why(tmp_path):
+    data = _folder_dataset(tmp_path / "data", classes=("only",))
+    cli_fails("eval", "train-classifier", "--dataset", "folder", "--data-root", data, "--epochs", "1",
+              "--out", tmp_path / "c.safetensors", match="needs at least 2 classes to tell apart; the data has 1")

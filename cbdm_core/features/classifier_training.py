@@ -57,6 +57,8 @@ def train_classifier(images_uint8: torch.Tensor, labels: torch.Tensor, num_class
     n, c, h, w = images_uint8.shape
     if labels.shape != (n,):
         raise CbdmError(f"classifier training needs one label per image ({n}), got shape {tuple(labels.shape)}")
+    if num_classes < 2:
+        raise CbdmError(f"a feature classifier needs at least 2 classes to tell apart; the data has {num_classes}")
     if labels.min() < 0 or labels.max() >= num_classes:
         raise CbdmError(f"classifier labels must be in 0..{num_classes - 1}")
     if epochs < 1 or batch_size < 1:
