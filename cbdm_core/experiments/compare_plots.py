@@ -52,7 +52,8 @@ def write_plots(doc: dict[str, Any], folder: Path) -> list[Path]:
         ax.set_ylabel(value)
         ax.set_title(f"{doc['protocol']['name']}: per-class {value} (mean over seeds, range shaded)", fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
+        if ax.get_legend_handles_labels()[0]:  # an endpoint without data draws no line
+            ax.legend(fontsize=8, loc="best")
         fig.tight_layout()
         path = folder / f"per-class-{re.sub(r'[^A-Za-z0-9_.-]', '_', value)}.png"
         with atomic_path(path) as tmp:

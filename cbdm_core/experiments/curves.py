@@ -149,7 +149,8 @@ def write_curve_plots(doc: dict[str, Any], folder: Path) -> list[Path]:
         ax.set_ylabel(value)
         ax.set_title(f"{value} against w (mean over seeds, range shaded)", fontsize=9)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # an endpoint without data draws no line
+            ax.legend(fontsize=8)
         written.append(_save(fig, folder / f"curve-{_name(value)}.png"))
     pareto = _pareto(curve, Figure)
     if pareto is not None:
@@ -176,7 +177,8 @@ def _pareto(curve: dict[str, list[dict[str, Any]]], figure: Any) -> Optional[Any
         ax.set_xlabel(f"{x_value} (higher is better)")
         ax.set_ylabel(f"{TAIL_MEMORIZATION} (lower is better)")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # an endpoint without data draws no line
+            ax.legend(fontsize=8)
     return fig if drawn else None
 
 
@@ -189,6 +191,9 @@ def markdown_lines(doc: dict[str, Any]) -> list[str]:
              "Secondary: the primary endpoints stay at the one pre-registered w.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, row in m["methods"].items():
-        cells = [label] + [("not reached" if row.get(k) is None else f"{row[k]:.4g}") for k in ["w"] + values]
+        reached = row.get("w") is not None
+        # A value missing where the target was reached is not computable there, not "not reached".
+        cells = [label] + [f"{row[k]:.4g}" if row.get(k) is not None else ("–" if reached else "not reached")
+                           for k in ["w"] + values]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
