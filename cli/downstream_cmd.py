@@ -34,6 +34,23 @@ def _named(items: tuple[str, ...]) -> list[tuple[str, Path]]:
     return out
 
 
+def _check_options(num: Optional[int], epochs: int, batch_size: int, blocks_per_stage: int, width: int,
+                   lr: float, weight_decay: float, out: Path) -> None:
+    """Every option, each in one line, before any classifier trains."""
+    from cbdm_core.atomic import check_writable
+
+    if num is not None and num < 0:
+        raise CbdmError(f"--num must be >= 0, got {num}")
+    for flag, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--blocks-per-stage",
+                        blocks_per_stage), ("--width", width)):
+        if value < 1:
+            raise CbdmError(f"{flag} must be positive, got {value}")
+    for flag, value in (("--lr", lr), ("--weight-decay", weight_decay)):  # NaN trained a NaN network
+        if not math.isfinite(value) or value < 0 or (flag == "--lr" and value == 0):
+            raise CbdmError(f"{flag} must be a finite number {'> 0' if flag == '--lr' else '>= 0'}, got {value}")
+    check_writable(out, "result file")
+
+
 @click.command("downstream")
 @click.argument("samples", nargs=-1, metavar="[NAME=]SAMPLES...")
 @click.option("--dataset", required=True, help="Long-tailed training set of the classifier (e.g. cifar10-lt).")
@@ -68,18 +85,7 @@ def downstream_cmd(samples: tuple[str, ...], dataset: str, data_root: Optional[P
     from cbdm_core.evaluation import fit_to_reference, load_reference, read_samples
 
     reporter = Reporter()
-    if num is not None and num < 0:
-        raise CbdmError(f"--num must be >= 0, got {num}")
-    for flag, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--blocks-per-stage",
-                        blocks_per_stage), ("--width", width)):
-        if value < 1:
-            raise CbdmError(f"{flag} must be positive, got {value}")
-    for flag, value in (("--lr", lr), ("--weight-decay", weight_decay)):  # NaN trained a NaN network
-        if not math.isfinite(value) or value < 0 or (flag == "--lr" and value == 0):
-            raise CbdmError(f"{flag} must be a finite number {'> 0' if flag == '--lr' else '>= 0'}, got {value}")
-    from cbdm_core.atomic import check_writable
-
-    check_writable(out, "result file")  # before any classifier trains
+    _check_options(num, epochs, batch_size, blocks_per_stage, width, lr, weight_decay, out)
     named = _named(samples)
     train = load_dataset(dataset, dataset_options(root=data_root, split="train"))
     test = load_reference(dataset, data_root, "test", balance=False)  # the whole test split, as before

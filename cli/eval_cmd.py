@@ -80,9 +80,8 @@ def evaluate_samples(samples: Path, dataset: Optional[str], data_root: Optional[
     from cbdm_core.atomic import check_folder_writable
     from cbdm_core.build_evaluation import resolve_evaluation
     from cbdm_core.device import resolve_device, setup_distributed
-    from cbdm_core.evaluation import EvalOptions, evaluate, metrics_table, plot_per_class_fid, write_metrics_json
+    from cbdm_core.evaluation import EvalOptions, evaluate, metrics_table
     from cbdm_core.evaluation.prepared import prepare_reference
-    from cbdm_core.evaluation.report import METRICS_JSON, PER_CLASS_PLOT
 
     ctx = setup_distributed(resolve_device(device))
     try:
@@ -112,22 +111,11 @@ def evaluate_samples(samples: Path, dataset: Optional[str], data_root: Optional[
             result = evaluate(samples, options, components=components, reference=prepared,
                               on_warning=reporter.warning, on_status=reporter.status)
             finish_paper(run, result, reporter)
-            heldout = None
-            if has_memorization(result):
-                from cbdm_core.experiments.heldout import NoHeldOutImages
-
-                try:
-                    heldout = heldout_row(result, options, prepared, samples, out_dir, reporter.status)
-                except NoHeldOutImages as exc:  # the metrics stand; only their false-positive check is missing
-                    reporter.warning(str(exc))
+            heldout = (heldout_row(result, options, prepared, samples, out_dir, reporter.status, reporter.warning)
+                       if has_memorization(result) else None)
         say_reference(result, reporter)
         Console().print(metrics_table(result))
-        json_path = write_metrics_json(result, out_dir / METRICS_JSON)
-        plot = plot_per_class_fid(result, out_dir / PER_CLASS_PLOT)
-        # What an earlier evaluation into this folder wrote and this one does not must not stay beside it.
-        for name, written in ((PER_CLASS_PLOT, plot), (HELDOUT_FILE, heldout)):
-            if written is None:
-                (out_dir / name).unlink(missing_ok=True)
+        json_path, plot = _write_report(result, out_dir, heldout)
         if not result.extractor.comparable:
             reporter.warning(f"{result.extractor.note}")
         if heldout is not None:
@@ -137,6 +125,20 @@ def evaluate_samples(samples: Path, dataset: Optional[str], data_root: Optional[
         click.echo(next_command(data.get("checkpoint")))
     finally:
         ctx.close()
+
+
+def _write_report(result: "EvalResult", out_dir: Path, heldout: Optional[Path]) -> tuple[Path, Optional[Path]]:
+    """metrics.json (with records.csv) and the per-class plot; what an earlier evaluation into this folder
+    wrote and this one does not (the plot, the held-out file) is removed, so the folder is one evaluation."""
+    from cbdm_core.evaluation import plot_per_class_fid, write_metrics_json
+    from cbdm_core.evaluation.report import METRICS_JSON, PER_CLASS_PLOT
+
+    json_path = write_metrics_json(result, out_dir / METRICS_JSON)
+    plot = plot_per_class_fid(result, out_dir / PER_CLASS_PLOT)
+    for name, written in ((PER_CLASS_PLOT, plot), (HELDOUT_FILE, heldout)):
+        if written is None:
+            (out_dir / name).unlink(missing_ok=True)
+    return json_path, plot
 
 
 def say_reference(result: "EvalResult", reporter: Reporter) -> None:

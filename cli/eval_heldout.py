@@ -16,13 +16,14 @@ def has_memorization(result: Any) -> bool:
 
 
 def heldout_row(result: Any, options: Any, reference: Any, samples: Path, out_dir: Path,
-                status: Callable[[str], None]) -> Optional[Path]:
+                status: Callable[[str], None], warn: Callable[[str], None] = lambda _m: None) -> Optional[Path]:
     """Compute the held-out-real document for the samples' model, write it to
-    ``out_dir/heldout-real.json`` (with the rates per frequency group) and return its path.
+    ``out_dir/heldout-real.json`` (with the rates per frequency group) and return its path;
+    ``None``, with ``warn``, when the dataset has no held-out real image (the metrics stand).
     ``reference``: the prepared reference (``None``: prepared here)."""
     from cbdm_core.atomic import atomic_write_text
     from cbdm_core.evaluation.report import groups_of
-    from cbdm_core.experiments.heldout import heldout_document
+    from cbdm_core.experiments.heldout import NoHeldOutImages, heldout_document
     from cbdm_core.experiments.memorization_evidence import heldout_rows
     from cbdm_core.metrics.memorization import THRESHOLD
     from cbdm_core.sampling import shards as sh
@@ -38,8 +39,12 @@ def heldout_row(result: Any, options: Any, reference: Any, samples: Path, out_di
             reference = prepare_reference(options, resolve_evaluation(options))
     manifest = sh.read_manifest(samples) if Path(samples).is_dir() else None
     threshold = float((options.metric_options.get("memorization") or {}).get("threshold", THRESHOLD))
-    doc = heldout_document(options.dataset, options.data_root, options.image_size, threshold, reference, manifest,
-                           status, f"the training set of {samples}")
+    try:
+        doc = heldout_document(options.dataset, options.data_root, options.image_size, threshold, reference,
+                               manifest, status, f"the training set of {samples}")
+    except NoHeldOutImages as exc:  # e.g. a folder dataset without test/: every real image was trained on
+        warn(str(exc))
+        return None
     groups = groups_of(result) or {}
     doc["rows"] = heldout_rows(doc, groups)
     Path(out_dir).mkdir(parents=True, exist_ok=True)

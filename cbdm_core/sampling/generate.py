@@ -74,8 +74,7 @@ def generate_samples(run: "LoadedRun", labels: Sequence[int], *, out_dir: Path,
         indices: (re)generate only these sample indices (``--seeds A-B``), even if present.
         ctx: under torchrun (:func:`~cbdm_core.training.distributed.setup_distributed`) each
             process makes a contiguous range of the work; the images do not depend on it.
-        remedy: what a refused folder's one-line error suggests (default: a new ``--out`` or
-            ``--overwrite``, `cbdm sample`'s options; a command without ``--overwrite`` says its own).
+        remedy: what a refused folder's error suggests (default: `cbdm sample`'s new --out or --overwrite).
     """
     if not isinstance(sampling, ResolvedSampling):  # settings by name: resolved at the edge first
         raise CbdmError("generate_samples takes sampling=cbdm_core.sampling.api.resolve_sampling(settings), got "
