@@ -103,6 +103,7 @@ def evaluate_samples(samples: Path, dataset: Optional[str], data_root: Optional[
             cache_dir=cache_dir, batch_size=batch_size, device=device, resize=resize,
             reference_folder=reference_folder, reference_stats=reference_stats,
             classes=data.get("classes"), class_order=data.get("class_order") or "name", image_size=data.get("resize"))
+        _check_metric_options(options)
         with LogToReporter(reporter):
             components = resolve_evaluation(options)  # every name checked once, before any loading
             prepared = prepare_reference(options, components, on_status=reporter.status, ctx=ctx) if ctx.enabled else None
@@ -125,6 +126,13 @@ def evaluate_samples(samples: Path, dataset: Optional[str], data_root: Optional[
         click.echo(next_command(data.get("checkpoint")))
     finally:
         ctx.close()
+
+
+def _check_metric_options(options: "EvalOptions") -> None:
+    """An ``-O`` option of a metric that --metrics leaves out was silently ignored."""
+    unused = sorted(set(options.metric_options) - set(options.metrics)) if options.metrics is not None else []
+    if unused:
+        raise CbdmError(f"-O {unused[0]}.…: metric {unused[0]!r} is not among --metrics; add it or drop the option")
 
 
 def _write_report(result: "EvalResult", out_dir: Path, heldout: Optional[Path]) -> tuple[Path, Optional[Path]]:

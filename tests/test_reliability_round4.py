@@ -636,3 +636,8 @@ def test_a_single_class_classifier_is_refused_saying_why(tmp_path):
     data = _folder_dataset(tmp_path / "data", classes=("only",))
     cli_fails("eval", "train-classifier", "--dataset", "folder", "--data-root", data, "--epochs", "1",
               "--out", tmp_path / "c.safetensors", match="needs at least 2 classes to tell apart; the data has 1")
+
+
+def test_a_metric_option_for_a_metric_not_evaluated_is_refused(tmp_path):
+    cli_fails("eval", tmp_path, "--dataset", "digits-lt", "--metrics", "fid", "-O", "kid.subset_size=10",
+              match="metric 'kid' is not among --metrics")
