@@ -103,7 +103,7 @@ def evaluate_samples(samples: Path, dataset: Optional[str], data_root: Optional[
             cache_dir=cache_dir, batch_size=batch_size, device=device, resize=resize,
             reference_folder=reference_folder, reference_stats=reference_stats,
             classes=data.get("classes"), class_order=data.get("class_order") or "name", image_size=data.get("resize"))
-        _check_metric_options(options)
+        _warn_unused_metric_options(options, reporter)
         with LogToReporter(reporter):
             components = resolve_evaluation(options)  # every name checked once, before any loading
             prepared = prepare_reference(options, components, on_status=reporter.status, ctx=ctx) if ctx.enabled else None
@@ -128,11 +128,12 @@ def evaluate_samples(samples: Path, dataset: Optional[str], data_root: Optional[
         ctx.close()
 
 
-def _check_metric_options(options: "EvalOptions") -> None:
-    """An ``-O`` option of a metric that --metrics leaves out was silently ignored."""
+def _warn_unused_metric_options(options: "EvalOptions", reporter: Reporter) -> None:
+    """An ``-O`` option of a metric that --metrics leaves out is ignored: say so (it was silent). A warning,
+    not an error, so one set of -O options can serve several --metrics choices."""
     unused = sorted(set(options.metric_options) - set(options.metrics)) if options.metrics is not None else []
     if unused:
-        raise CbdmError(f"-O {unused[0]}.…: metric {unused[0]!r} is not among --metrics; add it or drop the option")
+        reporter.warning(f"-O options of {', '.join(unused)} are ignored: not among --metrics")
 
 
 def _write_report(result: "EvalResult", out_dir: Path, heldout: Optional[Path]) -> tuple[Path, Optional[Path]]:
