@@ -644,3 +644,30 @@ def test_a_metric_option_for_a_metric_not_evaluated_is_said_to_be_ignored(tmp_pa
     cli_ok("sample", run, "--steps", "2", "-n", "10", "--no-progress")
     res = cli_ok("eval", run / "samples-ddim-2-w0", "--metrics", "fid", "-O", "kid.subset_size=10")
     assert "-O options of kid are ignored: not among --metrics" in res.output
+
+
+def test_sweep_json_says_whether_every_requested_point_is_there(tmp_path, tiny_config, monkeypatch):
+    """An interrupted sweep left a sweep.json whose 'best' was the best of the points done, with nothing saying so."""
+    import json
+
+    from cbdm_core.experiments import sweeps
+
+    cfg, run = tiny_config.write(tmp_path), tmp_path / "run"
+    cli_ok("train", "--config", cfg, "--out", run, "--no-progress", "--steps", "2")
+    real, calls = sweeps._sample_and_evaluate, []
+
+    def stop_at_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweeps, "_sample_and_evaluate", stop_at_second)
+    out = tmp_path / "sweep"
+    invoke_cli("sweep", run, "--grid", "0,1", "-n", "10", "--steps", "2", "--out", out)
+    doc = json.loads((out / "sweep.json").read_text())
+    assert doc["requested_points"] == 2 and doc["complete"] is False and len(doc["points"]) == 1
+    monkeypatch.setattr(sweeps, "_sample_and_evaluate", real)
+    cli_ok("sweep", run, "--grid", "0,1", "-n", "10", "--steps", "2", "--out", out)
+    doc = json.loads((out / "sweep.json").read_text())
+    assert doc["requested_points"] == 2 and doc["complete"] is True

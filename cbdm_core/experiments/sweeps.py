@@ -71,6 +71,7 @@ class SweepResult:
     extractor: str = ""
     comparable_to_published: bool = True
     parameters: list[str] = field(default_factory=list)  # every axis, ``parameter`` first
+    requested: int = 0  # points asked for: fewer in ``points`` means an interrupted sweep (0: not known)
 
     @property
     def axes(self) -> list[str]:
@@ -125,6 +126,9 @@ def result_to_dict(result: SweepResult) -> dict[str, Any]:
         "extractor": result.extractor,
         "comparable_to_published": result.comparable_to_published,
         "settings": result.settings,
+        # An interrupted sweep's best is the best of the points done so far: say so.
+        "requested_points": result.requested or len(result.points),
+        "complete": len(result.points) >= (result.requested or len(result.points)),
         "points": [{"value": p.value, **_other_values(result, p), "samples": p.samples, "run": p.run,
                     "metrics": p.metrics} for p in result.points],
     }
@@ -285,7 +289,8 @@ def sampling_sweep(run: Any, axes: Sequence[Any], *, out_dir: Path, sampling: Sa
         point = SweepPoint(value=combo[0], samples=str(folder), metrics=values,
                            values={n: axis.typed(v) for n, axis, v in zip(names, axes, combo)})
         points.append(point)
-        result = _finish(SweepResult(names[0], select, list(points), settings, parameters=names), extractor)
+        result = _finish(SweepResult(names[0], select, list(points), settings, parameters=names,
+                                     requested=len(combos)), extractor)
         _write(result, Path(out_dir))  # after every point, so a long sweep shows its progress
         if on_point is not None:
             on_point(point)
@@ -356,8 +361,10 @@ def training_sweep(parameter: str, values: Sequence[float], config_for: Callable
         if done and done[-1][0] > cfg.optim.steps:
             raise CbdmError(f"{run_dir} holds a run trained for {done[-1][0]} steps, more than the {cfg.optim.steps} "
                             "asked; use a new --out, or ask for that many steps")
+    first = configs[values[0]]
     settings = {**_sampling_dict(sampling), "guidance": sampling.guidance, "dataset": eval_options.dataset,
-                "reference_split": eval_options.reference_split}
+                "reference_split": eval_options.reference_split,
+                "training": {"steps": first.optim.steps, "seed": first.seed}}  # what every run trained
     points: list[SweepPoint] = []
     extractor = None
     for v in values:
@@ -377,6 +384,6 @@ def training_sweep(parameter: str, values: Sequence[float], config_for: Callable
         values_, extractor = _sample_and_evaluate(run, folder, sampling.guidance, resolved, eval_options, status,
                                                   evaluation)
         points.append(SweepPoint(value=v, samples=str(folder), metrics=values_, run=str(run_dir)))
-        result = _finish(SweepResult(parameter, select, list(points), settings), extractor)
+        result = _finish(SweepResult(parameter, select, list(points), settings, requested=len(values)), extractor)
         _write(result, Path(out_dir))  # after every point, so a long sweep shows its progress
     return result
