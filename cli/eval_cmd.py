@@ -88,8 +88,9 @@ def evaluate_samples(samples: Path, dataset: Optional[str], data_root: Optional[
         reporter = Reporter()
         reporter.console.quiet = not ctx.is_main  # under torchrun only rank 0 talks
         data = run_data(samples, dataset, data_root, reporter)
-        run, extractor_flag, reference_split, metrics = start_paper(
-            paper, data["dataset"], extractor, reference_split, metrics, reference_stats, reference_folder, reporter)
+        run, extractor_flag, reference_split, metrics = start_paper(  # --classifier alone: --extractor classifier
+            paper, data["dataset"], extractor or ("classifier" if classifier else None), reference_split, metrics,
+            reference_stats, reference_folder, reporter)
         classifier_flag = classifier
         out_dir = out if out is not None else default_out(samples)
         check_folder_writable(out_dir, "report folder")  # before any work

@@ -46,6 +46,9 @@ def choose_extractor(extractor: str | None, classifier: Path | None, dataset: st
     (:func:`~cbdm_core.features.auto_classifier.default_extractor`); a default classifier is
     trained on first use. A ``--classifier`` file alone means ``--extractor classifier``."""
     if extractor is not None:
+        if classifier is not None and extractor != "classifier":  # it was silently ignored
+            raise CbdmError(f"--classifier is the file of --extractor classifier; --extractor {extractor} "
+                            "takes none (drop one of them)")
         return extractor, classifier
     if classifier is not None:
         return "classifier", classifier

@@ -671,3 +671,11 @@ def test_sweep_json_says_whether_every_requested_point_is_there(tmp_path, tiny_c
     cli_ok("sweep", run, "--grid", "0,1", "-n", "10", "--steps", "2", "--out", out)
     doc = json.loads((out / "sweep.json").read_text())
     assert doc["requested_points"] == 2 and doc["complete"] is True
+
+
+def test_a_classifier_file_with_another_extractor_is_refused(tmp_path):
+    """`--extractor inception --classifier X` ignored X silently."""
+    clf = tmp_path / "c.safetensors"
+    clf.write_bytes(b"")
+    cli_fails("eval", tmp_path, "--dataset", "digits-lt", "--extractor", "inception", "--classifier", clf,
+              match="--classifier is the file of --extractor classifier")
