@@ -222,10 +222,12 @@ class DiffusionObjective:
                  cond: Optional[torch.Tensor] = None) -> LossTerms:
         """The shared forward pass over ``ctx``'s rows and every method's extra views, then the losses."""
         b = ctx.x_t.shape[0]
-        coupled = has_active_row_coupling(model)
-        ctx = replace(ctx, repeatable=not coupled and not has_active_random_layer(model))
-        # Leaving rows out would change the other rows' batch statistics under batch norm: then run them all.
-        pred_all = self._shared_pass(model, ctx, extras, cond, skip_unread=self.skip_unread_rows and not coupled)
+        skip = False
+        if self.skip_unread_rows:  # the module walks only where rows may be left out (the CPU trainer)
+            # Leaving rows out would change the other rows' batch statistics under batch norm: then run them all.
+            skip = not has_active_row_coupling(model)
+            ctx = replace(ctx, repeatable=skip and not has_active_random_layer(model))
+        pred_all = self._shared_pass(model, ctx, extras, cond, skip_unread=skip)
         pred = pred_all[0]
 
         per_elem = (pred - ctx.target.float()).pow(2)

@@ -67,8 +67,9 @@ def build_document(plan: "StudyPlan", results: dict[str, dict[str, Any]],
     directions = {v: direction_of(v, plan.evaluation.metrics).value for v in values}
     base_by_seed = {r["seed"]: r["doc"].get("values", {}) for r in results[base]["reports"]}
     every = {(label, r["seed"]): r["samples"] for label, res in results.items() for r in res["reports"]}
-    check_records_complete({k: read_records(f) for k, f in every.items()}, every)
-    base_records = {r["seed"]: read_records(r["samples"]) for r in results[base]["reports"]}
+    records_of = {k: read_records(f) for k, f in every.items()}  # each file read once
+    check_records_complete(records_of, every)
+    base_records = {r["seed"]: records_of[(base, r["seed"])] for r in results[base]["reports"]}
     methods: dict[str, Any] = {}
     for label, res in results.items():
         entry = res["entry"]
@@ -77,7 +78,8 @@ def build_document(plan: "StudyPlan", results: dict[str, dict[str, Any]],
                        "per_seed": {s: by_seed[s].get(v) for s in p.seeds}} for v in values}
         difference = None
         if label != base:
-            records = {"method": {r["seed"]: read_records(r["samples"]) for r in res["reports"]}, "base": base_records}
+            records = {"method": {r["seed"]: records_of[(label, r["seed"])] for r in res["reports"]},
+                       "base": base_records}
             difference = {v: _difference(p, v, p.seeds, by_seed, base_by_seed, records, groups) for v in values}
         methods[label] = _method_entry(plan, entry, res, summary, difference)
     curve = curve_document(results, values)

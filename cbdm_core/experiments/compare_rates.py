@@ -41,41 +41,45 @@ def rate_of(value: str) -> Optional[tuple[str, Optional[str]]]:
     return (stem, group) if stem in _RATES else None
 
 
-def records_problem(folder: Union[str, Path]) -> Optional[str]:
-    """Why the report folder's ``records.csv`` cannot stand for its evaluated images, or None: it is
-    missing, unreadable, holds a cell that is not a number, or has another row count than the images
-    its ``metrics.json`` counted (a missing or cut file silently left images out of the tests)."""
+def _load_records(folder: Union[str, Path]) -> tuple[Optional[dict[str, list]], Optional[str]]:
+    """``(columns, problem)`` of the report folder's ``records.csv``: the problem (one line) when it is
+    missing, unreadable, holds a cell that is not a number, or has another row count than the images its
+    ``metrics.json`` counted (a missing or cut file silently left images out of the tests)."""
     from ..evaluation import RECORDS_CSV, read_records_csv
 
     path = Path(folder) / RECORDS_CSV
     if not path.is_file():
-        return f"{path} is missing"
+        return None, f"{path} is missing"
     try:
         records = read_records_csv(path)
     except (OSError, ValueError, csv.Error) as exc:
-        return f"{path} is unreadable ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        return None, f"{path} is unreadable ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
     try:
         count = int(json.loads((Path(folder) / "metrics.json").read_text())["samples"]["count"])
     except (OSError, ValueError, KeyError, TypeError):
-        return None  # no count to check against: the metrics' own reader decides about that file
+        return records, None  # no count to check against: the metrics' own reader decides about that file
     rows = len(records["requested_class"])
-    return None if rows == count else f"{path} has {rows} rows for the {count} images evaluated"
+    return records, (None if rows == count else f"{path} has {rows} rows for the {count} images evaluated")
+
+
+def records_problem(folder: Union[str, Path]) -> Optional[str]:
+    """Why the report folder's ``records.csv`` cannot stand for its evaluated images, or None."""
+    return _load_records(folder)[1]
 
 
 def read_records(folder: str) -> Optional[dict[str, list]]:
     """A report folder's ``records.csv`` as columns; ``None`` when the folder has none and never had
     (a study from before records.csv, whose image-level tests are then left out). A damaged or
     partial file is one line naming it (:func:`records_problem`)."""
-    from ..evaluation import RECORDS_CSV, read_records_csv
+    from ..evaluation import RECORDS_CSV
 
-    path = Path(folder) / RECORDS_CSV
-    if not path.is_file():
+    if not (Path(folder) / RECORDS_CSV).is_file():
         return None
-    problem = records_problem(folder)
+    records, problem = _load_records(folder)
     if problem is not None:
         raise CbdmError(f"{problem}; evaluate that folder again (delete its metrics.json and re-run the study "
                         "that made it)")
-    return read_records_csv(path)
+    return records
 
 
 def check_records_complete(records: dict[Any, Optional[dict]], folders: dict[Any, str]) -> None:

@@ -68,7 +68,8 @@ class StepContext:
         repeatable: True when the shared pass gives two rows with the same ``x_t``, time and
             label the same prediction (no active dropout or other random layer, no batch norm
             in training mode; :mod:`cbdm_core.nets.row_behaviour`), set by the objective before
-            the pass. Then an extra row under the main row's label repeats the main row.
+            the pass when it may leave rows out (``skip_unread_rows``: the CPU trainer), else False.
+            Then an extra row under the main row's label repeats the main row.
 
     Under ``torchrun`` the objective builds this context (and calls ``target`` and
     ``extra_labels``) on the GLOBAL batch, then hands each rank its rows
